@@ -1,0 +1,53 @@
+# make demo: install what is missing, bring the lab up, run the pipeline on the example app.
+# make test: the full suite (unit tests, then end-to-end tests against the lab).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ORCH := $(BIN)/orch
+# Debian packages the lab and the end-to-end tests need (installed only when missing).
+LAB_PACKAGES := docker.io docker-registry openssh-server openssh-client busybox-static \
+	debootstrap iproute2 openssl apache2-utils util-linux procps docker-compose
+
+.PHONY: all venv system-deps demo test unit e2e lab lab-down lab-status bench clean
+
+all: venv
+
+system-deps:
+	@ORCH_SYSTEM_PACKAGES="$(LAB_PACKAGES)" scripts/system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	@scripts/system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+lab: system-deps venv
+	$(ORCH) lab up
+
+lab-down: venv
+	$(ORCH) lab down
+
+lab-status: venv
+	$(ORCH) lab status
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+e2e: lab
+	$(BIN)/pytest -q tests/e2e
+
+test: system-deps venv
+	$(BIN)/pytest -q tests
+
+demo: system-deps venv lab
+	examples/demo.sh
+
+bench: system-deps venv lab
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info

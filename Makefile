@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 ORCH := $(BIN)/orch
 # Debian packages the lab and the end-to-end tests need (installed only when missing).
 LAB_PACKAGES := docker.io docker-registry openssh-server openssh-client busybox-static \
-	debootstrap iproute2 openssl apache2-utils util-linux procps docker-compose
+	debootstrap iproute2 iptables openssl apache2-utils util-linux procps docker-compose
 
 .PHONY: all venv system-deps demo test unit e2e lab lab-down lab-status bench clean
 
@@ -40,7 +40,7 @@ unit: venv
 e2e: lab
 	$(BIN)/pytest -q tests/e2e
 
-test: system-deps venv
+test: system-deps venv lab
 	$(BIN)/pytest -q tests
 
 demo: system-deps venv lab

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages orch's venv, lab and tests need, only when missing,
-# and starts the host's Docker Engine when it is not running. Idempotent and quick
-# when everything is there already.
+# and starts the host's Docker Engine when it is not running (when docker.io is one
+# of the packages asked for). Idempotent and quick when everything is there already.
 set -euo pipefail
 
 need=()
@@ -21,3 +21,7 @@ if [ "${#need[@]}" -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+case " ${ORCH_SYSTEM_PACKAGES:-} " in
+    *" docker.io "*) exec "$(dirname "$0")/host-docker.sh" ;;
+esac

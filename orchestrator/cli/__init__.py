@@ -39,6 +39,8 @@ def _root(
 
 # Registration order is the order `orch --help` lists the commands in.
 from orchestrator.cli import project as _project  # noqa: E402,F401
+from orchestrator.cli import lab as _lab  # noqa: E402,F401
+from orchestrator.cli import nodes as _nodes  # noqa: E402,F401
 from orchestrator.cli import stubs as _stubs  # noqa: E402,F401
 
 

@@ -23,8 +23,6 @@ RESERVED = {
     "rollback": "Re-apply an earlier release.",
     "history": "List an environment's releases.",
     "lock": "Show or manage an environment's deploy lock.",
-    "nodes": "Check and trust an environment's nodes.",
-    "lab": "Run the local lab: real nodes and a registry on this machine.",
 }
 
 

@@ -1,0 +1,231 @@
+"""An in-memory stand-in for agent.engine.Engine, for unit tests (here and in the
+controller's tests): same methods, no Docker. Behaviour per image reference:
+
+  "run" (default)   starts and keeps running; healthy at once if it has a healthcheck
+  "exit:N"          exits with code N right after start
+  "unhealthy"       runs, but its healthcheck fails
+  "starting"        runs, health stays "starting" forever
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from agent.engine import ContainerInfo
+from agent.protocol import CONFLICT, ENGINE, NOT_FOUND, PULL, AgentError
+
+NS = 1_000_000_000
+
+
+class FakeEngine:
+    def __init__(self, images: Optional[List[str]] = None, behaviours: Optional[Dict[str, str]] = None,
+                 registry: Optional[List[str]] = None):
+        self.images = set(images or [])
+        self.registry = set(registry or [])  # references a pull can find
+        self.behaviours = dict(behaviours or {})
+        self.records: Dict[str, Dict[str, Any]] = {}
+        self.nets: Dict[str, Dict[str, Any]] = {}
+        self.vols: Dict[str, Dict[str, Any]] = {}
+        self.calls: List[Tuple[str, Any]] = []
+        self.pull_auth: List[Optional[Dict[str, str]]] = []
+        self._ids = itertools.count(1)
+        self.id = "FAKE:ENGINE:1"
+        self.fail_on: Dict[str, Callable[..., None]] = {}  # method -> hook raising to simulate faults
+
+    def _hook(self, method: str, *a: Any) -> None:
+        self.calls.append((method, a))
+        if method in self.fail_on:
+            self.fail_on[method](*a)
+
+    # engine
+    def info(self) -> Dict[str, Any]:
+        return {"id": self.id, "name": "fake", "version": "0.0-fake", "api_version": "1.41", "os": "fake",
+                "arch": "x86_64", "kernel": "", "ncpu": 1, "memory": 0, "root_dir": "", "containers": len(self.records)}
+
+    def engine_id(self) -> str:
+        return self.id
+
+    # containers
+    def _info(self, rec: Dict[str, Any]) -> ContainerInfo:
+        return ContainerInfo(**{k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+                                for k, v in rec["info"].items()})
+
+    def containers(self, label_filters: List[str]) -> List[ContainerInfo]:
+        def match(labels: Dict[str, str]) -> bool:
+            for f in label_filters:
+                k, eq, v = f.partition("=")
+                if k not in labels or (eq and labels[k] != v):
+                    return False
+            return True
+
+        out = [self._info(r) for r in self.records.values() if match(r["info"]["labels"])]
+        return sorted(out, key=lambda c: (c.project, c.service, c.replica, c.name))
+
+    def _find(self, ref: str) -> Optional[Dict[str, Any]]:
+        for rec in self.records.values():
+            if rec["info"]["id"] == ref or rec["info"]["name"] == ref or (len(ref) >= 12 and rec["info"]["id"].startswith(ref)):
+                return rec
+        return None
+
+    def container(self, ref: str) -> Optional[ContainerInfo]:
+        rec = self._find(ref)
+        return None if rec is None else self._info(rec)
+
+    def add_foreign(self, name: str, labels: Optional[Dict[str, str]] = None, state: str = "running") -> str:
+        """A container orch did not make (for 'never touch others' tests)."""
+        cid = "%064x" % next(self._ids)
+        self.records[cid] = {"body": {}, "info": dict(
+            id=cid, name=name, labels=dict(labels or {}), image="other", image_id="sha256:other", state=state)}
+        return cid
+
+    def create(self, name: str, body: Dict[str, Any], extra_networks: List[Tuple[str, List[str]]]) -> str:
+        self._hook("create", name, body, extra_networks)
+        if self._find(name) is not None:
+            raise AgentError(ENGINE, "create container %s: Conflict. The container name is already in use" % name)
+        if body["Image"] not in self.images:
+            raise AgentError(NOT_FOUND, "create container %s: No such image: %s" % (name, body["Image"]))
+        nets = []
+        if body.get("HostConfig", {}).get("NetworkMode"):
+            nets.append(body["HostConfig"]["NetworkMode"])
+        nets += [n for n, _ in extra_networks]
+        for n in nets:
+            if n not in self.nets:
+                raise AgentError(NOT_FOUND, "network %s not found" % n)
+        hc = body.get("Healthcheck")
+        healthcheck = None
+        if hc and hc.get("Test") and hc["Test"][0] != "NONE":
+            healthcheck = {"interval": (hc.get("Interval") or 30 * NS) / NS, "timeout": (hc.get("Timeout") or 30 * NS) / NS,
+                           "retries": hc.get("Retries") or 3, "start_period": (hc.get("StartPeriod") or 0) / NS}
+        cid = "%064x" % next(self._ids)
+        self.records[cid] = {"body": body, "logs": [], "info": dict(
+            id=cid, name=name, labels=dict(body.get("Labels") or {}), image=body["Image"],
+            image_id="sha256:" + "%064x" % abs(hash(body["Image"])), state="created",
+            healthcheck=healthcheck, networks=sorted(nets),
+            ports=[{"target": int(k.split("/")[0]), "protocol": k.split("/")[1], "host_ip": b["HostIp"],
+                    "published": int(b["HostPort"]) if b["HostPort"] else None}
+                   for k, bs in sorted((body.get("HostConfig", {}).get("PortBindings") or {}).items()) for b in bs])}
+        return cid
+
+    def start(self, cid: str) -> None:
+        self._hook("start", cid)
+        rec = self._find(cid)
+        if rec is None:
+            raise AgentError(NOT_FOUND, "no such container %s" % cid)
+        info = rec["info"]
+        behaviour = self.behaviours.get(info["image"], "run")
+        rec["logs"] = ["starting %s" % info["name"]]
+        if behaviour.startswith("exit:"):
+            info.update(state="exited", exit_code=int(behaviour[5:]))
+            rec["logs"] += ["line %d" % i for i in range(30)] + ["fatal: exiting"]
+            return
+        info.update(state="running", started_at="now")
+        if info.get("healthcheck"):
+            info["health"] = {"unhealthy": "unhealthy", "starting": "starting"}.get(behaviour, "healthy")
+            if behaviour == "unhealthy":
+                info["health_log"] = ["probe failed"]
+
+    def stop(self, cid: str, timeout: Optional[float] = None) -> None:
+        self._hook("stop", cid)
+        rec = self._find(cid)
+        if rec is not None and rec["info"]["state"] in ("running", "restarting", "paused"):
+            rec["info"].update(state="exited", exit_code=143 if rec["info"].get("exit_code") is None else 0)
+
+    def remove(self, cid: str) -> None:
+        self._hook("remove", cid)
+        rec = self._find(cid)
+        if rec is not None:
+            del self.records[rec["info"]["id"]]
+
+    def logs(self, cid: str, tail: int) -> List[str]:
+        rec = self._find(cid)
+        return [] if rec is None else rec.get("logs", [])[-tail:]
+
+    def stream_logs(self, cid: str, tail: Any, follow: bool, since: Optional[int], timestamps: bool):
+        rec = self._find(cid) or {}
+        lines = rec.get("logs", [])
+        if tail != "all":
+            lines = lines[-tail:] if tail else []
+        return _Closeable([(ln + "\n").encode() for ln in lines], follow)
+
+    def exec_run(self, cid: str, cmd: List[str], env: Dict[str, str], user: str, workdir: str):
+        self._hook("exec", cid, cmd)
+        code = int(cmd[1]) if cmd[0] == "exit" else 0
+        chunks = [(" ".join(cmd).encode(), None), (None, b"err\n")]
+        return iter(chunks), (lambda: code), (lambda: None)
+
+    # networks, volumes
+    def networks(self, label_filters: List[str]) -> List[Dict[str, Any]]:
+        return [dict(n) for n in sorted(self.nets.values(), key=lambda n: n["name"]) if _match(n["labels"], label_filters)]
+
+    def network(self, name: str) -> Optional[Dict[str, Any]]:
+        return dict(self.nets[name]) if name in self.nets else None
+
+    def create_network(self, name: str, driver: str, internal: bool, attachable: bool, labels: Dict[str, str]) -> None:
+        self._hook("create_network", name)
+        if name in self.nets:
+            raise AgentError(CONFLICT, "network %s exists" % name)
+        self.nets[name] = {"name": name, "id": "n-" + name, "driver": driver, "labels": dict(labels)}
+
+    def remove_network(self, name: str) -> None:
+        self._hook("remove_network", name)
+        self.nets.pop(name, None)
+
+    def volumes(self, label_filters: List[str]) -> List[Dict[str, Any]]:
+        return [dict(v) for v in sorted(self.vols.values(), key=lambda v: v["name"]) if _match(v["labels"], label_filters)]
+
+    def volume(self, name: str) -> Optional[Dict[str, Any]]:
+        return dict(self.vols[name]) if name in self.vols else None
+
+    def create_volume(self, name: str, driver: str, driver_opts: Dict[str, str], labels: Dict[str, str]) -> None:
+        self._hook("create_volume", name)
+        self.vols[name] = {"name": name, "driver": driver, "labels": dict(labels)}
+
+    def remove_volume(self, name: str) -> None:
+        self._hook("remove_volume", name)
+        self.vols.pop(name, None)
+
+    # images
+    def image_exists(self, ref: str) -> bool:
+        return ref in self.images
+
+    def pull(self, ref: str, auth: Optional[Dict[str, str]], progress: Callable[[Dict[str, Any]], None]) -> None:
+        self._hook("pull", ref)
+        self.pull_auth.append(auth)
+        if ref not in self.registry:
+            raise AgentError(PULL, "pull %s: manifest unknown" % ref, {"image": ref})
+        progress({"status": "Downloading", "id": "layer1"})
+        self.images.add(ref)
+
+    def prune_images(self) -> Dict[str, Any]:
+        return {"deleted": 0, "reclaimed": 0}
+
+
+def _match(labels: Dict[str, str], label_filters: List[str]) -> bool:
+    for f in label_filters:
+        k, eq, v = f.partition("=")
+        if k not in labels or (eq and labels[k] != v):
+            return False
+    return True
+
+
+class _Closeable:
+    """Like the SDK's log stream: with follow it blocks after the last chunk until closed."""
+
+    def __init__(self, chunks: List[bytes], follow: bool = False):
+        import threading
+
+        self._chunks = chunks
+        self._follow = follow
+        self._closed = threading.Event()
+
+    def __iter__(self):
+        for chunk in self._chunks:
+            if self._closed.is_set():
+                return
+            yield chunk
+        if self._follow:
+            self._closed.wait()
+
+    def close(self) -> None:
+        self._closed.set()

@@ -1,0 +1,83 @@
+"""Labels the agent puts on everything it creates, and the names it gives them.
+
+The agent recognises a container, network or volume as its own only by these labels;
+anything without PROJECT is someone else's and is never touched.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+PREFIX = "io.orch"
+PROJECT = PREFIX + ".project"
+SERVICE = PREFIX + ".service"
+REPLICA = PREFIX + ".replica"
+ENV = PREFIX + ".env"
+# Hash of the container's desired configuration, computed by the controller
+# (agent.spec.config_hash); a different hash means "recreate".
+CONFIG_HASH = PREFIX + ".config-hash"
+RELEASE = PREFIX + ".release"
+# For networks and volumes: the Compose-level name inside the project ("default", "data").
+NAME = PREFIX + ".name"
+MANAGED_BY = PREFIX + ".managed-by"
+MANAGED_BY_VALUE = "orch-agent"
+
+RESERVED_PREFIX = PREFIX + "."
+
+
+def container_name(project: str, service: str, replica: int) -> str:
+    return "%s-%s-%d" % (project, service, replica)
+
+
+def network_name(project: str, name: str) -> str:
+    return "%s_%s" % (project, name)
+
+
+def volume_name(project: str, name: str) -> str:
+    return "%s_%s" % (project, name)
+
+
+def container_labels(
+    project: str,
+    service: str,
+    replica: int,
+    env: str,
+    config_hash: str,
+    release: Optional[str],
+    user_labels: Optional[Dict[str, str]] = None,
+) -> Dict[str, str]:
+    labels = dict(user_labels or {})
+    labels.update(
+        {
+            MANAGED_BY: MANAGED_BY_VALUE,
+            PROJECT: project,
+            SERVICE: service,
+            REPLICA: str(replica),
+            ENV: env,
+            CONFIG_HASH: config_hash,
+        }
+    )
+    if release:
+        labels[RELEASE] = release
+    return labels
+
+
+def resource_labels(project: str, name: str, env: str = "") -> Dict[str, str]:
+    labels = {MANAGED_BY: MANAGED_BY_VALUE, PROJECT: project, NAME: name}
+    if env:
+        labels[ENV] = env
+    return labels
+
+
+def filters(project: Optional[str] = None, service: Optional[str] = None, env: Optional[str] = None) -> list:
+    """Docker label filters selecting our objects (all of ours when project is None)."""
+    out = [PROJECT + "=" + project] if project else [PROJECT]
+    if service:
+        out.append(SERVICE + "=" + service)
+    if env:
+        out.append(ENV + "=" + env)
+    return out
+
+
+def is_ours(labels: Optional[Dict[str, str]]) -> bool:
+    return bool(labels) and PROJECT in labels

@@ -1,0 +1,180 @@
+"""The request loop: JSON lines in on stdin, JSON lines out on stdout.
+
+A reader thread takes lines off stdin so that "cancel" (and end of input, which means
+the controller went away) reach a running operation at once; operations themselves
+run one at a time, in order, on the main thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+from typing import Any, BinaryIO, Callable, Dict, Optional, Set
+
+from agent.operations import OPERATIONS, Context
+from agent.protocol import (
+    BAD_REQUEST,
+    INTERNAL,
+    AgentError,
+    BadRequest,
+    encode,
+    error,
+    event,
+    parse_request,
+    result,
+)
+
+
+HEARTBEAT_SECONDS = 15.0
+
+
+class Server:
+    def __init__(
+        self,
+        stdin: BinaryIO,
+        stdout: BinaryIO,
+        engine_factory: Callable[[], Any],
+        state_dir: str,
+        operations: Optional[Dict[str, Callable]] = None,
+    ):
+        self.stdin = stdin
+        self.stdout = stdout
+        self.engine_factory = engine_factory
+        self.state_dir = state_dir
+        self.operations = operations or OPERATIONS
+        self._out_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._current: Optional[Any] = None
+        self._cancel: Optional[threading.Event] = None
+        self._cancelled_early: Set[Any] = set()
+        self._engine: Any = None
+        self.broken = False
+        self.heartbeat_interval = HEARTBEAT_SECONDS
+
+    # --------------------------------------------------------------- output
+
+    def send(self, obj: Dict[str, Any]) -> None:
+        if self.broken:
+            return
+        data = encode(obj)
+        with self._out_lock:
+            try:
+                self.stdout.write(data)
+                self.stdout.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                # The controller is gone: finish quietly, leave the node as it is.
+                self.broken = True
+                if self._cancel is not None:
+                    self._cancel.set()
+
+    # --------------------------------------------------------------- input
+
+    def _reader(self, q: "queue.Queue[Optional[bytes]]") -> None:
+        try:
+            for line in iter(self.stdin.readline, b""):
+                if not line.strip():
+                    continue
+                if b'"cancel"' in line:
+                    try:
+                        req = parse_request(line)
+                    except AgentError:
+                        req = None
+                    if req is not None and req["op"] == "cancel":
+                        self._cancel_request(req)
+                        continue
+                q.put(line)
+        except (OSError, ValueError):
+            pass
+        finally:
+            with self._state_lock:
+                if self._cancel is not None:
+                    self._cancel.set()
+            q.put(None)
+
+    def _cancel_request(self, req: Dict[str, Any]) -> None:
+        target = req["args"].get("target")
+        with self._state_lock:
+            if target is not None and target == self._current and self._cancel is not None:
+                self._cancel.set()
+            elif target is not None:
+                self._cancelled_early.add(target)
+        self.send(result(req.get("id"), {"cancelled": target}))
+
+    # --------------------------------------------------------------- loop
+
+    def serve(self) -> int:
+        q: "queue.Queue[Optional[bytes]]" = queue.Queue()
+        reader = threading.Thread(target=self._reader, args=(q,), name="stdin", daemon=True)
+        reader.start()
+        while not self.broken:
+            line = q.get()
+            if line is None:
+                break
+            self.handle(line)
+        return 0
+
+    def _engine_once(self) -> Any:
+        # One engine connection for the life of the session, made on first use.
+        if self._engine is None:
+            self._engine = self.engine_factory()
+        return self._engine
+
+    def _heartbeat(self, req_id: Any, done: threading.Event) -> None:
+        # A quiet operation (a long pull, logs --follow of a quiet container) still
+        # shows the controller it is alive, so its idle timeout means "agent hung".
+        while not done.wait(self.heartbeat_interval):
+            self.send(event(req_id, "heartbeat"))
+
+    def handle(self, line: bytes) -> None:
+        req_id = None
+        try:
+            req = parse_request(line)
+            req_id = req.get("id")
+            op = self.operations.get(req["op"])
+            if op is None:
+                raise BadRequest(
+                    "unknown operation %r; known: %s" % (req["op"], ", ".join(sorted(self.operations)))
+                )
+            cancel = threading.Event()
+            with self._state_lock:
+                self._current, self._cancel = req_id, cancel
+                if req_id in self._cancelled_early:
+                    cancel.set()
+
+            def emit(type_: str, **data: Any) -> None:
+                self.send(event(req_id, type_, **data))
+
+            ctx = Context(engine_factory=self._engine_once, state_dir=self.state_dir, emit=emit, cancelled=cancel)
+            done = threading.Event()
+            beat = threading.Thread(target=self._heartbeat, args=(req_id, done), daemon=True)
+            beat.start()
+            try:
+                out = op(ctx, req["args"])
+            finally:
+                done.set()
+            self.send(result(req_id, out))
+        except AgentError as err:
+            if req_id is None:
+                req_id = _salvage_id(line)
+            self.send(error(req_id, err))
+        except Exception as exc:  # a bug: report it, keep serving
+            tb = traceback.format_exc(limit=8)
+            self.send(error(req_id, AgentError(INTERNAL, "agent bug: %s: %s" % (type(exc).__name__, exc),
+                                               {"traceback": tb})))
+        finally:
+            with self._state_lock:
+                self._current, self._cancel = None, None
+
+
+def _salvage_id(line: bytes) -> Any:
+    import json
+
+    try:
+        obj = json.loads(line.decode("utf-8"))
+        return obj.get("id") if isinstance(obj, dict) else None
+    except Exception:
+        return None
+
+
+__all__ = ["Server", "BAD_REQUEST"]

@@ -1,0 +1,138 @@
+"""`orch lab up|down|status`: the local lab (see docs/lab.md)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from orchestrator.cli import app
+
+lab_app = typer.Typer(
+    help="Run the local lab: real DEV/TEST/PROD nodes and a registry on this machine.",
+    no_args_is_help=True,
+)
+app.add_typer(lab_app, name="lab")
+
+NAME_HELP = "Which lab (several can coexist); default orch-lab, the one environments/*.yaml use."
+
+
+def _name_option():
+    return typer.Option("orch-lab", "--name", envvar="ORCH_LAB_NAME", help=NAME_HELP)
+
+
+def _log(message: str) -> None:
+    print(f"lab: {message}", file=sys.stderr, flush=True)
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@lab_app.command("up")
+def up(
+    nodes: Optional[str] = typer.Option(
+        None, "--nodes", help="Nodes per environment, e.g. dev=1,test=1,prod=2 (the default)."
+    ),
+    subnet: Optional[str] = typer.Option(
+        None, "--subnet", help="The lab's private range; default 10.250.0.0/24 (orch-lab)."
+    ),
+    name: str = _name_option(),
+    json_out: bool = typer.Option(False, "--json", help="Print the lab's facts as JSON."),
+) -> None:
+    """Create the lab, or check and repair it: idempotent, seconds when already up."""
+    from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json
+    from orchestrator.lab.info import resolve_name
+    from orchestrator.lab.up import up as lab_up
+
+    info = lab_up(resolve_name(name), nodes, subnet, log=_log)
+    if json_out:
+        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "lab": info.to_json()})
+        return
+    user, _ = info.ssh_user, None
+    width = max(len(n.name) for n in info.nodes)
+    lines = [f"Lab {info.name} is up ({info.subnet}, bridge {info.bridge} at {info.host_address})."]
+    lines.append("Nodes (ssh as root, port 22; each runs its own Docker Engine):")
+    lines += [f"  {n.name:<{width}}  {n.address}" for n in info.nodes]
+    lines += [
+        f"Registry     {info.registry}  (TLS, htpasswd; credentials in {info.credentials_file})",
+        f"Mirror       {info.registry_mirror}  (TLS, anonymous, read-only; the nodes' docker.io mirror)",
+        f"CA           {info.ca_cert}  (trusted by every engine here via /etc/docker/certs.d)",
+        f"SSH key      {info.ssh_key}",
+        f"known_hosts  {info.known_hosts}",
+        f"All facts    {info.lab_env}  (ORCH_LAB_* / ORCH_REGISTRY* variables)",
+        "environments/*.yaml reach them by these fixed paths, or by the variables after",
+        f"  set -a; . {info.lab_env}; . {info.credentials_file}; set +a",
+        f"Try: ssh -i {info.ssh_key} -o UserKnownHostsFile={info.known_hosts} "
+        f"{user}@{info.nodes[0].address} docker info",
+    ]
+    print("\n".join(lines))
+
+
+@lab_app.command("down")
+def down(
+    name: str = _name_option(),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Remove every process, namespace, interface, mount and file the lab created."""
+    from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json
+    from orchestrator.lab.down import down as lab_down
+    from orchestrator.lab.info import resolve_name
+
+    name = resolve_name(name)
+    lab_down(name, log=_log)
+    if json_out:
+        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "lab": name, "removed": True})
+    else:
+        print(f"Lab {name} is down; nothing of it is left.")
+
+
+@lab_app.command("status")
+def status(
+    name: str = _name_option(),
+    json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Each node, the registry, and what is wrong with the fix. Exit 1 when unhealthy."""
+    from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json
+    from orchestrator.lab.info import resolve_name
+    from orchestrator.lab.status import check
+
+    st = check(resolve_name(name))
+    if json_out:
+        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok" if st.healthy else "unhealthy", **st.to_json()})
+        raise typer.Exit(0 if st.healthy else 1)
+    if not st.exists:
+        print(f"No lab named {st.name} on this machine.")
+        for issue in st.issues:
+            print(f"  ! {issue.problem}\n    fix: {issue.fix}")
+        print("Create it with `orch lab up" + ("" if st.name == "orch-lab" else f" --name {st.name}") + "`.")
+        raise typer.Exit(1)
+    yes = lambda b: "up" if b else "DOWN"  # noqa: E731
+    print(f"Lab {st.name}: {st.subnet} on {st.bridge}; host engine {yes(st.host_engine_up)}")
+    rows = [("NODE", "ADDRESS", "SSHD", "ENGINE", "VERSION", "RUNNING", "ENGINE ID")]
+    for n in st.nodes:
+        rows.append(
+            (
+                n.name,
+                n.address,
+                yes(n.sshd_up),
+                yes(n.engine_up),
+                n.engine_version or "-",
+                "-" if n.containers_running is None else str(n.containers_running),
+                (n.engine_id or "-")[:14],
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    reg = st.registry
+    if reg:
+        repos = ", ".join(reg.repositories) if reg.repositories is not None else "?"
+        print(f"Registry {reg.address} {yes(reg.up)} (repositories: {repos}); mirror {reg.mirror} {yes(reg.mirror_up)}")
+    if st.issues:
+        print("Problems:")
+        for issue in st.issues:
+            print(f"  ! {issue.problem}\n    fix: {issue.fix}")
+        raise typer.Exit(1)
+    print("Healthy.")

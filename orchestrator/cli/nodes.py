@@ -1,0 +1,218 @@
+"""`orch nodes check` and `orch nodes trust`: is every node of an environment usable?"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import typer
+
+from orchestrator.cli import app
+from orchestrator.cli.options import EnvironmentsDir, EnvRequired, Json
+from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json
+
+nodes_app = typer.Typer(
+    name="nodes",
+    help="Check and trust an environment's nodes.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(nodes_app, name="nodes")
+
+LOW_DISK = 1 << 30  # below 1 GiB free, pulls and logs will soon fail
+
+
+@dataclass
+class NodeCheck:
+    node: str
+    address: str
+    reachable: bool | None = None
+    auth: bool | None = None
+    host_key: str = ""  # trusted | unknown | changed ("" when not reached)
+    python: str | None = None
+    docker: str | None = None
+    agent: str | None = None
+    bundle: str | None = None
+    disk_free: int | None = None
+    problems: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def problem(self, err: Any) -> None:
+        message = getattr(err, "message", None) or str(err)
+        self.problems.append({"message": message, "fix": getattr(err, "fix", None) or ""})
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+
+def check_node(target: Any, options: Any, bundle: Any) -> NodeCheck:
+    """Every requirement of one node, in order; stops at the first that blocks the rest."""
+    from orchestrator import transport as T
+
+    result = NodeCheck(target.name, target.address)
+    try:
+        conn = T.connect(target, options)
+    except T.HostUnreachable as err:
+        result.reachable = False
+        err.fix = err.fix or "check the node's host/port in the environment file, that it is up and sshd runs."
+        result.problem(err)
+        return result
+    except (T.UnknownHostKey, T.HostKeyChanged) as err:
+        result.reachable = True
+        result.host_key = "unknown" if isinstance(err, T.UnknownHostKey) else "changed"
+        result.problem(err)
+        return result
+    except T.TransportError as err:
+        result.reachable = True
+        result.auth = False
+        result.problem(err)
+        return result
+    result.reachable, result.auth, result.host_key = True, True, "trusted"
+    try:
+        result.python = ".".join(map(str, T.python_version(conn)))
+        session = T.AgentSession.open(conn, bundle)
+        try:
+            result.agent = session.hello.get("agent_version")
+            result.bundle = session.hello.get("bundle")
+            info = session.call("info")
+        finally:
+            session.close()
+        if info.get("engine"):
+            result.docker = info["engine"].get("version")
+        else:
+            result.problem(T.NodeRequirementError(
+                f"Docker Engine is not usable: {info.get('engine_error')}",
+                fix="install Docker Engine (Debian: apt-get install docker.io), start it, and make it reachable "
+                "for the SSH user (DOCKER_HOST or the docker group).",
+            ))
+        disks = info.get("disk") or {}
+        disk = disks.get("docker_root") or disks.get("state_dir")
+        if disk:
+            result.disk_free = disk["free"]
+            if disk["free"] < LOW_DISK:
+                result.problem(T.NodeRequirementError(
+                    f"only {_size(disk['free'])} free on the node's disk",
+                    fix="free some space (docker system prune, or orch's prune) or grow the disk.",
+                ))
+    except T.TransportError as err:
+        result.problem(err)
+    except T.AgentError as err:
+        result.problem(err)
+    finally:
+        conn.close()
+    return result
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _agent(c: NodeCheck) -> str:
+    if not c.agent:
+        return "-"
+    digest = (c.bundle or "").removeprefix("orch-agent-").removesuffix(".pyz")[:8]
+    return f"{c.agent} ({digest})" if digest else c.agent
+
+
+def _yes(value: bool | None) -> str:
+    return "-" if value is None else ("ok" if value else "FAIL")
+
+
+def _load(env: str, environments: Any):
+    from orchestrator.environments import load_environment
+    from orchestrator.transport import options_from_env, target_from_node
+
+    environment = load_environment(env, environments_dir=environments)
+    return environment, [target_from_node(n) for n in environment.nodes], options_from_env(environment)
+
+
+@nodes_app.command("check")
+def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = False) -> None:
+    """Per node: reachable, host key, auth, python3, Docker Engine, agent, free disk; what is wrong and the fix."""
+    from orchestrator.agent_bundle import current_bundle
+    from orchestrator.transport import parallel
+
+    environment, targets, options = _load(env, environments)
+    bundle = current_bundle()
+    results, errors = parallel(targets, lambda t: check_node(t, options, bundle))
+    checks = []
+    for t in targets:
+        if t.name in results:
+            checks.append(results[t.name])
+        else:  # a bug in a check must not hide the other nodes' results
+            c = NodeCheck(t.name, t.address)
+            c.problem(errors[t.name])
+            checks.append(c)
+    ok = all(c.ok for c in checks)
+    if json:
+        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok" if ok else "error", "env": environment.name,
+                    "nodes": [c.to_json() for c in checks]})
+    else:
+        rows = [[c.node, c.address, _yes(c.reachable), c.host_key or "-", _yes(c.auth), c.python or "-",
+                 c.docker or "-", _agent(c), _size(c.disk_free), "ok" if c.ok else "PROBLEM"] for c in checks]
+        typer.echo(_table(["NODE", "ADDRESS", "SSH", "HOST KEY", "AUTH", "PYTHON", "DOCKER", "AGENT", "DISK FREE",
+                           "STATUS"], rows))
+        for c in checks:
+            for p in c.problems:
+                text = p["message"] if p["message"].startswith(c.node) else f"{c.node}: {p['message']}"
+                typer.echo(f"\n{text}" + (f"\n  Fix: {p['fix']}" if p["fix"] else ""), err=True)
+        typer.echo(f"\n{sum(c.ok for c in checks)} of {len(checks)} node(s) of {environment.name} ready.")
+    if not ok:
+        raise typer.Exit(1)
+
+
+@nodes_app.command("trust")
+def trust(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = False) -> None:
+    """Show each node's SSH host key fingerprint and record the unknown ones in known_hosts.
+
+    A key that differs from the recorded one is never replaced: that is reported, with
+    how to remove the old entry once the new fingerprint is verified.
+    """
+    from orchestrator.transport import trust_hosts
+
+    environment, targets, options = _load(env, environments)
+    # Jump hosts first: reaching a node through one needs the jump host's key trusted.
+    jumps = {j.address: j for j in (t.jump_target() for t in targets) if j is not None}
+    statuses = trust_hosts(list(jumps.values()), options) + trust_hosts(targets, options)
+    bad = [s for s in statuses if s.status in ("changed", "error")]
+    if json:
+        print_json({"version": JSON_SCHEMA_VERSION, "status": "error" if bad else "ok", "env": environment.name,
+                    "known_hosts": str(options.known_hosts_path), "nodes": [asdict(s) for s in statuses]})
+    else:
+        rows = [[s.node, s.address, s.key_type or "-", s.fingerprint or "-", s.status.upper() if s in bad else s.status]
+                for s in statuses]
+        typer.echo(_table(["NODE", "ADDRESS", "KEY", "FINGERPRINT", "STATUS"], rows))
+        added = sum(s.status == "added" for s in statuses)
+        typer.echo(f"\n{added} key(s) recorded in {options.known_hosts_path}.")
+        for s in bad:
+            if s.status == "changed":
+                name = s.address.rsplit(":", 1)
+                host_entry = name[0] if name[1] == "22" else f"[{name[0]}]:{name[1]}"
+                typer.echo(
+                    f"\n{s.node}: the host key CHANGED: now {s.fingerprint}, recorded {s.expected}. It was not "
+                    f"replaced.\n  Fix: verify the new fingerprint out of band; if the node was reinstalled, run "
+                    f"`ssh-keygen -R '{host_entry}' -f {options.known_hosts_path}` and trust again.",
+                    err=True,
+                )
+            else:
+                typer.echo(f"\n{s.error}", err=True)
+    if bad:
+        raise typer.Exit(1)

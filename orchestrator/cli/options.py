@@ -1,0 +1,39 @@
+"""Options shared by the commands that load a Compose project."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Files = Annotated[
+    Optional[list[Path]],
+    typer.Option("--file", "-f", help="Compose file (repeatable). Default: compose.yaml etc. in the working directory."),
+]
+ProjectName = Annotated[Optional[str], typer.Option("--project-name", "-p", help="Project name.")]
+EnvFiles = Annotated[
+    Optional[list[Path]], typer.Option("--env-file", help="Variables file for interpolation (repeatable). Default: .env.")
+]
+Profiles = Annotated[Optional[list[str]], typer.Option("--profile", help="Enable a profile (repeatable); '*' enables all.")]
+EnvName = Annotated[Optional[str], typer.Option("--env", "-e", help="Environment (environments/ENV.yaml).")]
+EnvRequired = Annotated[str, typer.Option("--env", "-e", help="Environment (environments/ENV.yaml).")]
+EnvironmentsDir = Annotated[
+    Optional[Path],
+    typer.Option("--environments", envvar="ORCH_ENVIRONMENTS", help="Folder of environment files. Default: ./environments."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def project_options(files, project_name, env_files, profiles, env_name=None, environments=None, services=None):
+    from orchestrator.workspace import ProjectOptions
+
+    return ProjectOptions(
+        files=list(files or []),
+        project_name=project_name,
+        env_files=list(env_files or []),
+        profiles=list(profiles or []),
+        services=list(services or []),
+        env_name=env_name,
+        environments_dir=environments,
+    )

@@ -1,0 +1,129 @@
+"""A few Docker Engine API calls over a unix socket (stdlib only: fast, no SDK import).
+
+Also starts the host's engine when it is not running: the controller builds and
+pushes with it, and it must be up before the lab can publish its base images.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from orchestrator.errors import OrchError
+from orchestrator.lab import proc
+
+HOST_SOCKET = Path("/var/run/docker.sock")
+HOST_LOG = Path("/var/log/docker.log")  # where Debian's sysvinit script logs it too
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def api(sock: Path, path: str, timeout: float = 5.0, method: str = "GET"):
+    """GET path; returns (status, parsed JSON or text). Raises OSError when down."""
+    conn = _UnixConnection(str(sock), timeout)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        body = resp.read()
+    except (http.client.HTTPException, socket.timeout) as err:
+        raise OSError(str(err)) from err
+    finally:
+        conn.close()
+    ctype = resp.getheader("Content-Type", "")
+    data = json.loads(body) if "json" in ctype and body else body.decode(errors="replace")
+    return resp.status, data
+
+
+def ping(sock: Path, timeout: float = 2.0) -> bool:
+    try:
+        status, _ = api(sock, "/_ping", timeout)
+        return status == 200
+    except OSError:
+        return False
+
+
+def version(sock: Path) -> dict | None:
+    try:
+        status, data = api(sock, "/version")
+    except OSError:
+        return None
+    return data if status == 200 and isinstance(data, dict) else None
+
+
+def info(sock: Path) -> dict | None:
+    try:
+        status, data = api(sock, "/info")
+    except OSError:
+        return None
+    return data if status == 200 and isinstance(data, dict) else None
+
+
+def image(sock: Path, ref: str) -> dict | None:
+    from urllib.parse import quote
+
+    try:
+        status, data = api(sock, f"/images/{quote(ref, safe='')}/json")
+    except OSError:
+        return None
+    return data if status == 200 and isinstance(data, dict) else None
+
+
+def start_host_engine_argv() -> list[str]:
+    """How to start the host's engine: systemd if it runs the machine, else dockerd ourselves."""
+    if Path("/run/systemd/system").is_dir():
+        return ["systemctl", "start", "docker"]
+    return []
+
+
+def ensure_host_engine(log) -> None:
+    if ping(HOST_SOCKET):
+        return
+    if proc.which("dockerd") is None:
+        raise OrchError(
+            "Docker Engine is not installed on this machine.",
+            fix="run `make lab`, or apt-get install docker.io",
+        )
+    log("starting the host's Docker Engine")
+    argv = start_host_engine_argv()
+    if argv:
+        proc.run(argv, check=False, timeout=90)
+    if not proc.wait_until(lambda: ping(HOST_SOCKET), 10 if argv else 0):
+        proc.spawn(["dockerd"], HOST_LOG)
+        if not proc.wait_until(lambda: ping(HOST_SOCKET), 60):
+            raise OrchError(
+                f"the host's Docker Engine did not start. Last lines of {HOST_LOG}:\n"
+                f"{proc.log_excerpt(HOST_LOG)}",
+                fix="fix what the log says, then start it (systemctl start docker, or "
+                "dockerd &) and run `orch lab up` again",
+            )
+
+
+def wait_ready(sock: Path, pid_alive, timeout: float = 60.0) -> bool:
+    """Wait for an engine's socket to answer, giving up early if its process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ping(sock, 1.0):
+            return True
+        if not pid_alive():
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def socket_path_ok(sock: Path) -> bool:
+    # AF_UNIX paths are limited to 107 bytes
+    return len(os.fsencode(str(sock))) < 108

@@ -1,0 +1,397 @@
+"""What a lab is, as plain data: its name, subnet, nodes and every derived name/path.
+
+Pure: nothing here touches the machine, so unit tests can assert on all of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.errors import InputError, Problem
+
+DEFAULT_NAME = "orch-lab"
+DEFAULT_SUBNET = "10.250.0.0/24"
+DEFAULT_NODES = "dev=1,test=1,prod=2"
+REGISTRY_PORT = 5000  # authenticated, read-write
+MIRROR_PORT = 5001  # anonymous, read-only view of the same storage (registry-mirrors)
+SSH_PORT = 22
+SSH_USER = "root"
+
+# Host offsets inside the subnet: dev-1 .11, test-1 .21, prod-1 .31, prod-2 .32.
+# The committed environments/*.yaml rely on these, so they are fixed.
+ENV_BASES = {"dev": 10, "test": 20, "prod": 30}
+MAX_PER_ENV = 9
+# Environments beyond dev/test/prod get the next free decades, in the order given.
+EXTRA_BASES = (40, 50, 60, 70, 80, 90)
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+_ENV_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str  # e.g. prod-2
+    env: str  # e.g. prod
+    index: int  # 1-based within its environment
+    address: str  # e.g. 10.250.0.32
+    bip: str  # the node engine's own docker0 range, e.g. 172.28.32.1/24
+
+    @property
+    def octet(self) -> int:
+        return int(self.address.rsplit(".", 1)[1])
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    name: str
+    subnet: str  # e.g. 10.250.0.0/24
+    nodes: tuple[NodeSpec, ...]
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+    @property
+    def prefixlen(self) -> int:
+        return self.network.prefixlen
+
+    @property
+    def host_address(self) -> str:
+        """The bridge's address: where the controller, registry and mirror live."""
+        return str(self.network.network_address + 1)
+
+    @property
+    def registry(self) -> str:
+        return f"{self.host_address}:{REGISTRY_PORT}"
+
+    @property
+    def mirror(self) -> str:
+        return f"{self.host_address}:{MIRROR_PORT}"
+
+    @property
+    def is_default(self) -> bool:
+        return self.name == DEFAULT_NAME
+
+    @property
+    def tag(self) -> str:
+        """Short id in interface names (IFNAMSIZ is 16): '0' for the default lab."""
+        return lab_tag(self.name)
+
+    @property
+    def bridge(self) -> str:
+        return f"orchlab{self.tag}"
+
+    def veth(self, node: NodeSpec) -> str:
+        """Host side of the node's veth pair (the node side is eth0 in its netns)."""
+        return f"{self.bridge}-{node.octet}"
+
+    def netns(self, node: NodeSpec) -> str:
+        # '.' cannot occur in a lab name, so one lab's prefix never matches another's.
+        return f"{self.name}.{node.name}"
+
+    @property
+    def netns_prefix(self) -> str:
+        return f"{self.name}."
+
+    @property
+    def iptables_comment(self) -> str:
+        return f"orch-lab:{self.name}"
+
+    @property
+    def cgroup_parent(self) -> str:
+        return f"/{self.name}"
+
+    def node(self, name: str) -> NodeSpec:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    @property
+    def paths(self) -> "LabPaths":
+        return LabPaths.for_name(self.name)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "subnet": self.subnet,
+            "nodes": [n.__dict__ for n in self.nodes],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LabSpec":
+        nodes = tuple(NodeSpec(**n) for n in data["nodes"])
+        return cls(name=data["name"], subnet=data["subnet"], nodes=nodes)
+
+
+def lab_tag(name: str) -> str:
+    if name == DEFAULT_NAME:
+        return "0"
+    return hashlib.sha1(name.encode()).hexdigest()[:5]
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    """Where a lab keeps things. State survives reboots; run does not (tmpfs)."""
+
+    state: Path  # /var/lib/orch-lab[-NAME]
+    run: Path  # /run/orch-lab[-NAME] (short: unix socket paths must stay under 108 bytes)
+    cache: Path = field(default=Path("/var/cache/orch-lab"))  # shared by all labs
+
+    @classmethod
+    def for_name(cls, name: str, root: Path = Path("/")) -> "LabPaths":
+        """Paths of the lab with this canonical name (see validate_name)."""
+        return cls(
+            state=root / "var/lib" / name,
+            run=root / "run" / name,
+            cache=root / "var/cache/orch-lab",
+        )
+
+    # lab-wide files
+    @property
+    def spec_file(self) -> Path:
+        return self.state / "lab.json"
+
+    @property
+    def lab_env(self) -> Path:
+        return self.state / "lab.env"
+
+    @property
+    def registry_env(self) -> Path:
+        return self.state / "registry.env"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def lock(self) -> Path:
+        return self.run.parent / f"{self.run.name}.lock"
+
+    # PKI and SSH client side
+    @property
+    def ca_dir(self) -> Path:
+        return self.state / "ca"
+
+    @property
+    def ca_cert(self) -> Path:
+        # Top-level, like the client key and known_hosts: environments/*.yaml name
+        # these paths directly (/var/lib/orch-lab/{ca.crt,id_ed25519,known_hosts}).
+        return self.state / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.ca_dir / "ca.key"
+
+    @property
+    def client_key(self) -> Path:
+        return self.state / "id_ed25519"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.state / "authorized_keys"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state / "known_hosts"
+
+    # registry
+    @property
+    def registry_dir(self) -> Path:
+        return self.state / "registry"
+
+    @property
+    def registry_storage(self) -> Path:
+        return self.registry_dir / "storage"
+
+    @property
+    def registry_config(self) -> Path:
+        return self.registry_dir / "registry.yml"
+
+    @property
+    def mirror_config(self) -> Path:
+        return self.registry_dir / "mirror.yml"
+
+    @property
+    def htpasswd(self) -> Path:
+        return self.registry_dir / "htpasswd"
+
+    @property
+    def registry_cert(self) -> Path:
+        return self.registry_dir / "tls.crt"
+
+    @property
+    def registry_key(self) -> Path:
+        return self.registry_dir / "tls.key"
+
+    @property
+    def docker_client_config(self) -> Path:
+        """A private `docker --config` dir: pushing never touches ~/.docker."""
+        return self.state / "docker-client"
+
+    # per node
+    def node_dir(self, node: str) -> Path:
+        return self.state / "nodes" / node
+
+    def node_run(self, node: str) -> Path:
+        return self.run / node
+
+    def daemon_json(self, node: str) -> Path:
+        return self.node_dir(node) / "daemon.json"
+
+    def data_root(self, node: str) -> Path:
+        return self.node_dir(node) / "docker"
+
+    def exec_root(self, node: str) -> Path:
+        return self.node_run(node) / "exec"
+
+    def docker_socket(self, node: str) -> Path:
+        return self.node_run(node) / "docker.sock"
+
+    def docker_pidfile(self, node: str) -> Path:
+        return self.node_run(node) / "docker.pid"
+
+    def sshd_config(self, node: str) -> Path:
+        return self.node_dir(node) / "sshd_config"
+
+    def host_key(self, node: str) -> Path:
+        return self.node_dir(node) / "ssh_host_ed25519_key"
+
+    def sshd_pidfile(self, node: str) -> Path:
+        return self.node_run(node) / "sshd.pid"
+
+    def uts_ns(self, node: str) -> Path:
+        """Persistent UTS namespace (bind-mounted nsfs file): the node's own hostname."""
+        return self.run / "ns" / f"{node}.uts"
+
+    def log(self, what: str) -> Path:
+        return self.logs / f"{what}.log"
+
+    # shared cache of base-image tarballs
+    @property
+    def image_cache(self) -> Path:
+        return self.cache
+
+
+def validate_name(name: str) -> str:
+    """Check a lab name and return its canonical form: 'ci' -> 'orch-lab-ci'."""
+    if name != DEFAULT_NAME and not name.startswith(DEFAULT_NAME + "-"):
+        name = f"{DEFAULT_NAME}-{name}"
+    if not _NAME_RE.match(name) or len(name) > 24:
+        raise InputError(
+            Problem(
+                f"invalid lab name {name!r}",
+                key="--name",
+                fix="use lowercase letters, digits and single dashes, at most 24 "
+                "characters with the orch-lab- prefix, starting with a letter (e.g. ci)",
+            )
+        )
+    return name
+
+
+def parse_nodes(text: str) -> list[tuple[str, int]]:
+    """'dev=1,test=1,prod=2' -> [('dev', 1), ('test', 1), ('prod', 2)]."""
+    out: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        env, sep, count = part.partition("=")
+        env = env.strip()
+        problem = None
+        if not sep or not count.strip().isdigit():
+            problem = f"{part!r} is not ENV=COUNT"
+        elif not _ENV_RE.match(env):
+            problem = f"environment name {env!r} must be 1-8 lowercase letters/digits"
+        elif env in seen:
+            problem = f"environment {env!r} is given twice"
+        elif not 0 <= int(count) <= MAX_PER_ENV:
+            problem = f"{env} has {count} nodes; between 0 and {MAX_PER_ENV} are allowed"
+        if problem:
+            raise InputError(
+                Problem(problem, key="--nodes", fix="write it like dev=1,test=1,prod=2")
+            )
+        seen.add(env)
+        out.append((env, int(count)))
+    if not any(c for _, c in out):
+        raise InputError(
+            Problem("the lab needs at least one node", key="--nodes", fix="e.g. --nodes dev=1")
+        )
+    return out
+
+
+def parse_subnet(text: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(text, strict=False)
+    except ValueError as err:
+        raise InputError(
+            Problem(f"{text!r} is not an IPv4 subnet ({err})", key="--subnet",
+                    fix="give it like 10.250.0.0/24")
+        ) from None
+    if not net.is_private or net.is_loopback or net.is_link_local:
+        raise InputError(
+            Problem(f"{net} is not a private range", key="--subnet",
+                    fix="use a private range the machine does not route elsewhere, "
+                    "e.g. 10.250.7.0/24")
+        )
+    if net.prefixlen > 25:
+        raise InputError(
+            Problem(f"{net} is too small: node addresses go up to .{max(EXTRA_BASES) + MAX_PER_ENV}",
+                    key="--subnet", fix="use a /24 (or larger) range")
+        )
+    return net
+
+
+def env_bases(envs: list[str]) -> dict[str, int]:
+    bases = {e: ENV_BASES[e] for e in envs if e in ENV_BASES}
+    extra = iter(EXTRA_BASES)
+    for e in envs:
+        if e not in bases:
+            try:
+                bases[e] = next(extra)
+            except StopIteration:
+                raise InputError(
+                    Problem("too many environments", key="--nodes",
+                            fix=f"use at most {len(ENV_BASES) + len(EXTRA_BASES)}")
+                ) from None
+    return bases
+
+
+def build_spec(name: str, subnet: str, nodes: str) -> LabSpec:
+    """Derive every node's name and addresses from the options."""
+    name = validate_name(name)
+    net = parse_subnet(subnet)
+    counts = parse_nodes(nodes)
+    bases = env_bases([e for e, _ in counts])
+    specs = []
+    for env, count in counts:
+        for i in range(1, count + 1):
+            offset = bases[env] + i
+            address = net.network_address + offset
+            specs.append(
+                NodeSpec(
+                    name=f"{env}-{i}",
+                    env=env,
+                    index=i,
+                    address=str(address),
+                    # Private to the node's netns, so only unique within a lab for clarity.
+                    bip=f"172.28.{offset}.1/24",
+                )
+            )
+    return LabSpec(name=name, subnet=str(net), nodes=tuple(specs))
+
+
+def default_subnet_for(name: str, taken: list[ipaddress.IPv4Network]) -> str:
+    """The default lab owns 10.250.0.0/24; other labs take the first free 10.250.X.0/24."""
+    if name == DEFAULT_NAME:
+        return DEFAULT_SUBNET
+    for x in range(1, 255):
+        net = ipaddress.IPv4Network(f"10.250.{x}.0/24")
+        if not any(net.overlaps(t) for t in taken):
+            return str(net)
+    raise InputError(
+        Problem("no free 10.250.X.0/24 range for the lab", key="--subnet",
+                fix="give one with --subnet")
+    )

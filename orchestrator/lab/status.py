@@ -1,0 +1,160 @@
+"""`orch lab status`: what runs, what answers, and what is wrong with the fix for it."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from orchestrator.lab import engine, images, netns, proc, registry, sshd, state
+from orchestrator.lab.dockerd import find_dockerd
+from orchestrator.lab.info import info_from_spec
+from orchestrator.lab.model import LabPaths, LabSpec, NodeSpec, validate_name
+
+FIX_UP = "run `orch lab up` (it repairs the lab in place)"
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    env: str
+    address: str
+    sshd_up: bool
+    engine_up: bool
+    engine_version: str | None
+    engine_id: str | None
+    containers_running: int | None
+
+
+@dataclass
+class RegistryStatus:
+    address: str
+    up: bool
+    mirror: str
+    mirror_up: bool
+    repositories: list[str] | None
+
+
+@dataclass
+class Issue:
+    problem: str
+    fix: str
+
+
+@dataclass
+class LabStatus:
+    name: str
+    exists: bool
+    subnet: str | None = None
+    bridge: str | None = None
+    nodes: list[NodeStatus] = field(default_factory=list)
+    registry: RegistryStatus | None = None
+    host_engine_up: bool = False
+    issues: list[Issue] = field(default_factory=list)
+    facts: dict | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.exists and not self.issues
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["healthy"] = self.healthy
+        return out
+
+
+def _node_status(spec: LabSpec, node: NodeSpec, procs, host_links) -> tuple[NodeStatus, list[Issue]]:
+    p = spec.paths
+    issues = []
+    for problem in netns.node_net_ok(spec, node, host_links):
+        issues.append(Issue(f"{node.name}: {problem}", FIX_UP))
+    ver = engine.version(p.docker_socket(node.name))
+    inf = engine.info(p.docker_socket(node.name)) if ver else None
+    if ver is None:
+        why = "not running" if not find_dockerd(procs, spec, node.name) else "not answering"
+        issues.append(
+            Issue(
+                f"{node.name}: engine {why} (socket {p.docker_socket(node.name)})",
+                f"{FIX_UP}; its log: {p.log(f'dockerd-{node.name}')}",
+            )
+        )
+    ssh_up = sshd.answers(node.address, timeout=1.5)
+    if not ssh_up:
+        issues.append(
+            Issue(
+                f"{node.name}: sshd not answering at {node.address}:22",
+                f"{FIX_UP}; its log: {p.log(f'sshd-{node.name}')}",
+            )
+        )
+    return (
+        NodeStatus(
+            name=node.name,
+            env=node.env,
+            address=node.address,
+            sshd_up=ssh_up,
+            engine_up=ver is not None,
+            engine_version=(ver or {}).get("Version"),
+            engine_id=(inf or {}).get("ID"),
+            containers_running=(inf or {}).get("ContainersRunning"),
+        ),
+        issues,
+    )
+
+
+def check(name: str) -> LabStatus:
+    name = validate_name(name)
+    paths = LabPaths.for_name(name)
+    spec = state.load_spec(paths)
+    if spec is None:
+        leftovers = netns.lab_netns(f"{name}.")
+        st = LabStatus(name=name, exists=False)
+        if leftovers:
+            st.issues.append(
+                Issue(f"lab {name} has no state but namespaces remain: {', '.join(leftovers)}",
+                      "run `orch lab down` to remove them, or `orch lab up`")
+            )
+        return st
+    st = LabStatus(name=name, exists=True, subnet=spec.subnet, bridge=spec.bridge)
+    st.facts = info_from_spec(spec).to_json()
+    st.host_engine_up = engine.ping(engine.HOST_SOCKET)
+    if not st.host_engine_up:
+        st.issues.append(
+            Issue("the host's Docker Engine is not running (builds and pushes need it)",
+                  "start it: systemctl start docker, or `orch lab up` (starts it)")
+        )
+    host_links = netns.links()
+    br = host_links.get(spec.bridge)
+    want = f"{spec.host_address}/{spec.prefixlen}"
+    if br is None or not br.up or want not in br.addresses:
+        st.issues.append(Issue(f"bridge {spec.bridge} with {want} is missing or down", FIX_UP))
+    for problem in netns.forwarding_problems(spec):
+        st.issues.append(Issue(problem, FIX_UP))
+    if not registry.ca_installed(spec):
+        st.issues.append(
+            Issue("engines do not trust the lab CA (missing /etc/docker/certs.d entries)", FIX_UP)
+        )
+
+    procs = proc.process_table()
+    with ThreadPoolExecutor(max_workers=max(2, len(spec.nodes))) as pool:
+        results = list(pool.map(lambda n: _node_status(spec, n, procs, host_links), spec.nodes))
+    for ns, issues in results:
+        st.nodes.append(ns)
+        st.issues.extend(issues)
+
+    reg_up = registry.answers(spec, f"https://{spec.registry}/v2/")
+    mir_up = registry.answers(spec, f"https://{spec.mirror}/v2/")
+    repos = None
+    if reg_up:
+        creds = registry.load_credentials(spec)
+        repos = registry.catalog(spec, creds) if creds else None
+    st.registry = RegistryStatus(spec.registry, reg_up, spec.mirror, mir_up, repos)
+    if not reg_up:
+        st.issues.append(Issue(f"registry https://{spec.registry} is not answering",
+                               f"{FIX_UP}; its log: {paths.log('registry')}"))
+    if not mir_up:
+        st.issues.append(Issue(f"mirror https://{spec.mirror} is not answering",
+                               f"{FIX_UP}; its log: {paths.log('mirror')}"))
+    if repos is not None:
+        for img in images.BASE_IMAGES:
+            if img.repo not in repos:
+                st.issues.append(Issue(f"base image {img.repo} is not in the registry", FIX_UP))
+    return st

@@ -1,0 +1,141 @@
+"""Transport pieces that need no SSH server: targets, options, errors, parallelism."""
+
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from orchestrator import transport as T
+from orchestrator.transport import (
+    AgentError,
+    HostUnreachable,
+    NodesUnreachable,
+    NodeTarget,
+    SSHOptions,
+    UnknownHostKey,
+)
+
+
+def test_target_names_and_jump():
+    t = NodeTarget("web-1", "10.250.0.11", 2222, jump="admin@bastion:2200")
+    assert t.address == "10.250.0.11:2222" and t.known_hosts_name == "[10.250.0.11]:2222"
+    assert NodeTarget("a", "h").known_hosts_name == "h"
+    j = t.jump_target()
+    assert (j.host, j.port, j.user) == ("bastion", 2200, "admin")
+    j = NodeTarget("a", "h", user="deploy", jump="bastion").jump_target()
+    assert (j.host, j.port, j.user) == ("bastion", 22, "deploy")
+    with pytest.raises(T.TransportError):
+        NodeTarget("a", "h", jump="a@b:c:d").jump_target()
+
+
+def test_adapters_from_environment_objects():
+    from orchestrator.environments import Environment, NodeSpec, SSHSettings
+
+    node = NodeSpec(name="dev-1", host="10.250.0.11", identity_file=Path("/k"), labels={"role": "web"}, jump="j:22")
+    t = T.target_from_node(node)
+    assert t == NodeTarget("dev-1", "10.250.0.11", 22, "root", Path("/k"), "j:22")
+    assert t.labels == {"role": "web"}
+    env = Environment(name="dev", file=Path("/e/dev.yaml"), nodes=[node],
+                      ssh=SSHSettings(known_hosts=Path("/kh"), connect_timeout=3, command_timeout=9, strict_host_keys=True),
+                      registry=None, promote_from=None, gates=None, verify=None, vars={})
+    o = T.options_from_env(env, retries=0)
+    assert (o.known_hosts_path, o.strict, o.connect_timeout, o.command_timeout, o.retries) == (Path("/kh"), True, 3, 9, 0)
+    assert o.trust_command() == "orch nodes trust --env dev"
+    assert SSHOptions().known_hosts_path == Path.home() / ".ssh" / "known_hosts"
+
+
+def test_fingerprint_matches_openssh_format():
+    key = paramiko.ECDSAKey.generate()
+    fp = T.fingerprint(key)
+    assert fp.startswith("SHA256:") and not fp.endswith("=") and len(fp) == 7 + 43
+
+
+def test_known_hosts_append_and_lookup(tmp_path):
+    path = tmp_path / "ssh" / "known_hosts"
+    path.parent.mkdir()
+    path.write_text("# keep this comment\n")
+    key = paramiko.ECDSAKey.generate()
+    T.append_known_host(path, "[10.250.0.11]:2222", key)
+    assert path.read_text().startswith("# keep this comment\n")
+    assert T.load_known_hosts(path).lookup("[10.250.0.11]:2222")[key.get_name()] == key
+
+
+def test_retries_with_backoff_only_for_network_failures():
+    sleeps, calls = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise HostUnreachable("x: refused", node="x")
+        return "ok"
+
+    opts = SSHOptions(retries=2, backoff=0.5)
+    assert T._with_retries(flaky, opts, sleeps.append) == "ok" and sleeps == [0.5, 1.0]
+
+    def untrusted():
+        calls.append(1)
+        raise UnknownHostKey("nope", node="x", fingerprint="SHA256:x", key_type="ssh-ed25519")
+
+    calls.clear()
+    with pytest.raises(UnknownHostKey):
+        T._with_retries(untrusted, opts, sleeps.append)
+    assert len(calls) == 1
+
+
+def test_connect_all_names_every_failed_node_and_closes_the_rest(monkeypatch):
+    closed = []
+
+    class Conn:
+        def __init__(self, name):
+            self.name = name
+
+        def close(self):
+            closed.append(self.name)
+
+    def fake_connect(target, options):
+        if target.name in ("b", "d"):
+            raise HostUnreachable(f"{target.name} ({target.address}): connection refused", node=target.name)
+        return Conn(target.name)
+
+    monkeypatch.setattr(T, "connect", fake_connect)
+    targets = [NodeTarget(n, f"10.250.0.{i}") for i, n in enumerate("abcd", 11)]
+    with pytest.raises(NodesUnreachable) as err:
+        T.connect_all(targets, SSHOptions())
+    msg = err.value.render()
+    assert "cannot connect to 2 of 4 node(s); nothing was changed on any node" in msg
+    assert "b (10.250.0.12:22): connection refused" in msg and "d (10.250.0.14:22)" in msg
+    assert sorted(closed) == ["a", "c"] and set(err.value.failures) == {"b", "d"}
+    monkeypatch.setattr(T, "connect", lambda t, o: Conn(t.name))
+    conns = T.connect_all(targets, SSHOptions(), max_parallel=2)
+    assert list(conns) == ["a", "b", "c", "d"]
+
+
+def test_unreachable_for_real_on_loopback():
+    # Port 9 (discard) on loopback: nothing listens, so the connection is refused.
+    opts = SSHOptions(retries=1, backoff=0.01, connect_timeout=2)
+    with pytest.raises(NodesUnreachable) as err:
+        T.connect_all([NodeTarget("ghost", "127.0.0.1", 9)], opts)
+    assert "ghost (127.0.0.1:9): connection refused" in err.value.render()
+
+
+def test_agent_error_renders_logs_and_fix():
+    err = AgentError("dev-1", "apply", "exited", "service web replica 1 (container shop-web-1) exited with code 3",
+                     {"container": "shop-web-1", "logs": ["a", "b"], "fix": "look at the app"})
+    text = err.render()
+    assert text.startswith("dev-1: service web replica 1")
+    assert "Fix: look at the app" in text and "Last 2 log lines of shop-web-1:\n  | a\n  | b" in text
+    assert err.to_json()["details"]["kind"] == "exited" and err.exit_code == 1
+
+
+def test_parse_python_version():
+    assert T._parse_python_version("Python 3.11.2\n") == (3, 11, 2)
+    assert T._parse_python_version("sh: 1: python3: not found") is None
+
+
+def test_agent_command_is_plain_argv():
+    from orchestrator.agent_bundle import AgentBundle
+
+    b = AgentBundle(Path("/c/orch-agent-0123456789abcdef.pyz"), "0123456789abcdef" + "0" * 48, 10, (3, 9))
+    remote = T.bundle_path(b)
+    assert remote == "/var/lib/orch-agent/bundles/orch-agent-0123456789abcdef.pyz"
+    assert T.agent_command(remote) == ["python3", remote, "rpc", "--state-dir", "/var/lib/orch-agent"]

@@ -1,0 +1,280 @@
+"""The transport against a real OpenSSH sshd on loopback (no Docker, no lab).
+
+The sshd is started by this module on 127.0.0.1 with its own host key and an
+authorised client key; it is skipped where sshd or ssh-keygen are missing.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import transport as T
+from orchestrator.agent_bundle import build_bundle
+from orchestrator.transport import NodeTarget, SSHOptions
+
+SSHD = "/usr/sbin/sshd"
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(SSHD) and shutil.which("ssh-keygen") and os.geteuid() == 0),
+    reason="needs root, OpenSSH's sshd and ssh-keygen",
+)
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sshd:
+    def __init__(self, root: Path, client_pub: Path):
+        self.root = root
+        self.port = _free_port()
+        self.host_key = root / "host_ed25519"
+        _keygen(self.host_key)
+        shutil.copy(client_pub, root / "authorized_keys")
+        self.config = root / "sshd_config"
+        self.config.write_text("\n".join([
+            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
+            f"AuthorizedKeysFile {root}/authorized_keys", f"PidFile {root}/sshd.pid",
+            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "UsePAM no", "StrictModes no", "Subsystem sftp internal-sftp", "LogLevel ERROR",
+            # The agent must not reach the host's Docker Engine from these tests.
+            "SetEnv DOCKER_HOST=unix:///nonexistent/docker.sock",
+        ]) + "\n")
+        self.proc = None
+        self.start()
+
+    def start(self):
+        os.makedirs("/run/sshd", exist_ok=True)
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start: " + self.proc.stderr.read().decode())
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(5)
+
+    def rekey(self):
+        """Same address, new host key: what a reinstalled (or impersonated) node looks like."""
+        self.stop()
+        self.host_key.unlink()
+        Path(str(self.host_key) + ".pub").unlink()
+        _keygen(self.host_key)
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sshd")
+    client_key = root / "id_ed25519"
+    _keygen(client_key)
+    server = Sshd(root, Path(str(client_key) + ".pub"))
+    yield server, client_key
+    server.stop()
+
+
+@pytest.fixture
+def target(lab):
+    server, key = lab
+    return NodeTarget("local-1", "127.0.0.1", server.port, "root", key)
+
+
+@pytest.fixture
+def known_hosts(tmp_path, lab, target):
+    path = tmp_path / "known_hosts"
+    statuses = T.trust_hosts([target], SSHOptions(known_hosts=path, allow_agent=False))
+    assert [s.status for s in statuses] == ["added"]
+    return path
+
+
+def opts(path, **kw):
+    kw.setdefault("allow_agent", False)
+    kw.setdefault("retries", 0)
+    kw.setdefault("connect_timeout", 5)
+    kw.setdefault("env_name", "dev")
+    return SSHOptions(known_hosts=path, **kw)
+
+
+def test_unknown_host_key_is_refused_with_the_trust_command(tmp_path, target, lab):
+    with pytest.raises(T.NodesUnreachable) as err:
+        T.connect_all([target], opts(tmp_path / "known_hosts"))
+    failure = err.value.failures["local-1"]
+    assert isinstance(failure, T.UnknownHostKey)
+    server_fp = subprocess.run(["ssh-keygen", "-lf", str(lab[0].host_key) + ".pub"], capture_output=True,
+                               text=True).stdout.split()[1]
+    assert failure.fingerprint == server_fp
+    text = err.value.render()
+    assert server_fp in text and "run: orch nodes trust --env dev" in text
+    assert not (tmp_path / "known_hosts").exists()  # nothing was recorded
+
+
+def test_trust_then_connect_run_and_upload(known_hosts, target, tmp_path):
+    again = T.trust_hosts([target], opts(known_hosts))
+    assert [s.status for s in again] == ["trusted"]
+    assert len(known_hosts.read_text().splitlines()) == 1
+    conns = T.connect_all([target], opts(known_hosts))
+    conn = conns["local-1"]
+    try:
+        res = conn.run(["echo", "it's", "$HOME; rm -rf /"])
+        assert res.ok and res.stdout == "it's $HOME; rm -rf /\n"  # argv quoted: no shell expansion
+        assert conn.run(["sh", "-c", "exit 7"]).exit_code == 7
+        with pytest.raises(T.RemoteCommandFailed):
+            conn.run(["false"], check=True)
+        src = tmp_path / "payload"
+        src.write_bytes(b"x" * 100_000)
+        remote = str(tmp_path / "remote" / "deep" / "payload")
+        conn.upload(src, remote, 0o640)
+        assert Path(remote).read_bytes() == src.read_bytes() and oct(Path(remote).stat().st_mode & 0o777) == "0o640"
+        assert not [p for p in Path(remote).parent.iterdir() if ".tmp-" in p.name]
+    finally:
+        T.close_all(conns)
+
+
+def test_accept_new_when_not_strict_but_never_a_changed_key(tmp_path, target, lab):
+    path = tmp_path / "known_hosts"
+    conn = T.connect(target, opts(path, strict=False))
+    conn.close()
+    assert T.load_known_hosts(path).lookup(target.known_hosts_name) is not None
+    lab[0].rekey()
+    for strict in (True, False):
+        with pytest.raises(T.HostKeyChanged) as err:
+            T.connect(target, opts(path, strict=strict))
+        text = err.value.render()
+        assert "HOST KEY HAS CHANGED" in text and err.value.expected in text and err.value.fingerprint in text
+        assert f"ssh-keygen -R '{target.known_hosts_name}'" in text
+    status = T.trust_hosts([target], opts(path))[0]
+    assert status.status == "changed" and status.expected != status.fingerprint
+    assert len(path.read_text().splitlines()) == 1  # trust never replaces a key
+
+
+def test_wrong_key_is_an_authentication_error(tmp_path, target):
+    other = tmp_path / "other"
+    _keygen(other)
+    path = tmp_path / "kh"
+    T.trust_hosts([target], opts(path))
+    bad = NodeTarget(target.name, target.host, target.port, "root", other)
+    with pytest.raises(T.AuthenticationFailed) as err:
+        T.connect(bad, opts(path))
+    assert "authentication as root failed" in err.value.render()
+
+
+def test_agent_is_uploaded_once_and_answers_hello(tmp_path, known_hosts, target):
+    bundle = build_bundle(tmp_path / "cache")
+    state = str(tmp_path / "agent-state")
+    stale = Path(state) / "bundles"
+    stale.mkdir(parents=True)
+    for i in range(4):  # older bundles: the two newest are kept
+        p = stale / f"orch-agent-{i:016x}.pyz"
+        p.write_text("old")
+        os.utime(p, (1_700_000_000 + i, 1_700_000_000 + i))
+    conn = T.connect(target, opts(known_hosts))
+    try:
+        first = T.AgentSession.open(conn, bundle, state_dir=state)
+        try:
+            assert first.uploaded and first.hello["bundle"] == bundle.name and first.pid
+            with pytest.raises(T.AgentError) as err:
+                first.call("nonsense")
+            assert err.value.kind == "bad_request" and err.value.node == "local-1"
+            # No Docker Engine behind this sshd: info says so instead of failing.
+            info = first.call("info")
+            assert info["engine"] is None and info["engine_error"]
+        finally:
+            first.close()
+        second = T.AgentSession.open(conn, bundle, state_dir=state)
+        second.close()
+        assert not second.uploaded
+        left = sorted(p.name for p in stale.iterdir())
+        assert left == sorted([bundle.name, "orch-agent-0000000000000002.pyz", "orch-agent-0000000000000003.pyz"])
+        with pytest.raises(T.NodesUnreachable) as err:
+            T.open_sessions({"local-1": conn}, bundle, state_dir=state)
+        assert "Docker Engine is not usable" in err.value.render() and "apt-get install docker.io" in err.value.render()
+    finally:
+        conn.close()
+
+
+def test_missing_python_is_a_node_requirement_error(tmp_path, known_hosts, target):
+    bundle = build_bundle(tmp_path / "cache")
+    conn = T.connect(target, opts(known_hosts))
+    try:
+        with pytest.raises(T.NodeRequirementError) as err:
+            T.AgentSession.open(conn, bundle, state_dir=str(tmp_path / "s"), python="python3-nonexistent")
+        assert "python3-nonexistent is not available" in err.value.render() and "apt-get install python3" in err.value.render()
+    finally:
+        conn.close()
+
+
+def test_killed_agent_is_reported(tmp_path, known_hosts, target):
+    bundle = build_bundle(tmp_path / "cache")
+    conn = T.connect(target, opts(known_hosts))
+    try:
+        session = T.AgentSession.open(conn, bundle, state_dir=str(tmp_path / "s"))
+        conn.run(["kill", "-9", str(session.pid)], check=True)
+        with pytest.raises(T.AgentProtocolError) as err:
+            session.call("hello", {"protocol": 1})
+        assert "the agent stopped" in err.value.render()
+        session.close()
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def _env_dir(tmp_path, target, known_hosts):
+    d = tmp_path / "environments"
+    d.mkdir()
+    (d / "loc.yaml").write_text(
+        "name: loc\n"
+        "nodes:\n"
+        f"  - {{name: local-1, host: 127.0.0.1, port: {target.port}, identity_file: {target.identity_file}}}\n"
+        f"  - {{name: closed-1, host: 127.0.0.1, port: 9, identity_file: {target.identity_file}}}\n"
+        f"ssh: {{known_hosts: {known_hosts}, connect_timeout: 3}}\n"
+    )
+    return d
+
+
+def _cli(args):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_trust_then_check(tmp_path, target, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    kh = tmp_path / "kh"
+    envs = _env_dir(tmp_path, target, kh)
+    res = _cli(["nodes", "check", "--env", "loc", "--environments", str(envs), "--json"])
+    assert res.exit_code == 1
+    out = json.loads(res.stdout)
+    local = {n["node"]: n for n in out["nodes"]}
+    assert local["local-1"]["host_key"] == "unknown" and "orch nodes trust --env loc" in local["local-1"]["problems"][0]["fix"]
+    assert local["closed-1"]["reachable"] is False and "connection refused" in local["closed-1"]["problems"][0]["message"]
+
+    res = _cli(["nodes", "trust", "--env", "loc", "--environments", str(envs)])
+    assert res.exit_code == 1  # closed-1 cannot be reached
+    assert "local-1" in res.stdout and "added" in res.stdout and "SHA256:" in res.stdout
+    assert len(kh.read_text().splitlines()) == 1
+
+    res = _cli(["nodes", "check", "--env", "loc", "--environments", str(envs), "--json"])
+    local = {n["node"]: n for n in json.loads(res.stdout)["nodes"]}["local-1"]
+    assert (local["reachable"], local["auth"], local["host_key"]) == (True, True, "trusted")
+    assert local["python"] and local["agent"] and local["docker"] is None
+    assert "Docker Engine is not usable" in local["problems"][0]["message"]

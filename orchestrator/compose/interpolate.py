@@ -230,5 +230,3 @@ def interpolate_tree(
             return value
 
     visit(root, ())
-
-

@@ -10,7 +10,8 @@
 - logging merges only when both sides use the same driver, else it is replaced;
 - ulimits entries are replaced;
 - x-* keys are replaced;
-- a value tagged `!reset` removes the key; a value tagged `!override` replaces it.
+- a value tagged `!reset` removes the key; a value tagged `!override` replaces it;
+- a null override of a mapping or a list leaves the base value in place.
 
 Sequences with a uniqueness rule (ports, volumes, secrets, configs, expose, env_file,
 profiles, cap_add...) are appended here and de-duplicated in normalize.py, keeping the
@@ -118,6 +119,8 @@ def _merge_maps(base: YMap, over: YMap, path: tuple, tagged: bool) -> YMap:
             base.set_tag(k, None)
             continue
         old = base[k]
+        if v is None and isinstance(old, (YMap, YList)):
+            continue  # a null override leaves a mapping or list in place (as Compose)
         new = _merge_value(old, v, path + (k,), tagged)
         base[k] = new
         if not (isinstance(new, (YMap, YList)) and new is old):

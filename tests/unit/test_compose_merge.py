@@ -263,3 +263,10 @@ def test_overlay_paths_resolve_against_the_project_dir(tmp_path):
     overlay = parse_yaml("services: {web: {volumes: ['./prod-html:/usr/share/nginx/html']}}\n", "o.yaml")
     p = load(tmp_path, BASE, overlays=[Overlay(data=overlay, file="o.yaml")])
     assert p.services["web"].volumes[0].source == str(tmp_path / "prod-html")
+
+
+def test_null_override_keeps_the_base_value(tmp_path):
+    p = load(tmp_path, BASE, "services:\n  web:\n    networks:\n    environment:\n    image: nginx:2\n")
+    web = p.services["web"]
+    assert list(web.networks) == ["front"] and web.environment == {"A": "1", "B": "2"}
+    assert web.image == "nginx:2"

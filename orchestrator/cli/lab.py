@@ -50,7 +50,7 @@ def up(
     if json_out:
         print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "lab": info.to_json()})
         return
-    user, _ = info.ssh_user, None
+    user = info.ssh_user
     width = max(len(n.name) for n in info.nodes)
     lines = [f"Lab {info.name} is up ({info.subnet}, bridge {info.bridge} at {info.host_address})."]
     lines.append("Nodes (ssh as root, port 22; each runs its own Docker Engine):")
@@ -108,7 +108,9 @@ def status(
             print(f"  ! {issue.problem}\n    fix: {issue.fix}")
         print("Create it with `orch lab up" + ("" if st.name == "orch-lab" else f" --name {st.name}") + "`.")
         raise typer.Exit(1)
-    yes = lambda b: "up" if b else "DOWN"  # noqa: E731
+    def yes(b: bool) -> str:
+        return "up" if b else "DOWN"
+
     print(f"Lab {st.name}: {st.subnet} on {st.bridge}; host engine {yes(st.host_engine_up)}")
     rows = [("NODE", "ADDRESS", "SSHD", "ENGINE", "VERSION", "RUNNING", "ENGINE ID")]
     for n in st.nodes:

@@ -43,7 +43,7 @@ def remove(parent: str) -> list[Path]:
         proc.stop(leftovers, timeout=5)
     left = []
     for d in dirs:
-        for root, subdirs, _ in sorted(os.walk(d, topdown=False), key=lambda w: -len(w[0])):
+        for root, _subdirs, _files in sorted(os.walk(d, topdown=False), key=lambda w: -len(w[0])):
             try:
                 os.rmdir(root)
             except OSError:

@@ -160,7 +160,7 @@ def busybox_tar(busybox: bytes, applets: list[str]) -> bytes:
             mode = {"tmp": 0o1777, "root": 0o700}.get(d, 0o755)
             add(d, kind=tarfile.DIRTYPE, mode=mode)
         add("bin/busybox", mode=0o755, data=busybox)
-        for a in sorted(set(a.strip("/") for a in applets)):
+        for a in sorted({a.strip("/") for a in applets}):
             if a != "bin/busybox":
                 add(a, kind=tarfile.SYMTYPE, mode=0o777, link="/bin/busybox")
         add("etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n")
@@ -269,7 +269,7 @@ def ensure_host_images(cache: Path, log) -> list[str]:
             if len(have) == len(img.refs):
                 continue
             if have:  # some tags there: add the rest from one of them
-                src = sorted(have)[0]
+                src = min(have)
             else:
                 tarball = build_busybox(cache) if img is BUSYBOX else build_debian(cache, log)
                 src = img.refs[0]

@@ -46,7 +46,10 @@ def bridge_argvs(spec: LabSpec) -> list[list[str]]:
 def node_net_argvs(spec: LabSpec, node: NodeSpec) -> list[list[str]]:
     """Create the node's netns and veth, address it and route via the host bridge."""
     ns, veth = spec.netns(node), spec.veth(node)
-    inside = lambda *a: in_netns(ns, list(a))  # noqa: E731
+
+    def inside(*argv: str) -> list[str]:
+        return in_netns(ns, list(argv))
+
     return [
         ["ip", "netns", "add", ns],
         ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns],

@@ -45,7 +45,8 @@ def server_ext(address: str) -> str:
 def sign_argv(csr: Path, ca_cert: Path, ca_key: Path, cert: Path, ext: Path) -> list[str]:
     return [
         "openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-        "-CAcreateserial", "-out", str(cert), "-days", str(CERT_DAYS), "-extfile", str(ext),
+        "-CAserial", str(ca_key.with_name("ca.srl")), "-CAcreateserial",
+        "-out", str(cert), "-days", str(CERT_DAYS), "-extfile", str(ext),
     ]  # fmt: skip
 
 
@@ -54,7 +55,12 @@ def verify_argv(ca_cert: Path, cert: Path) -> list[str]:
 
 
 def cert_has_ip_argv(cert: Path, address: str) -> list[str]:
-    return ["openssl", "x509", "-in", str(cert), "-noout", "-checkip", address, "-checkend", "86400"]
+    return ["openssl", "x509", "-in", str(cert), "-noout", "-checkip", address]
+
+
+def cert_valid_for_argv(cert: Path, seconds: int = 30 * 86400) -> list[str]:
+    """Exit 0 when the certificate is still valid `seconds` from now."""
+    return ["openssl", "x509", "-in", str(cert), "-noout", "-checkend", str(seconds)]
 
 
 def ssh_keygen_argv(path: Path, comment: str) -> list[str]:
@@ -85,9 +91,9 @@ def ensure_server_cert(
     key: Path, cert: Path, address: str, ca_cert: Path, ca_key: Path
 ) -> bool:
     """(Re)issue the registry certificate unless a valid one for address exists."""
-    if key.exists() and cert.exists() and proc.ok(verify_argv(ca_cert, cert)):
+    if key.exists() and cert.exists() and proc.ok(verify_argv(ca_cert, cert)) and proc.ok(cert_valid_for_argv(cert)):
         cp = proc.run(cert_has_ip_argv(cert, address), check=False)
-        if cp.returncode == 0 and "does match" in cp.stdout:
+        if cp.returncode == 0 and "does match" in cp.stdout and "NOT" not in cp.stdout:
             return False
     cert.parent.mkdir(parents=True, exist_ok=True)
     csr = cert.with_suffix(".csr")

@@ -86,9 +86,9 @@ def answers(address: str, port: int = SSH_PORT, timeout: float = 2.0) -> bool:
 
 
 def wait(spec: LabSpec, node: NodeSpec, pid: int, timeout: float = 20) -> None:
-    if proc.wait_until(lambda: answers(node.address, timeout=0.5) or not proc.alive(pid), timeout):
-        if answers(node.address):
-            return
+    proc.wait_until(lambda: answers(node.address, timeout=0.5) or not proc.alive(pid), timeout)
+    if answers(node.address):
+        return
     logfile = spec.paths.log(f"sshd-{node.name}")
     raise OrchError(
         f"sshd of node {node.name} did not start on {node.address}:{SSH_PORT}. "

@@ -128,7 +128,7 @@ def _up_locked(spec: LabSpec, log) -> LabInfo:
 
     # Keys: the CA and the SSH client key are made once and kept.
     pki.ensure_ca(p.ca_dir, p.ca_key, p.ca_cert, spec.name)
-    pki.ensure_server_cert(p.registry_key, p.registry_cert, spec.host_address, p.ca_cert, p.ca_key)
+    new_cert = pki.ensure_server_cert(p.registry_key, p.registry_cert, spec.host_address, p.ca_cert, p.ca_key)
     pki.ensure_ssh_key(p.client_key, f"orch@{spec.name}")
     state.write_if_changed(p.authorized_keys, pki.public_key(p.client_key) + "\n", 0o600)
 
@@ -141,7 +141,7 @@ def _up_locked(spec: LabSpec, log) -> LabInfo:
     ]
     state.write_if_changed(p.known_hosts, "\n".join(known) + "\n", 0o644)
 
-    creds = _ensure_registry(spec, log)
+    creds = _ensure_registry(spec, log, restart=new_cert)
 
     images.ensure_host_images(p.image_cache, log)
     images.ensure_pushed(
@@ -162,12 +162,17 @@ def _up_locked(spec: LabSpec, log) -> LabInfo:
     return info_from_spec(spec)
 
 
-def _ensure_registry(spec: LabSpec, log) -> registry.Credentials:
+def _ensure_registry(spec: LabSpec, log, restart: bool = False) -> registry.Credentials:
+    """Both registry processes up with the current config, certificate and htpasswd.
+
+    Distribution reads its certificate and htpasswd at start, so a change restarts it.
+    """
     p = spec.paths
     creds = registry.load_or_create_credentials(spec)
     state.write_if_changed(p.registry_env, registry.env_file(spec, creds), 0o600)
     if not registry.htpasswd_matches(p.htpasswd, creds):
         registry.write_private(p.htpasswd, registry.htpasswd_line(creds.user, creds.password))
+        restart = True
     registry.install_ca(spec)
     waits = []
     for mirror in (False, True):
@@ -176,7 +181,7 @@ def _ensure_registry(spec: LabSpec, log) -> registry.Credentials:
         procs = proc.process_table()
         running = registry.find(procs, spec, mirror=mirror)
         url = f"https://{spec.mirror if mirror else spec.registry}/v2/"
-        if running and (changed or not registry.answers(spec, url)):
+        if running and (changed or restart or not registry.answers(spec, url)):
             proc.stop([r.pid for r in running], timeout=10)
             running = []
         if not running:

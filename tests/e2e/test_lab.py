@@ -108,7 +108,7 @@ def test_registry_requires_credentials_and_tls(lab):
     assert _https(f"{base}/", cafile=lab.ca_cert)[0] == 401
     assert _https(f"{base}/e2e/anon/blobs/uploads/", cafile=lab.ca_cert, method="POST")[0] == 401
     # Authenticated: an upload session opens.
-    status, headers = _https(
+    status, _ = _https(
         f"{base}/e2e/auth/blobs/uploads/", cafile=lab.ca_cert, user=user, password=password, method="POST"
     )
     assert status == 202, status

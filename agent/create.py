@@ -50,7 +50,8 @@ def create_body(
         "Image": c.image,
         "Env": ["%s=%s" % (k, v) for k, v in sorted(c.environment.items())],
         "Labels": L.container_labels(
-            svc.project, svc.service, replica, svc.env, svc.config_hash, svc.release, c.labels
+            svc.project, svc.service, replica, svc.env, svc.config_hash, svc.release, c.labels,
+            config_parts=svc.config_parts_label(),
         ),
         "StopTimeout": int(round(c.stop_grace_period)),
     }

@@ -70,6 +70,7 @@ class ContainerInfo:
             "env": self.labels.get(L.ENV, ""),
             "release": self.labels.get(L.RELEASE, ""),
             "config_hash": self.config_hash,
+            "config_parts": self.config_parts,
             "image": self.image,
             "image_id": self.image_id,
             "state": self.state,
@@ -79,7 +80,19 @@ class ContainerInfo:
             "ports": self.ports,
             "created": self.created,
             "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "networks": self.networks,
         }
+
+    @property
+    def config_parts(self) -> Dict[str, str]:
+        import json
+
+        try:
+            parts = json.loads(self.labels.get(L.CONFIG_PARTS) or "{}")
+        except ValueError:
+            return {}
+        return parts if isinstance(parts, dict) else {}
 
 
 def _secs(ns: Any, default: float) -> float:

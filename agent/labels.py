@@ -17,6 +17,9 @@ ENV = PREFIX + ".env"
 # (agent.spec.config_hash); a different hash means "recreate".
 CONFIG_HASH = PREFIX + ".config-hash"
 RELEASE = PREFIX + ".release"
+# JSON {field: short hash} of the ContainerSpec's top-level fields, so the controller
+# can say *which* part of the configuration changed (not part of the config hash).
+CONFIG_PARTS = PREFIX + ".config-parts"
 # For networks and volumes: the Compose-level name inside the project ("default", "data").
 NAME = PREFIX + ".name"
 MANAGED_BY = PREFIX + ".managed-by"
@@ -45,6 +48,7 @@ def container_labels(
     config_hash: str,
     release: Optional[str],
     user_labels: Optional[Dict[str, str]] = None,
+    config_parts: str = "",
 ) -> Dict[str, str]:
     labels = dict(user_labels or {})
     labels.update(
@@ -59,6 +63,8 @@ def container_labels(
     )
     if release:
         labels[RELEASE] = release
+    if config_parts:
+        labels[CONFIG_PARTS] = config_parts
     return labels
 
 

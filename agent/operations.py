@@ -48,6 +48,14 @@ from agent.spec import ServiceSpec
 LOG_LINES_ON_FAILURE = 20
 DEFAULT_MIN_RUNNING = 1.0  # a container without healthcheck must stay up this long
 POLL = 0.25
+# What `apply` waits for before it answers (the controller asks for the strongest
+# depends_on condition any dependent of the service has):
+#   running    running (for min_running, or healthy when it has a healthcheck); a
+#              one-shot (restart no / on-failure) that exits 0 counts as done
+#   healthy    healthy; a container without any healthcheck is an error
+#   completed  exited with code 0 (service_completed_successfully), within `timeout`
+WAIT_MODES = ("running", "healthy", "completed")
+DEFAULT_COMPLETION_TIMEOUT = 600.0
 
 
 @dataclass
@@ -296,13 +304,30 @@ def _name_conflicts(ctx: Context, svc: ServiceSpec) -> None:
             )
 
 
+def one_shot_done(c: ContainerInfo, restart: str) -> bool:
+    """A container that ran to completion: exited 0, never restarted, and a restart policy
+    (no, on-failure) under which it stays exited. Such a container is converged."""
+    return (c.state == "exited" and c.exit_code == 0 and c.restart_count == 0
+            and restart.partition(":")[0] in ("no", "on-failure"))
+
+
 def _keepable(c: ContainerInfo, svc: ServiceSpec, replica: int) -> bool:
-    return (
-        c.config_hash == svc.config_hash
-        and c.name == svc.container_name(replica)
-        and c.state == "running"
-        and c.health != "unhealthy"
-    )
+    if c.config_hash != svc.config_hash or c.name != svc.container_name(replica):
+        return False
+    if c.state == "running":
+        return c.health != "unhealthy"
+    return one_shot_done(c, svc.container.restart)
+
+
+def _ready_now(c: ContainerInfo, svc: ServiceSpec, wait: str) -> bool:
+    """Whether a kept container already satisfies `wait` (else apply waits for it)."""
+    if one_shot_done(c, svc.container.restart):
+        return True
+    if wait == "completed":
+        return False
+    if wait == "healthy" or c.healthcheck:
+        return c.health == "healthy"
+    return True
 
 
 def _remove(ctx: Context, c: ContainerInfo, why: str) -> None:
@@ -338,11 +363,15 @@ def op_apply(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     found by label and matched on the config hash, and anything half-done (created but
     not started, stopped, unhealthy, wrongly named) is removed and made again.
     """
-    check_keys(args, ("spec", "auth", "min_running", "health_margin"), "apply")
+    check_keys(args, ("spec", "auth", "min_running", "health_margin", "wait", "timeout"), "apply")
     svc = ServiceSpec.from_dict(require(args, "spec", "apply"))
     auth = _auth(args.get("auth"))
     min_running = check_number(args.get("min_running", DEFAULT_MIN_RUNNING), "min_running")
     margin = check_number(args.get("health_margin", 5.0), "health_margin")
+    wait = args.get("wait") or "running"
+    if wait not in WAIT_MODES:
+        raise BadRequest("wait must be one of %s" % ", ".join(WAIT_MODES))
+    timeout = check_number(args.get("timeout", DEFAULT_COMPLETION_TIMEOUT), "timeout")
     ctx.emit("apply.start", service=svc.service, replicas=svc.replicas, config_hash=svc.config_hash)
 
     existing = ctx.engine.containers(L.filters(svc.project, svc.service))
@@ -363,7 +392,7 @@ def op_apply(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
                 _remove(ctx, c, "config changed" if c.config_hash != svc.config_hash else "not running (%s)" % c.state)
         if keep is not None:
             outcome[r] = {"action": "unchanged", "container": keep}
-            if keep.health == "starting":
+            if not _ready_now(keep, svc, wait):
                 pending.append(keep)
         else:
             to_create.append(r)
@@ -391,7 +420,7 @@ def op_apply(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
             outcome[r]["container"] = info
             pending.append(info)
 
-    ready = wait_ready(ctx, svc, pending, min_running, margin)
+    ready = wait_ready(ctx, svc, pending, min_running, margin, wait, timeout)
     containers = []
     for r in svc.replicas:
         c = ready.get(outcome[r]["container"].id, outcome[r]["container"])
@@ -417,9 +446,10 @@ def _failure(ctx: Context, svc: ServiceSpec, c: ContainerInfo, kind: str, reason
 
 
 def wait_ready(
-    ctx: Context, svc: ServiceSpec, pending: List[ContainerInfo], min_running: float, margin: float
+    ctx: Context, svc: ServiceSpec, pending: List[ContainerInfo], min_running: float, margin: float,
+    wait: str = "running", timeout: float = DEFAULT_COMPLETION_TIMEOUT,
 ) -> Dict[str, ContainerInfo]:
-    """Wait until each container is running (and healthy when it has a healthcheck)."""
+    """Wait until each container is ready in the sense of `wait` (see WAIT_MODES)."""
     start = ctx.clock()
     waiting = {c.id: c for c in pending}
     done: Dict[str, ContainerInfo] = {}
@@ -441,6 +471,13 @@ def wait_ready(
                 raise AgentError(EXITED, "container %s was removed while starting" % old.name,
                                  {"service": svc.service, "replica": old.replica, "container": old.name})
             elapsed = now - start
+            if one_shot_done(c, svc.container.restart) or (
+                    wait == "completed" and c.state == "exited" and c.exit_code == 0 and c.restart_count == 0):
+                waiting.pop(cid)
+                done[cid] = c
+                ctx.emit("container.completed", container=c.name, replica=c.replica, exit_code=0,
+                         seconds=round(elapsed, 1))
+                continue
             if c.state in ("exited", "dead") or c.restart_count > 0 or c.state == "restarting":
                 why = "exited with code %d" % c.exit_code
                 if c.oom_killed:
@@ -450,6 +487,18 @@ def wait_ready(
                 if c.restart_count:
                     why += " and was restarted %d times" % c.restart_count
                 raise _failure(ctx, svc, c, EXITED, why)
+            if wait == "completed":
+                if elapsed > timeout:
+                    raise _failure(ctx, svc, c, TIMEOUT, "did not complete within %.0fs (state %s)" % (timeout, c.state))
+                continue
+            if wait == "healthy" and not c.healthcheck:
+                raise AgentError(
+                    UNHEALTHY,
+                    "service %s replica %d (container %s) has no healthcheck, but a dependent waits for it "
+                    "to be healthy (condition: service_healthy)" % (svc.service, c.replica, c.name),
+                    {"service": svc.service, "replica": c.replica, "container": c.name,
+                     "fix": "add a healthcheck to the service, or use condition: service_started"},
+                )
             if c.healthcheck:
                 if c.health == "healthy":
                     waiting.pop(cid)
@@ -725,3 +774,10 @@ OPERATIONS: Dict[str, Callable[[Context, Dict[str, Any]], Dict[str, Any]]] = {
     "volumes": op_volumes,
     "prune": op_prune,
 }
+
+# The release ledger and the deploy lock live in their own modules.
+from agent.ledger import LEDGER_OPERATIONS  # noqa: E402
+from agent.lock import LOCK_OPERATIONS  # noqa: E402
+
+OPERATIONS.update(LEDGER_OPERATIONS)
+OPERATIONS.update(LOCK_OPERATIONS)

@@ -415,6 +415,9 @@ class ServiceSpec:
     networks: Dict[str, NetworkDef] = field(default_factory=dict)
     volumes: Dict[str, VolumeDef] = field(default_factory=dict)
     pull: str = "missing"  # missing | always | never
+    # {ContainerSpec field: short hash}, labelled on the containers so a later plan can
+    # say which fields changed; optional, not part of config_hash.
+    config_parts: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "spec") -> "ServiceSpec":
@@ -423,7 +426,7 @@ class ServiceSpec:
         check_keys(
             d,
             ("project", "service", "env", "release", "config_hash", "replicas", "container",
-             "networks", "volumes", "pull"),
+             "networks", "volumes", "pull", "config_parts"),
             where,
         )
         raw_replicas = require(d, "replicas", where)
@@ -453,6 +456,7 @@ class ServiceSpec:
             networks={k: NetworkDef.from_dict(k, v, "%s.networks.%s" % (where, k)) for k, v in sorted(nets.items())},
             volumes={k: VolumeDef.from_dict(k, v, "%s.volumes.%s" % (where, k)) for k, v in sorted(vols.items())},
             pull=pull,
+            config_parts=check_str_map(d.get("config_parts") or {}, where + ".config_parts"),
         )
         for att in spec.container.networks:
             if att.name not in spec.networks:
@@ -464,3 +468,18 @@ class ServiceSpec:
 
     def container_name(self, replica: int) -> str:
         return L.container_name(self.project, self.service, replica)
+
+    def config_parts_label(self) -> str:
+        if not self.config_parts:
+            return ""
+        return json.dumps(self.config_parts, sort_keys=True, separators=(",", ":"))
+
+
+def config_parts(container: "ContainerSpec | Dict[str, Any]") -> Dict[str, str]:
+    """A short hash per top-level ContainerSpec field (controller side, like config_hash)."""
+    spec = container if isinstance(container, ContainerSpec) else ContainerSpec.from_dict(container)
+    out = {}
+    for key, value in sorted(spec.to_dict().items()):
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        out[key] = hashlib.sha256(b"orch-part-v1\n" + canonical.encode("ascii")).hexdigest()[:12]
+    return out

@@ -75,7 +75,13 @@ def bench_scale(runs: int, services: int = 5000, edges: int = 20000) -> list[Row
     return [time_row, mem_row]
 
 
-BENCHES = {"cli": bench_cli_startup, "scale": bench_scale}
+def bench_deploy(runs: int) -> list[Row]:
+    from bench.deploy import bench_deploy as run
+
+    return run(runs)
+
+
+BENCHES = {"cli": bench_cli_startup, "scale": bench_scale, "deploy": bench_deploy}
 
 
 def write_results(rows: list[Row], path: Path) -> None:

@@ -54,6 +54,9 @@ class RegistrySpec:
     password_file: Path | None = None
     credentials_file: Path | None = None  # KEY=VALUE lines (ORCH_REGISTRY_USER/_PASSWORD)
     source: str = ""  # environment file, for error messages
+    # host:port of a read-only, anonymous mirror of Docker Hub (the nodes' registry-mirrors
+    # entry, same CA): `image: busybox` is pinned to a digest by asking it instead of docker.io.
+    mirror: str | None = None
 
     def credentials(self, environ: Mapping[str, str] | None = None) -> RegistryCredentials | None:
         """Resolve credentials from the environment, then files; None when none configured."""
@@ -244,7 +247,8 @@ def pipeline_order(envs: Mapping[str, Environment]) -> list[str]:
 _TOP_KEYS = {"name", "nodes", "ssh", "registry", "promote_from", "gates", "verify", "vars", "overlay"}
 _NODE_KEYS = {"name", "host", "port", "user", "identity_file", "labels", "jump"}
 _SSH_KEYS = {"known_hosts", "connect_timeout", "command_timeout", "strict_host_keys"}
-_REGISTRY_KEYS = {"address", "ca_file", "username", "username_env", "password_env", "password_file", "credentials_file"}
+_REGISTRY_KEYS = {"address", "ca_file", "username", "username_env", "password_env", "password_file", "credentials_file",
+                  "mirror"}
 _GATE_KEYS = {"approval", "verification"}
 _VERIFY_KEYS = {"on_deploy", "checks"}
 _CHECK_KEYS = {"name", "http", "service", "status", "contains", "timeout", "retries", "command"}
@@ -375,6 +379,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
         password_file=_path(s("password_file"), path),
         credentials_file=_path(s("credentials_file"), path),
         source=file,
+        mirror=s("mirror"),
     )
 
     promote_from = r.typed(doc, "promote_from", "promote_from", (str,), "an environment name")

@@ -9,18 +9,18 @@ import typer
 
 Files = Annotated[
     Optional[list[Path]],
-    typer.Option("--file", "-f", help="Compose file (repeatable). Default: compose.yaml etc. in the working directory."),
+    typer.Option("--file", "-f", metavar="FILE", help="Compose file (repeatable). Default: compose.yaml etc. in the working directory."),
 ]
-ProjectName = Annotated[Optional[str], typer.Option("--project-name", "-p", help="Project name.")]
+ProjectName = Annotated[Optional[str], typer.Option("--project-name", "-p", metavar="NAME", help="Project name.")]
 EnvFiles = Annotated[
-    Optional[list[Path]], typer.Option("--env-file", help="Variables file for interpolation (repeatable). Default: .env.")
+    Optional[list[Path]], typer.Option("--env-file", metavar="FILE", help="Variables file for interpolation (repeatable). Default: .env.")
 ]
-Profiles = Annotated[Optional[list[str]], typer.Option("--profile", help="Enable a profile (repeatable); '*' enables all.")]
-EnvName = Annotated[Optional[str], typer.Option("--env", "-e", help="Environment (environments/ENV.yaml).")]
-EnvRequired = Annotated[str, typer.Option("--env", "-e", help="Environment (environments/ENV.yaml).")]
+Profiles = Annotated[Optional[list[str]], typer.Option("--profile", metavar="PROFILE", help="Enable a profile (repeatable); '*' enables all.")]
+EnvName = Annotated[Optional[str], typer.Option("--env", "-e", metavar="ENV", help="Environment (environments/ENV.yaml).")]
+EnvRequired = Annotated[str, typer.Option("--env", "-e", metavar="ENV", help="Environment (environments/ENV.yaml).")]
 EnvironmentsDir = Annotated[
     Optional[Path],
-    typer.Option("--environments", envvar="ORCH_ENVIRONMENTS", help="Folder of environment files. Default: ./environments."),
+    typer.Option("--environments", metavar="DIR", envvar="ORCH_ENVIRONMENTS", help="Folder of environment files. Default: ./environments."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 

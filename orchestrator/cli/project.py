@@ -13,7 +13,7 @@ from orchestrator.cli.options import (
 )
 from orchestrator.cli.output import print_json, warn
 
-Services = Annotated[Optional[list[str]], typer.Argument(help="Services (and their dependencies); default: all.")]
+Services = Annotated[Optional[list[str]], typer.Argument(metavar="SERVICE", help="Services (and their dependencies); default: all.")]
 
 
 def _print_warnings(project) -> None:

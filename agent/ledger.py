@@ -1,0 +1,381 @@
+"""The release ledger: every release of every project and environment this node serves.
+
+One SQLite database per node (Context.data_dir()/ledger.sqlite3, mode 0600), in WAL
+mode with synchronous=FULL, one transaction per write. Every node of an environment
+holds a full copy, written by the controller; the controller keeps no state of its own,
+so any CI runner with the SSH key reads the same history. Copies are reconciled by a
+revision number: the controller bumps `rev` on every change of a release, and a write
+never replaces a higher revision (a stale controller cannot undo a newer one); a node
+that missed a write is repaired by the controller's next write.
+
+Secrets never reach the ledger in clear: the controller replaces them by a hash
+(REDACTED_PREFIX...), and release_put refuses a manifest in which a service
+environment value whose key looks secret (looks_secret), or a secret's / config's
+inline content, is not redacted.
+
+Operations (registered in agent.operations.OPERATIONS):
+  release_put   {"releases": [RELEASE, ...]}  (or {"release": RELEASE}), all in one transaction
+                -> {"results": [{"id", "stored", "rev"}...]}
+  release_list  {"env", "project"?, "limit"?, "before"?} -> {"releases": [newest first], "max_id"}
+  release_get   {"env", "project", "id"} -> {"release": RELEASE or null}
+
+Python 3.9 compatible, stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from typing import Any, Dict, List, Optional
+
+from agent.protocol import (
+    BadRequest,
+    check_int,
+    check_name,
+    check_project,
+    check_str,
+)
+
+DB_NAME = "ledger.sqlite3"
+SCHEMA_VERSION = 1
+STATUSES = ("deploying", "live", "failed", "rolled_back", "superseded")
+REDACTED_PREFIX = "<redacted sha256:"
+MAX_LIST = 1000
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+
+# Environment keys whose values are secrets: redacted by the controller, checked here.
+_SECRET_KEY_RE = re.compile(
+    r"(PASSW(OR)?D|PASSPHRASE|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY|CREDENTIAL|(^|_)PASS$|(^|_)PWD$"
+    r"|(^|_)DSN$|(^|_)AUTH$)",
+    re.IGNORECASE,
+)
+_DIGEST_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$")
+_HASH_RE = re.compile(r"^[0-9a-f]{16,128}$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS releases (
+    project      TEXT    NOT NULL,
+    env          TEXT    NOT NULL,
+    id           INTEGER NOT NULL,          -- per project and environment, increasing
+    rev          INTEGER NOT NULL,          -- bumped by the controller on every change
+    status       TEXT    NOT NULL,          -- deploying | live | failed | rolled_back | superseded
+    services     TEXT    NOT NULL,          -- JSON {service: "repo@sha256:..."}
+    manifest     TEXT    NOT NULL,          -- JSON: the rendered project, secrets hashed
+    project_hash TEXT    NOT NULL,          -- sha256 of the canonical manifest JSON
+    version      TEXT    NOT NULL DEFAULT '',
+    command      TEXT    NOT NULL DEFAULT '',  -- "up" | "promote" | "rollback"
+    performer    TEXT    NOT NULL,          -- JSON {user, host, ci: {...}}
+    source_env   TEXT,                      -- promotion: where it came from
+    source_id    INTEGER,
+    lineage      TEXT    NOT NULL DEFAULT '[]',  -- JSON [{env, id}], nearest first
+    rollback_of  INTEGER,                   -- rollback: the release it replaced
+    restores     INTEGER,                   -- rollback: the release whose manifest it re-applied
+    approval     TEXT,                      -- JSON {by, at} or NULL
+    verification TEXT,                      -- JSON results or NULL
+    reason       TEXT,                      -- why it failed
+    extra        TEXT    NOT NULL DEFAULT '{}',
+    created      TEXT    NOT NULL,
+    updated      TEXT    NOT NULL,
+    PRIMARY KEY (project, env, id)
+);
+CREATE INDEX IF NOT EXISTS releases_by_status ON releases (project, env, status);
+"""
+
+_JSON_COLUMNS = ("services", "manifest", "performer", "lineage", "approval", "verification", "extra")
+_COLUMNS = ("project", "env", "id", "rev", "status", "services", "manifest", "project_hash", "version", "command",
+            "performer", "source_env", "source_id", "lineage", "rollback_of", "restores", "approval",
+            "verification", "reason", "extra", "created", "updated")
+_KEYS = set(_COLUMNS) - {"source_env", "source_id"} | {"source"}
+
+
+def looks_secret(key: str) -> bool:
+    """Is an environment variable with this name a secret (its value is redacted)?"""
+    return bool(_SECRET_KEY_RE.search(key))
+
+
+def is_redacted(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(REDACTED_PREFIX)
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def db_path(ctx: Any) -> str:
+    return os.path.join(ctx.data_dir(), DB_NAME)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open (creating, 0600) the ledger; WAL, full sync, schema in place."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return conn
+
+
+def _row_to_record(row: sqlite3.Row) -> Dict[str, Any]:
+    rec: Dict[str, Any] = {}
+    for col in _COLUMNS:
+        value = row[col]
+        if col in _JSON_COLUMNS and value is not None:
+            value = json.loads(value)
+        rec[col] = value
+    source_env, source_id = rec.pop("source_env"), rec.pop("source_id")
+    rec["source"] = {"env": source_env, "id": source_id} if source_env else None
+    return rec
+
+
+def put_records(conn: sqlite3.Connection, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Upsert validated records in one transaction; never replaces a higher revision."""
+    results = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for rec in records:
+            row = conn.execute(
+                "SELECT rev, updated FROM releases WHERE project=? AND env=? AND id=?",
+                (rec["project"], rec["env"], rec["id"]),
+            ).fetchone()
+            if row is not None and (row["rev"], row["updated"]) >= (rec["rev"], rec["updated"]):
+                results.append({"project": rec["project"], "env": rec["env"], "id": rec["id"], "stored": False,
+                                "rev": row["rev"]})
+                continue
+            values = []
+            for col in _COLUMNS:
+                if col == "source_env":
+                    values.append((rec.get("source") or {}).get("env"))
+                elif col == "source_id":
+                    values.append((rec.get("source") or {}).get("id"))
+                elif col in _JSON_COLUMNS:
+                    v = rec.get(col)
+                    values.append(None if v is None else json.dumps(v, sort_keys=True, separators=(",", ":")))
+                else:
+                    values.append(rec.get(col))
+            conn.execute(
+                "INSERT OR REPLACE INTO releases (%s) VALUES (%s)" % (", ".join(_COLUMNS), ", ".join("?" * len(_COLUMNS))),
+                values,
+            )
+            results.append({"project": rec["project"], "env": rec["env"], "id": rec["id"], "stored": True,
+                            "rev": rec["rev"]})
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+def list_records(conn: sqlite3.Connection, env: str, project: Optional[str], limit: int,
+                 before: Optional[int]) -> List[Dict[str, Any]]:
+    sql = "SELECT * FROM releases WHERE env=?"
+    params: List[Any] = [env]
+    if project:
+        sql += " AND project=?"
+        params.append(project)
+    if before is not None:
+        sql += " AND id<?"
+        params.append(before)
+    sql += " ORDER BY id DESC, project LIMIT ?"
+    params.append(limit)
+    return [_row_to_record(r) for r in conn.execute(sql, params).fetchall()]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _opt_int(rec: Dict[str, Any], key: str) -> Optional[int]:
+    v = rec.get(key)
+    return None if v is None else check_int(v, key, 1)
+
+
+def _opt_dict(rec: Dict[str, Any], key: str) -> Optional[Dict[str, Any]]:
+    v = rec.get(key)
+    if v is not None and not isinstance(v, dict):
+        raise BadRequest("release %s must be an object or null" % key)
+    return v
+
+
+def check_record(rec: Any) -> Dict[str, Any]:
+    """A release record as the controller sends it; raises BadRequest naming the problem."""
+    if not isinstance(rec, dict):
+        raise BadRequest("a release must be an object")
+    unknown = sorted(set(rec) - _KEYS)
+    if unknown:
+        raise BadRequest("release has unknown keys: %s" % ", ".join(unknown))
+    for key in ("project", "env", "id", "rev", "status", "services", "manifest", "project_hash", "performer",
+                "created", "updated"):
+        if rec.get(key) is None:
+            raise BadRequest("release needs '%s'" % key)
+    out: Dict[str, Any] = {
+        "project": check_project(rec["project"]),
+        "env": check_name(rec["env"], "env"),
+        "id": check_int(rec["id"], "id", 1),
+        "rev": check_int(rec["rev"], "rev", 1),
+        "status": check_str(rec["status"], "status"),
+        "project_hash": check_str(rec["project_hash"], "project_hash"),
+        "version": check_str(rec.get("version") or "", "version"),
+        "command": check_str(rec.get("command") or "", "command"),
+        "created": check_str(rec["created"], "created"),
+        "updated": check_str(rec["updated"], "updated"),
+        "reason": None if rec.get("reason") is None else check_str(rec["reason"], "reason"),
+        "rollback_of": _opt_int(rec, "rollback_of"),
+        "restores": _opt_int(rec, "restores"),
+        "approval": _opt_dict(rec, "approval"),
+        "verification": _opt_dict(rec, "verification"),
+        "extra": _opt_dict(rec, "extra") or {},
+    }
+    if out["status"] not in STATUSES:
+        raise BadRequest("release status %r is not one of %s" % (out["status"], ", ".join(STATUSES)))
+    if not _HASH_RE.match(out["project_hash"]):
+        raise BadRequest("project_hash must be 16-128 lowercase hex digits")
+    services = rec["services"]
+    if not isinstance(services, dict):
+        raise BadRequest("release services must be an object {service: image@sha256:...}")
+    for name, ref in services.items():
+        check_name(name, "service")
+        check_str(ref, "services[%r]" % name)
+        if not _DIGEST_REF_RE.match(ref):
+            raise BadRequest("services[%r] = %r is not pinned to a digest (repo@sha256:...)" % (name, ref))
+    out["services"] = dict(services)
+    if not isinstance(rec["manifest"], dict):
+        raise BadRequest("release manifest must be an object (the rendered project)")
+    check_redacted(rec["manifest"])
+    out["manifest"] = rec["manifest"]
+    if not isinstance(rec["performer"], dict):
+        raise BadRequest("release performer must be an object")
+    out["performer"] = rec["performer"]
+    source = rec.get("source")
+    if source is not None:
+        if not isinstance(source, dict) or set(source) - {"env", "id"}:
+            raise BadRequest("release source must be {env, id} or null")
+        source = {"env": check_name(source.get("env"), "source.env"), "id": check_int(source.get("id"), "source.id", 1)}
+    out["source"] = source
+    lineage = rec.get("lineage") or []
+    if not isinstance(lineage, list):
+        raise BadRequest("release lineage must be a list of {env, id}")
+    out["lineage"] = [
+        {"env": check_name((x or {}).get("env"), "lineage.env"), "id": check_int((x or {}).get("id"), "lineage.id", 1)}
+        for x in lineage
+    ]
+    size = len(json.dumps(out, default=str))
+    if size > MAX_RECORD_BYTES:
+        raise BadRequest("release record is %d bytes; the limit is %d" % (size, MAX_RECORD_BYTES))
+    return out
+
+
+def check_redacted(manifest: Dict[str, Any]) -> None:
+    """Refuse a manifest that carries an obvious secret in clear (defence in depth: the
+    controller redacts; this catches a controller that forgot)."""
+    services = manifest.get("services") or {}
+    if not isinstance(services, dict):
+        return
+    for name, svc in services.items():
+        env = (svc or {}).get("environment") if isinstance(svc, dict) else None
+        if isinstance(env, dict):
+            for key, value in env.items():
+                if looks_secret(str(key)) and isinstance(value, str) and value and not is_redacted(value):
+                    raise BadRequest(
+                        "release manifest is not redacted: services.%s.environment.%s is in clear; secrets must "
+                        "be stored as hashes (the controller redacts them)" % (name, key)
+                    )
+    for kind in ("secrets", "configs"):
+        entries = manifest.get(kind) or {}
+        if not isinstance(entries, dict):
+            continue
+        for name, entry in entries.items():
+            if isinstance(entry, dict) and kind == "secrets":
+                content = entry.get("content")
+                if isinstance(content, str) and content and not is_redacted(content):
+                    raise BadRequest("release manifest is not redacted: %s.%s.content is in clear" % (kind, name))
+
+
+# ----------------------------------------------------------------------------- operations
+
+
+def op_release_put(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Insert or update releases (idempotent by (project, env, id) and rev), one transaction."""
+    from agent.protocol import check_keys
+
+    check_keys(args, ("release", "releases"), "release_put")
+    if args.get("releases") is not None:
+        raw = args["releases"]
+        if not isinstance(raw, list) or not raw:
+            raise BadRequest("releases must be a non-empty list")
+    elif args.get("release") is not None:
+        raw = [args["release"]]
+    else:
+        raise BadRequest("release_put needs 'release' or 'releases'")
+    records = [check_record(r) for r in raw]
+    conn = connect(db_path(ctx))
+    try:
+        results = put_records(conn, records)
+    finally:
+        conn.close()
+    return {"results": results, "stored": sum(1 for r in results if r["stored"])}
+
+
+def op_release_list(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Releases of one environment (optionally one project), newest first."""
+    from agent.protocol import check_keys
+
+    check_keys(args, ("env", "project", "limit", "before"), "release_list")
+    env = check_name(args.get("env"), "env")
+    project = check_project(args["project"]) if args.get("project") else None
+    limit = check_int(args.get("limit", 50), "limit", 1, MAX_LIST)
+    before = check_int(args["before"], "before", 1) if args.get("before") is not None else None
+    path = db_path(ctx)
+    if not os.path.exists(path):
+        return {"releases": [], "max_id": 0}
+    conn = connect(path)
+    try:
+        releases = list_records(conn, env, project, limit, before)
+        sql, params = "SELECT MAX(id) FROM releases WHERE env=?", [env]
+        if project:
+            sql += " AND project=?"
+            params.append(project)
+        max_id = conn.execute(sql, params).fetchone()[0] or 0
+    finally:
+        conn.close()
+    return {"releases": releases, "max_id": max_id}
+
+
+def op_release_get(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
+    from agent.protocol import check_keys
+
+    check_keys(args, ("env", "project", "id"), "release_get")
+    env = check_name(args.get("env"), "env")
+    project = check_project(args.get("project"))
+    rid = check_int(args.get("id"), "id", 1)
+    path = db_path(ctx)
+    if not os.path.exists(path):
+        return {"release": None}
+    conn = connect(path)
+    try:
+        row = conn.execute("SELECT * FROM releases WHERE project=? AND env=? AND id=?", (project, env, rid)).fetchone()
+    finally:
+        conn.close()
+    return {"release": _row_to_record(row) if row is not None else None}
+
+
+LEDGER_OPERATIONS = {
+    "release_put": op_release_put,
+    "release_list": op_release_list,
+    "release_get": op_release_get,
+}

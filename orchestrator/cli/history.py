@@ -1,0 +1,84 @@
+"""`orch history --env ENV`: the environment's releases, read from its nodes' ledgers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli import app
+from orchestrator.cli.options import EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, Profiles, ProjectName
+from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json, warn
+
+Count = Annotated[int, typer.Option("-n", "--number", min=1, max=1000, help="How many releases (newest first).")]
+
+
+def resolve_project(file, project_name, env_file, profile, env, environments):
+    """(project name, Environment): -p NAME needs no Compose file; else the project is loaded."""
+    from orchestrator.cli.options import project_options
+    from orchestrator.environments import load_environment
+    from orchestrator.workspace import load_workspace
+
+    if project_name and not file:
+        opts = project_options(file, project_name, env_file, profile, env, environments)
+        return project_name, load_environment(env, opts.environments_dir, opts.project_dir())
+    ws = load_workspace(project_options(file, project_name, env_file, profile, env, environments))
+    return ws.project.name, ws.environment
+
+
+def _when(ts: str) -> str:
+    return ts[:19].replace("T", " ") if ts else "-"
+
+
+def _who(performer: dict) -> str:
+    """Short: the name without the e-mail address, and the CI system (--json has it all)."""
+    from orchestrator.releases import performer_text
+
+    p = dict(performer)
+    p["user"] = str(p.get("user") or p.get("login") or "unknown").split(" <")[0]
+    ci = p.get("ci") or {}
+    if ci:
+        p["ci"] = {"system": ci.get("system", "ci"), "actor": ci.get("actor", "")}
+    return performer_text(p)
+
+
+@app.command("history")
+def history(
+    env: EnvRequired,
+    number: Count = 20,
+    file: Files = None,
+    project_name: ProjectName = None,
+    env_file: EnvFiles = None,
+    profile: Profiles = None,
+    environments: EnvironmentsDir = None,
+    json: Json = False,
+) -> None:
+    """List the project's releases in ENV, newest first: lineage, status, who, when, what changed."""
+    from orchestrator.cli.sessions import env_sessions, table
+    from orchestrator.releases import ReleaseLedger, diff_releases
+
+    project, environment = resolve_project(file, project_name, env_file, profile, env, environments)
+    with env_sessions(environment) as (_, sessions):
+        ledger = ReleaseLedger(sessions, project, environment.name, on_warning=warn)
+        hist = ledger.history(limit=number + 1)  # one more, to say what the oldest shown changed
+    shown = hist.releases[:number]
+    older = {r.id: next((o for o in hist.releases if o.id < r.id and o.status != "failed"), None) for r in shown}
+    if json:
+        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "project": project, "env": environment.name,
+                    "releases": [dict(r.to_json(), changes=diff_releases(older[r.id], r).to_json()) for r in shown],
+                    "unreachable": hist.errors})
+        return
+    if not shown:
+        typer.echo(f"{project} has no releases in {environment.name} yet.")
+        return
+    typer.echo(f"{project} in {environment.name}, newest first:")
+    rows = []
+    for r in shown:
+        status = r.status_text
+        if r.verified is not None:
+            status += ", verified" if r.verified else ", verify FAILED"
+        changes = diff_releases(older[r.id], r).summary() if older[r.id] or r.id == 1 else "-"
+        if r.status == "failed" and r.reason:
+            changes = f"{changes}; failed: {r.reason.splitlines()[0][:80]}"
+        rows.append([f"#{r.id}", status, _when(r.created), _who(r.performer), r.lineage_text(), changes])
+    typer.echo(table(["ID", "STATUS", "WHEN (UTC)", "WHO", "LINEAGE", "CHANGES"], rows))

@@ -1,0 +1,120 @@
+"""`orch build` and `orch push`: the project's images, tagged <registry>/<project>/<service>:<version>."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from orchestrator.cli import app
+from orchestrator.cli.options import (
+    EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, Profiles, ProjectName, project_options,
+)
+from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json, warn
+
+Services = Annotated[Optional[list[str]], typer.Argument(help="Services to build (default: every service with build:).")]
+Version = Annotated[
+    Optional[str],
+    typer.Option("--version", help="Image tag to use instead of the git short hash (+ -dirty-<hash>)."),
+]
+
+
+def _load(file, project_name, env_file, profile, env, environments):
+    from orchestrator.workspace import load_workspace
+
+    ws = load_workspace(project_options(file, project_name, env_file, profile, env, environments))
+    for problem in getattr(ws.project, "warnings", []):
+        warn(problem.render())
+    return ws.project, ws.environment
+
+
+def _printer(json: bool):
+    stream = sys.stderr if json else sys.stdout
+
+    def out(service: str, line: str) -> None:
+        stream.write(f"{service} | {line}\n")
+        stream.flush()
+
+    return out
+
+
+@app.command("build")
+def build(
+    services: Services = None,
+    env: EnvRequired = ...,
+    version: Version = None,
+    file: Files = None,
+    project_name: ProjectName = None,
+    env_file: EnvFiles = None,
+    profile: Profiles = None,
+    environments: EnvironmentsDir = None,
+    json: Json = False,
+) -> None:
+    """Build the services with build: using this machine's Docker Engine, tagged for ENV's registry."""
+    from orchestrator import images
+
+    project, environment = _load(file, project_name, env_file, profile, env, environments)
+    info = images.compute_version(images.version_paths(project, services), version)
+    jobs = images.plan_builds(project, environment, info.version, services)
+    if not jobs:
+        if json:
+            print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "image_version": info.version, "built": []})
+        else:
+            typer.echo(f"{project.name}: no service has build:, nothing to build.")
+        return
+    results = images.build(jobs, _printer(json))
+    if json:
+        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "project": project.name, "env": environment.name,
+                    "image_version": info.version, "version_source": info.source, "dirty": info.dirty,
+                    "built": [{"service": r.service, "tag": r.ref, "image_id": r.image_id, "seconds": r.seconds,
+                               "steps": r.steps, "cached_steps": r.cached_steps} for r in results]})
+        return
+    how = {"override": "--version", "git": "git, uncommitted changes" if info.dirty else "git", "content": "no git: "
+           "content hash"}[info.source]
+    typer.echo(f"\nbuilt {len(results)} image(s), version {info.version} ({how}):")
+    for r in results:
+        typer.echo(f"  {r.service:<12} {r.ref}  {r.image_id[7:19]}  {r.seconds:.1f}s "
+                   f"({r.steps} steps, {r.cached_steps} cached)")
+
+
+@app.command("push")
+def push(
+    services: Services = None,
+    env: EnvRequired = ...,
+    version: Version = None,
+    file: Files = None,
+    project_name: ProjectName = None,
+    env_file: EnvFiles = None,
+    profile: Profiles = None,
+    environments: EnvironmentsDir = None,
+    json: Json = False,
+) -> None:
+    """Push the built images to ENV's registry (with its credentials) and print their digests."""
+    from orchestrator import images
+    from orchestrator.cli.sessions import human_size, table
+
+    project, environment = _load(file, project_name, env_file, profile, env, environments)
+    info = images.compute_version(images.version_paths(project, services), version)
+    jobs = images.plan_builds(project, environment, info.version, services)
+    if not jobs:
+        if json:
+            print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "image_version": info.version, "pushed": []})
+        else:
+            typer.echo(f"{project.name}: no service has build:, nothing to push.")
+        return
+    registry = images.registry_client(environment)
+    images.check_registry(environment, client=registry)
+    results = images.push(jobs, environment, _printer(json), registry=registry)
+    if json:
+        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "project": project.name, "env": environment.name,
+                    "registry": environment.registry.address, "image_version": info.version,
+                    "pushed": [r.to_json() for r in results],
+                    "images": {r.service: r.pinned for r in results},
+                    "bytes_pushed": sum(r.bytes_pushed for r in results)})
+        return
+    typer.echo(f"\npushed {len(results)} image(s) to {environment.registry.address}, version {info.version}:")
+    rows = [[r.service, r.pinned, human_size(r.bytes_pushed),
+             f"{r.layers_pushed} pushed, {r.layers_mounted} mounted, {r.layers_reused} already there "
+             f"(image {human_size(r.image_bytes)})"] for r in results]
+    typer.echo(table(["SERVICE", "IMAGE", "SENT", "LAYERS"], rows))

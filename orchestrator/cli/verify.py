@@ -1,0 +1,75 @@
+"""`orch verify --env ENV`: run the environment's checks against its live release."""
+
+from __future__ import annotations
+
+import typer
+
+from orchestrator.cli import app
+from orchestrator.cli.options import (
+    EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, Profiles, ProjectName, project_options,
+)
+from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json, warn
+
+
+@app.command("verify")
+def verify(
+    env: EnvRequired,
+    file: Files = None,
+    project_name: ProjectName = None,
+    env_file: EnvFiles = None,
+    profile: Profiles = None,
+    environments: EnvironmentsDir = None,
+    json: Json = False,
+) -> None:
+    """Run ENV's verify checks (HTTP per node, commands here) and record the result on the live release.
+
+    Exits 1 when a check fails.
+    """
+    from orchestrator import verify as V
+    from orchestrator.cli.sessions import env_sessions
+    from orchestrator.releases import ReleaseLedger
+    from orchestrator.transport import parallel
+    from orchestrator.workspace import load_workspace
+
+    ws = load_workspace(project_options(file, project_name, env_file, profile, env, environments))
+    project, environment = ws.project, ws.environment
+    with env_sessions(environment) as (_, sessions):
+        ledger = ReleaseLedger(sessions, project.name, environment.name, on_warning=warn)
+        history = ledger.history(limit=20)
+        live = history.live()
+        states, errors = parallel(list(sessions.items()),
+                                  lambda item: item[1].call("state", {"project": project.name})["containers"],
+                                  key=lambda item: item[0])
+        for node, err in sorted(errors.items()):
+            warn(f"{node}: cannot list containers ({err}); its checks will fail")
+        placement = V.placement_from_state(states, project.name)
+        targets = V.plan_checks(environment, project, placement, live.id if live else None)
+
+        def note(r: V.CheckResult) -> None:
+            if not json:
+                where = f" @{r.node}" if r.node else ""
+                mark = "ok  " if r.ok else "FAIL"
+                target = f": {r.target}" if r.target else ""
+                typer.echo(f"  {mark} {r.name}{where}{target}" + ("" if r.ok else f": {r.error}"))
+                for line in ([] if r.ok else r.output[-10:]):
+                    typer.echo(f"         | {line}")
+
+        if live is None:
+            warn(f"{environment.name} has no live release of {project.name} in its ledger: the result will not be "
+                 "recorded")
+        if not json:
+            what = str(live.ref) if live else "no recorded release"
+            typer.echo(f"verifying {project.name} in {environment.name} ({what}): {len(targets)} check(s)")
+        report = V.run_checks(targets, env=environment.name, project=project.name,
+                              release=live.id if live else None, cwd=str(project.working_dir), on_result=note)
+        recorded = False
+        if live is not None and targets:
+            V.record_verification(ledger, history, report)
+            recorded = True
+    if json:
+        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok" if report.ok else "error",
+                    "recorded": recorded, **report.to_json()})
+    else:
+        typer.echo(report.summary() + (f" Recorded on {live.ref}." if recorded else ""))
+    if not report.ok:
+        raise typer.Exit(1)

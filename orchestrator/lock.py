@@ -1,0 +1,227 @@
+"""The environment's deploy lock, taken on every node of the environment.
+
+Every mutating command (up, promote, rollback, down) takes it before it changes
+anything. The lock lives in the agent processes (agent.lock): each node's agent holds
+an flock for as long as this controller's SSH channel to it is open, so a controller
+killed with SIGKILL, or a cancelled CI job, frees it at once. Nodes are locked in a
+fixed order (by name), so two controllers never hold half of an environment each.
+
+    sessions = open_lock_sessions(conns, bundle)     # one extra agent channel per node
+    with acquire_lock("prod", sessions, LockHolder.current("orch up --env prod"), wait=0):
+        ...                                            # deploy
+    # LockHeld (exit 4) names holder, command, start time and CI job
+
+Use dedicated sessions (open_lock_sessions) rather than the deploy's own: an agent
+busy with an operation still holds the lock, but a dedicated one does nothing else,
+so it ends (and frees the lock) the instant the controller goes away.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from orchestrator.errors import LockHeld, OrchError
+
+LOCKED_KIND = "locked"
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds (or asks for) the lock; written on the node next to the flock."""
+
+    user: str
+    host: str
+    command: str
+    started: str  # ISO time the command started
+    ci_job: str = ""
+    pid: int | None = None
+    project: str = ""
+
+    @classmethod
+    def current(cls, command: str, performer: Any = None, project: str = "") -> LockHolder:
+        """This process as holder; performer: releases.Performer (default: detected)."""
+        if performer is None:
+            from orchestrator.releases import detect_performer
+
+            performer = detect_performer()
+        return cls(
+            user=performer.user, host=performer.host, command=command,
+            started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), ci_job=performer.ci_job,
+            pid=os.getpid(), project=project,
+        )
+
+    def to_args(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> LockHolder | None:
+        if not d:
+            return None
+        return cls(user=str(d.get("user", "?")), host=str(d.get("host", "?")), command=str(d.get("command", "?")),
+                   started=str(d.get("started", "")), ci_job=str(d.get("ci_job", "") or ""),
+                   pid=d.get("pid") if isinstance(d.get("pid"), int) else None, project=str(d.get("project", "") or ""))
+
+    def describe(self, now: datetime | None = None) -> str:
+        text = f"{self.user} on {self.host}, running `{self.command}`"
+        if self.started:
+            text += f" since {self.started}"
+            age = _age(self.started, now)
+            if age:
+                text += f" ({age} ago)"
+        if self.ci_job:
+            text += f", CI job {self.ci_job}"
+        return text
+
+
+def _age(started: str, now: datetime | None = None) -> str:
+    try:
+        t = datetime.strptime(started[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return ""
+    secs = int(((now or datetime.now(timezone.utc)) - t).total_seconds())
+    if secs < 0:
+        return ""
+    if secs < 120:
+        return f"{secs}s"
+    if secs < 7200:
+        return f"{secs // 60}m"
+    return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
+
+
+def lock_held_error(env: str, node: str, holder: LockHolder | None, waited: float = 0.0) -> LockHeld:
+    who = holder.describe() if holder else "another controller (it has not written its name yet)"
+    text = f"environment {env} is locked by {who} (held on {node})"
+    if waited:
+        text += f"; waited {waited:.0f}s"
+    return LockHeld(
+        text + ". Nothing was changed.",
+        fix=f"wait for it to finish and run again, or add --lock-wait SECONDS to wait for it; `orch lock status "
+        f"--env {env}` shows the holder. The lock frees itself the moment that controller exits, even when killed.",
+        details={"env": env, "node": node, "holder": asdict(holder) if holder else None},
+    )
+
+
+class EnvLock:
+    """The lock of one environment over its nodes' agent sessions (acquire / release)."""
+
+    def __init__(self, env: str, sessions: Mapping[str, Any], holder: LockHolder):
+        self.env = env
+        self.sessions = dict(sorted(sessions.items()))  # the fixed order: by node name
+        self.holder = holder
+        self.held: list[str] = []
+
+    def acquire(self, wait: float = 0.0, on_wait: Callable[[str, LockHolder | None, float], None] | None = None
+                ) -> EnvLock:
+        """Take the lock on every node in order, waiting up to `wait` seconds in all."""
+        from orchestrator.transport import AgentError
+
+        deadline = time.monotonic() + max(0.0, wait)
+        try:
+            for node, session in self.sessions.items():
+                remaining = max(0.0, deadline - time.monotonic())
+
+                def event(ev: dict, node: str = node) -> None:
+                    if ev.get("type") == "lock.waiting" and on_wait is not None:
+                        on_wait(node, LockHolder.from_dict(ev.get("holder")), float(ev.get("waited") or 0))
+
+                try:
+                    session.call("lock_acquire", {"env": self.env, "holder": self.holder.to_args(),
+                                                  "wait_s": round(remaining, 3)}, on_event=event)
+                except AgentError as err:
+                    if err.kind == LOCKED_KIND:
+                        raise lock_held_error(self.env, node, LockHolder.from_dict(err.details.get("holder")),
+                                              float(err.details.get("waited") or 0)) from None
+                    raise
+                self.held.append(node)
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        """Release on every node still held (best effort: a dead channel has freed it already)."""
+        for node in reversed(self.held):
+            try:
+                self.sessions[node].call("lock_release", {"env": self.env}, timeout=15)
+            except Exception:
+                pass
+        self.held = []
+
+    def __enter__(self) -> EnvLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def acquire_lock(env: str, sessions: Mapping[str, Any], holder: LockHolder, wait: float = 0.0,
+                 on_wait: Callable[[str, LockHolder | None, float], None] | None = None) -> EnvLock:
+    """Take `env`'s lock on every node of sessions; LockHeld (exit 4) when another holds it."""
+    return EnvLock(env, sessions, holder).acquire(wait, on_wait)
+
+
+@dataclass(frozen=True)
+class NodeLockState:
+    node: str
+    held: bool
+    mine: bool
+    holder: LockHolder | None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class LockStatus:
+    env: str
+    nodes: list[NodeLockState]
+
+    @property
+    def held(self) -> bool:
+        return any(n.held for n in self.nodes)
+
+    @property
+    def holder(self) -> LockHolder | None:
+        return next((n.holder for n in self.nodes if n.holder is not None), None)
+
+    def to_json(self) -> dict:
+        h = self.holder
+        return {"env": self.env, "held": self.held, "holder": asdict(h) if h else None,
+                "nodes": [{"node": n.node, "held": n.held, "holder": asdict(n.holder) if n.holder else None,
+                           **({"error": n.error} if n.error else {})} for n in self.nodes]}
+
+    def describe(self) -> str:
+        if not self.held:
+            return f"environment {self.env}: not locked."
+        where = ", ".join(n.node for n in self.nodes if n.held)
+        h = self.holder
+        return f"environment {self.env}: locked by {h.describe() if h else 'an unnamed holder'} (on {where})."
+
+
+def lock_status(env: str, sessions: Mapping[str, Any]) -> LockStatus:
+    """Who holds `env`'s lock, read on every node without taking it."""
+    from orchestrator.transport import parallel
+
+    items = sorted(sessions.items())
+    answers, errors = parallel(items, lambda item: item[1].call("lock_status", {"env": env}), key=lambda i: i[0])
+    nodes = []
+    for node, _ in items:
+        if node in answers:
+            a = answers[node]
+            nodes.append(NodeLockState(node, bool(a.get("held")), bool(a.get("mine")),
+                                       LockHolder.from_dict(a.get("holder"))))
+        else:
+            err = errors[node]
+            nodes.append(NodeLockState(node, False, False, None,
+                                       err.render() if isinstance(err, OrchError) else str(err)))
+    return LockStatus(env, nodes)
+
+
+def open_lock_sessions(conns: Mapping[str, Any], bundle: Any, **kw: Any) -> dict[str, Any]:
+    """A dedicated agent session per node (an extra channel on each connection) for the lock."""
+    from orchestrator.transport import open_sessions
+
+    return open_sessions(dict(conns), bundle, require_engine=False, **kw)

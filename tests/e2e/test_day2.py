@@ -1,0 +1,101 @@
+"""Day-2 commands against PROD: `orch ps`, `orch logs` (and -f) and `orch exec`, with the
+replica that runs on prod-2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from test_up import Shop, last_json
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def shop(orch, lab, tmp_path_factory):
+    s = Shop(orch, tmp_path_factory.mktemp("day2"), "prod", "day2", extra_env={"WORKER_INTERVAL": "1"})
+    s.up()
+    yield s
+    s.down()
+
+
+def test_ps_lists_the_replica_on_prod_2(shop):
+    text = shop.orch("ps").stdout
+    header, *rows = text.splitlines()
+    assert header.split()[:4] == ["SERVICE", "REPLICA", "NODE", "STATE"]
+    web2 = [r.split() for r in rows if r.split()[:3] == ["web", "2", "prod-2"]]
+    assert web2 and web2[0][3] == "running"
+    (row,) = [c for c in shop.ps() if (c["service"], c["replica"]) == ("web", 2)]
+    assert row["node"] == "prod-2" and row["uptime_s"] is not None and row["image"] == "busybox"
+    assert row["ports"] == [f"10.250.0.32:{shop.ports['WEB_PORT']}->80/tcp"]
+
+
+def test_logs_from_every_replica_prefixed_service_replica_at_node(shop):
+    out = shop.orch("logs", "web").stdout.splitlines()
+    assert "web-2@prod-2 | web ready, api says: api 1 prod" in out
+    assert "web-1@prod-1 | web ready, api says: api 1 prod" in out
+    tail = shop.orch("logs", "worker", "--tail", "2").stdout.splitlines()
+    assert tail == ["worker-1@prod-1 | tick"] * 2
+    lines = [last_json(ln) for ln in shop.orch("logs", "web", "--json").stdout.splitlines()]
+    assert {"service": "web", "replica": 2, "node": "prod-2", "container": f"{shop.project}-web-2",
+            "line": "web ready, api says: api 1 prod"} in lines
+    assert shop.orch("logs", "web", "--since", "1h").stdout.count("web ready") == 2
+    assert shop.orch("logs", "nosuch", check=False).returncode == 2
+
+
+def test_logs_follow_streams_as_lines_come_until_ctrl_c(shop):
+    from conftest import ORCH
+
+    proc = subprocess.Popen(
+        [ORCH, "logs", "--env", "prod", "-f", "-p", shop.project, "--file", str(shop.compose), "--tail", "1",
+         "worker", "web"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **shop.vars})
+    seen: list[tuple[float, str]] = []
+
+    def read():
+        for line in proc.stdout:
+            seen.append((time.monotonic(), line.rstrip("\n")))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ticks = [t for t, ln in seen if ln == "worker-1@prod-1 | tick"]
+            web2 = [ln for _, ln in seen if ln.startswith("web-2@prod-2 | ")]
+            if len(ticks) >= 4 and web2:
+                break
+            time.sleep(0.2)
+        ticks = [t for t, ln in seen if ln == "worker-1@prod-1 | tick"]
+        assert len(ticks) >= 4, seen
+        assert ticks[-1] - ticks[0] >= 1.5  # new lines arrive as they are written, not all at once
+        assert any(ln.startswith("web-2@prod-2 | ") for _, ln in seen)
+        assert proc.poll() is None  # still following
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, proc.stderr.read()
+
+
+def test_exec_runs_in_the_replica_on_prod_2_and_exits_with_its_code(shop):
+    (row,) = [c for c in shop.ps() if (c["service"], c["replica"]) == ("web", 2)]
+    cp = shop.orch("exec", "web", "--replica", "2", "--", "sh", "-c",
+                   "hostname; cat /srv/api.txt; echo oops >&2; exit 3", check=False)
+    assert cp.returncode == 3, cp.stderr
+    out = cp.stdout.splitlines()
+    assert out[0] == row["id"][:12]  # the container's hostname: it ran in web-2 on prod-2
+    assert out[1] == "api 1 prod"
+    assert "oops" in cp.stderr
+    ok = shop.orch("exec", "web", "--replica", "2", "--", "true", check=False)
+    assert ok.returncode == 0
+    missing = shop.orch("exec", "web", "--replica", "7", "--", "true", check=False)
+    assert missing.returncode == 1 and "no container of web replica 7" in missing.stderr

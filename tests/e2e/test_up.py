@@ -1,0 +1,176 @@
+"""`orch up` / `plan` / `down` of examples/shop to DEV (one lab node).
+
+Acceptance: from nothing every published port answers and `orch ps --json` lists every
+replica on the right node; a second `up` plans no change and starts nothing (same
+container IDs); changing one service's environment recreates that service only;
+removing a service from the file and `up --remove-orphans` removes it.
+
+Every test module works in its own project (-p e2e-...) on its own host ports, and
+takes it down at the end. The helpers here are shared with the other test_up* modules.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "shop"
+
+
+def http_get(url: str, attempts: int = 20, timeout: float = 3.0) -> str:
+    for i in range(attempts):
+        try:
+            return urllib.request.urlopen(url, timeout=timeout).read().decode().strip()
+        except OSError:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
+def last_json(stdout: str) -> dict:
+    lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("{")]
+    assert lines, f"no JSON in output:\n{stdout}"
+    return json.loads(lines[-1])
+
+
+class Shop:
+    """A copy of examples/shop deployed as its own project on its own host ports."""
+
+    def __init__(self, orch, tmp: Path, env: str, name: str, extra_env: dict | None = None):
+        self.run_orch = orch
+        self.dir = tmp / "shop"
+        shutil.copytree(EXAMPLE, self.dir)
+        self.env = env
+        self.project = f"e2e-{name}-{uuid.uuid4().hex[:6]}"
+        base = random.randint(300, 399) * 100
+        self.ports = {"WEB_PORT": base, "API_PORT": base + 1, "DB_PORT": base + 2}
+        self.vars = {k: str(v) for k, v in self.ports.items()}
+        self.vars.update(extra_env or {})
+
+    @property
+    def compose(self) -> Path:
+        return self.dir / "compose.yaml"
+
+    def orch(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 600):
+        command, *rest = args  # common options right after the command: before any `--`
+        return self.run_orch(command, "--env", self.env, "--file", str(self.compose), "-p", self.project, *rest,
+                             check=check, env={**self.vars, **(env or {})}, timeout=timeout)
+
+    def up(self, *args: str, env: dict | None = None) -> dict:
+        cp = self.orch("up", "--json", *args, env=env)
+        final = last_json(cp.stdout)
+        assert final["status"] in ("ok", "planned"), cp.stdout + cp.stderr
+        final["_stderr"] = cp.stderr
+        return final
+
+    def ps(self) -> list[dict]:
+        return last_json(self.orch("ps", "--json").stdout)["containers"]
+
+    def ids(self) -> dict[str, str]:
+        return {c["name"]: c["id"] for c in self.ps()}
+
+    def down(self) -> None:
+        self.orch("down", "--volumes", "--json", check=False)
+
+
+@pytest.fixture(scope="module")
+def shop(orch, lab, tmp_path_factory):
+    s = Shop(orch, tmp_path_factory.mktemp("up"), "dev", "up")
+    s.first = s.up()
+    yield s
+    s.down()
+
+
+def test_deploy_to_dev_from_nothing(shop, lab):
+    first = shop.first
+    assert first["changed"] == ["api", "db", "migrate", "web", "worker"]
+    assert first["plan"]["summary"]["create"] == 5
+    host = lab.node("dev-1").address
+    assert http_get(f"http://{host}:{shop.ports['DB_PORT']}/") == "db-ok"
+    assert http_get(f"http://{host}:{shop.ports['API_PORT']}/") == "api 1 dev"
+    assert http_get(f"http://{host}:{shop.ports['WEB_PORT']}/") == "web 1"
+    assert http_get(f"http://{host}:{shop.ports['WEB_PORT']}/api.txt") == "api 1 dev"  # web reached api by name
+    assert first["addresses"]["web"] == [f"{host}:{shop.ports['WEB_PORT']}"]
+    rows = {(c["service"], c["replica"]): c for c in shop.ps()}
+    assert sorted(rows) == [("api", 1), ("db", 1), ("migrate", 1), ("web", 1), ("worker", 1)]
+    assert {c["node"] for c in rows.values()} == {"dev-1"}
+    assert rows[("db", 1)]["health"] == "healthy" and rows[("api", 1)]["health"] == "healthy"
+    assert rows[("migrate", 1)]["state"] == "exited" and rows[("migrate", 1)]["exit_code"] == 0
+    assert rows[("web", 1)]["state"] == "running" and rows[("web", 1)]["image_id"].startswith("sha256:")
+
+
+def test_second_up_plans_no_change_and_starts_nothing(shop):
+    before = shop.ids()
+    plan = last_json(shop.orch("plan", "--json").stdout)["plan"]
+    assert plan["noop"] is True and plan["summary"]["unchanged"] == 5
+    text = shop.orch("plan").stdout
+    assert "No changes" in text
+    again = shop.up()
+    assert again["noop"] is True and again["changed"] == []
+    assert "apply" not in again["timings"]
+    assert shop.ids() == before
+
+
+def test_changing_one_services_environment_recreates_that_service_only(shop):
+    before = shop.ids()
+    plan = last_json(shop.orch("plan", "--json", env={"WORKER_INTERVAL": "2"}).stdout)["plan"]
+    (change,) = [a for a in plan["actions"] if a["action"] != "unchanged"]
+    assert change["service"] == "worker" and change["action"] == "recreate"
+    assert change["changed"] == ["environment"]
+    res = shop.up(env={"WORKER_INTERVAL": "2"})
+    assert res["changed"] == ["worker"]
+    after = shop.ids()
+    worker = f"{shop.project}-worker-1"
+    assert after[worker] != before[worker]
+    assert {k: v for k, v in after.items() if k != worker} == {k: v for k, v in before.items() if k != worker}
+    shop.vars["WORKER_INTERVAL"] = "2"
+
+
+def test_dry_run_changes_nothing(shop):
+    before = shop.ids()
+    res = shop.up("--dry-run", env={"SHOP_VERSION": "9"})
+    assert res["status"] == "planned" and res["dry_run"] is True
+    assert {a["service"] for a in res["plan"]["actions"] if a["action"] == "recreate"} == {"api", "web"}
+    assert shop.ids() == before
+
+
+def test_removing_a_service_and_remove_orphans_removes_it(shop):
+    text = shop.compose.read_text()
+    start = text.index("  worker:\n")
+    end = text.index("\nvolumes:")
+    shop.compose.write_text(text[:start] + text[end + 1:])
+    try:
+        kept = shop.up()
+        assert kept["noop"] is True and kept["plan"]["orphans"] == {"worker": ["dev-1"]}
+        assert "worker runs on dev-1 but is not in the Compose file" in kept["_stderr"]
+        assert f"{shop.project}-worker-1" in shop.ids()
+        removed = shop.up("--remove-orphans")
+        assert removed["changed"] == ["worker"]
+        assert [a["action"] for a in removed["plan"]["actions"] if a["service"] == "worker"] == ["remove"]
+        names = shop.ids()
+        assert f"{shop.project}-worker-1" not in names and len(names) == 4
+    finally:
+        shop.compose.write_text(text)
+
+
+def test_down_removes_containers_and_networks_but_keeps_volumes(shop, ssh):
+    res = last_json(shop.orch("down", "--json").stdout)
+    assert res["status"] == "ok" and len(res["removed"]) == 4
+    assert res["networks"] == {"dev-1": [f"{shop.project}_default"]}
+    assert shop.ps() == []
+    node = ssh("dev-1")
+    vols = node.check(f"docker volume ls -q --filter label=io.orch.project={shop.project}").split()
+    assert vols == [f"{shop.project}_dbdata"]
+    nets = node.check(f"docker network ls -q --filter label=io.orch.project={shop.project}").split()
+    assert nets == []

@@ -1,0 +1,377 @@
+"""orchestrator.specs: Compose service + environment + placement -> agent ServiceSpec JSON."""
+
+import base64
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent.spec import ServiceSpec, config_hash
+from orchestrator.errors import InputError
+from orchestrator.placement import Slot
+from orchestrator.specs import compile_blueprint, node_addresses, node_infos
+from orchestrator.workspace import ProjectOptions, load_workspace
+
+ENV = """\
+name: {name}
+nodes:
+  - {{name: n1, host: 10.250.0.201, labels: {{role: web}}}}
+  - {{name: n2, host: 10.250.0.202, labels: {{role: web}}}}
+  - {{name: n3, host: 10.250.0.203, labels: {{role: db}}}}
+"""
+
+
+def workspace(tmp_path: Path, compose: str, env: str = "dev", files: dict | None = None, environ=None):
+    (tmp_path / "compose.yaml").write_text(textwrap.dedent(compose))
+    envs = tmp_path / "environments"
+    envs.mkdir(exist_ok=True)
+    (envs / f"{env}.yaml").write_text(ENV.format(name=env))
+    for name, text in (files or {}).items():
+        (tmp_path / name).write_text(text)
+    return load_workspace(ProjectOptions(files=[tmp_path / "compose.yaml"], env_name=env),
+                          environ=environ if environ is not None else {})
+
+
+def blueprint(tmp_path, compose, **kw):
+    ws = workspace(tmp_path, compose, **kw)
+    return ws, compile_blueprint(ws.project, ws.environment)
+
+
+def units_for(ws, bp, existing=()):
+    slots = bp.place(node_infos(ws.environment), existing)
+    return bp.units(slots, node_addresses(ws.environment), [n.name for n in ws.environment.nodes])
+
+
+SHOP = """\
+name: shop
+services:
+  db:
+    image: busybox
+    command: ["httpd", "-f", "-p", "5432"]
+    volumes: [data:/data]
+    ports: ["5432:5432"]
+    healthcheck: {test: ["CMD", "true"], interval: 1s, retries: 3}
+    deploy:
+      placement: {constraints: ["node.labels.role == db"]}
+  migrate:
+    image: busybox
+    command: echo migrated
+    restart: "no"
+    depends_on: {db: {condition: service_healthy}}
+  api:
+    image: busybox
+    environment: {A: "1", EMPTY: ""}
+    env_file: [api.env]
+    ports: ["8081:8081"]
+    depends_on:
+      db: {condition: service_healthy}
+      migrate: {condition: service_completed_successfully}
+    healthcheck: {test: "wget -q -O /dev/null http://127.0.0.1:8081/", interval: 1s}
+  web:
+    image: busybox
+    ports: ["8080:80"]
+    depends_on: {api: {condition: service_healthy}}
+    deploy: {replicas: 2, placement: {constraints: ["node.labels.role == web"]}}
+volumes:
+  data: {}
+"""
+
+
+def test_every_service_becomes_a_valid_agent_spec_with_its_hash(tmp_path):
+    ws, bp = blueprint(tmp_path, SHOP, files={"api.env": "FROM_FILE=yes\nA=overridden-by-environment\n"})
+    assert bp.waves == [["db"], ["migrate"], ["api"], ["web"]]
+    units, _ = units_for(ws, bp)
+    assert sorted(units) == [("api", "n1"), ("db", "n3"), ("migrate", "n1"), ("web", "n1"), ("web", "n2")]
+    for unit in units.values():
+        spec = ServiceSpec.from_dict(unit.spec)  # the agent accepts it as is
+        assert spec.config_hash == config_hash(unit.spec["container"]) == unit.config_hash
+        assert spec.project == "shop" and spec.env == "dev"
+        assert set(unit.spec["config_parts"]) >= {"environment", "image", "command"}
+    api = units[("api", "n1")].spec["container"]
+    assert api["environment"] == {"A": "1", "EMPTY": "", "FROM_FILE": "yes"}  # env_file merged, environment wins
+    assert api["healthcheck"]["test"][0] == "CMD-SHELL"
+    assert units[("web", "n1")].replicas == (1,) and units[("web", "n2")].replicas == (2,)
+
+
+def test_readiness_is_the_strongest_condition_any_dependent_asks(tmp_path):
+    _, bp = blueprint(tmp_path, SHOP, files={"api.env": ""})
+    assert {n: s.wait for n, s in bp.services.items()} == {
+        "db": "healthy", "migrate": "completed", "api": "healthy", "web": "running"}
+
+
+def test_dependency_on_another_node_gets_an_extra_hosts_entry(tmp_path):
+    ws, bp = blueprint(tmp_path, SHOP, files={"api.env": ""})
+    units, warnings = units_for(ws, bp)
+    # db runs on n3 (role db): its dependents on n1 reach it through n3's address
+    assert "db:10.250.0.203" in units[("api", "n1")].spec["container"]["extra_hosts"]
+    assert "db:10.250.0.203" in units[("migrate", "n1")].spec["container"]["extra_hosts"]
+    # web-2 on n2 reaches api on n1; web-1 on n1 uses the project network
+    assert units[("web", "n2")].spec["container"]["extra_hosts"] == ["api:10.250.0.201"]
+    assert units[("web", "n1")].spec["container"]["extra_hosts"] == []
+    assert units[("web", "n1")].config_hash != units[("web", "n2")].config_hash
+    assert units[("web", "n2")].cross_node == (("api", "n1", "10.250.0.201"),)
+    # migrate publishes nothing, but nothing depends on it across nodes: no warning
+    assert not [w for w in warnings if "publishes no port" in w]
+
+
+def test_cross_node_dependency_without_published_port_is_a_warning(tmp_path):
+    ws, bp = blueprint(tmp_path, """\
+        services:
+          cache:
+            image: busybox
+            deploy: {placement: {constraints: ["node.labels.role == db"]}}
+          app:
+            image: busybox
+            depends_on: [cache]
+          proxy:
+            image: busybox
+            ports: ["9000:9001"]
+            deploy: {placement: {constraints: ["node.labels.role == db"]}}
+          front:
+            image: busybox
+            depends_on: [proxy]
+    """)
+    _, warnings = units_for(ws, bp)
+    assert any("depends on cache, which runs on n3 and publishes no port" in w for w in warnings)
+    assert any("only on its published ports (9001->9000)" in w for w in warnings)
+
+
+def test_a_user_extra_host_for_the_dependency_wins(tmp_path):
+    ws, bp = blueprint(tmp_path, """\
+        services:
+          db:
+            image: busybox
+            ports: ["1:1"]
+            deploy: {placement: {constraints: ["node.labels.role == db"]}}
+          app:
+            image: busybox
+            extra_hosts: ["db=10.250.0.99", "other:10.250.0.98"]
+            depends_on: [db]
+    """)
+    units, _ = units_for(ws, bp)
+    assert units[("app", "n1")].spec["container"]["extra_hosts"] == ["db:10.250.0.99", "other:10.250.0.98"]
+
+
+def test_placement_is_per_service_and_stable(tmp_path):
+    ws, bp = blueprint(tmp_path, """\
+        services:
+          a: {image: busybox}
+          b: {image: busybox}
+          web: {image: busybox, deploy: {replicas: 3}}
+    """)
+    slots = bp.place(node_infos(ws.environment))
+    # without replicas a service runs on the first eligible node, whatever else runs there
+    assert [s.node for s in slots["a"]] == ["n1"] and [s.node for s in slots["b"]] == ["n1"]
+    assert [s.node for s in slots["web"]] == ["n1", "n2", "n3"]
+    again = bp.place(node_infos(ws.environment), [Slot("web", 1, "n3"), Slot("web", 2, "n1"), Slot("a", 1, "n2")])
+    assert [s.node for s in again["web"]] == ["n3", "n1", "n2"]
+    assert [s.node for s in again["a"]] == ["n2"]
+
+
+def test_networks_volumes_secrets_configs_and_resources(tmp_path):
+    ws, bp = blueprint(tmp_path, """\
+        name: shop
+        services:
+          api:
+            image: busybox
+            command: ["sleep", "1000"]
+            entrypoint: ["/bin/sh", "-c"]
+            user: "1000"
+            working_dir: /srv
+            cap_add: [NET_ADMIN]
+            init: true
+            stop_grace_period: 3s
+            labels: {tier: back}
+            restart: on-failure:3
+            networks:
+              front: {aliases: [backend]}
+              back: {}
+            volumes: ["data:/data:ro", "/var/log/app:/logs", {type: tmpfs, target: /tmp}]
+            tmpfs: [/run/cache]
+            secrets: [db_password, {source: api_key, target: key.txt, mode: 0440}]
+            configs: [{source: app_conf, target: /etc/app.conf}]
+            deploy:
+              resources:
+                limits: {cpus: "0.5", memory: 64M, pids: 100}
+                reservations: {memory: 32M}
+            shm_size: 1m
+        networks:
+          front: {}
+          back: {name: custom-back}
+        volumes:
+          data: {}
+        secrets:
+          db_password: {file: ./db_password.txt}
+          api_key: {environment: API_KEY}
+        configs:
+          app_conf: {content: "listen 80\\n"}
+    """, files={"db_password.txt": "s3cret\n"}, environ={"API_KEY": "k-123"})
+    units, _ = units_for(ws, bp)
+    spec = units[("api", "n1")].spec
+    ServiceSpec.from_dict(spec)
+    c = spec["container"]
+    assert c["command"] == ["sleep", "1000"] and c["entrypoint"] == ["/bin/sh", "-c"]
+    assert c["user"] == "1000" and c["working_dir"] == "/srv" and c["cap_add"] == ["NET_ADMIN"]
+    assert c["init"] is True and c["stop_grace_period"] == 3.0 and c["restart"] == "on-failure:3"
+    assert c["labels"] == {"tier": "back"}
+    assert c["networks"] == [{"name": "back", "aliases": []}, {"name": "front", "aliases": ["backend"]}]
+    assert spec["networks"] == {"back": {"name": "custom-back", "driver": "bridge"}, "front": {"driver": "bridge"}}
+    assert c["volumes"] == [
+        {"type": "volume", "target": "/data", "read_only": True, "source": "data"},
+        {"type": "bind", "source": "/var/log/app", "target": "/logs", "read_only": False},
+        {"type": "tmpfs", "target": "/tmp"},
+        {"type": "tmpfs", "target": "/run/cache"},
+    ]
+    assert spec["volumes"] == {"data": {}}
+    secrets = {s["name"]: s for s in c["secrets"]}
+    assert base64.b64decode(secrets["db_password"]["content"]) == b"s3cret\n"
+    assert secrets["db_password"]["mode"] == 0o400 and secrets["db_password"]["target"] == "/run/secrets/db_password"
+    assert base64.b64decode(secrets["api_key"]["content"]) == b"k-123"
+    assert secrets["api_key"]["target"] == "/run/secrets/key.txt" and secrets["api_key"]["mode"] == 0o440
+    assert c["configs"] == [{"name": "app_conf", "target": "/etc/app.conf",
+                             "content": base64.b64encode(b"listen 80\n").decode(), "mode": 0o444}]
+    assert c["resources"] == {"cpus": 0.5, "memory": 64 * 1024 * 1024, "pids_limit": 100,
+                              "memory_reservation": 32 * 1024 * 1024, "shm_size": 1024 * 1024}
+
+
+def test_changing_a_secret_changes_the_hash(tmp_path):
+    compose = """\
+        services:
+          api: {image: busybox, secrets: [pw]}
+        secrets:
+          pw: {file: ./pw.txt}
+    """
+    ws, bp = blueprint(tmp_path, compose, files={"pw.txt": "one"})
+    first = units_for(ws, bp)[0][("api", "n1")].config_hash
+    ws, bp = blueprint(tmp_path, compose, files={"pw.txt": "two"})
+    assert units_for(ws, bp)[0][("api", "n1")].config_hash != first
+
+
+def test_deploy_restart_policy_maps_to_the_engine_policy(tmp_path):
+    _, bp = blueprint(tmp_path, """\
+        services:
+          a: {image: busybox, deploy: {restart_policy: {condition: on-failure, max_attempts: 2}}}
+          b: {image: busybox, deploy: {restart_policy: {condition: none}}}
+          c: {image: busybox, deploy: {restart_policy: {condition: any}}}
+          d: {image: busybox}
+          e: {image: busybox, restart: unless-stopped, deploy: {restart_policy: {condition: none}}}
+    """)
+    assert {n: s.restart for n, s in bp.services.items()} == {
+        "a": "on-failure:2", "b": "no", "c": "always", "d": "no", "e": "unless-stopped"}
+
+
+def test_refused_keys_are_bad_input_naming_file_line_and_key(tmp_path):
+    with pytest.raises(InputError) as err:
+        blueprint(tmp_path, """\
+            services:
+              a:
+                image: busybox
+                network_mode: host
+              b:
+                image: busybox
+                privileged: true
+                security_opt: ["no-new-privileges"]
+              c:
+                build: ./c
+        """)
+    text = err.value.render()
+    assert "network_mode: host is not supported" in text and "services.a.network_mode" in text
+    assert "compose.yaml:4" in text
+    assert "privileged: true is not supported" in text
+    assert "security_opt is not supported" in text
+    assert "service c has no image:" in text
+
+
+def test_ignored_keys_warn_once_per_key(tmp_path):
+    _, bp = blueprint(tmp_path, """\
+        services:
+          a: {image: busybox, container_name: x, dns: [1.1.1.1], logging: {driver: syslog}}
+          b: {image: busybox, dns: [1.1.1.1], deploy: {update_config: {parallelism: 1}}}
+    """)
+    assert "ignored dns (services: a, b): the node engine's DNS settings are used" in bp.warnings
+    assert any(w.startswith("ignored container_name (services: a)") for w in bp.warnings)
+    assert any(w.startswith("ignored logging (services: a)") for w in bp.warnings)
+    assert any(w.startswith("ignored deploy.update_config (services: b)") for w in bp.warnings)
+
+
+def test_bind_mount_of_a_project_file_is_refused(tmp_path):
+    with pytest.raises(InputError, match="cannot work on remote nodes"):
+        blueprint(tmp_path, """\
+            services:
+              a: {image: busybox, volumes: ["./conf:/etc/conf"]}
+        """)
+
+
+def test_one_shot_that_restarts_cannot_be_waited_for(tmp_path):
+    with pytest.raises(InputError, match="must complete .* restart: always"):
+        blueprint(tmp_path, """\
+            services:
+              job: {image: busybox, restart: always}
+              app:
+                image: busybox
+                depends_on: {job: {condition: service_completed_successfully}}
+        """)
+
+
+def test_healthy_condition_without_healthcheck_warns(tmp_path):
+    _, bp = blueprint(tmp_path, """\
+        services:
+          db: {image: busybox}
+          app: {image: busybox, depends_on: {db: {condition: service_healthy}}}
+    """)
+    assert any(w.startswith("db: a dependent waits for it to be healthy") for w in bp.warnings)
+
+
+def test_port_clash_on_one_node_is_bad_input_before_connecting(tmp_path):
+    with pytest.raises(InputError, match="publishes host port 8080/tcp but 2 of its replicas are placed on node n3"):
+        blueprint(tmp_path, """\
+            services:
+              web:
+                image: busybox
+                ports: ["8080:80"]
+                deploy: {replicas: 2, placement: {constraints: ["node.labels.role == db"]}}
+        """)
+    with pytest.raises(InputError, match="services a and b both publish host port 80/tcp on node n1"):
+        blueprint(tmp_path, """\
+            services:
+              a: {image: busybox, ports: ["80:80"]}
+              b: {image: busybox, ports: ["80:81"]}
+        """)
+
+
+def test_unsatisfiable_constraint_is_bad_input(tmp_path):
+    with pytest.raises(InputError, match="no node satisfies the placement constraints of service a"):
+        blueprint(tmp_path, """\
+            services:
+              a: {image: busybox, deploy: {placement: {constraints: ["node.labels.role == gpu"]}}}
+        """)
+
+
+def test_selected_services_bring_their_dependencies(tmp_path):
+    ws = workspace(tmp_path, SHOP, files={"api.env": ""})
+    bp = compile_blueprint(ws.project, ws.environment, ["api"])
+    assert bp.waves == [["db"], ["migrate"], ["api"]]
+    assert bp.project_services == {"db", "migrate", "api", "web"}
+
+
+def test_images_override_pins_a_reference(tmp_path):
+    ws = workspace(tmp_path, SHOP, files={"api.env": ""})
+    digest = "10.250.0.1:5000/shop/api@sha256:" + "a" * 64
+    bp = compile_blueprint(ws.project, ws.environment, images={"api": digest})
+    assert bp.services["api"].container["image"] == digest
+
+
+def test_reserved_labels_are_refused(tmp_path):
+    with pytest.raises(InputError, match="io.orch. prefix"):
+        blueprint(tmp_path, """\
+            services:
+              a: {image: busybox, labels: {io.orch.project: x}}
+        """)
+
+
+def test_docs_name_every_refused_and_ignored_key():
+    from orchestrator.specs import IGNORED, REFUSED
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "compose-support.md").read_text()
+    missing = [k for k in list(REFUSED) + list(IGNORED) if f"`{k}`" not in doc]
+    assert missing == []

@@ -6,9 +6,10 @@ Rules, in order:
 - a replica that already runs on a node that is still eligible stays there
   (stability: a re-run moves nothing that need not move);
 - a new replica goes to the eligible node with the fewest replicas of this service,
-  then the fewest replicas overall, then the environment's node order (spread);
+  then the environment's node order (spread). Other services' replicas are not
+  counted, so a service without replicas runs on the first eligible node and services
+  sharing a named volume (a database and its migration job) land together;
 - `deploy.mode: global` runs one replica on every eligible node.
-Without `replicas` a service runs once, on the first eligible node.
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ def place(
     current: dict[str, dict[int, str]] = {}
     for slot in existing:
         current.setdefault(slot.service, {})[slot.replica] = slot.node
-    load: dict[str, int] = {n.name: 0 for n in nodes}
     order = {n.name: i for i, n in enumerate(nodes)}
     problems: list[Problem] = []
     result: dict[str, list[Slot]] = {}
@@ -108,16 +108,14 @@ def place(
         if req.global_mode:
             slots = [Slot(req.service, i + 1, name) for i, name in enumerate(names)]
         else:
-            slots = _spread(req, names, current.get(req.service, {}), load, order)
-        for slot in slots:
-            load[slot.node] += 1
+            slots = _spread(req, names, current.get(req.service, {}), order)
         result[req.service] = slots
     if problems:
         raise InputError(problems)
     return result
 
 
-def _spread(req, eligible, now: dict[int, str], load, order) -> list[Slot]:
+def _spread(req, eligible, now: dict[int, str], order) -> list[Slot]:
     per_node = {name: 0 for name in eligible}
     kept: dict[int, str] = {}
     for replica in sorted(now):
@@ -129,7 +127,7 @@ def _spread(req, eligible, now: dict[int, str], load, order) -> list[Slot]:
     for replica in range(1, req.replicas + 1):
         node = kept.get(replica)
         if node is None:
-            node = min(eligible, key=lambda n: (per_node[n], load[n], order[n]))
+            node = min(eligible, key=lambda n: (per_node[n], order[n]))
             per_node[node] += 1
         slots.append(Slot(req.service, replica, node))
     return slots

@@ -222,20 +222,11 @@ class Blueprint:
 
 
 def place_services(requests: Sequence[Any], nodes: Sequence[Any], existing: Iterable[Any] = ()) -> dict[str, list]:
-    """orchestrator.placement.place, one service at a time.
-
-    Each service is spread over its eligible nodes on its own, without counting other
-    services' replicas: a service without replicas runs on the first eligible node, so
-    services sharing a named volume (db and its migration job) land together. Stable:
-    existing replicas stay where they are while their node is still eligible.
-    """
+    """orchestrator.placement.place: each service spread over its eligible nodes on its
+    own, stable (existing replicas stay while their node is still eligible)."""
     from orchestrator.placement import place
 
-    existing = list(existing)
-    out: dict[str, list] = {}
-    for req in requests:
-        out.update(place([req], nodes, [s for s in existing if s.service == req.service]))
-    return out
+    return place(requests, nodes, existing)
 
 
 def _shared_volume_warnings(bp: "Blueprint", where: Mapping[str, Mapping[str, list[int]]]) -> list[str]:

@@ -23,9 +23,11 @@ def test_replicas_spread_over_eligible_nodes():
     assert nodes_of(place([req], NODES)["web"]) == ["prod-1", "prod-2", "prod-1", "prod-2"]
 
 
-def test_spread_accounts_for_other_services_load():
-    out = place([PlacementRequest("a"), PlacementRequest("b"), PlacementRequest("c")], NODES)
-    assert [out[s][0].node for s in "abc"] == ["prod-1", "prod-2", "prod-3"]
+def test_single_services_stay_together_on_the_first_eligible_node():
+    # other services' replicas are not counted: a db and its migration job share a volume
+    out = place([PlacementRequest("db"), PlacementRequest("migrate"), PlacementRequest("web", replicas=3)], NODES)
+    assert [out[s][0].node for s in ("db", "migrate")] == ["prod-1", "prod-1"]
+    assert nodes_of(out["web"]) == ["prod-1", "prod-2", "prod-3"]
 
 
 def test_placement_is_stable_when_existing_replicas_are_eligible():

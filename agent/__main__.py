@@ -27,13 +27,14 @@ def main(argv=None) -> int:
                           "bundle": bundle_name(), "python": platform.python_version()}))
         return 0
     if args.command == "rpc":
-        from agent.engine import Engine
+        from agent.engine import Engine, engine_id_from_socket
         from agent.rpc import Server
 
         # Nothing but protocol lines may reach stdout: send stray prints to stderr.
         out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
         sys.stdout = sys.stderr
         server = Server(sys.stdin.buffer, out, Engine, os.path.abspath(args.state_dir))
+        server.engine_id_factory = engine_id_from_socket
         return server.serve()
     parser.print_help(sys.stderr)
     return 2

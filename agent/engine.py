@@ -38,7 +38,9 @@ class ContainerInfo:
     finished_at: str = ""
     # The effective healthcheck (from the spec or the image), seconds; None when none.
     healthcheck: Optional[Dict[str, Any]] = None
-    health_log: List[str] = field(default_factory=list)
+    health_log: List[str] = field(default_factory=list)  # the last probes' output, oldest first
+    health_streak: int = 0  # consecutive failed probes (Docker's FailingStreak)
+    health_exit: Optional[int] = None  # exit code of the last probe; None when none finished
     networks: List[str] = field(default_factory=list)
 
     @property
@@ -95,6 +97,12 @@ class ContainerInfo:
         return parts if isinstance(parts, dict) else {}
 
 
+def _last_probe_exit(log: Any) -> Optional[int]:
+    if not log or not isinstance(log[-1], dict) or not isinstance(log[-1].get("ExitCode"), int):
+        return None
+    return log[-1]["ExitCode"]
+
+
 def _secs(ns: Any, default: float) -> float:
     return (ns / NS) if isinstance(ns, (int, float)) and ns > 0 else default
 
@@ -139,6 +147,8 @@ def info_from_inspect(attrs: Dict[str, Any]) -> ContainerInfo:
         finished_at=state.get("FinishedAt", ""),
         healthcheck=healthcheck,
         health_log=[(h.get("Output") or "").strip() for h in (health.get("Log") or [])][-3:],
+        health_streak=int(health.get("FailingStreak") or 0),
+        health_exit=_last_probe_exit(health.get("Log")),
         networks=sorted(((attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys()),
     )
 
@@ -382,6 +392,56 @@ class Engine:
     def prune_images(self) -> Dict[str, Any]:
         res = self._call("prune images", self.api.prune_images, filters={"dangling": True}) or {}
         return {"deleted": len(res.get("ImagesDeleted") or []), "reclaimed": res.get("SpaceReclaimed", 0)}
+
+    def list_images(self, label_filters: List[str]) -> List[Dict[str, Any]]:
+        """Images carrying these labels: {id, repo_digests, repo_tags, labels, size}."""
+        found = self._call("list images", self.api.images, filters={"label": label_filters}) or []
+        return [{"id": i.get("Id", ""), "repo_digests": list(i.get("RepoDigests") or []),
+                 "repo_tags": [t for t in (i.get("RepoTags") or []) if t != "<none>:<none>"],
+                 "labels": dict(i.get("Labels") or {}), "size": int(i.get("Size") or 0)} for i in found]
+
+    def image_users(self) -> List[str]:
+        """Image IDs some container (any state, anyone's) was created from."""
+        found = self._call("list containers", self.api.containers, all=True) or []
+        return sorted({c.get("ImageID", "") for c in found if c.get("ImageID")})
+
+    def remove_image(self, image_id: str) -> None:
+        # force: an image pulled under several repositories has several references
+        # (the caller checked that no container uses it).
+        self._call("remove image %s" % image_id[:19], self.api.remove_image, image_id, force=True)
+
+
+def engine_id_from_socket(environ: Optional[Dict[str, str]] = None, timeout: float = 5.0) -> Optional[str]:
+    """The engine's ID (`docker info` ID) straight from its unix socket, stdlib only: no
+    docker SDK import (a few hundred ms). For operations that need only the per-engine
+    data directory (the deploy lock). None when DOCKER_HOST is not a unix socket or the
+    engine does not answer (the caller falls back to the SDK)."""
+    import json
+    import os
+    import socket
+
+    host = (os.environ if environ is None else environ).get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not host.startswith("unix://"):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(host[len("unix://"):])
+        sock.sendall(b"GET /info HTTP/1.0\r\nHost: docker\r\n\r\n")
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        if not head.split(b" ", 2)[1:2] == [b"200"]:
+            return None
+        return json.loads(body.decode("utf-8")).get("ID") or None
+    except (OSError, ValueError):
+        return None
+    finally:
+        sock.close()
 
 
 def _explain(exc: Any) -> str:

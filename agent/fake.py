@@ -3,7 +3,8 @@ controller's tests): same methods, no Docker. Behaviour per image reference:
 
   "run" (default)   starts and keeps running; healthy at once if it has a healthcheck
   "exit:N"          exits with code N right after start
-  "unhealthy"       runs, but its healthcheck fails
+  "unhealthy"       runs, but its healthcheck fails (probe output "probe failed")
+  "unhealthy-quiet" runs, but its healthcheck fails with no output (exit code 1)
   "starting"        runs, health stays "starting" forever
 """
 
@@ -32,6 +33,7 @@ class FakeEngine:
         self._ids = itertools.count(1)
         self.id = "FAKE:ENGINE:1"
         self.fail_on: Dict[str, Callable[..., None]] = {}  # method -> hook raising to simulate faults
+        self.image_meta: Dict[str, Dict[str, Any]] = {}  # image id -> {id, repo_digests, repo_tags, labels, size}
 
     def _hook(self, method: str, *a: Any) -> None:
         self.calls.append((method, a))
@@ -100,7 +102,7 @@ class FakeEngine:
         cid = "%064x" % next(self._ids)
         self.records[cid] = {"body": body, "logs": [], "info": dict(
             id=cid, name=name, labels=dict(body.get("Labels") or {}), image=body["Image"],
-            image_id="sha256:" + "%064x" % abs(hash(body["Image"])), state="created",
+            image_id=self._image_id(body["Image"]), state="created",
             healthcheck=healthcheck, networks=sorted(nets),
             ports=[{"target": int(k.split("/")[0]), "protocol": k.split("/")[1], "host_ip": b["HostIp"],
                     "published": int(b["HostPort"]) if b["HostPort"] else None}
@@ -121,9 +123,11 @@ class FakeEngine:
             return
         info.update(state="running", started_at="now")
         if info.get("healthcheck"):
-            info["health"] = {"unhealthy": "unhealthy", "starting": "starting"}.get(behaviour, "healthy")
-            if behaviour == "unhealthy":
-                info["health_log"] = ["probe failed"]
+            info["health"] = {"unhealthy": "unhealthy", "unhealthy-quiet": "unhealthy",
+                              "starting": "starting"}.get(behaviour, "healthy")
+            if behaviour.startswith("unhealthy"):
+                out = "probe failed" if behaviour == "unhealthy" else ""
+                info.update(health_log=[out] * 3, health_streak=info["healthcheck"]["retries"], health_exit=1)
 
     def stop(self, cid: str, timeout: Optional[float] = None) -> None:
         self._hook("stop", cid)
@@ -199,6 +203,34 @@ class FakeEngine:
 
     def prune_images(self) -> Dict[str, Any]:
         return {"deleted": 0, "reclaimed": 0}
+
+    def _image_id(self, ref: str) -> str:
+        for iid, m in self.image_meta.items():
+            if ref in m["repo_digests"] or ref in m["repo_tags"]:
+                return iid
+        return "sha256:" + "%064x" % abs(hash(ref))
+
+    def add_image(self, ref: str, labels: Optional[Dict[str, str]] = None, size: int = 1000) -> str:
+        """An image with labels (for prune_images): ref is repo@sha256:... or repo:tag."""
+        iid = "sha256:%064x" % next(self._ids)
+        self.images.add(ref)
+        self.image_meta[iid] = {"id": iid, "repo_digests": [ref] if "@" in ref else [],
+                                "repo_tags": [] if "@" in ref else [ref], "labels": dict(labels or {}), "size": size}
+        return iid
+
+    def list_images(self, label_filters: List[str]) -> List[Dict[str, Any]]:
+        return [dict(m) for m in self.image_meta.values() if _match(m["labels"], label_filters)]
+
+    def image_users(self) -> List[str]:
+        return sorted({r["info"].get("image_id", "") for r in self.records.values() if r["info"].get("image_id")})
+
+    def remove_image(self, image_id: str) -> None:
+        self._hook("remove_image", image_id)
+        meta = self.image_meta.pop(image_id, None)
+        if meta is None:
+            raise AgentError(NOT_FOUND, "remove image %s: no such image" % image_id)
+        for ref in meta["repo_digests"] + meta["repo_tags"]:
+            self.images.discard(ref)
 
 
 def _match(labels: Dict[str, str], label_filters: List[str]) -> bool:

@@ -257,6 +257,8 @@ def check_record(rec: Any) -> Dict[str, Any]:
     if not isinstance(rec["manifest"], dict):
         raise BadRequest("release manifest must be an object (the rendered project)")
     check_redacted(rec["manifest"])
+    if isinstance(out["extra"].get("base"), dict):  # the project before the overlay (promotions)
+        check_redacted(out["extra"]["base"])
     out["manifest"] = rec["manifest"]
     if not isinstance(rec["performer"], dict):
         raise BadRequest("release performer must be an object")

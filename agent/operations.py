@@ -68,6 +68,9 @@ class Context:
     cancelled: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    # The engine's ID without connecting the docker SDK (rpc.Server: engine.engine_id_from_socket),
+    # so the deploy lock costs no SDK import; None: ask the engine.
+    engine_id: Optional[Callable[[], str]] = None
     _engine: Any = None
 
     @property
@@ -84,7 +87,8 @@ class Context:
     def data_dir(self) -> str:
         """Per-engine data (secret files, later the ledger): several engines may share a
         filesystem (the local lab), so data is keyed by the engine's ID."""
-        engine_id = self.engine.engine_id().replace(":", "-").replace("/", "-") or "default"
+        raw = self.engine_id() if self.engine_id is not None else self.engine.engine_id()
+        engine_id = raw.replace(":", "-").replace("/", "-") or "default"
         return os.path.join(self.state_dir, "engines", engine_id)
 
 
@@ -384,12 +388,14 @@ def op_apply(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
         by_replica.setdefault(c.replica, []).append(c)
 
     # Decide first, so a replica that is already right is never touched.
+    replaced: List[Tuple[ContainerInfo, str]] = []
     for r in svc.replicas:
         group = by_replica.pop(r, [])
         keep = next((c for c in group if _keepable(c, svc, r)), None)
         for c in group:
             if c is not keep:
-                _remove(ctx, c, "config changed" if c.config_hash != svc.config_hash else "not running (%s)" % c.state)
+                replaced.append((c, "config changed" if c.config_hash != svc.config_hash
+                                 else "not running (%s)" % c.state))
         if keep is not None:
             outcome[r] = {"action": "unchanged", "container": keep}
             if not _ready_now(keep, svc, wait):
@@ -398,14 +404,23 @@ def op_apply(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
             to_create.append(r)
             outcome[r] = {"action": "recreated" if group else "created"}
     extra = [c for _, group in sorted(by_replica.items()) for c in group]  # replicas placed elsewhere now
+
+    # Everything that can fail without touching a container comes first: the pull (slow,
+    # and it fails when the registry is gone), networks, volumes, files. Until the old
+    # containers are removed below, a failure leaves them running as they were.
+    files: Dict[Tuple[str, str], str] = {}
+    if to_create:
+        ensure_image(ctx, svc, auth)
+        ensure_networks(ctx, svc)
+        ensure_volumes(ctx, svc)
+        files = write_files(ctx, svc)
+    ctx.check_cancelled()
+    for c, why in replaced:
+        _remove(ctx, c, why)
     _remove_all(ctx, extra, "replica not wanted on this node")
     removed = [{"replica": c.replica, "id": c.id, "name": c.name, "action": "removed"} for c in extra]
 
     if to_create:
-        ensure_networks(ctx, svc)
-        ensure_volumes(ctx, svc)
-        ensure_image(ctx, svc, auth)
-        files = write_files(ctx, svc)
         for r in to_create:
             ctx.check_cancelled()
             name = svc.container_name(r)
@@ -430,19 +445,59 @@ def op_apply(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     return {"service": svc.service, "changed": changed, "containers": containers + removed}
 
 
-def _failure(ctx: Context, svc: ServiceSpec, c: ContainerInfo, kind: str, reason: str) -> AgentError:
+def _failure(ctx: Context, svc: ServiceSpec, c: ContainerInfo, kind: str, reason: str,
+             fix: Optional[str] = None) -> AgentError:
     logs = ctx.engine.logs(c.id, LOG_LINES_ON_FAILURE)
     # Stop it so it neither restarts in a loop nor counts as converged next time.
     try:
         ctx.engine.stop(c.id, 2)
     except AgentError:
         pass
-    return AgentError(
-        kind,
-        "service %s replica %d (container %s) %s" % (svc.service, c.replica, c.name, reason),
-        {"service": svc.service, "replica": c.replica, "container": c.name, "id": c.id,
-         "exit_code": c.exit_code, "health": c.health, "health_log": c.health_log, "logs": logs},
-    )
+    details = {"service": svc.service, "replica": c.replica, "container": c.name, "id": c.id,
+               "exit_code": c.exit_code, "health": c.health, "health_log": c.health_log, "logs": logs}
+    if fix:
+        details["fix"] = fix
+    return AgentError(kind, "service %s replica %d (container %s) %s" % (svc.service, c.replica, c.name, reason),
+                      details)
+
+
+HEALTH_OUTPUT_CHARS = 300
+
+
+def _probe_output(text: str) -> str:
+    """A probe's output on one line, shortened (it can be a whole HTML page)."""
+    one = " | ".join(ln.strip() for ln in text.splitlines() if ln.strip())
+    return one if len(one) <= HEALTH_OUTPUT_CHARS else one[:HEALTH_OUTPUT_CHARS - 3] + "..."
+
+
+def _health_fix(svc: ServiceSpec, no_result: bool = False) -> str:
+    logs = "orch logs --env %s %s" % (svc.env or "ENV", svc.service)
+    if no_result:
+        return ("check the healthcheck command (and its start_period and interval: no probe had finished) "
+                "and the container's logs: %s" % logs)
+    return "check the healthcheck command and the container's logs: %s" % logs
+
+
+def unhealthy_reason(c: ContainerInfo) -> str:
+    """Why Docker says the container is unhealthy: how many probes failed, the last exit
+    code and the last probe's output (which is often empty, e.g. `curl -f` or `false`)."""
+    why = "healthcheck failed"
+    if c.health_streak:
+        why += " %d time%s in a row" % (c.health_streak, "" if c.health_streak == 1 else "s")
+    if c.health_exit is not None:
+        why += " (exit code %d)" % c.health_exit
+    output = _probe_output(c.health_log[-1]) if c.health_log else ""
+    return "is unhealthy: " + why + (": " + output if output else ", with no output")
+
+
+def not_healthy_in_time_reason(c: ContainerInfo, budget: float) -> str:
+    if not c.health_log:
+        return "did not become healthy within %.0fs: no healthcheck result yet (health: %s)" % (
+            budget, c.health or "none")
+    last = "exit code %d" % c.health_exit if c.health_exit is not None else "failed"
+    output = _probe_output(c.health_log[-1])
+    return "did not become healthy within %.0fs (health: %s; last probe: %s%s)" % (
+        budget, c.health or "none", last, ": " + output if output else ", no output")
 
 
 def wait_ready(
@@ -505,12 +560,10 @@ def wait_ready(
                     done[cid] = c
                     ctx.emit("container.healthy", container=c.name, replica=c.replica, seconds=round(elapsed, 1))
                 elif c.health == "unhealthy":
-                    raise _failure(ctx, svc, c, UNHEALTHY, "is unhealthy: %s" % (c.health_log[-1:] or ["no probe output"])[0])
+                    raise _failure(ctx, svc, c, UNHEALTHY, unhealthy_reason(c), _health_fix(svc))
                 elif elapsed > budgets[cid]:
-                    raise _failure(
-                        ctx, svc, c, UNHEALTHY,
-                        "did not become healthy within %.0fs (health: %s)" % (budgets[cid], c.health or "none"),
-                    )
+                    raise _failure(ctx, svc, c, UNHEALTHY, not_healthy_in_time_reason(c, budgets[cid]),
+                                   _health_fix(svc, no_result=not c.health_log))
             elif c.state == "running" and elapsed >= budgets[cid]:
                 done[cid] = c
                 waiting.pop(cid)
@@ -762,6 +815,35 @@ def op_prune(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def op_prune_images(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Remove the images orch built for `project` (image label io.orch.project) that no
+    container uses (whoever's, in any state) and whose digest reference is not in `keep`
+    (the controller sends the digests of the last releases, so a rollback pulls nothing).
+    Images without that label (busybox, anyone's) are never touched."""
+    check_keys(args, ("project", "keep"), "prune_images")
+    project = check_project(args.get("project"))
+    keep = set(check_str_list(args.get("keep") or [], "keep"))
+    used = set(ctx.engine.image_users())
+    removed: List[str] = []
+    kept: List[str] = []
+    reclaimed = 0
+    for img in ctx.engine.list_images(["%s=%s" % (L.PROJECT, project)]):
+        refs = list(img.get("repo_digests") or []) + list(img.get("repo_tags") or [])
+        name = refs[0] if refs else img["id"]
+        if img["id"] in used or keep.intersection(img.get("repo_digests") or []):
+            kept.append(name)
+            continue
+        try:
+            ctx.engine.remove_image(img["id"])
+        except AgentError as err:  # in use meanwhile, or already gone: keep going
+            kept.append(name)
+            ctx.emit("image.keep", image=name, reason=err.message)
+            continue
+        removed.append(name)
+        reclaimed += int(img.get("size") or 0)
+    return {"removed": sorted(removed), "kept": sorted(kept), "reclaimed": reclaimed}
+
+
 OPERATIONS: Dict[str, Callable[[Context, Dict[str, Any]], Dict[str, Any]]] = {
     "hello": op_hello,
     "info": op_info,
@@ -773,11 +855,14 @@ OPERATIONS: Dict[str, Callable[[Context, Dict[str, Any]], Dict[str, Any]]] = {
     "networks": op_networks,
     "volumes": op_volumes,
     "prune": op_prune,
+    "prune_images": op_prune_images,
 }
 
 # The release ledger and the deploy lock live in their own modules.
 from agent.ledger import LEDGER_OPERATIONS  # noqa: E402
 from agent.lock import LOCK_OPERATIONS  # noqa: E402
+from agent.ingress import INGRESS_OPERATIONS  # noqa: E402
 
 OPERATIONS.update(LEDGER_OPERATIONS)
 OPERATIONS.update(LOCK_OPERATIONS)
+OPERATIONS.update(INGRESS_OPERATIONS)

@@ -49,6 +49,8 @@ class Server:
         self._cancel: Optional[threading.Event] = None
         self._cancelled_early: Set[Any] = set()
         self._engine: Any = None
+        self.engine_id_factory: Optional[Callable[[], Optional[str]]] = None  # fast engine ID (see _engine_id)
+        self._engine_id: Optional[str] = None
         self.broken = False
         self.heartbeat_interval = HEARTBEAT_SECONDS
 
@@ -120,6 +122,16 @@ class Server:
             self._engine = self.engine_factory()
         return self._engine
 
+    def _engine_id_once(self) -> str:
+        # The engine's ID, once per session: from the SDK if it is connected already, else
+        # the fast way (engine_id_factory), else by connecting the SDK.
+        if self._engine_id is None:
+            found = None
+            if self._engine is None and self.engine_id_factory is not None:
+                found = self.engine_id_factory()
+            self._engine_id = found or self._engine_once().engine_id()
+        return self._engine_id
+
     def _heartbeat(self, req_id: Any, done: threading.Event) -> None:
         # A quiet operation (a long pull, logs --follow of a quiet container) still
         # shows the controller it is alive, so its idle timeout means "agent hung".
@@ -145,7 +157,8 @@ class Server:
             def emit(type_: str, **data: Any) -> None:
                 self.send(event(req_id, type_, **data))
 
-            ctx = Context(engine_factory=self._engine_once, state_dir=self.state_dir, emit=emit, cancelled=cancel)
+            ctx = Context(engine_factory=self._engine_once, state_dir=self.state_dir, emit=emit, cancelled=cancel,
+                          engine_id=self._engine_id_once if self.engine_id_factory is not None else None)
             done = threading.Event()
             beat = threading.Thread(target=self._heartbeat, args=(req_id, done), daemon=True)
             beat.start()

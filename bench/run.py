@@ -81,10 +81,27 @@ def bench_deploy(runs: int) -> list[Row]:
     return run(runs)
 
 
-BENCHES = {"cli": bench_cli_startup, "scale": bench_scale, "deploy": bench_deploy}
+def bench_pipeline(runs: int) -> list[Row]:
+    from bench.pipeline import bench_pipeline as run
+
+    return run(runs)
 
 
-def write_results(rows: list[Row], path: Path) -> None:
+BENCHES = {"cli": bench_cli_startup, "scale": bench_scale, "deploy": bench_deploy, "pipeline": bench_pipeline}
+
+
+def write_results(rows: list[Row], path: Path, merge: bool = False) -> None:
+    """The table of rows; with merge (--only), the other rows already in path are kept
+    (a row of the same measurement is replaced in place, new ones are appended)."""
+    table = ["| " + " | ".join(r.cells()) + " |" for r in rows]
+    if merge and path.exists():
+        new = {r.name: line for r, line in zip(rows, table)}
+        old = [ln for ln in path.read_text().splitlines() if ln.startswith("| ") and not ln.startswith("| measurement")]
+        kept = []
+        for ln in old:
+            name = ln[2:].split(" | ", 1)[0]
+            kept.append(new.pop(name) if name in new else ln)
+        table = kept + [line for r, line in zip(rows, table) if r.name in new]
     lines = [
         "# Benchmark results",
         "",
@@ -97,7 +114,7 @@ def write_results(rows: list[Row], path: Path) -> None:
         "| measurement | median | min | max | notes |",
         "|---|---|---|---|---|",
     ]
-    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
+    lines += table
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -113,7 +130,7 @@ def main() -> None:
             continue
         print(f"bench: {name} ...", flush=True)
         rows += fn(args.runs)
-    write_results(rows, args.out)
+    write_results(rows, args.out, merge=bool(args.only))
     print(args.out.read_text())
 
 

@@ -1,15 +1,68 @@
 #!/usr/bin/env bash
-# `make demo`: the whole pipeline on the example app, against the local lab.
+# `make demo`: the whole release pipeline on examples/hello, against the local lab.
 # The Makefile has already installed what was missing and brought the lab up.
+#
+#   up dev (build, push, pin digests, deploy, verify) -> verify dev -> promote test
+#   (+ its smoke check) -> verify test -> promote prod: refused without --approve
+#   (exit 3), done with it -> each environment's URLs and `orch history --env prod`.
+#
+# Idempotent: run it again and every step says it has nothing to do (the same release
+# is live everywhere already). Set HELLO_WEB_PORT / HELLO_API_PORT to move the ports.
 set -euo pipefail
-cd "$(dirname "$0")/shop"
-ORCH="${ORCH:-../../.venv/bin/orch}"
+cd "$(dirname "$0")/hello"
+ORCH="${ORCH:-$(cd ../.. && pwd)/.venv/bin/orch}"
+PYTHON="${PYTHON:-$(cd ../.. && pwd)/.venv/bin/python}"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "orch envs: the environments and the pipeline"
 "$ORCH" envs
-step "orch config --env prod: the shop app as prod will run it"
-"$ORCH" config --env prod
-step "orch graph: dependency waves"
-"$ORCH" graph
+
+step "orch up --env dev: build and push the images, pin them by digest, deploy, verify"
+"$ORCH" up --env dev
+
+step "orch verify --env dev: the checks again, recorded on the live release"
+"$ORCH" verify --env dev
+
+step "orch promote hello --to test: dev's release, the same digests, test's overlay (nothing rebuilt)"
+"$ORCH" promote hello --to test
+
+step "orch verify --env test"
+"$ORCH" verify --env test
+
+step "orch promote hello --to prod (without --approve): prod requires an approval"
+set +e
+"$ORCH" promote hello --to prod
+code=$?
+set -e
+case $code in
+  3) echo "(refused with exit code 3, as it should be: the gate says how to pass it)" ;;
+  0) echo "(nothing to do: this release is live in prod already)" ;;
+  *) echo "unexpected exit code $code" >&2; exit "$code" ;;
+esac
+
+step "orch promote hello --to prod --approve"
+"$ORCH" promote hello --to prod --approve
+
+step "Where it runs"
+for env in dev test prod; do
+  "$ORCH" ps --env "$env" --json | "$PYTHON" -c '
+import json, sys
+doc = json.loads(sys.stdin.read().strip().splitlines()[-1])
+env = doc["environment"]
+urls = {}
+for c in doc["containers"]:
+    for p in c["ports"]:
+        hostport = p.split("->")[0]
+        path = "health.json" if c["service"] == "api" else ""
+        urls.setdefault(c["service"], []).append(f"http://{hostport}/{path}")
+digests = sorted({c["service"] + " " + c["digest"][:19] for c in doc["containers"]})
+print(f"{env}:")
+for svc, us in sorted(urls.items()):
+    print(f"  {svc:4} " + "  ".join(sorted(set(us))))
+print("  digests: " + ", ".join(digests))
+'
+done
+
+step "orch history --env prod"
+"$ORCH" history --env prod

@@ -21,16 +21,18 @@ from pathlib import Path
 
 from orchestrator.errors import OrchError
 
-# The docker SDK and what it imports at run time (all pure Python once the optional
-# compiled speed-ups of charset_normalizer are left out; it falls back to its .py).
-DEPENDENCIES = ("docker", "requests", "urllib3", "idna", "charset_normalizer", "certifi")
+# The docker SDK and what it imports at run time, and Jinja2 (the ingress renders its
+# HAProxy config from agent/templates/) with MarkupSafe: all pure Python once the optional
+# compiled speed-ups of charset_normalizer and markupsafe are left out; both fall back to
+# their .py (markupsafe._native).
+DEPENDENCIES = ("docker", "requests", "urllib3", "idna", "charset_normalizer", "certifi", "jinja2", "markupsafe")
 AGENT_PACKAGE = "agent"
 # The agent's own floor; a dependency's Requires-Python may raise it.
 AGENT_MIN_PYTHON = (3, 9)
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 SHEBANG = b"#!/usr/bin/env python3\n"
 _SKIP_DIRS = {"__pycache__", "tests", "test"}
-_KEEP_SUFFIXES = {".py", ".pem", ".typed", ".txt", ".json"}
+_KEEP_SUFFIXES = {".py", ".pem", ".typed", ".txt", ".json", ".j2"}  # .j2: agent/templates/
 
 # Runs first on the node, on whatever python3 is there: so it must parse on old
 # Pythons too, and answers too-old with a protocol error line rather than a traceback.

@@ -94,10 +94,19 @@ class ContainerRow:
             return None
         return max(0.0, (now if now is not None else time.time()) - started)
 
+    @property
+    def digest(self) -> str:
+        """sha256:... of a pinned reference (what orch deploys), else ""."""
+        return self.image.rsplit("@", 1)[1] if "@" in self.image else ""
+
     def state_text(self) -> str:
         return f"exited ({self.exit_code})" if self.state == "exited" else self.state
 
     def image_text(self) -> str:
+        """For the table: a pinned reference with its digest cut to 12 hex (--json has it all)."""
+        if "@sha256:" in self.image:
+            repo, digest = self.image.rsplit("@sha256:", 1)
+            return f"{repo}@sha256:{digest[:12]}"
         short = self.image_id.split(":", 1)[-1][:12] if self.image_id else ""
         return f"{self.image} ({short})" if short and "@" not in self.image else self.image
 
@@ -108,7 +117,7 @@ class ContainerRow:
     def to_json(self) -> dict:
         return {"service": self.service, "replica": self.replica, "node": self.node, "name": self.name,
                 "id": self.id, "state": self.state, "health": self.health, "exit_code": self.exit_code,
-                "image": self.image, "image_id": self.image_id, "ports": list(self.ports),
+                "image": self.image, "digest": self.digest, "image_id": self.image_id, "ports": list(self.ports),
                 "started_at": self.started_at, "uptime_s": _round(self.uptime_s()), "release": self.release}
 
 
@@ -221,6 +230,7 @@ class SSHNode:
         self._lock = threading.Lock()
         self._closed = False
         self._warming: list[threading.Thread] = []
+        self.spares: list[Any] = []  # dedicated sessions opened along with the first (ssh_connect)
 
     def prewarm(self, count: int, project: str | None = None) -> None:
         """Open sessions in the background until `count` exist (parallel applies coming
@@ -266,6 +276,15 @@ class SSHNode:
                 with self._lock:
                     self._free.append(s)
 
+    def dedicated_session(self) -> Any:
+        """A new agent session on this connection, outside the pool, for the caller alone
+        (the deploy lock: an agent that does nothing else ends, and frees the lock, the
+        moment the controller goes away). Close it with .close()."""
+        with self._lock:
+            if self.spares:
+                return self.spares.pop()
+        return open_agent(self.conn, self.bundle, fallback=False)
+
     def call(self, op: str, args: dict | None = None, on_event: Callable[[dict], None] | None = None,
              timeout: float | None = None) -> dict:
         with self.session() as s:
@@ -284,7 +303,7 @@ class SSHNode:
             self._closed = True
         for t in self._warming:
             t.join(0.5)
-        for s in list(self._all):
+        for s in list(self._all) + list(self.spares):
             try:
                 s.channel.shutdown_write()  # EOF: the agent exits on its own
                 s.channel.close()
@@ -339,13 +358,20 @@ def _state_or_error(stream: Any) -> Any:
 Connector = Callable[..., dict]
 
 
-def ssh_connect(environment: Any, progress: Progress, project: str | None = None) -> dict[str, SSHNode]:
+def ssh_connect(environment: Any, progress: Progress, project: str | None = None,
+                spare_sessions: int = 0) -> dict[str, SSHNode]:
     """Connect to every node and start its agent; all or nothing (NodesUnreachable).
 
     Each node goes through connect -> agent -> hello (+ `state` of `project`, pipelined)
     on its own, in parallel, so no node waits for another's handshake. Nothing is
     changed on any node until every node got this far.
+
+    spare_sessions: that many more sessions per node, opened alongside the first, for
+    SSHNode.dedicated_session (the deploy lock), so taking the lock costs a round trip
+    rather than an agent start.
     """
+    import threading
+
     from orchestrator.agent_bundle import current_bundle
 
     targets = [T.target_from_node(n) for n in environment.nodes]
@@ -354,13 +380,31 @@ def ssh_connect(environment: Any, progress: Progress, project: str | None = None
 
     def one(target: T.NodeTarget) -> SSHNode:
         conn = T.connect(target, options)
+        spares: list[Any] = []
+
+        def spare() -> None:
+            try:
+                spares.append(open_agent(conn, bundle, fallback=False))
+            except Exception:
+                return  # e.g. the bundle is being uploaded: dedicated_session opens one later
+
+        threads = [threading.Thread(target=spare, daemon=True, name=f"orch-spare-{target.name}")
+                   for _ in range(spare_sessions)]
+        for t in threads:
+            t.start()
         try:
             session = open_agent(conn, bundle, project=project)
         except BaseException:
+            for t in threads:
+                t.join(5)
             conn.close()
             raise
+        for t in threads:
+            t.join(30)
         progress.event("session", node=target.name, pid=session.pid, uploaded=session.uploaded)
-        return SSHNode(conn, bundle, session, progress, session.prefetched)
+        node = SSHNode(conn, bundle, session, progress, session.prefetched)
+        node.spares = spares
+        return node
 
     nodes, errors = T.parallel(targets, one)
     if errors:
@@ -657,7 +701,10 @@ class Deployment:
 
     # -- the whole command -------------------------------------------------------------
 
-    def run(self) -> DeployResult:
+    def run(self, close: bool = True) -> DeployResult:
+        """The whole command. close=False leaves the connections open for the caller
+        (orchestrator.pipeline records the release and verifies over them, then calls
+        close()); an interrupted apply closes them anyway."""
         self._t0 = time.monotonic()
         self.prepare()
         try:
@@ -677,7 +724,8 @@ class Deployment:
             self._timed("observe", t0)
             return self._result("ok")
         finally:
-            self.close()
+            if close:
+                self.close()
 
     def _result(self, status: str) -> DeployResult:
         assert self.plan is not None

@@ -84,18 +84,50 @@ class RegistrySpec:
                 ) from None
         if user is None and password is None:
             return None
-        if not user or not password:
-            missing = self.username_env if not user else (self.password_env or "password_file")
-            raise InputError(
-                Problem(
-                    f"registry credentials are incomplete: {missing} is not set",
-                    file=self.source,
-                    key="registry",
-                    fix=f"export {missing} (CI: inject it as a secret variable) or name a "
-                    "credentials_file that defines it.",
-                )
-            )
+        if not user:
+            raise InputError(self._missing_user(environ))
+        if not password:
+            raise InputError(self._missing_password())
         return RegistryCredentials(user, password)
+
+
+    def _missing_user(self, environ: Mapping[str, str]) -> Problem:
+        where = f" or in {self.credentials_file}" if self.credentials_file else ""
+        if self.username_env:
+            return Problem(
+                f"registry credentials are incomplete: {self.username_env} is not set (registry.username_env names "
+                f"it as the variable holding the user name; it is not in the environment{where})",
+                file=self.source, key="registry.username_env",
+                fix=f"export {self.username_env} (CI: inject it as a secret variable) or name a credentials_file "
+                "that defines it, or set registry.username.")
+        return Problem(
+            "registry credentials are incomplete: registry.username or registry.username_env is not set, but a "
+            "password is configured",
+            file=self.source, key="registry.username",
+            fix="add `username: NAME` or `username_env: VARIABLE` under registry:, or drop the password settings "
+            "to use the registry anonymously.")
+
+    def _missing_password(self) -> Problem:
+        where = f" or in {self.credentials_file}" if self.credentials_file else ""
+        if self.password_env:
+            also = f", and the password file {self.password_file} is empty" if self.password_file else ""
+            return Problem(
+                f"registry credentials are incomplete: {self.password_env} is not set (registry.password_env names "
+                f"it as the variable holding the password; it is not in the environment{where}){also}",
+                file=self.source, key="registry.password_env",
+                fix=f"export {self.password_env} (CI: inject it as a secret variable) or name a credentials_file "
+                "that defines it.")
+        if self.password_file:
+            return Problem(
+                f"registry credentials are incomplete: the password file {self.password_file} is empty",
+                file=self.source, key="registry.password_file",
+                fix="write the password into the file (mode 0600) or point password_file at the right file.")
+        return Problem(
+            "registry credentials are incomplete: registry.password_env or registry.password_file is not set, but "
+            "a user name is configured",
+            file=self.source, key="registry.password_env",
+            fix="add `password_env: VARIABLE` or `password_file: PATH` under registry:, or drop the user name "
+            "to use the registry anonymously.")
 
 
 @dataclass(frozen=True)
@@ -114,6 +146,15 @@ class VerifyCheck:
     timeout: float = 5.0
     retries: int = 3
     command: list[str] | None = None  # run on the controller with the environment's URLs exported
+    index: int = 0  # position in verify.checks (error messages say verify.checks[INDEX].KEY)
+    # key -> (line, column) in the environment file, for error messages
+    locations: dict[str, tuple[int | None, int | None]] = field(default_factory=dict, compare=False, repr=False)
+
+    def key_path(self, key: str | None = None) -> str:
+        return f"verify.checks[{self.index}]" + (f".{key}" if key else "")
+
+    def location(self, key: str) -> tuple[int | None, int | None]:
+        return self.locations.get(key, (None, None))
 
 
 @dataclass(frozen=True)
@@ -320,6 +361,9 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
     if raw_nodes is None:
         r.problems.append(Problem("no nodes listed", file=file, key="nodes",
                                   fix="add `nodes:` with at least one `- name: ..., host: ...`."))
+    elif isinstance(raw_nodes, list) and not raw_nodes:
+        r.problem(doc, "nodes", "nodes", "no nodes listed: the list is empty, so there is nowhere to deploy",
+                  fix="list at least one node: `nodes: [{name: ..., host: ...}]`.")
     elif not isinstance(raw_nodes, list):
         r.problem(doc, "nodes", "nodes", f"must be a list, not {_kind(raw_nodes)}")
     else:
@@ -439,6 +483,14 @@ def _parse_verify(r: _Reader, doc) -> VerifySettings:
             continue
         if http is not None:
             _check_template_syntax(r, c, "http", f"{p}.http", http)
+        else:
+            for key, fix in (("status", "remove status: (a command passes on exit code 0), or make it an http check."),
+                             ("contains", "remove contains: and check the output in the command itself (e.g. with "
+                                          "grep), or make it an http check.")):
+                if key in c:
+                    r.problem(c, key, f"{p}.{key}",
+                              f"{key} applies to http checks only; this is a command check, which passes on "
+                              "exit code 0", fix=fix)
         checks.append(
             VerifyCheck(
                 name=r.typed(c, "name", f"{p}.name", (str,), "a string", default=f"check-{i + 1}"),
@@ -449,6 +501,8 @@ def _parse_verify(r: _Reader, doc) -> VerifySettings:
                 timeout=float(r.typed(c, "timeout", f"{p}.timeout", (int, float), "seconds", 5.0)),
                 retries=r.typed(c, "retries", f"{p}.retries", (int,), "a whole number", 3),
                 command=command,
+                index=i,
+                locations={k: _loc_of(c, k) for k in c if isinstance(k, str)},
             )
         )
     return VerifySettings(on_deploy=on_deploy, checks=tuple(checks))

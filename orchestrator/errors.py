@@ -1,6 +1,6 @@
 """Errors that the CLI turns into one readable paragraph and an exit code.
 
-Exit codes (stable, documented in docs/reference.md):
+Exit codes (stable, documented in docs/reference/exit-codes.md):
 0 ok, 1 deploy failed, 2 bad input, 3 gate refused, 4 lock held.
 """
 

@@ -135,8 +135,10 @@ class Release:
         }
 
     def to_json(self) -> dict:
+        """The record without the recorded projects (manifest, extra.base): they are long."""
         out = self.to_record()
         out.pop("manifest")
+        out["extra"] = {k: v for k, v in out["extra"].items() if k != "base"}
         out["lineage_text"] = self.lineage_text()
         out["verified"] = self.verified
         return out
@@ -296,7 +298,7 @@ def redact_manifest(manifest: Mapping[str, Any], project: str, secret_values: It
                     return secret_marker(project, path, value)
             return value
         if isinstance(value, dict):
-            return {k: scrub(f"{path}.{k}", v) for k, v in value.items()}
+            return {k: scrub(f"{path}.{k}" if path else str(k), v) for k, v in value.items()}
         if isinstance(value, list):
             return [scrub(f"{path}[{i}]", v) for i, v in enumerate(value)]
         return value
@@ -333,12 +335,14 @@ def manifest_hash(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def restore_secrets(recorded: Mapping[str, Any], current: Mapping[str, Any], project: str
-                    ) -> tuple[dict, list[str]]:
+def restore_secrets(recorded: Mapping[str, Any], current: Mapping[str, Any], project: str, *,
+                    prefer_current: bool = False) -> tuple[dict, list[str]]:
     """For a rollback: the recorded manifest with each redacted value replaced by today's
     value at the same key path when that value hashes to the same marker. Returns the
     manifest and the key paths whose secret changed since (kept redacted: the caller
-    decides whether to use today's value or refuse)."""
+    decides whether to use today's value or refuse). With prefer_current, a changed
+    secret takes today's value when there is one (still reported in the list); one
+    with no value today stays redacted either way."""
     changed: list[str] = []
 
     def walk(path: str, rec: Any, cur: Any) -> Any:
@@ -346,14 +350,14 @@ def restore_secrets(recorded: Mapping[str, Any], current: Mapping[str, Any], pro
             if isinstance(cur, str) and secret_marker(project, path, cur) == rec:
                 return cur
             changed.append(path)
-            return rec
+            return cur if prefer_current and isinstance(cur, str) else rec
         if isinstance(rec, str) and REDACTED_PREFIX in rec and isinstance(cur, str):
             # a password inside a URL
             m = _URL_PASSWORD_RE.search(cur)
             if m and secret_marker(project, path, m.group("pw")) in rec:
                 return rec.replace(secret_marker(project, path, m.group("pw")), m.group("pw"))
             changed.append(path)
-            return rec
+            return cur if prefer_current else rec
         if isinstance(rec, dict):
             cur_d = cur if isinstance(cur, dict) else {}
             return {k: walk(f"{path}.{k}" if path else str(k), v, cur_d.get(k)) for k, v in rec.items()}

@@ -303,7 +303,8 @@ def compile_blueprint(project: Any, environment: Any, services: Iterable[str] = 
     waves = graphs.waves(g)
     names = [n for wave in waves for n in wave]
     problems: list[Problem] = []
-    warnings: list[str] = []
+    warnings: list[str] = x_orch_warnings(project.extensions["x-orch"]) if "x-orch" in (
+        getattr(project, "extensions", None) or {}) else []
     ignored: dict[str, list[str]] = {}
     images = dict(images or {})
 
@@ -318,8 +319,9 @@ def compile_blueprint(project: Any, environment: Any, services: Iterable[str] = 
     out: dict[str, ServiceBlueprint] = {}
     for n in names:
         s = project.services[n]
-        c = _Compiler(project, s, problems, ignored)
+        c = _Compiler(project, s, problems, ignored, environment.name if environment else "")
         bp = c.compile(images.get(n), wait[n])
+        warnings.extend(x_orch_warnings(s.extensions.get("x-orch"), n) if "x-orch" in s.extensions else [])
         if bp is None:
             continue
         if bp.wait == "completed" and bp.restart.partition(":")[0] in ("always", "unless-stopped"):
@@ -358,6 +360,34 @@ def compile_blueprint(project: Any, environment: Any, services: Iterable[str] = 
         fresh = place_services(blueprint.requests(), nodes)
         check_port_conflicts(blueprint, {s: _by_node(sl) for s, sl in fresh.items()})
     return blueprint
+
+
+# x-orch settings (docs/reference/x-orch.md): none is acted on yet. The planned ones, with
+# what a service that sets one gets today; any other x-orch key is unknown.
+X_ORCH_PLANNED = {
+    "ingress": "the service publishes its ports directly",
+}
+
+
+def x_orch_warnings(value: Any, service: str | None = None) -> list[str]:
+    """One warning per x-orch key of a service (or of the top level, service None): the
+    Compose loader keeps x-* extensions as they are, and orch reads none of them yet."""
+    import difflib
+
+    if service is None:
+        return ["x-orch at the top level is not read by orch (x-orch settings belong in a service); it is ignored"]
+    if not isinstance(value, dict) or not value:
+        return [f"{service}: x-orch is not read by orch (known settings: "
+                f"{', '.join('x-orch.' + k for k in sorted(X_ORCH_PLANNED))}); it is ignored"]
+    out = []
+    for key in sorted(value, key=str):
+        if key in X_ORCH_PLANNED:
+            out.append(f"{service}: x-orch.{key} is not acted on yet; {X_ORCH_PLANNED[key]}")
+            continue
+        near = difflib.get_close_matches(str(key), sorted(X_ORCH_PLANNED), n=1, cutoff=0.6)
+        hint = f" (did you mean x-orch.{near[0]}?)" if near else ""
+        out.append(f"{service}: x-orch.{key} is not a setting orch knows{hint}; it is ignored")
+    return out
 
 
 def node_infos(environment: Any) -> list:
@@ -436,8 +466,10 @@ def _dedupe(items: list[str]) -> list[str]:
 class _Compiler:
     """One Compose service -> ServiceBlueprint, collecting problems and ignored keys."""
 
-    def __init__(self, project: Any, service: Any, problems: list[Problem], ignored: dict[str, list[str]]):
+    def __init__(self, project: Any, service: Any, problems: list[Problem], ignored: dict[str, list[str]],
+                 env: str = ""):
         self.project = project
+        self.env = env
         self.s = service
         self.problems = problems
         self.ignored = ignored
@@ -452,9 +484,18 @@ class _Compiler:
         s = self.s
         start = len(self.problems)
         image = image_override or s.image
-        if not image:
+        if not image and s.build is not None:
+            # `orch up` builds it and passes the pinned reference in (images.prepare_images);
+            # reaching here means the caller skipped the build step.
+            self.refuse("image", f"service {s.name} has no image: it has build:, but no image was built for "
+                        "it (the build step did not run)",
+                        f"deploy with `orch up --env {self.env or 'ENV'}`, which builds services with build:, "
+                        "pushes them to the environment's registry and deploys them by digest; or set image: to "
+                        "an image in a registry")
+        elif not image:
             self.refuse("image", f"service {s.name} has no image:",
-                        "set image: (orch up deploys registry images; building comes with `orch build`)")
+                        "set image: NAME[:TAG] to run an existing image, or build: ./DIR (orch up builds it and "
+                        "pushes it to the environment's registry)")
         self._refuse_keys()
         container: dict[str, Any] = {"image": image or "invalid"}
         if s.command is not None:

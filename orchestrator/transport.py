@@ -179,7 +179,12 @@ class NodesUnreachable(TransportError):
         names = sorted(failures)
         lines = [f"cannot {action} {len(names)} of {total} node(s); nothing was changed on any node:"]
         lines += [f"  - {failures[n].render()}" for n in names]  # each with its own fix
-        super().__init__("\n".join(lines), details={"nodes": {n: failures[n].to_json() for n in names}})
+        fixes = list(dict.fromkeys(failures[n].fix for n in names if failures[n].fix))
+        super().__init__("\n".join(lines), fix="; ".join(fixes) or None,
+                         details={"nodes": {n: failures[n].to_json() for n in names}})
+
+    def render(self) -> str:
+        return self.message  # every node's line carries its own fix already
 
 
 class RemoteCommandFailed(TransportError):
@@ -326,6 +331,46 @@ def _explain_socket_error(err: BaseException, timeout: float) -> str:
     if isinstance(err, EOFError):
         return "the server closed the connection during set-up"
     return str(err) or type(err).__name__
+
+
+def _ssh_command(target: NodeTarget) -> str:
+    """The OpenSSH command that reaches the node the way orch does (to try by hand)."""
+    argv = ["ssh"]
+    if target.jump:
+        argv += ["-J", target.jump]
+    if target.identity_file:
+        argv += ["-i", str(target.identity_file)]
+    argv += ["-p", str(target.port), f"{target.user}@{target.host}"]
+    return shlex.join(argv)
+
+
+def _where(target: NodeTarget, options: SSHOptions, what: str) -> str:
+    """`what` of node N in the ENV environment file (or of its jump host)."""
+    file = f"the {options.env_name} environment file" if options.env_name else "the environment file"
+    suffix = " (jump host)"
+    if target.name.endswith(suffix):
+        return f"{what} in `jump:` of node {target.name[:-len(suffix)]} in {file}"
+    return f"{what} of node {target.name} in {file}"
+
+
+def _unreachable_fix(err: BaseException, target: NodeTarget, options: SSHOptions) -> str:
+    """How to fix a failed connection set-up, by cause (as _explain_socket_error tells them)."""
+    import paramiko
+
+    ssh = _ssh_command(target)
+    if isinstance(err, socket.gaierror):
+        return (f"check {_where(target, options, 'host')}: {target.host} does not resolve from here "
+                f"(getent hosts {target.host}); or use the node's IP address")
+    refused = isinstance(err, ConnectionRefusedError) or (
+        isinstance(err, paramiko.ssh_exception.NoValidConnectionsError)
+        and 111 in {e.errno for e in err.errors.values()})
+    if refused:
+        return f"check {_where(target, options, 'host and port')}, and that sshd runs and listens there: {ssh}"
+    if isinstance(err, (socket.timeout, TimeoutError, paramiko.ssh_exception.NoValidConnectionsError)) or (
+            isinstance(err, OSError) and err.errno in (101, 113)):
+        return (f"check {_where(target, options, 'host and port')}, that the node is up and that no firewall "
+                f"drops SSH: {ssh}")
+    return f"check {_where(target, options, 'host and port')}, and that it is sshd that listens there: {ssh}"
 
 
 class Connection:
@@ -514,15 +559,15 @@ def _connect_once(target: NodeTarget, options: SSHOptions, jump_client: Any = No
         raise AuthenticationFailed(
             f"{target.name} ({target.address}): authentication as {target.user} failed with {how}: {err}.",
             node=target.name,
-            fix=f"authorise the public key for {target.user} on the node (ssh-copy-id), or set identity_file "
-            "for the node in the environment file.",
+            fix=f"authorise the public key for {target.user} on the node (ssh-copy-id), or set "
+            f"{_where(target, options, 'identity_file')} to a key the node accepts; try: {_ssh_command(target)}",
         ) from None
     except FileNotFoundError as err:
         client.close()
         raise AuthenticationFailed(
             f"{target.name}: identity file {err.filename} does not exist.",
             node=target.name,
-            fix="fix identity_file in the environment file (for the lab: run `orch lab up`).",
+            fix=f"fix {_where(target, options, 'identity_file')} (for the lab: run `orch lab up`).",
         ) from None
     except (OSError, EOFError, paramiko.SSHException) as err:
         client.close()
@@ -534,6 +579,7 @@ def _connect_once(target: NodeTarget, options: SSHOptions, jump_client: Any = No
         raise HostUnreachable(
             f"{target.name} ({target.address}): {_explain_socket_error(err, options.connect_timeout)}",
             node=target.name,
+            fix=_unreachable_fix(err, target, options),
         ) from None
     transport = client.get_transport()
     if options.keepalive:
@@ -660,6 +706,7 @@ def fetch_host_key(target: NodeTarget, options: SSHOptions) -> Any:
             raise HostUnreachable(
                 f"{target.name} ({target.address}): {_explain_socket_error(err, options.connect_timeout)}",
                 node=target.name,
+                fix=_unreachable_fix(err, target, options),
             ) from None
 
     try:

@@ -188,9 +188,10 @@ def plan_checks(env: Any, project: Any = None, placement: Mapping[str, list[str]
         if check.service:
             svc = project.services.get(check.service) if project is not None else None
             if project is not None and svc is None:
+                line, column = _location(check, "service")
                 problems.append(Problem(f"check {check.name} names service '{check.service}', which the project "
-                                        f"{project.name} does not have", file=str(env.file),
-                                        key=f"verify.checks.{check.name}.service",
+                                        f"{project.name} does not have", file=str(env.file), line=line,
+                                        column=column, key=_key(check, "service"),
                                         fix=f"use one of: {', '.join(sorted(project.services))}."))
                 continue
             port = published_port(svc) if svc is not None else None
@@ -200,7 +201,10 @@ def plan_checks(env: Any, project: Any = None, placement: Mapping[str, list[str]
             template = jenv.from_string(check.http)
             per_node = "node" in meta.find_undeclared_variables(jenv.parse(check.http))
         except jinja2.TemplateSyntaxError as err:
-            problems.append(Problem(f"check {check.name}: template syntax error: {err.message}", file=str(env.file)))
+            line, column = _location(check, "http")
+            problems.append(Problem(f"check {check.name}: template syntax error: {err.message}", file=str(env.file),
+                                    line=line, column=column, key=_key(check, "http"),
+                                    fix="close every {{ ... }} and {% ... %}."))
             continue
         if per_node:
             if check.service and placement is not None:
@@ -215,11 +219,11 @@ def plan_checks(env: Any, project: Any = None, placement: Mapping[str, list[str]
                 if n is None:
                     continue
                 c = dict(ctx, node={"name": n.name, "host": n.host, "port": n.port, "labels": dict(n.labels)})
-                url = _render(template, c, check.name, env, problems)
+                url = _render(template, c, check, env, problems)
                 if url is not None:
                     targets.append(CheckTarget(kind="http", url=url, node=n.name, **common))
         else:
-            url = _render(template, ctx, check.name, env, problems)
+            url = _render(template, ctx, check, env, problems)
             if url is not None:
                 targets.append(CheckTarget(kind="http", url=url, **common))
     if problems:
@@ -227,15 +231,27 @@ def plan_checks(env: Any, project: Any = None, placement: Mapping[str, list[str]
     return targets
 
 
-def _render(template: Any, ctx: dict, name: str, env: Any, problems: list[Problem]) -> str | None:
+def _key(check: Any, key: str) -> str:
+    """verify.checks[INDEX].KEY, the form the environment parser uses."""
+    return f"verify.checks[{getattr(check, 'index', 0)}].{key}"
+
+
+def _location(check: Any, key: str) -> tuple[int | None, int | None]:
+    return (getattr(check, "locations", None) or {}).get(key, (None, None))
+
+
+def _render(template: Any, ctx: dict, check: Any, env: Any, problems: list[Problem]) -> str | None:
     import jinja2
 
     try:
         return template.render(ctx).strip()
     except jinja2.UndefinedError as err:
-        problems.append(Problem(f"check {name}: template error: {err.message}", file=str(env.file),
-                                key="verify.checks",
-                                fix="use node.host, node.name, service.port, env.name, vars.*, release.id."))
+        line, column = _location(check, "http")
+        problem = Problem(f"check {check.name}: template error: {err.message}", file=str(env.file), line=line,
+                          column=column, key=_key(check, "http"),
+                          fix="use node.host, node.name, service.port, env.name, vars.*, release.id.")
+        if problem not in problems:  # a per-node template fails the same way on every node
+            problems.append(problem)
         return None
 
 

@@ -43,6 +43,7 @@ from orchestrator.cli import lab as _lab  # noqa: E402,F401
 from orchestrator.cli import nodes as _nodes  # noqa: E402,F401
 from orchestrator.cli import deploy as _deploy  # noqa: E402,F401
 from orchestrator.cli import images as _images  # noqa: E402,F401
+from orchestrator.cli import release as _release  # noqa: E402,F401
 from orchestrator.cli import verify as _verify  # noqa: E402,F401
 from orchestrator.cli import history as _history  # noqa: E402,F401
 from orchestrator.cli import lock as _lock  # noqa: E402,F401

@@ -14,7 +14,8 @@ import typer
 
 from orchestrator.cli import app
 from orchestrator.cli.options import (
-    EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, Profiles, ProjectName, project_options,
+    EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, LockWait, Profiles, ProjectName, command_line,
+    project_options,
 )
 
 Services = Annotated[Optional[list[str]], typer.Argument(metavar="SERVICE", help="Services (and their dependencies); default: all.")]
@@ -23,6 +24,10 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Connect, observe and pr
 LogsFiles = Annotated[Optional[list[Path]], typer.Option("--file", metavar="FILE", help="Compose file (repeatable).")]
 RemoveOrphans = Annotated[bool, typer.Option(
     "--remove-orphans", help="Also remove containers of services that are no longer in the Compose file.")]
+NoBuild = Annotated[bool, typer.Option(
+    "--no-build", help="Do not build or push: deploy the images of this version already in the registry.")]
+Version = Annotated[Optional[str], typer.Option(
+    "--version", metavar="TAG", help="Image tag to build and deploy instead of the git short hash (+ -dirty-<hash>).")]
 
 
 def _workspace(file, project_name, env_file, profile, env, environments, services=None):
@@ -59,36 +64,62 @@ def up(
     environments: EnvironmentsDir = None,
     dry_run: DryRun = False,
     remove_orphans: RemoveOrphans = False,
+    no_build: NoBuild = False,
+    version: Version = None,
+    lock_wait: LockWait = 0.0,
     json: Json = False,
 ) -> None:
-    """Deploy the project to an environment: plan, then apply wave by wave on every node.
+    """Build, push and deploy the project to an environment as a new release.
+
+    In order: validate (bad input exits 2, nothing touched); check the registry, build
+    and push the services with build: and pin every image to its digest (a failed build
+    or an unreachable registry exits 1 before any node is touched); connect to every
+    node; take the environment's deploy lock (held by another: exit 4, or wait with
+    --lock-wait); plan; record the release as deploying; apply wave by wave; mark it
+    live (or failed); run the environment's verify checks when it says on_deploy (a
+    failing check exits 1, the release stays live but unverified); remove the project's
+    images older than the last 5 releases ($ORCH_KEEP_IMAGES) from the nodes. Nothing
+    changed: no new release ("already live as dev #N").
 
     Output: a live table on a terminal; JSON lines with --json or when stdout is not a
-    terminal (then one final object with "status"). Exit codes: 0 ok, 1 deploy failed,
-    2 bad input, 4 lock held.
+    terminal (then one final object with "status", "release_id", "images", ...).
     """
     import time
 
-    from orchestrator.deploy import DeployOptions, Deployment
+    from orchestrator import pipeline
     from orchestrator.errors import OrchError
-    from orchestrator.progress import make_progress, up_summary
+    from orchestrator.progress import make_progress
+    from orchestrator.workspace import load_workspace
 
     t0 = time.monotonic()
     progress = make_progress(json)
     ws = None
-    dep = None
     try:
-        ws = _workspace(file, project_name, env_file, profile, env, environments, services)
-        dep = Deployment(ws, DeployOptions(services=list(services or []), dry_run=dry_run,
-                                           remove_orphans=remove_orphans), progress)
-        result = dep.run()
+        opts = project_options(file, project_name, env_file, profile, env, environments, services)
+        ws = load_workspace(opts)
+        opts.env_name = None
+        base = load_workspace(opts).project
+        result = pipeline.up(ws, base, pipeline.PipelineOptions(
+            services=list(services or []), dry_run=dry_run, remove_orphans=remove_orphans, lock_wait=lock_wait,
+            version=version, build=not no_build, keep_images=pipeline.keep_images_default(),
+            command_line=command_line()), progress)
     except OrchError as err:
-        _fail(progress, err, "up", ws, t0, getattr(dep, "plan", None))
+        _fail(progress, err, "up", ws, t0)
         return
     except KeyboardInterrupt:
         progress.close()
         raise
-    progress.finish(result.to_json(), up_summary(result))
+    finish(progress, result)
+
+
+def finish(progress, result) -> None:
+    """The final object / summary of a pipeline result; exit 1 when verification failed."""
+    from orchestrator.pipeline import release_summary
+
+    progress.finish(result.to_json(), release_summary(result))
+    if result.error is not None:
+        print(f"orch: error: {result.error.render()}", file=sys.stderr, flush=True)
+        raise typer.Exit(result.exit_code)
 
 
 @app.command("plan")
@@ -103,19 +134,27 @@ def plan(
     remove_orphans: RemoveOrphans = False,
     json: Json = False,
 ) -> None:
-    """Show what `orch up` would change on each node (connects and reads state; changes nothing)."""
+    """Show what `orch up` would change on each node (connects and reads state; changes nothing).
+
+    Images are compared by digest: those of this version already in the registry (nothing
+    is built or pushed; a version not pushed yet shows its services as changing).
+    """
+    from orchestrator import pipeline
     from orchestrator.cli.output import print_json, warn
-    from orchestrator.deploy import JSON_VERSION, DeployOptions, Deployment
+    from orchestrator.deploy import JSON_VERSION
     from orchestrator.progress import Progress
+    from orchestrator.workspace import load_workspace
 
     class _Warn(Progress):
         def warning(self, text: str) -> None:
             warn(text)
 
-    ws = _workspace(file, project_name, env_file, profile, env, environments, services)
-    dep = Deployment(ws, DeployOptions(services=list(services or []), dry_run=True,
-                                       remove_orphans=remove_orphans), _Warn())
-    result = dep.run()
+    opts = project_options(file, project_name, env_file, profile, env, environments, services)
+    ws = load_workspace(opts)
+    opts.env_name = None
+    base = load_workspace(opts).project
+    result = pipeline.up(ws, base, pipeline.PipelineOptions(services=list(services or []), dry_run=True,
+                                                            remove_orphans=remove_orphans), _Warn()).deploy
     if json:
         print_json({"version": JSON_VERSION, "status": "ok", "command": "plan", "environment": result.environment,
                     "project": result.project, "plan": result.plan.to_json(),
@@ -133,12 +172,17 @@ def down(
     profile: Profiles = None,
     environments: EnvironmentsDir = None,
     volumes: Annotated[bool, typer.Option("--volumes", "-v", help="Also remove the project's named volumes (data!).")] = False,
+    lock_wait: LockWait = 0.0,
     json: Json = False,
 ) -> None:
-    """Remove the project from an environment: containers (dependents first) and networks on every node."""
+    """Remove the project from an environment: containers (dependents first) and networks on every node.
+
+    Takes the environment's deploy lock first (held by another: exit 4). The release
+    history stays on the nodes.
+    """
     import time
 
-    from orchestrator.deploy import take_down
+    from orchestrator import pipeline
     from orchestrator.errors import OrchError
     from orchestrator.progress import make_progress
 
@@ -147,7 +191,8 @@ def down(
     ws = None
     try:
         ws = _workspace(file, project_name, env_file, profile, env, environments)
-        result = take_down(ws, volumes, progress)
+        result = pipeline.down(ws, pipeline.PipelineOptions(lock_wait=lock_wait, command_line=command_line()),
+                               volumes, progress)
     except OrchError as err:
         _fail(progress, err, "down", ws, t0)
         return
@@ -180,7 +225,7 @@ def ps(
     json: Json = False,
 ) -> None:
     """One row per container across the environment's nodes: service, replica, node, state,
-    health, image, ports, uptime."""
+    health, image (pinned: repo@sha256:digest; --json has the full digest), ports, uptime."""
     from orchestrator.cli.output import print_json
     from orchestrator.deploy import JSON_VERSION, list_containers
     from orchestrator.progress import container_table

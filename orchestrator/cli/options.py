@@ -20,9 +20,24 @@ EnvName = Annotated[Optional[str], typer.Option("--env", "-e", metavar="ENV", he
 EnvRequired = Annotated[str, typer.Option("--env", "-e", metavar="ENV", help="Environment (environments/ENV.yaml).")]
 EnvironmentsDir = Annotated[
     Optional[Path],
-    typer.Option("--environments", metavar="DIR", envvar="ORCH_ENVIRONMENTS", help="Folder of environment files. Default: ./environments."),
+    typer.Option("--environments", metavar="DIR", envvar="ORCH_ENVIRONMENTS", help="Folder of environment files. Default: environments/ next to the first Compose file given "
+                 "with -f, else ./environments."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+LockWait = Annotated[float, typer.Option(
+    "--lock-wait", metavar="SECONDS", min=0, envvar="ORCH_LOCK_WAIT",
+    help="When another deployer holds the environment's lock, wait up to this long for it (default: fail at once, "
+    "exit 4).")]
+
+
+def command_line() -> str:
+    """This command as typed (shown to a second deployer as the lock holder's command)."""
+    import os
+    import shlex
+    import sys
+
+    return " ".join(["orch", *(shlex.quote(a) for a in sys.argv[1:])]) if sys.argv[1:] else os.path.basename(
+        sys.argv[0] if sys.argv else "orch")
 
 
 def project_options(files, project_name, env_files, profiles, env_name=None, environments=None, services=None):

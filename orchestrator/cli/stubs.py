@@ -9,10 +9,7 @@ import typer
 
 from orchestrator.cli import app
 
-RESERVED = {
-    "promote": "Promote the live release of one environment to the next.",
-    "rollback": "Re-apply an earlier release.",
-}
+RESERVED: dict[str, str] = {}  # promote and rollback: orchestrator.cli.release
 
 
 def _make_stub(name: str):

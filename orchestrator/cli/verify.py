@@ -23,10 +23,13 @@ def verify(
 ) -> None:
     """Run ENV's verify checks (HTTP per node, commands here) and record the result on the live release.
 
-    Exits 1 when a check fails.
+    The checks run against what the live release recorded (its ports), where its
+    services run. The result is what the `verified` promotion gate reads. Exits 1 when
+    a check fails.
     """
     from orchestrator import verify as V
     from orchestrator.cli.sessions import env_sessions
+    from orchestrator.pipeline import verification_project
     from orchestrator.releases import ReleaseLedger
     from orchestrator.transport import parallel
     from orchestrator.workspace import load_workspace
@@ -43,7 +46,8 @@ def verify(
         for node, err in sorted(errors.items()):
             warn(f"{node}: cannot list containers ({err}); its checks will fail")
         placement = V.placement_from_state(states, project.name)
-        targets = V.plan_checks(environment, project, placement, live.id if live else None)
+        checked = verification_project(live, project)  # the live release's ports, not today's files'
+        targets = V.plan_checks(environment, checked, placement, live.id if live else None)
 
         def note(r: V.CheckResult) -> None:
             if not json:

@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 
 ORCH = shutil.which("orch", path=str(Path(sys.executable).parent)) or shutil.which("orch")
+# Deploys to one environment take its lock: a test waits for another's deploy (e.g. a
+# concurrent run on the same lab) instead of failing with exit 4. The lock tests pass
+# --lock-wait 0 explicitly.
+LOCK_WAIT = {"ORCH_LOCK_WAIT": os.environ.get("ORCH_LOCK_WAIT", "600")}
 
 
 def run_orch(*args: str, timeout: float = 1800, check: bool = True, env: dict | None = None):
@@ -26,7 +30,7 @@ def run_orch(*args: str, timeout: float = 1800, check: bool = True, env: dict | 
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **LOCK_WAIT, **(env or {})},
     )
     if check and cp.returncode != 0:
         pytest.fail(f"orch {' '.join(args)} exited {cp.returncode}:\n{cp.stdout}\n{cp.stderr}")

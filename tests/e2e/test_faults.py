@@ -39,6 +39,8 @@ def env_file(directory, lab, name="dev", extra_nodes=(), known_hosts=None, conne
     for n, host in nodes:
         text += f"  - {{name: {n}, host: {host}, user: {lab.ssh_user}, identity_file: {lab.ssh_key}}}\n"
     text += (f"ssh: {{known_hosts: {known_hosts or lab.known_hosts}, connect_timeout: {connect_timeout}}}\n")
+    # `image: busybox` is pinned to a digest through the lab's Docker Hub mirror
+    text += f"registry: {{mirror: {lab.registry_mirror}, ca_file: {lab.ca_cert}}}\n"
     (directory / f"{name}.yaml").write_text(text)
     return directory
 

@@ -65,7 +65,9 @@ def app(orch, lab, tmp_path_factory):
     node = lab.node("dev-1")
     (envs / "dev.yaml").write_text(
         f"name: dev\nnodes:\n  - {{name: dev-1, host: {node.address}, identity_file: {lab.ssh_key}}}\n"
-        f"ssh: {{known_hosts: {lab.known_hosts}}}\n")
+        f"ssh: {{known_hosts: {lab.known_hosts}}}\n"
+        # `image: busybox` is pinned to a digest through the lab's Docker Hub mirror
+        f"registry: {{mirror: {lab.registry_mirror}, ca_file: {lab.ca_cert}}}\n")
     project = "e2e-feat-" + uuid.uuid4().hex[:6]
     base = ["--env", "dev", "--file", str(d / "compose.yaml"), "-p", project]
 

@@ -40,8 +40,9 @@ def deployed(lab, tmp_path):
     envs = tmp_path / "environments"
     envs.mkdir()
     text = (ROOT / "environments" / "test.yaml").read_text()
-    text = text.replace("  credentials_file: /var/lib/orch-lab/registry.env\n",
-                        "  credentials_file: /var/lib/orch-lab/registry.env\n  mirror: 10.250.0.1:5001\n")
+    if "mirror:" not in text:
+        text = text.replace("  credentials_file: /var/lib/orch-lab/registry.env\n",
+                            "  credentials_file: /var/lib/orch-lab/registry.env\n  mirror: 10.250.0.1:5001\n")
     text += """verify:
   checks:
     - name: home

@@ -181,6 +181,67 @@ def test_pull_failure(run, engine):
     assert err.value.kind == "pull"
 
 
+def test_pull_failure_leaves_the_old_container_running(run, engine, events):
+    """The new image is pulled before any old container is touched: a registry that is
+    gone fails the apply, and the service keeps running on the old container."""
+    first = run("apply", {"spec": spec()})
+    old = ids(first)[1]
+    engine.calls.clear()
+    new_ref = "10.250.0.1:5000/shop/web@sha256:" + "d" * 64  # not in the (fake) registry
+    with pytest.raises(AgentError) as err:
+        run("apply", {"spec": spec(image=new_ref)})
+    assert err.value.kind == "pull"
+    assert engine.container(old).state == "running"
+    assert [c[0] for c in engine.calls] == ["pull"]  # nothing stopped, removed or created
+    assert "container.remove" not in [e["type"] for e in events]
+
+
+def test_recreate_pulls_before_removing_the_old_container(run, engine):
+    first = run("apply", {"spec": spec(replicas=[1, 2])})
+    new_ref = "10.250.0.1:5000/shop/web@sha256:" + "e" * 64
+    engine.registry.add(new_ref)
+    engine.calls.clear()
+    res = run("apply", {"spec": spec(replicas=[1], image=new_ref)})
+    names = [c[0] for c in engine.calls]
+    assert names.index("pull") < names.index("stop") and names.index("pull") < names.index("remove")
+    assert [c["action"] for c in res["containers"]] == ["recreated", "removed"]
+    assert engine.container(ids(first)[1]) is None and engine.container("shop-web-1").image == new_ref
+
+
+def test_unhealthy_with_no_probe_output_says_why_and_how_to_fix(run, engine):
+    engine.behaviours[IMAGE] = "unhealthy-quiet"
+    with pytest.raises(AgentError) as err:
+        run("apply", {"spec": spec(healthcheck={"test": ["CMD", "false"], "interval": 1, "retries": 2})})
+    e = err.value
+    assert not e.message.rstrip().endswith(":")
+    assert "is unhealthy: healthcheck failed 2 times in a row (exit code 1), with no output" in e.message
+    assert e.details["fix"] == ("check the healthcheck command and the container's logs: "
+                                "orch logs --env dev web")
+
+
+def test_never_healthy_without_a_probe_result_says_so(run, engine):
+    engine.behaviours[IMAGE] = "starting"
+    hc = {"test": ["CMD", "true"], "interval": 2, "timeout": 1, "retries": 3, "start_period": 4}
+    with pytest.raises(AgentError) as err:
+        run("apply", {"spec": spec(healthcheck=hc), "health_margin": 5})
+    assert "did not become healthy within 18s: no healthcheck result yet (health: starting)" in err.value.message
+    assert "orch logs --env dev web" in err.value.details["fix"]
+
+
+def test_unhealthy_reason_from_docker_inspect():
+    from agent.engine import info_from_inspect
+    from agent.operations import unhealthy_reason
+
+    attrs = {"Id": "x", "Name": "/shop-web-1", "Config": {"Labels": {}},
+             "State": {"Status": "running", "Health": {"Status": "unhealthy", "FailingStreak": 3, "Log": [
+                 {"ExitCode": 1, "Output": "curl: (7) refused\n"}, {"ExitCode": 1, "Output": ""}]}}}
+    c = info_from_inspect(attrs)
+    assert (c.health_streak, c.health_exit) == (3, 1)
+    assert unhealthy_reason(c) == "is unhealthy: healthcheck failed 3 times in a row (exit code 1), with no output"
+    attrs["State"]["Health"]["Log"].append({"ExitCode": -1, "Output": "Health check exceeded timeout (5s)"})
+    assert unhealthy_reason(info_from_inspect(attrs)).endswith("(exit code -1): Health check exceeded timeout (5s)")
+
+
 def test_secrets_and_configs_are_written_root_only(run, engine, tmp_path):
     res = run("apply", {"spec": spec(
         secrets=[{"name": "pw", "content": base64.b64encode(b"s3cret").decode()}],

@@ -46,7 +46,8 @@ def test_contents(built):
         assert "certifi/cacert.pem" in names and "charset_normalizer/md.py" in names
         assert not [n for n in names if n.endswith((".so", ".pyc", ".pyd")) or "__pycache__" in n]
         assert json.loads(zf.read("orch-agent.json")) == manifest
-    assert set(manifest["dependencies"]) == {"docker", "requests", "urllib3", "idna", "charset-normalizer", "certifi"}
+    assert set(manifest["dependencies"]) == {"docker", "requests", "urllib3", "idna", "charset-normalizer", "certifi",
+                                              "jinja2", "markupsafe"}
     assert tuple(manifest["min_python"]) >= (3, 9)
 
 

@@ -77,6 +77,21 @@ class FakeNode:
         s.result = result
         yield s
 
+    def dedicated_session(self):
+        """Like SSHNode.dedicated_session (the deploy lock): the same agent operations."""
+        node = self
+
+        class Session:
+            closed = False
+
+            def call(self, op, args=None, on_event=None, timeout=None):
+                return node.call(op, args, on_event, timeout)
+
+            def close(self):
+                self.closed = True
+
+        return Session()
+
     def close(self):
         self.closed = True
 
@@ -236,6 +251,17 @@ def test_never_healthy_fails_within_its_budget(lab):
     with pytest.raises(DeployError, match="service api replica 1 .* is unhealthy"):
         up(lab, compose)
     assert "web" not in lab.nodes["n1"].applied()
+
+
+def test_unhealthy_deploy_error_says_why_and_carries_a_fix(lab):
+    compose = SHOP.replace("""  api:
+    image: busybox""", """  api:
+    image: sick""")
+    with pytest.raises(DeployError) as err:
+        up(lab, compose)
+    assert "is unhealthy: healthcheck failed" in err.value.message
+    assert err.value.fix.startswith("check the healthcheck command and the container's logs: orch logs --env ")
+    assert err.value.fix.endswith(" api") and "Fix: check the healthcheck command" in err.value.render()
 
 
 def test_optional_dependency_that_fails_does_not_block(lab):

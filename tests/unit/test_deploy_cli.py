@@ -14,16 +14,24 @@ from test_deploy import ENV, SHOP, FakeNode
 def project(tmp_path, monkeypatch):
     nodes = {n: FakeNode(n, tmp_path / "state" / n) for n in ("n1", "n2")}
 
-    def connector(environment, progress, project=None):
+    def connector(environment, progress, project=None, spare_sessions=0):
         return {n.name: nodes[n.name] for n in environment.nodes}
 
     monkeypatch.setattr("orchestrator.deploy.ssh_connect", connector)
+    monkeypatch.setattr("orchestrator.images.prepare_images", fake_prepare_images)
     (tmp_path / "compose.yaml").write_text(textwrap.dedent(SHOP))
     (tmp_path / "environments").mkdir()
     (tmp_path / "environments" / "dev.yaml").write_text(ENV.format(name="dev"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NO_COLOR", raising=False)
     return nodes
+
+
+def fake_prepare_images(project, env, **kw):
+    """No registry here: every image stays as written (the fake nodes know them by name)."""
+    from orchestrator.images import ImageSet, VersionInfo
+
+    return ImageSet(VersionInfo("v1", "override"), {n: s.image for n, s in project.services.items() if s.image})
 
 
 def cli(*args):

@@ -144,3 +144,57 @@ def test_registry_credentials_resolution(tmp_path):
     with pytest.raises(InputError, match="NOPE is not set"):
         missing.credentials(environ={})
     assert envs.RegistrySpec().credentials(environ={}) is None
+
+
+@pytest.mark.parametrize("spec, environ, key, says, fix", [
+    # a password variable, but no user name at all
+    (dict(password_env="PW"), {"PW": "x"}, "registry.username",
+     "registry.username or registry.username_env is not set", "add `username: NAME` or `username_env: VARIABLE`"),
+    # a user name variable that is not set
+    (dict(username_env="RU", password_env="PW"), {"PW": "x"}, "registry.username_env",
+     "RU is not set", "export RU"),
+    # a user name, but nowhere to get a password from
+    (dict(username="u"), {}, "registry.password_env",
+     "registry.password_env or registry.password_file is not set", "add `password_env: VARIABLE` or"),
+    # a password variable that is not set
+    (dict(username="u", password_env="NOPE"), {}, "registry.password_env", "NOPE is not set", "export NOPE"),
+])
+def test_incomplete_registry_credentials_name_what_is_missing(spec, environ, key, says, fix):
+    with pytest.raises(InputError) as err:
+        envs.RegistrySpec(source="prod.yaml", **spec).credentials(environ=environ)
+    [p] = err.value.problems
+    text = p.render()
+    assert p.file == "prod.yaml" and p.key == key and says in p.message and fix in p.fix
+    assert "None" not in text and "export password_file" not in text
+
+
+def test_empty_password_file_is_named(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("\n")
+    with pytest.raises(InputError) as err:
+        envs.RegistrySpec(username="u", password_file=pw, source="prod.yaml").credentials(environ={})
+    [p] = err.value.problems
+    assert p.key == "registry.password_file" and f"{pw} is empty" in p.message
+
+
+def test_an_empty_node_list_is_bad_input(tmp_path):
+    d = write(tmp_path, "dev", "registry: {address: r:5000}\nnodes: []\n")
+    with pytest.raises(InputError) as err:
+        envs.load_environment("dev", d)
+    assert err.value.exit_code == 2
+    [p] = err.value.problems
+    assert p.file.endswith("dev.yaml") and p.key == "nodes" and p.line == 2
+    assert "no nodes listed" in p.message and "name: ..., host: ..." in p.fix
+
+
+def test_status_and_contains_are_refused_on_command_checks(tmp_path):
+    d = write(
+        tmp_path, "dev",
+        "nodes: [{name: n1, host: h}]\nverify:\n  checks:\n    - {name: ok, http: 'http://h/', status: 204}\n"
+        "    - name: smoke\n      command: [pytest, -q]\n      status: 200\n      contains: passed\n",
+    )
+    with pytest.raises(InputError) as err:
+        envs.load_environment("dev", d)
+    problems = err.value.problems
+    assert [(p.key, p.line) for p in problems] == [("verify.checks[1].status", 7), ("verify.checks[1].contains", 8)]
+    assert all(p.file.endswith("dev.yaml") and "http checks only" in p.message and p.fix for p in problems)

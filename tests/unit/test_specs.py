@@ -375,3 +375,52 @@ def test_docs_name_every_refused_and_ignored_key():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "compose-support.md").read_text()
     missing = [k for k in list(REFUSED) + list(IGNORED) if f"`{k}`" not in doc]
     assert missing == []
+
+
+def test_a_service_to_build_without_its_built_image_says_what_orch_up_does(tmp_path):
+    """compile_blueprint gets the built images from the build step (orch up builds services
+    with build: and pins them); without one, the message must not send the user to `orch build`."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text("FROM busybox\n")
+    ws = workspace(tmp_path, """\
+        services:
+          web: {build: ./app}
+        """)
+    with pytest.raises(InputError) as err:
+        compile_blueprint(ws.project, ws.environment)
+    [p] = err.value.problems
+    assert p.key == "services.web.image" and "orch build" not in p.render()
+    assert "has build:, but no image was built" in p.message and "orch up --env dev" in p.fix
+    # with the image the build step made, it compiles
+    compile_blueprint(ws.project, ws.environment, images={"web": "10.250.0.1:5000/x/web@sha256:" + "a" * 64})
+
+
+def test_x_orch_keys_are_warned_about_once_per_service(tmp_path):
+    ws, bp = blueprint(tmp_path, """\
+        x-orch: {ingress: true}
+        x-other: {kept: yes}
+        services:
+          web:
+            image: busybox
+            ports: ["8080:80"]
+            x-orch:
+              ingress: {port: 8080}
+              colour: blue
+          api:
+            image: busybox
+            x-orch: {ingress: {port: 9000}}
+          db:
+            image: busybox
+            x-notes: {ok: true}
+        """)
+    x_orch = [w for w in bp.warnings if "x-orch" in w]
+    assert x_orch == [
+        "x-orch at the top level is not read by orch (x-orch settings belong in a service); it is ignored",
+        "api: x-orch.ingress is not acted on yet; the service publishes its ports directly",
+        "web: x-orch.colour is not a setting orch knows; it is ignored",
+        "web: x-orch.ingress is not acted on yet; the service publishes its ports directly",
+    ]
+    assert not [w for w in bp.warnings if "db:" in w or "x-other" in w or "x-notes" in w]
+    # the extensions themselves are kept as they are
+    assert ws.project.services["web"].extensions["x-orch"] == {"ingress": {"port": 8080}, "colour": "blue"}
+    assert ws.project.extensions["x-other"] == {"kept": "yes"}

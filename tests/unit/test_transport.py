@@ -118,6 +118,70 @@ def test_unreachable_for_real_on_loopback():
     assert "ghost (127.0.0.1:9): connection refused" in err.value.render()
 
 
+def test_unreachable_for_real_on_loopback_says_how_to_check(tmp_path):
+    opts = SSHOptions(retries=0, connect_timeout=2, env_name="dev", known_hosts=tmp_path / "kh")
+    with pytest.raises(NodesUnreachable) as err:
+        T.connect_all([NodeTarget("ghost", "127.0.0.1", 9, "deploy")], opts)
+    failure = err.value.failures["ghost"]
+    assert failure.fix == ("check host and port of node ghost in the dev environment file, and that sshd runs and "
+                           "listens there: ssh -p 9 deploy@127.0.0.1")
+    assert err.value.fix == failure.fix
+    text = err.value.render()
+    assert text.count("Fix: ") == 1 and text.endswith("ssh -p 9 deploy@127.0.0.1")
+
+
+@pytest.mark.parametrize("raised, says, fix", [
+    (ConnectionRefusedError(111, "Connection refused"), "connection refused",
+     "check host and port of node web-1 in the prod environment file, and that sshd runs and listens there: "
+     "ssh -i /keys/id -p 2222 ops@web1.example"),
+    (T.socket.timeout("timed out"), "timed out after 3s",
+     "check host and port of node web-1 in the prod environment file, that the node is up and that no firewall "
+     "drops SSH: ssh -i /keys/id -p 2222 ops@web1.example"),
+    (T.socket.gaierror(-2, "Name or service not known"), "cannot resolve the host name",
+     "check host of node web-1 in the prod environment file: web1.example does not resolve from here "
+     "(getent hosts web1.example); or use the node's IP address"),
+])
+def test_each_unreachable_cause_has_its_fix(monkeypatch, tmp_path, raised, says, fix):
+    def refuse(target, options, jump_client):
+        raise raised
+
+    monkeypatch.setattr(T, "_open_socket", refuse)
+    target = NodeTarget("web-1", "web1.example", 2222, "ops", Path("/keys/id"))
+    opts = SSHOptions(retries=0, connect_timeout=3, env_name="prod", known_hosts=tmp_path / "kh")
+    with pytest.raises(NodesUnreachable) as err:
+        T.connect_all([target], opts)
+    failure = err.value.failures["web-1"]
+    assert isinstance(failure, HostUnreachable) and says in failure.message
+    assert failure.fix == fix and f"Fix: {fix}" in err.value.render()
+
+
+def test_failed_authentication_names_the_identity_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(T, "_open_socket", lambda target, options, jump_client: None)
+
+    def deny(self, *a, **kw):
+        raise paramiko.AuthenticationException("Authentication failed.")
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", deny)
+    target = NodeTarget("web-1", "10.250.0.11", 22, "ops", Path("/keys/id"))
+    with pytest.raises(NodesUnreachable) as err:
+        T.connect_all([target], SSHOptions(retries=0, env_name="prod", known_hosts=tmp_path / "kh"))
+    fix = err.value.failures["web-1"].fix
+    assert "identity_file of node web-1 in the prod environment file" in fix
+    assert "ssh -i /keys/id -p 22 ops@10.250.0.11" in fix and err.value.fix == fix
+
+
+def test_several_causes_each_keep_their_fix(monkeypatch):
+    def fake_connect(target, options):
+        raise HostUnreachable(f"{target.name}: down", node=target.name, fix=f"look at {target.name}")
+
+    monkeypatch.setattr(T, "connect", fake_connect)
+    with pytest.raises(NodesUnreachable) as err:
+        T.connect_all([NodeTarget("a", "10.250.0.11"), NodeTarget("b", "10.250.0.12")], SSHOptions())
+    text = err.value.render()
+    assert "  - a: down Fix: look at a" in text and "  - b: down Fix: look at b" in text
+    assert err.value.fix == "look at a; look at b" and text.count("Fix:") == 2
+
+
 def test_agent_error_renders_logs_and_fix():
     err = AgentError("dev-1", "apply", "exited", "service web replica 1 (container shop-web-1) exited with code 3",
                      {"container": "shop-web-1", "logs": ["a", "b"], "fix": "look at the app"})

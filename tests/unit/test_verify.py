@@ -168,3 +168,15 @@ def test_record_verification_writes_on_the_release(tmp_path):
     report = V.VerifyReport("prod", "hello", 7, [V.CheckResult("a", "http", "u", True, 1, 0.1)], "s", "f", 0.1)
     V.record_verification(Ledger(), R.History("hello", "prod", [rel]), report)
     assert written[0].verified is True and written[0].verification["total"] == 1
+
+
+def test_template_errors_use_the_parsers_key_form_with_file_and_line(tmp_path):
+    p = project(tmp_path)
+    checks = ('    - {name: a, http: "http://x/"}\n'
+              '    - name: b\n      service: wbe\n      http: "http://x/"\n'
+              '    - {name: c, http: "http://{{ nod.host }}/"}\n')
+    with pytest.raises(InputError) as err:
+        V.plan_checks(env_file(tmp_path, checks), p)
+    unknown, undefined = err.value.problems
+    assert unknown.key == "verify.checks[1].service" and unknown.line == 11 and unknown.file.endswith("prod.yaml")
+    assert undefined.key == "verify.checks[2].http" and undefined.line == 13

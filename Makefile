@@ -41,7 +41,7 @@ e2e: lab
 	$(BIN)/pytest -q tests/e2e
 
 test: system-deps venv lab
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q tests/unit tests/e2e
 
 demo: system-deps venv lab
 	examples/demo.sh

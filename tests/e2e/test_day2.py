@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from test_up import Shop, last_json
+from .test_up import Shop, last_json
 
 pytestmark = pytest.mark.e2e
 

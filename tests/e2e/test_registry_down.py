@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from hello_app import HOSTS, Hello, events, http_get, last_json
+from .hello_app import HOSTS, Hello, events, http_get, last_json
 
 pytestmark = pytest.mark.e2e
 

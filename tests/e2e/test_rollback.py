@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from hello_app import Hello, events
+from .hello_app import Hello, events
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from test_up import last_json
+from .test_up import last_json
 
 pytestmark = pytest.mark.e2e
 

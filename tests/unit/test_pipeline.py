@@ -17,7 +17,7 @@ from orchestrator.lock import lock_held_error, LockHolder
 from orchestrator.progress import Progress
 from orchestrator.registry_client import RegistryUnavailable
 from orchestrator.workspace import ProjectOptions, load_workspace
-from test_deploy import FakeNode
+from .test_deploy import FakeNode
 
 COMPOSE = """\
 name: hello

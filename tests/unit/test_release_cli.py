@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from test_pipeline import World
+from .test_pipeline import World
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_logs_from_every_replica_prefixed_service_replica_at_node(shop):
 
 
 def test_logs_follow_streams_as_lines_come_until_ctrl_c(shop):
-    from conftest import ORCH
+    from .conftest import ORCH
 
     proc = subprocess.Popen(
         [ORCH, "logs", "--env", "prod", "-f", "-p", shop.project, "--file", str(shop.compose), "--tail", "1",

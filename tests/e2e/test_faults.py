@@ -196,7 +196,7 @@ services:
 
 
 def test_agent_killed_mid_apply_then_rerun_converges(orch, lab, ssh, real_env, tmp_path):
-    from conftest import ORCH
+    from .conftest import ORCH
 
     app = App(orch, tmp_path / "app", SLOW, real_env)
     proc = subprocess.Popen([ORCH, *app.args("up", "--json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

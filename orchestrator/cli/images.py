@@ -29,6 +29,23 @@ def _load(file, project_name, env_file, profile, env, environments):
     return ws.project, ws.environment
 
 
+def _jobs(verb: str, key: str, services, version, file, project_name, env_file, profile, env, environments, json: bool):
+    """Load the project, compute the image version and plan its builds (shared by build
+    and push); None, after saying so, when no service has build:."""
+    from orchestrator import images
+
+    project, environment = _load(file, project_name, env_file, profile, env, environments)
+    info = images.compute_version(images.version_paths(project, services), version)
+    jobs = images.plan_builds(project, environment, info.version, services)
+    if jobs:
+        return project, environment, info, jobs
+    if json:
+        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "image_version": info.version, key: []})
+    else:
+        typer.echo(f"{project.name}: no service has build:, nothing to {verb}.")
+    return None
+
+
 def _printer(json: bool):
     stream = sys.stderr if json else sys.stdout
 
@@ -54,15 +71,10 @@ def build(
     """Build the services with build: using this machine's Docker Engine, tagged for ENV's registry."""
     from orchestrator import images
 
-    project, environment = _load(file, project_name, env_file, profile, env, environments)
-    info = images.compute_version(images.version_paths(project, services), version)
-    jobs = images.plan_builds(project, environment, info.version, services)
-    if not jobs:
-        if json:
-            print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "image_version": info.version, "built": []})
-        else:
-            typer.echo(f"{project.name}: no service has build:, nothing to build.")
+    planned = _jobs("build", "built", services, version, file, project_name, env_file, profile, env, environments, json)
+    if planned is None:
         return
+    project, environment, info, jobs = planned
     results = images.build(jobs, _printer(json))
     if json:
         print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "project": project.name, "env": environment.name,
@@ -94,15 +106,10 @@ def push(
     from orchestrator import images
     from orchestrator.cli.sessions import human_size, table
 
-    project, environment = _load(file, project_name, env_file, profile, env, environments)
-    info = images.compute_version(images.version_paths(project, services), version)
-    jobs = images.plan_builds(project, environment, info.version, services)
-    if not jobs:
-        if json:
-            print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "image_version": info.version, "pushed": []})
-        else:
-            typer.echo(f"{project.name}: no service has build:, nothing to push.")
+    planned = _jobs("push", "pushed", services, version, file, project_name, env_file, profile, env, environments, json)
+    if planned is None:
         return
+    project, environment, info, jobs = planned
     registry = images.registry_client(environment)
     images.check_registry(environment, client=registry)
     results = images.push(jobs, environment, _printer(json), registry=registry)

@@ -84,6 +84,7 @@ class ContainerInfo:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "networks": self.networks,
+            "retired": L.is_retired(self.name),
         }
 
     @property
@@ -240,6 +241,9 @@ class Engine:
 
     def start(self, cid: str) -> None:
         self._call("start container %s" % cid[:12], self.api.start, cid)
+
+    def rename(self, cid: str, name: str) -> None:
+        self._call("rename container %s to %s" % (cid[:12], name), self.api.rename, cid, name)
 
     def stop(self, cid: str, timeout: Optional[float] = None) -> None:
         """Stop; timeout None lets the engine use the container's own StopTimeout."""

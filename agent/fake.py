@@ -76,7 +76,7 @@ class FakeEngine:
 
     def add_foreign(self, name: str, labels: Optional[Dict[str, str]] = None, state: str = "running") -> str:
         """A container orch did not make (for 'never touch others' tests)."""
-        cid = "%064x" % next(self._ids)
+        cid = _new_id(next(self._ids))
         self.records[cid] = {"body": {}, "info": dict(
             id=cid, name=name, labels=dict(labels or {}), image="other", image_id="sha256:other", state=state)}
         return cid
@@ -99,7 +99,7 @@ class FakeEngine:
         if hc and hc.get("Test") and hc["Test"][0] != "NONE":
             healthcheck = {"interval": (hc.get("Interval") or 30 * NS) / NS, "timeout": (hc.get("Timeout") or 30 * NS) / NS,
                            "retries": hc.get("Retries") or 3, "start_period": (hc.get("StartPeriod") or 0) / NS}
-        cid = "%064x" % next(self._ids)
+        cid = _new_id(next(self._ids))
         self.records[cid] = {"body": body, "logs": [], "info": dict(
             id=cid, name=name, labels=dict(body.get("Labels") or {}), image=body["Image"],
             image_id=self._image_id(body["Image"]), state="created",
@@ -128,6 +128,16 @@ class FakeEngine:
             if behaviour.startswith("unhealthy"):
                 out = "probe failed" if behaviour == "unhealthy" else ""
                 info.update(health_log=[out] * 3, health_streak=info["healthcheck"]["retries"], health_exit=1)
+
+    def rename(self, cid: str, name: str) -> None:
+        self._hook("rename", cid, name)
+        rec = self._find(cid)
+        if rec is None:
+            raise AgentError(NOT_FOUND, "no such container %s" % cid)
+        other = self._find(name)
+        if other is not None and other is not rec:
+            raise AgentError(CONFLICT, "rename container %s to %s: the name is already in use" % (cid[:12], name))
+        rec["info"]["name"] = name
 
     def stop(self, cid: str, timeout: Optional[float] = None) -> None:
         self._hook("stop", cid)
@@ -231,6 +241,13 @@ class FakeEngine:
             raise AgentError(NOT_FOUND, "remove image %s: no such image" % image_id)
         for ref in meta["repo_digests"] + meta["repo_tags"]:
             self.images.discard(ref)
+
+
+def _new_id(n: int) -> str:
+    """Distinct from the first hex digit on, like the engine's (server names use the first 8)."""
+    import hashlib
+
+    return hashlib.sha256(b"fake-container-%d" % n).hexdigest()
 
 
 def _match(labels: Dict[str, str], label_filters: List[str]) -> bool:

@@ -32,6 +32,26 @@ def container_name(project: str, service: str, replica: int) -> str:
     return "%s-%s-%d" % (project, service, replica)
 
 
+# A replaced container is kept, stopped and renamed "<name>-prev", until the release that
+# replaced it is live, so a rollback needs no pull and no re-create. Canonical names end
+# in the replica number, so no canonical name ever ends in this suffix.
+RETIRED_SUFFIX = "-prev"
+
+
+def retired_name(name: str) -> str:
+    return name + RETIRED_SUFFIX
+
+
+def is_retired(name: str) -> bool:
+    return name.endswith(RETIRED_SUFFIX)
+
+
+def server_name(service: str, replica: int, container_id: str) -> str:
+    """The ingress (HAProxy) server name of a container: stable across its renames,
+    different for the old and the new container of one replica."""
+    return "%s-%d-%s" % (service, replica, container_id[:8])
+
+
 def network_name(project: str, name: str) -> str:
     return "%s_%s" % (project, name)
 

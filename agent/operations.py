@@ -71,6 +71,8 @@ class Context:
     # The engine's ID without connecting the docker SDK (rpc.Server: engine.engine_id_from_socket),
     # so the deploy lock costs no SDK import; None: ask the engine.
     engine_id: Optional[Callable[[], str]] = None
+    # The node's ingress for rollouts (agent.rollout.IngressDriver); None: the real one.
+    ingress: Any = None
     _engine: Any = None
 
     @property
@@ -154,7 +156,12 @@ def op_state(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     service = check_name(args["service"], "service") if args.get("service") else None
     env = check_name(args["env"], "env") if args.get("env") else None
     containers = ctx.engine.containers(L.filters(project, service, env))
-    return {"containers": [c.summary() for c in containers]}
+    out: Dict[str, Any] = {"containers": [c.summary() for c in containers]}
+    if project:
+        from agent.rollout import ingress_state
+
+        out["ingress"] = ingress_state(ctx, project)  # the project's frontends on this node
+    return out
 
 
 # ----------------------------------------------------------------------------- apply
@@ -378,7 +385,8 @@ def op_apply(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     timeout = check_number(args.get("timeout", DEFAULT_COMPLETION_TIMEOUT), "timeout")
     ctx.emit("apply.start", service=svc.service, replicas=svc.replicas, config_hash=svc.config_hash)
 
-    existing = ctx.engine.containers(L.filters(svc.project, svc.service))
+    # Kept containers of a previous release (renamed *-prev) belong to agent.rollout.
+    existing = [c for c in ctx.engine.containers(L.filters(svc.project, svc.service)) if not L.is_retired(c.name)]
     _name_conflicts(ctx, svc)
     outcome: Dict[int, Dict[str, Any]] = {}
     to_create: List[int] = []
@@ -502,9 +510,12 @@ def not_healthy_in_time_reason(c: ContainerInfo, budget: float) -> str:
 
 def wait_ready(
     ctx: Context, svc: ServiceSpec, pending: List[ContainerInfo], min_running: float, margin: float,
-    wait: str = "running", timeout: float = DEFAULT_COMPLETION_TIMEOUT,
+    wait: str = "running", timeout: float = DEFAULT_COMPLETION_TIMEOUT, deadline: Optional[float] = None,
 ) -> Dict[str, ContainerInfo]:
-    """Wait until each container is ready in the sense of `wait` (see WAIT_MODES)."""
+    """Wait until each container is ready in the sense of `wait` (see WAIT_MODES).
+
+    deadline: seconds a container with a healthcheck gets to become healthy (x-orch
+    healthy_deadline), instead of the budget derived from its healthcheck settings."""
     start = ctx.clock()
     waiting = {c.id: c for c in pending}
     done: Dict[str, ContainerInfo] = {}
@@ -512,7 +523,8 @@ def wait_ready(
     for c in pending:
         hc = c.healthcheck
         if hc:
-            budgets[c.id] = hc["start_period"] + (hc["retries"] + 1) * hc["interval"] + hc["timeout"] + margin
+            budgets[c.id] = deadline if deadline is not None else (
+                hc["start_period"] + (hc["retries"] + 1) * hc["interval"] + hc["timeout"] + margin)
         else:
             budgets[c.id] = min_running
     last_note = start
@@ -862,7 +874,9 @@ OPERATIONS: Dict[str, Callable[[Context, Dict[str, Any]], Dict[str, Any]]] = {
 from agent.ledger import LEDGER_OPERATIONS  # noqa: E402
 from agent.lock import LOCK_OPERATIONS  # noqa: E402
 from agent.ingress import INGRESS_OPERATIONS  # noqa: E402
+from agent.rollout import ROLLOUT_OPERATIONS  # noqa: E402
 
 OPERATIONS.update(LEDGER_OPERATIONS)
 OPERATIONS.update(LOCK_OPERATIONS)
 OPERATIONS.update(INGRESS_OPERATIONS)
+OPERATIONS.update(ROLLOUT_OPERATIONS)

@@ -38,11 +38,12 @@ from typing import Any
 
 from orchestrator import transport as T
 from orchestrator.errors import DeployError, InputError, OrchError, Problem
-from orchestrator.plan import Observed, Plan, existing_slots, make_plan, observe
+from orchestrator.plan import CREATE, RECREATE, REMOVE, Observed, Plan, existing_slots, make_plan, observe
 from orchestrator.progress import DONE, FAILED, RUNNING, SKIPPED, Progress
 
 JSON_VERSION = 1
 LOG_LINES = 20
+_sleep = time.sleep  # update_config delay and monitor waits (unit tests replace it)
 
 
 @dataclass
@@ -53,6 +54,9 @@ class DeployOptions:
     images: dict[str, str] = field(default_factory=dict)  # service -> pinned reference (build step)
     min_running: float = 1.0  # seconds a container without healthcheck must stay up
     completion_timeout: float = 600.0  # for one-shot services a dependent waits for
+    # Drop the previous release's kept containers at the end of run(). The release
+    # pipeline says False and calls Deployment.commit() once the ledger has it live.
+    commit: bool = True
 
 
 # --------------------------------------------------------------------------- results
@@ -150,7 +154,8 @@ def _parse_time(text: str) -> float | None:
 
 
 def container_rows(observed: Mapping[str, Iterable[Observed]], hosts: Mapping[str, str]) -> list[ContainerRow]:
-    rows = [ContainerRow.from_observed(c, hosts.get(node, node)) for node, cs in observed.items() for c in cs]
+    rows = [ContainerRow.from_observed(c, hosts.get(node, node)) for node, cs in observed.items() for c in cs
+            if not c.retired]  # kept for a rollback: not part of what runs
     order = {n: i for i, n in enumerate(hosts)}
     return sorted(rows, key=lambda r: (r.service, r.replica, order.get(r.node, 99), r.name))
 
@@ -430,11 +435,13 @@ def close_nodes(nodes: Mapping[str, Any]) -> None:
     T.parallel(list(nodes.values()), lambda n: n.close())
 
 
-def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False) -> dict[str, list[Observed]]:
+def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
+                  ingress: dict | None = None) -> dict[str, list[Observed]]:
     """Every node's containers of `project`, in parallel; a node whose Docker Engine is
     unusable fails the whole command (naming each such node) before anything is done.
 
-    Uses the state a node's connector read along with hello, once, unless `fresh`."""
+    Uses the state a node's connector read along with hello, once, unless `fresh`.
+    `ingress`, if given, is filled with each node's ingress frontends of the project."""
 
     def state(n: Any) -> dict:
         pre = getattr(n, "prefetched_state", None)
@@ -457,6 +464,9 @@ def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False) -
             else:
                 failures[name] = _as_transport(name, err)
         raise T.NodesUnreachable(failures, len(nodes), action="read the state of")
+    if ingress is not None:
+        ingress.clear()
+        ingress.update({node: dict(res.get("ingress") or {}) for node, res in results.items()})
     return observe(results)
 
 
@@ -493,6 +503,10 @@ class Deployment:
         self.warnings: list[str] = []
         self.degraded: list[str] = []
         self.auth: dict | None = None
+        self.ingress: dict[str, dict] = {}  # node -> the project's ingress frontends there (state)
+        self.journal: Any = None  # orchestrator.rollout.Journal of what apply() replaced
+        self._journal_lock = __import__("threading").Lock()
+        self._watch: list[tuple] = []  # (node, service, replica, new id, monitor until, window)
         self._t0 = time.monotonic()
 
     # -- steps --------------------------------------------------------------------------
@@ -545,7 +559,8 @@ class Deployment:
         t0 = time.monotonic()
         self.progress.phase("observe", f"reading the state of {len(self.nodes)} node(s)")
         # After a "connected" hook (the deploy lock) the state read with hello may be stale.
-        self.observed = observe_nodes(self.nodes, self.project.name, fresh=bool(self.hooks["connected"]))
+        self.observed = observe_nodes(self.nodes, self.project.name, fresh=bool(self.hooks["connected"]),
+                                      ingress=self.ingress)
         self._timed("observe", t0)
 
     def make_plan(self) -> Plan:
@@ -561,7 +576,8 @@ class Deployment:
         for w in warnings:
             self.warn(w)
         self.plan = make_plan(self.project.name, self.environment.name, self.blueprint.waves, self.units,
-                              self.observed, self.blueprint.project_services, self.options.remove_orphans, order)
+                              self.observed, self.blueprint.project_services, self.options.remove_orphans, order,
+                              ingress=self.ingress)
         for w in self.plan.warnings:
             self.warn(w)
         self.progress.show_plan(self.plan)
@@ -569,75 +585,298 @@ class Deployment:
         return self.plan
 
     def apply(self) -> None:
+        """Wave by wave; in a wave every service rolls on its own, in parallel: its changed
+        replicas in batches across its nodes (orchestrator.rollout), each batch on a node
+        one agent `rollout`. Then the monitor window. A failure the service's update
+        policy does not tolerate ends in _failed (the whole release put back, or paused)."""
+        from orchestrator.rollout import Journal
+
         t0 = time.monotonic()
         plan = self.plan
         assert plan is not None
         self._run_hooks("before_apply")
+        self.journal = Journal()
         for node, count in _parallel_applies(plan).items():
             prewarm = getattr(self.nodes.get(node), "prewarm", None)
             if prewarm is not None and count > 1:
                 prewarm(count, self.project.name)
-        for i, wave in enumerate(plan.waves, 1):
-            steps = [s for s in plan.wave_steps(i) if s.needs_apply]
-            if not steps:
-                continue
-            self.progress.phase("apply", f"wave {i}/{len(plan.waves)}: {', '.join(wave)}", wave=i)
-            failures: list[StepFailure] = []
-            pool = ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="orch-apply")
-            try:
-                futures = [pool.submit(self._apply_step, s) for s in steps]
-                for f in futures:
-                    failure = f.result()
-                    if failure is not None:
-                        failures.append(failure)
-            except BaseException:
-                # Ctrl-C (or a bug): close the sessions so each agent sees EOF and cancels
-                # its apply, rather than waiting for health checks to finish. Re-running converges.
-                self.close()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown(wait=True)
-            if failures:
-                fatal = [f for f in failures if not self._optional(f.step.service)]
-                for f in failures:
-                    if f not in fatal:
-                        self.degraded.append(f.step.service)
-                        self.warn(f"{f.step.service} failed on {f.step.node}, but every dependent marks it "
-                                  f"required: false; going on. {f.error.message.splitlines()[0]}")
+        try:
+            for i, wave in enumerate(plan.waves, 1):
+                services = [s for s in wave if any(st.needs_apply for st in plan.wave_steps(i) if st.service == s)]
+                if not services:
+                    continue
+                self.progress.phase("apply", f"wave {i}/{len(plan.waves)}: {', '.join(wave)}", wave=i)
+                pool = ThreadPoolExecutor(max_workers=len(services), thread_name_prefix="orch-roll")
+                try:
+                    futures = {name: pool.submit(self._roll_service, i, name,
+                                                 [st for st in plan.wave_steps(i) if st.service == name])
+                               for name in services}
+                    failures = {name: f.result() for name, f in futures.items()}
+                except BaseException:
+                    # Ctrl-C (or a bug): close the sessions so each agent sees EOF, cancels its
+                    # rollout and puts its batch back. Re-running converges.
+                    self.close()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                pool.shutdown(wait=True)
+                fatal: list[StepFailure] = []
+                for name, fails in failures.items():
+                    if not fails:
+                        continue
+                    if self._optional(name):
+                        self.degraded.append(name)
+                        self.warn(f"{name} failed on {fails[0].step.node}, but every dependent marks it "
+                                  f"required: false; going on. {fails[0].error.message.splitlines()[0]}")
+                        continue
+                    fatal.extend(fails)
                 if fatal:
+                    for st in plan.steps:
+                        if st.wave > i and st.needs_apply:
+                            self.progress.step(st.wave, st.service, st.node, SKIPPED)
                     later = [s for w in plan.waves[i:] for s in w]
-                    for s in plan.steps:
-                        if s.wave > i and s.needs_apply:
-                            self.progress.step(s.wave, s.service, s.node, SKIPPED)
-                    self._timed("apply", t0)
-                    raise self._deploy_error(fatal, later)
-        self._timed("apply", t0)
+                    raise self._failed(fatal, later)
+            self._retire_moved()
+            self._monitor()
+        finally:
+            self._timed("apply", t0)
+
+    def _policy(self, service: str) -> Any:
+        from orchestrator.rollout import UpdatePolicy
+
+        bp = self.blueprint.services.get(service) if self.blueprint is not None else None
+        return getattr(bp, "policy", None) or UpdatePolicy()
+
+    def _ingress_args(self, service: str) -> dict | None:
+        bp = self.blueprint.services.get(service) if self.blueprint is not None else None
+        ingress = getattr(bp, "ingress", None)
+        return ingress.agent_args() if ingress is not None else None
+
+    def _roll_service(self, wave: int, service: str, steps: list[Any]) -> list[StepFailure]:
+        """One service's rolling update; its failures ([] when it went through, or when the
+        policy tolerated them)."""
+        from orchestrator.rollout import Slot, batches, by_node, too_many_failures
+
+        policy = self._policy(service)
+        by_step = {st.node: st for st in steps}
+        slots = [Slot(st.node, a.replica, a.kind) for st in steps for a in st.changes if a.kind in (CREATE, RECREATE)]
+        plan_batches = batches(slots, policy.parallelism)
+        failures: list[StepFailure] = []
+        failed = replaced = 0
+        exceeded = False
+        for k, batch in enumerate(plan_batches, 1):
+            if k > 1 and policy.delay > 0:
+                self.progress.event("delay", service=service, seconds=policy.delay)
+                _sleep(policy.delay)
+            groups = by_node(batch)
+            self.progress.event("batch", service=service, batch=k, batches=len(plan_batches), wave=wave,
+                                replicas=[{"node": s.node, "replica": s.replica} for s in batch])
+            results, errors = T.parallel(list(groups.items()), lambda item: self._rollout(
+                wave, by_step[item[0]], item[1], k, policy), key=lambda item: item[0])
+            for node, res in sorted(results.items()):
+                self._journal_add(service, node, wave, res.get("replaced") or [], policy)
+            replaced += len(batch)
+            for node, err in sorted(errors.items()):
+                failures.append(StepFailure(by_step[node], _as_orch_error(node, err)))
+                failed += len(groups[node])
+            if errors and too_many_failures(failed, replaced, policy.max_failure_ratio):
+                exceeded = True
+                if policy.failure_action != "continue":
+                    return failures
+        if failures and not exceeded:
+            self.warn(f"{service}: {failed} of {replaced} replica(s) failed to update and stayed on the previous "
+                      f"release (within max_failure_ratio {policy.max_failure_ratio:g}): "
+                      f"{failures[0].error.message.splitlines()[0]}")
+            failures = []
+        # Nodes where nothing was replaced but a kept container must be waited for, or the
+        # ingress is not what the containers need.
+        for st in steps:
+            if not st.changes and (st.wait_only or st.ingress):
+                try:
+                    self._rollout(wave, st, [], 0, policy)
+                except BaseException as err:  # noqa: BLE001 - reported like a failed batch
+                    failures.append(StepFailure(st, _as_orch_error(st.node, err)))
+        if failures:
+            return failures
+        # Replicas no longer wanted on a node (scaled down, moved): stopped and kept.
+        for st in steps:
+            gone = [a.replica for a in st.actions if a.kind == REMOVE]
+            if gone:
+                try:
+                    self._retire(wave, service, st.node, gone)
+                except BaseException as err:  # noqa: BLE001
+                    failures.append(StepFailure(st, _as_orch_error(st.node, err)))
+        return failures
+
+    def _rollout(self, wave: int, step: Any, replicas: list[int], batch: int, policy: Any) -> dict:
+        unit = step.unit
+        t0 = time.monotonic()
+        what = ", ".join(f"{a.kind} {a.replica}" for a in step.changes if a.replica in replicas)
+        detail = (f"batch {batch}: {what}" if batch else "") or ("waiting" if step.wait_only else "ingress")
+        self.progress.step(step.wave, step.service, step.node, RUNNING, detail=detail)
+        args: dict[str, Any] = {"spec": unit.spec, "replicas": list(replicas), "order": policy.order,
+                                "wait": unit.wait, "min_running": self.options.min_running,
+                                "timeout": self.options.completion_timeout, "min_healthy": policy.min_healthy_time,
+                                "batch": batch, "ingress": self._ingress_args(step.service)}
+        if policy.healthy_deadline is not None:
+            args["deadline"] = policy.healthy_deadline
+        if self.auth:
+            args["auth"] = self.auth
+        try:
+            result = self.nodes[step.node].call(
+                "rollout", args, on_event=lambda ev: self.progress.agent_event(step.wave, step.service, step.node, ev))
+        except BaseException as err:
+            if isinstance(err, OrchError):
+                self.progress.step(step.wave, step.service, step.node, FAILED,
+                                   detail=_first_line(err).removeprefix(f"{step.node}: "),
+                                   seconds=time.monotonic() - t0)
+            raise
+        actions = [f"{c['action']} {c['replica']}" for c in result.get("containers", []) if c["action"] != "unchanged"]
+        self.progress.step(step.wave, step.service, step.node, DONE, detail=", ".join(actions) or "ready",
+                           seconds=time.monotonic() - t0)
+        return result
+
+    def _journal_add(self, service: str, node: str, wave: int, records: list[dict], policy: Any) -> None:
+        with self._journal_lock:
+            self.journal.add(service, node, wave, records)
+            now = time.monotonic()
+            for rec in records:
+                if rec.get("old") is not None and rec.get("new") and policy.monitor > 0:
+                    self._watch.append((node, service, rec["replica"], rec["new"]["id"], now + policy.monitor,
+                                        policy.monitor))
+
+    def _retire(self, wave: int, service: str, node: str, replicas: list[int] | None) -> None:
+        self.progress.step(wave, service, node, "removing")
+        args: dict[str, Any] = {"project": self.project.name, "service": service, "env": self.environment.name,
+                                "ingress": self._ingress_args(service)}
+        if replicas is not None:
+            args["replicas"] = replicas
+        res = self.nodes[node].call("retire", args)
+        with self._journal_lock:
+            self.journal.add(service, node, wave, [dict(r, new=None) for r in res.get("retired", [])])
+        self.progress.step(wave, service, node, "removed")
+
+    def _retire_moved(self) -> None:
+        """Services the plan takes off a node entirely: stopped and kept, like replaced ones."""
+        plan = self.plan
+        assert plan is not None
+        moved = [r for r in plan.removals if not r.orphan]
+        if not moved:
+            return
+        wave = len(plan.waves) + 1
+        self.progress.phase("cleanup", f"stopping {sum(len(r.actions) for r in moved)} container(s) no longer "
+                            "placed there")
+        _, errors = T.parallel(moved, lambda r: self._retire(wave, r.service, r.node, r.replicas),
+                               key=lambda r: f"{r.service}@{r.node}")
+        if errors:
+            name, err = sorted(errors.items())[0]
+            raise self._failed([StepFailure(_Where(name.split("@")[0], name.split("@")[1]),
+                                            _as_orch_error(name.split("@")[1], err))], [])
+
+    def _monitor(self) -> None:
+        """Swarm's monitor window: a replaced replica that fails within `monitor` of its
+        replacement fails the update. Waits for the last window, then reads each node once."""
+        if not self._watch:
+            return
+        until = max(w[4] for w in self._watch)
+        left = until - time.monotonic()
+        if left > 0:
+            self.progress.phase("monitor", f"watching {len(self._watch)} new container(s) for {left:.0f}s "
+                                "(update_config.monitor)")
+            _sleep(left)
+        nodes = sorted({w[0] for w in self._watch})
+        states, errors = T.parallel(nodes, lambda n: self.nodes[n].call(
+            "state", {"project": self.project.name}), key=lambda n: n)
+        failures: list[StepFailure] = []
+        for node, err in sorted(errors.items()):
+            failures.append(StepFailure(_Where("", node), _as_orch_error(node, err)))
+        for node, res in sorted(states.items()):
+            by_id = {c.get("id"): c for c in res.get("containers") or []}
+            for n, service, replica, cid, _, window in self._watch:
+                if n != node:
+                    continue
+                c = by_id.get(cid)
+                bad = ""
+                if c is None:
+                    bad = "was removed"
+                elif c.get("state") != "running":
+                    bad = f"is {c.get('state')} (exit code {c.get('exit_code')})"
+                elif c.get("health") == "unhealthy":
+                    bad = "became unhealthy"
+                elif int(c.get("restart_count") or 0) > 0:
+                    bad = f"restarted {c.get('restart_count')} time(s)"
+                if bad:
+                    failures.append(StepFailure(_Where(service, node), DeployError(
+                        f"service {service} replica {replica} on {node} {bad} within {window:g}s of its "
+                        "update (update_config.monitor)",
+                        details={"service": service, "node": node, "replica": replica})))
+        if failures:
+            raise self._failed(failures, [])
+
+    def _failed(self, failures: list[StepFailure], not_started: list[str]) -> DeployError:
+        """The error for failures no policy tolerates, after the release was put back
+        (failure_action rollback, orch's default) or left as it is (pause, continue)."""
+        err = self._deploy_error(failures, not_started)
+        action = self._policy(failures[0].step.service).failure_action if failures[0].step.service else "rollback"
+        err.details["failure_action"] = action
+        if action != "rollback" or not self.journal:
+            if self.journal:
+                done = sorted({f"{e.service} on {e.node}" for e in self.journal.entries})
+                err.message += (f"\nUpdate {'paused' if action == 'pause' else 'stopped'} (failure_action: {action}): "
+                                f"{len(self.journal.entries)} replica(s) already run the new release "
+                                f"({', '.join(done)}); re-run `orch up` to go on, or `orch rollback` to go back.")
+            err.details["rolled_back"] = False
+            return err
+        restored, problems = self.rollback()
+        err.details["rolled_back"] = not problems
+        err.details["restored"] = restored
+        if problems:
+            err.details["rollback_errors"] = problems
+            err.message += ("\nRolled back, except: " + "; ".join(problems) +
+                            ". Re-run `orch up` (or `orch rollback`) once the node is back.")
+        else:
+            err.message += ("\nRolled back: every replica this release replaced is back on the previous release's "
+                            f"container ({', '.join(restored)}).")
+        return err
+
+    def rollback(self) -> tuple[list[str], list[str]]:
+        """Put back everything this release replaced, latest wave first: (what, problems)."""
+        restored: list[str] = []
+        problems: list[str] = []
+        groups = self.journal.undo_order()
+        total = sum(len(es) for g in groups for _, _, es in g)
+        self.progress.phase("rollback", f"rolling back {total} replica(s) of {', '.join(self.journal.services())}")
+        for group in groups:
+            def one(item: tuple[str, str, list[Any]]) -> None:
+                service, node, entries = item
+                self.progress.step(entries[0].wave, service, node, RUNNING, detail="rolling back")
+                args = {"project": self.project.name, "service": service, "env": self.environment.name,
+                        "ingress": self._ingress_args(service),
+                        "replicas": [{"replica": e.replica, "was_running": e.was_running} for e in entries]}
+                self.nodes[node].call("restore", args, on_event=lambda ev: self.progress.agent_event(
+                    entries[0].wave, service, node, ev))
+                self.progress.step(entries[0].wave, service, node, "rolled back")
+
+            _, errors = T.parallel(group, one, key=lambda item: f"{item[0]} on {item[1]}")
+            for name in sorted(f"{s} on {n}" for s, n, _ in group):
+                if name in errors:
+                    problems.append(f"{name}: {_first_line(_as_orch_error(name.rsplit(' ', 1)[-1], errors[name]))}")
+                else:
+                    restored.append(name)
+        return restored, problems
+
+    def commit(self) -> None:
+        """The release is live: drop the containers kept for its rollback (best effort; the
+        next deploy drops whatever is left)."""
+        _, errors = T.parallel(list(self.nodes.items()), lambda item: item[1].call(
+            "discard", {"project": self.project.name}), key=lambda item: item[0])
+        for node, err in sorted(errors.items()):
+            self.warn(f"{node}: could not remove the previous release's kept containers "
+                      f"({getattr(err, 'message', err)}); the next deploy removes them")
 
     def _optional(self, service: str) -> bool:
         """A failed service blocks nothing when every dependent has `required: false` on it."""
         deps = [bp.dependencies[service] for bp in self.blueprint.services.values() if service in bp.dependencies]
         return bool(deps) and all(not d.required for d in deps)
-
-    def _apply_step(self, step: Any) -> StepFailure | None:
-        unit = step.unit
-        t0 = time.monotonic()
-        self.progress.step(step.wave, step.service, step.node, RUNNING,
-                           detail=", ".join(f"{a.kind} {a.replica}" for a in step.changes) or "waiting")
-        args: dict[str, Any] = {"spec": unit.spec, "wait": unit.wait, "min_running": self.options.min_running,
-                                "timeout": self.options.completion_timeout}
-        if self.auth:
-            args["auth"] = self.auth
-        try:
-            result = self.nodes[step.node].call(
-                "apply", args, on_event=lambda ev: self.progress.agent_event(step.wave, step.service, step.node, ev))
-        except OrchError as err:
-            self.progress.step(step.wave, step.service, step.node, FAILED,
-                               detail=_first_line(err).removeprefix(f"{step.node}: "), seconds=time.monotonic() - t0)
-            return StepFailure(step, err)
-        actions = [f"{c['action']} {c['replica']}" for c in result.get("containers", []) if c["action"] != "unchanged"]
-        self.progress.step(step.wave, step.service, step.node, DONE, detail=", ".join(actions) or "ready",
-                           seconds=time.monotonic() - t0)
-        return None
 
     def _deploy_error(self, failures: list[StepFailure], not_started: list[str]) -> DeployError:
         first = failures[0]
@@ -669,23 +908,22 @@ class Deployment:
         return DeployError(text, fix=fix, details=details)
 
     def cleanup(self) -> None:
+        """Orphans (with --remove-orphans): removed, they are not part of any release."""
         plan = self.plan
         assert plan is not None
-        if not plan.removals:
+        orphans = [r for r in plan.removals if r.orphan]
+        if not orphans:
             return
         t0 = time.monotonic()
-        self.progress.phase("cleanup", f"removing {sum(len(r.actions) for r in plan.removals)} container(s)")
+        self.progress.phase("cleanup", f"removing {sum(len(r.actions) for r in orphans)} orphan container(s)")
         wave = len(plan.waves) + 1
 
         def remove(r: Any) -> None:
             self.progress.step(wave, r.service, r.node, "removing")
-            args: dict[str, Any] = {"project": self.project.name, "service": r.service}
-            if r.replicas is not None:
-                args["replicas"] = r.replicas
-            self.nodes[r.node].call("remove", args)
+            self.nodes[r.node].call("remove", {"project": self.project.name, "service": r.service})
             self.progress.step(wave, r.service, r.node, "removed")
 
-        _, errors = T.parallel(plan.removals, remove, key=lambda r: f"{r.service}@{r.node}")
+        _, errors = T.parallel(orphans, remove, key=lambda r: f"{r.service}@{r.node}")
         self._timed("cleanup", t0)
         if errors:
             name, err = sorted(errors.items())[0]
@@ -715,10 +953,14 @@ class Deployment:
                 return self._result("planned")
             if plan.is_noop and not any(s.needs_apply for s in plan.steps):
                 self._run_hooks("after_apply")
+                if self.options.commit and any(c.retired for cs in self.observed.values() for c in cs):
+                    self.commit()  # left by an earlier deploy that stopped before it was live
                 return self._result("ok")
             self.apply()
             self.cleanup()
             self._run_hooks("after_apply")
+            if self.options.commit:
+                self.commit()
             t0 = time.monotonic()
             self.observed = observe_nodes(self.nodes, self.project.name, fresh=True)
             self._timed("observe", t0)
@@ -750,6 +992,21 @@ def _parallel_applies(plan: Plan) -> dict[str, int]:
         for node, n in per.items():
             out[node] = max(out.get(node, 0), n)
     return out
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a failure happened when it is not one plan step (monitor, moved replicas)."""
+
+    service: str
+    node: str
+    wave: int = 0
+
+
+def _as_orch_error(node: str, err: BaseException) -> OrchError:
+    if isinstance(err, OrchError):
+        return err
+    return DeployError(f"{node}: {type(err).__name__}: {err}", fix="re-run `orch up`: applying again converges.")
 
 
 def _first_line(err: OrchError) -> str:

@@ -546,7 +546,7 @@ class _Flow:
                 return self._result("ok", None, prep.live, False, prep.message, prep, conn)
             dep = Deployment(prep.workspace, DeployOptions(services=list(self.opts.services), dry_run=self.opts.dry_run,
                                                            remove_orphans=self.opts.remove_orphans,
-                                                           images=dict(prep.images)),
+                                                           images=dict(prep.images), commit=False),
                              self.progress, connector=conn.preconnected)
             recorded: dict[str, Release] = {}
 
@@ -585,6 +585,9 @@ class _Flow:
             rel = written.releases[0]
             history = _history_with(history, *written.releases)
             self.timings["record"] = time.monotonic() - t0
+            # Live: the previous release's containers, kept for a rollback, can go.
+            if dep.journal or any(c.retired for cs in dep.observed.values() for c in cs):
+                dep.commit()
             verification = None
             error: OrchError | None = None
             if env.verify.on_deploy and env.verify.checks:

@@ -47,6 +47,7 @@ class Observed:
     started_at: str = ""
     finished_at: str = ""
     release: str = ""
+    retired: bool = False  # kept (stopped, renamed *-prev) for a rollback until its successor is live
 
     @classmethod
     def from_summary(cls, node: str, d: Mapping[str, Any]) -> "Observed":
@@ -57,7 +58,7 @@ class Observed:
             config_hash=d.get("config_hash", ""), config_parts=dict(d.get("config_parts") or {}),
             image=d.get("image", ""), image_id=d.get("image_id", ""), ports=tuple(d.get("ports") or ()),
             started_at=d.get("started_at") or "", finished_at=d.get("finished_at") or "",
-            release=d.get("release") or "",
+            release=d.get("release") or "", retired=bool(d.get("retired")),
         )
 
     def one_shot_done(self, restart: str) -> bool:
@@ -85,7 +86,7 @@ def existing_slots(observed: Mapping[str, Iterable[Observed]]) -> list:
     seen = {}
     for node, containers in observed.items():
         for c in containers:
-            if c.service and c.replica > 0:
+            if c.service and c.replica > 0 and not c.retired:
                 seen.setdefault((c.service, c.replica), Slot(c.service, c.replica, node))
     return sorted(seen.values(), key=lambda s: (s.service, s.replica, s.node))
 
@@ -127,6 +128,7 @@ class Step:
     unit: Any  # orchestrator.specs.Unit
     actions: list[Action] = field(default_factory=list)
     wait_only: bool = False  # nothing changes but a kept container is not ready yet
+    ingress: str = ""  # why the node's ingress for the service must be synced ("" : it is right)
 
     @property
     def changes(self) -> list[Action]:
@@ -134,7 +136,7 @@ class Step:
 
     @property
     def needs_apply(self) -> bool:
-        return bool(self.changes) or self.wait_only
+        return bool(self.changes) or self.wait_only or bool(self.ingress)
 
 
 @dataclass
@@ -172,7 +174,7 @@ class Plan:
 
     @property
     def is_noop(self) -> bool:
-        return not self.removals and not any(s.changes for s in self.steps)
+        return not self.removals and not any(s.changes or s.ingress for s in self.steps)
 
     def wave_steps(self, wave: int) -> list[Step]:
         return [s for s in self.steps if s.wave == wave]
@@ -282,6 +284,7 @@ def make_plan(
     project_services: Iterable[str],
     remove_orphans: bool = False,
     nodes: Sequence[str] = (),
+    ingress: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Plan:
     """The plan for deploying `units` (the services of `waves`) over `observed`.
 
@@ -296,6 +299,8 @@ def make_plan(
     where: dict[tuple[str, int], list[str]] = {}
     for node, containers in observed.items():
         for c in containers:
+            if c.retired:
+                continue  # kept for a rollback; the release that is live decides its fate
             by_key.setdefault((c.service, node), []).append(c)
             where.setdefault((c.service, c.replica), []).append(node)
     wanted_on: dict[tuple[str, int], str] = {}
@@ -341,12 +346,14 @@ def make_plan(
                         step.actions.append(Action(REMOVE, service, node, c.replica,
                                                    reason=_gone_reason(service, c.replica, node, wanted_on),
                                                    container=c.name, container_id=c.id))
+                if not step.changes:
+                    step.ingress = ingress_drift(unit, step, (ingress or {}).get(node, {}).get(service))
                 steps.append(step)
 
     removals: list[Removal] = []
     orphans: dict[str, list[str]] = {}
     for node in node_order:
-        services = sorted({c.service for c in observed.get(node, [])})
+        services = sorted({c.service for c in observed.get(node, []) if not c.retired})
         for service in services:
             if (service, node) in units:
                 continue
@@ -371,6 +378,32 @@ def make_plan(
                 "(--remove-orphans removes it)" for service, n in sorted(orphans.items())]
     return Plan(project=project, environment=environment, waves=[list(w) for w in waves], steps=steps,
                 removals=removals, orphans=orphans, nodes=node_order, warnings=warnings)
+
+
+def ingress_drift(unit: Any, step: Step, actual: Mapping[str, Any] | None) -> str:
+    """Why a service's ingress on a node differs from what its kept containers need ("":
+    it does not). Only for steps that change no container (a change syncs it anyway)."""
+    from agent.labels import server_name
+
+    wanted = getattr(unit, "ingress", None)
+    if wanted is None:
+        return "the service has no ingress any more" if actual else ""
+    if not actual:
+        return "no ingress for the service on the node yet"
+    if not actual.get("running", True):
+        return "HAProxy is not running"
+    args = wanted.agent_args()
+    port = actual.get("port") or {}
+    if (port.get("published"), port.get("target")) != (args["port"]["published"], args["port"]["target"]):
+        return "ingress port changed"
+    health = dict(actual.get("health") or {})
+    if any(health.get(k) != v for k, v in args["health"].items()):
+        return "ingress health check changed"
+    servers = sorted(server_name(unit.service, a.replica, a.container_id) for a in step.actions
+                     if a.kind == UNCHANGED and a.container_id)
+    if servers != sorted(actual.get("servers") or []):
+        return "ingress servers differ from the containers"
+    return ""
 
 
 def _gone_reason(service: str, replica: int, node: str, wanted_on: Mapping[tuple[str, int], str]) -> str:

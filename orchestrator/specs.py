@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, Problem
+from orchestrator.rollout import read_ingress, read_policy
 
 # What `apply` waits for, per depends_on condition (agent.operations.WAIT_MODES).
 READINESS = {
@@ -115,6 +116,8 @@ class Unit:
     restart: str
     spec: dict  # agent ServiceSpec JSON
     cross_node: tuple[tuple[str, str, str], ...] = ()  # (dependency, node, address) reached via extra_hosts
+    policy: Any = None  # orchestrator.rollout.UpdatePolicy
+    ingress: Any = None  # orchestrator.rollout.IngressSpec
 
     @property
     def image(self) -> str:
@@ -139,6 +142,8 @@ class ServiceBlueprint:
     pull: str
     request: Any  # placement.PlacementRequest
     healthcheck: bool  # the Compose file defines one (the image may have its own)
+    policy: Any = None  # orchestrator.rollout.UpdatePolicy
+    ingress: Any = None  # orchestrator.rollout.IngressSpec: the node's HAProxy owns that port
 
 
 @dataclass
@@ -217,6 +222,7 @@ class Blueprint:
                     units[(name, node)] = Unit(
                         service=name, node=node, replicas=tuple(spec["replicas"]), config_hash=spec["config_hash"],
                         wait=bp.wait, restart=bp.restart, spec=spec, cross_node=tuple(cross),
+                        policy=bp.policy, ingress=bp.ingress,
                     )
         return units, _dedupe(warnings)
 
@@ -324,6 +330,11 @@ def compile_blueprint(project: Any, environment: Any, services: Iterable[str] = 
         warnings.extend(x_orch_warnings(s.extensions.get("x-orch"), n) if "x-orch" in s.extensions else [])
         if bp is None:
             continue
+        if bp.policy.order == "start-first" and bp.published:
+            warnings.append(f"{n}: update_config.order is start-first, but its replicas publish host ports "
+                            f"({', '.join(str(p[1]) for p in bp.published)}) that an old and a new container cannot "
+                            "hold at once: they are replaced stop-first (x-orch.ingress lets HTTP ports switch "
+                            "without a gap)")
         if bp.wait == "completed" and bp.restart.partition(":")[0] in ("always", "unless-stopped"):
             problems.append(_problem(project, s, "restart",
                                      f"service {n} must complete (a dependent waits for "
@@ -362,29 +373,23 @@ def compile_blueprint(project: Any, environment: Any, services: Iterable[str] = 
     return blueprint
 
 
-# x-orch settings (docs/reference/x-orch.md): none is acted on yet. The planned ones, with
-# what a service that sets one gets today; any other x-orch key is unknown.
-X_ORCH_PLANNED = {
-    "ingress": "the service publishes its ports directly",
-}
-
-
 def x_orch_warnings(value: Any, service: str | None = None) -> list[str]:
-    """One warning per x-orch key of a service (or of the top level, service None): the
-    Compose loader keeps x-* extensions as they are, and orch reads none of them yet."""
+    """Warnings for x-orch keys orch does not read: at the top level (settings belong in
+    a service), and unknown keys of a service (with the nearest known one)."""
     import difflib
+
+    from orchestrator.rollout import X_ORCH_KEYS
 
     if service is None:
         return ["x-orch at the top level is not read by orch (x-orch settings belong in a service); it is ignored"]
     if not isinstance(value, dict) or not value:
-        return [f"{service}: x-orch is not read by orch (known settings: "
-                f"{', '.join('x-orch.' + k for k in sorted(X_ORCH_PLANNED))}); it is ignored"]
+        return [f"{service}: x-orch is not read by orch unless it is a mapping of known settings ("
+                f"{', '.join('x-orch.' + k for k in X_ORCH_KEYS)}); it is ignored"]
     out = []
     for key in sorted(value, key=str):
-        if key in X_ORCH_PLANNED:
-            out.append(f"{service}: x-orch.{key} is not acted on yet; {X_ORCH_PLANNED[key]}")
+        if key in X_ORCH_KEYS:
             continue
-        near = difflib.get_close_matches(str(key), sorted(X_ORCH_PLANNED), n=1, cutoff=0.6)
+        near = difflib.get_close_matches(str(key), list(X_ORCH_KEYS), n=1, cutoff=0.6)
         hint = f" (did you mean x-orch.{near[0]}?)" if near else ""
         out.append(f"{service}: x-orch.{key} is not a setting orch knows{hint}; it is ignored")
     return out
@@ -424,8 +429,8 @@ def _ignored_note(key: str) -> str:
 
 
 _EXTRA_IGNORED = {
-    "deploy.update_config": "replicas are replaced in place, service by service (rolling updates come later)",
-    "deploy.rollback_config": "not supported yet",
+    "deploy.rollback_config": "a rollback puts back the previous release's kept containers, all of a "
+                              "service's replicas at once on each node",
     "deploy.labels": "service labels (Swarm) have no meaning here; use labels:",
     "deploy.endpoint_mode": "not applicable",
     "deploy.placement.preferences": "replicas are spread evenly",
@@ -504,6 +509,12 @@ class _Compiler:
             container["entrypoint"] = list(s.entrypoint)
         container["environment"] = {k: v for k, v in s.environment.items() if v is not None}
         ports, published = self._ports()
+        ingress = read_ingress(s, published, self.refuse)
+        if ingress is not None:
+            # The node's HAProxy publishes that port; the containers only expose it on their network.
+            ports = [p for p in ports if not (p.get("published") == ingress.published and p["protocol"] == "tcp")]
+            published = [p for p in published if not (p[1] == ingress.published and p[2] == "tcp")]
+        policy = read_policy(s, ingress is not None, self.refuse)
         container["ports"] = ports
         volumes_used: dict[str, dict] = {}
         container["volumes"] = self._volumes(volumes_used)
@@ -562,6 +573,7 @@ class _Compiler:
             restart=restart, wait=wait, dependencies=deps, published=published, pull=self._pull(),
             request=None, healthcheck=bool(s.healthcheck and s.healthcheck.test and not s.healthcheck.disable
                                            and s.healthcheck.test[:1] != ["NONE"]),
+            policy=policy, ingress=ingress,
         )
 
     # -- pieces ------------------------------------------------------------------------
@@ -838,8 +850,6 @@ class _Compiler:
         d = self.s.deploy
         if d is None:
             return
-        if d.update_config is not None:
-            self.ignore("deploy.update_config")
         if d.rollback_config is not None:
             self.ignore("deploy.rollback_config")
         if d.labels:

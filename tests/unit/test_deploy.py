@@ -99,7 +99,7 @@ class FakeNode:
         return [op for op, _ in self.calls if name is None or op == name]
 
     def applied(self):
-        return [a["spec"]["service"] for op, a in self.calls if op == "apply"]
+        return [a["spec"]["service"] for op, a in self.calls if op == "rollout"]
 
 
 ENV = """\
@@ -184,14 +184,14 @@ def test_first_up_creates_everything_wave_by_wave_with_readiness(lab):
     n1, n2 = lab.nodes["n1"], lab.nodes["n2"]
     assert n1.applied()[:3] == ["db", "migrate", "api"] and sorted(n1.applied()[3:]) == ["web", "worker"]
     assert n2.applied() == ["web"]
-    waits = {a["spec"]["service"]: a["wait"] for op, a in n1.calls if op == "apply"}
+    waits = {a["spec"]["service"]: a["wait"] for op, a in n1.calls if op == "rollout"}
     assert waits == {"db": "healthy", "migrate": "completed", "api": "healthy", "web": "running", "worker": "running"}
     rows = {(r.service, r.replica): r for r in res.containers}
     assert rows[("web", 2)].node == "n2" and rows[("web", 1)].node == "n1"
     assert rows[("migrate", 1)].state == "exited" and rows[("migrate", 1)].exit_code == 0
     assert res.addresses["web"] == ["10.250.0.201:8080", "10.250.0.202:8080"]
     # web-2 on n2 reaches api on n1 through extra_hosts
-    (spec,) = [a["spec"] for op, a in n2.calls if op == "apply"]
+    (spec,) = [a["spec"] for op, a in n2.calls if op == "rollout"]
     assert spec["container"]["extra_hosts"] == ["api:10.250.0.201"]
     assert all(n.closed for n in lab.nodes.values())
 
@@ -298,8 +298,12 @@ def test_scaling_down_removes_the_replica_on_the_other_node_after_success(lab):
     up(lab)
     res = up(lab, SHOP.replace("replicas: 2", "replicas: 1"))
     assert "shop-web-2" not in ids(lab)
-    assert ("remove", {"project": "shop", "service": "web", "replicas": [2]}) in lab.nodes["n2"].calls
+    retire = [a for op, a in lab.nodes["n2"].calls if op == "retire"]
+    assert [(a["service"], a["replicas"]) for a in retire] == [("web", [2])]
     assert [a.reason for a in res.plan.actions() if a.kind == "remove"] == ["scaled down"]
+    # kept (stopped, renamed) until the release is live, then dropped
+    assert ("discard", {"project": "shop"}) in lab.nodes["n2"].calls
+    assert not [c for c in lab.nodes["n2"].engine.containers(["io.orch.project=shop"]) if c.name.endswith("-prev")]
 
 
 def test_bad_input_fails_before_any_connection(lab):
@@ -327,7 +331,7 @@ def test_docker_missing_on_a_node_fails_before_anything_with_the_fix(lab):
         up(lab)
     text = err.value.render()
     assert "n2: Docker Engine is not usable" in text and "apt-get install docker.io" in text
-    assert all(n.ops("apply") == [] for n in lab.nodes.values())
+    assert all(n.ops("rollout") == [] for n in lab.nodes.values())
 
 
 def test_agent_dying_mid_apply_is_a_deploy_error_and_rerun_converges(lab):
@@ -336,7 +340,7 @@ def test_agent_dying_mid_apply_is_a_deploy_error_and_rerun_converges(lab):
     state = {"killed": False}
 
     def dying(op, args=None, on_event=None, timeout=None):
-        if op == "apply" and args["spec"]["service"] == "api" and not state["killed"]:
+        if op == "rollout" and args["spec"]["service"] == "api" and not state["killed"]:
             state["killed"] = True
             real(op, dict(args, wait="running"), on_event, timeout)  # containers made, then the agent "dies"
             raise T.AgentProtocolError("n1: the agent stopped: end of output (killed)", node="n1")

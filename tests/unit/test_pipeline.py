@@ -267,7 +267,7 @@ def test_a_held_lock_fails_with_exit_4_and_changes_nothing(world):
     with pytest.raises(LockHeld) as err:
         P.up(ws, base, P.PipelineOptions(), Progress(), world.seams(locker=locked))
     assert err.value.exit_code == 4 and "bob on ci-2, running `orch up --env dev`" in err.value.message
-    assert world.nodes["d1"].ops("apply") == [] and world.nodes["d1"].ops("release_put") == []
+    assert world.nodes["d1"].ops("rollout") == [] and world.nodes["d1"].ops("release_put") == []
 
 
 def test_the_lock_is_taken_before_reading_state_and_released_after(world):
@@ -287,7 +287,7 @@ def test_the_lock_is_taken_before_reading_state_and_released_after(world):
          world.seams(locker=locker))
     assert order == [("lock", "dev", "orch up --env dev", 30), "release"]
     ops = world.nodes["d1"].ops()
-    assert ops.index("LOCKED") < ops.index("state") < ops.index("release_put") < ops.index("apply")
+    assert ops.index("LOCKED") < ops.index("state") < ops.index("release_put") < ops.index("rollout")
 
 
 def test_dry_run_takes_no_lock_and_writes_nothing(world):
@@ -297,7 +297,7 @@ def test_dry_run_takes_no_lock_and_writes_nothing(world):
     ws, base = world.workspaces("dev")
     res = P.up(ws, base, P.PipelineOptions(dry_run=True), Progress(), world.seams(locker=locker))
     assert res.status == "planned" and res.deploy.plan.counts()["create"] == 2
-    assert world.nodes["d1"].ops("release_put") == [] and world.nodes["d1"].ops("apply") == []
+    assert world.nodes["d1"].ops("release_put") == [] and world.nodes["d1"].ops("rollout") == []
 
 
 def test_old_images_are_pruned_beyond_the_last_releases(world):
@@ -341,7 +341,7 @@ def test_promotion_gates_then_the_same_digests_with_the_targets_overlay(world):
     with pytest.raises(GateRefused) as err:
         world.promote("prod")
     assert err.value.details["gate"] == "approved" and "--approve" in err.value.fix
-    assert world.nodes["p1"].ops("apply") == []
+    assert world.nodes["p1"].ops("rollout") == []
     res = world.promote("prod", approve=True)
     prod_rel = world.history("prod").live()
     assert prod_rel.lineage_text() == "prod #1 <- test #1 <- dev #1"

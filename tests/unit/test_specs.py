@@ -291,7 +291,7 @@ def test_ignored_keys_warn_once_per_key(tmp_path):
     assert "ignored dns (services: a, b): the node engine's DNS settings are used" in bp.warnings
     assert any(w.startswith("ignored container_name (services: a)") for w in bp.warnings)
     assert any(w.startswith("ignored logging (services: a)") for w in bp.warnings)
-    assert any(w.startswith("ignored deploy.update_config (services: b)") for w in bp.warnings)
+    assert not any("update_config" in w for w in bp.warnings)  # read since rolling updates
 
 
 def test_bind_mount_of_a_project_file_is_refused(tmp_path):
@@ -406,9 +406,7 @@ def test_x_orch_keys_are_warned_about_once_per_service(tmp_path):
             x-orch:
               ingress: {port: 8080}
               colour: blue
-          api:
-            image: busybox
-            x-orch: {ingress: {port: 9000}}
+              min_healthy_tme: 5s
           db:
             image: busybox
             x-notes: {ok: true}
@@ -416,11 +414,85 @@ def test_x_orch_keys_are_warned_about_once_per_service(tmp_path):
     x_orch = [w for w in bp.warnings if "x-orch" in w]
     assert x_orch == [
         "x-orch at the top level is not read by orch (x-orch settings belong in a service); it is ignored",
-        "api: x-orch.ingress is not acted on yet; the service publishes its ports directly",
         "web: x-orch.colour is not a setting orch knows; it is ignored",
-        "web: x-orch.ingress is not acted on yet; the service publishes its ports directly",
+        "web: x-orch.min_healthy_tme is not a setting orch knows (did you mean x-orch.min_healthy_time?); it is ignored",
     ]
     assert not [w for w in bp.warnings if "db:" in w or "x-other" in w or "x-notes" in w]
     # the extensions themselves are kept as they are
-    assert ws.project.services["web"].extensions["x-orch"] == {"ingress": {"port": 8080}, "colour": "blue"}
+    assert ws.project.services["web"].extensions["x-orch"] == {"ingress": {"port": 8080}, "colour": "blue",
+                                                               "min_healthy_tme": "5s"}
     assert ws.project.extensions["x-other"] == {"kept": "yes"}
+
+
+def test_ingress_port_is_owned_by_the_ingress_not_the_containers(tmp_path):
+    _, bp = blueprint(tmp_path, """\
+        services:
+          web:
+            image: busybox
+            ports: ["8080:80", "9090:90"]
+            deploy: {replicas: 3}
+            x-orch: {ingress: {port: 8080, health: {path: /healthz, interval: 1s, rise: 3}}}
+        """)
+    web = bp.services["web"]
+    assert [p.get("published") for p in web.container["ports"]] == [9090]  # 8080 is HAProxy's
+    assert web.ingress.published == 8080 and web.ingress.target == 80
+    assert web.ingress.agent_args()["health"] == {"path": "/healthz", "interval": 1.0, "rise": 3}
+    assert web.policy.order == "start-first"  # the default behind the ingress
+    assert web.policy.failure_action == "rollback" and web.policy.parallelism == 1
+
+
+def test_update_config_and_health_gate_are_read(tmp_path):
+    _, bp = blueprint(tmp_path, """\
+        services:
+          api:
+            image: busybox
+            deploy:
+              replicas: 4
+              update_config: {parallelism: 2, delay: 2s, order: start-first, failure_action: pause,
+                              monitor: 10s, max_failure_ratio: 0.25}
+            x-orch: {min_healthy_time: 3s, healthy_deadline: 1m}
+          plain:
+            image: busybox
+        """)
+    p = bp.services["api"].policy
+    assert (p.parallelism, p.delay, p.order, p.failure_action, p.monitor, p.max_failure_ratio) == (
+        2, 2.0, "start-first", "pause", 10.0, 0.25)
+    assert (p.min_healthy_time, p.healthy_deadline) == (3.0, 60.0)
+    q = bp.services["plain"].policy
+    assert (q.parallelism, q.order, q.failure_action, q.monitor) == (1, "stop-first", "rollback", 5.0)
+
+
+@pytest.mark.parametrize("x_orch, expected", [
+    ("{ingress: {port: 9000}}", "x-orch.ingress.port 9000 is not a published TCP port of the service"),
+    ("{ingress: {port: 8080, protocol: tcp}}", "x-orch.ingress.protocol 'tcp' is not supported"),
+    ("{ingress: {port: 8080, health: healthz}}", "must start with / and contain no spaces"),
+    ("{ingress: {port: 8080, health: {path: /, rise: 0}}}", "rise 0 must be a whole number from 1 to 100"),
+    ("{ingress: {prot: 8080}}", "x-orch.ingress has no setting 'prot'"),
+    ("{min_healthy_time: soon}", "x-orch.min_healthy_time 'soon' is not a duration"),
+])
+def test_bad_x_orch_settings_are_bad_input_with_location(tmp_path, x_orch, expected):
+    from orchestrator.errors import InputError
+
+    with pytest.raises(InputError) as info:
+        blueprint(tmp_path, f"""\
+            services:
+              web:
+                image: busybox
+                ports: ["8080:80"]
+                x-orch: {x_orch}
+            """)
+    text = info.value.render()
+    assert expected in text and "compose.yaml:5:" in text and "services.web.x-orch" in text
+    assert info.value.exit_code == 2
+
+
+def test_start_first_with_host_ports_warns_it_is_stop_first(tmp_path):
+    _, bp = blueprint(tmp_path, """\
+        services:
+          web:
+            image: busybox
+            ports: ["8080:80"]
+            deploy: {update_config: {order: start-first}}
+        """)
+    assert any("web: update_config.order is start-first, but its replicas publish host ports (8080)" in w
+               for w in bp.warnings)

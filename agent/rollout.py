@@ -1,0 +1,577 @@
+"""Rolling replacement of one service's replicas on this node, and putting them back.
+
+The controller (orchestrator.rollout, orchestrator.deploy) decides the batches across
+nodes; each batch on a node is one `rollout` call here:
+
+    rollout   replace these replicas of the service with containers of the new spec.
+              The old container of a replica is kept, renamed "<name>-prev"
+              (labels.retired_name), so a rollback needs no pull and no re-create:
+                stop-first   drain it from the ingress, stop it, rename it, start the new
+                start-first  rename it (it keeps serving), start the new one, wait until
+                             it is ready and, with an ingress, in rotation; then drain the
+                             old one and stop it
+              A new container counts once it is ready (`wait`, `deadline`) and stayed
+              running and not unhealthy for `min_healthy` seconds. If anything fails, or
+              the controller goes away, the batch is put back before the error is
+              returned (the old containers serve again, the new ones are removed).
+              With an empty `replicas` list it only converges the service's ingress.
+    restore   put replicas replaced by earlier rollouts of this release back (the
+              controller's whole-release rollback); hitless with an ingress: the old
+              container is back in rotation before the new one is drained.
+    retire    stop and keep (renamed) replicas the release no longer wants on this node.
+    discard   remove the kept containers, once the release is live.
+
+Services with an ingress (x-orch.ingress) publish their HTTP port through the node's
+HAProxy (agent.ingress), so an old and a new container can serve side by side; other
+services publish host ports directly, and a replica whose old container holds a host
+port the new one needs is replaced stop-first whatever the order says.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional
+
+from agent import labels as L
+from agent.create import create_body
+from agent.engine import ContainerInfo
+from agent.operations import (
+    DEFAULT_COMPLETION_TIMEOUT,
+    DEFAULT_MIN_RUNNING,
+    POLL,
+    WAIT_MODES,
+    Context,
+    _auth,
+    _failure,
+    _keepable,
+    _name_conflicts,
+    _ready_now,
+    _remove,
+    _remove_all,
+    ensure_image,
+    ensure_networks,
+    ensure_volumes,
+    unhealthy_reason,
+    wait_ready,
+    write_files,
+)
+from agent.protocol import (
+    EXITED,
+    UNHEALTHY,
+    AgentError,
+    BadRequest,
+    check_bool,
+    check_int,
+    check_keys,
+    check_name,
+    check_number,
+    check_project,
+    require,
+)
+from agent.spec import ServiceSpec
+
+ORDERS = ("stop-first", "start-first")
+DEFAULT_DRAIN_TIMEOUT = 10.0
+DEFAULT_INGRESS_TIMEOUT = 60.0
+
+
+# ----------------------------------------------------------------------------- the ingress
+
+
+@dataclass(frozen=True)
+class IngressSettings:
+    """What the controller sends for a service behind the node's ingress."""
+
+    port: Dict[str, Any]  # {published, target, protocol, host_ip}
+    health: Dict[str, Any]
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    timeout: float = DEFAULT_INGRESS_TIMEOUT
+
+    @classmethod
+    def parse(cls, value: Any) -> Optional["IngressSettings"]:
+        if value is None:
+            return None
+        from agent.ingress import Health, parse_port
+
+        if not isinstance(value, dict):
+            raise BadRequest("ingress must be an object {port, health, drain_timeout, timeout}")
+        check_keys(value, ("port", "health", "drain_timeout", "timeout"), "ingress")
+        port = parse_port(require(value, "port", "ingress"), "ingress.port")
+        health = Health.from_dict(value.get("health") or {}).to_dict()
+        return cls(port=port, health=health,
+                   drain_timeout=check_number(value.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT), "drain_timeout"),
+                   timeout=check_number(value.get("timeout", DEFAULT_INGRESS_TIMEOUT), "timeout"))
+
+
+class IngressDriver:
+    """The ingress operations of agent.ingress, called in-process (unit tests put a fake
+    in Context.ingress)."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def frontend(self, project: str, service: str) -> Optional[Dict[str, Any]]:
+        from agent.ingress import load_state, service_key
+
+        svc = load_state(_paths(self.ctx)).get(service_key(project, service))
+        return None if svc is None else svc.to_dict()
+
+    def sync(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        from agent.ingress import op_ingress_sync
+
+        return op_ingress_sync(self.ctx, args)
+
+    def drain(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        from agent.ingress import op_ingress_drain
+
+        return op_ingress_drain(self.ctx, args)
+
+    def remove(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        from agent.ingress import op_ingress_remove
+
+        return op_ingress_remove(self.ctx, args)
+
+
+def _paths(ctx: Context) -> Any:
+    from agent.ingress import _paths as ingress_paths
+
+    return ingress_paths(ctx)
+
+
+def driver(ctx: Context) -> Any:
+    return ctx.ingress if ctx.ingress is not None else IngressDriver(ctx)
+
+
+def _server(c: ContainerInfo) -> Dict[str, str]:
+    return {"name": L.server_name(c.service, c.replica, c.id), "container": c.name}
+
+
+def _serving(ctx: Context, project: str, service: str, extra: List[ContainerInfo] = ()) -> List[ContainerInfo]:
+    """The containers the service's ingress should send requests to on this node: every
+    running replica under its own name, plus `extra` (kept ones still serving)."""
+    out = [c for c in ctx.engine.containers(L.filters(project, service))
+           if not L.is_retired(c.name) and c.state == "running"]
+    ids = {c.id for c in out}
+    return sorted(out + [c for c in extra if c.id not in ids], key=lambda c: (c.replica, c.name))
+
+
+def sync_ingress(ctx: Context, svc_project: str, service: str, env: str, ingress: IngressSettings,
+                 containers: List[ContainerInfo]) -> Optional[Dict[str, Any]]:
+    """The service's frontend serves exactly `containers` (none: the frontend goes)."""
+    drv = driver(ctx)
+    if not containers:
+        if drv.frontend(svc_project, service) is not None:
+            return drv.remove({"project": svc_project, "service": service})
+        return None
+    args = {"project": svc_project, "service": service, "port": ingress.port, "health": ingress.health,
+            "backends": [_server(c) for c in containers], "timeout": ingress.timeout,
+            "drain_timeout": ingress.drain_timeout}
+    if env:
+        args["env"] = env
+    return drv.sync(args)
+
+
+def _drain(ctx: Context, project: str, service: str, c: ContainerInfo, timeout: float) -> None:
+    """Take c out of rotation (its requests finish first), if the ingress has it."""
+    drv = driver(ctx)
+    front = drv.frontend(project, service)
+    name = L.server_name(c.service, c.replica, c.id)
+    if front is None or name not in [s.get("name") for s in front.get("servers") or []]:
+        return
+    drv.drain({"project": project, "service": service, "server": name, "timeout": timeout})
+
+
+def _fresh(ctx: Context, c: ContainerInfo) -> ContainerInfo:
+    """c as the engine sees it now (its name changes when it is kept)."""
+    return ctx.engine.container(c.id) or c
+
+
+def _publishes_conflict(old: ContainerInfo, svc: ServiceSpec) -> bool:
+    """Whether the old container holds a host port the new one publishes (then both
+    cannot run at once: start-first becomes stop-first for that replica)."""
+    held = {(p.get("published"), p.get("protocol") or "tcp") for p in old.ports if p.get("published")}
+    wanted = {(p.published, p.protocol) for p in svc.container.ports if p.published}
+    return bool(held & wanted)
+
+
+# ----------------------------------------------------------------------------- rollout
+
+
+@dataclass
+class _Replace:
+    replica: int
+    name: str  # the canonical container name
+    old: Optional[ContainerInfo]  # the container being replaced (renamed on the way), if any
+    was_running: bool = False
+    stop_first: bool = True
+    new: Optional[ContainerInfo] = None
+
+    def record(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"replica": self.replica, "old": None, "new": None}
+        if self.old is not None:
+            out["old"] = {"id": self.old.id, "name": L.retired_name(self.name), "was_running": self.was_running,
+                          "release": self.old.labels.get(L.RELEASE, ""), "image": self.old.image}
+        if self.new is not None:
+            out["new"] = {"id": self.new.id, "name": self.new.name}
+        return out
+
+
+def _replica_list(value: Any, svc: ServiceSpec, what: str = "replicas") -> List[int]:
+    if not isinstance(value, list):
+        raise BadRequest("%s must be a list of replica numbers" % what)
+    out = sorted(set(check_int(r, what + "[]", 1) for r in value))
+    extra = [r for r in out if r not in svc.replicas]
+    if extra:
+        raise BadRequest("%s %s are not replicas of the spec (%s)" % (what, extra, svc.replicas))
+    return out
+
+
+def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Replace `replicas` of one service on this node (see the module docstring)."""
+    check_keys(args, ("spec", "replicas", "order", "wait", "min_running", "health_margin", "timeout", "min_healthy",
+                      "deadline", "auth", "ingress", "batch"), "rollout")
+    svc = ServiceSpec.from_dict(require(args, "spec", "rollout"))
+    replicas = _replica_list(args.get("replicas", list(svc.replicas)), svc)
+    order = args.get("order") or "stop-first"
+    if order not in ORDERS:
+        raise BadRequest("order must be one of %s" % ", ".join(ORDERS))
+    wait = args.get("wait") or "running"
+    if wait not in WAIT_MODES:
+        raise BadRequest("wait must be one of %s" % ", ".join(WAIT_MODES))
+    min_running = check_number(args.get("min_running", DEFAULT_MIN_RUNNING), "min_running")
+    margin = check_number(args.get("health_margin", 5.0), "health_margin")
+    timeout = check_number(args.get("timeout", DEFAULT_COMPLETION_TIMEOUT), "timeout")
+    min_healthy = check_number(args.get("min_healthy", 0), "min_healthy")
+    deadline = check_number(args["deadline"], "deadline") if args.get("deadline") is not None else None
+    batch = check_int(args.get("batch", 0), "batch", 0)
+    auth = _auth(args.get("auth"))
+    ingress = IngressSettings.parse(args.get("ingress"))
+    project, service = svc.project, svc.service
+    ctx.emit("rollout.start", service=service, replicas=replicas, order=order, batch=batch,
+             config_hash=svc.config_hash)
+
+    _name_conflicts(ctx, svc)
+    existing = ctx.engine.containers(L.filters(project, service))
+    current = {c.name: c for c in existing if not L.is_retired(c.name)}
+    kept = {c.name: c for c in existing if L.is_retired(c.name)}
+    work: List[_Replace] = []
+    unchanged: List[ContainerInfo] = []
+    for r in replicas:
+        name = svc.container_name(r)
+        old = current.get(name)
+        if old is not None and _keepable(old, svc, r):
+            unchanged.append(old)  # already the new spec (a re-run): nothing to replace
+            continue
+        stale = kept.get(L.retired_name(name))
+        if stale is not None and old is not None:
+            _remove(ctx, stale, "older kept container")  # from a release before the previous one
+            stale = None
+        w = _Replace(r, name, old if old is not None else stale)
+        if w.old is not None:
+            w.was_running = w.old.state in ("running", "restarting") and old is not None
+            w.stop_first = order == "stop-first" or (w.was_running and _publishes_conflict(w.old, svc))
+            if order == "start-first" and w.stop_first:
+                ctx.emit("rollout.order", service=service, replica=r, order="stop-first",
+                         reason="the old container publishes a host port the new one needs")
+        work.append(w)
+
+    if work:  # everything that can fail without touching a container comes first
+        ensure_image(ctx, svc, auth)
+        ensure_networks(ctx, svc)
+        ensure_volumes(ctx, svc)
+    files = write_files(ctx, svc) if work else {}
+    ctx.check_cancelled()
+
+    front = driver(ctx).frontend(project, service)
+    try:
+        if ingress is None and front is not None:
+            # The service no longer goes through the ingress: free its port for the containers.
+            driver(ctx).remove({"project": project, "service": service})
+            ctx.emit("ingress.remove", service=service, reason="the service has no ingress any more")
+        for w in work:
+            ctx.check_cancelled()
+            if w.old is not None and not L.is_retired(w.old.name):
+                if w.stop_first and w.was_running:
+                    if ingress is not None:
+                        _drain(ctx, project, service, w.old, ingress.drain_timeout)
+                    ctx.engine.stop(w.old.id)
+                ctx.engine.rename(w.old.id, L.retired_name(w.name))
+                ctx.emit("container.retire", container=L.retired_name(w.name), service=service, replica=w.replica,
+                         id=w.old.id, running=w.was_running and not w.stop_first)
+            body, extra = create_body(svc, w.replica, files)
+            cid = ctx.engine.create(w.name, body, extra)
+            ctx.emit("container.create", container=w.name, service=service, replica=w.replica, id=cid, batch=batch)
+            ctx.engine.start(cid)
+            ctx.emit("container.start", container=w.name, service=service, replica=w.replica, id=cid, batch=batch)
+            w.new = ctx.engine.container(cid)
+            if w.new is None:
+                raise AgentError(EXITED, "container %s vanished right after start" % w.name)
+        pending = [w.new for w in work if w.new is not None] + [c for c in unchanged if not _ready_now(c, svc, wait)]
+        ready = wait_ready(ctx, svc, pending, min_running, margin, wait, timeout, deadline)
+        hold_healthy(ctx, svc, [ready.get(w.new.id, w.new) for w in work if w.new is not None], min_healthy)
+        # The replaced containers still serving (start-first), under their kept names.
+        serving_old = [_fresh(ctx, w.old) for w in work if w.old is not None and w.was_running and not w.stop_first]
+        if ingress is not None and serving_old:
+            sync_ingress(ctx, project, service, svc.env, ingress, _serving(ctx, project, service, serving_old))
+            for old in serving_old:
+                _drain(ctx, project, service, old, ingress.drain_timeout)
+        for old in serving_old:
+            ctx.engine.stop(old.id)
+            ctx.emit("container.stop", container=old.name, service=service, replica=old.replica, reason="replaced")
+        if ingress is not None:
+            sync_ingress(ctx, project, service, svc.env, ingress, _serving(ctx, project, service))
+    except BaseException as exc:
+        # Put the batch back even when the controller went away (cancelled): the
+        # previous release keeps serving, and a re-run starts from a clean state.
+        calm = replace(ctx, cancelled=threading.Event())
+        restored = _put_back(calm, project, service, svc.env, ingress,
+                             [(w.replica, w.was_running) for w in work])
+        if isinstance(exc, AgentError):
+            exc.details = dict(exc.details or {}, restored=restored, batch=batch)
+        raise
+    ctx.emit("rollout.done", service=service, batch=batch, replicas=[w.replica for w in work])
+    containers = []
+    for w in work:
+        info = ctx.engine.container(w.new.id) if w.new is not None else None
+        if info is not None:
+            containers.append({"replica": w.replica, "id": info.id, "name": info.name,
+                               "action": "recreated" if w.old is not None else "created",
+                               "state": info.state, "health": info.health})
+    for c in unchanged:
+        containers.append({"replica": c.replica, "id": c.id, "name": c.name, "action": "unchanged",
+                           "state": c.state, "health": c.health})
+    return {"service": service, "changed": bool(work), "batch": batch,
+            "containers": sorted(containers, key=lambda c: c["replica"]),
+            "replaced": [w.record() for w in work]}
+
+
+def hold_healthy(ctx: Context, svc: ServiceSpec, containers: List[ContainerInfo], seconds: float) -> None:
+    """Each container must stay running (and not unhealthy, and not restart) for `seconds`
+    after it was ready: Nomad's min_healthy_time."""
+    if seconds <= 0 or not containers:
+        return
+    start = ctx.clock()
+    while True:
+        ctx.check_cancelled()
+        for c0 in containers:
+            c = ctx.engine.container(c0.id)
+            if c is None:
+                raise AgentError(EXITED, "container %s was removed while it was being watched" % c0.name,
+                                 {"service": svc.service, "replica": c0.replica, "container": c0.name})
+            if c.state != "running" or c.restart_count > c0.restart_count:
+                why = "exited with code %d" % c.exit_code if c.state in ("exited", "dead") else (
+                    "restarted" if c.restart_count > c0.restart_count else "is %s" % c.state)
+                raise _failure(ctx, svc, c, EXITED, "%s %.1fs after it was ready (it must stay healthy for "
+                               "min_healthy_time %.0fs)" % (why, ctx.clock() - start, seconds))
+            if c.health == "unhealthy":
+                raise _failure(ctx, svc, c, UNHEALTHY, unhealthy_reason(c) + " (within min_healthy_time %.0fs)"
+                               % seconds)
+        if ctx.clock() - start >= seconds:
+            break
+        ctx.sleep(POLL)
+    ctx.emit("container.stable", service=svc.service, containers=[c.name for c in containers], seconds=seconds)
+
+
+# ----------------------------------------------------------------------------- restore
+
+
+def _put_back(ctx: Context, project: str, service: str, env: str, ingress: Optional[IngressSettings],
+              items: List[Any]) -> List[Dict[str, Any]]:
+    """Best effort, for a failed batch: its errors must not hide the batch's own error."""
+    if not items:
+        return []
+    try:
+        return restore_replicas(ctx, project, service, env, ingress, items)
+    except BaseException as exc:  # noqa: BLE001 - reported in the event; the caller raises its own error
+        ctx.emit("rollout.restore_failed", service=service, error=str(getattr(exc, "message", exc)))
+        return []
+
+
+def restore_replicas(ctx: Context, project: str, service: str, env: str, ingress: Optional[IngressSettings],
+                     items: List[Any]) -> List[Dict[str, Any]]:
+    """Put each (replica, was_running) back on its kept container: the new one goes, the
+    kept one gets its name back and runs again if it ran before. A replica without a kept
+    container (it was new in this release) is removed."""
+    existing = ctx.engine.containers(L.filters(project, service))
+    by_name = {c.name: c for c in existing}
+    plan = []
+    for replica, was_running in items:
+        name = L.container_name(project, service, replica)
+        plan.append((replica, bool(was_running), by_name.get(name), by_name.get(L.retired_name(name))))
+    front = driver(ctx).frontend(project, service) if ingress is not None else None
+    hitless = ingress is not None and front is not None
+    if hitless:
+        # Old containers back in rotation before the new ones are drained: no request fails.
+        started = []
+        for replica, was_running, new, old in plan:
+            if old is not None and was_running and old.state != "running":
+                ctx.engine.start(old.id)
+                ctx.emit("container.start", container=old.name, service=service, replica=replica, id=old.id,
+                         reason="rollback")
+                started.append(old)
+        _wait_running(ctx, started)
+        back = [_fresh(ctx, old) for _, was_running, _, old in plan if old is not None and was_running]
+        if back:
+            sync_ingress(ctx, project, service, env, ingress, _serving(ctx, project, service, back))  # type: ignore[arg-type]
+        for replica, was_running, new, old in plan:
+            if new is not None:
+                _drain(ctx, project, service, new, ingress.drain_timeout)  # type: ignore[union-attr]
+    _remove_all(ctx, [new for _, _, new, _ in plan if new is not None], "rollback")
+    out = []
+    for replica, was_running, new, old in plan:
+        name = L.container_name(project, service, replica)
+        if old is not None:
+            ctx.engine.rename(old.id, name)
+            if was_running and _fresh(ctx, old).state != "running":
+                ctx.engine.start(old.id)
+                ctx.emit("container.start", container=name, service=service, replica=replica, id=old.id,
+                         reason="rollback")
+            ctx.emit("container.restore", container=name, service=service, replica=replica, id=old.id)
+        out.append({"replica": replica, "removed": new.id if new is not None else None,
+                    "restored": old.id if old is not None else None})
+    if ingress is not None:
+        sync_ingress(ctx, project, service, env, ingress, _serving(ctx, project, service))
+    return out
+
+
+def _wait_running(ctx: Context, containers: List[ContainerInfo], budget: float = 60.0) -> None:
+    """Until each restarted container runs (and is healthy, when it has a healthcheck)."""
+    start = ctx.clock()
+    waiting = {c.id: c for c in containers}
+    while waiting:
+        for cid in list(waiting):
+            c = ctx.engine.container(cid)
+            if c is None or c.state in ("exited", "dead"):
+                raise AgentError(EXITED, "the kept container %s did not start again" % waiting[cid].name)
+            if c.state == "running" and (not c.healthcheck or c.health == "healthy"):
+                waiting.pop(cid)
+        if waiting:
+            if ctx.clock() - start > budget:
+                raise AgentError(UNHEALTHY, "the kept containers %s did not become ready again within %.0fs"
+                                 % (", ".join(sorted(c.name for c in waiting.values())), budget))
+            ctx.sleep(POLL)
+
+
+def _items(value: Any) -> List[Any]:
+    if not isinstance(value, list):
+        raise BadRequest("replicas must be a list of {replica, was_running}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise BadRequest("replicas[%d] must be an object {replica, was_running}" % i)
+        check_keys(item, ("replica", "was_running"), "replicas[%d]" % i)
+        out.append((check_int(require(item, "replica", "replicas[%d]" % i), "replica", 1),
+                    check_bool(item.get("was_running", True), "was_running")))
+    return out
+
+
+def op_restore(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Put replicas back on the containers kept by earlier rollouts (a release's rollback)."""
+    check_keys(args, ("project", "service", "env", "replicas", "ingress"), "restore")
+    project = check_project(require(args, "project", "restore"))
+    service = check_name(require(args, "service", "restore"), "service")
+    env = check_name(args["env"], "env") if args.get("env") else ""
+    items = _items(require(args, "replicas", "restore"))
+    ingress = IngressSettings.parse(args.get("ingress"))
+    ctx.emit("rollout.restore", service=service, replicas=[r for r, _ in items])
+    return {"service": service, "restored": restore_replicas(ctx, project, service, env, ingress, items)}
+
+
+# ----------------------------------------------------------------------------- retire, discard
+
+
+def op_retire(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Stop and keep (renamed) replicas not wanted on this node any more (scaled down,
+    moved, or the service left the node): a rollback puts them back."""
+    check_keys(args, ("project", "service", "env", "replicas", "ingress"), "retire")
+    project = check_project(require(args, "project", "retire"))
+    service = check_name(require(args, "service", "retire"), "service")
+    env = check_name(args["env"], "env") if args.get("env") else ""
+    ingress = IngressSettings.parse(args.get("ingress"))
+    wanted = args.get("replicas")
+    if wanted is not None and not isinstance(wanted, list):
+        raise BadRequest("replicas must be a list of replica numbers (or absent: all)")
+    replicas = None if wanted is None else set(check_int(r, "replicas[]", 1) for r in wanted)
+    existing = ctx.engine.containers(L.filters(project, service))
+    kept = {c.name for c in existing if L.is_retired(c.name)}
+    doomed = [c for c in existing if not L.is_retired(c.name) and (replicas is None or c.replica in replicas)]
+    drv = driver(ctx)
+    front = drv.frontend(project, service)
+    if front is not None:
+        remaining = [c for c in _serving(ctx, project, service) if c.id not in {d.id for d in doomed}]
+        if ingress is None or not remaining:
+            drv.remove({"project": project, "service": service})
+        else:
+            for c in doomed:
+                _drain(ctx, project, service, c, ingress.drain_timeout)
+    out = []
+    for c in doomed:
+        was_running = c.state in ("running", "restarting")
+        if was_running:
+            ctx.engine.stop(c.id)
+        name = L.retired_name(c.name)
+        if name in kept:
+            stale = ctx.engine.container(name)
+            if stale is not None:
+                _remove(ctx, stale, "older kept container")
+        ctx.engine.rename(c.id, name)
+        ctx.emit("container.retire", container=name, service=service, replica=c.replica, id=c.id, running=False)
+        out.append({"replica": c.replica, "old": {"id": c.id, "name": name, "was_running": was_running}})
+    if front is not None and ingress is not None:
+        remaining = _serving(ctx, project, service)
+        if remaining:
+            sync_ingress(ctx, project, service, env, ingress, remaining)
+    return {"service": service, "retired": out}
+
+
+def op_discard(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Remove the containers kept for a rollback (the release that replaced them is live)."""
+    check_keys(args, ("project", "service"), "discard")
+    project = check_project(require(args, "project", "discard"))
+    service = check_name(args["service"], "service") if args.get("service") else None
+    doomed = [c for c in ctx.engine.containers(L.filters(project, service)) if L.is_retired(c.name)]
+    errors: List[BaseException] = []
+
+    def one(c: ContainerInfo) -> None:
+        try:
+            _remove(ctx, c, "the release that replaced it is live")
+        except BaseException as exc:  # noqa: BLE001 - reported after the others
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in doomed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return {"removed": [{"id": c.id, "name": c.name, "service": c.service, "replica": c.replica} for c in doomed]}
+
+
+def ingress_state(ctx: Context, project: str) -> Dict[str, Any]:
+    """The project's ingress frontends on this node, for `state` (the controller's plan
+    checks them against the containers): {service: {port, health, servers}, ...}."""
+    from agent.ingress import load_state
+
+    from agent.ingress import _hap
+
+    try:
+        paths = _paths(ctx)
+        services = [s for s in load_state(paths).values() if s.project == project]
+        running = bool(services) and _hap(ctx, paths).pid() is not None
+    except (OSError, ValueError, AgentError):
+        return {}
+    return {s.service: {"port": {"published": s.published, "target": s.target, "protocol": s.protocol,
+                                 "host_ip": s.host_ip},
+                        "health": s.health.to_dict(), "servers": sorted(x.name for x in s.servers),
+                        "running": running}
+            for s in services}
+
+
+ROLLOUT_OPERATIONS = {
+    "rollout": op_rollout,
+    "restore": op_restore,
+    "retire": op_retire,
+    "discard": op_discard,
+}

@@ -1,0 +1,250 @@
+"""The agent's rolling replacement (agent.rollout) against the FakeEngine and a fake ingress."""
+
+import pytest
+
+from agent import labels as L
+from agent.fake import FakeEngine
+from agent.operations import OPERATIONS, Context
+from agent.protocol import AgentError
+from agent.spec import config_hash
+
+V1, V2, BAD = "web:v1", "web:v2", "web:bad"
+HC = {"test": ["CMD", "true"], "interval": 1, "retries": 2}
+INGRESS = {"port": {"published": 8080, "target": 80, "protocol": "http"}, "health": {"path": "/"},
+           "drain_timeout": 1}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+        self.on_sleep = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, s):
+        self.now += s
+        for hook in list(self.on_sleep):
+            hook(self.now)
+
+
+class FakeIngress:
+    """Records what the rollout asks of the node's ingress; the servers it holds."""
+
+    def __init__(self):
+        self.frontends = {}
+        self.calls = []
+
+    def frontend(self, project, service):
+        return self.frontends.get((project, service))
+
+    def sync(self, args):
+        names = [b["name"] for b in args["backends"]]
+        self.calls.append(("sync", sorted(b["container"] for b in args["backends"])))
+        self.frontends[(args["project"], args["service"])] = {"servers": [{"name": n} for n in names]}
+        return {}
+
+    def drain(self, args):
+        self.calls.append(("drain", args["server"]))
+        return {}
+
+    def remove(self, args):
+        self.calls.append(("remove", args["service"]))
+        self.frontends.pop((args["project"], args["service"]), None)
+        return {}
+
+
+@pytest.fixture
+def engine():
+    return FakeEngine(images=[V1, V2, BAD], behaviours={BAD: "unhealthy"})
+
+
+@pytest.fixture
+def events():
+    return []
+
+
+@pytest.fixture
+def ingress():
+    return FakeIngress()
+
+
+@pytest.fixture
+def run(engine, events, ingress, tmp_path):
+    clock = Clock()
+
+    def run(op, args, cancelled=None):
+        ctx = Context(engine_factory=lambda: engine, state_dir=str(tmp_path / "state"),
+                      emit=lambda t, **d: events.append(dict(d, type=t)), clock=clock, sleep=clock.sleep,
+                      ingress=ingress)
+        if cancelled is not None:
+            ctx.cancelled = cancelled
+        return OPERATIONS[op](ctx, args)
+
+    run.clock = clock
+    return run
+
+
+def spec(image=V1, replicas=(1, 2), **kw):
+    c = {"image": image, "networks": [{"name": "default"}], "healthcheck": HC}
+    c.update(kw)
+    return {"project": "shop", "service": "web", "env": "prod", "replicas": list(replicas),
+            "config_hash": config_hash(c), "container": c, "networks": {"default": {}}}
+
+
+def names(engine):
+    return sorted((c.name, c.state) for c in engine.containers(L.filters("shop", "web")))
+
+
+def test_stop_first_keeps_the_old_container_stopped_and_renamed(run, engine, events):
+    run("apply", {"spec": spec(V1)})
+    old = engine.container("shop-web-1")
+    events.clear()
+    res = run("rollout", {"spec": spec(V2), "replicas": [1], "order": "stop-first", "batch": 1})
+    assert res["replaced"][0]["old"] == {"id": old.id, "name": "shop-web-1-prev", "was_running": True,
+                                         "release": "", "image": V1}
+    assert names(engine) == [("shop-web-1", "running"), ("shop-web-1-prev", "exited"), ("shop-web-2", "running")]
+    assert engine.container("shop-web-1").image == V2 and engine.container("shop-web-2").image == V1
+    kinds = [e["type"] for e in events if e["type"].startswith(("container.", "rollout."))]
+    # stop-first: the old one is stopped and kept before the new one is created
+    assert kinds.index("container.retire") < kinds.index("container.create")
+    assert [e["batch"] for e in events if e["type"] == "container.start"] == [1]
+    # the state marks the kept one, and apply leaves it alone
+    state = run("state", {"project": "shop"})
+    assert {c["name"]: c["retired"] for c in state["containers"]}["shop-web-1-prev"] is True
+    run("apply", {"spec": spec(V2, replicas=(1,))})
+    assert ("shop-web-1-prev", "exited") in names(engine)
+
+
+def test_start_first_with_ingress_switches_before_stopping(run, engine, ingress, events):
+    run("apply", {"spec": spec(V1, replicas=(1,))})
+    run("rollout", {"spec": spec(V1, replicas=(1,)), "replicas": [], "ingress": INGRESS})
+    assert ingress.calls == [("sync", ["shop-web-1"])]
+    old = engine.container("shop-web-1")
+    ingress.calls.clear()
+    run("rollout", {"spec": spec(V2, replicas=(1,)), "replicas": [1], "order": "start-first", "ingress": INGRESS})
+    new = engine.container("shop-web-1")
+    assert new.image == V2
+    # new and old together, then the old drained, stopped, and out of the backend
+    assert ingress.calls == [("sync", ["shop-web-1", "shop-web-1-prev"]),
+                             ("drain", L.server_name("web", 1, old.id)),
+                             ("sync", ["shop-web-1"])]
+    stop = [i for i, e in enumerate(events) if e["type"] == "container.stop"]
+    healthy = [i for i, e in enumerate(events) if e["type"] == "container.healthy"]
+    assert stop and healthy and healthy[-1] < stop[0]
+    assert engine.container("shop-web-1-prev").state == "exited"
+
+
+def test_a_failed_batch_is_put_back_before_the_error(run, engine, ingress):
+    run("apply", {"spec": spec(V1, replicas=(1,))})
+    run("rollout", {"spec": spec(V1, replicas=(1,)), "replicas": [], "ingress": INGRESS})
+    old = engine.container("shop-web-1")
+    ingress.calls.clear()
+    with pytest.raises(AgentError) as info:
+        run("rollout", {"spec": spec(BAD, replicas=(1,)), "replicas": [1], "order": "start-first",
+                        "ingress": INGRESS})
+    err = info.value
+    assert err.kind == "unhealthy" and err.details["restored"] == [
+        {"replica": 1, "removed": err.details["id"], "restored": old.id}]
+    assert err.details["logs"]  # the failed container's last lines
+    assert names(engine) == [("shop-web-1", "running")] and engine.container("shop-web-1").id == old.id
+    # the old one never left the rotation; the ingress ends with it alone
+    assert ("drain", L.server_name("web", 1, old.id)) not in ingress.calls
+    assert ingress.calls[-1] == ("sync", ["shop-web-1"])
+
+
+def test_restore_puts_an_earlier_batch_back_hitlessly(run, engine, ingress):
+    run("apply", {"spec": spec(V1, replicas=(1,))})
+    run("rollout", {"spec": spec(V1, replicas=(1,)), "replicas": [], "ingress": INGRESS})
+    old = engine.container("shop-web-1")
+    res = run("rollout", {"spec": spec(V2, replicas=(1,)), "replicas": [1], "order": "start-first",
+                          "ingress": INGRESS})
+    new_id = res["replaced"][0]["new"]["id"]
+    ingress.calls.clear()
+    run("restore", {"project": "shop", "service": "web", "env": "prod", "ingress": INGRESS,
+                    "replicas": [{"replica": 1, "was_running": True}]})
+    assert names(engine) == [("shop-web-1", "running")]
+    assert engine.container("shop-web-1").id == old.id and engine.container(new_id) is None
+    # the old one is warmed up next to the new one, then the new one is drained
+    assert ingress.calls == [("sync", ["shop-web-1", "shop-web-1-prev"]),
+                             ("drain", L.server_name("web", 1, new_id)), ("sync", ["shop-web-1"])]
+
+
+def test_restore_removes_a_replica_that_was_new(run, engine):
+    run("apply", {"spec": spec(V1, replicas=(1,))})
+    run("rollout", {"spec": spec(V2, replicas=(1, 2)), "replicas": [1, 2]})
+    run("restore", {"project": "shop", "service": "web", "replicas": [{"replica": 1, "was_running": True},
+                                                                       {"replica": 2, "was_running": False}]})
+    assert names(engine) == [("shop-web-1", "running")] and engine.container("shop-web-1").image == V1
+
+
+def test_start_first_is_stop_first_for_a_replica_holding_a_host_port(run, engine, events):
+    ports = [{"target": 80, "published": 8080}]
+    run("apply", {"spec": spec(V1, replicas=(1,), ports=ports)})
+    run("rollout", {"spec": spec(V2, replicas=(1,), ports=ports), "replicas": [1], "order": "start-first"})
+    assert [e["order"] for e in events if e["type"] == "rollout.order"] == ["stop-first"]
+    assert engine.container("shop-web-1").image == V2
+
+
+def test_retire_and_discard(run, engine):
+    run("apply", {"spec": spec(V1)})
+    out = run("retire", {"project": "shop", "service": "web", "replicas": [2]})
+    assert out["retired"][0]["old"]["name"] == "shop-web-2-prev"
+    assert names(engine) == [("shop-web-1", "running"), ("shop-web-2-prev", "exited")]
+    run("restore", {"project": "shop", "service": "web", "replicas": [{"replica": 2, "was_running": True}]})
+    assert names(engine) == [("shop-web-1", "running"), ("shop-web-2", "running")]
+    run("retire", {"project": "shop", "service": "web", "replicas": [2]})
+    removed = run("discard", {"project": "shop"})["removed"]
+    assert [r["name"] for r in removed] == ["shop-web-2-prev"]
+    assert names(engine) == [("shop-web-1", "running")]
+
+
+def test_min_healthy_time_fails_a_container_that_dies_soon_after(run, engine):
+    run("apply", {"spec": spec(V1, replicas=(1,))})
+    old = engine.container("shop-web-1")
+
+    def die(now):
+        c = engine.container("shop-web-1")
+        if c is not None and c.image == V2 and c.state == "running":
+            engine.records[c.id]["info"].update(state="exited", exit_code=1)
+
+    run.clock.on_sleep.append(die)
+    with pytest.raises(AgentError) as info:
+        run("rollout", {"spec": spec(V2, replicas=(1,)), "replicas": [1], "min_healthy": 10})
+    assert "min_healthy_time" in info.value.message
+    run.clock.on_sleep.clear()
+    assert names(engine) == [("shop-web-1", "running")] and engine.container("shop-web-1").id == old.id
+
+
+def test_a_cancelled_rollout_puts_the_batch_back(run, engine):
+    import threading
+
+    run("apply", {"spec": spec(V1, replicas=(1,))})
+    cancel = threading.Event()
+    engine.behaviours[V2] = "starting"  # never healthy: the rollout waits
+
+    run.clock.on_sleep.append(lambda now: cancel.set())
+    with pytest.raises(AgentError) as info:
+        run("rollout", {"spec": spec(V2, replicas=(1,)), "replicas": [1]}, cancelled=cancel)
+    assert info.value.kind == "cancelled"
+    assert names(engine) == [("shop-web-1", "running")] and engine.container("shop-web-1").image == V1
+
+
+def test_rerun_of_a_replaced_replica_changes_nothing(run, engine):
+    run("apply", {"spec": spec(V1, replicas=(1,))})
+    run("rollout", {"spec": spec(V2, replicas=(1,)), "replicas": [1]})
+    engine.calls.clear()
+    res = run("rollout", {"spec": spec(V2, replicas=(1,)), "replicas": [1]})
+    assert not res["changed"] and res["replaced"] == []
+    assert [c[0] for c in engine.calls if c[0] in ("create", "stop", "rename", "remove")] == []
+
+
+def test_bad_arguments_are_refused(run):
+    from agent.protocol import BadRequest
+
+    with pytest.raises(BadRequest):
+        run("rollout", {"spec": spec(V1), "replicas": [3]})
+    with pytest.raises(BadRequest):
+        run("rollout", {"spec": spec(V1), "order": "sideways"})
+    with pytest.raises(BadRequest):
+        run("restore", {"project": "shop", "service": "web", "replicas": [{"replica": 0}]})

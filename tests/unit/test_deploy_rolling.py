@@ -1,0 +1,200 @@
+"""Rolling updates and the whole-release rollback of orchestrator.deploy, on the agent's
+real operations over FakeEngines (tests/unit/test_deploy.py's fake lab)."""
+
+import textwrap
+
+import pytest
+
+from orchestrator.deploy import DeployOptions, Deployment
+from orchestrator.errors import DeployError
+from orchestrator.progress import Progress
+
+from .test_deploy import FakeNode, lab, ws  # noqa: F401 - lab is a fixture
+
+APP = """\
+name: shop
+services:
+  api:
+    image: "{api}"
+    healthcheck: {{test: ["CMD", "true"], interval: 1s}}
+  web:
+    image: "{web}"
+    depends_on: {{api: {{condition: service_healthy}}}}
+    healthcheck: {{test: ["CMD", "true"], interval: 1s}}
+    deploy:
+      replicas: {replicas}
+      update_config: {update}
+"""
+
+
+class Recorder(Progress):
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def event(self, name, **data):
+        self.events.append(dict(data, event=name))
+
+
+def compose(api="busybox", web="busybox", replicas=2, update="{}"):
+    return textwrap.dedent(APP.format(api=api, web=web, replicas=replicas, update=update))
+
+
+def deploy(lab, text, progress=None, **opts):
+    return Deployment(ws(lab, text), DeployOptions(**opts), progress or Recorder(), lab.connector).run()
+
+
+@pytest.fixture
+def images(lab):
+    for node in lab.nodes.values():
+        node.engine.images.update({"web:v1", "web:v2", "api:v1", "api:v2"})
+    return lab
+
+
+def running(lab, service):
+    out = {}
+    for name, node in sorted(lab.nodes.items()):
+        for c in node.engine.containers([f"io.orch.service={service}"]):
+            out[c.name] = (name, c.image, c.state)
+    return out
+
+
+def rollouts(lab, service="web"):
+    """(batch, node, replicas) of every rollout call that replaced something."""
+    calls = [(a["batch"], name, tuple(a["replicas"])) for name, n in lab.nodes.items()
+             for op, a in n.calls if op == "rollout" and a["spec"]["service"] == service and a["replicas"]]
+    return sorted(calls)
+
+
+def test_parallelism_one_replaces_one_replica_at_a_time_across_nodes(images):
+    lab = images
+    deploy(lab, compose(web="web:v1"))
+    for n in lab.nodes.values():
+        n.calls.clear()
+    progress = Recorder()
+    deploy(lab, compose(web="web:v2"), progress)
+    assert rollouts(lab) == [(1, "n1", (1,)), (2, "n2", (2,))]
+    batches = [e for e in progress.events if e["event"] == "batch" and e["service"] == "web"]
+    assert [(b["batch"], b["replicas"]) for b in batches] == [
+        (1, [{"node": "n1", "replica": 1}]), (2, [{"node": "n2", "replica": 2}])]
+    # each batch's container started after the previous batch's was healthy
+    agent = [e for e in progress.events if e["event"] == "agent" and e.get("service") == "web"]
+    order = [(e["type"], e.get("batch")) for e in agent if e["type"] in ("container.start", "container.healthy")]
+    assert order.index(("container.start", 2)) > order.index(("container.healthy", None))
+    assert {k: v[1] for k, v in running(lab, "web").items()} == {"shop-web-1": "web:v2", "shop-web-2": "web:v2"}
+    # the release went through: nothing kept
+    assert not [c for c in running(lab, "web") if c.endswith("-prev")]
+
+
+def test_parallelism_two_with_four_replicas_makes_two_batches_of_two(images):
+    lab = images
+    deploy(lab, compose(web="web:v1", replicas=4, update="{parallelism: 2}"))
+    for n in lab.nodes.values():
+        n.calls.clear()
+    deploy(lab, compose(web="web:v2", replicas=4, update="{parallelism: 2}"))
+    calls = rollouts(lab)
+    per_batch = {}
+    for batch, node, reps in calls:
+        per_batch.setdefault(batch, []).extend(reps)
+    assert {b: sorted(r) for b, r in per_batch.items() if b} == {1: [1, 2], 2: [3, 4]}
+
+
+def test_parallelism_zero_replaces_everything_at_once(images):
+    lab = images
+    deploy(lab, compose(web="web:v1", replicas=4, update="{parallelism: 0}"))
+    for n in lab.nodes.values():
+        n.calls.clear()
+    deploy(lab, compose(web="web:v2", replicas=4, update="{parallelism: 0}"))
+    assert {b for b, _, _ in rollouts(lab) if b} == {1}
+
+
+def test_a_failing_batch_rolls_the_whole_release_back(images):
+    lab = images
+    deploy(lab, compose(api="api:v1", web="web:v1"))
+    before = {n: {c.name: c.id for c in node.engine.containers(["io.orch.project=shop"])}
+              for n, node in lab.nodes.items()}
+    lab.nodes["n2"].engine.behaviours["web:v2"] = "unhealthy"  # web's second batch (on n2) fails
+    with pytest.raises(DeployError) as info:
+        deploy(lab, compose(api="api:v2", web="web:v2"))
+    err = info.value
+    text = err.render()
+    assert err.exit_code == 1 and err.details["rolled_back"] is True
+    assert "failed on node n2" in text and "web replica 2" in text and "is unhealthy" in text
+    assert "Last " in text and "log lines" in text  # the failed container's logs
+    assert "Rolled back:" in text and "api on n1" in text and "web on n1" in text
+    # every container is the previous release's again, by id (no re-create), running
+    after = {n: {c.name: c.id for c in node.engine.containers(["io.orch.project=shop"])}
+             for n, node in lab.nodes.items()}
+    assert after == before
+    assert all(v[2] == "running" for v in running(lab, "web").values())
+    assert {v[1] for v in running(lab, "api").values()} == {"api:v1"}  # the earlier wave went back too
+
+
+def test_failure_action_pause_leaves_the_done_batches(images):
+    lab = images
+    deploy(lab, compose(web="web:v1", update="{failure_action: pause}"))
+    lab.nodes["n2"].engine.behaviours["web:v2"] = "unhealthy"
+    with pytest.raises(DeployError) as info:
+        deploy(lab, compose(web="web:v2", update="{failure_action: pause}"))
+    assert info.value.details["rolled_back"] is False
+    assert "Update paused (failure_action: pause)" in info.value.render()
+    images_now = {k: v[1] for k, v in running(lab, "web").items() if not k.endswith("-prev")}
+    assert images_now == {"shop-web-1": "web:v2", "shop-web-2": "web:v1"}  # n2's batch was put back by its agent
+
+
+def test_max_failure_ratio_tolerates_some_failed_replicas(images):
+    lab = images
+    update = "{failure_action: rollback, max_failure_ratio: 0.5}"
+    deploy(lab, compose(web="web:v1", replicas=2, update=update))
+    lab.nodes["n2"].engine.behaviours["web:v2"] = "unhealthy"
+    res = deploy(lab, compose(web="web:v2", replicas=2, update=update))
+    assert res.status == "ok"
+    assert any("1 of 2 replica(s) failed to update and stayed on the previous release" in w for w in res.warnings)
+    assert {k: v[1] for k, v in running(lab, "web").items()} == {"shop-web-1": "web:v2", "shop-web-2": "web:v1"}
+
+
+def test_monitor_window_catches_a_replica_that_dies_after_its_update(images, monkeypatch):
+    lab = images
+    deploy(lab, compose(web="web:v1"))
+
+    def crash(seconds):  # during the monitor wait, n1's new web container dies
+        c = lab.nodes["n1"].engine.container("shop-web-1")
+        lab.nodes["n1"].engine.records[c.id]["info"].update(state="exited", exit_code=137)
+
+    monkeypatch.setattr("orchestrator.deploy._sleep", crash)
+    with pytest.raises(DeployError) as info:
+        deploy(lab, compose(web="web:v2"))
+    text = info.value.render()
+    assert "web replica 1 on n1 is exited (exit code 137) within 5s of its update" in text
+    assert info.value.details["rolled_back"] is True
+    assert {k: v[1:] for k, v in running(lab, "web").items()} == {
+        "shop-web-1": ("web:v1", "running"), "shop-web-2": ("web:v1", "running")}
+
+
+def test_first_deploy_of_a_service_is_one_batch_and_not_monitored(images, no_deploy_waits):
+    lab = images
+    deploy(lab, compose(web="web:v1", replicas=4))
+    assert {b for b, _, _ in rollouts(lab)} == {1}
+    assert no_deploy_waits == []  # nothing replaced: no monitor window
+
+
+def test_a_node_lost_mid_rollout_fails_and_puts_the_others_back(images):
+    from orchestrator import transport as T
+
+    lab = images
+    deploy(lab, compose(web="web:v1"))
+    n2 = lab.nodes["n2"]
+    real = n2.call
+
+    def gone(op, args=None, on_event=None, timeout=None):
+        if op in ("rollout", "restore"):
+            raise T.TransportError("n2: the SSH connection was closed", node="n2")
+        return real(op, args, on_event, timeout)
+
+    n2.call = gone
+    with pytest.raises(DeployError) as info:
+        deploy(lab, compose(web="web:v2"))
+    text = info.value.render()
+    assert "n2" in text and "SSH connection was closed" in text
+    assert info.value.details["rolled_back"] is True  # nothing of this release reached n2
+    assert {k: v[1] for k, v in running(lab, "web").items()} == {"shop-web-1": "web:v1", "shop-web-2": "web:v1"}

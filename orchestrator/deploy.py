@@ -818,7 +818,7 @@ class Deployment:
         err = self._deploy_error(failures, not_started)
         action = self._policy(failures[0].step.service).failure_action if failures[0].step.service else "rollback"
         err.details["failure_action"] = action
-        if action != "rollback" or not self.journal:
+        if action != "rollback":
             if self.journal:
                 done = sorted({f"{e.service} on {e.node}" for e in self.journal.entries})
                 err.message += (f"\nUpdate {'paused' if action == 'pause' else 'stopped'} (failure_action: {action}): "
@@ -826,16 +826,23 @@ class Deployment:
                                 f"({', '.join(done)}); re-run `orch up` to go on, or `orch rollback` to go back.")
             err.details["rolled_back"] = False
             return err
-        restored, problems = self.rollback()
+        restored, problems = self.rollback() if self.journal else ([], [])
+        # A failed batch is put back by its node's agent before it answers.
+        for f in failures:
+            where = f"{f.step.service} on {f.step.node}"
+            if isinstance(f.error, T.AgentError) and f.error.details.get("restored") and where not in restored:
+                restored.append(f"{where} (the failed batch, put back by the node's agent)")
         err.details["rolled_back"] = not problems
         err.details["restored"] = restored
         if problems:
             err.details["rollback_errors"] = problems
             err.message += ("\nRolled back, except: " + "; ".join(problems) +
                             ". Re-run `orch up` (or `orch rollback`) once the node is back.")
-        else:
+        elif restored:
             err.message += ("\nRolled back: every replica this release replaced is back on the previous release's "
                             f"container ({', '.join(restored)}).")
+        else:
+            err.message += "\nNothing had been replaced yet: the previous release still runs everywhere."
         return err
 
     def rollback(self) -> tuple[list[str], list[str]]:
@@ -973,10 +980,18 @@ class Deployment:
         assert self.plan is not None
         hosts = {n.name: n.host for n in self.environment.nodes}
         rows = container_rows(self.observed, hosts)
+        addresses = published_addresses(rows)
+        for name, bp in (self.blueprint.services.items() if self.blueprint is not None else ()):
+            if getattr(bp, "ingress", None) is not None:  # served by each node's ingress
+                nodes = sorted({r.node for r in rows if r.service == name and r.state == "running"},
+                               key=lambda n: list(hosts).index(n) if n in hosts else 99)
+                ip = bp.ingress.host_ip
+                addresses[name] = sorted(set(addresses.get(name, [])) | {
+                    f"{hosts.get(n, n) if ip in ('', '0.0.0.0') else ip}:{bp.ingress.published}" for n in nodes})
         return DeployResult(
             project=self.project.name, environment=self.environment.name, status=status, plan=self.plan,
             changed=[] if status == "planned" else self.plan.changed_services(), containers=rows,
-            addresses=published_addresses(rows), duration_s=time.monotonic() - self._t0, timings=dict(self.timings),
+            addresses=dict(sorted(addresses.items())), duration_s=time.monotonic() - self._t0, timings=dict(self.timings),
             warnings=list(self.warnings), dry_run=status == "planned", degraded=list(self.degraded),
         )
 

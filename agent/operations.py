@@ -614,7 +614,14 @@ def op_remove(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     ]
     _remove_all(ctx, doomed, "remove requested")
     removed = [{"id": c.id, "name": c.name, "service": c.service, "replica": c.replica} for c in doomed]
-    out: Dict[str, Any] = {"removed": removed, "networks": [], "volumes": []}
+    out: Dict[str, Any] = {"removed": removed, "networks": [], "volumes": [], "ingress": []}
+    if replicas is None:  # the service (or the project) leaves the node: so does its ingress port
+        from agent.rollout import driver, ingress_state
+
+        for name in sorted(ingress_state(ctx, project)):
+            if service is None or name == service:
+                driver(ctx).remove({"project": project, "service": name})
+                out["ingress"].append(name)
     if remove_networks and not ctx.engine.containers(L.filters(project)):
         for n in ctx.engine.networks(L.filters(project)):
             ctx.engine.remove_network(n["name"])

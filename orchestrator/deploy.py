@@ -1104,15 +1104,58 @@ def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress |
 
 
 def list_containers(workspace: Any, connector: Connector | None = None,
-                    progress: Progress | None = None) -> list[ContainerRow]:
-    """`orch ps`: one row per container of the project across the environment's nodes."""
+                    progress: Progress | None = None, ingress: list | None = None) -> list[ContainerRow]:
+    """`orch ps`: one row per container of the project across the environment's nodes.
+
+    `ingress`, if given, gets one dict per (node, service) behind a node's ingress: port,
+    frontend status and each server's HAProxy status (agent ingress_status)."""
     environment = workspace.environment
-    nodes = (connector or ssh_connect)(environment, progress or Progress(), workspace.project.name)
+    project = workspace.project.name
+    nodes = (connector or ssh_connect)(environment, progress or Progress(), project)
     try:
-        observed = observe_nodes(nodes, workspace.project.name)
+        frontends: dict[str, dict] = {}
+        observed = observe_nodes(nodes, project, ingress=frontends)
+        if ingress is not None:
+            ingress.extend(ingress_rows(nodes, project, frontends, [n.name for n in environment.nodes]))
     finally:
         close_nodes(nodes)
     return container_rows(observed, {n.name: n.host for n in environment.nodes})
+
+
+def ingress_rows(nodes: Mapping[str, Any], project: str, frontends: Mapping[str, Mapping[str, Any]],
+                 order: list[str]) -> list[dict]:
+    """The project's ingress on each node that has some, as HAProxy sees it now."""
+    wanted = [n for n in order if frontends.get(n)]
+    answers, errors = T.parallel(wanted, lambda n: nodes[n].call("ingress_status"), key=lambda n: n)
+    rows = []
+    for node in wanted:
+        if node in errors:
+            for service in sorted(frontends[node]):
+                rows.append({"node": node, "service": service, "port": frontends[node][service]["port"]["published"],
+                             "running": False, "status": f"unknown ({_first_line(_as_orch_error(node, errors[node]))})",
+                             "servers": []})
+            continue
+        status = answers[node]
+        for f in status.get("frontends") or []:
+            if f.get("project") != project:
+                continue
+            rows.append({"node": node, "service": f["service"], "port": f["port"]["published"],
+                         "running": bool(status.get("running")), "status": f["status"],
+                         "servers": [{"name": x["name"], "container": x["container"], "status": x["status"],
+                                      "state": x["state"], "sessions": x["sessions"]} for x in f["servers"]]})
+    return sorted(rows, key=lambda r: (r["service"], order.index(r["node"]) if r["node"] in order else 99))
+
+
+def ingress_table(rows: list[dict]) -> str:
+    """For `orch ps`: one line per (service, node) behind the ingress."""
+    lines = [["INGRESS", "NODE", "PORT", "FRONTEND", "SERVERS"]]
+    for r in rows:
+        up = sum(1 for x in r["servers"] if x["status"] == "UP")
+        detail = ", ".join(f"{x['container']} {x['status']}" for x in r["servers"]) or "none"
+        front = r["status"] if r["running"] else "HAPROXY NOT RUNNING"
+        lines.append([r["service"], r["node"], str(r["port"]), front, f"{up}/{len(r['servers'])} up: {detail}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
 # --------------------------------------------------------------------------- logs, exec

@@ -396,9 +396,12 @@ def ingress_drift(unit: Any, step: Step, actual: Mapping[str, Any] | None) -> st
     port = actual.get("port") or {}
     if (port.get("published"), port.get("target")) != (args["port"]["published"], args["port"]["target"]):
         return "ingress port changed"
-    health = dict(actual.get("health") or {})
-    if any(health.get(k) != v for k, v in args["health"].items()):
+    from agent.ingress import Health
+
+    if Health.from_dict(dict(actual.get("health") or {})) != Health.from_dict(args["health"]):
         return "ingress health check changed"
+    if port.get("host_ip", "0.0.0.0") != args["port"]["host_ip"]:
+        return "ingress address changed"
     servers = sorted(server_name(unit.service, a.replica, a.container_id) for a in step.actions
                      if a.kind == UNCHANGED and a.container_id)
     if servers != sorted(actual.get("servers") or []):

@@ -181,6 +181,15 @@ def read_ingress(service: Any, published: Sequence[tuple[str, int, str, int]], p
     health = _read_health(value.get("health", "/"), f"{key}.health", problem)
     if health is None:
         return None
+    from agent.protocol import AgentError
+
+    try:  # the agent's own limits (e.g. interval 0.1s..300s), so a node never refuses it
+        from agent.ingress import Health
+
+        Health.from_dict(health, f"{key}.health")
+    except AgentError as err:
+        problem(f"{key}.health", err.message, "see docs/reference/x-orch.md for the allowed values")
+        return None
     drain = 10.0
     if "drain_timeout" in value:
         try:

@@ -34,6 +34,9 @@ class NodeCheck:
     agent: str | None = None
     bundle: str | None = None
     disk_free: int | None = None
+    # The node's HAProxy ingress (agent ingress_status): installed, version, running,
+    # frontends [{project, service, port, status, servers_up, servers}]; None: not asked.
+    ingress: dict | None = None
     problems: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -80,8 +83,21 @@ def check_node(target: Any, options: Any, bundle: Any) -> NodeCheck:
             result.agent = session.hello.get("agent_version")
             result.bundle = session.hello.get("bundle")
             info = session.call("info")
+            ingress = session.call("ingress_status")
         finally:
             session.close()
+        result.ingress = {
+            "installed": ingress.get("installed"), "version": ingress.get("version"),
+            "running": ingress.get("running"), "pid": ingress.get("pid"),
+            "frontends": [{"project": f["project"], "service": f["service"], "port": f["port"]["published"],
+                           "status": f["status"], "servers": len(f["servers"]),
+                           "servers_up": sum(1 for x in f["servers"] if x["status"] == "UP")}
+                          for f in ingress.get("frontends") or []]}
+        for text in ingress.get("problems") or []:
+            result.problem(T.NodeRequirementError(
+                f"ingress: {text}",
+                fix="re-run `orch up` for the project (it starts HAProxy again and syncs its servers); "
+                "a missing HAProxy: apt-get install haproxy on the node"))
         if info.get("engine"):
             result.docker = info["engine"].get("version")
         else:
@@ -132,6 +148,16 @@ def _agent(c: NodeCheck) -> str:
     return f"{c.agent} ({digest})" if digest else c.agent
 
 
+def _ingress(c: NodeCheck) -> str:
+    """HAProxy's state and its frontends: "-" when none is configured."""
+    i = c.ingress
+    if not i or not i.get("frontends"):
+        return "-" if not i or not i.get("running") else "running"
+    up = sum(1 for f in i["frontends"] if f["status"] == "OPEN" and f["servers_up"])
+    state = "running" if i.get("running") else "STOPPED"
+    return f"{state}, {up}/{len(i['frontends'])} port(s) serving"
+
+
 def _yes(value: bool | None) -> str:
     return "-" if value is None else ("ok" if value else "FAIL")
 
@@ -146,7 +172,8 @@ def _load(env: str, environments: Any):
 
 @nodes_app.command("check")
 def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = False) -> None:
-    """Per node: reachable, host key, auth, python3, Docker Engine, agent, free disk; what is wrong and the fix."""
+    """Per node: reachable, host key, auth, python3, Docker Engine, agent, free disk, the
+    HAProxy ingress (running, its ports serving); what is wrong and the fix."""
     from orchestrator.agent_bundle import current_bundle
     from orchestrator.transport import parallel
 
@@ -167,9 +194,10 @@ def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = F
                     "nodes": [c.to_json() for c in checks]})
     else:
         rows = [[c.node, c.address, _yes(c.reachable), c.host_key or "-", _yes(c.auth), c.python or "-",
-                 c.docker or "-", _agent(c), _size(c.disk_free), "ok" if c.ok else "PROBLEM"] for c in checks]
+                 c.docker or "-", _agent(c), _size(c.disk_free), _ingress(c), "ok" if c.ok else "PROBLEM"]
+                for c in checks]
         typer.echo(_table(["NODE", "ADDRESS", "SSH", "HOST KEY", "AUTH", "PYTHON", "DOCKER", "AGENT", "DISK FREE",
-                           "STATUS"], rows))
+                           "INGRESS", "STATUS"], rows))
         for c in checks:
             for p in c.problems:
                 text = p["message"] if p["message"].startswith(c.node) else f"{c.node}: {p['message']}"

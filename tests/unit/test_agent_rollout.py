@@ -248,3 +248,16 @@ def test_bad_arguments_are_refused(run):
         run("rollout", {"spec": spec(V1), "order": "sideways"})
     with pytest.raises(BadRequest):
         run("restore", {"project": "shop", "service": "web", "replicas": [{"replica": 0}]})
+
+
+def test_removing_a_service_or_project_removes_its_ingress(run, engine, ingress, monkeypatch):
+    import agent.rollout as R
+
+    run("apply", {"spec": spec(V1, replicas=(1,))})
+    run("rollout", {"spec": spec(V1, replicas=(1,)), "replicas": [], "ingress": INGRESS})
+    monkeypatch.setattr(R, "ingress_state", lambda ctx, project: {
+        s: {} for (p, s) in ingress.frontends if p == project})
+    out = run("remove", {"project": "shop", "service": "web", "replicas": [1]})
+    assert out["ingress"] == [] and ("shop", "web") in ingress.frontends  # one replica: the port stays
+    out = run("remove", {"project": "shop"})
+    assert out["ingress"] == ["web"] and ingress.frontends == {}

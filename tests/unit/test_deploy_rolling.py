@@ -198,3 +198,26 @@ def test_a_node_lost_mid_rollout_fails_and_puts_the_others_back(images):
     assert "n2" in text and "SSH connection was closed" in text
     assert info.value.details["rolled_back"] is True  # nothing of this release reached n2
     assert {k: v[1] for k, v in running(lab, "web").items()} == {"shop-web-1": "web:v1", "shop-web-2": "web:v1"}
+
+
+def test_ingress_drift_says_when_a_node_needs_an_ingress_sync():
+    from types import SimpleNamespace
+
+    from agent.labels import server_name
+    from orchestrator.plan import UNCHANGED, Action, Step, ingress_drift
+    from orchestrator.rollout import IngressSpec
+
+    spec = IngressSpec(published=8080, target=80, health={"path": "/healthz"})
+    unit = SimpleNamespace(service="web", ingress=spec)
+    step = Step(1, "web", "n1", unit, [Action(UNCHANGED, "web", "n1", 1, container_id="abcdef0123456789")])
+    right = {"port": {"published": 8080, "target": 80, "host_ip": "0.0.0.0"}, "running": True,
+             "health": {"path": "/healthz", "interval": 1.0, "timeout": 2.0, "rise": 2, "fall": 2, "host": "localhost"},
+             "servers": [server_name("web", 1, "abcdef0123456789")]}
+    assert ingress_drift(unit, step, right) == ""
+    assert ingress_drift(unit, step, None) == "no ingress for the service on the node yet"
+    assert ingress_drift(unit, step, dict(right, running=False)) == "HAProxy is not running"
+    assert ingress_drift(unit, step, dict(right, servers=[])) == "ingress servers differ from the containers"
+    assert ingress_drift(unit, step, dict(right, health=dict(right["health"], rise=3))) == \
+        "ingress health check changed"
+    assert ingress_drift(SimpleNamespace(service="web", ingress=None), step, right) == \
+        "the service has no ingress any more"

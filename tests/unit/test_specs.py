@@ -468,6 +468,7 @@ def test_update_config_and_health_gate_are_read(tmp_path):
     ("{ingress: {port: 8080, health: healthz}}", "must start with / and contain no spaces"),
     ("{ingress: {port: 8080, health: {path: /, rise: 0}}}", "rise 0 must be a whole number from 1 to 100"),
     ("{ingress: {prot: 8080}}", "x-orch.ingress has no setting 'prot'"),
+    ("{ingress: {port: 8080, health: {interval: 10ms}}}", "x-orch.ingress.health.interval must be"),
     ("{min_healthy_time: soon}", "x-orch.min_healthy_time 'soon' is not a duration"),
 ])
 def test_bad_x_orch_settings_are_bad_input_with_location(tmp_path, x_orch, expected):

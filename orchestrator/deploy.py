@@ -1058,10 +1058,11 @@ def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress |
     t0 = time.monotonic()
     waves = graphs.waves(graphs.build_graph(project))
     names = [n.name for n in environment.nodes]
-    progress.phase("connect", f"connecting to {len(names)} node(s): {', '.join(names)}", nodes=names)
+    if connector is None:  # a given connector (the pipeline's, under the lock) is connected already
+        progress.phase("connect", f"connecting to {len(names)} node(s): {', '.join(names)}", nodes=names)
     nodes = (connector or ssh_connect)(environment, progress, project.name)
     try:
-        observed = observe_nodes(nodes, project.name)
+        observed = observe_nodes(nodes, project.name, fresh=True)
         present = {(c.service, node) for node, cs in observed.items() for c in cs}
         known = {s for w in waves for s in w}
         orphans = sorted({s for s, _ in present if s not in known})

@@ -188,7 +188,7 @@ class Environment:
             for n in self.nodes
         ]
         return {
-            "env": {"name": self.name, "promote_from": self.promote_from, "registry": self.registry.address},
+            "env": {"name": self.name, "promote_from": self.promote_from or "", "registry": self.registry.address or ""},
             "vars": self.vars,
             "nodes": nodes,
         }

@@ -198,3 +198,14 @@ def test_status_and_contains_are_refused_on_command_checks(tmp_path):
     problems = err.value.problems
     assert [(p.key, p.line) for p in problems] == [("verify.checks[1].status", 7), ("verify.checks[1].contains", 8)]
     assert all(p.file.endswith("dev.yaml") and "http checks only" in p.message and p.fix for p in problems)
+
+
+def test_unset_registry_and_promote_from_render_empty_not_none(tmp_path):
+    from orchestrator.environments import load_environment
+
+    d = tmp_path / "environments"
+    d.mkdir()
+    (d / "dev.yaml").write_text("name: dev\nnodes: [{name: n1, host: 10.0.0.1}]\n"
+                                "overlay:\n  x-where: \"[{{ env.registry }}|{{ env.promote_from }}]\"\n")
+    env = load_environment("dev", environments_dir=d)
+    assert env.template_context()["env"]["registry"] == "" and env.template_context()["env"]["promote_from"] == ""

@@ -1,5 +1,7 @@
 # make demo: install what is missing, bring the lab up, run the pipeline on the example app.
 # make test: the full suite (unit tests, then end-to-end tests against the lab).
+# make bench: the benchmarks on the lab, written to bench/RESULTS.md (not part of make test);
+#   options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--only noop --runs 3".
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -46,8 +48,9 @@ test: system-deps venv lab
 demo: system-deps venv lab
 	examples/demo.sh
 
+BENCH_ARGS ?=
 bench: system-deps venv lab
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

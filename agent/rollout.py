@@ -147,11 +147,14 @@ def _server(c: ContainerInfo) -> Dict[str, str]:
     return {"name": L.server_name(c.service, c.replica, c.id), "container": c.name}
 
 
-def _serving(ctx: Context, project: str, service: str, extra: List[ContainerInfo] = ()) -> List[ContainerInfo]:
+def _serving(ctx: Context, project: str, service: str, extra: List[ContainerInfo] = (),
+             exclude: List[ContainerInfo] = ()) -> List[ContainerInfo]:
     """The containers the service's ingress should send requests to on this node: every
-    running replica under its own name, plus `extra` (kept ones still serving)."""
+    running replica under its own name, plus `extra` (kept ones still serving), less
+    `exclude` (new ones being put back)."""
+    gone = {c.id for c in exclude}
     out = [c for c in ctx.engine.containers(L.filters(project, service))
-           if not L.is_retired(c.name) and c.state == "running"]
+           if not L.is_retired(c.name) and c.state == "running" and c.id not in gone]
     ids = {c.id for c in out}
     return sorted(out + [c for c in extra if c.id not in ids], key=lambda c: (c.replica, c.name))
 
@@ -187,11 +190,18 @@ def _fresh(ctx: Context, c: ContainerInfo) -> ContainerInfo:
     return ctx.engine.container(c.id) or c
 
 
-def _publishes_conflict(old: ContainerInfo, svc: ServiceSpec) -> bool:
-    """Whether the old container holds a host port the new one publishes (then both
-    cannot run at once: start-first becomes stop-first for that replica)."""
+def _holds(c: ContainerInfo, port: int) -> bool:
+    return any(p.get("published") == port and (p.get("protocol") or "tcp") == "tcp" for p in c.ports)
+
+
+def _publishes_conflict(old: ContainerInfo, svc: ServiceSpec, ingress: Optional[IngressSettings]) -> bool:
+    """Whether the old container holds a host port the new one (or the ingress, when the
+    service moves behind it) needs: then both cannot run at once, and start-first becomes
+    stop-first for that replica."""
     held = {(p.get("published"), p.get("protocol") or "tcp") for p in old.ports if p.get("published")}
     wanted = {(p.published, p.protocol) for p in svc.container.ports if p.published}
+    if ingress is not None:
+        wanted.add((ingress.port["published"], "tcp"))
     return bool(held & wanted)
 
 
@@ -256,12 +266,14 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     current = {c.name: c for c in existing if not L.is_retired(c.name)}
     kept = {c.name: c for c in existing if L.is_retired(c.name)}
     work: List[_Replace] = []
-    unchanged: List[ContainerInfo] = []
+    # Replicas of the spec already right (not in this batch, or a re-run): waited for if
+    # they are not ready yet, never touched.
+    unchanged = [current[svc.container_name(r)] for r in svc.replicas
+                 if svc.container_name(r) in current and _keepable(current[svc.container_name(r)], svc, r)]
     for r in replicas:
         name = svc.container_name(r)
         old = current.get(name)
         if old is not None and _keepable(old, svc, r):
-            unchanged.append(old)  # already the new spec (a re-run): nothing to replace
             continue
         stale = kept.get(L.retired_name(name))
         if stale is not None and old is not None:
@@ -270,7 +282,7 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
         w = _Replace(r, name, old if old is not None else stale)
         if w.old is not None:
             w.was_running = w.old.state in ("running", "restarting") and old is not None
-            w.stop_first = order == "stop-first" or (w.was_running and _publishes_conflict(w.old, svc))
+            w.stop_first = order == "stop-first" or (w.was_running and _publishes_conflict(w.old, svc, ingress))
             if order == "start-first" and w.stop_first:
                 ctx.emit("rollout.order", service=service, replica=r, order="stop-first",
                          reason="the old container publishes a host port the new one needs")
@@ -339,6 +351,7 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
                                "action": "recreated" if w.old is not None else "created",
                                "state": info.state, "health": info.health})
     for c in unchanged:
+        c = ready.get(c.id, c)
         containers.append({"replica": c.replica, "id": c.id, "name": c.name, "action": "unchanged",
                            "state": c.state, "health": c.health})
     return {"service": service, "changed": bool(work), "batch": batch,
@@ -400,6 +413,13 @@ def restore_replicas(ctx: Context, project: str, service: str, env: str, ingress
         name = L.container_name(project, service, replica)
         plan.append((replica, bool(was_running), by_name.get(name), by_name.get(L.retired_name(name))))
     front = driver(ctx).frontend(project, service) if ingress is not None else None
+    if ingress is not None and any(old is not None and _holds(old, ingress.port["published"])
+                                   for _, _, _, old in plan):
+        # The kept containers published the port themselves (the service was not behind the
+        # ingress before this release): the port goes back to them, the frontend goes.
+        if front is not None:
+            driver(ctx).remove({"project": project, "service": service})
+        ingress, front = None, None
     hitless = ingress is not None and front is not None
     if hitless:
         # Old containers back in rotation before the new ones are drained: no request fails.
@@ -412,12 +432,22 @@ def restore_replicas(ctx: Context, project: str, service: str, env: str, ingress
                 started.append(old)
         _wait_running(ctx, started)
         back = [_fresh(ctx, old) for _, was_running, _, old in plan if old is not None and was_running]
+        # New containers in rotation keep serving until the old ones are UP (then they are
+        # drained below); new ones never let in (they failed HAProxy's checks) leave now.
+        in_rotation = {x.get("name") for x in (front or {}).get("servers") or [] if x.get("state", "ready") == "ready"}
+        unproven = [new for _, _, new, _ in plan
+                    if new is not None and L.server_name(new.service, new.replica, new.id) not in in_rotation]
         if back:
-            sync_ingress(ctx, project, service, env, ingress, _serving(ctx, project, service, back))  # type: ignore[arg-type]
+            sync_ingress(ctx, project, service, env, ingress,  # type: ignore[arg-type]
+                         _serving(ctx, project, service, back, exclude=unproven))
         for replica, was_running, new, old in plan:
             if new is not None:
                 _drain(ctx, project, service, new, ingress.drain_timeout)  # type: ignore[union-attr]
-    _remove_all(ctx, [new for _, _, new, _ in plan if new is not None], "rollback")
+    # A new container goes; but a failed one with nothing to go back to stays, stopped,
+    # for `orch logs` (the next deploy replaces it).
+    doomed = [new for _, _, new, old in plan
+              if new is not None and (old is not None or _fresh(ctx, new).state in ("running", "restarting"))]
+    _remove_all(ctx, doomed, "rollback")
     out = []
     for replica, was_running, new, old in plan:
         name = L.container_name(project, service, replica)
@@ -428,7 +458,7 @@ def restore_replicas(ctx: Context, project: str, service: str, env: str, ingress
                 ctx.emit("container.start", container=name, service=service, replica=replica, id=old.id,
                          reason="rollback")
             ctx.emit("container.restore", container=name, service=service, replica=replica, id=old.id)
-        out.append({"replica": replica, "removed": new.id if new is not None else None,
+        out.append({"replica": replica, "removed": new.id if new is not None and new in doomed else None,
                     "restored": old.id if old is not None else None})
     if ingress is not None:
         sync_ingress(ctx, project, service, env, ingress, _serving(ctx, project, service))

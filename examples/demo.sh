@@ -12,6 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/hello"
 ORCH="${ORCH:-$(cd ../.. && pwd)/.venv/bin/orch}"
 PYTHON="${PYTHON:-$(cd ../.. && pwd)/.venv/bin/python}"
+# For people: text even when the output goes to a pipe or a file (`make demo | tee`),
+# where orch would print JSON lines (see docs/json-output.md and examples/ci/).
+export ORCH_OUTPUT="${ORCH_OUTPUT:-text}"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 

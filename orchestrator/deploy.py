@@ -808,6 +808,8 @@ class Deployment:
                     failures.append(StepFailure(_Where(service, node), DeployError(
                         f"service {service} replica {replica} on {node} {bad} within {window:g}s of its "
                         "update (update_config.monitor)",
+                        fix=f"see why in its logs (orch logs --env {self.environment.name} {service}); a re-run "
+                        "deploys the same containers, so fix the cause first",
                         details={"service": service, "node": node, "replica": replica})))
         if failures:
             raise self._failed(failures, [])
@@ -816,14 +818,17 @@ class Deployment:
         """The error for failures no policy tolerates, after the release was put back
         (failure_action rollback, orch's default) or left as it is (pause, continue)."""
         err = self._deploy_error(failures, not_started)
-        action = self._policy(failures[0].step.service).failure_action if failures[0].step.service else "rollback"
+        # Several services failing at once: the safest of their actions (rollback first).
+        actions = {self._policy(f.step.service).failure_action if f.step.service else "rollback" for f in failures}
+        action = next(a for a in ("rollback", "pause", "continue") if a in actions)
         err.details["failure_action"] = action
         if action != "rollback":
             if self.journal:
                 done = sorted({f"{e.service} on {e.node}" for e in self.journal.entries})
                 err.message += (f"\nUpdate {'paused' if action == 'pause' else 'stopped'} (failure_action: {action}): "
                                 f"{len(self.journal.entries)} replica(s) already run the new release "
-                                f"({', '.join(done)}); re-run `orch up` to go on, or `orch rollback` to go back.")
+                                f"({', '.join(done)}); re-run `orch up` to go on, or `orch rollback --to LIVE` (the live release's "
+                                "id, see `orch history`) to put them back.")
             err.details["rolled_back"] = False
             return err
         restored, problems = self.rollback() if self.journal else ([], [])
@@ -904,9 +909,10 @@ class Deployment:
             details["kind"] = err.kind
             fix = err.details.get("fix")
         else:
-            text = f"{where} while applying {step.service}: {err.render()}"
+            text = f"{where} while applying {step.service}: {err.message}"
             details["reason"] = err.message
-            fix = "re-run `orch up`: applying again converges."
+            details.update({k: v for k, v in (getattr(err, "details", None) or {}).items() if k == "replica"})
+            fix = getattr(err, "fix", None) or "re-run `orch up`: applying again converges."
         for other in failures[1:]:
             text += f"\nAlso failed: {other.step.service} on {other.step.node}: {_first_line(other.error)}"
         if not_started:

@@ -34,6 +34,8 @@ class OrchError(Exception):
 
     def to_json(self) -> dict:
         out = {"kind": type(self).__name__, "message": self.render(), "exit_code": self.exit_code}
+        if self.fix:
+            out["fix"] = self.fix  # also at the end of message; here on its own for CI to show
         if self.details:
             out["details"] = self.details
         return out

@@ -576,6 +576,8 @@ class _Flow:
                 live = history.live()
                 if (noop_if_live and live is not None and live.services == candidate.services
                         and live.project_hash == candidate.project_hash):
+                    if any(c.retired for cs in dep.observed.values() for c in cs):
+                        dep.commit()  # kept by an update that stopped before it was live: not needed
                     return self._result("ok", result, live, False,
                                         f"{self.project_name} is already live in {env.name} as {live.ref}; "
                                         "nothing changed.", prep, conn)
@@ -903,7 +905,7 @@ def rollback(project_name: str, environment: Any, opts: PipelineOptions, to: int
         return _Prepared(Workspace(project=project, environment=environment), dict(target.services), make,
                          source=target.source, warnings=warnings)
 
-    res = flow.run(prepare)
+    res = flow.run(prepare, noop_if_live=True)
     res.image_version = res.release.version if res.release is not None else ""
     res.duration_s = time.monotonic() - flow.t0
     return res

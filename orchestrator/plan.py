@@ -193,6 +193,7 @@ class Plan:
             "actions": [dict(a.to_json(), wave=s.wave) for s in self.steps for a in s.actions]
             + [a.to_json() for r in self.removals for a in r.actions],
             "orphans": {k: list(v) for k, v in sorted(self.orphans.items())},
+            "ingress": [{"service": s.service, "node": s.node, "reason": s.ingress} for s in self.steps if s.ingress],
             "warnings": list(self.warnings),
         }
 
@@ -222,6 +223,9 @@ class Plan:
         for service, nodes in sorted(self.orphans.items()):
             lines.append(f"orphan: {service} on {', '.join(nodes)} is not in the Compose file "
                          "(left running; --remove-orphans removes it)")
+        for s in self.steps:
+            if s.ingress:
+                lines.append(f"ingress: {s.service} on {s.node} is synced ({s.ingress})")
         c = self.counts()
         if self.is_noop:
             lines.append(f"No changes: {c[UNCHANGED]} container(s) up to date.")

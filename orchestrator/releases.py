@@ -204,22 +204,30 @@ def performer_text(p: Mapping[str, Any]) -> str:
 
 
 def ci_info(environ: Mapping[str, str]) -> dict[str, str]:
-    """What identifies the CI job this runs in (empty outside CI)."""
+    """What identifies the CI job this runs in (empty outside CI), from the variables each
+    CI system sets. Keys (those with a value): system, actor (who started it; GitLab also
+    actor_name), job (the job's name), run_id / job_id / pipeline_id, url (the run's or
+    the job's page), pipeline_url, workflow, repository, ref, sha."""
     e = environ
     info: dict[str, str] = {}
     if e.get("GITHUB_ACTIONS") == "true":
         info = {"system": "github-actions", "run_id": e.get("GITHUB_RUN_ID", ""),
                 "run_attempt": e.get("GITHUB_RUN_ATTEMPT", ""), "job": e.get("GITHUB_JOB", ""),
                 "workflow": e.get("GITHUB_WORKFLOW", ""), "actor": e.get("GITHUB_ACTOR", ""),
-                "repository": e.get("GITHUB_REPOSITORY", ""), "sha": e.get("GITHUB_SHA", "")}
+                "repository": e.get("GITHUB_REPOSITORY", ""), "ref": e.get("GITHUB_REF_NAME", ""),
+                "sha": e.get("GITHUB_SHA", "")}
         if e.get("GITHUB_RUN_ID") and e.get("GITHUB_REPOSITORY"):
-            server = e.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
+            server = (e.get("GITHUB_SERVER_URL") or "https://github.com").rstrip("/")
             info["url"] = f"{server}/{e['GITHUB_REPOSITORY']}/actions/runs/{e['GITHUB_RUN_ID']}"
+            if e.get("GITHUB_RUN_ATTEMPT") and e["GITHUB_RUN_ATTEMPT"] != "1":
+                info["url"] += f"/attempts/{e['GITHUB_RUN_ATTEMPT']}"
     elif e.get("GITLAB_CI") == "true":
-        info = {"system": "gitlab-ci", "url": e.get("CI_JOB_URL", ""), "job_id": e.get("CI_JOB_ID", ""),
-                "pipeline_id": e.get("CI_PIPELINE_ID", ""), "pipeline_url": e.get("CI_PIPELINE_URL", ""),
-                "actor": e.get("GITLAB_USER_LOGIN", ""), "repository": e.get("CI_PROJECT_PATH", ""),
-                "sha": e.get("CI_COMMIT_SHA", "")}
+        info = {"system": "gitlab-ci", "url": e.get("CI_JOB_URL", ""), "job": e.get("CI_JOB_NAME", ""),
+                "job_id": e.get("CI_JOB_ID", ""), "pipeline_id": e.get("CI_PIPELINE_ID", ""),
+                "pipeline_url": e.get("CI_PIPELINE_URL", ""),
+                "actor": e.get("GITLAB_USER_LOGIN", "") or e.get("GITLAB_USER_NAME", ""),
+                "actor_name": e.get("GITLAB_USER_NAME", ""), "repository": e.get("CI_PROJECT_PATH", ""),
+                "ref": e.get("CI_COMMIT_REF_NAME", ""), "sha": e.get("CI_COMMIT_SHA", "")}
     elif e.get("JENKINS_URL"):
         info = {"system": "jenkins", "url": e.get("BUILD_URL", ""), "job": e.get("JOB_NAME", ""),
                 "job_id": e.get("BUILD_NUMBER", ""), "sha": e.get("GIT_COMMIT", "")}
@@ -229,10 +237,13 @@ def ci_info(environ: Mapping[str, str]) -> dict[str, str]:
                 "sha": e.get("BUILDKITE_COMMIT", "")}
     elif e.get("CIRCLECI") == "true":
         info = {"system": "circleci", "url": e.get("CIRCLE_BUILD_URL", ""), "job_id": e.get("CIRCLE_BUILD_NUM", ""),
-                "actor": e.get("CIRCLE_USERNAME", ""), "sha": e.get("CIRCLE_SHA1", "")}
+                "job": e.get("CIRCLE_JOB", ""), "actor": e.get("CIRCLE_USERNAME", ""), "sha": e.get("CIRCLE_SHA1", "")}
     elif e.get("CI", "").lower() in ("true", "1", "yes"):
+        # Any other CI (CI=true is the common convention): whatever of the usual names it sets.
         info = {"system": "ci", "url": e.get("CI_JOB_URL", "") or e.get("BUILD_URL", ""),
-                "job_id": e.get("CI_JOB_ID", ""), "pipeline_id": e.get("CI_PIPELINE_ID", "")}
+                "job": e.get("CI_JOB_NAME", "") or e.get("JOB_NAME", ""),
+                "job_id": e.get("CI_JOB_ID", "") or e.get("BUILD_NUMBER", "") or e.get("BUILD_ID", ""),
+                "pipeline_id": e.get("CI_PIPELINE_ID", ""), "sha": e.get("CI_COMMIT_SHA", "")}
     return {k: v for k, v in info.items() if v}
 
 
@@ -671,8 +682,8 @@ def select_rollback(history: History, to: int | None = None) -> RollbackPlan:
             f"{history.env} has no release #{to} of {history.project} (within the history read)",
             fix=f"pick an id from `orch history --env {history.env}`.",
         ))
-    if target.id == current.id:
-        raise InputError(Problem(f"{target.ref} is the live release already", fix="nothing to roll back."))
+    # --to the live release re-applies it: what brings every replica back after a paused
+    # or interrupted update (when nothing differs, the pipeline says it is live already).
     if target.status not in WAS_LIVE:
         raise InputError(Problem(
             f"{target.ref} never went live (status {target.status_text}); orch only rolls back to releases that ran",

@@ -14,7 +14,8 @@ Nomad's health gate under `x-orch` (docs/reference/x-orch.md):
     max_failure_ratio  failed replicas tolerated, as a fraction of the replaced ones (0)
     x-orch.min_healthy_time   a new container counts once it stayed healthy this long (0s)
     x-orch.healthy_deadline   a new container not healthy by then has failed (default:
-                              from its healthcheck: start_period + (retries+1) * interval)
+                              from its healthcheck: start_period + (retries+1) * interval
+                              + timeout + 5s)
 
 The agent side (one batch on one node) is agent.rollout; orchestrator.deploy drives the
 batches, the monitor window and the whole-release rollback.
@@ -135,6 +136,8 @@ def read_ingress(service: Any, published: Sequence[tuple[str, int, str, int]], p
         return None
     value = x["ingress"]
     key = "x-orch.ingress"
+    if isinstance(value, str) and value.strip().isdigit():  # `ingress: ${WEB_PORT}` after interpolation
+        value = int(value)
     if value is True or isinstance(value, int) and not isinstance(value, bool):
         value = {} if value is True else {"port": value}
     if not isinstance(value, dict):

@@ -33,8 +33,17 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", envvar="ORCH_VERBOSE",
+        help="Debug lines on stderr (orch's, SSH's, the registry's and Docker's) and the traceback of an error. "
+        "Secrets stay masked as everywhere."),
 ) -> None:
     """Deploy multi-container Compose apps through DEV -> TEST -> PROD over SSH."""
+    from orchestrator.cli import output
+
+    output.reset()
+    if verbose:
+        output.enable_verbose()
 
 
 # Registration order is the order `orch --help` lists the commands in.
@@ -51,14 +60,41 @@ from orchestrator.cli import stubs as _stubs  # noqa: E402,F401
 
 
 def main() -> None:
-    from orchestrator.cli.output import report_error
+    """The `orch` entry point: exit codes, errors as one paragraph (and, in JSON mode, a
+    final object), secrets masked on stdout and stderr (see cli/output.py)."""
+    try:  # typer >= 0.20 vendors click
+        from typer._click.exceptions import ClickException
+        from typer.exceptions import Abort
+    except ImportError:  # pragma: no cover
+        from click.exceptions import Abort, ClickException
+
+    from orchestrator.cli import output
     from orchestrator.errors import OrchError
 
+    output.reset()
+    # `orch exec` passes the container's output through as it is. (No root option takes
+    # a value, so the first word that is not an option names the command.)
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    undo = (lambda: None) if command == "exec" else output.install_redaction()
     try:
-        app()
-    except OrchError as err:
-        report_error(err)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        print("orch: interrupted", file=sys.stderr)
-        sys.exit(130)
+        try:
+            rv = app(standalone_mode=False)
+            code = rv if isinstance(rv, int) else 0
+        except OrchError as err:
+            output.report_error(err)
+            code = err.exit_code
+        except ClickException as err:
+            code = output.report_usage_error(err)
+        except Abort:
+            print("orch: aborted", file=sys.stderr)
+            code = 1
+        except KeyboardInterrupt:
+            code = 130
+        except Exception as err:  # a bug: say so, with the traceback, and still end with a final object
+            output.report_internal(err)
+            code = 1
+        if code == 130:  # typer turns Ctrl-C into exit 130
+            output.report_interrupt()
+    finally:
+        undo()
+    sys.exit(code)

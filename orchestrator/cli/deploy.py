@@ -31,22 +31,31 @@ Version = Annotated[Optional[str], typer.Option(
 
 
 def _workspace(file, project_name, env_file, profile, env, environments, services=None):
+    from orchestrator.cli.output import protect
     from orchestrator.workspace import load_workspace
 
-    return load_workspace(project_options(file, project_name, env_file, profile, env, environments, services))
+    return protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments, services)))
 
 
-def _fail(progress, err, command: str, ws, t0: float, plan=None):
-    """Final JSON object for a failed command (JSON output), the error on stderr, exit code."""
+def _fail(progress, err, command: str, ws, t0: float, plan=None, environment: str | None = None,
+          project: str | None = None):
+    """Final JSON object for a failed command (JSON output), the error on stderr, exit code.
+    environment / project: the names given on the command line, for when no Workspace
+    was loaded yet."""
     import time
 
+    from orchestrator.cli.output import verbose
     from orchestrator.deploy import failure_json
 
     if progress is not None and progress.json:
-        project = getattr(getattr(ws, "project", None), "name", None)
-        environment = getattr(getattr(ws, "environment", None), "name", None)
+        project = getattr(getattr(ws, "project", None), "name", None) or project
+        environment = getattr(getattr(ws, "environment", None), "name", None) or environment
         progress.finish(failure_json(err, command, project, environment, time.monotonic() - t0, plan))
         print(f"orch: error: {err.render()}", file=sys.stderr, flush=True)
+        if verbose():
+            import traceback
+
+            traceback.print_exception(err, file=sys.stderr)
         raise typer.Exit(err.exit_code)
     if progress is not None:
         progress.finish({"status": "failed"})
@@ -67,6 +76,9 @@ def up(
     no_build: NoBuild = False,
     version: Version = None,
     lock_wait: LockWait = 0.0,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Block until the release is live (exit 0) or rolled back (exit 1). Always so: the "
+        "controller drives the rolling update; the flag is for scripts that say it (Swarm, Nomad).")] = False,
     json: Json = False,
 ) -> None:
     """Build, push and deploy the project to an environment as a new release.
@@ -75,8 +87,12 @@ def up(
     and push the services with build: and pin every image to its digest (a failed build
     or an unreachable registry exits 1 before any node is touched); connect to every
     node; take the environment's deploy lock (held by another: exit 4, or wait with
-    --lock-wait); plan; record the release as deploying; apply wave by wave; mark it
-    live (or failed); run the environment's verify checks when it says on_deploy (a
+    --lock-wait); plan; record the release as deploying; apply wave by wave, each
+    service's changed replicas in batches (deploy.update_config: parallelism, order,
+    monitor; x-orch health gate), keeping the replaced containers; mark it live and drop
+    them. A failure the service's update_config does not tolerate puts every replaced
+    replica back (failure_action rollback, the default), marks the release failed and
+    exits 1. Then run the environment's verify checks when it says on_deploy (a
     failing check exits 1, the release stays live but unverified); remove the project's
     images older than the last 5 releases ($ORCH_KEEP_IMAGES) from the nodes. Nothing
     changed: no new release ("already live as dev #N").
@@ -87,8 +103,8 @@ def up(
     import time
 
     from orchestrator import pipeline
+    from orchestrator.cli.output import make_progress, protect, protect_project
     from orchestrator.errors import OrchError
-    from orchestrator.progress import make_progress
     from orchestrator.workspace import load_workspace
 
     t0 = time.monotonic()
@@ -96,15 +112,16 @@ def up(
     ws = None
     try:
         opts = project_options(file, project_name, env_file, profile, env, environments, services)
-        ws = load_workspace(opts)
+        ws = protect(load_workspace(opts))
         opts.env_name = None
         base = load_workspace(opts).project
+        protect_project(base)
         result = pipeline.up(ws, base, pipeline.PipelineOptions(
             services=list(services or []), dry_run=dry_run, remove_orphans=remove_orphans, lock_wait=lock_wait,
             version=version, build=not no_build, keep_images=pipeline.keep_images_default(),
             command_line=command_line()), progress)
     except OrchError as err:
-        _fail(progress, err, "up", ws, t0)
+        _fail(progress, err, "up", ws, t0, environment=env, project=project_name)
         return
     except KeyboardInterrupt:
         progress.close()
@@ -140,8 +157,7 @@ def plan(
     is built or pushed; a version not pushed yet shows its services as changing).
     """
     from orchestrator import pipeline
-    from orchestrator.cli.output import print_json, warn
-    from orchestrator.deploy import JSON_VERSION
+    from orchestrator.cli.output import final, print_final, protect, protect_project, warn
     from orchestrator.progress import Progress
     from orchestrator.workspace import load_workspace
 
@@ -150,15 +166,15 @@ def plan(
             warn(text)
 
     opts = project_options(file, project_name, env_file, profile, env, environments, services)
-    ws = load_workspace(opts)
+    ws = protect(load_workspace(opts))
     opts.env_name = None
     base = load_workspace(opts).project
+    protect_project(base)
     result = pipeline.up(ws, base, pipeline.PipelineOptions(services=list(services or []), dry_run=True,
                                                             remove_orphans=remove_orphans), _Warn()).deploy
     if json:
-        print_json({"version": JSON_VERSION, "status": "ok", "command": "plan", "environment": result.environment,
-                    "project": result.project, "plan": result.plan.to_json(),
-                    "containers": [r.to_json() for r in result.containers]})
+        print_final(final("ok", "plan", environment=result.environment, project=result.project,
+                          plan=result.plan.to_json(), containers=[r.to_json() for r in result.containers]))
     else:
         typer.echo(result.plan.render_text())
 
@@ -183,8 +199,8 @@ def down(
     import time
 
     from orchestrator import pipeline
+    from orchestrator.cli.output import make_progress
     from orchestrator.errors import OrchError
-    from orchestrator.progress import make_progress
 
     t0 = time.monotonic()
     progress = make_progress(json)
@@ -194,7 +210,7 @@ def down(
         result = pipeline.down(ws, pipeline.PipelineOptions(lock_wait=lock_wait, command_line=command_line()),
                                volumes, progress)
     except OrchError as err:
-        _fail(progress, err, "down", ws, t0)
+        _fail(progress, err, "down", ws, t0, environment=env, project=project_name)
         return
     except KeyboardInterrupt:
         progress.close()
@@ -225,23 +241,31 @@ def ps(
     json: Json = False,
 ) -> None:
     """One row per container across the environment's nodes: service, replica, node, state,
-    health, image (pinned: repo@sha256:digest; --json has the full digest), ports, uptime."""
-    from orchestrator.cli.output import print_json
-    from orchestrator.deploy import JSON_VERSION, list_containers
+    health, image (pinned: repo@sha256:digest; --json has the full digest), ports, uptime;
+    then, for services behind the ingress, each node's port and its servers' health."""
+    from orchestrator.cli.output import final, print_final
+    from orchestrator.deploy import list_containers
     from orchestrator.progress import container_table
 
     ws = _workspace(file, project_name, env_file, profile, env, environments)
-    rows = list_containers(ws)
+    ingress: list[dict] = []
+    rows = list_containers(ws, ingress=ingress)
     if services:
         rows = [r for r in rows if r.service in set(services)]
+        ingress = [r for r in ingress if r["service"] in set(services)]
     if json:
-        print_json({"version": JSON_VERSION, "status": "ok", "command": "ps", "environment": ws.environment.name,
-                    "project": ws.project.name, "containers": [r.to_json() for r in rows]})
+        print_final(final("ok", "ps", environment=ws.environment.name, project=ws.project.name,
+                          containers=[r.to_json() for r in rows], ingress=ingress))
         return
-    if not rows:
+    if not rows and not ingress:
         typer.echo(f"no containers of {ws.project.name} on {ws.environment.name}")
         return
-    typer.echo(container_table(rows))
+    if rows:
+        typer.echo(container_table(rows))
+    if ingress:
+        from orchestrator.deploy import ingress_table
+
+        typer.echo("\n" + ingress_table(ingress))
 
 
 @app.command("logs")
@@ -258,8 +282,12 @@ def logs(
     environments: EnvironmentsDir = None,
     json: Json = False,
 ) -> None:
-    """Logs of every replica of the services, each line prefixed SERVICE-REPLICA@NODE."""
-    from orchestrator.cli.output import print_json
+    """Logs of every replica of the services, each line prefixed SERVICE-REPLICA@NODE.
+
+    JSON: one {"event": "log", "service", "replica", "node", "container", "line"} per
+    line, then the final object with the number of lines (with -f: after Ctrl-C).
+    """
+    from orchestrator.cli.output import final, print_event, print_final
     from orchestrator.deploy import parse_since, stream_logs
     from orchestrator.errors import InputError, Problem
 
@@ -272,17 +300,30 @@ def logs(
                                  fix=f"name one of: {', '.join(sorted(ws.project.services))}"))
     since_ts = parse_since(since)
 
+    count = 0
+
     def write(line: dict) -> None:
+        nonlocal count
+        count += 1
         if json:
-            print_json(line)
+            print_event("log", **line)
         else:
             sys.stdout.write(f"{line['service']}-{line['replica']}@{line['node']} | {line['line']}\n")
             sys.stdout.flush()
 
+    def done(status: str = "ok") -> None:
+        if json:
+            print_final(final(status, "logs", environment=ws.environment.name, project=ws.project.name,
+                              services=list(services or []), lines=count))
+
     try:
         stream_logs(ws, list(services or []), follow, tail if tail == "all" else int(tail), since_ts, write)
     except KeyboardInterrupt:
-        raise typer.Exit(0 if follow else 130)
+        if follow:
+            done()
+            raise typer.Exit(0)
+        raise typer.Exit(130)
+    done()
 
 
 @app.command("exec")

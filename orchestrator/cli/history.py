@@ -8,7 +8,7 @@ import typer
 
 from orchestrator.cli import app
 from orchestrator.cli.options import EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, Profiles, ProjectName
-from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json, warn
+from orchestrator.cli.output import final, print_final, protect, protect_environment, warn
 
 Count = Annotated[int, typer.Option("-n", "--number", min=1, max=1000, help="How many releases (newest first).")]
 
@@ -21,8 +21,10 @@ def resolve_project(file, project_name, env_file, profile, env, environments):
 
     if project_name and not file:
         opts = project_options(file, project_name, env_file, profile, env, environments)
-        return project_name, load_environment(env, opts.environments_dir, opts.project_dir())
-    ws = load_workspace(project_options(file, project_name, env_file, profile, env, environments))
+        environment = load_environment(env, opts.environments_dir, opts.project_dir())
+        protect_environment(environment)
+        return project_name, environment
+    ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments)))
     return ws.project.name, ws.environment
 
 
@@ -31,15 +33,25 @@ def _when(ts: str) -> str:
 
 
 def _who(performer: dict) -> str:
-    """Short: the name without the e-mail address, and the CI system (--json has it all)."""
+    """Short: the name without the e-mail address, and the CI system, actor and job
+    ("runner via github-actions (octocat) deploy#123"; --json has it all)."""
     from orchestrator.releases import performer_text
 
     p = dict(performer)
     p["user"] = str(p.get("user") or p.get("login") or "unknown").split(" <")[0]
     ci = p.get("ci") or {}
     if ci:
-        p["ci"] = {"system": ci.get("system", "ci"), "actor": ci.get("actor", "")}
+        p["ci"] = {"system": ci.get("system", "ci"), "actor": ci.get("actor", ""), "job_id": ci_job_text(ci)}
     return performer_text(p)
+
+
+def ci_job_text(ci: dict) -> str:
+    """The CI job in a few characters: "deploy#123" (job name, run or job id)."""
+    number = ci.get("job_id") or ci.get("run_id") or ci.get("pipeline_id") or ""
+    name = ci.get("job") or ""
+    if name and number:
+        return f"{name}#{number}"
+    return name or (f"#{number}" if number else "")
 
 
 @app.command("history")
@@ -53,7 +65,12 @@ def history(
     environments: EnvironmentsDir = None,
     json: Json = False,
 ) -> None:
-    """List the project's releases in ENV, newest first: lineage, status, who, when, what changed."""
+    """List the project's releases in ENV, newest first: lineage, status, who, when, what changed.
+
+    WHO is the performer (git user, else the login) and, from CI, the CI system, the
+    person who started the pipeline and the job; --json has all of it (performer.ci:
+    system, actor, job, run/job/pipeline ids, url, repository, sha).
+    """
     from orchestrator.cli.sessions import env_sessions, table
     from orchestrator.releases import ReleaseLedger, diff_releases
 
@@ -64,9 +81,10 @@ def history(
     shown = hist.releases[:number]
     older = {r.id: next((o for o in hist.releases if o.id < r.id and o.status != "failed"), None) for r in shown}
     if json:
-        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "project": project, "env": environment.name,
-                    "releases": [dict(r.to_json(), changes=diff_releases(older[r.id], r).to_json()) for r in shown],
-                    "unreachable": hist.errors})
+        print_final(final("ok", "history", project=project, environment=environment.name, env=environment.name,
+                          releases=[dict(r.to_json(), changes=diff_releases(older[r.id], r).to_json())
+                                    for r in shown],
+                          unreachable=hist.errors))
         return
     if not shown:
         typer.echo(f"{project} has no releases in {environment.name} yet.")

@@ -11,7 +11,7 @@ from orchestrator.cli import app
 from orchestrator.cli.options import (
     EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, Profiles, ProjectName, project_options,
 )
-from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json, warn
+from orchestrator.cli.output import final, print_final, protect, warn
 
 Services = Annotated[Optional[list[str]], typer.Argument(help="Services to build (default: every service with build:).")]
 Version = Annotated[
@@ -23,7 +23,7 @@ Version = Annotated[
 def _load(file, project_name, env_file, profile, env, environments):
     from orchestrator.workspace import load_workspace
 
-    ws = load_workspace(project_options(file, project_name, env_file, profile, env, environments))
+    ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments)))
     for problem in getattr(ws.project, "warnings", []):
         warn(problem.render())
     return ws.project, ws.environment
@@ -40,7 +40,8 @@ def _jobs(verb: str, key: str, services, version, file, project_name, env_file, 
     if jobs:
         return project, environment, info, jobs
     if json:
-        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "image_version": info.version, key: []})
+        print_final(final("ok", verb, project=project.name, environment=environment.name, env=environment.name,
+                          image_version=info.version, **{key: []}))
     else:
         typer.echo(f"{project.name}: no service has build:, nothing to {verb}.")
     return None
@@ -77,10 +78,10 @@ def build(
     project, environment, info, jobs = planned
     results = images.build(jobs, _printer(json))
     if json:
-        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "project": project.name, "env": environment.name,
-                    "image_version": info.version, "version_source": info.source, "dirty": info.dirty,
-                    "built": [{"service": r.service, "tag": r.ref, "image_id": r.image_id, "seconds": r.seconds,
-                               "steps": r.steps, "cached_steps": r.cached_steps} for r in results]})
+        print_final(final("ok", "build", project=project.name, environment=environment.name, env=environment.name,
+                          image_version=info.version, version_source=info.source, dirty=info.dirty,
+                          built=[{"service": r.service, "tag": r.ref, "image_id": r.image_id, "seconds": r.seconds,
+                                  "steps": r.steps, "cached_steps": r.cached_steps} for r in results]))
         return
     how = {"override": "--version", "git": "git, uncommitted changes" if info.dirty else "git", "content": "no git: "
            "content hash"}[info.source]
@@ -114,11 +115,10 @@ def push(
     images.check_registry(environment, client=registry)
     results = images.push(jobs, environment, _printer(json), registry=registry)
     if json:
-        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "project": project.name, "env": environment.name,
-                    "registry": environment.registry.address, "image_version": info.version,
-                    "pushed": [r.to_json() for r in results],
-                    "images": {r.service: r.pinned for r in results},
-                    "bytes_pushed": sum(r.bytes_pushed for r in results)})
+        print_final(final("ok", "push", project=project.name, environment=environment.name, env=environment.name,
+                          registry=environment.registry.address, image_version=info.version,
+                          pushed=[r.to_json() for r in results], images={r.service: r.pinned for r in results},
+                          bytes_pushed=sum(r.bytes_pushed for r in results)))
         return
     typer.echo(f"\npushed {len(results)} image(s) to {environment.registry.address}, version {info.version}:")
     rows = [[r.service, r.pinned, human_size(r.bytes_pushed),

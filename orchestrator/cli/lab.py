@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 
 from orchestrator.cli import app
+from orchestrator.cli.options import Json
+from orchestrator.errors import OrchError
 
 lab_app = typer.Typer(
     help="Run the local lab: real DEV/TEST/PROD nodes and a registry on this machine.",
@@ -20,6 +22,10 @@ NAME_HELP = "Which lab (several can coexist); default orch-lab, the one environm
 
 def _name_option():
     return typer.Option("orch-lab", "--name", envvar="ORCH_LAB_NAME", help=NAME_HELP)
+
+
+class LabUnhealthy(OrchError):
+    """`orch lab status`: the lab is missing or something in it is wrong (exit 1)."""
 
 
 def _log(message: str) -> None:
@@ -39,16 +45,16 @@ def up(
         None, "--subnet", help="The lab's private range; default 10.250.0.0/24 (orch-lab)."
     ),
     name: str = _name_option(),
-    json_out: bool = typer.Option(False, "--json", help="Print the lab's facts as JSON."),
+    json_out: Json = False,
 ) -> None:
     """Create the lab, or check and repair it: idempotent, seconds when already up."""
-    from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json
+    from orchestrator.cli.output import final, print_final
     from orchestrator.lab.info import resolve_name
     from orchestrator.lab.up import up as lab_up
 
     info = lab_up(resolve_name(name), nodes, subnet, log=_log)
     if json_out:
-        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "lab": info.to_json()})
+        print_final(final("ok", "lab up", lab=info.to_json()))
         return
     user = info.ssh_user
     width = max(len(n.name) for n in info.nodes)
@@ -73,17 +79,17 @@ def up(
 @lab_app.command("down")
 def down(
     name: str = _name_option(),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: Json = False,
 ) -> None:
     """Remove every process, namespace, interface, mount and file the lab created."""
-    from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json
+    from orchestrator.cli.output import final, print_final
     from orchestrator.lab.down import down as lab_down
     from orchestrator.lab.info import resolve_name
 
     name = resolve_name(name)
     lab_down(name, log=_log)
     if json_out:
-        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", "lab": name, "removed": True})
+        print_final(final("ok", "lab down", lab=name, removed=True))
     else:
         print(f"Lab {name} is down; nothing of it is left.")
 
@@ -91,17 +97,26 @@ def down(
 @lab_app.command("status")
 def status(
     name: str = _name_option(),
-    json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    json_out: Json = False,
 ) -> None:
     """Each node, the registry, and what is wrong with the fix. Exit 1 when unhealthy."""
-    from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json
+    from orchestrator.cli.output import failure, final, print_final
     from orchestrator.lab.info import resolve_name
     from orchestrator.lab.status import check
 
     st = check(resolve_name(name))
     if json_out:
-        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok" if st.healthy else "unhealthy", **st.to_json()})
-        raise typer.Exit(0 if st.healthy else 1)
+        fields = st.to_json()
+        if st.healthy:
+            print_final(final("ok", "lab status", **fields))
+            return
+        problems = "; ".join(i.problem for i in st.issues) or f"no lab named {st.name}"
+        err = LabUnhealthy(f"lab {st.name} is not healthy: {problems}",
+                        fix="; ".join(dict.fromkeys(i.fix for i in st.issues if i.fix)) or "orch lab up",
+                        details={"issues": [{"problem": i.problem, "fix": i.fix} for i in st.issues]})
+        print_final(failure(err, "lab status", **fields))
+        print(f"orch: error: {err.render()}", file=sys.stderr, flush=True)
+        raise typer.Exit(1)
     if not st.exists:
         print(f"No lab named {st.name} on this machine.")
         for issue in st.issues:

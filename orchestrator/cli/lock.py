@@ -6,7 +6,7 @@ import typer
 
 from orchestrator.cli import app
 from orchestrator.cli.options import EnvironmentsDir, EnvRequired, Json
-from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json
+from orchestrator.cli.output import final, print_final, protect_environment
 
 lock_app = typer.Typer(
     name="lock",
@@ -29,10 +29,11 @@ def status(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = 
     from orchestrator.lock import lock_status
 
     environment = load_environment(env, environments)
+    protect_environment(environment)
     with env_sessions(environment) as (_, sessions):
         state = lock_status(environment.name, sessions)
     if json:
-        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok", **state.to_json()})
+        print_final(final("ok", "lock status", environment=environment.name, **state.to_json()))
         return
     typer.echo(state.describe())
     for n in state.nodes:

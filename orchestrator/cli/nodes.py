@@ -9,7 +9,8 @@ import typer
 
 from orchestrator.cli import app
 from orchestrator.cli.options import EnvironmentsDir, EnvRequired, Json
-from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json
+from orchestrator.cli.output import failure, final, print_final
+from orchestrator.errors import OrchError
 
 nodes_app = typer.Typer(
     name="nodes",
@@ -20,6 +21,14 @@ nodes_app = typer.Typer(
 app.add_typer(nodes_app, name="nodes")
 
 LOW_DISK = 1 << 30  # below 1 GiB free, pulls and logs will soon fail
+
+
+class NodesNotReady(OrchError):
+    """`orch nodes check`: a node misses a requirement (exit 1)."""
+
+
+class HostKeysNotTrusted(OrchError):
+    """`orch nodes trust`: a host key changed or could not be read (exit 1)."""
 
 
 @dataclass
@@ -83,17 +92,20 @@ def check_node(target: Any, options: Any, bundle: Any) -> NodeCheck:
             result.agent = session.hello.get("agent_version")
             result.bundle = session.hello.get("bundle")
             info = session.call("info")
-            ingress = session.call("ingress_status")
+            try:
+                ingress = session.call("ingress_status") if info.get("engine") else None
+            except T.AgentError:
+                ingress = None  # its state is kept per engine: nothing to say without one
         finally:
             session.close()
-        result.ingress = {
+        result.ingress = None if ingress is None else {
             "installed": ingress.get("installed"), "version": ingress.get("version"),
             "running": ingress.get("running"), "pid": ingress.get("pid"),
             "frontends": [{"project": f["project"], "service": f["service"], "port": f["port"]["published"],
                            "status": f["status"], "servers": len(f["servers"]),
                            "servers_up": sum(1 for x in f["servers"] if x["status"] == "UP")}
                           for f in ingress.get("frontends") or []]}
-        for text in ingress.get("problems") or []:
+        for text in (ingress or {}).get("problems") or []:
             result.problem(T.NodeRequirementError(
                 f"ingress: {text}",
                 fix="re-run `orch up` for the project (it starts HAProxy again and syncs its servers); "
@@ -189,9 +201,13 @@ def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = F
             c.problem(errors[t.name])
             checks.append(c)
     ok = all(c.ok for c in checks)
+    bad = [c.node for c in checks if not c.ok]
+    err = None if ok else NodesNotReady(
+        f"{len(bad)} of {len(checks)} node(s) of {environment.name} not ready: {', '.join(bad)}",
+        fix="see each node's problems and their fix", details={"nodes": bad})
     if json:
-        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok" if ok else "error", "env": environment.name,
-                    "nodes": [c.to_json() for c in checks]})
+        fields = {"environment": environment.name, "env": environment.name, "nodes": [c.to_json() for c in checks]}
+        print_final(final("ok", "nodes check", **fields) if err is None else failure(err, "nodes check", **fields))
     else:
         rows = [[c.node, c.address, _yes(c.reachable), c.host_key or "-", _yes(c.auth), c.python or "-",
                  c.docker or "-", _agent(c), _size(c.disk_free), _ingress(c), "ok" if c.ok else "PROBLEM"]
@@ -203,7 +219,9 @@ def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = F
                 text = p["message"] if p["message"].startswith(c.node) else f"{c.node}: {p['message']}"
                 typer.echo(f"\n{text}" + (f"\n  Fix: {p['fix']}" if p["fix"] else ""), err=True)
         typer.echo(f"\n{sum(c.ok for c in checks)} of {len(checks)} node(s) of {environment.name} ready.")
-    if not ok:
+    if err is not None:
+        if json:
+            typer.echo(f"orch: error: {err.render()}", err=True)
         raise typer.Exit(1)
 
 
@@ -221,9 +239,17 @@ def trust(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = F
     jumps = {j.address: j for j in (t.jump_target() for t in targets) if j is not None}
     statuses = trust_hosts(list(jumps.values()), options) + trust_hosts(targets, options)
     bad = [s for s in statuses if s.status in ("changed", "error")]
+    err = None if not bad else HostKeysNotTrusted(
+        f"{len(bad)} host key(s) of {environment.name} not trusted: "
+        + ", ".join(f"{s.node} ({s.status})" for s in bad),
+        fix="a changed key: verify the new fingerprint out of band, remove the old entry (ssh-keygen -R) and "
+        "trust again; an error: see its message", details={"nodes": [s.node for s in bad]})
     if json:
-        print_json({"version": JSON_SCHEMA_VERSION, "status": "error" if bad else "ok", "env": environment.name,
-                    "known_hosts": str(options.known_hosts_path), "nodes": [asdict(s) for s in statuses]})
+        fields = {"environment": environment.name, "env": environment.name,
+                  "known_hosts": str(options.known_hosts_path), "nodes": [asdict(s) for s in statuses]}
+        print_final(final("ok", "nodes trust", **fields) if err is None else failure(err, "nodes trust", **fields))
+        if err is not None:
+            typer.echo(f"orch: error: {err.render()}", err=True)
     else:
         rows = [[s.node, s.address, s.key_type or "-", s.fingerprint or "-", s.status.upper() if s in bad else s.status]
                 for s in statuses]

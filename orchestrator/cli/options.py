@@ -23,7 +23,27 @@ EnvironmentsDir = Annotated[
     typer.Option("--environments", metavar="DIR", envvar="ORCH_ENVIRONMENTS", help="Folder of environment files. Default: environments/ next to the first Compose file given "
                  "with -f, else ./environments."),
 ]
-Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _output_mode(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> bool:
+    """--json / --text when given on the command line; else $ORCH_OUTPUT, else JSON when
+    stdout is not a terminal (see cli/output.py). Remembered for the error path."""
+    from orchestrator.cli.output import command_from_context, set_json_mode
+
+    explicit = None
+    try:
+        source = ctx.get_parameter_source(param.name)
+    except Exception:  # pragma: no cover
+        source = None
+    if getattr(source, "name", "") == "COMMANDLINE":
+        explicit = bool(value)
+    return set_json_mode(explicit, command_from_context(ctx))
+
+
+Json = Annotated[bool, typer.Option(
+    "--json/--text", callback=_output_mode, show_default=False,
+    help="--json: JSON lines on stdout, the last one the result (docs/json-output.md); the default when stdout "
+    "is not a terminal. --text: text for people even then. Default also from $ORCH_OUTPUT=json|text.")]
 LockWait = Annotated[float, typer.Option(
     "--lock-wait", metavar="SECONDS", min=0, envvar="ORCH_LOCK_WAIT",
     help="When another deployer holds the environment's lock, wait up to this long for it (default: fail at once, "

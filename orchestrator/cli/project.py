@@ -10,7 +10,7 @@ from orchestrator.cli import app
 from orchestrator.cli.options import (
     EnvFiles, EnvironmentsDir, EnvName, Files, Json, Profiles, ProjectName, project_options,
 )
-from orchestrator.cli.output import print_json, warn
+from orchestrator.cli.output import final, print_final, protect, protect_environment, warn
 
 Services = Annotated[Optional[list[str]], typer.Argument(metavar="SERVICE", help="Services (and their dependencies); default: all.")]
 
@@ -31,13 +31,19 @@ def config(
     environments: EnvironmentsDir = None,
     json: Json = False,
 ) -> None:
-    """Print the resolved project, like `docker compose config` (--json: canonical form)."""
+    """Print the resolved project, like `docker compose config` (--json: canonical form).
+
+    JSON: {"version": 1, "status": "ok", "command": "config", "project": {...}}; secret
+    values are masked (***) in both forms.
+    """
     from orchestrator.workspace import load_workspace
 
-    ws = load_workspace(project_options(file, project_name, env_file, profile, env, environments, services))
+    ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments, services)))
     _print_warnings(ws.project)
     if json:
-        print_json(ws.project.to_dict())
+        print_final(final("ok", "config", environment=ws.environment.name if ws.environment else None,
+                          project=ws.project.to_dict(),
+                          warnings=[p.render() for p in getattr(ws.project, "warnings", [])]))
     else:
         typer.echo(ws.project.to_yaml(), nl=False)
 
@@ -57,7 +63,7 @@ def graph(
     from orchestrator import graph as graphs
     from orchestrator.workspace import load_workspace
 
-    ws = load_workspace(project_options(file, project_name, env_file, profile, env, environments, services))
+    ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments, services)))
     _print_warnings(ws.project)
     g = graphs.build_graph(ws.project)
     if services:
@@ -65,7 +71,7 @@ def graph(
     result = graphs.waves(g)
     if json:
         edges = sorted([list(edge) for edge in g.edges])
-        print_json({"project": ws.project.name, "waves": result, "edges": edges})
+        print_final(final("ok", "graph", project=ws.project.name, waves=result, edges=edges))
         return
     for i, wave in enumerate(result, 1):
         typer.echo(f"wave {i}: {', '.join(wave)}")
@@ -87,6 +93,8 @@ def envs(
 
     directory = envmod.environments_dir(ProjectOptions(files=list(file or [])).project_dir(), environments)
     loaded = envmod.load_all(directory)
+    for e in loaded.values():
+        protect_environment(e)
     order = envmod.pipeline_order(loaded)
     rows = []
     for name in order:
@@ -101,7 +109,7 @@ def envs(
             "verify_on_deploy": e.verify.on_deploy,
         })
     if json:
-        print_json({"directory": str(directory), "pipeline": order, "environments": rows})
+        print_final(final("ok", "envs", directory=str(directory), pipeline=order, environments=rows))
         return
     if not rows:
         typer.echo(f"no environments in {directory} (create environments/ENV.yaml)")

@@ -65,25 +65,27 @@ def promote(
     from orchestrator import pipeline
     from orchestrator.cli.deploy import _fail, finish
     from orchestrator.environments import load_environment
+    from orchestrator.cli.output import make_progress, protect_environment, protect_project
     from orchestrator.errors import InputError, OrchError, Problem
-    from orchestrator.progress import make_progress
     from orchestrator.workspace import load_workspace
 
     t0 = time.monotonic()
     progress = make_progress(json)
-    ws = None
+    ws = _Named(app_name, to)
     try:
         opts = project_options(file, app_name, env_file, profile, None, environments)
         project_dir = opts.project_dir()
         target = load_environment(to, environments, project_dir)
+        protect_environment(target)
         source_name = from_env or target.promote_from
         if not source_name:
             raise InputError(Problem(f"environment {to} has no promote_from: it is the first stage",
                                      file=str(target.file), key="promote_from",
                                      fix=f"pass --from ENV, or deploy to {to} with `orch up --env {to}`"))
         source = load_environment(source_name, environments, project_dir)
+        protect_environment(source)
         today = load_workspace(opts).project if compose_at_hand(file) else None
-        ws = _Named(app_name, to)
+        protect_project(today)
         result = pipeline.promote(
             app_name, target, source,
             pipeline.PipelineOptions(dry_run=dry_run, lock_wait=lock_wait, approve=approve,
@@ -126,22 +128,23 @@ def rollback(
     from orchestrator import pipeline
     from orchestrator.cli.deploy import _fail, finish
     from orchestrator.environments import load_environment
+    from orchestrator.cli.output import make_progress, protect, protect_environment
     from orchestrator.errors import InputError, OrchError, Problem
-    from orchestrator.progress import make_progress
     from orchestrator.workspace import load_workspace
 
     t0 = time.monotonic()
     progress = make_progress(json)
-    ws = None
+    ws = _Named(project_name, env)
     try:
         release_id = pipeline.parse_release_id(to)
         opts = project_options(file, project_name, env_file, profile, env, environments)
         if compose_at_hand(file):
-            ws = load_workspace(opts)
+            ws = protect(load_workspace(opts))
             name, environment, today = ws.project.name, ws.environment, ws.project
         elif project_name:
             name, today = project_name, None
             environment = load_environment(env, environments, opts.project_dir())
+            protect_environment(environment)
             ws = _Named(name, environment.name)
         else:
             raise InputError(Problem("no Compose file here and no project name",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from orchestrator.cli import app
 from orchestrator.cli.options import (
     EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, Profiles, ProjectName, project_options,
 )
-from orchestrator.cli.output import JSON_SCHEMA_VERSION, print_json, warn
+from orchestrator.cli.output import failure, final, print_final, protect, warn
 
 
 @app.command("verify")
@@ -25,7 +27,7 @@ def verify(
 
     The checks run against what the live release recorded (its ports), where its
     services run. The result is what the `verified` promotion gate reads. Exits 1 when
-    a check fails.
+    a check fails (JSON: "status": "failed" with an error of kind VerificationFailed).
     """
     from orchestrator import verify as V
     from orchestrator.cli.sessions import env_sessions
@@ -34,7 +36,7 @@ def verify(
     from orchestrator.transport import parallel
     from orchestrator.workspace import load_workspace
 
-    ws = load_workspace(project_options(file, project_name, env_file, profile, env, environments))
+    ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments)))
     project, environment = ws.project, ws.environment
     with env_sessions(environment) as (_, sessions):
         ledger = ReleaseLedger(sessions, project.name, environment.name, on_warning=warn)
@@ -70,10 +72,20 @@ def verify(
         if live is not None and targets:
             V.record_verification(ledger, history, report)
             recorded = True
+    error = None
+    if not report.ok:
+        from orchestrator.pipeline import VerificationFailed
+
+        error = VerificationFailed(
+            f"verification failed in {environment.name}: {report.summary().split(': ', 1)[-1]}"
+            + (f" (recorded on {live.ref}: it is not verified now)" if recorded else ""),
+            fix="look at the failed checks above (orch ps, orch logs); fix, deploy, and verify again",
+            details={"release": live.id if live else None, "failed": [r.name for r in report.failed]})
     if json:
-        print_json({"version": JSON_SCHEMA_VERSION, "status": "ok" if report.ok else "error",
-                    "recorded": recorded, **report.to_json()})
+        fields = {"environment": environment.name, "recorded": recorded, **report.to_json()}
+        print_final(failure(error, "verify", **fields) if error else final("ok", "verify", **fields))
     else:
         typer.echo(report.summary() + (f" Recorded on {live.ref}." if recorded else ""))
-    if not report.ok:
-        raise typer.Exit(1)
+    if error is not None:
+        print(f"orch: error: {error.render()}", file=sys.stderr, flush=True)
+        raise typer.Exit(error.exit_code)

@@ -25,7 +25,7 @@ def shop(orch, lab, tmp_path_factory):
 
 
 def test_ps_lists_the_replica_on_prod_2(shop):
-    text = shop.orch("ps").stdout
+    text = shop.orch("ps", "--text").stdout
     header, *rows = text.splitlines()
     assert header.split()[:4] == ["SERVICE", "REPLICA", "NODE", "STATE"]
     web2 = [r.split() for r in rows if r.split()[:3] == ["web", "2", "prod-2"]]
@@ -37,15 +37,16 @@ def test_ps_lists_the_replica_on_prod_2(shop):
 
 
 def test_logs_from_every_replica_prefixed_service_replica_at_node(shop):
-    out = shop.orch("logs", "web").stdout.splitlines()
+    out = shop.orch("logs", "web", "--text").stdout.splitlines()
     assert "web-2@prod-2 | web ready, api says: api 1 prod" in out
     assert "web-1@prod-1 | web ready, api says: api 1 prod" in out
-    tail = shop.orch("logs", "worker", "--tail", "2").stdout.splitlines()
+    tail = shop.orch("logs", "worker", "--tail", "2", "--text").stdout.splitlines()
     assert tail == ["worker-1@prod-1 | tick"] * 2
-    lines = [last_json(ln) for ln in shop.orch("logs", "web", "--json").stdout.splitlines()]
-    assert {"service": "web", "replica": 2, "node": "prod-2", "container": f"{shop.project}-web-2",
-            "line": "web ready, api says: api 1 prod"} in lines
-    assert shop.orch("logs", "web", "--since", "1h").stdout.count("web ready") == 2
+    *lines, done = [last_json(ln) for ln in shop.orch("logs", "web", "--json").stdout.splitlines()]
+    assert {"event": "log", "version": 1, "service": "web", "replica": 2, "node": "prod-2",
+            "container": f"{shop.project}-web-2", "line": "web ready, api says: api 1 prod"} in lines
+    assert done["status"] == "ok" and done["command"] == "logs" and done["lines"] == len(lines)
+    assert shop.orch("logs", "web", "--since", "1h", "--text").stdout.count("web ready") == 2
     assert shop.orch("logs", "nosuch", check=False).returncode == 2
 
 
@@ -54,7 +55,7 @@ def test_logs_follow_streams_as_lines_come_until_ctrl_c(shop):
 
     proc = subprocess.Popen(
         [ORCH, "logs", "--env", "prod", "-f", "-p", shop.project, "--file", str(shop.compose), "--tail", "1",
-         "worker", "web"],
+         "worker", "web", "--text"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **shop.vars})
     seen: list[tuple[float, str]] = []
 

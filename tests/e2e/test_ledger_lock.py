@@ -125,8 +125,8 @@ def test_orch_history_reads_the_nodes(prod, tmp_path):
     doc = json.loads(cp.stdout)
     assert [(r["id"], r["status"], r["lineage_text"]) for r in doc["releases"]] == [(1, "live", "prod #1")]
     assert doc["releases"][0]["changes"]["summary"] == "+web"
-    cp = subprocess.run([ORCH, "history", "--env", "prod", "-p", project, "--environments", str(ROOT / "environments")],
-                        capture_output=True, text=True, timeout=60)
+    cp = subprocess.run([ORCH, "history", "--env", "prod", "-p", project, "--environments", str(ROOT / "environments"),
+                         "--text"], capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0 and "#1  live" in cp.stdout and "hunter2-e2e" not in cp.stdout
 
 
@@ -275,5 +275,5 @@ def test_orch_lock_status(controller, lock_env, tmp_path):
     doc = json.loads(cp.stdout)
     assert doc["held"] and doc["holder"]["command"] == f"orch up --env {lock_env}"
     assert doc["holder"]["ci_job"] == "https://ci.example/jobs/42"
-    cp = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    cp = subprocess.run(cmd + ["--text"], capture_output=True, text=True, timeout=60)
     assert f"environment {lock_env}: locked by" in cp.stdout and "(on prod-1, prod-2)" in cp.stdout

@@ -75,7 +75,7 @@ def test_promote_to_test_then_prod_with_approval(app, dev):
     assert cp.returncode == 3, cp.stdout + cp.stderr
     assert refused["error"]["details"]["gate"] == "approved"
     assert "gate 'approved' refused promoting test #1 to prod" in cp.stderr and "--approve" in cp.stderr
-    assert app.run("ps", "--env", "prod", "-p", app.name).stdout.startswith("no containers")
+    assert app.run("ps", "--env", "prod", "-p", app.name, "--text").stdout.startswith("no containers")
 
     prod_final, _ = app.promote("prod", "--approve")
     assert prod_final["status"] == "ok" and prod_final["lineage"] == "prod #1 <- test #1 <- dev #1"

@@ -91,7 +91,7 @@ def test_history_shows_both_releases_the_rollback_and_the_lineage(app, releases)
     assert rows[1]["status"] == "superseded" and rows[1]["lineage_text"] == "prod #1 <- test #1 <- dev #1"
     assert rows[3]["services"] == rows[1]["services"] != rows[2]["services"]
     assert "api (image, config)" in rows[3]["changes"]["summary"]
-    text = app.run("history", "--env", "prod", "-p", app.name).stdout
+    text = app.run("history", "--env", "prod", "-p", app.name, "--text").stdout
     assert "rolled back" in text and "prod #3 (rollback to #1) <- test #1 <- dev #1" in text
 
 

@@ -114,7 +114,7 @@ def test_second_up_plans_no_change_and_starts_nothing(shop):
     before = shop.ids()
     plan = last_json(shop.orch("plan", "--json").stdout)["plan"]
     assert plan["noop"] is True and plan["summary"]["unchanged"] == 5
-    text = shop.orch("plan").stdout
+    text = shop.orch("plan", "--text").stdout
     assert "No changes" in text
     again = shop.up()
     assert again["noop"] is True and again["changed"] == []

@@ -99,7 +99,7 @@ def test_failing_check_exits_1_and_is_recorded(deployed):
     env_file = deployed["envs"] / "test.yaml"
     env_file.write_text(env_file.read_text().replace("contains: verify-me", "contains: something-else")
                         .replace("retries: 5", "retries: 1"))
-    cp = subprocess.run([ORCH, "verify", "--env", "test"], cwd=deployed["dir"], capture_output=True, text=True,
+    cp = subprocess.run([ORCH, "verify", "--env", "test", "--text"], cwd=deployed["dir"], capture_output=True, text=True,
                         timeout=120)
     assert cp.returncode == 1
     assert "FAIL home @test-1" in cp.stdout and "does not contain 'something-else'" in cp.stdout

@@ -34,6 +34,7 @@ class FakeIngress:
     def __init__(self):
         self.frontends = {}
         self.calls = []
+        self.refuse = lambda backend: False  # backends HAProxy's checks never pass
 
     def frontend(self, project, service):
         return self.frontends.get((project, service))
@@ -41,6 +42,13 @@ class FakeIngress:
     def sync(self, args):
         names = [b["name"] for b in args["backends"]]
         self.calls.append(("sync", sorted(b["container"] for b in args["backends"])))
+        bad = [b for b in args["backends"] if self.refuse(b)]
+        if bad:  # like agent.ingress: the new servers stay out of rotation, the old keep serving
+            old = {x["name"] for x in (self.frontends.get((args["project"], args["service"])) or {}).get(
+                "servers", [])}
+            self.frontends[(args["project"], args["service"])] = {"servers": [
+                {"name": n, "state": "ready" if n in old else "warming"} for n in names]}
+            raise AgentError("unhealthy", "server %s is DOWN" % bad[0]["name"])
         self.frontends[(args["project"], args["service"])] = {"servers": [{"name": n} for n in names]}
         return {}
 
@@ -261,3 +269,33 @@ def test_removing_a_service_or_project_removes_its_ingress(run, engine, ingress,
     assert out["ingress"] == [] and ("shop", "web") in ingress.frontends  # one replica: the port stays
     out = run("remove", {"project": "shop"})
     assert out["ingress"] == ["web"] and ingress.frontends == {}
+
+
+def test_a_new_container_failing_the_ingress_check_is_put_back_without_it(run, engine, ingress):
+    engine.images.add("web:hapbad")
+    run("apply", {"spec": spec(V1, replicas=(1,))})
+    run("rollout", {"spec": spec(V1, replicas=(1,)), "replicas": [], "ingress": INGRESS})
+    old = engine.container("shop-web-1")
+    ingress.refuse = lambda b: engine.container(b["container"]).image == "web:hapbad"
+    ingress.calls.clear()
+    with pytest.raises(AgentError) as info:
+        run("rollout", {"spec": spec("web:hapbad", replicas=(1,)), "replicas": [1], "order": "start-first",
+                        "ingress": INGRESS})
+    assert info.value.details["restored"][0]["restored"] == old.id
+    # the put-back leaves the refused container out of every sync
+    assert ingress.calls[1:] == [("sync", ["shop-web-1-prev"]), ("sync", ["shop-web-1"])]
+    assert names(engine) == [("shop-web-1", "running")] and engine.container("shop-web-1").id == old.id
+
+
+def test_moving_behind_the_ingress_frees_the_port_first_and_back(run, engine, ingress, events):
+    direct = spec(V1, replicas=(1,), ports=[{"target": 80, "published": 8080}])
+    run("apply", {"spec": direct})
+    old = engine.container("shop-web-1")
+    run("rollout", {"spec": spec(V2, replicas=(1,)), "replicas": [1], "order": "start-first", "ingress": INGRESS})
+    assert [e["order"] for e in events if e["type"] == "rollout.order"] == ["stop-first"]
+    assert ("shop", "web") in ingress.frontends
+    # put back: the old container publishes 8080 itself again, so the frontend goes first
+    run("restore", {"project": "shop", "service": "web", "ingress": INGRESS,
+                    "replicas": [{"replica": 1, "was_running": True}]})
+    assert ("remove", "web") in ingress.calls and ("shop", "web") not in ingress.frontends
+    assert names(engine) == [("shop-web-1", "running")] and engine.container("shop-web-1").id == old.id

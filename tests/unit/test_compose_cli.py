@@ -25,5 +25,7 @@ def test_config_json(tmp_path):
     (tmp_path / "compose.yaml").write_text("name: demo\nservices:\n  web:\n    image: nginx\n")
     proc = run(["config", "--json"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)
+    assert doc["version"] == 1 and doc["status"] == "ok" and doc["command"] == "config"
+    data = doc["project"]
     assert data["name"] == "demo" and data["services"]["web"]["image"] == "nginx"

@@ -54,11 +54,11 @@ def test_up_without_a_tty_prints_json_lines_and_a_final_object(project):
 
 
 def test_plan_prints_text_and_json(project):
-    r = cli("plan", "--env", "dev")
+    r = cli("plan", "--env", "dev", "--text")
     assert r.exit_code == 0 and "create (new)" in r.stdout and "6 to create" in r.stdout
     data = last_json(cli("plan", "--env", "dev", "--json").stdout)
     assert data["plan"]["summary"]["create"] == 6
-    assert all(n.ops("apply") == [] for n in project.values())
+    assert all(n.ops("rollout") == [] for n in project.values())
 
 
 def test_failed_up_exits_1_with_a_failed_final_object(project, tmp_path):
@@ -80,10 +80,10 @@ def test_down_ps_logs_exec(project):
     cli("up", "--env", "dev")
     ps = last_json(cli("ps", "--env", "dev", "--json").stdout)
     assert {(c["service"], c["replica"], c["node"]) for c in ps["containers"]} >= {("web", 1, "n1"), ("web", 2, "n2")}
-    table = cli("ps", "--env", "dev").stdout
+    table = cli("ps", "--env", "dev", "--text").stdout
     assert table.splitlines()[0].split() == ["SERVICE", "REPLICA", "NODE", "STATE", "HEALTH", "IMAGE", "PORTS",
                                              "UPTIME"]
-    logs = cli("logs", "--env", "dev", "web", "--tail", "5").stdout
+    logs = cli("logs", "--env", "dev", "web", "--tail", "5", "--text").stdout
     assert "web-2@n2 | starting shop-web-2" in logs
     r = cli("exec", "--env", "dev", "web", "--replica", "2", "--", "exit", "4")
     assert r.exit_code == 4

@@ -1,119 +1,140 @@
-"""Deploy benchmarks against the local lab (`make bench` brings it up first).
+"""Deploy benchmarks against the local lab (`make bench` brings it up first), on a copy
+of examples/shop (5 services in 4 waves, busybox only):
 
-- `orch up` of examples/shop to DEV (1 node) from nothing;
-- the no-op re-run on PROD (2 nodes): one SSH connection, one agent session and one
-  `state` call per node, no `apply`;
-- `orch up` against Debian's `docker-compose up -d` (1.29, run on this machine with
-  DOCKER_HOST pointing at dev-1's engine socket) on the same single-node Compose file,
-  alternating, as a ratio;
-- the lab's floor: what one SSH exec and the agent's start cost on a lab node.
+- `up`: `orch up` to DEV (dev-1) from nothing against docker-compose 1.29's
+  `up -d` of the same file on the same engine (DOCKER_HOST = dev-1's engine socket),
+  alternating, each run from nothing (the previous run's project is taken down,
+  volumes included, outside the timing). One untimed warm-up of each first (image
+  pulled on the node, agent bundle uploaded).
+- `noop`: `orch up` again on PROD (prod-1 and prod-2) when nothing changed: one SSH
+  connection, agent session and `state` per node, no `apply`; beside a no-op
+  `docker-compose up -d` on both prod engines at once (its own copy of the project);
+  and the lab's floor (what one SSH exec and the agent's start cost on a lab node).
 
-The shop file is used without its top-level `name:` (docker-compose 1.29 predates it;
-both tools get the project name from -p). Each run starts from nothing (the previous
-run's project is taken down, volumes included, outside the timing). Host ports are
-39080-39082, away from the e2e tests' ranges.
+The copy has no top-level `name:` (docker-compose 1.29 predates it; both tools get the
+project name from -p), and DEV's overlay is dropped so both tools deploy exactly the
+same file. Host ports 39080-39085, away from the e2e tests' ranges.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.run import BIN, ORCH, ROOT, Row
+from bench.common import BIN, COMPOSE, ROOT, Goal, Row, add_phases, final, lab_env, orch, phases_note, run
 
 PORTS = {"WEB_PORT": "39080", "API_PORT": "39081", "DB_PORT": "39082"}
-COMPOSE = "/usr/bin/docker-compose"
+DC_PORTS = {"WEB_PORT": "39083", "API_PORT": "39084", "DB_PORT": "39085"}  # docker-compose's copy on prod
+PROD = ("prod-1", "prod-2")
 
 
-def _shop_copy(tmp: Path) -> Path:
+def shop_copy(tmp: Path) -> Path:
     d = tmp / "shop"
     shutil.copytree(ROOT / "examples" / "shop", d)
     compose = d / "compose.yaml"
     compose.write_text("".join(ln for ln in compose.read_text().splitlines(keepends=True)
                                if not ln.startswith("name:")))
+    dev = d / "environments" / "dev.yaml"
+    text = dev.read_text()
+    dev.write_text(re.sub(r"(?ms)^overlay:.*\Z", "", text))  # the overlay is the file's last block
     return d
 
 
-def _run(argv: list[str], cwd: Path, env: dict, check: bool = True) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    cp = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-    took = time.perf_counter() - t0
-    if check and cp.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {cp.returncode}:\n{cp.stdout[-2000:]}\n{cp.stderr[-2000:]}")
-    return took, cp.stdout
+def _dc(lab, node: str, env: dict) -> dict:
+    return {**env, "DOCKER_HOST": lab.node(node).docker_host}
 
 
-def _final(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
-
-
-def _orch(*args: str) -> list[str]:
-    return [ORCH, *args]
-
-
-def bench_deploy(runs: int) -> list[Row]:
+def up(runs: int) -> list[Row]:
     from orchestrator.lab import lab_info
 
     lab = lab_info()
-    env = {**os.environ, **PORTS, "NO_COLOR": "1", "ORCH_LOCK_WAIT": "600"}  # a shared lab: wait, don't fail
-    dc_env = {**env, "DOCKER_HOST": lab.node("dev-1").docker_host}
-    runs = max(1, min(runs, 5))
-    rows: list[Row] = []
+    env = lab_env(**PORTS)
+    dc_env = _dc(lab, "dev-1", env)
+    row = Row("`orch up` vs `docker-compose up -d`: shop (5 services, 4 waves) from nothing, one node (dev-1)", "s",
+              baseline_name="`docker-compose up -d`, same file, same engine", goal=Goal("<= 1.5x", 1.5, on="ratio"))
+    project, dc_project = "bench-up", "bench-dc"
+    phases: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        shop = _shop_copy(Path(tmp))
-
-        # 1. orch up to dev from nothing; 3. alternated with docker-compose on the same node
-        fresh = Row("orch up shop -> dev (1 node) from nothing", "s")
-        dc = Row("docker-compose up -d, same file, same node (dev-1)", "s")
-        ratio = Row("ratio orch up / docker-compose up -d", "x")
-        project, dc_project = "bench-up", "bench-dc"
-        _run(_orch("down", "--env", "dev", "-p", project, "--volumes", "--json"), shop, env)
-        _run([COMPOSE, "-p", dc_project, "down", "-v"], shop, dc_env, check=False)
-        phases: dict[str, list[float]] = {}
-        for _ in range(runs):
-            took, out = _run(_orch("up", "--env", "dev", "-p", project, "--json"), shop, env)
-            final = _final(out)
-            assert final["status"] == "ok" and len(final["changed"]) == 5, final
-            for k, v in final["timings"].items():
-                phases.setdefault(k, []).append(v)
-            fresh.samples.append(took)
-            _run(_orch("down", "--env", "dev", "-p", project, "--volumes", "--json"), shop, env)
-            took_dc, _ = _run([COMPOSE, "-p", dc_project, "up", "-d"], shop, dc_env)
-            dc.samples.append(took_dc)
-            _run([COMPOSE, "-p", dc_project, "down", "-v"], shop, dc_env)
-            ratio.samples.append(took / took_dc)
-        fresh.note = "5 services, 4 waves; in-command phases (median): " + ", ".join(
-            f"{k} {statistics.median(v):.2f}s" for k, v in phases.items() if statistics.median(v) >= 0.01)
-        dc.note = "docker-compose 1.29 with DOCKER_HOST=" + lab.node("dev-1").docker_host
-        ratio.note = ("per run; orch waits until web and worker have run 1s, docker-compose returns once they "
-                      "started, and orch goes over SSH to the node agent")
-        rows += [fresh, dc, ratio]
-
-        # 2. the no-op re-run on prod (2 nodes)
-        noop = Row("orch up no-op re-run, prod (2 nodes)", "s")
-        inside = Row("  of which inside the command (connect + state + plan)", "s")
-        project = "bench-noop"
-        _run(_orch("up", "--env", "prod", "-p", project, "--json"), shop, env)
+        shop = shop_copy(Path(tmp))
+        down = orch("down", "--env", "dev", "-p", project, "--volumes", "--json")
+        dc_down = [COMPOSE, "-p", dc_project, "down", "-v", "-t", "2"]
+        run(down, shop, env)
+        run(dc_down, shop, dc_env, check=False)
         try:
-            for _ in range(max(runs, 5)):
-                took, out = _run(_orch("up", "--env", "prod", "-p", project, "--json"), shop, env)
-                final = _final(out)
-                assert final["noop"] is True and final["changed"] == [], final
-                noop.samples.append(took)
-                inside.samples.append(final["duration_s"])
+            for i in range(runs + 1):  # run 0 is the warm-up
+                took, cp = run(orch("up", "--env", "dev", "-p", project, "--json"), shop, env)
+                fin = final(cp.stdout)
+                if fin.get("status") != "ok" or len(fin.get("changed", [])) != 5:
+                    raise RuntimeError(f"orch up did not deploy the 5 services: {json.dumps(fin)[:800]}")
+                run(down, shop, env)
+                took_dc, _ = run([COMPOSE, "-p", dc_project, "up", "-d"], shop, dc_env)
+                run(dc_down, shop, dc_env)
+                if i:
+                    row.samples.append(took)
+                    row.baseline.append(took_dc)
+                    add_phases(phases, fin)
         finally:
-            _run(_orch("down", "--env", "prod", "-p", project, "--volumes", "--json"), shop, env)
-        noop.note = "goal < 1 s; wall time of the whole process (Python start, load, SSH, agent, state, exit)"
-        rows += [noop, inside]
-    rows += _lab_floor(runs)
-    return rows
+            run(down, shop, env, check=False)
+            run(dc_down, shop, dc_env, check=False)
+    row.note = ("wall time of each process; orch goes over SSH to the node agent, waits until db and api are healthy "
+                "(as docker-compose does for service_healthy) and until web and worker have run 1 s, where "
+                "docker-compose returns once they started; docker-compose talks to the engine's socket directly. "
+                "orch's phases (medians): " + phases_note(phases))
+    return [row]
+
+
+def noop(runs: int) -> list[Row]:
+    from orchestrator.lab import lab_info
+
+    lab = lab_info()
+    env = lab_env(**PORTS)
+    row = Row("`orch up` no-op re-deploy, shop on prod (2 nodes)", "s",
+              baseline_name="no-op `docker-compose up -d` on both prod engines at once",
+              goal=Goal("< 1 s", 1.0))
+    inside = Row("of which inside the command (connect, lock, ledger, state, plan)", "s", level=1)
+    project, dc_project = "bench-noop", "bench-dc-noop"
+    phases: dict[str, list[float]] = {}
+    containers = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        shop = shop_copy(Path(tmp))
+        dc_envs = {n: _dc(lab, n, {**env, **DC_PORTS}) for n in PROD}
+        dc_up = [COMPOSE, "-p", dc_project, "up", "-d"]
+
+        def dc_all(argv: list[str]) -> None:
+            with ThreadPoolExecutor(len(PROD)) as pool:
+                list(pool.map(lambda n: run(argv, shop, dc_envs[n]), PROD))
+
+        try:
+            run(orch("up", "--env", "prod", "-p", project, "--json"), shop, env)
+            dc_all(dc_up)
+            for _ in range(runs):
+                took, cp = run(orch("up", "--env", "prod", "-p", project, "--json"), shop, env)
+                fin = final(cp.stdout)
+                if fin.get("noop") is not True or fin.get("changed"):
+                    raise RuntimeError(f"the re-run was not a no-op: {json.dumps(fin)[:800]}")
+                row.samples.append(took)
+                inside.samples.append(fin["duration_s"])
+                containers = len(fin.get("containers") or [])
+                add_phases(phases, fin)
+                t0 = time.perf_counter()
+                dc_all(dc_up)
+                row.baseline.append(time.perf_counter() - t0)
+        finally:
+            run(orch("down", "--env", "prod", "-p", project, "--volumes", "--json"), shop, env, check=False)
+            for n in PROD:
+                run([COMPOSE, "-p", dc_project, "down", "-v", "-t", "2"], shop, dc_envs[n], check=False)
+    row.note = (f"{containers} containers; wall time of the whole process (Python start, load, SSH to both nodes, "
+                "agent, lock, ledger, state, plan, exit); docker-compose reads its engine's socket directly, "
+                "with no SSH, lock or ledger")
+    inside.note = "orch's own `duration_s`; phases (medians): " + phases_note(phases)
+    return [row, inside] + _lab_floor(max(3, runs // 2))
 
 
 def _lab_floor(runs: int) -> list[Row]:
@@ -123,7 +144,7 @@ import json, sys, time
 from orchestrator import transport as T
 from orchestrator.agent_bundle import current_bundle
 from orchestrator.lab import lab_info
-lab = lab_info(); n = lab.node("dev-1")
+lab = lab_info(); n = lab.node("prod-1")
 t = T.NodeTarget(n.name, n.address, n.ssh_port, lab.ssh_user, lab.ssh_key)
 o = T.SSHOptions(known_hosts=lab.known_hosts, allow_agent=False)
 t0 = time.perf_counter(); c = T.connect(t, o); t1 = time.perf_counter()
@@ -131,25 +152,27 @@ c.run(["true"]); t2 = time.perf_counter()
 c.run(["/usr/bin/true"]); c.run(["python3", "-c", "pass"]); t3 = time.perf_counter()
 b = current_bundle(); remote = T.bundle_path(b)
 t4 = time.perf_counter(); s = T.AgentSession(c, c.open_exec(T.agent_command(remote)), remote, False)
-s.call("hello", {"protocol": 1}); t5 = time.perf_counter(); s.call("state", {"project": "none"}); t6 = time.perf_counter()
+s.call("hello", {"protocol": 1}); t5 = time.perf_counter()
+s.call("state", {"project": "none"}); t6 = time.perf_counter()
 s.close(); c.close()
 print(json.dumps({"connect": t1 - t0, "exec": t2 - t1, "python": (t3 - t2) - (t2 - t1), "hello": t5 - t4,
                   "state": t6 - t5}))
 '''
-    rows = {k: Row(label, "s") for k, label in (
-        ("connect", "lab floor: SSH connect + auth (paramiko)"),
-        ("exec", "lab floor: one SSH exec of `true` (sshd + root's ~/.bashrc)"),
-        ("python", "lab floor: `python3 -c pass` over SSH minus the exec (pyenv shim)"),
+    rows = {k: Row(label, "s", level=1) for k, label in (
+        ("connect", "lab floor: SSH connect + auth (paramiko), one node"),
+        ("exec", "lab floor: one SSH exec of `true`"),
+        ("python", "lab floor: `python3 -c pass` over SSH, minus the exec"),
         ("hello", "lab floor: agent start + hello"),
         ("state", "lab floor: first `state` (imports the docker SDK)"))}
-    for _ in range(max(runs, 3)):
+    for _ in range(runs):
         out = subprocess.run([str(BIN / "python"), "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
         for k, v in json.loads(out.stdout).items():
             rows[k].samples.append(v)
-    rows["exec"].note = "root's ~/.bashrc runs `pyenv init` for every SSH command on this machine"
+    rows["exec"].note = "sshd + root's shell; on this machine root's ~/.bashrc runs `pyenv init` for every command"
+    rows["python"].note = "python3 on the node's PATH is a pyenv shim here"
     return list(rows.values())
 
 
 if __name__ == "__main__":  # pragma: no cover
-    for r in bench_deploy(int(sys.argv[1]) if len(sys.argv) > 1 else 3):
-        print(r.cells())
+    for r in up(int(sys.argv[1]) if len(sys.argv) > 1 else 3) + noop(int(sys.argv[1]) if len(sys.argv) > 1 else 3):
+        print(r.to_json())

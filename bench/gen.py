@@ -8,11 +8,13 @@ from pathlib import Path
 import yaml
 
 
-def synthetic_project(services: int, edges: int, seed: int = 7) -> dict:
+def synthetic_project(services: int, edges: int, seed: int = 7, project_name: str | None = "synthetic") -> dict:
     """A DAG of `services` services with about `edges` depends_on edges.
 
     Edges only point from a service to ones with a lower index, so the graph is
-    acyclic; conditions vary so the loader's long-form path is exercised too.
+    acyclic; conditions vary so the loader's long-form path is exercised too. Without
+    a name (project_name=None) the file has no top-level `name:`, which docker-compose 1.29
+    refuses (the project name then comes from -p).
     """
     rng = random.Random(seed)
     names = [f"svc{i:05d}" for i in range(services)]
@@ -25,7 +27,8 @@ def synthetic_project(services: int, edges: int, seed: int = 7) -> dict:
             deps[a].add(b)
             made += 1
     conditions = ["service_started", "service_healthy", "service_started"]
-    out = {"name": "synthetic", "services": {}}
+    out: dict = {"name": project_name} if project_name else {}
+    out["services"] = {}
     for i, name in enumerate(names):
         svc = {
             "image": f"registry.example/synthetic/{name}:1",
@@ -39,8 +42,8 @@ def synthetic_project(services: int, edges: int, seed: int = 7) -> dict:
     return out
 
 
-def write_project(path: Path, services: int, edges: int) -> Path:
+def write_project(path: Path, services: int, edges: int, project_name: str | None = "synthetic") -> Path:
     path.mkdir(parents=True, exist_ok=True)
     target = path / "compose.yaml"
-    target.write_text(yaml.safe_dump(synthetic_project(services, edges), sort_keys=False))
+    target.write_text(yaml.safe_dump(synthetic_project(services, edges, project_name=project_name), sort_keys=False))
     return target

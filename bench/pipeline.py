@@ -1,28 +1,29 @@
 """Release pipeline benchmarks against the local lab, on a copy of examples/hello
 (project bench-hello, host ports 39090/39091, away from the e2e tests' ranges):
 
-- promotion test -> prod (2 nodes) of a release whose images are in the registry but
-  not on the prod nodes, against the sum of its raw parts timed by Docker alone on the
-  same nodes: pull both images, then start api and wait until healthy, then web (the
-  same dependency order and healthchecks), both nodes in parallel. Before each run the
-  prod containers and the project's images are removed from the prod nodes.
-- rebuild + push after a one-line change of the api's code: wall time of `orch build`
-  + `orch push`, and the bytes pushed (only the changed layer should travel).
+- `promote`: promotion test -> prod (2 nodes) of a release whose images are in the
+  registry but not on the prod nodes, against the sum of its raw parts timed by Docker
+  alone on the same nodes: pull both images, then start api and wait until healthy,
+  then web (the same dependency order and healthchecks), both nodes in parallel.
+  Before each run the prod containers and the project's images are removed from the
+  prod nodes.
+- `push`: rebuild + push after a one-line change of the api's code: the bytes pushed
+  (only the changed layer should travel) and the wall time of `orch build` + `orch push`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import statistics
 import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from bench.run import ORCH, ROOT, Row
+from bench.common import ORCH, ROOT, Goal, Row, add_phases, final, lab_env, phases_note, run
 
 PROJECT = "bench-hello"
 PORTS = {"HELLO_WEB_PORT": "39090", "HELLO_API_PORT": "39091"}
@@ -30,15 +31,9 @@ PROD = ("prod-1", "prod-2")
 
 
 def _run(argv: list[str], cwd: Path, env: dict, check: bool = True) -> tuple[float, dict]:
-    import subprocess
-
-    t0 = time.perf_counter()
-    cp = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-    took = time.perf_counter() - t0
-    if check and cp.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {cp.returncode}:\n{cp.stdout[-3000:]}\n{cp.stderr[-3000:]}")
-    lines = [ln for ln in cp.stdout.strip().splitlines() if ln.startswith("{")]
-    return took, (json.loads(lines[-1]) if lines else {})
+    """Wall time and the final JSON object of an orch command."""
+    took, cp = run(argv, cwd, env, check=check)
+    return took, final(cp.stdout)
 
 
 def _engines(lab) -> dict:
@@ -103,77 +98,26 @@ def _raw_promotion(engines: dict, images: dict[str, str], auth: dict) -> dict[st
     return {"pull": max(p["pull"] for p in per_node), "start": max(p["start"] for p in per_node), "total": wall}
 
 
-def bench_pipeline(runs: int) -> list[Row]:
-    from orchestrator.environments import load_environment
-    from orchestrator.lab import lab_info
 
-    lab = lab_info()
-    env = {**os.environ, **PORTS, "NO_COLOR": "1", "ORCH_LOCK_WAIT": "600"}
-    runs = max(1, min(runs, 5))
-    promo = Row("orch promote test -> prod (2 nodes), images in the registry, not on the nodes", "s")
-    raw = Row("  raw parts by Docker alone: pull + start (healthy), same nodes", "s")
-    raw_pull = Row("    of which pull (both images, nodes in parallel)", "s")
-    raw_start = Row("    of which start api, then web, until healthy", "s")
-    ratio = Row("  ratio orch promote / raw parts", "x")
-    build_push = Row("rebuild + push after a one-line change (orch build + orch push)", "s")
-    pushed = Row("  bytes pushed for that change (api + web)", "B")
+
+@contextmanager
+def _hello_app(deployed: bool = True) -> Iterator[tuple[Path, dict]]:
+    """A copy of examples/hello (with a BENCH_RUN value, so each run can make a new release);
+    afterwards the project is taken down everywhere (when it was deployed) and its images
+    removed from this host."""
+    env = lab_env(**PORTS)
     with tempfile.TemporaryDirectory() as tmp:
         app = Path(tmp) / "hello"
         shutil.copytree(ROOT / "examples" / "hello", app)
-        compose = app / "compose.yaml"  # a value to change per run, so each run promotes a new release
+        compose = app / "compose.yaml"
         compose.write_text(compose.read_text().replace("      HELLO_ENV: ${HELLO_ENV:-local}\n",
                                                        "      HELLO_ENV: ${HELLO_ENV:-local}\n"
                                                        "      BENCH_RUN: ${BENCH_RUN:-0}\n", 1))
-        orch = [ORCH]
-        creds = load_environment("prod", app / "environments").registry.credentials()
-        auth = {"username": creds.username, "password": creds.password, "serveraddress": "10.250.0.1:5000"}
-        engines = _engines(lab)
-        phases: dict[str, list[float]] = {}
         try:
-            for i in range(runs):
-                _run(orch + ["up", "--env", "dev", "-p", PROJECT, "--json"], app, {**env, "BENCH_RUN": str(i)})
-                _run(orch + ["promote", PROJECT, "--to", "test", "--json"], app, env)
-                _run(orch + ["down", "--env", "prod", "-p", PROJECT, "--json"], app, env)
-                _, hist = _run(orch + ["history", "--env", "test", "-p", PROJECT, "--json"], app, env)
-                images = next(r for r in hist["releases"] if r["status"] == "live")["services"]
-                _clear_prod(engines, list(images.values()))
-                took, final = _run(orch + ["promote", PROJECT, "--to", "prod", "--approve", "--json"], app, env)
-                assert final["status"] == "ok" and final["new_release"], final
-                promo.samples.append(took)
-                for k, v in final["timings"].items():
-                    phases.setdefault(k, []).append(v)
-                _run(orch + ["down", "--env", "prod", "-p", PROJECT, "--json"], app, env)
-                _clear_prod(engines, list(images.values()))
-                parts = _raw_promotion(engines, images, auth)
-                _clear_prod(engines, list(images.values()))
-                raw.samples.append(parts["total"])
-                raw_pull.samples.append(parts["pull"])
-                raw_start.samples.append(parts["start"])
-                ratio.samples.append(took / parts["total"])
-            promo.note = ("wall time of the process: read test's release and health, connect, lock, plan, pull, "
-                          "start api then web until healthy, record, verify (HTTP checks); phases (median): "
-                          + ", ".join(f"{k} {statistics.median(v):.2f}s" for k, v in sorted(phases.items())
-                                      if statistics.median(v) >= 0.05))
-            raw.note = "docker SDK straight at each prod node's engine socket, both nodes in parallel"
-
-            for i in range(runs):
-                msg = app / "api" / "app" / "message.txt"
-                msg.write_text(f"hello from the api, bench change {uuid.uuid4().hex[:8]}\n")
-                version = f"bench-{uuid.uuid4().hex[:8]}"
-                t0 = time.perf_counter()
-                _run(orch + ["build", "--env", "dev", "-p", PROJECT, "--version", version, "--json"], app, env)
-                _, push = _run(orch + ["push", "--env", "dev", "-p", PROJECT, "--version", version, "--json"],
-                               app, env)
-                build_push.samples.append(time.perf_counter() - t0)
-                pushed.samples.append(push["bytes_pushed"])
-                by = {p["service"]: p for p in push["pushed"]}
-                pushed.note = (f"api: {by['api']['layers_pushed']} layer(s) sent, {by['api']['bytes_pushed']} B "
-                               f"of a {by['api']['image_bytes'] / 1e6:.1f} MB image; web (unchanged): "
-                               f"{by['web']['layers_pushed']} layers, {by['web']['bytes_pushed']} B (manifest)")
-            build_push.note = "the Docker build cache keeps every layer but the changed COPY"
+            yield app, env
         finally:
-            for e in ("prod", "test", "dev"):
-                _run(orch + ["down", "--env", e, "-p", PROJECT, "--json"], app, env, check=False)
+            for e in ("prod", "test", "dev") if deployed else ():
+                _run([ORCH, "down", "--env", e, "-p", PROJECT, "--json"], app, env, check=False)
             try:
                 from orchestrator.images import docker_client
 
@@ -184,11 +128,70 @@ def bench_pipeline(runs: int) -> list[Row]:
                             api.remove_image(tag)
             except Exception:
                 pass
-    return [promo, raw, raw_pull, raw_start, ratio, build_push, pushed]
 
 
-if __name__ == "__main__":  # pragma: no cover
-    import sys
+def promote(runs: int) -> list[Row]:
+    from orchestrator.environments import load_environment
+    from orchestrator.lab import lab_info
 
-    for r in bench_pipeline(int(sys.argv[1]) if len(sys.argv) > 1 else 3):
-        print(r.cells())
+    lab = lab_info()
+    orch = [ORCH]
+    row = Row("`orch promote` test -> prod (2 nodes) vs raw pull + start: hello (2 services), images not on the nodes",
+              "s", baseline_name="Docker alone: pull + start api, then web, until healthy, both nodes in parallel",
+              goal=Goal("<= 2x", 2.0, on="ratio"))
+    raw_pull = Row("of which (raw) pull of both images, nodes in parallel", "s", level=1)
+    raw_start = Row("of which (raw) start api, then web, until healthy", "s", level=1)
+    phases: dict[str, list[float]] = {}
+    with _hello_app() as (app, env):
+        creds = load_environment("prod", app / "environments").registry.credentials()
+        auth = {"username": creds.username, "password": creds.password, "serveraddress": lab.registry}
+        engines = _engines(lab)
+        for i in range(runs):
+            _run(orch + ["up", "--env", "dev", "-p", PROJECT, "--json"], app, {**env, "BENCH_RUN": str(i)})
+            _run(orch + ["promote", PROJECT, "--to", "test", "--json"], app, env)
+            _run(orch + ["down", "--env", "prod", "-p", PROJECT, "--json"], app, env)
+            _, hist = _run(orch + ["history", "--env", "test", "-p", PROJECT, "--json"], app, env)
+            images = next(r for r in hist["releases"] if r["status"] == "live")["services"]
+            _clear_prod(engines, list(images.values()))
+            took, fin = _run(orch + ["promote", PROJECT, "--to", "prod", "--approve", "--json"], app, env)
+            if fin.get("status") != "ok" or not fin.get("new_release"):
+                raise RuntimeError(f"the promotion did not deploy a new release: {json.dumps(fin)[:800]}")
+            row.samples.append(took)
+            add_phases(phases, fin)
+            _run(orch + ["down", "--env", "prod", "-p", PROJECT, "--json"], app, env)
+            _clear_prod(engines, list(images.values()))
+            parts = _raw_promotion(engines, images, auth)
+            _clear_prod(engines, list(images.values()))
+            row.baseline.append(parts["total"])
+            raw_pull.samples.append(parts["pull"])
+            raw_start.samples.append(parts["start"])
+    row.note = ("wall time of the process: read test's release and health, connect, lock, plan, pull, start api then "
+                "web until healthy, record, verify (2 HTTP checks per node); raw: docker SDK straight at each prod "
+                "engine's socket (no SSH, ledger, lock or verify). orch's phases (medians): "
+                + phases_note(phases, 0.05))
+    return [row, raw_pull, raw_start]
+
+
+def push(runs: int) -> list[Row]:
+    orch = [ORCH]
+    pushed = Row("bytes pushed after a one-line change (api's message.txt): hello api + web", "B",
+                 goal=Goal("< 10 kB", 10_000))
+    build_push = Row("of which wall time: `orch build` + `orch push`", "s", level=1)
+    with _hello_app(deployed=False) as (app, env):
+        msg = app / "api" / "app" / "message.txt"
+        for i in range(runs + 1):  # run 0: a warm-up, so every layer but the changed one is in the build cache
+            msg.write_text(f"hello from the api, bench change {uuid.uuid4().hex[:8]}\n")
+            version = f"bench-{uuid.uuid4().hex[:8]}"
+            t0 = time.perf_counter()
+            _run(orch + ["build", "--env", "dev", "-p", PROJECT, "--version", version, "--json"], app, env)
+            _, out = _run(orch + ["push", "--env", "dev", "-p", PROJECT, "--version", version, "--json"], app, env)
+            took = time.perf_counter() - t0
+            if i:
+                build_push.samples.append(took)
+                pushed.samples.append(out["bytes_pushed"])
+                by = {p["service"]: p for p in out["pushed"]}
+    pushed.note = (f"api: {by['api']['layers_pushed']} layer(s) sent, {by['api']['bytes_pushed']:,} B of a "
+                   f"{by['api']['image_bytes'] / 1e6:.1f} MB image; web (unchanged): {by['web']['layers_pushed']} "
+                   f"layers, {by['web']['bytes_pushed']:,} B (its manifest); the figure is orch push's own count")
+    build_push.note = "the Docker build cache keeps every layer but the changed COPY"
+    return [pushed, build_push]

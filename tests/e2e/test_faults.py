@@ -165,14 +165,14 @@ services:
 def test_never_healthy_fails_within_its_budget_naming_service_replica_node(orch, real_env, tmp_path):
     app = App(orch, tmp_path / "app", UNHEALTHY, real_env)
     try:
-        t0 = time.monotonic()
         cp = app.orch("up", "--json")
-        took = time.monotonic() - t0
         assert cp.returncode == 1, cp.stdout + cp.stderr
         assert "service sick replica 1" in cp.stderr and "failed on node dev-1" in cp.stderr
         assert "unhealthy" in cp.stderr and "| starting sick" in cp.stderr
         assert "Not started: after." in cp.stderr
-        assert took < 60
+        # failed on Docker's verdict after its retries, not on a long timeout (no wall-clock
+        # bound: the lab's machine may be busy)
+        assert "is unhealthy: healthcheck failed 2 times in a row" in cp.stderr
         assert [c["service"] for c in app.ps()] == ["sick"]
     finally:
         app.orch("down", "--volumes")

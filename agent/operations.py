@@ -263,9 +263,13 @@ def ensure_image(ctx: Context, svc: ServiceSpec, auth: Optional[Dict[str, str]])
 def write_files(ctx: Context, svc: ServiceSpec) -> Dict[Tuple[str, str], str]:
     """Write secret/config files under the state directory; (kind, name) -> host path.
 
-    Written to a temporary name and renamed, so a running container keeps the inode it
-    mounted and never sees a half-written file.
+    Each version of a file has its own path (content, mode and owner hashed into the
+    name): a container kept for a rollback (agent.rollout) mounts its own version again
+    when it restarts. Written to a temporary name and renamed, so no container ever sees
+    a half-written file.
     """
+    import hashlib
+
     out: Dict[Tuple[str, str], str] = {}
     files = [("secret", f) for f in svc.container.secrets] + [("config", f) for f in svc.container.configs]
     if not files:
@@ -274,8 +278,9 @@ def write_files(ctx: Context, svc: ServiceSpec) -> Dict[Tuple[str, str], str]:
     for kind, f in files:
         directory = os.path.join(base, kind + "s")
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        path = os.path.join(directory, f.name)
         data = f.data()
+        version = hashlib.sha256(b"%o:%d:%d:" % (f.mode, f.uid, f.gid) + data).hexdigest()[:12]
+        path = os.path.join(directory, "%s.%s" % (f.name, version))
         out[(kind, f.name)] = path
         try:
             st = os.stat(path)

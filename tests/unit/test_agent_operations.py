@@ -253,6 +253,13 @@ def test_secrets_and_configs_are_written_root_only(run, engine, tmp_path):
     assert open(secret, "rb").read() == b"s3cret" and stat.S_IMODE(os.stat(secret).st_mode) == 0o400
     assert stat.S_IMODE(os.stat(config).st_mode) == 0o444
     assert mounts["/run/secrets/pw"]["ReadOnly"] is True
+    # a new value gets its own file: a container kept for a rollback still mounts the old one
+    res2 = run("apply", {"spec": spec(
+        secrets=[{"name": "pw", "content": base64.b64encode(b"n3w").decode()}],
+        configs=[{"name": "app.conf", "content": base64.b64encode(b"x=1").decode()}])})
+    body2 = engine.records[ids(res2)[1]]["body"]
+    secret2 = {m["Target"]: m for m in body2["HostConfig"]["Mounts"]}["/run/secrets/pw"]["Source"]
+    assert secret2 != secret and open(secret, "rb").read() == b"s3cret" and open(secret2, "rb").read() == b"n3w"
 
 
 def test_volumes_created_and_foreign_volume_refused(run, engine):

@@ -297,10 +297,21 @@ def manifest_digest(spec: LabSpec, creds: Credentials, repo: str, tag: str) -> s
 
 
 def catalog(spec: LabSpec, creds: Credentials) -> list[str] | None:
-    try:
-        status, _, body = request(spec, f"https://{spec.registry}/v2/_catalog", creds=creds)
-    except (OSError, ssl.SSLError):
-        return None
-    if status != 200:
-        return None
-    return list(json.loads(body).get("repositories", []))
+    """Every repository: the registry answers in pages (100 by default), linked by the
+    Link header's next URL."""
+    import re
+
+    out: list[str] = []
+    url: str | None = f"https://{spec.registry}/v2/_catalog?n=1000"
+    while url:
+        try:
+            status, headers, body = request(spec, url, creds=creds)
+        except (OSError, ssl.SSLError):
+            return None
+        if status != 200:
+            return None
+        out += list(json.loads(body).get("repositories") or [])
+        link = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', (headers.get("Link") or "") if headers else "")
+        url = f"https://{spec.registry}{link.group(1)}" if link and link.group(1).startswith("/") else (
+            link.group(1) if link else None)
+    return out

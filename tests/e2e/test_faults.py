@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import textwrap
 import threading
@@ -89,15 +90,22 @@ def real_env(lab, tmp_path):
 def test_unreachable_node_fails_naming_it_and_touches_nothing(orch, lab, ssh, tmp_path):
     envs = env_file(tmp_path / "environments", lab, extra_nodes=[("ghost-1", "10.250.0.99")], connect_timeout=2)
     app = App(orch, tmp_path / "app", SIMPLE, envs)
-    t0 = time.monotonic()
-    cp = app.orch("up", "--json")
+    cp = app.orch("up", "--json")  # (App.orch's timeout of 600 s is a hang guard, not a speed check)
     assert cp.returncode == 1, cp.stdout + cp.stderr
-    assert time.monotonic() - t0 < 60
     assert "ghost-1 (10.250.0.99:22)" in cp.stderr
-    assert ("timed out" in cp.stderr) or ("no route to host" in cp.stderr)
+    # Fails fast = each attempt is bounded by the environment's ssh.connect_timeout (2 s
+    # here), not by the kernel's TCP timeout of minutes: a timeout names the value it used.
+    # (Or the kernel already knows the address does not answer ARP: no route to host.)
+    assert ("ghost-1 (10.250.0.99:22): timed out after 2s" in cp.stderr
+            or "ghost-1 (10.250.0.99:22): no route to host" in cp.stderr), cp.stderr
     assert "nothing was changed on any node" in cp.stderr
     final = last_json(cp.stdout)
     assert final["status"] == "failed" and "ghost-1" in final["error"]["message"]
+    assert final["error"]["kind"] == "NodesUnreachable"
+    assert {n: f["kind"] for n, f in final["error"]["details"]["nodes"].items()} == {"ghost-1": "HostUnreachable"}
+    # it failed at the connection: no agent session, lock or apply was started anywhere
+    assert not [e for e in map(json.loads, (ln for ln in cp.stdout.splitlines() if ln.startswith('{"event"')))
+                if e.get("phase") in ("lock", "apply") or e.get("event") in ("locked", "agent")]
     untouched(ssh, app.project)
 
 
@@ -170,9 +178,11 @@ def test_never_healthy_fails_within_its_budget_naming_service_replica_node(orch,
         assert "service sick replica 1" in cp.stderr and "failed on node dev-1" in cp.stderr
         assert "unhealthy" in cp.stderr and "| starting sick" in cp.stderr
         assert "Not started: after." in cp.stderr
-        # failed on Docker's verdict after its retries, not on a long timeout (no wall-clock
-        # bound: the lab's machine may be busy)
-        assert "is unhealthy: healthcheck failed 2 times in a row" in cp.stderr
+        # failed on Docker's verdict after its retries (2; the agent may read the container a
+        # probe later on a busy machine), not on a long timeout (no wall-clock bound: the
+        # lab's machine may be busy)
+        streak = re.search(r"is unhealthy: healthcheck failed (\d+) times in a row", cp.stderr)
+        assert streak and int(streak.group(1)) >= 2, cp.stderr
         assert [c["service"] for c in app.ps()] == ["sick"]
     finally:
         app.orch("down", "--volumes")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -82,17 +83,18 @@ def test_published_port_answers_only_at_its_node(lab, ssh):
         "sh -c 'mkdir -p /www && echo hello-from-prod-1 > /www/index.html && exec httpd -f -p 80 -h /www'"
     )
     try:
-        body = None
-        deadline = time.monotonic() + 15
+        body, error = None, None
+        deadline = time.monotonic() + 120  # a wait for httpd to listen, not a speed check
         while time.monotonic() < deadline:
             try:
                 url = f"http://{lab.node('prod-1').address}:{port}/"
                 with urllib.request.urlopen(url, timeout=3) as resp:
                     body = resp.read().decode().strip()
                 break
-            except OSError:
+            except OSError as err:
+                error = err
                 time.sleep(0.3)
-        assert body == "hello-from-prod-1"
+        assert body == "hello-from-prod-1", f"no answer from prod-1:{port} within 120 s (last error: {error})"
         with pytest.raises(OSError):
             socket.create_connection((lab.node("prod-2").address, port), timeout=3).close()
         # Nodes share the kernel and nothing else: prod-2's engine does not see it.
@@ -149,12 +151,18 @@ def test_node_containers_reach_debians_mirror(lab, ssh):
     assert "Debian" in out
 
 
-def test_second_up_is_fast_and_status_is_healthy(lab, orch):
+def test_second_up_changes_nothing_and_status_is_healthy(lab, orch):
     run_orch = orch
-    started = time.monotonic()
-    run_orch("lab", "up")
-    elapsed = time.monotonic() - started
-    assert elapsed < 10, f"a second `orch lab up` took {elapsed:.1f} s"
+    cp = run_orch("lab", "up", env={"ORCH_LAB_NAME": lab.name})
+    # Already up: it only checks. Every action `lab up` takes (installing packages, the
+    # bridge, starting or restarting an engine, sshd or the registry, importing or pushing
+    # an image, resetting a node) says so on stderr; the only line left is the last one.
+    # (No wall-clock bound: speed is measured in bench/.)
+    lines = [ln for ln in cp.stderr.splitlines()
+             if ln.strip() and ln != "lab: another `orch lab` command is working on this lab; waiting for it"]
+    done = rf"lab: lab {re.escape(lab.name)} is up \([0-9.]+ s\)"
+    assert len(lines) == 1 and re.fullmatch(done, lines[0]), cp.stderr
+    assert json.loads(cp.stdout)["status"] == "ok"
     st = json.loads(run_orch("lab", "status", "--json").stdout)
     assert st["healthy"], st["issues"]
     assert [n["name"] for n in st["nodes"]] == [n.name for n in lab.nodes]

@@ -97,7 +97,7 @@ def test_cancel_stops_a_follow_stream(agent):
 
 def test_end_of_input_ends_the_agent(agent):
     agent.stdin.close()
-    agent.thread.join(5)
+    agent.thread.join(120)  # a hang guard: it ends at once
     assert not agent.thread.is_alive()
 
 
@@ -114,16 +114,20 @@ def test_a_bug_is_reported_not_fatal(tmp_path):
 
 
 def test_quiet_operations_send_heartbeats(tmp_path):
-    import time as _time
+    go_on = threading.Event()
 
-    def slow(ctx, args):
-        _time.sleep(0.35)
+    def slow(ctx, args):  # quiet until the test has seen two heartbeats
+        assert go_on.wait(120), "no two heartbeats within 120 s"  # (a hang guard)
         return {"ok": True}
 
     a = Agent(tmp_path, FakeEngine())
     a.server.operations = {"slow": slow}
     a.server.heartbeat_interval = 0.1
-    events, msg = a.until_done(a.request("slow"))
-    assert msg["result"] == {"ok": True} and len(events) >= 2 and {e["type"] for e in events} == {"heartbeat"}
+    req = a.request("slow")
+    beats = [a.read(), a.read()]  # while it is still busy
+    assert [(m["id"], m["event"]["type"]) for m in beats] == [(req, "heartbeat")] * 2
+    go_on.set()
+    events, msg = a.until_done(req)
+    assert msg["result"] == {"ok": True} and {e["type"] for e in events} <= {"heartbeat"}
     a.stdin.close()
     a.thread.join(5)

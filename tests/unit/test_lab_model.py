@@ -143,3 +143,26 @@ def test_lab_info_exposes_what_environments_need():
     assert [n.name for n in info.nodes_for("prod")] == ["prod-1", "prod-2"]
     assert info.node("dev-1").docker_host == "unix:///run/orch-lab/dev-1/docker.sock"
     assert info.to_json()["nodes"][0]["ssh_port"] == 22
+
+
+def test_registry_catalog_follows_the_next_page_link(monkeypatch):
+    import json as _json
+
+    from orchestrator.lab import registry
+    from orchestrator.lab.model import build_spec
+
+    spec = build_spec("orch-lab", "10.250.0.0/24", "dev=1")
+    pages = {
+        f"https://{spec.registry}/v2/_catalog?n=1000": (["a", "b"], {"Link": '</v2/_catalog?last=b&n=1000>; rel="next"'}),
+        f"https://{spec.registry}/v2/_catalog?last=b&n=1000": (["library/busybox"], {}),
+    }
+    seen = []
+
+    def fake(spec_, url, **kw):
+        seen.append(url)
+        repos, headers = pages[url]
+        return 200, headers, _json.dumps({"repositories": repos}).encode()
+
+    monkeypatch.setattr(registry, "request", fake)
+    assert registry.catalog(spec, registry.Credentials("u", "p", "")) == ["a", "b", "library/busybox"]
+    assert len(seen) == 2

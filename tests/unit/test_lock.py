@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -46,24 +45,55 @@ def test_second_holder_is_refused_with_the_first_ones_name(path):
     b.release(path)
 
 
+class Clock:
+    """A fake clock: sleep() only moves it on (and runs what is due then)."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.slept = []
+        self.on_sleep = []  # callables run after each sleep, with the time slept so far
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, s):
+        self.slept.append(s)
+        self.now += s
+        for fn in self.on_sleep:
+            fn(self.now - 1000.0)
+
+
 def test_waiting_acquirer_gets_it_when_released(path):
     a, b = AL.LockTable(), AL.LockTable()
     a.acquire(path, HOLDER)
-    threading.Timer(0.3, lambda: a.release(path)).start()
+    clock = Clock()
+    released = []
+
+    def release_at_0_3(t):
+        if t >= 0.3 - 1e-9 and not released:
+            released.append(a.release(path))
+
+    clock.on_sleep.append(release_at_0_3)
     events = []
-    out = b.acquire(path, {"user": "bob"}, wait_s=5, emit=lambda t, **d: events.append((t, d)))
-    assert out["acquired"] and 0.2 <= out["waited"] < 3
-    assert events and events[0][0] == "lock.waiting" and events[0][1]["holder"]["user"] == "ada"
+    out = b.acquire(path, {"user": "bob"}, wait_s=5, emit=lambda t, **d: events.append((t, d)),
+                    clock=clock, sleep=clock.sleep)
+    # it polled while a held it, and took it on the first try after a let go
+    assert released == [True] and out["acquired"] and out["waited"] == pytest.approx(0.3)
+    assert [e[0] for e in events] == ["lock.waiting"] and events[0][1]["holder"]["user"] == "ada"
+    assert AL.read_holder(path)["user"] == "bob"
     b.release(path)
 
 
 def test_wait_runs_out(path):
     a, b = AL.LockTable(), AL.LockTable()
     a.acquire(path, HOLDER)
-    start = time.monotonic()
+    clock = Clock()
     with pytest.raises(AgentError) as err:
-        b.acquire(path, {}, wait_s=0.4)
-    assert err.value.kind == AL.LOCKED and 0.4 <= time.monotonic() - start < 2
+        b.acquire(path, {}, wait_s=0.4, clock=clock, sleep=clock.sleep)
+    # it waited the whole 0.4 s it was given, and no more, then named the holder
+    assert err.value.kind == AL.LOCKED and err.value.details["waited"] == pytest.approx(0.4)
+    assert clock.now - 1000.0 == pytest.approx(0.4)
+    assert err.value.details["holder"]["user"] == "ada"
     a.release(path)
 
 
@@ -71,10 +101,11 @@ def test_waiting_stops_when_the_controller_goes_away(path):
     a, b = AL.LockTable(), AL.LockTable()
     a.acquire(path, HOLDER)
     cancelled = threading.Event()
-    threading.Timer(0.2, cancelled.set).start()
+    clock = Clock()
+    clock.on_sleep.append(lambda t: t >= 0.2 - 1e-9 and cancelled.set())
     with pytest.raises(AgentError) as err:
-        b.acquire(path, {}, wait_s=30, cancelled=cancelled)
-    assert err.value.kind == "cancelled"
+        b.acquire(path, {}, wait_s=30, cancelled=cancelled, clock=clock, sleep=clock.sleep)
+    assert err.value.kind == "cancelled" and clock.now - 1000.0 < 1  # at the next poll, not after 30 s
     a.release(path)
 
 
@@ -154,14 +185,16 @@ def test_lock_dies_with_the_agent_process(tmp_path, how):
         assert first.call("lock_acquire", {"env": "prod", "holder": HOLDER})["result"]["acquired"]
         refused = second.call("lock_acquire", {"env": "prod", "holder": {"user": "bob"}})
         assert refused["error"]["kind"] == "locked" and refused["error"]["details"]["holder"]["user"] == "ada"
-        start = time.monotonic()
         if how == "eof":
             first.p.stdin.close()  # what sshd does when the controller's channel closes
         else:
             first.p.send_signal(signal.SIGKILL)
-        first.p.wait(5)
-        got = second.call("lock_acquire", {"env": "prod", "holder": {"user": "bob"}, "wait_s": 5})
-        assert got["result"]["acquired"] and time.monotonic() - start < 2
+        first.p.wait(120)  # a hang guard: the agent ends on end of input / at once when killed
+        # The lock went with the process: free the moment it is gone, nothing to wait for
+        # or clean up (wait_s 0: one try).
+        assert second.call("lock_status", {"env": "prod"})["result"]["held"] is False
+        got = second.call("lock_acquire", {"env": "prod", "holder": {"user": "bob"}, "wait_s": 0})
+        assert got["result"]["acquired"] and got["result"]["holder"]["user"] == "bob", got
     finally:
         for a in (first, second):
             if a.p.poll() is None:
@@ -173,7 +206,7 @@ def test_idle_agent_exits_on_end_of_input(tmp_path):
     a = AgentProcess(str(tmp_path))
     assert a.call("hello", {})["result"]["protocol"] == 1
     a.p.stdin.close()
-    assert a.p.wait(5) == 0
+    assert a.p.wait(120) == 0  # (a hang guard: it ends at once)
 
 
 # --------------------------------------------------------------------------- controller
@@ -252,10 +285,15 @@ def test_partial_acquisition_is_undone(tmp_path):
 
 def test_lock_wait_waits_and_reports_progress(tmp_path):
     first = OL.acquire_lock("prod", nodes(tmp_path, []), holder())
-    threading.Timer(0.4, first.release).start()
     waits = []
-    second = OL.acquire_lock("prod", nodes(tmp_path, []), holder(user="bob"), wait=10,
-                             on_wait=lambda node, h, s: waits.append((node, h.user if h else None)))
+
+    def on_wait(node, h, s):
+        waits.append((node, h.user if h else None))
+        if len(waits) == 1:
+            first.release()  # the holder finishes while the second one waits
+
+    # (wait=600: a hang guard; the holder lets go as soon as the second one waits)
+    second = OL.acquire_lock("prod", nodes(tmp_path, []), holder(user="bob"), wait=600, on_wait=on_wait)
     assert second.held == ["prod-1", "prod-2"] and waits[0] == ("prod-1", "ada")
     second.release()
 

@@ -57,14 +57,18 @@ class Sshd:
     def start(self):
         os.makedirs("/run/sshd", exist_ok=True)
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120  # a wait for sshd to listen, not a speed check
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 return
             except OSError:
+                if self.proc.poll() is not None:
+                    break
                 time.sleep(0.05)
-        raise RuntimeError("sshd did not start: " + self.proc.stderr.read().decode())
+        self.proc.kill()
+        raise RuntimeError(f"sshd did not listen on 127.0.0.1:{self.port} (it exited, or 120 s went by): "
+                           + self.proc.stderr.read().decode())
 
     def stop(self):
         self.proc.terminate()

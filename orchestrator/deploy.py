@@ -28,6 +28,7 @@ exactly one `state` call per node and no `apply` call.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -223,7 +224,6 @@ class SSHNode:
 
     def __init__(self, conn: Any, bundle: Any, first: Any, progress: Progress | None = None,
                  state: dict | None = None):
-        import threading
 
         self.prefetched_state = state  # the `state` answer read along with hello, if any
         self.conn = conn
@@ -240,7 +240,6 @@ class SSHNode:
     def prewarm(self, count: int, project: str | None = None) -> None:
         """Open sessions in the background until `count` exist (parallel applies coming
         later, e.g. two services of one wave on this node, then find them ready)."""
-        import threading
 
         def open_one() -> None:
             try:
@@ -375,7 +374,6 @@ def ssh_connect(environment: Any, progress: Progress, project: str | None = None
     SSHNode.dedicated_session (the deploy lock), so taking the lock costs a round trip
     rather than an agent start.
     """
-    import threading
 
     from orchestrator.agent_bundle import current_bundle
 
@@ -505,8 +503,8 @@ class Deployment:
         self.auth: dict | None = None
         self.ingress: dict[str, dict] = {}  # node -> the project's ingress frontends there (state)
         self.journal: Any = None  # orchestrator.rollout.Journal of what apply() replaced
-        self._journal_lock = __import__("threading").Lock()
-        self._watch: list[tuple] = []  # (node, service, replica, new id, monitor until, window)
+        self._journal_lock = threading.Lock()
+        self._watch: list[_Watched] = []  # replaced replicas inside their monitor window
         self._t0 = time.monotonic()
 
     # -- steps --------------------------------------------------------------------------
@@ -741,8 +739,8 @@ class Deployment:
             now = time.monotonic()
             for rec in records:
                 if rec.get("old") is not None and rec.get("new") and policy.monitor > 0:
-                    self._watch.append((node, service, rec["replica"], rec["new"]["id"], now + policy.monitor,
-                                        policy.monitor))
+                    self._watch.append(_Watched(node, service, rec["replica"], rec["new"]["id"],
+                                                now + policy.monitor, policy.monitor))
 
     def _retire(self, wave: int, service: str, node: str, replicas: list[int] | None) -> None:
         self.progress.step(wave, service, node, "removing")
@@ -768,22 +766,24 @@ class Deployment:
         _, errors = T.parallel(moved, lambda r: self._retire(wave, r.service, r.node, r.replicas),
                                key=lambda r: f"{r.service}@{r.node}")
         if errors:
-            name, err = sorted(errors.items())[0]
-            raise self._failed([StepFailure(_Where(name.split("@")[0], name.split("@")[1]),
-                                            _as_orch_error(name.split("@")[1], err))], [])
+            failures = []
+            for key, err in sorted(errors.items()):
+                service, node = key.split("@", 1)
+                failures.append(StepFailure(_Where(service, node), _as_orch_error(node, err)))
+            raise self._failed(failures, [])
 
     def _monitor(self) -> None:
         """Swarm's monitor window: a replaced replica that fails within `monitor` of its
         replacement fails the update. Waits for the last window, then reads each node once."""
         if not self._watch:
             return
-        until = max(w[4] for w in self._watch)
+        until = max(w.until for w in self._watch)
         left = until - time.monotonic()
         if left > 0:
             self.progress.phase("monitor", f"watching {len(self._watch)} new container(s) for {left:.0f}s "
                                 "(update_config.monitor)")
             _sleep(left)
-        nodes = sorted({w[0] for w in self._watch})
+        nodes = sorted({w.node for w in self._watch})
         states, errors = T.parallel(nodes, lambda n: self.nodes[n].call(
             "state", {"project": self.project.name}), key=lambda n: n)
         failures: list[StepFailure] = []
@@ -791,10 +791,11 @@ class Deployment:
             failures.append(StepFailure(_Where("", node), _as_orch_error(node, err)))
         for node, res in sorted(states.items()):
             by_id = {c.get("id"): c for c in res.get("containers") or []}
-            for n, service, replica, cid, _, window in self._watch:
-                if n != node:
+            for w in self._watch:
+                if w.node != node:
                     continue
-                c = by_id.get(cid)
+                service, replica, window = w.service, w.replica, w.window
+                c = by_id.get(w.container_id)
                 bad = ""
                 if c is None:
                     bad = "was removed"
@@ -1016,6 +1017,18 @@ def _parallel_applies(plan: Plan) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
+class _Watched:
+    """A replaced replica's new container, watched until `until` (update_config.monitor)."""
+
+    node: str
+    service: str
+    replica: int
+    container_id: str
+    until: float  # time.monotonic()
+    window: float
+
+
+@dataclass(frozen=True)
 class _Where:
     """Where a failure happened when it is not one plan step (monitor, moved replicas)."""
 
@@ -1196,7 +1209,6 @@ def stream_logs(workspace: Any, services: list[str], follow: bool, tail: Any, si
     """Logs of every replica of `services` (all when empty), as {service, replica, node,
     container, line} dicts to `write`, streamed as they come; with follow until Ctrl-C.
     Returns the number of lines."""
-    import threading
 
     project, environment = workspace.project, workspace.environment
     nodes = (connector or ssh_connect)(environment, Progress(), project.name)

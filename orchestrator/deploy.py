@@ -224,7 +224,6 @@ class SSHNode:
 
     def __init__(self, conn: Any, bundle: Any, first: Any, progress: Progress | None = None,
                  state: dict | None = None):
-
         self.prefetched_state = state  # the `state` answer read along with hello, if any
         self.conn = conn
         self.bundle = bundle

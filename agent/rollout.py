@@ -405,7 +405,8 @@ def restore_replicas(ctx: Context, project: str, service: str, env: str, ingress
                      items: List[Any]) -> List[Dict[str, Any]]:
     """Put each (replica, was_running) back on its kept container: the new one goes, the
     kept one gets its name back and runs again if it ran before. A replica without a kept
-    container (it was new in this release) is removed."""
+    container (it was new in this release) is removed, unless it failed: then it stays,
+    stopped, for `orch logs`."""
     existing = ctx.engine.containers(L.filters(project, service))
     by_name = {c.name: c for c in existing}
     plan = []

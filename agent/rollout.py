@@ -525,7 +525,7 @@ def op_retire(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
         raise BadRequest("replicas must be a list of replica numbers (or absent: all)")
     replicas = None if wanted is None else set(check_int(r, "replicas[]", 1) for r in wanted)
     existing = ctx.engine.containers(L.filters(project, service))
-    kept = {c.name for c in existing if L.is_retired(c.name)}
+    kept = {c.name: c for c in existing if L.is_retired(c.name)}
     doomed = [c for c in existing if not L.is_retired(c.name) and (replicas is None or c.replica in replicas)]
     drv = driver(ctx)
     front = drv.frontend(project, service)
@@ -542,10 +542,8 @@ def op_retire(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
         if was_running:
             ctx.engine.stop(c.id)
         name = L.retired_name(c.name)
-        if name in kept:
-            stale = ctx.engine.container(name)
-            if stale is not None:
-                _remove(ctx, stale, "older kept container")
+        if name in kept:  # from a release before the previous one
+            _remove(ctx, kept[name], "older kept container")
         ctx.engine.rename(c.id, name)
         ctx.emit("container.retire", container=name, service=service, replica=c.replica, id=c.id, running=False)
         out.append({"replica": c.replica, "old": {"id": c.id, "name": name, "was_running": was_running}})
@@ -562,21 +560,7 @@ def op_discard(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     project = check_project(require(args, "project", "discard"))
     service = check_name(args["service"], "service") if args.get("service") else None
     doomed = [c for c in ctx.engine.containers(L.filters(project, service)) if L.is_retired(c.name)]
-    errors: List[BaseException] = []
-
-    def one(c: ContainerInfo) -> None:
-        try:
-            _remove(ctx, c, "the release that replaced it is live")
-        except BaseException as exc:  # noqa: BLE001 - reported after the others
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in doomed]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    _remove_all(ctx, doomed, "the release that replaced it is live")
     return {"removed": [{"id": c.id, "name": c.name, "service": c.service, "replica": c.replica} for c in doomed]}
 
 

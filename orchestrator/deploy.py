@@ -876,6 +876,10 @@ class Deployment:
                     restored.append(name)
         return restored, problems
 
+    def has_kept(self) -> bool:
+        """Whether the last observed state has containers kept for a rollback."""
+        return any(c.retired for cs in self.observed.values() for c in cs)
+
     def commit(self) -> None:
         """The release is live: drop the containers kept for its rollback (best effort; the
         next deploy drops whatever is left)."""
@@ -966,7 +970,7 @@ class Deployment:
                 return self._result("planned")
             if plan.is_noop and not any(s.needs_apply for s in plan.steps):
                 self._run_hooks("after_apply")
-                if self.options.commit and any(c.retired for cs in self.observed.values() for c in cs):
+                if self.options.commit and self.has_kept():
                     self.commit()  # left by an earlier deploy that stopped before it was live
                 return self._result("ok")
             self.apply()

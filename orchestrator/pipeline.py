@@ -576,7 +576,7 @@ class _Flow:
                 live = history.live()
                 if (noop_if_live and live is not None and live.services == candidate.services
                         and live.project_hash == candidate.project_hash):
-                    if any(c.retired for cs in dep.observed.values() for c in cs):
+                    if dep.has_kept():
                         dep.commit()  # kept by an update that stopped before it was live: not needed
                     return self._result("ok", result, live, False,
                                         f"{self.project_name} is already live in {env.name} as {live.ref}; "
@@ -588,7 +588,7 @@ class _Flow:
             history = _history_with(history, *written.releases)
             self.timings["record"] = time.monotonic() - t0
             # Live: the previous release's containers, kept for a rollback, can go.
-            if dep.journal or any(c.retired for cs in dep.observed.values() for c in cs):
+            if dep.journal or dep.has_kept():
                 dep.commit()
             verification = None
             error: OrchError | None = None

@@ -299,3 +299,16 @@ def test_node_lost_mid_rollout_fails_puts_the_others_back_and_a_rerun_converges(
     port = int(roll.vars["WEB_PORT"])
     for host in final["addresses"]["web"]:
         assert get(host.split(":")[0], port) == (200, "web-7\n")
+
+
+def test_down_removes_the_projects_ingress_ports(roll, lab):
+    roll.run("down", "--json")
+    check = json.loads(subprocess.run([ORCH, "nodes", "check", "--env", "prod", "--environments",
+                                       str(roll.dir / "environments"), "--json"], capture_output=True, text=True,
+                                      timeout=600).stdout)
+    for node in check["nodes"]:
+        assert not [f for f in (node["ingress"] or {}).get("frontends", []) if f["project"] == roll.project]
+    port = int(roll.vars["WEB_PORT"])
+    for n in ("prod-1", "prod-2"):
+        with pytest.raises(OSError):  # nobody listens on the port any more
+            get(lab.node(n).address, port)

@@ -66,10 +66,18 @@ def start(spec: LabSpec, node: NodeSpec) -> int:
     return proc.spawn(dockerd_argv(spec, node), p.log(f"dockerd-{node.name}"))
 
 
-def wait(spec: LabSpec, node: NodeSpec, pid: int, timeout: float = 90) -> None:
+def wait(spec: LabSpec, node: NodeSpec, pid: int, timeout: float = 90) -> int:
+    """Wait for the node's engine; one that died before answering is started again.
+
+    Returns the pid of the engine that answered (see engine.START_ATTEMPTS for why).
+    """
     p = spec.paths
-    if engine.wait_ready(p.docker_socket(node.name), lambda: proc.alive(pid), timeout):
-        return
+    for attempt in range(1, engine.START_ATTEMPTS + 1):
+        if engine.wait_ready(p.docker_socket(node.name), lambda: proc.alive(pid), timeout):
+            return pid
+        if proc.alive(pid) or attempt == engine.START_ATTEMPTS:
+            break
+        pid = start(spec, node)
     logfile = p.log(f"dockerd-{node.name}")
     raise OrchError(
         f"dockerd of node {node.name} did not start. Last lines of {logfile}:\n"

@@ -89,6 +89,13 @@ def start_host_engine_argv() -> list[str]:
     return []
 
 
+# dockerd gives the containerd it spawns 15 s to answer, then exits; on a cold or
+# loaded machine (a fresh CI runner, four node engines starting at once) that
+# happens. A dockerd that died before answering is started again: it adopts the
+# containerd still coming up (its pid file) or starts a warmer one.
+START_ATTEMPTS = 4
+
+
 def ensure_host_engine(log) -> None:
     if ping(HOST_SOCKET):
         return
@@ -101,15 +108,34 @@ def ensure_host_engine(log) -> None:
     argv = start_host_engine_argv()
     if argv:
         proc.run(argv, check=False, timeout=90)
-    if not proc.wait_until(lambda: ping(HOST_SOCKET), 10 if argv else 0):
-        proc.spawn(["dockerd"], HOST_LOG)
-        if not proc.wait_until(lambda: ping(HOST_SOCKET), 60):
-            raise OrchError(
-                f"the host's Docker Engine did not start. Last lines of {HOST_LOG}:\n"
-                f"{proc.log_excerpt(HOST_LOG)}",
-                fix="fix what the log says, then start it (systemctl start docker, or "
-                "dockerd &) and run `orch lab up` again",
-            )
+        if proc.wait_until(lambda: ping(HOST_SOCKET), 10):
+            return
+    for attempt in range(1, START_ATTEMPTS + 1):
+        if attempt > 1:
+            log(f"the host's Docker Engine exited before answering; starting it again "
+                f"(attempt {attempt} of {START_ATTEMPTS})")
+        stale_pidfile(Path("/var/run/docker.pid"))
+        pid = proc.spawn(["dockerd"], HOST_LOG)
+        if wait_ready(HOST_SOCKET, lambda: proc.alive(pid), 90):
+            return
+        if proc.alive(pid):
+            break  # alive but not answering in 90 s: another start would not help
+    raise OrchError(
+        f"the host's Docker Engine did not start. Last lines of {HOST_LOG}:\n"
+        f"{proc.log_excerpt(HOST_LOG)}",
+        fix="fix what the log says, then start it (systemctl start docker, or "
+        "dockerd &) and run `orch lab up` again",
+    )
+
+
+def stale_pidfile(path: Path) -> None:
+    """Remove a pid file whose process is gone: dockerd refuses to start over one."""
+    try:
+        pid = int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return
+    if pid <= 0 or not proc.alive(pid):
+        path.unlink(missing_ok=True)
 
 
 def wait_ready(sock: Path, pid_alive, timeout: float = 60.0) -> bool:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages orch's venv, lab and tests need, only when missing,
-# and starts the host's Docker Engine when it is not running (when docker.io is one
-# of the packages asked for). Idempotent and quick when everything is there already.
+# Installs the Debian packages orch's venv, lab and tests need, only when missing.
+# Idempotent and quick when everything is there already. The host's Docker Engine
+# is started by `orch lab up` (orchestrator/lab/engine.py), which every make target
+# that needs it runs.
 set -euo pipefail
 
 need=()
@@ -21,7 +22,3 @@ if [ "${#need[@]}" -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-
-case " ${ORCH_SYSTEM_PACKAGES:-} " in
-    *" docker.io "*) exec "$(dirname "$0")/host-docker.sh" ;;
-esac

@@ -61,8 +61,10 @@ def start(spec: LabSpec, node: NodeSpec) -> int:
     p = spec.paths
     p.node_run(node.name).mkdir(parents=True, exist_ok=True)
     p.data_root(node.name).mkdir(parents=True, exist_ok=True)
-    # A killed engine's pid file would make the new one refuse to start.
+    # No engine of this node runs (the caller checked): its pid file is stale and
+    # would make the new one refuse to start. Its containerd's may name another process.
     p.docker_pidfile(node.name).unlink(missing_ok=True)
+    engine.clear_stale_containerd_pidfile(p.exec_root(node.name))
     return proc.spawn(dockerd_argv(spec, node), p.log(f"dockerd-{node.name}"))
 
 

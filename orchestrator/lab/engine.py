@@ -17,6 +17,8 @@ from orchestrator.errors import OrchError
 from orchestrator.lab import proc
 
 HOST_SOCKET = Path("/var/run/docker.sock")
+HOST_PIDFILE = Path("/var/run/docker.pid")  # dockerd's defaults
+HOST_EXEC_ROOT = Path("/var/run/docker")
 HOST_LOG = Path("/var/log/docker.log")  # where Debian's sysvinit script logs it too
 
 
@@ -114,7 +116,7 @@ def ensure_host_engine(log) -> None:
         if attempt > 1:
             log(f"the host's Docker Engine exited before answering; starting it again "
                 f"(attempt {attempt} of {START_ATTEMPTS})")
-        stale_pidfile(Path("/var/run/docker.pid"))
+        clear_stale_pidfiles(HOST_PIDFILE, HOST_EXEC_ROOT)
         pid = proc.spawn(["dockerd"], HOST_LOG)
         if wait_ready(HOST_SOCKET, lambda: proc.alive(pid), 90):
             return
@@ -128,14 +130,30 @@ def ensure_host_engine(log) -> None:
     )
 
 
-def stale_pidfile(path: Path) -> None:
-    """Remove a pid file whose process is gone: dockerd refuses to start over one."""
-    try:
-        pid = int(path.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return
-    if pid <= 0 or not proc.alive(pid):
-        path.unlink(missing_ok=True)
+def clear_stale_pidfiles(docker_pidfile: Path, exec_root: Path) -> list[Path]:
+    """Remove the host engine's pid files that do not name its own live processes.
+
+    dockerd refuses to start over a live pid in its pid file. After a restart that
+    may be any process that got the pid again (/run is not a tmpfs everywhere).
+    """
+    removed = []
+    if proc.clear_stale_pidfile(docker_pidfile, lambda argv: os.path.basename(argv[0]) == "dockerd"):
+        removed.append(docker_pidfile)
+    return removed + clear_stale_containerd_pidfile(exec_root)
+
+
+def clear_stale_containerd_pidfile(exec_root: Path) -> list[Path]:
+    """dockerd adopts the pid in <exec-root>/containerd/containerd.pid as "containerd
+    is still running" whenever that pid is alive; an unrelated process never answers
+    and dockerd exits with "timeout waiting for containerd to start". Keep the file
+    only while it names the containerd started with this exec root's config."""
+    pidfile = exec_root / "containerd" / "containerd.pid"
+    toml = os.path.realpath(exec_root / "containerd" / "containerd.toml")
+
+    def owner(argv: tuple[str, ...]) -> bool:
+        return any(os.path.realpath(a) == toml for a in argv if a.endswith(".toml"))
+
+    return [pidfile] if proc.clear_stale_pidfile(pidfile, owner) else []
 
 
 def wait_ready(sock: Path, pid_alive, timeout: float = 60.0) -> bool:

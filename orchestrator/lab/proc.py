@@ -168,6 +168,38 @@ def alive(pid: int) -> bool:
         return False
 
 
+def argv_of(pid: int) -> tuple[str, ...] | None:
+    """The argv of a live process, or None when it is gone (or a zombie)."""
+    if not alive(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    return tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a)
+
+
+def clear_stale_pidfile(path: Path, is_owner: Callable[[tuple[str, ...]], bool]) -> bool:
+    """Remove a pid file unless its pid is a live process that is_owner(argv) accepts.
+
+    After a machine restart /run may survive (it is not a tmpfs everywhere) while
+    pids are handed out again, so a pid file can name an unrelated live process.
+    Returns True when the file was removed.
+    """
+    try:
+        pid = int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        pid = 0
+    argv = argv_of(pid) if pid > 1 else None
+    if argv is not None and is_owner(argv):
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
 def stop(pids: Iterable[int], timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
     """SIGTERM, wait up to `timeout`, then SIGKILL what is left."""
     pids = [p for p in pids if p > 1]

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import OrchError
 from orchestrator.lab import dockerd, engine, proc
 from orchestrator.lab.model import build_spec
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 class FakeEngines:
     """Spawned dockerds: the first `deaths` die at once, the next one answers."""
@@ -51,7 +47,7 @@ def test_host_engine_is_started_again_after_an_early_exit(fake, monkeypatch):
     monkeypatch.setattr(engine, "ping", lambda *a, **k: False)
     monkeypatch.setattr(engine, "start_host_engine_argv", lambda: [])
     monkeypatch.setattr(proc, "which", lambda prog: "/usr/sbin/dockerd")
-    monkeypatch.setattr(engine, "stale_pidfile", lambda path: None)
+    monkeypatch.setattr(engine, "clear_stale_pidfiles", lambda *a: [])
     f = fake(deaths=2)
     said = []
     engine.ensure_host_engine(said.append)
@@ -63,7 +59,7 @@ def test_host_engine_that_keeps_dying_is_reported_with_its_log(fake, monkeypatch
     monkeypatch.setattr(engine, "ping", lambda *a, **k: False)
     monkeypatch.setattr(engine, "start_host_engine_argv", lambda: [])
     monkeypatch.setattr(proc, "which", lambda prog: "/usr/sbin/dockerd")
-    monkeypatch.setattr(engine, "stale_pidfile", lambda path: None)
+    monkeypatch.setattr(engine, "clear_stale_pidfiles", lambda *a: [])
     log = tmp_path / "docker.log"
     log.write_text("failed to start containerd: timeout waiting for containerd to start\n")
     monkeypatch.setattr(engine, "HOST_LOG", log)
@@ -78,7 +74,7 @@ def test_a_hanging_engine_is_not_started_twice(fake, monkeypatch):
     monkeypatch.setattr(engine, "ping", lambda *a, **k: False)
     monkeypatch.setattr(engine, "start_host_engine_argv", lambda: [])
     monkeypatch.setattr(proc, "which", lambda prog: "/usr/sbin/dockerd")
-    monkeypatch.setattr(engine, "stale_pidfile", lambda path: None)
+    monkeypatch.setattr(engine, "clear_stale_pidfiles", lambda *a: [])
     f = fake(deaths=0, hang=True)
     with pytest.raises(OrchError):
         engine.ensure_host_engine(lambda s: None)
@@ -99,45 +95,33 @@ def test_node_engine_is_started_again_and_the_new_pid_returned(fake, monkeypatch
     assert len(f.spawned) == engine.START_ATTEMPTS
 
 
-def test_stale_pidfile_removed_only_when_its_process_is_gone(tmp_path):
-    live, dead = tmp_path / "live.pid", tmp_path / "dead.pid"
-    live.write_text(str(os.getpid()))
+def test_stale_pid_files_are_removed_unless_they_name_the_engines_own_processes(tmp_path):
+    """After a restart a pid file may name whatever process got that pid again."""
+    exec_root = tmp_path / "exec"
+    (exec_root / "containerd").mkdir(parents=True)
+    toml = exec_root / "containerd" / "containerd.toml"
+    docker_pid, containerd_pid = tmp_path / "docker.pid", exec_root / "containerd" / "containerd.pid"
+    unrelated = subprocess.Popen(["sleep", "30"])
+    # A live process whose argv names this exec root's containerd config: kept.
+    # (bash does not exec a compound command, so its argv stays as given)
+    genuine = subprocess.Popen(["bash", "-c", "sleep 30; true", "containerd", "--config", str(toml)])
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead.write_text(str(gone.pid))
-    engine.stale_pidfile(live)
-    engine.stale_pidfile(dead)
-    assert live.exists() and not dead.exists()
-
-
-def test_host_docker_script_restarts_a_dockerd_that_exits(tmp_path):
-    """scripts/host-docker.sh with fake docker/dockerd: two starts die, the third serves."""
-    bin_ = tmp_path / "bin"
-    bin_.mkdir()
-    state = tmp_path / "starts"
-    (bin_ / "dockerd").write_text(
-        "#!/bin/bash\n"
-        f"n=$(( $(cat {state} 2>/dev/null || echo 0) + 1 )); echo $n > {state}\n"
-        "echo 'failed to start containerd: timeout waiting for containerd to start'\n"
-        f'[ "$n" -ge 3 ] && touch {tmp_path}/up && echo $$ > {tmp_path}/serving.pid && exec sleep 30\n'
-        "exit 1\n"
-    )
-    (bin_ / "docker").write_text(f"#!/bin/bash\n[ -e {tmp_path}/up ]\n")
-    (bin_ / "id").write_text("#!/bin/bash\necho 0\n")
-    for f in bin_.iterdir():
-        f.chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_}:{os.environ['PATH']}")
-    script = (ROOT / "scripts/host-docker.sh").read_text()
-    # Run the real script with its log and the systemd test pointed into tmp_path.
-    script = script.replace("/var/log/docker.log", str(tmp_path / "docker.log"))
-    script = script.replace("/run/systemd/system", str(tmp_path / "no-systemd"))
-    script = script.replace("/var/run/docker.pid", str(tmp_path / "docker.pid"))
-    run = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     try:
-        assert run.returncode == 0, run.stderr
-        assert state.read_text().strip() == "3"
-        assert "attempt 3 of 4" in run.stdout
+        docker_pid.write_text(str(unrelated.pid))
+        containerd_pid.write_text(str(unrelated.pid))
+        assert engine.clear_stale_pidfiles(docker_pid, exec_root) == [docker_pid, containerd_pid]
+        assert not docker_pid.exists() and not containerd_pid.exists()
+
+        containerd_pid.write_text(str(genuine.pid))
+        assert engine.clear_stale_containerd_pidfile(exec_root) == []
+        assert containerd_pid.exists()
+
+        containerd_pid.write_text(str(gone.pid))
+        assert engine.clear_stale_containerd_pidfile(exec_root) == [containerd_pid]
+        containerd_pid.write_text("garbage")
+        assert engine.clear_stale_containerd_pidfile(exec_root) == [containerd_pid]
+        assert engine.clear_stale_containerd_pidfile(exec_root) == []  # no file: nothing to do
     finally:
-        serving = tmp_path / "serving.pid"
-        if serving.exists():
-            os.kill(int(serving.read_text()), 15)
+        unrelated.kill()
+        genuine.kill()

@@ -104,6 +104,14 @@ class IngressSettings:
                    timeout=check_number(value.get("timeout", DEFAULT_INGRESS_TIMEOUT), "timeout"))
 
 
+def settings_of(front: Optional[Dict[str, Any]]) -> Optional[IngressSettings]:
+    """The settings a frontend on the node was made with (its port and health check;
+    drain and sync timeouts are not kept, so the defaults): to put it back."""
+    if not front or not front.get("port"):
+        return None
+    return IngressSettings.parse({"port": front["port"], "health": front.get("health") or {}})
+
+
 class IngressDriver:
     """The ingress operations of agent.ingress, called in-process (unit tests put a fake
     in Context.ingress)."""
@@ -296,9 +304,13 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     ctx.check_cancelled()
 
     front = driver(ctx).frontend(project, service)
+    # What a put-back restores the ingress to: this release's, or the frontend this
+    # call removes (the service left the ingress), so a failed move gets it back.
+    back_ingress = ingress
     try:
         if ingress is None and front is not None:
             # The service no longer goes through the ingress: free its port for the containers.
+            back_ingress = settings_of(front)
             driver(ctx).remove({"project": project, "service": service})
             ctx.emit("ingress.remove", service=service, reason="the service has no ingress any more")
         for w in work:
@@ -337,7 +349,7 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
         # Put the batch back even when the controller went away (cancelled): the
         # previous release keeps serving, and a re-run starts from a clean state.
         calm = replace(ctx, cancelled=threading.Event())
-        restored = _put_back(calm, project, service, svc.env, ingress,
+        restored = _put_back(calm, project, service, svc.env, back_ingress,
                              [(w.replica, w.was_running) for w in work])
         if isinstance(exc, AgentError):
             exc.details = dict(exc.details or {}, restored=restored, batch=batch)

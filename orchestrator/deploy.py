@@ -648,6 +648,19 @@ class Deployment:
         ingress = getattr(bp, "ingress", None)
         return ingress.agent_args() if ingress is not None else None
 
+    def _rollback_ingress_args(self, node: str, service: str) -> dict | None:
+        """The ingress a rollback puts back on node: the frontend the service had there
+        before this release (port and health check, as observed), else this release's
+        (restore drops that one when the kept containers publish the port themselves)."""
+        now = self._ingress_args(service)
+        before = (self.ingress.get(node) or {}).get(service)
+        if not before or not before.get("port"):
+            return now
+        args = {"port": dict(before["port"]), "health": dict(before.get("health") or {})}
+        if now is not None:
+            args["drain_timeout"] = now["drain_timeout"]
+        return args
+
     def _roll_service(self, wave: int, service: str, steps: list[Any]) -> list[StepFailure]:
         """One service's rolling update; its failures ([] when it went through, or when the
         policy tolerated them)."""
@@ -862,7 +875,7 @@ class Deployment:
                 service, node, entries = item
                 self.progress.step(entries[0].wave, service, node, RUNNING, detail="rolling back")
                 args = {"project": self.project.name, "service": service, "env": self.environment.name,
-                        "ingress": self._ingress_args(service),
+                        "ingress": self._rollback_ingress_args(node, service),
                         "replicas": [{"replica": e.replica, "was_running": e.was_running} for e in entries]}
                 self.nodes[node].call("restore", args, on_event=lambda ev: self.progress.agent_event(
                     entries[0].wave, service, node, ev))

@@ -13,6 +13,7 @@ each, every answer checked) runs while versions change:
   release, is back too;
 - stop-first and start-first are told apart by the agent's events; parallelism 2 with
   4 replicas replaces 2 at a time (by the events' batch numbers);
+- a release that takes web off the ingress and fails gets the frontend back;
 - a node lost mid-rollout (its engine and sshd stopped): the command fails naming it,
   the other node is back on the previous release, and after the node returns a re-run
   converges.
@@ -91,8 +92,14 @@ class Roll:
         base = random.randint(400, 499) * 100
         self.vars = {"WEB_PORT": str(base), "API_PORT": str(base + 1)}
 
+        # The same app with web publishing its port itself (no x-orch ingress).
+        direct = textwrap.dedent(COMPOSE).split("    x-orch:\n")[0]
+        assert "ingress" not in direct
+        (tmp / "compose-direct.yaml").write_text(direct)
+        self.compose = "compose.yaml"
+
     def argv(self, command: str, *rest: str) -> list[str]:
-        return [ORCH, command, "--env", "prod", "--file", str(self.dir / "compose.yaml"), "-p", self.project, *rest]
+        return [ORCH, command, "--env", "prod", "--file", str(self.dir / self.compose), "-p", self.project, *rest]
 
     def env(self, **variables: str) -> dict:
         return {**os.environ, **LOCK_WAIT, **self.vars, **variables}
@@ -213,6 +220,30 @@ def test_unhealthy_release_rolls_back_by_itself_under_load(roll, lab):
     assert next(r for r in history["releases"] if r["status"] == "live")["id"] == live["id"]
     kinds = [e["type"] for e in agent_events(events, "api")]
     assert "container.restore" in kinds  # wave 1 was put back too
+
+
+def test_a_failed_move_off_the_ingress_gets_the_frontend_back(roll, lab):
+    """A release that takes web off the ingress (its port published directly) and whose
+    containers never become healthy: the rollback brings the ingress back on both nodes,
+    serving the previous release's containers."""
+    port = int(roll.vars["WEB_PORT"])
+    before = {c["name"]: c["id"] for c in roll.ps()}
+    roll.compose = "compose-direct.yaml"
+    try:
+        code, final, events = roll.up(check=False, VERSION="4", BROKEN="yes")
+    finally:
+        roll.compose = "compose.yaml"
+    assert code == 1 and final["error"]["details"]["rolled_back"] is True, final
+    assert "ingress.remove" in [e["type"] for e in agent_events(events)]
+    assert {c["name"]: c["id"] for c in roll.ps()} == before
+    for n in ("prod-1", "prod-2"):
+        assert get(lab.node(n).address, port) == (200, "web-2\n")
+    ps = last_json(roll.run("ps", "--json").stdout)
+    assert [(r["service"], r["node"], r["status"]) for r in ps["ingress"]] == [
+        ("web", "prod-1", "OPEN"), ("web", "prod-2", "OPEN")]
+    # and the next deploy of the ingress app sees nothing to fix
+    plan = last_json(roll.run("plan", "--json", VERSION="2").stdout)
+    assert plan["plan"]["noop"] is True, plan
 
 
 def _order_of(events: list[dict], node: str) -> list[str]:

@@ -49,7 +49,8 @@ class FakeIngress:
             self.frontends[(args["project"], args["service"])] = {"servers": [
                 {"name": n, "state": "ready" if n in old else "warming"} for n in names]}
             raise AgentError("unhealthy", "server %s is DOWN" % bad[0]["name"])
-        self.frontends[(args["project"], args["service"])] = {"servers": [{"name": n} for n in names]}
+        self.frontends[(args["project"], args["service"])] = {"port": args["port"], "health": args["health"],
+                                                              "servers": [{"name": n} for n in names]}
         return {}
 
     def drain(self, args):
@@ -299,3 +300,20 @@ def test_moving_behind_the_ingress_frees_the_port_first_and_back(run, engine, in
                     "replicas": [{"replica": 1, "was_running": True}]})
     assert ("remove", "web") in ingress.calls and ("shop", "web") not in ingress.frontends
     assert names(engine) == [("shop-web-1", "running")] and engine.container("shop-web-1").id == old.id
+
+
+def test_leaving_the_ingress_and_failing_gets_the_frontend_back(run, engine, ingress):
+    """A release that moves a service off the ingress (direct ports) and fails: the
+    frontend it removed comes back with the old container in it, on the old port."""
+    run("apply", {"spec": spec(V1, replicas=(1,))})
+    run("rollout", {"spec": spec(V1, replicas=(1,)), "replicas": [], "ingress": INGRESS})
+    old = engine.container("shop-web-1")
+    ingress.calls.clear()
+    direct = spec(BAD, replicas=(1,), ports=[{"target": 80, "published": 8080}])
+    with pytest.raises(AgentError):
+        run("rollout", {"spec": direct, "replicas": [1], "order": "start-first"})
+    assert ingress.calls[0] == ("remove", "web")
+    assert names(engine) == [("shop-web-1", "running")] and engine.container("shop-web-1").id == old.id
+    front = ingress.frontends[("shop", "web")]
+    assert front["port"]["published"] == 8080 and front["health"]["path"] == "/"
+    assert [x["name"] for x in front["servers"]] == [L.server_name("web", 1, old.id)]

@@ -221,3 +221,27 @@ def test_ingress_drift_says_when_a_node_needs_an_ingress_sync():
         "ingress health check changed"
     assert ingress_drift(SimpleNamespace(service="web", ingress=None), step, right) == \
         "the service has no ingress any more"
+
+
+def test_a_rollback_restores_the_ingress_a_node_had_before_the_release():
+    """Leaving the ingress (this release has none) or changing its port: the restore puts
+    back the frontend observed before the release; a service new to the ingress gets this
+    release's settings, which restore drops when the kept containers hold the port."""
+    from types import SimpleNamespace
+
+    before = {"port": {"published": 8080, "target": 80, "protocol": "http", "host_ip": "0.0.0.0"},
+              "health": {"path": "/healthz"}, "servers": ["web-1-abc"], "running": True}
+    new = {"port": {"published": 9090, "target": 80, "protocol": "http", "host_ip": "0.0.0.0"},
+           "health": {"path": "/"}, "drain_timeout": 3.0}
+
+    def fake(now, observed):
+        return SimpleNamespace(ingress=observed, _ingress_args=lambda service: now)
+
+    args = Deployment._rollback_ingress_args
+    assert args(fake(None, {"n1": {"web": before}}), "n1", "web") == {
+        "port": before["port"], "health": before["health"]}
+    assert args(fake(new, {"n1": {"web": before}}), "n1", "web") == {
+        "port": before["port"], "health": before["health"], "drain_timeout": 3.0}
+    assert args(fake(new, {"n1": {}}), "n1", "web") == new
+    assert args(fake(new, {"n1": {"web": before}}), "n2", "web") == new
+    assert args(fake(None, {}), "n1", "web") is None

@@ -28,6 +28,7 @@ def main(argv=None) -> int:
         return 0
     if args.command == "rpc":
         from agent.engine import Engine, engine_id_from_socket
+        from agent.engine_reads import SocketReads
         from agent.rpc import Server
 
         # Nothing but protocol lines may reach stdout: send stray prints to stderr.
@@ -35,6 +36,7 @@ def main(argv=None) -> int:
         sys.stdout = sys.stderr
         server = Server(sys.stdin.buffer, out, Engine, os.path.abspath(args.state_dir))
         server.engine_id_factory = engine_id_from_socket
+        server.reader_factory = SocketReads.from_env
         return server.serve()
     parser.print_help(sys.stderr)
     return 2

@@ -73,6 +73,9 @@ class Context:
     engine_id: Optional[Callable[[], str]] = None
     # The node's ingress for rollouts (agent.rollout.IngressDriver); None: the real one.
     ingress: Any = None
+    # A reader for queries without the docker SDK (rpc.Server: agent.engine_reads), or
+    # None when there is none or the SDK is connected already; None: use the engine.
+    reader: Optional[Callable[[], Any]] = None
     _engine: Any = None
 
     @property
@@ -81,6 +84,15 @@ class Context:
         if self._engine is None:
             self._engine = self.engine_factory()
         return self._engine
+
+    @property
+    def reads(self) -> Any:
+        """For operations that only read containers (containers(), container())."""
+        if self._engine is None and self.reader is not None:
+            found = self.reader()
+            if found is not None:
+                return found
+        return self.engine
 
     def check_cancelled(self) -> None:
         if self.cancelled.is_set():
@@ -155,7 +167,7 @@ def op_state(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     project = check_project(args["project"]) if args.get("project") else None
     service = check_name(args["service"], "service") if args.get("service") else None
     env = check_name(args["env"], "env") if args.get("env") else None
-    containers = ctx.engine.containers(L.filters(project, service, env))
+    containers = ctx.reads.containers(L.filters(project, service, env))
     out: Dict[str, Any] = {"containers": [c.summary() for c in containers]}
     if project:
         from agent.rollout import ingress_state

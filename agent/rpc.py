@@ -50,6 +50,8 @@ class Server:
         self._cancelled_early: Set[Any] = set()
         self._engine: Any = None
         self.engine_id_factory: Optional[Callable[[], Optional[str]]] = None  # fast engine ID (see _engine_id)
+        self.reader_factory: Optional[Callable[[], Any]] = None  # queries without the SDK (see _reader_once)
+        self._socket_reads: Any = None
         self._engine_id: Optional[str] = None
         self.broken = False
         self.heartbeat_interval = HEARTBEAT_SECONDS
@@ -132,6 +134,15 @@ class Server:
             self._engine_id = found or self._engine_once().engine_id()
         return self._engine_id
 
+    def _reader_once(self) -> Any:
+        # Reads go through the SDK once it is connected (an operation changed something);
+        # until then through one socket reader for the session.
+        if self._engine is not None or self.reader_factory is None:
+            return None
+        if self._socket_reads is None:
+            self._socket_reads = self.reader_factory()
+        return self._socket_reads
+
     def _heartbeat(self, req_id: Any, done: threading.Event) -> None:
         # A quiet operation (a long pull, logs --follow of a quiet container) still
         # shows the controller it is alive, so its idle timeout means "agent hung".
@@ -158,7 +169,8 @@ class Server:
                 self.send(event(req_id, type_, **data))
 
             ctx = Context(engine_factory=self._engine_once, state_dir=self.state_dir, emit=emit, cancelled=cancel,
-                          engine_id=self._engine_id_once if self.engine_id_factory is not None else None)
+                          engine_id=self._engine_id_once if self.engine_id_factory is not None else None,
+                          reader=self._reader_once)
             done = threading.Event()
             beat = threading.Thread(target=self._heartbeat, args=(req_id, done), daemon=True)
             beat.start()

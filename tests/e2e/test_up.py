@@ -122,6 +122,25 @@ def test_second_up_plans_no_change_and_starts_nothing(shop):
     assert shop.ids() == before
 
 
+def test_state_without_the_sdk_reads_what_the_sdk_reads(shop, lab):
+    """agent.engine_reads (state's fast path) and agent.engine.Engine (the docker SDK)
+    report every container of the project on a real engine identically."""
+    import docker
+
+    from agent import labels as L
+    from agent.engine import Engine
+    from agent.engine_reads import SocketReads
+
+    host = lab.node("dev-1").docker_host
+    sdk = Engine(docker.DockerClient(base_url=host))
+    reads = SocketReads.from_env({"DOCKER_HOST": host})
+    want = sdk.containers(L.filters(shop.project))
+    assert len(want) == 5
+    assert reads.containers(L.filters(shop.project)) == want
+    assert reads.container(want[0].id) == sdk.container(want[0].id)
+    assert reads.container("no-such-container") is None
+
+
 def test_changing_one_services_environment_recreates_that_service_only(shop):
     before = shop.ids()
     plan = last_json(shop.orch("plan", "--json", env={"WORKER_INTERVAL": "2"}).stdout)["plan"]

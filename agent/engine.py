@@ -42,6 +42,7 @@ class ContainerInfo:
     health_streak: int = 0  # consecutive failed probes (Docker's FailingStreak)
     health_exit: Optional[int] = None  # exit code of the last probe; None when none finished
     networks: List[str] = field(default_factory=list)
+    binds: List[str] = field(default_factory=list)  # host paths bind-mounted (secret/config files among them)
 
     @property
     def project(self) -> str:
@@ -151,6 +152,7 @@ def info_from_inspect(attrs: Dict[str, Any]) -> ContainerInfo:
         health_streak=int(health.get("FailingStreak") or 0),
         health_exit=_last_probe_exit(health.get("Log")),
         networks=sorted(((attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys()),
+        binds=sorted(m["Source"] for m in attrs.get("Mounts") or [] if m.get("Type") == "bind" and m.get("Source")),
     )
 
 

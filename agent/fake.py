@@ -104,6 +104,8 @@ class FakeEngine:
             id=cid, name=name, labels=dict(body.get("Labels") or {}), image=body["Image"],
             image_id=self._image_id(body["Image"]), state="created",
             healthcheck=healthcheck, networks=sorted(nets),
+            binds=sorted([m["Source"] for m in body.get("HostConfig", {}).get("Mounts") or [] if m.get("Type") == "bind"]
+                         + [b.split(":")[0] for b in body.get("HostConfig", {}).get("Binds") or []]),
             ports=[{"target": int(k.split("/")[0]), "protocol": k.split("/")[1], "host_ip": b["HostIp"],
                     "published": int(b["HostPort"]) if b["HostPort"] else None}
                    for k, bs in sorted((body.get("HostConfig", {}).get("PortBindings") or {}).items()) for b in bs])}

@@ -299,6 +299,7 @@ def write_files(ctx: Context, svc: ServiceSpec) -> Dict[Tuple[str, str], str]:
             with open(path, "rb") as fh:
                 same = fh.read() == data
             if same and (st.st_mode & 0o777) == f.mode and (st.st_uid, st.st_gid) == (f.uid, f.gid):
+                os.utime(path)  # the newest version again: prune_files keeps it
                 continue
         except OSError:
             pass
@@ -314,6 +315,43 @@ def write_files(ctx: Context, svc: ServiceSpec) -> Dict[Tuple[str, str], str]:
             os.close(fd)
         os.replace(tmp, path)
     return out
+
+
+def prune_files(ctx: Context, project: str, service: Optional[str] = None) -> List[str]:
+    """Remove the secret/config file versions (write_files) that no container of the
+    project on this engine mounts any more: once a release is live, the kept containers
+    are gone and so are the versions only they used. The newest version of each file is
+    always kept (a deploy of the same project running now may just have written it)."""
+    root = os.path.join(ctx.data_dir(), "files", project)
+    if not os.path.isdir(root):
+        return []
+    used = set()
+    for c in ctx.reads.containers(L.filters(project)):
+        used.update(os.path.realpath(b) for b in c.binds)
+    removed = []
+    for svc_name in ([service] if service else sorted(os.listdir(root))):
+        for kind in ("secrets", "configs"):
+            directory = os.path.join(root, svc_name, kind)
+            try:
+                names = [n for n in os.listdir(directory) if ".tmp-" not in n]
+            except OSError:
+                continue
+            versions: Dict[str, List[Tuple[float, str]]] = {}
+            for n in names:
+                path = os.path.join(directory, n)
+                try:
+                    versions.setdefault(n.rsplit(".", 1)[0], []).append((os.stat(path).st_mtime, path))
+                except OSError:
+                    continue
+            for found in versions.values():
+                for _, path in sorted(found)[:-1]:
+                    if os.path.realpath(path) not in used:
+                        try:
+                            os.unlink(path)
+                            removed.append(os.path.relpath(path, root))
+                        except OSError:
+                            pass
+    return removed
 
 
 def _name_conflicts(ctx: Context, svc: ServiceSpec) -> None:

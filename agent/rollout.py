@@ -52,6 +52,7 @@ from agent.operations import (
     ensure_image,
     ensure_networks,
     ensure_volumes,
+    prune_files,
     unhealthy_reason,
     wait_ready,
     write_files,
@@ -573,7 +574,11 @@ def op_discard(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     service = check_name(args["service"], "service") if args.get("service") else None
     doomed = [c for c in ctx.engine.containers(L.filters(project, service)) if L.is_retired(c.name)]
     _remove_all(ctx, doomed, "the release that replaced it is live")
-    return {"removed": [{"id": c.id, "name": c.name, "service": c.service, "replica": c.replica} for c in doomed]}
+    pruned = prune_files(ctx, project, service)
+    if pruned:
+        ctx.emit("files.prune", files=pruned)
+    return {"removed": [{"id": c.id, "name": c.name, "service": c.service, "replica": c.replica} for c in doomed],
+            "pruned_files": pruned}
 
 
 def ingress_state(ctx: Context, project: str) -> Dict[str, Any]:

@@ -6,6 +6,7 @@ copied to the node (0400 / 0444, root) and mounted at /run/secrets/NAME and /NAM
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import uuid
 
@@ -76,6 +77,7 @@ def app(orch, lab, tmp_path_factory):
 
     final = last_json(run("up", "--json").stdout)
     assert final["status"] == "ok"
+    run.dir = d
     yield run, project
     run("down", "--volumes", check=False)
 
@@ -114,3 +116,23 @@ def test_engine_settings_on_the_node(app, ssh):
     assert sorted(attrs["NetworkSettings"]["Networks"]) == [f"{project}_back", f"{project}_front"]
     (data,) = [m for m in attrs["Mounts"] if m["Destination"] == "/data"]
     assert data["Type"] == "volume" and data["Name"] == f"{project}_data"
+
+
+def test_a_changed_secret_gets_a_new_file_and_the_old_one_goes_once_live(app, ssh):
+    """Each value has its own file on the node (a kept container mounts its own again);
+    once the release is live the versions only kept containers used are removed."""
+    run, project = app
+    node = ssh("dev-1")
+
+    def source() -> str:
+        attrs = json.loads(node.check(f"docker inspect {project}-app-1"))[0]
+        (m,) = [m for m in attrs["Mounts"] if m["Destination"] == "/run/secrets/pw"]
+        return m["Source"]
+
+    old = source()
+    (run.dir / "pw.txt").write_text("n3w")
+    assert last_json(run("up", "--json").stdout)["status"] == "ok"
+    assert sh(run, "app", "cat /run/secrets/pw") == "n3w"
+    new = source()
+    assert new != old
+    assert node.check(f"ls {os.path.dirname(new)}").split() == [os.path.basename(new)]

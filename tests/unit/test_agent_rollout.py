@@ -317,3 +317,29 @@ def test_leaving_the_ingress_and_failing_gets_the_frontend_back(run, engine, ing
     front = ingress.frontends[("shop", "web")]
     assert front["port"]["published"] == 8080 and front["health"]["path"] == "/"
     assert [x["name"] for x in front["servers"]] == [L.server_name("web", 1, old.id)]
+
+
+def test_discard_prunes_file_versions_only_the_kept_containers_used(run, engine, tmp_path):
+    import base64
+    import os
+
+    def secret(value):
+        return [{"name": "pw", "content": base64.b64encode(value).decode()}]
+
+    run("apply", {"spec": spec(V1, replicas=(1,), secrets=secret(b"one"))})
+    old_file = engine.container("shop-web-1").binds[0]
+    run("rollout", {"spec": spec(V2, replicas=(1,), secrets=secret(b"two")), "replicas": [1], "batch": 1})
+    new_file = engine.container("shop-web-1").binds[0]
+    assert old_file != new_file and engine.container("shop-web-1-prev").binds == [old_file]
+    files = os.path.dirname(new_file)
+    # a version nobody mounts but newer than the live one: a deploy running now may use it
+    os.utime(new_file, (1, 1))
+    os.utime(old_file, (1, 1))
+    with open(os.path.join(files, "pw.000000000000"), "wb") as fh:
+        fh.write(b"three")
+    res = run("discard", {"project": "shop"})
+    assert [r["name"] for r in res["removed"]] == ["shop-web-1-prev"]
+    assert res["pruned_files"] == ["web/secrets/" + os.path.basename(old_file)]
+    assert sorted(os.listdir(files)) == sorted(["pw.000000000000", os.path.basename(new_file)])
+    # the live container's version stays even when it is not the newest
+    assert run("discard", {"project": "shop"})["pruned_files"] == []

@@ -15,8 +15,10 @@ refused with error kind "locked" and that holder, or waits up to `wait_s` second
 (/proc/locks), so looking never gets in a deployer's way.
 
 Operations (registered in agent.operations.OPERATIONS):
-  lock_acquire  {"env", "holder": {...}, "wait_s": 0} -> {"acquired": true, "holder", "waited"}
-                error kind "locked", details {"holder": {...}, "env"} when busy
+  lock_acquire  {"env", "holder": {...}, "wait_s": 0} -> {"acquired": true, "holder", "waited",
+                "waited_for_work"}; error kind "locked", details {"holder": {...}, "env"} when busy.
+                Once it has the lock it also waits (up to WORK_WAIT) for operations on the
+                environment still running in agents of a controller that went away.
   lock_release  {"env"} -> {"released": bool}
   lock_status   {"env"} -> {"env", "held": bool, "mine": bool, "holder": {...} or null}
 
@@ -25,6 +27,7 @@ Python 3.9 compatible, stdlib only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -32,7 +35,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from agent.protocol import (
     CANCELLED,
@@ -54,6 +57,58 @@ HOLDER_KEYS = ("user", "host", "command", "started", "ci_job", "pid", "project")
 
 def lock_path(ctx: Any, env: str) -> str:
     return os.path.join(ctx.data_dir(), "locks", "%s.lock" % env)
+
+
+def work_path(ctx: Any, env: str) -> str:
+    return os.path.join(ctx.data_dir(), "locks", "%s.work" % env)
+
+
+# Operations that change an environment's containers hold ENV.work shared while they
+# run (agent.rpc), their put-back after a failure or a cancel included. An agent whose
+# controller went away mid-rollout still puts its batch back; lock_acquire waits for
+# that (ENV.work exclusive for a moment) so the next controller never works beside it.
+WORK_WAIT = 600.0
+
+
+@contextlib.contextmanager
+def working(ctx: Any, env: Optional[str]) -> Iterator[None]:
+    if not env:
+        yield
+        return
+    path = work_path(ctx, env)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # blocks only while a lock_acquire looks (instant)
+        yield
+    finally:
+        os.close(fd)
+
+
+def wait_for_work(ctx: Any, env: str, wait_s: float = WORK_WAIT) -> float:
+    """Until no operation on env is running on this engine (see working); seconds waited."""
+    path = work_path(ctx, env)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    start = ctx.clock()
+    last_note = None  # type: Optional[float]
+    try:
+        while not _flock_nb(fd, fcntl.LOCK_EX):
+            now = ctx.clock()
+            if ctx.cancelled.is_set():
+                raise AgentError(CANCELLED, "cancelled while waiting for running operations on %s" % env)
+            if now - start >= wait_s:
+                raise AgentError(LOCKED, "operations on %s started by a controller that went away are still "
+                                 "running after %.0fs" % (env, wait_s),
+                                 {"env": env, "holder": None, "work": True, "waited": round(now - start, 1)})
+            if last_note is None or now - last_note >= NOTE_EVERY:
+                last_note = now
+                ctx.emit("lock.waiting", holder=None, waited=round(now - start, 1),
+                         reason="operations of a controller that went away are finishing (putting a batch back)")
+            ctx.sleep(POLL)
+    finally:
+        os.close(fd)  # drops the exclusive flock at once: this controller's own work takes it shared
+    return round(ctx.clock() - start, 2)
 
 
 def _now() -> str:
@@ -234,6 +289,12 @@ def op_lock_acquire(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
         if err.kind == LOCKED:
             err.details["env"] = env
         raise
+    if not out.get("already"):
+        try:
+            out["waited_for_work"] = wait_for_work(ctx, env)
+        except BaseException:
+            TABLE.release(path)
+            raise
     out["env"] = env
     return out
 

@@ -12,12 +12,14 @@ import threading
 import traceback
 from typing import Any, BinaryIO, Callable, Dict, Optional, Set
 
+from agent.lock import working
 from agent.operations import OPERATIONS, Context
 from agent.protocol import (
     BAD_REQUEST,
     INTERNAL,
     AgentError,
     BadRequest,
+    check_name,
     encode,
     error,
     event,
@@ -175,7 +177,8 @@ class Server:
             beat = threading.Thread(target=self._heartbeat, args=(req_id, done), daemon=True)
             beat.start()
             try:
-                out = op(ctx, req["args"])
+                with working(ctx, _work_env(req["op"], req["args"])):
+                    out = op(ctx, req["args"])
             finally:
                 done.set()
             self.send(result(req_id, out))
@@ -190,6 +193,23 @@ class Server:
         finally:
             with self._state_lock:
                 self._current, self._cancel = None, None
+
+
+# Operations that change an environment's containers: they run under agent.lock.working.
+CHANGES_CONTAINERS = frozenset({"apply", "rollout", "restore", "retire", "remove"})
+
+
+def _work_env(op: str, args: Any) -> Optional[str]:
+    """The environment an operation changes (args.env, or the spec's), when it is one
+    that does and the name is valid (else the operation's own checks refuse it)."""
+    if op not in CHANGES_CONTAINERS or not isinstance(args, dict):
+        return None
+    spec = args.get("spec")
+    env = args.get("env") or (spec.get("env") if isinstance(spec, dict) else None)
+    try:
+        return check_name(env, "env") if env else None
+    except AgentError:
+        return None
 
 
 def _salvage_id(line: bytes) -> Any:

@@ -115,7 +115,7 @@ class EnvLock:
         self.holder = holder
         self.held: list[str] = []
 
-    def acquire(self, wait: float = 0.0, on_wait: Callable[[str, LockHolder | None, float], None] | None = None
+    def acquire(self, wait: float = 0.0, on_wait: Callable[..., None] | None = None
                 ) -> EnvLock:
         """Take the lock on every node in order, waiting up to `wait` seconds in all."""
         from orchestrator.transport import AgentError
@@ -127,12 +127,22 @@ class EnvLock:
 
                 def event(ev: dict, node: str = node) -> None:
                     if ev.get("type") == "lock.waiting" and on_wait is not None:
-                        on_wait(node, LockHolder.from_dict(ev.get("holder")), float(ev.get("waited") or 0))
+                        waited = float(ev.get("waited") or 0)
+                        if ev.get("reason"):  # locked by us; an earlier controller's agents finishing
+                            on_wait(node, None, waited, ev["reason"])
+                        else:
+                            on_wait(node, LockHolder.from_dict(ev.get("holder")), waited)
 
                 try:
                     session.call("lock_acquire", {"env": self.env, "holder": self.holder.to_args(),
                                                   "wait_s": round(remaining, 3)}, on_event=event)
                 except AgentError as err:
+                    if err.kind == LOCKED_KIND and err.details.get("work"):
+                        raise LockHeld(
+                            f"environment {self.env} on {node}: {err.message}. Nothing was changed.",
+                            fix="they end by themselves once they have put their batch back; run again later. "
+                            "`orch ps` shows the containers.",
+                            details={"env": self.env, "node": node, "holder": None}) from None
                     if err.kind == LOCKED_KIND:
                         raise lock_held_error(self.env, node, LockHolder.from_dict(err.details.get("holder")),
                                               float(err.details.get("waited") or 0)) from None
@@ -160,7 +170,7 @@ class EnvLock:
 
 
 def acquire_lock(env: str, sessions: Mapping[str, Any], holder: LockHolder, wait: float = 0.0,
-                 on_wait: Callable[[str, LockHolder | None, float], None] | None = None) -> EnvLock:
+                 on_wait: Callable[..., None] | None = None) -> EnvLock:
     """Take `env`'s lock on every node of sessions; LockHeld (exit 4) when another holds it."""
     return EnvLock(env, sessions, holder).acquire(wait, on_wait)
 

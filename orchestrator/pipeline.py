@@ -434,9 +434,13 @@ class EnvConnection:
         self.progress.phase("lock", f"taking the deploy lock of {env}")
         holder = LockHolder.current(command, performer, self.project)
 
-        def on_wait(node: str, who: Any, waited: float) -> None:
+        def on_wait(node: str, who: Any, waited: float, reason: str | None = None) -> None:
             from dataclasses import asdict
 
+            if reason:  # the lock is ours; agents of a controller that went away are finishing
+                self.progress.phase("lock", f"locked {env}; waiting on {node} ({waited:.0f}s): {reason}",
+                                    node=node, waited=waited, holder=None, reason=reason)
+                return
             text = who.describe() if who is not None else "another controller"
             self.progress.phase("lock", f"waiting for the lock of {env} ({waited:.0f}s): held by {text}",
                                 node=node, waited=waited, holder=asdict(who) if who is not None else None)

@@ -14,6 +14,8 @@ each, every answer checked) runs while versions change:
 - stop-first and start-first are told apart by the agent's events; parallelism 2 with
   4 replicas replaces 2 at a time (by the events' batch numbers);
 - a release that takes web off the ingress and fails gets the frontend back;
+- a controller killed mid-rollout: the next one waits for its agents' put-back, then
+  converges;
 - a node lost mid-rollout (its engine and sshd stopped): the command fails naming it,
   the other node is back on the previous release, and after the node returns a re-run
   converges.
@@ -62,14 +64,15 @@ services:
       retries: 3
   web:
     <<: *httpd
-    command: ["sh", "-c", "mkdir -p /srv && echo web-$${VERSION} > /srv/index.html && echo web $${VERSION} up && exec httpd -f -p 80 -h /srv"]
-    environment: {VERSION: "${VERSION:-1}", BROKEN: "${BROKEN:-no}"}
+    command: ["sh", "-c", "sleep $${START_DELAY}; mkdir -p /srv && echo web-$${VERSION} > /srv/index.html && echo web $${VERSION} up && exec httpd -f -p 80 -h /srv"]
+    environment: {VERSION: "${VERSION:-1}", BROKEN: "${BROKEN:-no}", START_DELAY: "${START_DELAY:-0}"}
     ports: ["${WEB_PORT}:80"]
     healthcheck:
       test: ["CMD-SHELL", "[ \\"$$BROKEN\\" != yes ] && wget -q -O /dev/null http://127.0.0.1:80/"]
       interval: 1s
       timeout: 2s
       retries: 3
+      start_period: ${START_PERIOD:-0s}
     depends_on: {api: {condition: service_healthy}}
     deploy:
       replicas: ${REPLICAS:-2}
@@ -244,6 +247,39 @@ def test_a_failed_move_off_the_ingress_gets_the_frontend_back(roll, lab):
     # and the next deploy of the ingress app sees nothing to fix
     plan = last_json(roll.run("plan", "--json", VERSION="2").stdout)
     assert plan["plan"]["noop"] is True, plan
+
+
+def test_a_controller_killed_mid_rollout_and_a_new_one_at_once(roll, lab):
+    """The killed controller's agent puts its batch back (here: restarting the old
+    container, which takes a few seconds to start); the next controller takes the lock
+    and waits for that put-back before it deploys, then converges."""
+    slow = {"START_DELAY": "4", "START_PERIOD": "20s"}  # containers slow to (re)start
+    code, final, _ = roll.up(VERSION="2", **slow)
+    assert code == 0, final
+    proc = subprocess.Popen(roll.argv("up", "--json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=roll.env(VERSION="8", ORDER="stop-first", **slow))
+    killed = False
+    try:
+        for line in proc.stdout:
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "agent" and event.get("service") == "web" \
+                    and event.get("type") == "container.create":
+                proc.kill()  # SIGKILL: no goodbye; sshd closes the channels
+                killed = True
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(60)
+    assert killed
+    code, final, events = roll.up(VERSION="9")
+    assert code == 0, final
+    waits = [e for e in events if e.get("event") == "phase" and e.get("phase") == "lock" and e.get("reason")]
+    assert waits and "putting a batch back" in waits[0]["reason"], [e for e in events if e.get("phase") == "lock"]
+    port = int(roll.vars["WEB_PORT"])
+    for n in ("prod-1", "prod-2"):
+        assert get(lab.node(n).address, port) == (200, "web-9\n")
+    assert sorted(roll.web()) == [f"{roll.project}-web-1", f"{roll.project}-web-2"]
 
 
 def _order_of(events: list[dict], node: str) -> list[str]:

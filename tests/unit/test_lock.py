@@ -305,3 +305,59 @@ def test_holder_of_this_process(monkeypatch):
     h = OL.LockHolder.current("orch up --env prod", project="hello")
     assert h.pid == os.getpid() and h.ci_job == "https://github.com/org/app/actions/runs/99" and h.project == "hello"
     assert set(h.to_args()) <= set(AL.HOLDER_KEYS)
+
+
+# --------------------------------------------------------------------------- work in flight
+
+
+def test_lock_acquire_waits_for_operations_still_putting_a_batch_back(tmp_path):
+    """An agent whose controller went away finishes its put-back under ENV.work; the next
+    controller's lock_acquire answers only after that."""
+    import io
+    import time
+
+    from agent.rpc import Server
+
+    engine = FakeEngine()
+    started, finish = threading.Event(), threading.Event()
+
+    def slow_rollout(ctx, args):  # a put-back still running
+        started.set()
+        finish.wait(10)
+        return {}
+
+    out = io.BytesIO()
+    server = Server(io.BytesIO(), out, lambda: engine, str(tmp_path), operations={"rollout": slow_rollout})
+    line = json.dumps({"v": 1, "id": 1, "op": "rollout", "args": {"spec": {"env": "prod"}}}).encode()
+    worker = threading.Thread(target=server.handle, args=(line,))
+    worker.start()
+    assert started.wait(10)
+    events = []
+    ctx = Context(engine_factory=lambda: engine, state_dir=str(tmp_path),
+                  emit=lambda t, **d: events.append(dict(d, type=t)))
+    with pytest.raises(AgentError) as info:  # bounded: refused with a clear reason
+        AL.wait_for_work(ctx, "prod", wait_s=0.3)
+    assert info.value.kind == "locked" and "still running" in info.value.message
+    threading.Timer(0.5, finish.set).start()
+    t0 = time.monotonic()
+    got = OPERATIONS["lock_acquire"](ctx, {"env": "prod", "holder": HOLDER})
+    try:
+        assert got["acquired"] and got["waited_for_work"] > 0.3 and time.monotonic() - t0 > 0.3
+        assert any(e["type"] == "lock.waiting" and "putting a batch back" in e["reason"] for e in events)
+        worker.join(10)
+        assert json.loads(out.getvalue().splitlines()[-1])["result"] == {}
+        # other environments and read-only operations never wait
+        assert OPERATIONS["lock_acquire"](ctx, {"env": "test", "holder": HOLDER})["waited_for_work"] < 0.3
+    finally:
+        OPERATIONS["lock_release"](ctx, {"env": "prod"})
+        OPERATIONS["lock_release"](ctx, {"env": "test"})
+
+
+def test_which_operations_hold_the_work_lock():
+    from agent.rpc import _work_env
+
+    assert _work_env("rollout", {"spec": {"env": "prod"}}) == "prod"
+    assert _work_env("restore", {"env": "prod"}) == "prod"
+    assert _work_env("remove", {"project": "shop"}) is None  # no env: nothing to wait on
+    assert _work_env("state", {"env": "prod"}) is None
+    assert _work_env("retire", {"env": "../etc"}) is None  # the operation itself refuses it

@@ -279,6 +279,13 @@ class SSHNode:
                 with self._lock:
                     self._free.append(s)
 
+    def lock_session(self) -> Any:
+        """The session that holds the deploy lock: the first one, which lives as long as
+        the command (no extra agent start). Its agent ends when the controller goes away,
+        after putting back the batch it was working on; lock_acquire waits for the other
+        sessions' work (agent.lock.working). Not to be closed by the caller."""
+        return self._all[0]
+
     def dedicated_session(self) -> Any:
         """A new agent session on this connection, outside the pool, for the caller alone
         (the deploy lock: an agent that does nothing else ends, and frees the lock, the

@@ -363,7 +363,7 @@ def _history_with(history: History, *releases: Release) -> History:
 class _LockHandle:
     def __init__(self, lock: Any, sessions: Mapping[str, Any]):
         self.lock = lock
-        self.sessions = dict(sessions)
+        self.sessions = dict(sessions)  # the ones the handle opened (closed on release)
 
     def release(self) -> None:
         try:
@@ -378,16 +378,22 @@ class _LockHandle:
 
 def lock_nodes(nodes: Mapping[str, Any], env: str, holder: Any, wait: float,
                on_wait: Callable[[str, Any, float], None] | None = None) -> _LockHandle:
-    """Take env's lock over dedicated agent sessions opened on the nodes' own connections."""
+    """Take env's lock on each node's lock session (deploy.SSHNode.lock_session: the
+    node's first agent session), or on a dedicated one for nodes without it."""
     from orchestrator import transport as T
     from orchestrator.lock import acquire_lock
 
+    opened: dict[str, Any] = {}
+
     def one(node: Any) -> Any:
-        return node.dedicated_session()
+        if hasattr(node, "lock_session"):
+            return node.lock_session()
+        opened[node.name] = s = node.dedicated_session()
+        return s
 
     sessions, errors = T.parallel(list(nodes.values()), one)
     if errors:
-        for s in sessions.values():
+        for s in opened.values():
             s.close()
         failures = {n: e if isinstance(e, T.TransportError) else T.TransportError(f"{n}: {e}", node=n)
                     for n, e in errors.items()}
@@ -395,10 +401,10 @@ def lock_nodes(nodes: Mapping[str, Any], env: str, holder: Any, wait: float,
     try:
         lock = acquire_lock(env, sessions, holder, wait, on_wait)
     except BaseException:
-        for s in sessions.values():
+        for s in opened.values():
             s.close()
         raise
-    return _LockHandle(lock, sessions)
+    return _LockHandle(lock, opened)
 
 
 class EnvConnection:
@@ -411,8 +417,8 @@ class EnvConnection:
         self.project = project
         self.progress = progress
         self.seams = seams
-        # One spare, warmed-up agent session per node for the lock (deploy.ssh_connect).
-        self.connector = seams.connector or (lambda env, progress, project: ssh_connect(env, progress, project, spare_sessions=1))
+        # The lock lives on each node's first session (deploy.SSHNode.lock_session).
+        self.connector = seams.connector or ssh_connect
         self.nodes: dict[str, Any] = {}
         self.lock_handle: Any = None
         self.timings: dict[str, float] = {}

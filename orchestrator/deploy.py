@@ -234,7 +234,6 @@ class SSHNode:
         self._lock = threading.Lock()
         self._closed = False
         self._warming: list[threading.Thread] = []
-        self.spares: list[Any] = []  # dedicated sessions opened along with the first (ssh_connect)
 
     def prewarm(self, count: int, project: str | None = None) -> None:
         """Open sessions in the background until `count` exist (parallel applies coming
@@ -286,15 +285,6 @@ class SSHNode:
         sessions' work (agent.lock.working). Not to be closed by the caller."""
         return self._all[0]
 
-    def dedicated_session(self) -> Any:
-        """A new agent session on this connection, outside the pool, for the caller alone
-        (the deploy lock: an agent that does nothing else ends, and frees the lock, the
-        moment the controller goes away). Close it with .close()."""
-        with self._lock:
-            if self.spares:
-                return self.spares.pop()
-        return open_agent(self.conn, self.bundle, fallback=False)
-
     def call(self, op: str, args: dict | None = None, on_event: Callable[[dict], None] | None = None,
              timeout: float | None = None) -> dict:
         with self.session() as s:
@@ -313,7 +303,7 @@ class SSHNode:
             self._closed = True
         for t in self._warming:
             t.join(0.5)
-        for s in list(self._all) + list(self.spares):
+        for s in list(self._all):
             try:
                 s.channel.shutdown_write()  # EOF: the agent exits on its own
                 s.channel.close()
@@ -368,17 +358,12 @@ def _state_or_error(stream: Any) -> Any:
 Connector = Callable[..., dict]
 
 
-def ssh_connect(environment: Any, progress: Progress, project: str | None = None,
-                spare_sessions: int = 0) -> dict[str, SSHNode]:
+def ssh_connect(environment: Any, progress: Progress, project: str | None = None) -> dict[str, SSHNode]:
     """Connect to every node and start its agent; all or nothing (NodesUnreachable).
 
     Each node goes through connect -> agent -> hello (+ `state` of `project`, pipelined)
     on its own, in parallel, so no node waits for another's handshake. Nothing is
     changed on any node until every node got this far.
-
-    spare_sessions: that many more sessions per node, opened alongside the first, for
-    SSHNode.dedicated_session (the deploy lock), so taking the lock costs a round trip
-    rather than an agent start.
     """
 
     from orchestrator.agent_bundle import current_bundle
@@ -389,31 +374,13 @@ def ssh_connect(environment: Any, progress: Progress, project: str | None = None
 
     def one(target: T.NodeTarget) -> SSHNode:
         conn = T.connect(target, options)
-        spares: list[Any] = []
-
-        def spare() -> None:
-            try:
-                spares.append(open_agent(conn, bundle, fallback=False))
-            except Exception:
-                return  # e.g. the bundle is being uploaded: dedicated_session opens one later
-
-        threads = [threading.Thread(target=spare, daemon=True, name=f"orch-spare-{target.name}")
-                   for _ in range(spare_sessions)]
-        for t in threads:
-            t.start()
         try:
             session = open_agent(conn, bundle, project=project)
         except BaseException:
-            for t in threads:
-                t.join(5)
             conn.close()
             raise
-        for t in threads:
-            t.join(30)
         progress.event("session", node=target.name, pid=session.pid, uploaded=session.uploaded)
-        node = SSHNode(conn, bundle, session, progress, session.prefetched)
-        node.spares = spares
-        return node
+        return SSHNode(conn, bundle, session, progress, session.prefetched)
 
     nodes, errors = T.parallel(targets, one)
     if errors:

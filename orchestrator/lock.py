@@ -6,14 +6,17 @@ an flock for as long as this controller's SSH channel to it is open, so a contro
 killed with SIGKILL, or a cancelled CI job, frees it at once. Nodes are locked in a
 fixed order (by name), so two controllers never hold half of an environment each.
 
-    sessions = open_lock_sessions(conns, bundle)     # one extra agent channel per node
+    sessions = open_lock_sessions(conns, bundle)     # or any agent session per node
     with acquire_lock("prod", sessions, LockHolder.current("orch up --env prod"), wait=0):
         ...                                            # deploy
     # LockHeld (exit 4) names holder, command, start time and CI job
 
-Use dedicated sessions (open_lock_sessions) rather than the deploy's own: an agent
-busy with an operation still holds the lock, but a dedicated one does nothing else,
-so it ends (and frees the lock) the instant the controller goes away.
+orch's own commands take it on each node's first session (deploy.SSHNode.lock_session),
+the one that lives as long as the command, so it costs no extra agent start. When the
+controller goes away, that agent first puts back the batch it was working on, then
+ends and frees the lock; the next holder's lock_acquire also waits for the other
+sessions' operations still finishing (agent.lock.working), so it never works beside
+them.
 """
 
 from __future__ import annotations

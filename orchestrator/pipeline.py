@@ -360,51 +360,15 @@ def _history_with(history: History, *releases: Release) -> History:
 # --------------------------------------------------------------------------- the lock
 
 
-class _LockHandle:
-    def __init__(self, lock: Any, sessions: Mapping[str, Any]):
-        self.lock = lock
-        self.sessions = dict(sessions)  # the ones the handle opened (closed on release)
-
-    def release(self) -> None:
-        try:
-            self.lock.release()
-        finally:
-            for s in self.sessions.values():
-                try:
-                    s.close()
-                except Exception:
-                    pass
-
-
 def lock_nodes(nodes: Mapping[str, Any], env: str, holder: Any, wait: float,
-               on_wait: Callable[[str, Any, float], None] | None = None) -> _LockHandle:
+               on_wait: Callable[..., None] | None = None) -> Any:
     """Take env's lock on each node's lock session (deploy.SSHNode.lock_session: the
-    node's first agent session), or on a dedicated one for nodes without it."""
-    from orchestrator import transport as T
+    node's first agent session, which the node closes with the command); the
+    orchestrator.lock.EnvLock, released with .release()."""
     from orchestrator.lock import acquire_lock
 
-    opened: dict[str, Any] = {}
-
-    def one(node: Any) -> Any:
-        if hasattr(node, "lock_session"):
-            return node.lock_session()
-        opened[node.name] = s = node.dedicated_session()
-        return s
-
-    sessions, errors = T.parallel(list(nodes.values()), one)
-    if errors:
-        for s in opened.values():
-            s.close()
-        failures = {n: e if isinstance(e, T.TransportError) else T.TransportError(f"{n}: {e}", node=n)
-                    for n, e in errors.items()}
-        raise T.NodesUnreachable(failures, len(nodes), action="open a lock session on")
-    try:
-        lock = acquire_lock(env, sessions, holder, wait, on_wait)
-    except BaseException:
-        for s in opened.values():
-            s.close()
-        raise
-    return _LockHandle(lock, opened)
+    sessions = {name: node.lock_session() for name, node in nodes.items()}
+    return acquire_lock(env, sessions, holder, wait, on_wait)
 
 
 class EnvConnection:

@@ -77,8 +77,8 @@ class FakeNode:
         s.result = result
         yield s
 
-    def dedicated_session(self):
-        """Like SSHNode.dedicated_session (the deploy lock): the same agent operations."""
+    def lock_session(self):
+        """Like SSHNode.lock_session (the deploy lock): the same agent operations."""
         node = self
 
         class Session:

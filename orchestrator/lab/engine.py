@@ -137,7 +137,7 @@ def clear_stale_pidfiles(docker_pidfile: Path, exec_root: Path) -> list[Path]:
     may be any process that got the pid again (/run is not a tmpfs everywhere).
     """
     removed = []
-    if proc.clear_stale_pidfile(docker_pidfile, lambda argv: os.path.basename(argv[0]) == "dockerd"):
+    if proc.clear_stale_pidfile(docker_pidfile, lambda argv: bool(argv) and os.path.basename(argv[0]) == "dockerd"):
         removed.append(docker_pidfile)
     return removed + clear_stale_containerd_pidfile(exec_root)
 

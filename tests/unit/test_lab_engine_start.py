@@ -119,6 +119,8 @@ def test_stale_pid_files_are_removed_unless_they_name_the_engines_own_processes(
 
         containerd_pid.write_text(str(gone.pid))
         assert engine.clear_stale_containerd_pidfile(exec_root) == [containerd_pid]
+        docker_pid.write_text("2")  # kthreadd: a live pid with an empty argv
+        assert engine.clear_stale_pidfiles(docker_pid, exec_root) == [docker_pid]
         containerd_pid.write_text("garbage")
         assert engine.clear_stale_containerd_pidfile(exec_root) == [containerd_pid]
         assert engine.clear_stale_containerd_pidfile(exec_root) == []  # no file: nothing to do

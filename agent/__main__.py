@@ -24,7 +24,9 @@ def main(argv=None) -> int:
         import platform
 
         print(json.dumps({"agent_version": agent_version(), "protocol": PROTOCOL_VERSION,
-                          "bundle": bundle_name(), "python": platform.python_version()}))
+                          "bundle": bundle_name(), "python": platform.python_version(),
+                          # the bundle, or its unpacked copy (orch-agent-HASH.d) once there is one
+                          "runs_from": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}))
         return 0
     if args.command == "rpc":
         from agent.engine import Engine, engine_id_from_socket

@@ -325,7 +325,7 @@ def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | Non
     remote = T.bundle_path(bundle)
     session = None
     try:
-        channel = conn.open_exec(T.agent_command(remote))
+        channel = conn.open_exec(T.agent_command(remote, python=conn.target.python))
         session = T.AgentSession(conn, channel, remote, False)
         hello = session.stream("hello", {"protocol": PROTOCOL_VERSION})
         state = session.stream("state", {"project": project}) if project else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ class NodeSpec:
     identity_file: Path | None = None
     labels: dict[str, str] = field(default_factory=dict)
     jump: str | None = None  # "user@host:port", ProxyJump-style
+    python: str = "python3"  # the interpreter the agent runs with on this node
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,9 @@ def pipeline_order(envs: Mapping[str, Environment]) -> list[str]:
 # --------------------------------------------------------------------------- parsing
 
 _TOP_KEYS = {"name", "nodes", "ssh", "registry", "promote_from", "gates", "verify", "vars", "overlay"}
-_NODE_KEYS = {"name", "host", "port", "user", "identity_file", "labels", "jump"}
+_NODE_KEYS = {"name", "host", "port", "user", "identity_file", "labels", "jump", "python"}
+# A program name or an absolute path, run as argv[0] (never through a shell string).
+_PYTHON_RE = re.compile(r"^[A-Za-z0-9_.+-]+$|^/[A-Za-z0-9_./+-]+$")
 _SSH_KEYS = {"known_hosts", "connect_timeout", "command_timeout", "strict_host_keys"}
 _REGISTRY_KEYS = {"address", "ca_file", "username", "username_env", "password_env", "password_file", "credentials_file",
                   "mirror"}
@@ -392,6 +396,12 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
             port = r.typed(raw, "port", f"{p}.port", (int,), "a port number", default=22)
             if not (0 < port < 65536):
                 r.problem(raw, "port", f"{p}.port", f"port {port} is out of range", fix="use 1-65535.")
+            python = r.typed(raw, "python", f"{p}.python", (str,), "a program name or an absolute path",
+                             default="python3")
+            if not _PYTHON_RE.match(python):
+                r.problem(raw, "python", f"{p}.python", f"'{python}' is not a program name or an absolute path",
+                          fix="write e.g. `python: /usr/bin/python3` (no spaces, no arguments).")
+                python = "python3"
             nodes.append(
                 NodeSpec(
                     name=node_name,
@@ -401,6 +411,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
                     identity_file=_path(identity, path),
                     labels={str(k): str(v) for k, v in labels.items()},
                     jump=r.typed(raw, "jump", f"{p}.jump", (str,), "a string like user@host:port"),
+                    python=python,
                 )
             )
 

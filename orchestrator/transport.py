@@ -57,6 +57,7 @@ class NodeTarget:
     identity_file: Path | None = None
     jump: str | None = None  # "user@host:port" (ProxyJump-style; user and port optional)
     labels: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    python: str = DEFAULT_PYTHON  # the node's interpreter for the agent (environment file: nodes[].python)
 
     @property
     def address(self) -> str:
@@ -117,6 +118,7 @@ def target_from_node(node: Any) -> NodeTarget:
         identity_file=Path(identity) if identity else None,
         jump=getattr(node, "jump", None),
         labels=dict(getattr(node, "labels", None) or {}),
+        python=getattr(node, "python", None) or DEFAULT_PYTHON,
     )
 
 
@@ -757,8 +759,10 @@ def _parse_python_version(text: str) -> tuple[int, ...] | None:
     return tuple(int(g) for g in m.groups() if g is not None) if m else None
 
 
-def python_version(conn: Connection, python: str = DEFAULT_PYTHON) -> tuple[int, ...]:
-    """The node's python3 version; NodeRequirementError when it has none."""
+def python_version(conn: Connection, python: str | None = None) -> tuple[int, ...]:
+    """The node's python3 version (python: the node's own setting when None);
+    NodeRequirementError when it has none."""
+    python = python or conn.target.python
     res = conn.run([python, "--version"], timeout=conn.options.connect_timeout + 20)
     version = _parse_python_version(res.stdout + res.stderr) if res.ok else None
     if version is None:
@@ -766,7 +770,8 @@ def python_version(conn: Connection, python: str = DEFAULT_PYTHON) -> tuple[int,
             f"{conn.name}: {python} is not available on the node "
             f"({(res.stderr or res.stdout).strip()[-200:] or f'exit code {res.exit_code}'}).",
             node=conn.name,
-            fix="install Python 3.9 or newer on the node (Debian/Ubuntu: apt-get install python3).",
+            fix=f"install Python 3.9 or newer on the node (Debian/Ubuntu: apt-get install python3), or set "
+                f"`python:` of node {conn.name} in the environment file to the path of one.",
         )
     return version
 
@@ -776,8 +781,9 @@ def bundle_path(bundle: Any, state_dir: str = DEFAULT_STATE_DIR) -> str:
 
 
 def ensure_agent(conn: Connection, bundle: Any, state_dir: str = DEFAULT_STATE_DIR,
-                 python: str = DEFAULT_PYTHON) -> tuple[str, bool]:
+                 python: str | None = None) -> tuple[str, bool]:
     """Make sure the node has this bundle: (remote path, uploaded?). Prunes old bundles."""
+    python = python or conn.target.python
     version = python_version(conn, python)
     need = tuple(bundle.min_python)
     if version[:2] < need:
@@ -901,7 +907,8 @@ class AgentSession:
 
     @classmethod
     def open(cls, conn: Connection, bundle: Any, *, state_dir: str = DEFAULT_STATE_DIR,
-             python: str = DEFAULT_PYTHON) -> AgentSession:
+             python: str | None = None) -> AgentSession:
+        python = python or conn.target.python
         remote, uploaded = ensure_agent(conn, bundle, state_dir, python)
         channel = conn.open_exec(agent_command(remote, state_dir, python))
         session = cls(conn, channel, remote, uploaded)

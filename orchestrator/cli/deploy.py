@@ -18,7 +18,7 @@ from orchestrator.cli.options import (
     project_options,
 )
 
-Services = Annotated[Optional[list[str]], typer.Argument(metavar="SERVICE", help="Services (and their dependencies); default: all.")]
+Services = Annotated[Optional[list[str]], typer.Argument(metavar="[SERVICE]...", help="Services (and their dependencies); default: all.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Connect, observe and print the plan; change nothing.")]
 # `orch logs -f` follows (as docker compose logs -f); there the Compose file is --file only.
 LogsFiles = Annotated[Optional[list[Path]], typer.Option("--file", metavar="FILE", help="Compose file (repeatable).")]
@@ -231,7 +231,7 @@ def down(
 
 @app.command("ps")
 def ps(
-    services: Annotated[Optional[list[str]], typer.Argument(metavar="SERVICE", help="Only these services.")] = None,
+    services: Annotated[Optional[list[str]], typer.Argument(metavar="[SERVICE]...", help="Only these services.")] = None,
     env: EnvRequired = ...,
     file: Files = None,
     project_name: ProjectName = None,
@@ -270,7 +270,7 @@ def ps(
 
 @app.command("logs")
 def logs(
-    services: Annotated[Optional[list[str]], typer.Argument(metavar="SERVICE", help="Services; default: all.")] = None,
+    services: Annotated[Optional[list[str]], typer.Argument(metavar="[SERVICE]...", help="Services; default: all.")] = None,
     env: EnvRequired = ...,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new lines until Ctrl-C.")] = False,
     tail: Annotated[str, typer.Option("--tail", "-n", metavar="N", help="Lines from the end of each container's log, or 'all'.")] = "all",

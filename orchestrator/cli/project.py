@@ -12,7 +12,7 @@ from orchestrator.cli.options import (
 )
 from orchestrator.cli.output import final, print_final, protect, protect_environment, warn
 
-Services = Annotated[Optional[list[str]], typer.Argument(metavar="SERVICE", help="Services (and their dependencies); default: all.")]
+Services = Annotated[Optional[list[str]], typer.Argument(metavar="[SERVICE]...", help="Services (and their dependencies); default: all.")]
 
 
 def _print_warnings(project) -> None:

@@ -60,6 +60,44 @@ def test_named_by_hash_and_cached(tmp_path):
     assert build_bundle(tmp_path).path.stat().st_mtime_ns == mtime  # cached: not rewritten
 
 
+def test_a_second_build_finds_its_inputs_in_the_index_without_archiving(tmp_path, monkeypatch, built):
+    first = build_bundle(tmp_path)
+    assert first.path.read_bytes() == built[0]
+
+    def no_archive(*a):
+        raise AssertionError("archived again although nothing changed")
+
+    monkeypatch.setattr(agent_bundle, "_archive", no_archive)
+    assert build_bundle(tmp_path) == first
+
+
+def test_changed_agent_code_builds_a_new_bundle_despite_the_index(tmp_path):
+    import shutil
+
+    copy = tmp_path / "agent"
+    shutil.copytree(Path(agent_bundle._package_dir("agent")), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = build_bundle(tmp_path / "cache", copy)
+    rpc = copy / "rpc.py"
+    rpc.write_text(rpc.read_text() + "\n# changed\n")
+    after = build_bundle(tmp_path / "cache", copy)
+    assert after.sha256 != before.sha256 and after.path.is_file() and before.path.is_file()
+    assert zipfile.ZipFile(after.path).read("agent/rpc.py").endswith(b"# changed\n")
+
+
+@pytest.mark.parametrize("damage", ["bundle removed", "bundle truncated", "index garbled"])
+def test_a_damaged_cache_is_rebuilt(tmp_path, damage, built):
+    b = build_bundle(tmp_path)
+    index = next(tmp_path.glob("index-*.json"))
+    if damage == "bundle removed":
+        b.path.unlink()
+    elif damage == "bundle truncated":
+        b.path.write_bytes(b.path.read_bytes()[:100])
+    else:
+        index.write_text("{not json")
+    again = build_bundle(tmp_path)
+    assert again.sha256 == b.sha256 and again.path.read_bytes() == built[0]
+
+
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system python3, as on a node")
 def test_runs_on_the_node_python(tmp_path):
     b = build_bundle(tmp_path)
@@ -70,6 +108,39 @@ def test_runs_on_the_node_python(tmp_path):
     code = "import sys; sys.path.insert(0, sys.argv[1]); import docker; print(docker.__file__)"
     out = subprocess.run(["/usr/bin/python3", "-c", code, str(b.path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and str(b.path) in out.stdout
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system python3, as on a node")
+def test_runs_from_an_unpacked_copy_that_keeps_its_bytecode(tmp_path):
+    b = build_bundle(tmp_path / "bundles")
+    stale = tmp_path / "bundles" / "orch-agent-0000000000000000.d"  # its .pyz was pruned
+    (stale / "agent").mkdir(parents=True)
+
+    def version() -> dict:
+        out = subprocess.run(["/usr/bin/python3", str(b.path), "version"], capture_output=True, text=True,
+                             timeout=60, env={"PATH": "/usr/bin:/bin"})
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    copy = b.path.with_suffix(".d")
+    first = version()
+    assert first["runs_from"] == str(copy) and first["bundle"] == b.name
+    assert (copy / "agent" / "rpc.py").read_bytes() == zipfile.ZipFile(b.path).read("agent/rpc.py")
+    assert list((copy / "agent" / "__pycache__").glob("__main__.*.pyc"))  # Python cached it there
+    assert not stale.exists()
+    assert version()["runs_from"] == str(copy)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system python3, as on a node")
+def test_when_it_cannot_unpack_it_runs_from_the_zip(tmp_path):
+    b = build_bundle(tmp_path / "bundles")
+    blocker = b.path.with_suffix(".d")
+    blocker.write_text("not a folder")  # as a read-only or full state dir would: the unpack fails
+    out = subprocess.run(["/usr/bin/python3", str(b.path), "version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["runs_from"] == str(b.path)
+    assert blocker.read_text() == "not a folder"
+    assert sorted(p.name for p in b.path.parent.iterdir() if ".tmp-" in p.name) == []  # no half unpack left
 
 
 def test_too_old_python_gets_a_protocol_error(tmp_path):

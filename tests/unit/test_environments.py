@@ -31,9 +31,31 @@ def test_node_defaults_and_relative_paths(tmp_path):
     d = write(tmp_path, "dev", "nodes:\n  - {name: a, host: 10.0.0.1, identity_file: keys/id}\n")
     env = envs.load_environment("dev", d)
     node = env.nodes[0]
-    assert (node.port, node.user, node.labels, node.jump) == (22, "root", {}, None)
+    assert (node.port, node.user, node.labels, node.jump, node.python) == (22, "root", {}, None, "python3")
     assert node.identity_file == (d / "keys/id").resolve()
     assert env.name == "dev" and env.promote_from is None
+
+
+def test_node_python_reaches_the_agent_command(tmp_path):
+    from orchestrator import transport as T
+
+    d = write(tmp_path, "dev", "nodes:\n  - {name: a, host: h, python: /opt/py3.12/bin/python3}\n"
+                              "  - {name: b, host: h2}\n")
+    a, b = envs.load_environment("dev", d).nodes
+    assert (a.python, b.python) == ("/opt/py3.12/bin/python3", "python3")
+    target = T.target_from_node(a)
+    assert target.python == "/opt/py3.12/bin/python3"
+    assert T.agent_command("/x/orch-agent-1.pyz", python=target.python)[0] == "/opt/py3.12/bin/python3"
+
+
+@pytest.mark.parametrize("value", ["python3 -S", "~/bin/python3", "py;rm -rf /", "''"])
+def test_node_python_must_be_a_program_or_an_absolute_path(tmp_path, value):
+    d = write(tmp_path, "dev", f"nodes:\n  - name: a\n    host: h\n    python: {value}\n")
+    with pytest.raises(InputError) as err:
+        envs.load_environment("dev", d)
+    [problem] = err.value.problems
+    assert problem.key == "nodes[0].python" and problem.line == 4
+    assert "python: /usr/bin/python3" in problem.fix
 
 
 def test_unknown_key_suggests_the_near_one(tmp_path):

@@ -204,7 +204,10 @@ def test_agent_is_uploaded_once_and_answers_hello(tmp_path, known_hosts, target)
         second.close()
         assert not second.uploaded
         left = sorted(p.name for p in stale.iterdir())
-        assert left == sorted([bundle.name, "orch-agent-0000000000000002.pyz", "orch-agent-0000000000000003.pyz"])
+        unpacked = bundle.name[:-len(".pyz")] + ".d"  # where the agent runs from, its bytecode cached
+        assert left == sorted([bundle.name, unpacked, "orch-agent-0000000000000002.pyz",
+                               "orch-agent-0000000000000003.pyz"])
+        assert second.hello["bundle"] == bundle.name and (stale / unpacked / "agent" / "rpc.py").is_file()
         with pytest.raises(T.NodesUnreachable) as err:
             T.open_sessions({"local-1": conn}, bundle, state_dir=state)
         assert "Docker Engine is not usable" in err.value.render() and "apt-get install docker.io" in err.value.render()
@@ -218,7 +221,9 @@ def test_missing_python_is_a_node_requirement_error(tmp_path, known_hosts, targe
     try:
         with pytest.raises(T.NodeRequirementError) as err:
             T.AgentSession.open(conn, bundle, state_dir=str(tmp_path / "s"), python="python3-nonexistent")
-        assert "python3-nonexistent is not available" in err.value.render() and "apt-get install python3" in err.value.render()
+        text = err.value.render()
+        assert "python3-nonexistent is not available" in text and "apt-get install python3" in text
+        assert "`python:` of node local-1 in the environment file" in text
     finally:
         conn.close()
 

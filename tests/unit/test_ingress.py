@@ -138,9 +138,9 @@ def test_config_renders_a_frontend_and_backend_per_service():
     assert "http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host localhost" in web
     lines = [ln.strip() for ln in web.splitlines() if ln.strip().startswith("server ")]
     assert lines == [
-        "server web-1 172.18.0.2:80 check inter 500ms fastinter 500ms downinter 500ms rise 2 fall 2",
-        "server web-2 172.18.0.3:80 check inter 500ms fastinter 500ms downinter 500ms rise 2 fall 2 disabled",
-        "server web-3 172.18.0.4:80 check inter 500ms fastinter 500ms downinter 500ms rise 2 fall 2 disabled",
+        "server web-1 172.18.0.2:80 check inter 500ms fastinter 200ms downinter 200ms rise 2 fall 2",
+        "server web-2 172.18.0.3:80 check inter 500ms fastinter 200ms downinter 200ms rise 2 fall 2 disabled",
+        "server web-3 172.18.0.4:80 check inter 500ms fastinter 200ms downinter 200ms rise 2 fall 2 disabled",
     ]
     blog = text[text.index("frontend fe.blog.www"):text.index("frontend fe.shop.web")]
     assert "bind 0.0.0.0:9000" in blog and "hdr Host blog.example" in blog and " server " not in blog
@@ -189,7 +189,7 @@ def test_runtime_commands():
     h = I.Health("/healthz", interval=1.0, rise=3, fall=2)
     server = I.Server("web-2", "shop-web-2", "172.18.0.3")
     assert I.cmd_add_server("be.shop.web", server, 8080, h) == (
-        "add server be.shop.web/web-2 172.18.0.3:8080 check inter 1000ms fastinter 1000ms downinter 1000ms "
+        "add server be.shop.web/web-2 172.18.0.3:8080 check inter 1000ms fastinter 200ms downinter 200ms "
         "rise 3 fall 2")
     assert I.cmds_warm("be.shop.web", "web-2") == [
         "enable health be.shop.web/web-2",
@@ -534,7 +534,7 @@ def test_rolling_replacement_through_the_ops(sim):
     # the server came in through the runtime API and took traffic only once it was seen healthy
     ref = "be.shop.web/web-1"
     assert w["commands"] == [
-        "add server %s 172.18.0.2:80 check inter 500ms fastinter 500ms downinter 500ms rise 2 fall 2" % ref,
+        "add server %s 172.18.0.2:80 check inter 500ms fastinter 200ms downinter 200ms rise 2 fall 2" % ref,
         "enable health " + ref, "set server %s state drain" % ref, "set server %s health down" % ref,
         "set server %s state ready" % ref,
     ]

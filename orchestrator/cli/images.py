@@ -13,7 +13,7 @@ from orchestrator.cli.options import (
 )
 from orchestrator.cli.output import final, print_final, protect, warn
 
-Services = Annotated[Optional[list[str]], typer.Argument(metavar="[SERVICE]...", help="Services to build (default: every service with build:).")]
+Services = Annotated[Optional[list[str]], typer.Argument(metavar="[SERVICE]...", help="Services (default: every service with build:).")]
 Version = Annotated[
     Optional[str],
     typer.Option("--version", help="Image tag to use instead of the git short hash (+ -dirty-<hash>)."),

@@ -69,6 +69,8 @@ def _unpacked(bundle):
     import time
     for name in os.listdir(folder):  # copies of bundles that were pruned, halves of crashed unpacks
         path = os.path.join(folder, name)
+        if not name.startswith("orch-agent-"):
+            continue
         try:
             if (name.endswith(".d") and not os.path.exists(path[:-2] + ".pyz")) \\
                     or (".d.tmp-" in name and time.time() - os.path.getmtime(path) > 3600):

@@ -400,10 +400,31 @@ def _as_transport(name: str, err: BaseException) -> T.TransportError:
     return T.TransportError(f"{name}: {type(err).__name__}: {err}", node=name)
 
 
-def close_nodes(nodes: Mapping[str, Any]) -> None:
+CLOSE_WAIT = 10.0  # seconds close_nodes waits for the goodbyes; then the process's exit closes the sockets
+
+
+def close_nodes(nodes: Mapping[str, Any], wait: float = CLOSE_WAIT) -> None:
+    """Close every node's sessions and connection, in parallel, for at most `wait` s.
+
+    Daemon threads, not a pool: a goodbye stuck on a wedged connection must not keep the
+    command from ending (a pool's workers are joined at exit). What is left open closes
+    with the process; the agents see end of input, and the deploy lock goes with them."""
     if not nodes:
         return
-    T.parallel(list(nodes.values()), lambda n: n.close())
+
+    def close(node: Any) -> None:
+        try:
+            node.close()
+        except Exception:
+            pass  # a node that went away is closed enough
+
+    threads = [threading.Thread(target=close, args=(n,), daemon=True, name=f"orch-close-{name}")
+               for name, n in nodes.items()]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + wait
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
 
 
 def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,

@@ -431,3 +431,36 @@ def test_find_container_and_since():
     assert parse_since("2024-01-01T00:00:00+00:00") == 1704067200
     with pytest.raises(InputError):
         parse_since("yesterday")
+
+
+@pytest.mark.timeout(60)  # a hang guard: the bound under test is 0.2 s
+def test_close_nodes_does_not_wait_forever_on_a_wedged_node():
+    """A goodbye stuck on one node (its close never returns) neither stops the others
+    from closing nor keeps close_nodes, and so the command, from ending."""
+    from orchestrator.deploy import close_nodes
+
+    release = threading.Event()
+    closed: list[str] = []
+
+    class Node:
+        def __init__(self, name, wedged=False, fails=False):
+            self.name, self.wedged, self.fails = name, wedged, fails
+
+        def close(self):
+            if self.wedged:
+                release.wait()  # until the test ends
+            if self.fails:
+                raise OSError("socket closed")
+            closed.append(self.name)
+
+    nodes = {"a": Node("a", wedged=True), "b": Node("b"), "c": Node("c", fails=True)}
+    try:
+        close_nodes(nodes, wait=0.2)  # returns: without the bound this test hangs
+        for t in threading.enumerate():
+            if t.name in ("orch-close-b", "orch-close-c"):
+                t.join()
+        assert closed == ["b"]
+        stuck = [t for t in threading.enumerate() if t.name == "orch-close-a"]
+        assert stuck and stuck[0].daemon  # left behind, and it cannot hold up the exit
+    finally:
+        release.set()

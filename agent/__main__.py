@@ -18,15 +18,14 @@ def main(argv=None) -> int:
     sub.add_parser("version", help="print the agent and protocol versions as JSON")
     args = parser.parse_args(argv)
 
-    from agent.protocol import PROTOCOL_VERSION, agent_version, bundle_name
+    from agent.protocol import PROTOCOL_VERSION, agent_version, bundle_name, runs_from
 
     if args.command == "version":
         import platform
 
         print(json.dumps({"agent_version": agent_version(), "protocol": PROTOCOL_VERSION,
                           "bundle": bundle_name(), "python": platform.python_version(),
-                          # the bundle, or its unpacked copy (orch-agent-HASH.d) once there is one
-                          "runs_from": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}))
+                          "runs_from": runs_from()}))
         return 0
     if args.command == "rpc":
         from agent.engine import Engine, engine_id_from_socket

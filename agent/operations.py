@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from agent.protocol import (
     check_str,
     check_str_list,
     require,
+    runs_from,
 )
 from agent.spec import ServiceSpec
 
@@ -122,6 +124,8 @@ def op_hello(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
         "agent_version": agent_version(),
         "bundle": bundle_name(),
         "python": platform.python_version(),
+        "executable": sys.executable,  # the node's nodes[].python, resolved
+        "runs_from": runs_from(),
         "pid": os.getpid(),
         "hostname": socket.gethostname(),
     }

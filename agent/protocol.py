@@ -264,6 +264,14 @@ def agent_version() -> str:
     return __version__
 
 
+def runs_from() -> str:
+    """The bundle the agent runs from, or its unpacked copy (orch-agent-<hash>.d) once
+    its stub made one (orchestrator.agent_bundle.MAIN_TEMPLATE)."""
+    import agent
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(agent.__file__)))
+
+
 def bundle_name() -> str:
     """The file this agent runs from (orch-agent-<hash>.pyz), or '' when run from source."""
     import sys

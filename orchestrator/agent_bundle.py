@@ -180,35 +180,39 @@ def _zipinfo(name: str) -> zipfile.ZipInfo:
     return info
 
 
-def _archive(files: list[tuple[str, Path]], manifest: dict) -> bytes:
+def _archive(contents: list[tuple[str, bytes]], manifest: dict) -> bytes:
+    """The zipapp of (archive name, bytes) pairs and the manifest."""
     buf = io.BytesIO()
     buf.write(SHEBANG)
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
         entries = [("__main__.py", MAIN_TEMPLATE.format(min_python=tuple(manifest["min_python"])).encode())]
         entries.append(("orch-agent.json", (json.dumps(manifest, sort_keys=True) + "\n").encode()))
-        entries += [(name, path.read_bytes()) for name, path in files]
+        entries += contents
         for name, data in sorted(entries, key=lambda e: e[0]):
             zf.writestr(_zipinfo(name), data, compresslevel=6)
     return buf.getvalue()
 
 
+def _read(files: list[tuple[str, Path]]) -> list[tuple[str, bytes]]:
+    return [(name, path.read_bytes()) for name, path in files]
+
+
 def build_bytes(agent_dir: Path | None = None) -> tuple[bytes, dict]:
     files, manifest = collect(agent_dir)
-    return _archive(files, manifest), manifest
+    return _archive(_read(files), manifest), manifest
 
 
 # Bump when _archive's output changes for the same inputs (it names the cache index).
 _FORMAT = 1
 
 
-def inputs_key(files: list[tuple[str, Path]], manifest: dict) -> str:
-    """SHA-256 of everything the archive is made of: reading and hashing the ~200 files
-    takes ~15 ms where compressing them takes ~140 ms, so a command that finds this key
-    in the cache's index skips building."""
+def inputs_key(contents: list[tuple[str, bytes]], manifest: dict) -> str:
+    """SHA-256 of everything the archive is made of: hashing the ~200 files takes ~15 ms
+    where compressing them takes ~140 ms, so a command that finds this key in the
+    cache's index skips building."""
     h = hashlib.sha256(f"{_FORMAT}\0{SHEBANG!r}\0{MAIN_TEMPLATE}\0".encode())
     h.update(json.dumps(manifest, sort_keys=True).encode())
-    for name, path in files:
-        data = path.read_bytes()
+    for name, data in contents:
         h.update(f"\0{name}\0{len(data)}\0".encode())
         h.update(data)
     return h.hexdigest()
@@ -226,10 +230,11 @@ def build_bundle(directory: Path | None = None, agent_dir: Path | None = None) -
     """Build (or find in the cache) the agent bundle for the code installed here."""
     directory = Path(directory or cache_dir())
     files, manifest = collect(agent_dir)
-    index = directory / f"index-{inputs_key(files, manifest)[:32]}.json"
+    contents = _read(files)  # read once: for the key, and for the archive when the index has none
+    index = directory / f"index-{inputs_key(contents, manifest)[:32]}.json"
     bundle = _indexed(directory, index)
     if bundle is None:
-        data = _archive(files, manifest)
+        data = _archive(contents, manifest)
         sha = hashlib.sha256(data).hexdigest()
         path = directory / bundle_name(sha)
         if not path.is_file() or path.stat().st_size != len(data):

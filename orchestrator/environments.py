@@ -20,6 +20,9 @@ from orchestrator.errors import InputError, Problem
 ENV_DIR_VARIABLE = "ORCH_ENVIRONMENTS"
 
 
+DEFAULT_PYTHON = "python3"  # nodes[].python when unset
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
@@ -29,7 +32,7 @@ class NodeSpec:
     identity_file: Path | None = None
     labels: dict[str, str] = field(default_factory=dict)
     jump: str | None = None  # "user@host:port", ProxyJump-style
-    python: str = "python3"  # the interpreter the agent runs with on this node
+    python: str = DEFAULT_PYTHON  # the interpreter the agent runs with on this node
 
 
 @dataclass(frozen=True)
@@ -397,11 +400,11 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
             if not (0 < port < 65536):
                 r.problem(raw, "port", f"{p}.port", f"port {port} is out of range", fix="use 1-65535.")
             python = r.typed(raw, "python", f"{p}.python", (str,), "a program name or an absolute path",
-                             default="python3")
+                             default=DEFAULT_PYTHON)
             if not _PYTHON_RE.match(python):
                 r.problem(raw, "python", f"{p}.python", f"'{python}' is not a program name or an absolute path",
                           fix="write e.g. `python: /usr/bin/python3` (no spaces, no arguments).")
-                python = "python3"
+                python = DEFAULT_PYTHON
             nodes.append(
                 NodeSpec(
                     name=node_name,

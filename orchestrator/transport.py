@@ -783,7 +783,7 @@ def bundle_path(bundle: Any, state_dir: str = DEFAULT_STATE_DIR) -> str:
 def ensure_agent(conn: Connection, bundle: Any, state_dir: str = DEFAULT_STATE_DIR,
                  python: str | None = None) -> tuple[str, bool]:
     """Make sure the node has this bundle: (remote path, uploaded?). Prunes old bundles."""
-    python = python or conn.target.python
+    python = python or conn.target.python  # named in the too-old message
     version = python_version(conn, python)
     need = tuple(bundle.min_python)
     if version[:2] < need:

@@ -186,6 +186,30 @@ def test_agent_is_uploaded_once(conns, bundle, tmp_path):
         conns["test-1"].run(["rm", "-rf", state])
 
 
+def test_agents_run_with_the_nodes_python_from_their_unpacked_copy():
+    """environments/prod.yaml says `python: /usr/bin/python3` for its nodes: orch's own
+    connect (the path of every command) starts the agent with it, and the agent runs from
+    the copy its stub unpacked beside the bundle (bytecode kept between starts)."""
+    from pathlib import Path
+
+    from orchestrator.deploy import close_nodes, ssh_connect
+    from orchestrator.environments import load_environment
+    from orchestrator.progress import Progress
+
+    env = load_environment("prod", Path(__file__).resolve().parents[2] / "environments")
+    assert {n.python for n in env.nodes} == {"/usr/bin/python3"}
+    nodes = ssh_connect(env, Progress())
+    try:
+        for name, node in nodes.items():
+            hello = node.lock_session().hello
+            bundle = current_bundle()
+            assert hello["executable"] == "/usr/bin/python3", (name, hello)
+            assert hello["bundle"] == bundle.name
+            assert hello["runs_from"] == T.bundle_path(bundle)[:-len(".pyz")] + ".d", (name, hello)
+    finally:
+        close_nodes(nodes)
+
+
 def test_info_from_every_node(conns, bundle):
     sessions = T.open_sessions(conns, bundle)
     try:

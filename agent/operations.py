@@ -32,6 +32,7 @@ from agent.protocol import (
     BadRequest,
     agent_version,
     bundle_name,
+    canonical_registry,
     check_bool,
     check_container_name,
     check_env_map,
@@ -42,6 +43,7 @@ from agent.protocol import (
     check_project,
     check_str,
     check_str_list,
+    image_registry,
     require,
     runs_from,
 )
@@ -183,13 +185,25 @@ def op_state(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------- apply
 
 
-def _auth(value: Any) -> Optional[Dict[str, str]]:
+def _auth(value: Any, image: str) -> Optional[Dict[str, str]]:
+    """The pull credentials of one image. The engine sends them to whatever registry the
+    image names, so they are refused unless their serveraddress is that registry."""
     if value is None:
         return None
     if not isinstance(value, dict):
         raise BadRequest("auth must be an object")
     check_keys(value, ("username", "password", "serveraddress", "identitytoken"), "auth")
-    return {k: check_str(v, "auth." + k) for k, v in value.items() if v}
+    auth = {k: check_str(v, "auth." + k) for k, v in value.items() if v}
+    if not auth:
+        return None
+    server = auth.get("serveraddress", "")
+    registry = image_registry(image)
+    if canonical_registry(server) != registry:
+        # Names the addresses only: never a user name or password in an error.
+        raise BadRequest(
+            "auth.serveraddress %r is not the registry of image %s (%s): credentials go only to their own "
+            "registry" % (server, image, registry), {"image": image, "registry": registry})
+    return auth
 
 
 def ensure_networks(ctx: Context, svc: ServiceSpec) -> List[str]:
@@ -435,7 +449,7 @@ def op_apply(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """
     check_keys(args, ("spec", "auth", "min_running", "health_margin", "wait", "timeout"), "apply")
     svc = ServiceSpec.from_dict(require(args, "spec", "apply"))
-    auth = _auth(args.get("auth"))
+    auth = _auth(args.get("auth"), svc.container.image)
     min_running = check_number(args.get("min_running", DEFAULT_MIN_RUNNING), "min_running")
     margin = check_number(args.get("health_margin", 5.0), "health_margin")
     wait = args.get("wait") or "running"

@@ -185,6 +185,36 @@ def split_image(ref: str) -> "tuple[str, Optional[str], Optional[str]]":
     return repo, m.group("tag"), m.group("digest")
 
 
+DOCKER_HUB = "docker.io"
+# Names Docker Hub goes by (the last one is what `docker login` stores as serveraddress).
+_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/")
+_REGISTRY_ADDRESS_RE = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                                  r"(?::[0-9]{1,5})?$")
+
+
+def canonical_registry(address: str) -> str:
+    """A registry's host[:port] as compared for credentials: lowercase, Docker Hub's aliases as docker.io."""
+    low = address.strip().lower()
+    return DOCKER_HUB if low in _HUB_ALIASES else low
+
+
+def check_registry_address(value: Any, what: str) -> str:
+    """host[:port] as it appears in image names (no scheme, no path); ValueError if not."""
+    if not isinstance(value, str) or not _REGISTRY_ADDRESS_RE.match(value):
+        raise ValueError("%s %r is not a registry host[:port]" % (what, value))
+    return value
+
+
+def image_registry(ref: str) -> str:
+    """The registry an image is pulled from, as Docker decides it: the first path part when it
+    looks like a host (a '.' or ':', or localhost), else Docker Hub. 'reg:5000/a/b:1' -> 'reg:5000'."""
+    repo = split_image(ref)[0]
+    first, sep, _ = repo.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return canonical_registry(first)
+    return DOCKER_HUB
+
+
 def check_abs_path(value: Any, what: str, roots: Optional[Iterable[str]] = None) -> str:
     """An absolute, normalised POSIX path; with roots, it must lie under one of them."""
     check_str(value, what)

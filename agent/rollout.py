@@ -264,7 +264,7 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     min_healthy = check_number(args.get("min_healthy", 0), "min_healthy")
     deadline = check_number(args["deadline"], "deadline") if args.get("deadline") is not None else None
     batch = check_int(args.get("batch", 0), "batch", 0)
-    auth = _auth(args.get("auth"))
+    auth = _auth(args.get("auth"), svc.container.image)
     ingress = IngressSettings.parse(args.get("ingress"))
     project, service = svc.project, svc.service
     ctx.emit("rollout.start", service=service, replicas=replicas, order=order, batch=batch,

@@ -494,7 +494,7 @@ class Deployment:
         self.timings: dict[str, float] = {}
         self.warnings: list[str] = []
         self.degraded: list[str] = []
-        self.auth: dict | None = None
+        self.auths: dict[str, dict] = {}  # service -> pull credentials of its image's own registry
         self.ingress: dict[str, dict] = {}  # node -> the project's ingress frontends there (state)
         self.journal: Any = None  # orchestrator.rollout.Journal of what apply() replaced
         self._journal_lock = threading.Lock()
@@ -521,23 +521,22 @@ class Deployment:
                                            self.options.images)
         for w in self.blueprint.warnings:
             self.warn(w)
-        self.auth = self._registry_auth()
+        self.auths = self._registry_auths()
         self._timed("prepare", t0)
 
-    def _registry_auth(self) -> dict | None:
-        """Credentials for the environment's registry, when a service's image lives there."""
-        from agent.protocol import split_image
+    def _registry_auths(self) -> dict[str, dict]:
+        """Per service, the credentials of the registry its image is pulled from (`registry:`
+        or a `registries:` entry), if any: a node's engine sends a pull's credentials to the
+        image's registry, whichever registry they belong to."""
+        from orchestrator.images import pull_auth
 
-        address = self.environment.registry.address
-        if not address:
-            return None
-        uses = any(split_image(bp.image)[0].startswith(address + "/") for bp in self.blueprint.services.values())
-        if not uses:
-            return None
-        creds = self.environment.registry.credentials()
-        if creds is None:
-            return None
-        return {"username": creds.username, "password": creds.password, "serveraddress": address}
+        cache: dict[str, Any] = {}
+        out = {}
+        for name, bp in self.blueprint.services.items():
+            auth = pull_auth(self.environment, bp.image, cache=cache)
+            if auth:
+                out[name] = auth
+        return out
 
     def connect(self) -> None:
         t0 = time.monotonic()
@@ -724,8 +723,9 @@ class Deployment:
                                 "batch": batch, "ingress": self._ingress_args(step.service)}
         if policy.healthy_deadline is not None:
             args["deadline"] = policy.healthy_deadline
-        if self.auth:
-            args["auth"] = self.auth
+        auth = self.auths.get(step.service)
+        if auth:
+            args["auth"] = auth
         try:
             result = self.nodes[step.node].call(
                 "rollout", args, on_event=lambda ev: self.progress.agent_event(step.wave, step.service, step.node, ev))

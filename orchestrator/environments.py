@@ -62,13 +62,14 @@ class RegistrySpec:
     # host:port of a read-only, anonymous mirror of Docker Hub (the nodes' registry-mirrors
     # entry, same CA): `image: busybox` is pinned to a digest by asking it instead of docker.io.
     mirror: str | None = None
+    key: str = "registry"  # where it is in the file: "registry" or "registries[N]", for error messages
 
     def credentials(self, environ: Mapping[str, str] | None = None) -> RegistryCredentials | None:
         """Resolve credentials from the environment, then files; None when none configured."""
         environ = os.environ if environ is None else environ
         from_file: dict[str, str] = {}
         if self.credentials_file is not None:
-            from_file = _read_env_file(self.credentials_file, self.source)
+            from_file = _read_env_file(self.credentials_file, self.source, f"{self.key}.credentials_file")
         user = self.username
         if self.username_env:
             user = environ.get(self.username_env) or from_file.get(self.username_env) or user
@@ -83,7 +84,7 @@ class RegistrySpec:
                     Problem(
                         f"cannot read the registry password file {self.password_file}: {err.strerror}",
                         file=self.source,
-                        key="registry.password_file",
+                        key=f"{self.key}.password_file",
                         fix="create the file (mode 0600) or point password_file at it.",
                     )
                 ) from None
@@ -97,41 +98,43 @@ class RegistrySpec:
 
 
     def _missing_user(self, environ: Mapping[str, str]) -> Problem:
+        k = self.key
         where = f" or in {self.credentials_file}" if self.credentials_file else ""
         if self.username_env:
             return Problem(
-                f"registry credentials are incomplete: {self.username_env} is not set (registry.username_env names "
+                f"registry credentials are incomplete: {self.username_env} is not set ({k}.username_env names "
                 f"it as the variable holding the user name; it is not in the environment{where})",
-                file=self.source, key="registry.username_env",
+                file=self.source, key=f"{k}.username_env",
                 fix=f"export {self.username_env} (CI: inject it as a secret variable) or name a credentials_file "
-                "that defines it, or set registry.username.")
+                f"that defines it, or set {k}.username.")
         return Problem(
-            "registry credentials are incomplete: registry.username or registry.username_env is not set, but a "
+            f"registry credentials are incomplete: {k}.username or {k}.username_env is not set, but a "
             "password is configured",
-            file=self.source, key="registry.username",
-            fix="add `username: NAME` or `username_env: VARIABLE` under registry:, or drop the password settings "
+            file=self.source, key=f"{k}.username",
+            fix=f"add `username: NAME` or `username_env: VARIABLE` under {k}:, or drop the password settings "
             "to use the registry anonymously.")
 
     def _missing_password(self) -> Problem:
+        k = self.key
         where = f" or in {self.credentials_file}" if self.credentials_file else ""
         if self.password_env:
             also = f", and the password file {self.password_file} is empty" if self.password_file else ""
             return Problem(
-                f"registry credentials are incomplete: {self.password_env} is not set (registry.password_env names "
+                f"registry credentials are incomplete: {self.password_env} is not set ({k}.password_env names "
                 f"it as the variable holding the password; it is not in the environment{where}){also}",
-                file=self.source, key="registry.password_env",
+                file=self.source, key=f"{k}.password_env",
                 fix=f"export {self.password_env} (CI: inject it as a secret variable) or name a credentials_file "
                 "that defines it.")
         if self.password_file:
             return Problem(
                 f"registry credentials are incomplete: the password file {self.password_file} is empty",
-                file=self.source, key="registry.password_file",
+                file=self.source, key=f"{k}.password_file",
                 fix="write the password into the file (mode 0600) or point password_file at the right file.")
         return Problem(
-            "registry credentials are incomplete: registry.password_env or registry.password_file is not set, but "
+            f"registry credentials are incomplete: {k}.password_env or {k}.password_file is not set, but "
             "a user name is configured",
-            file=self.source, key="registry.password_env",
-            fix="add `password_env: VARIABLE` or `password_file: PATH` under registry:, or drop the user name "
+            file=self.source, key=f"{k}.password_env",
+            fix=f"add `password_env: VARIABLE` or `password_file: PATH` under {k}:, or drop the user name "
             "to use the registry anonymously.")
 
 
@@ -180,6 +183,19 @@ class Environment:
     verify: VerifySettings
     vars: dict[str, Any]
     overlay_source: Any = None  # located mapping (yamlsrc.YMap) before rendering
+    # Other registries' credentials (`registries:`), each for its own host:port only.
+    registries: tuple[RegistrySpec, ...] = ()
+
+    def registry_for(self, address: str) -> RegistrySpec | None:
+        """The registry entry (`registry:` or one of `registries:`) whose address is this
+        image registry's host:port, or None: the only credentials an image may be pulled with."""
+        from agent.protocol import canonical_registry
+
+        address = canonical_registry(address)
+        for spec in (self.registry, *self.registries):
+            if spec.address and canonical_registry(spec.address) == address:
+                return spec
+        return None
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
@@ -290,13 +306,14 @@ def pipeline_order(envs: Mapping[str, Environment]) -> list[str]:
 
 # --------------------------------------------------------------------------- parsing
 
-_TOP_KEYS = {"name", "nodes", "ssh", "registry", "promote_from", "gates", "verify", "vars", "overlay"}
+_TOP_KEYS = {"name", "nodes", "ssh", "registry", "registries", "promote_from", "gates", "verify", "vars", "overlay"}
 _NODE_KEYS = {"name", "host", "port", "user", "identity_file", "labels", "jump", "python"}
 # A program name or an absolute path, run as argv[0] (never through a shell string).
 _PYTHON_RE = re.compile(r"^[A-Za-z0-9_.+-]+$|^/[A-Za-z0-9_./+-]+$")
 _SSH_KEYS = {"known_hosts", "connect_timeout", "command_timeout", "strict_host_keys"}
 _REGISTRY_KEYS = {"address", "ca_file", "username", "username_env", "password_env", "password_file", "credentials_file",
                   "mirror"}
+_REGISTRIES_KEYS = _REGISTRY_KEYS - {"mirror"}  # registries[]: credentials for other registries
 _GATE_KEYS = {"approval", "verification"}
 _VERIFY_KEYS = {"on_deploy", "checks"}
 _CHECK_KEYS = {"name", "http", "service", "status", "contains", "timeout", "retries", "command"}
@@ -440,6 +457,8 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
         mirror=s("mirror"),
     )
 
+    registries = _parse_registries(r, doc, registry, path)
+
     promote_from = r.typed(doc, "promote_from", "promote_from", (str,), "an environment name")
     raw_gates = r.mapping(doc, "gates", "gates", _GATE_KEYS)
     gates = Gates(
@@ -463,9 +482,71 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
     env = Environment(
         name=name, file=path.resolve(), nodes=nodes, ssh=ssh, registry=registry,
         promote_from=promote_from, gates=gates, verify=verify, vars=dict(raw_vars),
-        overlay_source=overlay,
+        overlay_source=overlay, registries=registries,
     )
     return env
+
+
+def _parse_registries(r: _Reader, doc, own: RegistrySpec, path: Path) -> tuple[RegistrySpec, ...]:
+    """`registries:`, a list of {address, credentials...}: images on another registry
+    (ghcr.io, a company registry) are pinned and pulled with that entry's credentials."""
+    from agent.protocol import canonical_registry, check_registry_address
+
+    raw = doc.get("registries")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.problem(doc, "registries", "registries", f"must be a list, not {_kind(raw)}",
+                  fix="write `registries: [{address: ghcr.io, username_env: GHCR_USER, password_env: GHCR_TOKEN}]`.")
+        return ()
+    out: list[RegistrySpec] = []
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(raw):
+        p = f"registries[{i}]"
+        if not isinstance(entry, dict):
+            r.problem(raw, i, p, f"must be a mapping, not {_kind(entry)}",
+                      fix="write `- {address: HOST[:PORT], username_env: VARIABLE, password_env: VARIABLE}`.")
+            continue
+        r.mapping(None, None, p, _REGISTRIES_KEYS, value=entry)
+        s = lambda k: r.typed(entry, k, f"{p}.{k}", (str,), "a string")  # noqa: E731
+        address = s("address")
+        if not address:
+            r.problem(raw, i, p, "a registries entry needs an address",
+                      fix="add `address: HOST[:PORT]` (e.g. ghcr.io or registry.example.com:5000).")
+            continue
+        try:
+            check_registry_address(address, f"{p}.address")
+        except ValueError as err:
+            r.problem(entry, "address", f"{p}.address", str(err),
+                      fix="write the registry's host[:port] as it appears in image names, e.g. ghcr.io or "
+                      "registry.example.com:5000 (no https://, no path).")
+            continue
+        canon = canonical_registry(address)
+        if own.address and canon == canonical_registry(own.address):
+            r.problem(entry, "address", f"{p}.address", f"{address} is the environment's own registry",
+                      fix="set its credentials under registry: and drop this entry.")
+            continue
+        if own.mirror and canon == canonical_registry(own.mirror):
+            r.problem(entry, "address", f"{p}.address", f"{address} is registry.mirror, which is used anonymously",
+                      fix="drop this entry (nodes send no credentials to a mirror).")
+            continue
+        if canon in seen:
+            r.problem(entry, "address", f"{p}.address", f"{address} is listed twice (also {seen[canon]})",
+                      fix="keep one entry per registry.")
+            continue
+        seen[canon] = p
+        out.append(RegistrySpec(
+            address=address,
+            ca_file=_path(s("ca_file"), path),
+            username=s("username"),
+            username_env=s("username_env"),
+            password_env=s("password_env"),
+            password_file=_path(s("password_file"), path),
+            credentials_file=_path(s("credentials_file"), path),
+            source=str(path),
+            key=p,
+        ))
+    return tuple(out)
 
 
 def _parse_verify(r: _Reader, doc) -> VerifySettings:
@@ -567,13 +648,13 @@ def render_templates(node, context: dict[str, Any], file: str):
 # --------------------------------------------------------------------------- helpers
 
 
-def _read_env_file(path: Path, source: str) -> dict[str, str]:
+def _read_env_file(path: Path, source: str, key: str = "registry.credentials_file") -> dict[str, str]:
     try:
         text = path.read_text()
     except OSError as err:
         raise InputError(
             Problem(f"cannot read the registry credentials file {path}: {err.strerror}", file=source,
-                    key="registry.credentials_file",
+                    key=key,
                     fix="bring the lab up (`orch lab up`) or point credentials_file at your file.")
         ) from None
     out = {}

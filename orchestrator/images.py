@@ -27,12 +27,13 @@ the same image, so its digest, and its containers, stay as they are.
 with its credentials when the reference names it; Docker Hub names (`busybox`,
 `debian:bookworm-slim`) through `registry.mirror` when the environment file sets one
 (the lab: 10.250.0.1:5001, the nodes' registry-mirrors entry), else Docker Hub itself;
-any other registry anonymously. The pin keeps the name as written: `busybox@sha256:..`,
+a registry listed under `registries:` with that entry's CA and credentials; any other
+registry anonymously. The pin keeps the name as written: `busybox@sha256:..`,
 which every node resolves through its own mirror setting to the same bytes.
 
 Registry credentials go to the engine per request (the SDK's auth_config, an HTTP
 header) and are never written to a file or printed; `pull_auth()` gives the agent
-the same per-request credentials, and only for images on the environment's registry.
+the same per-request credentials per image, and only those of the image's own registry.
 """
 
 from __future__ import annotations
@@ -508,20 +509,27 @@ def _credential_source(spec: Any) -> str:
     return f" (from {', '.join(parts)})" if parts else ""
 
 
-def pull_auth(env: Any, image: str, *, environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
-    """The `auth` of an agent `apply` for this image: the environment's registry
-    credentials when the image lives there, else None (they never go elsewhere, e.g. to
-    Docker Hub behind a mirror)."""
-    spec = env.registry
-    if not spec.address:
-        return None
+def pull_auth(env: Any, image: str, *, environ: Mapping[str, str] | None = None,
+              cache: dict[str, Any] | None = None) -> dict[str, str] | None:
+    """The `auth` of an agent `rollout`/`apply` for this image: the credentials of the
+    registry entry (`registry:` or `registries:`) whose address is the image's registry,
+    else None. They never go elsewhere (another registry, Docker Hub behind a mirror).
+    `cache` (address -> credentials) resolves each entry's credentials once."""
+    from agent.protocol import BadRequest, image_registry
+
     try:
-        ref = parse_reference(image)
-    except ValueError:
+        registry = image_registry(image)
+    except BadRequest:
         return None
-    if ref.registry != spec.address:
+    spec = env.registry_for(registry) if env is not None else None
+    if spec is None:
         return None
-    creds = spec.credentials(environ)
+    if cache is None:
+        creds = spec.credentials(environ)
+    else:
+        if spec.address not in cache:
+            cache[spec.address] = spec.credentials(environ)
+        creds = cache[spec.address]
     if creds is None:
         return None
     return {"username": creds.username, "password": creds.password, "serveraddress": spec.address}
@@ -698,6 +706,7 @@ def resolve_images(project: Any, env: Any, services: Iterable[str] | None = None
 def _client_for(ref: ImageRef, env: Any, environ: Mapping[str, str] | None, clients: dict[str, RegistryClient]
                 ) -> tuple[RegistryClient, str]:
     spec = env.registry if env is not None else None
+    other = env.registry_for(ref.registry) if env is not None else None
     if spec is not None and spec.address and ref.registry == spec.address:
         key, via = "env", f"registry {spec.address}"
         if key not in clients:
@@ -706,6 +715,11 @@ def _client_for(ref: ImageRef, env: Any, environ: Mapping[str, str] | None, clie
         key, via = "mirror", f"mirror {spec.mirror} of docker.io"
         if key not in clients:
             clients[key] = RegistryClient(spec.mirror, ca_file=spec.ca_file)
+    elif other is not None:  # a `registries:` entry: its own CA and credentials, for its host only
+        key, via = f"registries:{other.address}", f"registry {other.address} ({other.key})"
+        if key not in clients:
+            clients[key] = RegistryClient(other.address, ca_file=other.ca_file,
+                                          credentials=other.credentials(environ))
     else:
         key, via = ref.registry, f"registry {ref.registry}"
         if key not in clients:

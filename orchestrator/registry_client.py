@@ -6,6 +6,12 @@ speaks HTTPS with the environment's CA file, answers both challenge styles (Basi
 the lab's htpasswd registry asks; Bearer tokens, as Docker Hub and most hosted
 registries ask) and never puts a password in an exception, a repr or a log line.
 
+Credentials travel over HTTPS only: Basic to the registry itself only when it is
+reached over https, and to a Bearer challenge's token service (its `realm`) only when
+that URL is https, whichever host it names (Docker Hub's is auth.docker.io). A realm
+on http gets an anonymous token request; the error then says why. Redirects to another
+host or scheme lose the Authorization header (requests strips it).
+
     client = RegistryClient("10.250.0.1:5000", ca_file=ca, credentials=creds)
     client.ping()                                   # PingResult(status="ok", ...)
     client.manifest_digest("hello/web", "v1")       # "sha256:..." or None
@@ -208,6 +214,7 @@ class RegistryClient:
         self._verify: Any = str(self.ca_file) if self.ca_file else True
         self._tokens: dict[str, str] = {}
         self._basic = False  # the registry asked for Basic: send it up front from now on
+        self._withheld: str | None = None  # a URL credentials were not sent to (not HTTPS), for errors
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -230,8 +237,11 @@ class RegistryClient:
             challenge = resp.headers.get("WWW-Authenticate", "")
             scheme = challenge.split(" ", 1)[0].lower()
             if scheme == "basic" and self._credentials is not None and not self._basic:
-                self._basic = True
-                resp = self._send(method, url, hdrs, scope, stream)
+                if _is_https(url):
+                    self._basic = True
+                    resp = self._send(method, url, hdrs, scope, stream)
+                else:
+                    self._withheld = self.base
             elif scheme == "bearer":
                 token = self._fetch_token(challenge, scope)
                 if token is not None:
@@ -270,8 +280,11 @@ class RegistryClient:
             params["scope"] = scope
         import requests
 
+        auth = self._auth_tuple()
+        if auth is not None and not _is_https(realm):
+            auth, self._withheld = None, realm  # Basic credentials never go over plain HTTP
         try:
-            resp = self.session.get(realm, params=params, auth=self._auth_tuple(), verify=self._verify,
+            resp = self.session.get(realm, params=params, auth=auth, verify=self._verify,
                                     timeout=self.timeout)
         except requests.exceptions.SSLError as err:
             raise self._tls_error(err) from None
@@ -348,6 +361,9 @@ class RegistryClient:
                 return PingResult(self.address, "unauthorized", "the registry wants credentials and none are "
                                   "configured", auth_scheme=scheme)
             user = self._credentials.username
+            if self._withheld:
+                return PingResult(self.address, "unauthorized", f"the credentials of user '{user}' were not sent to "
+                                  f"{self._withheld}: not HTTPS", auth_scheme=scheme)
             return PingResult(self.address, "unauthorized", f"the registry refuses the credentials of user "
                               f"'{user}'", auth_scheme=scheme)
         if not api and resp.status_code == 404:
@@ -416,6 +432,8 @@ class RegistryClient:
             return
         if resp.status_code in (401, 403):
             who = f"user '{self._credentials.username}'" if self._credentials is not None else "anonymous access"
+            if self._withheld:
+                who = f"anonymous access (the credentials were not sent to {self._withheld}: not HTTPS)"
             raise RegistryAuthError(
                 f"registry {self.address} refused {what} for {who} (HTTP {resp.status_code}).",
                 registry=self.address,
@@ -427,6 +445,10 @@ class RegistryClient:
             registry=self.address,
             fix="check the registry's logs; run the command again once it is healthy.",
         )
+
+
+def _is_https(url: str) -> bool:
+    return url.lower().startswith("https://")
 
 
 def _pull_scope(repository: str) -> str:

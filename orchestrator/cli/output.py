@@ -453,21 +453,14 @@ def install_redaction(environ: Mapping[str, str] | None = None) -> Callable[[], 
 
 
 def protect_environment(environment: Any) -> None:
-    """Register an environment's registry password as a secret (and say, under
-    --verbose, where the credentials come from: never their values)."""
+    """Register an environment's registry passwords (`registry:` and `registries:`) as
+    secrets (and say, under --verbose, where the credentials come from: never their values)."""
     registry = getattr(environment, "registry", None)
     if registry is None:
         return
-    try:
-        creds = registry.credentials()
-    except Exception:  # incomplete credentials are reported where they are used
-        creds = None
-    if creds is not None and getattr(creds, "password", None):
-        import base64
-
-        REDACTOR.add(creds.password)
-        # as an HTTP Basic Authorization header would carry it
-        REDACTOR.add(base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode())
+    creds = _protect_credentials(registry)
+    for other in getattr(environment, "registries", ()):
+        _protect_credentials(other)
     if _state.verbose:
         sources = []
         if registry.password_env:
@@ -480,6 +473,20 @@ def protect_environment(environment: Any) -> None:
         debug(f"environment {environment.name} ({environment.file}): {len(environment.nodes)} node(s), registry "
               f"{registry.address or '-'}, credentials: "
               + ((f"user {creds.username}, password from " + " or ".join(sources)) if creds else "none"))
+
+
+def _protect_credentials(registry: Any) -> Any:
+    try:
+        creds = registry.credentials()
+    except Exception:  # incomplete credentials are reported where they are used
+        creds = None
+    if creds is not None and getattr(creds, "password", None):
+        import base64
+
+        REDACTOR.add(creds.password)
+        # as an HTTP Basic Authorization header would carry it
+        REDACTOR.add(base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode())
+    return creds
 
 
 def protect_project(project: Any) -> None:

@@ -19,6 +19,7 @@ PREFIXES = {
     "_NODE_KEYS": "nodes[].",
     "_SSH_KEYS": "ssh.",
     "_REGISTRY_KEYS": "registry.",
+    "_REGISTRIES_KEYS": "registries[].",
     "_GATE_KEYS": "gates.",
     "_VERIFY_KEYS": "verify.",
     "_CHECK_KEYS": "verify.checks[].",

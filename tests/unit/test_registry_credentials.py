@@ -232,3 +232,14 @@ def test_no_basic_credentials_to_a_registry_over_http():
         c.manifest_digest("a/b", "1")
     assert calls == [None] and "not HTTPS" in err.value.render() and LAB_PW not in err.value.render()
     assert c.ping().status == "unauthorized" and LAB_PW not in repr(c.ping())
+
+
+def test_registries_passwords_are_masked_in_output(tmp_path):
+    from orchestrator.cli import output
+
+    (tmp_path / "corp-pw").write_text("corp-pa55-w0rd-z3\n")
+    env = parse_environment(env_file(tmp_path, "registries:\n  - {address: corp.example:5000, username: ci, "
+                                               f"password_file: {tmp_path / 'corp-pw'}}}\n"))
+    output.protect_environment(env)
+    assert "corp-pa55-w0rd-z3" in output.REDACTOR and LAB_PW in output.REDACTOR
+    assert output.REDACTOR.scrub("pull with corp-pa55-w0rd-z3") == "pull with " + output.MASK

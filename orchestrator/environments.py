@@ -63,13 +63,21 @@ class RegistrySpec:
     # entry, same CA): `image: busybox` is pinned to a digest by asking it instead of docker.io.
     mirror: str | None = None
     key: str = "registry"  # where it is in the file: "registry" or "registries[N]", for error messages
+    # key -> (line, column) in the environment file ("" for the mapping itself), for error messages
+    locations: dict[str, tuple[int | None, int | None]] = field(default_factory=dict, compare=False, repr=False)
+
+    def at(self, key: str) -> dict[str, int | None]:
+        """line= and column= of a key of this mapping (else of the mapping), for a Problem."""
+        line, column = self.locations.get(key) or self.locations.get("") or (None, None)
+        return {"line": line, "column": column}
 
     def credentials(self, environ: Mapping[str, str] | None = None) -> RegistryCredentials | None:
         """Resolve credentials from the environment, then files; None when none configured."""
         environ = os.environ if environ is None else environ
         from_file: dict[str, str] = {}
         if self.credentials_file is not None:
-            from_file = _read_env_file(self.credentials_file, self.source, f"{self.key}.credentials_file")
+            from_file = _read_env_file(self.credentials_file, self.source, f"{self.key}.credentials_file",
+                                       self.at("credentials_file"))
         user = self.username
         if self.username_env:
             user = environ.get(self.username_env) or from_file.get(self.username_env) or user
@@ -84,7 +92,7 @@ class RegistrySpec:
                     Problem(
                         f"cannot read the registry password file {self.password_file}: {err.strerror}",
                         file=self.source,
-                        key=f"{self.key}.password_file",
+                        key=f"{self.key}.password_file", **self.at("password_file"),
                         fix="create the file (mode 0600) or point password_file at it.",
                     )
                 ) from None
@@ -104,13 +112,13 @@ class RegistrySpec:
             return Problem(
                 f"registry credentials are incomplete: {self.username_env} is not set ({k}.username_env names "
                 f"it as the variable holding the user name; it is not in the environment{where})",
-                file=self.source, key=f"{k}.username_env",
+                file=self.source, key=f"{k}.username_env", **self.at("username_env"),
                 fix=f"export {self.username_env} (CI: inject it as a secret variable) or name a credentials_file "
                 f"that defines it, or set {k}.username.")
         return Problem(
             f"registry credentials are incomplete: {k}.username or {k}.username_env is not set, but a "
             "password is configured",
-            file=self.source, key=f"{k}.username",
+            file=self.source, key=f"{k}.username", **self.at("username"),
             fix=f"add `username: NAME` or `username_env: VARIABLE` under {k}:, or drop the password settings "
             "to use the registry anonymously.")
 
@@ -122,18 +130,18 @@ class RegistrySpec:
             return Problem(
                 f"registry credentials are incomplete: {self.password_env} is not set ({k}.password_env names "
                 f"it as the variable holding the password; it is not in the environment{where}){also}",
-                file=self.source, key=f"{k}.password_env",
+                file=self.source, key=f"{k}.password_env", **self.at("password_env"),
                 fix=f"export {self.password_env} (CI: inject it as a secret variable) or name a credentials_file "
                 "that defines it.")
         if self.password_file:
             return Problem(
                 f"registry credentials are incomplete: the password file {self.password_file} is empty",
-                file=self.source, key=f"{k}.password_file",
+                file=self.source, key=f"{k}.password_file", **self.at("password_file"),
                 fix="write the password into the file (mode 0600) or point password_file at the right file.")
         return Problem(
             f"registry credentials are incomplete: {k}.password_env or {k}.password_file is not set, but "
             "a user name is configured",
-            file=self.source, key=f"{k}.password_env",
+            file=self.source, key=f"{k}.password_env", **self.at("password_env"),
             fix=f"add `password_env: VARIABLE` or `password_file: PATH` under {k}:, or drop the user name "
             "to use the registry anonymously.")
 
@@ -455,6 +463,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
         credentials_file=_path(s("credentials_file"), path),
         source=file,
         mirror=s("mirror"),
+        locations=_locations(doc, "registry", raw_reg),
     )
 
     registries = _parse_registries(r, doc, registry, path)
@@ -515,9 +524,9 @@ def _parse_registries(r: _Reader, doc, own: RegistrySpec, path: Path) -> tuple[R
                       fix="add `address: HOST[:PORT]` (e.g. ghcr.io or registry.example.com:5000).")
             continue
         try:
-            check_registry_address(address, f"{p}.address")
-        except ValueError as err:
-            r.problem(entry, "address", f"{p}.address", str(err),
+            check_registry_address(address, "address")
+        except ValueError:
+            r.problem(entry, "address", f"{p}.address", f"{address!r} is not a registry host[:port]",
                       fix="write the registry's host[:port] as it appears in image names, e.g. ghcr.io or "
                       "registry.example.com:5000 (no https://, no path).")
             continue
@@ -545,6 +554,7 @@ def _parse_registries(r: _Reader, doc, own: RegistrySpec, path: Path) -> tuple[R
             credentials_file=_path(s("credentials_file"), path),
             source=str(path),
             key=p,
+            locations=_locations(raw, i, entry),
         ))
     return tuple(out)
 
@@ -648,13 +658,22 @@ def render_templates(node, context: dict[str, Any], file: str):
 # --------------------------------------------------------------------------- helpers
 
 
-def _read_env_file(path: Path, source: str, key: str = "registry.credentials_file") -> dict[str, str]:
+def _locations(parent, key, mapping) -> dict[str, tuple[int | None, int | None]]:
+    """(line, column) of the mapping parent[key] ("") and of each of its keys."""
+    out = {"": _loc_of(parent, key)}
+    if isinstance(mapping, dict):
+        out.update({k: _loc_of(mapping, k) for k in mapping if isinstance(k, str)})
+    return out
+
+
+def _read_env_file(path: Path, source: str, key: str = "registry.credentials_file",
+                   at: Mapping[str, int | None] | None = None) -> dict[str, str]:
     try:
         text = path.read_text()
     except OSError as err:
         raise InputError(
             Problem(f"cannot read the registry credentials file {path}: {err.strerror}", file=source,
-                    key=key,
+                    key=key, **(at or {}),
                     fix="bring the lab up (`orch lab up`) or point credentials_file at your file.")
         ) from None
     out = {}

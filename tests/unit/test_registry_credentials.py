@@ -177,7 +177,9 @@ def test_incomplete_registries_credentials_name_the_entry(tmp_path):
                                                "password_env: NOPE_TOKEN}\n"))
     with pytest.raises(InputError) as err:
         I.pull_auth(env, GHCR, environ={})
-    assert err.value.problems[0].key == "registries[0].password_env" and "NOPE_TOKEN" in err.value.render()
+    (problem,) = err.value.problems
+    assert problem.key == "registries[0].password_env" and "NOPE_TOKEN" in problem.message and problem.fix
+    assert problem.line == 10  # the entry's line (flow style: its keys share it)
 
 
 def test_pinning_through_a_registries_entry_uses_its_credentials(tmp_path):

@@ -27,12 +27,12 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from agent.redact import MASK
 from orchestrator.errors import OrchError
 
 JSON_SCHEMA_VERSION = 1
 OUTPUT_VARIABLE = "ORCH_OUTPUT"  # json | text: the output mode when neither --json nor --text is given
 VERBOSE_VARIABLE = "ORCH_VERBOSE"
-MASK = "***"
 
 
 class _State:
@@ -310,17 +310,15 @@ def _json_progress_class() -> Any:
 
 # --------------------------------------------------------------------------- secrets
 
-# Environment variables holding a secret by their name (CI injects them so): the names
-# the release ledger redacts (agent.ledger.looks_secret), but not those naming where a
-# secret is (…_FILE, …_PATH) or the shell's PWD.
-NOT_A_SECRET_NAME = re.compile(r"(_(FILE|PATH|DIR|ENV|URL|USER|USERNAME|NAME)$)|^(OLD)?PWD$", re.IGNORECASE)
 MIN_SECRET_LENGTH = 6  # shorter values would mask ordinary words
 
 
 def secret_name(name: str) -> bool:
-    from agent.ledger import looks_secret
+    """A variable holding a secret by its name (CI injects them so): agent.redact's rule,
+    the one the release ledger uses too."""
+    from agent.redact import secret_name as rule
 
-    return looks_secret(name) and not NOT_A_SECRET_NAME.search(name)
+    return rule(name)
 
 
 class Redactor:
@@ -483,15 +481,25 @@ def protect_environment(environment: Any) -> None:
 
 
 def protect_project(project: Any) -> None:
-    """Register the values of a Compose project's secrets."""
-    if project is None or not getattr(project, "secrets", None):
+    """Register a Compose project's secret values (agent.redact's rule): its secrets'
+    contents, its variables (.env, environment) under secret names, and what the rule
+    finds in the project (values under secret names, passwords in URLs and NAME=VALUE
+    pairs), so that they are masked in every line orch writes."""
+    if project is None:
         return
-    try:
-        from orchestrator.pipeline import secret_values
+    from agent.redact import find_secrets
+    from orchestrator.pipeline import secret_values
 
-        REDACTOR.add_all(secret_values(project))
-    except Exception:  # pragma: no cover - best effort
-        pass
+    REDACTOR.add_all(secret_values(project))
+    REDACTOR.add_all(find_secrets(project.to_dict()))
+
+
+def masked_project(project: Any) -> dict:
+    """project.to_dict() with its secrets masked (agent.redact's rule), for printing it."""
+    from agent.redact import mask_tree
+    from orchestrator.pipeline import secret_values
+
+    return mask_tree(project.to_dict(), MASK, secret_values(project))
 
 
 def protect(workspace: Any) -> Any:

@@ -543,7 +543,8 @@ class _Flow:
                 rel = recorded.get("release")
                 if rel is not None:
                     try:
-                        ledger.write(mark_failed(rel, err.message))
+                        ledger.write(mark_failed(rel, err.message, secret_values=secret_values(
+                            prep.workspace.project, self.seams.environ)))
                     except OrchError as err2:
                         self.warn(f"could not record {rel.ref} as failed: {err2.message}")
                 raise

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.ledger import STATUSES
-from agent.redact import REDACTED, REDACTED_PREFIX, is_redacted, mask_tree
+from agent.redact import REDACTED, REDACTED_PREFIX, is_redacted, mask_text, mask_tree
 from orchestrator.errors import GateRefused, InputError, OrchError, Problem
 
 DEPLOYING, LIVE, FAILED, ROLLED_BACK, SUPERSEDED = STATUSES
@@ -384,8 +384,12 @@ def mark_live(history: History, release: Release, now: str | None = None) -> lis
     return out
 
 
-def mark_failed(release: Release, reason: str, now: str | None = None) -> Release:
-    return replace(release, status=FAILED, reason=reason[:2000], updated=now or now_iso())
+def mark_failed(release: Release, reason: str, now: str | None = None, secret_values: Iterable[str] = ()) -> Release:
+    """The release as failed; the reason (it quotes containers' last log lines) masked
+    like the manifest, with the known secret values."""
+    known = sorted((v for v in secret_values if isinstance(v, str) and len(v) >= MIN_KNOWN_SECRET), key=len,
+                   reverse=True)
+    return replace(release, status=FAILED, reason=mask_text(reason, REDACTED, known)[:2000], updated=now or now_iso())
 
 
 def with_verification(release: Release, report: Mapping[str, Any], now: str | None = None) -> Release:

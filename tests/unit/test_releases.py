@@ -418,3 +418,10 @@ def test_secrets_in_every_form_never_reach_a_nodes_ledger(prod):
         for secret in ("env-pw-1", "sk-key-2", "known-val-3", "redis-pw-4", "conn-pw-5", "cmd-tok-6",
                        "label-tok-7", "hc-pw-8"):
             assert secret.encode() not in data, (node.name, secret)
+
+
+def test_a_failure_reason_is_masked_like_the_manifest():
+    r = R.mark_failed(release(1, status="deploying"), "api exited: connect redis://:url-pw@cache failed; "
+                      "password was hunter2-x", secret_values=["hunter2-x", "ab"])
+    assert r.status == "failed" and "url-pw" not in r.reason and "hunter2-x" not in r.reason
+    assert r.reason == "api exited: connect redis://:<redacted>@cache failed; password was <redacted>"

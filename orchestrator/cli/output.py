@@ -361,15 +361,12 @@ class Redactor:
         return value in self._values
 
 
-REDACTOR = Redactor()
-
-
 class RedactingStream:
     """A text stream that writes whole lines to `raw` with every known secret masked.
     (A partial line waits for its newline or a flush, so a secret split across two
     writes is still found.)"""
 
-    def __init__(self, raw: Any, redactor: Redactor = REDACTOR) -> None:
+    def __init__(self, raw: Any, redactor: Redactor) -> None:
         self.raw = raw
         self.redactor = redactor
         self._pending = ""
@@ -432,12 +429,14 @@ class RedactingStream:
 
 
 def install_redaction(environ: Mapping[str, str] | None = None) -> Callable[[], None]:
-    """Mask secrets on stdout and stderr from now on; returns the undo."""
-    REDACTOR.add_environ(os.environ if environ is None else environ)
+    """Mask secrets on stdout and stderr from now on, with a new Redactor (the one
+    current_redactor() gives until the undo); returns the undo."""
     out, err = sys.stdout, sys.stderr
     if isinstance(out, RedactingStream):
         return lambda: None
-    sys.stdout, sys.stderr = RedactingStream(out), RedactingStream(err)
+    redactor = Redactor()
+    redactor.add_environ(os.environ if environ is None else environ)
+    sys.stdout, sys.stderr = RedactingStream(out, redactor), RedactingStream(err, redactor)
 
     def undo() -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -448,6 +447,13 @@ def install_redaction(environ: Mapping[str, str] | None = None) -> Callable[[], 
         sys.stdout, sys.stderr = out, err
 
     return undo
+
+
+def current_redactor() -> Redactor:
+    """The Redactor of the filter on stdout (one per command, set up by main); outside
+    one (`orch exec`, library use) a throwaway: nothing is filtered there."""
+    out = sys.stdout
+    return out.redactor if isinstance(out, RedactingStream) else Redactor()
 
 
 def protect_environment(environment: Any) -> None:
@@ -463,9 +469,10 @@ def protect_environment(environment: Any) -> None:
     if creds is not None and getattr(creds, "password", None):
         import base64
 
-        REDACTOR.add(creds.password)
+        redactor = current_redactor()
+        redactor.add(creds.password)
         # as an HTTP Basic Authorization header would carry it
-        REDACTOR.add(base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode())
+        redactor.add(base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode())
     if _state.verbose:
         sources = []
         if registry.password_env:
@@ -490,8 +497,9 @@ def protect_project(project: Any) -> None:
     from agent.redact import find_secrets
     from orchestrator.pipeline import secret_values
 
-    REDACTOR.add_all(secret_values(project))
-    REDACTOR.add_all(find_secrets(project.to_dict()))
+    redactor = current_redactor()
+    redactor.add_all(secret_values(project))
+    redactor.add_all(find_secrets(project.to_dict()))
 
 
 def masked_project(project: Any) -> dict:

@@ -89,3 +89,15 @@ def test_orch_config_prints_no_secret_from_env(tmp_path):
         assert "MODE: prod" in out or '"MODE": "prod"' in out
     doc = json.loads(proc.stdout)
     assert doc["project"]["services"]["web"]["environment"]["REDIS_URL"] == "redis://:***@cache:6379"
+
+
+def test_a_loading_error_does_not_quote_a_secret_from_env(tmp_path):
+    """The error comes before the project is loaded (so before the output filter knows it)."""
+    (tmp_path / ".env").write_text("DB_PASSWORD=hunter2-env\n")
+    (tmp_path / "compose.yaml").write_text("services:\n  web:\n    image: busybox\n    ports: ['${DB_PASSWORD}']\n")
+    for args in (["config", "--text"], ["config", "--json"]):
+        proc = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", *args],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+        assert proc.returncode == 2 and "services.web.ports[0]" in proc.stdout + proc.stderr
+        assert "hunter2-env" not in proc.stdout + proc.stderr and "invalid port '***'" in proc.stdout + proc.stderr

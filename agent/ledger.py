@@ -142,7 +142,8 @@ _IDENTITY = ("created", "command", "project_hash", "services", "performer")
 
 def _identity(rec: Dict[str, Any]) -> List[str]:
     """What never changes in a release once recorded: a write for its id must carry it."""
-    return [json.dumps(rec.get(k), sort_keys=True, separators=(",", ":")) for k in _IDENTITY]
+    # masked like a stored record (a row written before the rule may hold it in clear)
+    return [json.dumps(mask_tree(rec.get(k), REDACTED), sort_keys=True, separators=(",", ":")) for k in _IDENTITY]
 
 
 def put_records(conn: sqlite3.Connection, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -719,7 +719,8 @@ class ReleaseLedger:
         ledger.write(rel)                                # status deploying, on every node
         ledger.write(*mark_live(history, rel))           # live; the previous live superseded
 
-    Reads tolerate unreachable nodes while one answers (errors are kept on History);
+    Reads tolerate unreachable nodes while one answers (errors are kept on History,
+    whose next_id then refuses: a new id needs every node's ledger);
     a write succeeds when at least one node stored it and reports the others in
     WriteResult.failed (and to on_warning). Each write also re-sends, in the same
     transaction, what the last read found a node to lack (the repair).

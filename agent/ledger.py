@@ -8,14 +8,22 @@ revision number: the controller bumps `rev` on every change of a release, and a 
 never replaces a higher revision (a stale controller cannot undo a newer one); a node
 that missed a write is repaired by the controller's next write.
 
-Secrets never reach the ledger in clear: the controller replaces them by a hash
-(REDACTED_PREFIX...), and release_put refuses a manifest in which a service
-environment value whose key looks secret (looks_secret), or a secret's / config's
-inline content, is not redacted.
+Secrets never reach the ledger in clear, and nothing derived from them does: the
+controller masks them by the one rule of agent.redact (secret values, secret names,
+passwords in URLs and NAME=VALUE pairs, in every field of the project), and the agent
+applies the same rule again to what it stores (manifest, extra, performer, approval,
+verification, reason), whoever sent it. The mark is a constant, "<redacted>": no hash,
+so a copy of the file allows no offline guessing.
+
+Release ids are never reused (compare-and-set): a record whose id is new on this node
+is inserted; one whose id is known is an update of THAT release only, i.e. its
+immutable fields (created, command, project_hash, services, performer) must match the
+stored ones, and its revision must be higher. A record for an id that another release
+holds is refused ("conflict" in its result; nothing of it is written).
 
 Operations (registered in agent.operations.OPERATIONS):
   release_put   {"releases": [RELEASE, ...]}  (or {"release": RELEASE}), all in one transaction
-                -> {"results": [{"id", "stored", "rev"}...]}
+                -> {"results": [{"id", "stored", "rev", "conflict"?}...], "stored": n}
   release_list  {"env", "project"?, "limit"?, "before"?} -> {"releases": [newest first], "max_id"}
   release_get   {"env", "project", "id"} -> {"release": RELEASE or null}
 
@@ -37,20 +45,14 @@ from agent.protocol import (
     check_project,
     check_str,
 )
+from agent.redact import REDACTED, mask_text, mask_tree
 
 DB_NAME = "ledger.sqlite3"
 SCHEMA_VERSION = 1
 STATUSES = ("deploying", "live", "failed", "rolled_back", "superseded")
-REDACTED_PREFIX = "<redacted sha256:"
 MAX_LIST = 1000
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 
-# Environment keys whose values are secrets: redacted by the controller, checked here.
-_SECRET_KEY_RE = re.compile(
-    r"(PASSW(OR)?D|PASSPHRASE|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY|CREDENTIAL|(^|_)PASS$|(^|_)PWD$"
-    r"|(^|_)DSN$|(^|_)AUTH$)",
-    re.IGNORECASE,
-)
 _DIGEST_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._:/-]*@sha256:[0-9a-f]{64}$")
 _HASH_RE = re.compile(r"^[0-9a-f]{16,128}$")
 
@@ -88,15 +90,6 @@ _COLUMNS = ("project", "env", "id", "rev", "status", "services", "manifest", "pr
             "performer", "source_env", "source_id", "lineage", "rollback_of", "restores", "approval",
             "verification", "reason", "extra", "created", "updated")
 _KEYS = set(_COLUMNS) - {"source_env", "source_id"} | {"source"}
-
-
-def looks_secret(key: str) -> bool:
-    """Is an environment variable with this name a secret (its value is redacted)?"""
-    return bool(_SECRET_KEY_RE.search(key))
-
-
-def is_redacted(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(REDACTED_PREFIX)
 
 
 # ----------------------------------------------------------------------------- storage
@@ -144,20 +137,39 @@ def _row_to_record(row: sqlite3.Row) -> Dict[str, Any]:
     return rec
 
 
+_IDENTITY = ("created", "command", "project_hash", "services", "performer")
+
+
+def _identity(rec: Dict[str, Any]) -> List[str]:
+    """What never changes in a release once recorded: a write for its id must carry it."""
+    # masked like a stored record (a row written before the rule may hold it in clear)
+    return [json.dumps(mask_tree(rec.get(k), REDACTED), sort_keys=True, separators=(",", ":")) for k in _IDENTITY]
+
+
 def put_records(conn: sqlite3.Connection, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Upsert validated records in one transaction; never replaces a higher revision."""
+    """Store validated records in one transaction (compare-and-set, see the module
+    docstring): insert a new id; update a known id only with the same release's higher
+    revision; refuse (conflict) a record for an id another release holds."""
     results = []
     conn.execute("BEGIN IMMEDIATE")
     try:
         for rec in records:
-            row = conn.execute(
-                "SELECT rev, updated FROM releases WHERE project=? AND env=? AND id=?",
-                (rec["project"], rec["env"], rec["id"]),
-            ).fetchone()
-            if row is not None and (row["rev"], row["updated"]) >= (rec["rev"], rec["updated"]):
-                results.append({"project": rec["project"], "env": rec["env"], "id": rec["id"], "stored": False,
-                                "rev": row["rev"]})
-                continue
+            key = (rec["project"], rec["env"], rec["id"])
+            result: Dict[str, Any] = {"project": rec["project"], "env": rec["env"], "id": rec["id"]}
+            row = conn.execute("SELECT * FROM releases WHERE project=? AND env=? AND id=?", key).fetchone()
+            if row is not None:
+                held = _row_to_record(row)
+                if _identity(held) != _identity(rec):
+                    result.update(stored=False, rev=held["rev"], conflict=(
+                        "release #%d of %s in %s is another release here (created %s by %s, %s)"
+                        % (rec["id"], rec["project"], rec["env"], held["created"],
+                           (held["performer"] or {}).get("user", "?"), held["command"] or "?")))
+                    results.append(result)
+                    continue
+                if (held["rev"], held["updated"]) >= (rec["rev"], rec["updated"]):
+                    result.update(stored=False, rev=held["rev"])
+                    results.append(result)
+                    continue
             values = []
             for col in _COLUMNS:
                 if col == "source_env":
@@ -169,12 +181,15 @@ def put_records(conn: sqlite3.Connection, records: List[Dict[str, Any]]) -> List
                     values.append(None if v is None else json.dumps(v, sort_keys=True, separators=(",", ":")))
                 else:
                     values.append(rec.get(col))
-            conn.execute(
-                "INSERT OR REPLACE INTO releases (%s) VALUES (%s)" % (", ".join(_COLUMNS), ", ".join("?" * len(_COLUMNS))),
-                values,
-            )
-            results.append({"project": rec["project"], "env": rec["env"], "id": rec["id"], "stored": True,
-                            "rev": rec["rev"]})
+            if row is None:
+                sql = "INSERT INTO releases (%s) VALUES (%s)" % (", ".join(_COLUMNS), ", ".join("?" * len(_COLUMNS)))
+                conn.execute(sql, values)
+            else:  # the same release, a higher revision: and only if it is still what was compared
+                sets = ", ".join("%s=?" % c for c in _COLUMNS)
+                conn.execute("UPDATE releases SET %s WHERE project=? AND env=? AND id=? AND rev=?" % sets,
+                             values + list(key) + [held["rev"]])
+            result.update(stored=True, rev=rec["rev"])
+            results.append(result)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -256,13 +271,20 @@ def check_record(rec: Any) -> Dict[str, Any]:
     out["services"] = dict(services)
     if not isinstance(rec["manifest"], dict):
         raise BadRequest("release manifest must be an object (the rendered project)")
-    check_redacted(rec["manifest"])
-    if isinstance(out["extra"].get("base"), dict):  # the project before the overlay (promotions)
-        check_redacted(out["extra"]["base"])
-    out["manifest"] = rec["manifest"]
     if not isinstance(rec["performer"], dict):
         raise BadRequest("release performer must be an object")
-    out["performer"] = rec["performer"]
+    # The controller masked the secrets; masked again here (agent.redact's one rule, an
+    # already masked value stays as it is) so that none is stored, whoever sent it.
+    out["manifest"] = mask_tree(rec["manifest"], REDACTED)
+    extra = mask_tree(out["extra"], REDACTED)
+    if isinstance(out["extra"].get("base"), dict):  # the project before the overlay (promotions)
+        extra["base"] = mask_tree(out["extra"]["base"], REDACTED)
+    out["extra"] = extra
+    out["performer"] = mask_tree(rec["performer"], REDACTED)
+    for key in ("approval", "verification"):
+        out[key] = mask_tree(out[key], REDACTED)
+    if out["reason"] is not None:
+        out["reason"] = mask_text(out["reason"], REDACTED)
     source = rec.get("source")
     if source is not None:
         if not isinstance(source, dict) or set(source) - {"env", "id"}:
@@ -280,32 +302,6 @@ def check_record(rec: Any) -> Dict[str, Any]:
     if size > MAX_RECORD_BYTES:
         raise BadRequest("release record is %d bytes; the limit is %d" % (size, MAX_RECORD_BYTES))
     return out
-
-
-def check_redacted(manifest: Dict[str, Any]) -> None:
-    """Refuse a manifest that carries an obvious secret in clear (defence in depth: the
-    controller redacts; this catches a controller that forgot)."""
-    services = manifest.get("services") or {}
-    if not isinstance(services, dict):
-        return
-    for name, svc in services.items():
-        env = (svc or {}).get("environment") if isinstance(svc, dict) else None
-        if isinstance(env, dict):
-            for key, value in env.items():
-                if looks_secret(str(key)) and isinstance(value, str) and value and not is_redacted(value):
-                    raise BadRequest(
-                        "release manifest is not redacted: services.%s.environment.%s is in clear; secrets must "
-                        "be stored as hashes (the controller redacts them)" % (name, key)
-                    )
-    for kind in ("secrets", "configs"):
-        entries = manifest.get(kind) or {}
-        if not isinstance(entries, dict):
-            continue
-        for name, entry in entries.items():
-            if isinstance(entry, dict) and kind == "secrets":
-                content = entry.get("content")
-                if isinstance(content, str) and content and not is_redacted(content):
-                    raise BadRequest("release manifest is not redacted: %s.%s.content is in clear" % (kind, name))
 
 
 # ----------------------------------------------------------------------------- operations

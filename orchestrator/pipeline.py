@@ -30,11 +30,11 @@ images step (orchestrator.images), the lock (orchestrator.lock), the ledger
 
 What a release records to be redeployable anywhere: `manifest` (the rendered project,
 images pinned, `build:` dropped) and `extra.base` (the same before the environment
-overlay), both with secrets replaced by salted hashes (releases.redact_manifest). To
+overlay), both with secrets masked (releases.redact_manifest; nothing derived from them). To
 deploy a recorded project, its secrets are put back from today's Compose files and
-environment (releases.restore_secrets): a secret whose value changed since is deployed
-with today's value and reported as a warning (the old value is stored nowhere, and a
-rotated password must keep working); a secret that is no longer provided at all fails
+environment (releases.restore_secrets): always today's value (the old one is stored
+nowhere, and a rotated password must keep working); a value whose non-secret part
+changed too is reported as a warning; a secret that is no longer provided at all fails
 the command (exit 2) before anything changes.
 
 A verification that fails after a deploy leaves the release live (its containers run)
@@ -244,9 +244,14 @@ def validate(project: Any, environment: Any, services: Iterable[str] = ()) -> No
 
 
 def secret_values(project: Any, environ: Mapping[str, str] | None = None) -> list[str]:
-    """The values of the project's secrets (redacted wherever they appear in a manifest)."""
+    """The known secret values of a project (agent.redact rule (a): masked wherever they
+    appear in a manifest and in output): its secrets' contents, and the values of its
+    variables (.env, the environment) whose names are secret names."""
+    from agent.redact import secret_name
+
     environ = os.environ if environ is None else environ
-    out: list[str] = []
+    out: list[str] = [v for k, v in sorted((getattr(project, "variables", None) or {}).items())
+                      if secret_name(k) and isinstance(v, str) and v]
     for secret in list((getattr(project, "secrets", None) or {}).values()):
         value = None
         if secret.environment:
@@ -266,7 +271,7 @@ def secret_values(project: Any, environ: Mapping[str, str] | None = None) -> lis
 
 def find_redacted(value: Any, path: str = "") -> list[str]:
     """Key paths of values still carrying a redaction marker."""
-    from agent.ledger import REDACTED_PREFIX
+    from agent.redact import REDACTED_PREFIX
 
     if isinstance(value, str):
         return [path] if REDACTED_PREFIX in value else []
@@ -284,7 +289,7 @@ def project_from_manifest(manifest: Mapping[str, Any], name: str, *, working_dir
     secrets put back from `current` (today's project as to_dict(), same stage: base or
     rendered) and `overlay` (an environment's) merged over it. Returns (project, warnings).
 
-    strict: a secret with no value today is bad input (exit 2); else it is left hashed
+    strict: a secret with no value today is bad input (exit 2); else it is left redacted
     (good enough for reading ports, e.g. to verify).
     """
     import yaml
@@ -293,7 +298,7 @@ def project_from_manifest(manifest: Mapping[str, Any], name: str, *, working_dir
     from orchestrator.compose.render import escape_dollars
 
     data, changed = restore_secrets(manifest, current or {}, name, prefer_current=True)
-    warnings = [f"secret value at {path} changed since {what} was recorded; deploying today's value"
+    warnings = [f"the value at {path} (it holds a secret) changed since {what} was recorded; deploying today's value"
                 for path in changed if path not in set(find_redacted(data))]
     data = dict(data, name=name)
     with tempfile.TemporaryDirectory(prefix="orch-release-") as tmp:
@@ -306,7 +311,7 @@ def project_from_manifest(manifest: Mapping[str, Any], name: str, *, working_dir
     if missing and strict:
         raise InputError([Problem(
             f"{what} needs the secret at {path}, which today's files and environment do not provide (the ledger "
-            "keeps only its hash)",
+            "keeps no trace of it)",
             fix="run the command from the project's folder (or pass -f) with the secret's variable or file in "
             "place, then run it again") for path in missing])
     project.working_dir = Path(working_dir) if working_dir is not None else Path.cwd()
@@ -538,7 +543,8 @@ class _Flow:
                 rel = recorded.get("release")
                 if rel is not None:
                     try:
-                        ledger.write(mark_failed(rel, err.message))
+                        ledger.write(mark_failed(rel, err.message, secret_values=secret_values(
+                            prep.workspace.project, self.seams.environ)))
                     except OrchError as err2:
                         self.warn(f"could not record {rel.ref} as failed: {err2.message}")
                 raise

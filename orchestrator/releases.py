@@ -19,16 +19,21 @@ of every node of the environment (agent.ledger). This module is the controller's
 Release ids count per project and environment (prod #7 is the 7th release of this
 project in prod), so two projects sharing nodes keep separate histories.
 
-Redaction (decided here, checked again by the agent): in the recorded manifest, values
-of service environment variables whose name looks secret (agent.ledger.looks_secret:
-*PASSWORD*, *SECRET*, *TOKEN*, *API_KEY*, *PRIVATE_KEY*, *ACCESS_KEY*, *CREDENTIAL*,
-*_PASS, *_PWD, *_DSN, *_AUTH), passwords inside URLs (scheme://user:PASSWORD@host) in any
-environment value, secret-looking build args, inline secret contents, and any string
-containing one of the `secret_values` the caller passes (the contents of the project's
-secrets) are replaced by "<redacted sha256:16 hex>", a hash salted with the project and
-the key path. The hash shows that a secret changed between two releases without
-storing it; `restore_secrets` puts today's values back into a recorded manifest for a
-rollback, and reports the ones whose hash no longer matches.
+Redaction: the manifests a release records go through agent.redact's one rule (the
+same the output filter uses, applied again by the agent): values under secret names,
+passwords in URLs and in NAME=VALUE pairs, in every field (environment, command,
+entrypoint, labels, healthcheck, build args, extensions), inline secret contents, and
+every known secret value the caller passes (`secret_values`: the contents of the
+project's secrets, .env values under secret names) become "<redacted>". Nothing derived
+from a secret is kept (no hash): `restore_secrets` puts today's values back into a
+recorded manifest for a rollback or a promotion, and cannot tell whether a secret
+changed since (the containers' config hash, computed from today's values, still
+recreates what a changed secret affects).
+
+Release ids: `History.next_id` refuses to number a new release when a node's ledger
+could not be read (its copy may hold higher ids), and the agent never lets a write
+for an id replace another release (compare-and-set): `ReleaseLedger.write` turns
+such a conflict into a LedgerError, before the release's deploy starts.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.ledger import REDACTED_PREFIX, STATUSES, is_redacted, looks_secret
+from agent.ledger import STATUSES
+from agent.redact import REDACTED, REDACTED_PREFIX, mask_text, mask_tree
 from orchestrator.errors import GateRefused, InputError, OrchError, Problem
 
 DEPLOYING, LIVE, FAILED, ROLLED_BACK, SUPERSEDED = STATUSES
@@ -287,57 +293,14 @@ def render_manifest(project: Any, pins: Mapping[str, str]) -> dict:
     return manifest
 
 
-def secret_marker(project: str, path: str, value: str) -> str:
-    digest = hashlib.sha256(f"{project}\0{path}\0{value}".encode()).hexdigest()
-    return f"{REDACTED_PREFIX}{digest[:16]}>"
-
-
-_URL_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)(?P<pw>[^@\s/]+)(?P<tail>@)")
+MIN_KNOWN_SECRET = 4  # shorter known values would mask ordinary words of the manifest
 
 
 def redact_manifest(manifest: Mapping[str, Any], project: str, secret_values: Iterable[str] = ()) -> dict:
-    """A copy of manifest with secrets replaced by salted hashes (see the module docstring)."""
-    out = copy.deepcopy(dict(manifest))
-    values = sorted({v for v in secret_values if isinstance(v, str) and len(v) >= 4}, key=len, reverse=True)
-
-    def scrub(path: str, value: Any) -> Any:
-        if isinstance(value, str):
-            if is_redacted(value):
-                return value
-            for v in values:
-                if v in value:
-                    return secret_marker(project, path, value)
-            return value
-        if isinstance(value, dict):
-            return {k: scrub(f"{path}.{k}" if path else str(k), v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [scrub(f"{path}[{i}]", v) for i, v in enumerate(value)]
-        return value
-
-    for name, svc in (out.get("services") or {}).items():
-        if not isinstance(svc, dict):
-            continue
-        env = svc.get("environment")
-        if isinstance(env, dict):
-            for key, value in list(env.items()):
-                path = f"services.{name}.environment.{key}"
-                if not isinstance(value, str) or not value or is_redacted(value):
-                    continue
-                if looks_secret(key):
-                    env[key] = secret_marker(project, path, value)
-                else:
-                    env[key] = _URL_PASSWORD_RE.sub(
-                        lambda m: m.group("head") + secret_marker(project, path, m.group("pw")) + m.group("tail"),
-                        value)
-        args = (svc.get("build") or {}).get("args") if isinstance(svc.get("build"), dict) else None
-        if isinstance(args, dict):
-            for key, value in list(args.items()):
-                if looks_secret(key) and isinstance(value, str) and value:
-                    args[key] = secret_marker(project, f"services.{name}.build.args.{key}", value)
-    for name, entry in (out.get("secrets") or {}).items():
-        if isinstance(entry, dict) and isinstance(entry.get("content"), str) and entry["content"]:
-            entry["content"] = secret_marker(project, f"secrets.{name}.content", entry["content"])
-    return scrub("", out) if values else out
+    """A copy of manifest with its secrets replaced by "<redacted>" (see the module
+    docstring; `project` is kept for the callers, the mark does not depend on it)."""
+    known = [v for v in secret_values if isinstance(v, str) and len(v) >= MIN_KNOWN_SECRET]
+    return mask_tree(copy.deepcopy(dict(manifest)), REDACTED, known)
 
 
 def manifest_hash(manifest: Mapping[str, Any]) -> str:
@@ -346,27 +309,31 @@ def manifest_hash(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_MARK_RE = re.compile(re.escape(REDACTED_PREFIX) + r"[^>]*>")
+
+
+def _same_outside_secrets(recorded: str, current: str) -> bool:
+    """Does current read like recorded with something in place of each redaction mark?"""
+    pattern = "(.+?)".join(re.escape(part) for part in _MARK_RE.split(recorded))
+    return re.fullmatch(pattern, current, re.DOTALL) is not None
+
+
 def restore_secrets(recorded: Mapping[str, Any], current: Mapping[str, Any], project: str, *,
                     prefer_current: bool = False) -> tuple[dict, list[str]]:
-    """For a rollback: the recorded manifest with each redacted value replaced by today's
-    value at the same key path when that value hashes to the same marker. Returns the
-    manifest and the key paths whose secret changed since (kept redacted: the caller
-    decides whether to use today's value or refuse). With prefer_current, a changed
-    secret takes today's value when there is one (still reported in the list); one
-    with no value today stays redacted either way."""
+    """For a rollback or a promotion: the recorded manifest with each redacted value
+    replaced by today's value at the same key path. A value that was wholly a secret
+    takes today's value (the ledger keeps nothing to compare it with). A value with a
+    secret part (a URL with a password) takes today's value when it equals the recorded
+    one outside the redacted parts; else its path is reported as changed and today's value is
+    used only with prefer_current. A value with nothing today stays redacted."""
     changed: list[str] = []
 
     def walk(path: str, rec: Any, cur: Any) -> Any:
-        if isinstance(rec, str) and is_redacted(rec):
-            if isinstance(cur, str) and secret_marker(project, path, cur) == rec:
+        if isinstance(rec, str) and REDACTED_PREFIX in rec:
+            if not isinstance(cur, (str, int, float)) or isinstance(cur, bool):
+                return rec
+            if isinstance(cur, str) and _same_outside_secrets(rec, cur):
                 return cur
-            changed.append(path)
-            return cur if prefer_current and isinstance(cur, str) else rec
-        if isinstance(rec, str) and REDACTED_PREFIX in rec and isinstance(cur, str):
-            # a password inside a URL
-            m = _URL_PASSWORD_RE.search(cur)
-            if m and secret_marker(project, path, m.group("pw")) in rec:
-                return rec.replace(secret_marker(project, path, m.group("pw")), m.group("pw"))
             changed.append(path)
             return cur if prefer_current else rec
         if isinstance(rec, dict):
@@ -417,8 +384,12 @@ def mark_live(history: History, release: Release, now: str | None = None) -> lis
     return out
 
 
-def mark_failed(release: Release, reason: str, now: str | None = None) -> Release:
-    return replace(release, status=FAILED, reason=reason[:2000], updated=now or now_iso())
+def mark_failed(release: Release, reason: str, now: str | None = None, secret_values: Iterable[str] = ()) -> Release:
+    """The release as failed; the reason (it quotes containers' last log lines) masked
+    like the manifest, with the known secret values."""
+    known = sorted((v for v in secret_values if isinstance(v, str) and len(v) >= MIN_KNOWN_SECRET), key=len,
+                   reverse=True)
+    return replace(release, status=FAILED, reason=mask_text(reason, REDACTED, known)[:2000], updated=now or now_iso())
 
 
 def with_verification(release: Release, report: Mapping[str, Any], now: str | None = None) -> Release:
@@ -446,6 +417,15 @@ class History:
         return next((r for r in self.releases if r.id == release_id), None)
 
     def next_id(self) -> int:
+        """The id of a new release: above every id any node holds. Refused (LedgerError)
+        when a node's ledger could not be read: its copy may hold higher ids, and a
+        reused id would be refused by that node's compare-and-set only once it is back."""
+        if self.errors:
+            raise LedgerError(
+                f"cannot number a new release of {self.project} in {self.env}: the ledger of "
+                + ", ".join(f"{n} ({e})" for n, e in sorted(self.errors.items()))
+                + " could not be read, and it may hold newer releases",
+                fix=f"check the nodes (`orch nodes check --env {self.env}`) and run the command again.")
         return max([self.max_id] + [r.id for r in self.releases]) + 1
 
     def previous(self, release: Release, statuses: tuple[str, ...] = WAS_LIVE) -> Release | None:
@@ -739,7 +719,8 @@ class ReleaseLedger:
         ledger.write(rel)                                # status deploying, on every node
         ledger.write(*mark_live(history, rel))           # live; the previous live superseded
 
-    Reads tolerate unreachable nodes while one answers (errors are kept on History);
+    Reads tolerate unreachable nodes while one answers (errors are kept on History,
+    whose next_id then refuses: a new id needs every node's ledger);
     a write succeeds when at least one node stored it and reports the others in
     WriteResult.failed (and to on_warning). Each write also re-sends, in the same
     transaction, what the last read found a node to lack (the repair).
@@ -799,6 +780,19 @@ class ReleaseLedger:
             return session.call("release_put", {"releases": records})
 
         answers, errors = self._each(one)
+        conflicts = {node: r["conflict"] for node, a in answers.items() for r in (a or {}).get("results") or []
+                     if r.get("conflict") and r.get("id") in ids}
+        if conflicts:
+            raise LedgerError(
+                f"could not record {', '.join(str(r.ref) for r in bumped)} of {self.project}: its id is taken by "
+                "another release (another controller recorded it meanwhile) on "
+                + "; ".join(f"{n}: {c}" for n, c in sorted(conflicts.items())),
+                fix=f"see `orch history --env {self.env}`, then run the command again (it numbers the release "
+                "after every release the nodes hold).")
+        for node, a in sorted(answers.items()):
+            for r in (a or {}).get("results") or []:
+                if r.get("conflict"):
+                    self.on_warning(f"{node}: did not take the repair of #{r.get('id')}: {r['conflict']}")
         if not answers:
             raise LedgerError(
                 f"could not record release(s) {', '.join(str(r.ref) for r in bumped)} of {self.project} on any "

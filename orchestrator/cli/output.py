@@ -27,12 +27,12 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from agent.redact import MASK
 from orchestrator.errors import OrchError
 
 JSON_SCHEMA_VERSION = 1
 OUTPUT_VARIABLE = "ORCH_OUTPUT"  # json | text: the output mode when neither --json nor --text is given
 VERBOSE_VARIABLE = "ORCH_VERBOSE"
-MASK = "***"
 
 
 class _State:
@@ -310,17 +310,15 @@ def _json_progress_class() -> Any:
 
 # --------------------------------------------------------------------------- secrets
 
-# Environment variables holding a secret by their name (CI injects them so): the names
-# the release ledger redacts (agent.ledger.looks_secret), but not those naming where a
-# secret is (…_FILE, …_PATH) or the shell's PWD.
-NOT_A_SECRET_NAME = re.compile(r"(_(FILE|PATH|DIR|ENV|URL|USER|USERNAME|NAME)$)|^(OLD)?PWD$", re.IGNORECASE)
 MIN_SECRET_LENGTH = 6  # shorter values would mask ordinary words
 
 
 def secret_name(name: str) -> bool:
-    from agent.ledger import looks_secret
+    """A variable holding a secret by its name (CI injects them so): agent.redact's rule,
+    the one the release ledger uses too."""
+    from agent.redact import secret_name as rule
 
-    return looks_secret(name) and not NOT_A_SECRET_NAME.search(name)
+    return rule(name)
 
 
 class Redactor:
@@ -363,15 +361,12 @@ class Redactor:
         return value in self._values
 
 
-REDACTOR = Redactor()
-
-
 class RedactingStream:
     """A text stream that writes whole lines to `raw` with every known secret masked.
     (A partial line waits for its newline or a flush, so a secret split across two
     writes is still found.)"""
 
-    def __init__(self, raw: Any, redactor: Redactor = REDACTOR) -> None:
+    def __init__(self, raw: Any, redactor: Redactor) -> None:
         self.raw = raw
         self.redactor = redactor
         self._pending = ""
@@ -434,12 +429,14 @@ class RedactingStream:
 
 
 def install_redaction(environ: Mapping[str, str] | None = None) -> Callable[[], None]:
-    """Mask secrets on stdout and stderr from now on; returns the undo."""
-    REDACTOR.add_environ(os.environ if environ is None else environ)
+    """Mask secrets on stdout and stderr from now on, with a new Redactor (the one
+    current_redactor() gives until the undo); returns the undo."""
     out, err = sys.stdout, sys.stderr
     if isinstance(out, RedactingStream):
         return lambda: None
-    sys.stdout, sys.stderr = RedactingStream(out), RedactingStream(err)
+    redactor = Redactor()
+    redactor.add_environ(os.environ if environ is None else environ)
+    sys.stdout, sys.stderr = RedactingStream(out, redactor), RedactingStream(err, redactor)
 
     def undo() -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -450,6 +447,13 @@ def install_redaction(environ: Mapping[str, str] | None = None) -> Callable[[], 
         sys.stdout, sys.stderr = out, err
 
     return undo
+
+
+def current_redactor() -> Redactor:
+    """The Redactor of the filter on stdout (one per command, set up by main); outside
+    one (`orch exec`, library use) a throwaway: nothing is filtered there."""
+    out = sys.stdout
+    return out.redactor if isinstance(out, RedactingStream) else Redactor()
 
 
 def protect_environment(environment: Any) -> None:
@@ -483,22 +487,34 @@ def _protect_credentials(registry: Any) -> Any:
     if creds is not None and getattr(creds, "password", None):
         import base64
 
-        REDACTOR.add(creds.password)
+        redactor = current_redactor()
+        redactor.add(creds.password)
         # as an HTTP Basic Authorization header would carry it
-        REDACTOR.add(base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode())
+        redactor.add(base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode())
     return creds
 
 
 def protect_project(project: Any) -> None:
-    """Register the values of a Compose project's secrets."""
-    if project is None or not getattr(project, "secrets", None):
+    """Register a Compose project's secret values (agent.redact's rule): its secrets'
+    contents, its variables (.env, environment) under secret names, and what the rule
+    finds in the project (values under secret names, passwords in URLs and NAME=VALUE
+    pairs), so that they are masked in every line orch writes."""
+    if project is None:
         return
-    try:
-        from orchestrator.pipeline import secret_values
+    from agent.redact import find_secrets
+    from orchestrator.pipeline import secret_values
 
-        REDACTOR.add_all(secret_values(project))
-    except Exception:  # pragma: no cover - best effort
-        pass
+    redactor = current_redactor()
+    redactor.add_all(secret_values(project))
+    redactor.add_all(find_secrets(project.to_dict()))
+
+
+def masked_project(project: Any) -> dict:
+    """project.to_dict() with its secrets masked (agent.redact's rule), for printing it."""
+    from agent.redact import mask_tree
+    from orchestrator.pipeline import secret_values
+
+    return mask_tree(project.to_dict(), MASK, secret_values(project))
 
 
 def protect(workspace: Any) -> Any:

@@ -10,7 +10,7 @@ from orchestrator.cli import app
 from orchestrator.cli.options import (
     EnvFiles, EnvironmentsDir, EnvName, Files, Json, Profiles, ProjectName, project_options,
 )
-from orchestrator.cli.output import final, print_final, protect, protect_environment, warn
+from orchestrator.cli.output import final, masked_project, print_final, protect, protect_environment, warn
 
 Services = Annotated[Optional[list[str]], typer.Argument(metavar="[SERVICE]...", help="Services (and their dependencies); default: all.")]
 
@@ -40,12 +40,14 @@ def config(
 
     ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments, services)))
     _print_warnings(ws.project)
+    from orchestrator.compose.render import dict_to_yaml
+
+    shown = masked_project(ws.project)  # not only the filter: short secrets are masked too
     if json:
         print_final(final("ok", "config", environment=ws.environment.name if ws.environment else None,
-                          project=ws.project.to_dict(),
-                          warnings=[p.render() for p in getattr(ws.project, "warnings", [])]))
+                          project=shown, warnings=[p.render() for p in getattr(ws.project, "warnings", [])]))
     else:
-        typer.echo(ws.project.to_yaml(), nl=False)
+        typer.echo(dict_to_yaml(shown), nl=False)
 
 
 @app.command("graph")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from agent.redact import secret_name
 from orchestrator.errors import InputError
 from orchestrator.yamlsrc import Loc, YMap, decode_utf8, no_gc, parse_yaml
 
@@ -171,6 +172,7 @@ def _load(opts: LoadOptions) -> Project:
     problems.raise_if_any()
     project_dir = files[0].parent
     variables, _ = load_variables(project_dir, list(opts.env_files), wd, opts.environ, problems)
+    problems.hide(v for k, v in variables.items() if secret_name(k))
     problems.raise_if_any()
 
     merged = loader.load_files(files, str(project_dir), variables)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import difflib
+from dataclasses import replace
 from typing import Any, Iterable
+
+from agent.redact import MASK, mask_text
 
 from orchestrator.errors import InputError, Problem, Warnings
 from orchestrator.yamlsrc import Loc, YList, YMap
@@ -66,6 +69,17 @@ class Collector:
         # key paths a misspelt key probably meant, e.g. ("services", "web", "image"):
         # later checks stay quiet about those keys being missing.
         self.near_misses: set = set()
+        self._secrets: list[str] = []
+
+    def hide(self, values: Iterable[str]) -> None:
+        """Secret values (variables with secret names) that no message may quote: a
+        loading error comes before the output filter knows the project."""
+        known = set(self._secrets) | {v for v in values if isinstance(v, str) and len(v) >= 4}
+        self._secrets = sorted(known, key=len, reverse=True)
+
+    def _masked(self, problems: list[Problem]) -> list[Problem]:
+        return [replace(p, message=mask_text(p.message, MASK, self._secrets),
+                        fix=mask_text(p.fix, MASK, self._secrets) if p.fix else p.fix) for p in problems]
 
     def error(self, message: str, *, loc: Loc | None = None, path: Path | str | None = None,
               fix: str | None = None, file: str | None = None) -> None:
@@ -81,7 +95,7 @@ class Collector:
 
     @property
     def warnings(self) -> list[Problem]:
-        return self._warnings.items
+        return self._masked(self._warnings.items)
 
     def add(self, problem: Problem) -> None:
         self.problems.append(problem)
@@ -91,7 +105,7 @@ class Collector:
 
     def raise_if_any(self) -> None:
         if self.problems:
-            raise InputError(sort_problems(_dedupe(self.problems)))
+            raise InputError(self._masked(sort_problems(_dedupe(self.problems))))
 
     def __bool__(self) -> bool:  # "are there errors?"
         return bool(self.problems)

@@ -312,5 +312,10 @@ def escape_dollars(value: Any) -> Any:
 
 def project_to_yaml(p: Project) -> str:
     """The resolved project as a Compose file (literal `$` written as `$$`)."""
-    return yaml.dump(escape_dollars(project_to_dict(p)), Dumper=_Dumper, sort_keys=False,
+    return dict_to_yaml(project_to_dict(p))
+
+
+def dict_to_yaml(tree: dict) -> str:
+    """A project_to_dict() tree (e.g. with its secrets masked) as a Compose file."""
+    return yaml.dump(escape_dollars(tree), Dumper=_Dumper, sort_keys=False,
                      default_flow_style=False, allow_unicode=True, width=1000)

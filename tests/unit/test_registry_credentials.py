@@ -242,6 +242,11 @@ def test_registries_passwords_are_masked_in_output(tmp_path):
     (tmp_path / "corp-pw").write_text("corp-pa55-w0rd-z3\n")
     env = parse_environment(env_file(tmp_path, "registries:\n  - {address: corp.example:5000, username: ci, "
                                                f"password_file: {tmp_path / 'corp-pw'}}}\n"))
-    output.protect_environment(env)
-    assert "corp-pa55-w0rd-z3" in output.REDACTOR and LAB_PW in output.REDACTOR
-    assert output.REDACTOR.scrub("pull with corp-pa55-w0rd-z3") == "pull with " + output.MASK
+    undo = output.install_redaction({})
+    try:
+        output.protect_environment(env)
+        redactor = output.current_redactor()
+    finally:
+        undo()
+    assert "corp-pa55-w0rd-z3" in redactor and LAB_PW in redactor
+    assert redactor.scrub("pull with corp-pa55-w0rd-z3") == "pull with " + output.MASK

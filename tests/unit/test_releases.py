@@ -3,11 +3,12 @@ ledger over (in-process) agents on several nodes."""
 
 import json
 import subprocess
+from dataclasses import replace
 
 import pytest
 
 from agent.fake import FakeEngine
-from agent.ledger import check_redacted
+from agent.redact import first_clear_secret
 from agent.operations import OPERATIONS, Context
 from agent.protocol import AgentError as NodeAgentError
 from orchestrator import releases as R
@@ -73,7 +74,7 @@ def test_performer_records_ci(environ, system, url):
 # --------------------------------------------------------------------------- redaction
 
 
-def test_redaction_hashes_secrets_and_the_agent_accepts_it():
+def test_redaction_masks_secrets_without_a_hash_and_the_agent_accepts_it():
     m = {"name": "hello", "services": {
         "db": {"environment": {"POSTGRES_PASSWORD": "hunter2!", "MODE": "x", "EMPTY_TOKEN": ""},
                "build": {"args": {"NPM_TOKEN": "npm-abc"}}},
@@ -84,25 +85,37 @@ def test_redaction_hashes_secrets_and_the_agent_accepts_it():
     for secret in ("hunter2!", "npm-abc", "s3cret", "k3y-material", "BEGIN KEY"):
         assert secret not in text
     db = out["services"]["db"]["environment"]
-    assert db["POSTGRES_PASSWORD"].startswith("<redacted sha256:") and db["MODE"] == "x" and db["EMPTY_TOKEN"] == ""
-    assert out["services"]["api"]["environment"]["DATABASE_URL"].startswith("postgres://app:<redacted sha256:")
-    assert out["services"]["api"]["environment"]["DATABASE_URL"].endswith("@db:5432/app")
+    assert db["POSTGRES_PASSWORD"] == "<redacted>" and db["MODE"] == "x" and db["EMPTY_TOKEN"] == ""
+    assert out["services"]["api"]["environment"]["DATABASE_URL"] == "postgres://app:<redacted>@db:5432/app"
+    assert out["services"]["api"]["environment"]["GREETING"] == "hi <redacted>"
     assert out["secrets"]["file"] == {"file": "/run/x"}
     assert m["services"]["db"]["environment"]["POSTGRES_PASSWORD"] == "hunter2!"  # input untouched
-    check_redacted(out)  # the agent's own check
-    assert R.redact_manifest(m, "hello", ["k3y-material"]) == out  # deterministic
-    changed = R.redact_manifest({"services": {"db": {"environment": {"POSTGRES_PASSWORD": "other"}}}}, "hello")
-    assert changed["services"]["db"]["environment"]["POSTGRES_PASSWORD"] != db["POSTGRES_PASSWORD"]
+    assert first_clear_secret(out) is None  # the agent's own check
+    # Nothing derived from the value: another password gives the same record.
+    other = R.redact_manifest({"services": {"db": {"environment": {"POSTGRES_PASSWORD": "other"}}}}, "hello")
+    assert other["services"]["db"]["environment"]["POSTGRES_PASSWORD"] == db["POSTGRES_PASSWORD"]
+    assert R.redact_manifest(m, "other-project", ["k3y-material"]) == out
 
 
 def test_restore_secrets_for_a_rollback():
-    current = {"services": {"db": {"environment": {"POSTGRES_PASSWORD": "hunter2!", "URL": "pg://u:pw@h/x"}}}}
+    current = {"services": {"db": {"environment": {"POSTGRES_PASSWORD": "hunter2!", "URL": "pg://u:pw@h/x"},
+                                   "command": ["run", "--token", "tok-123456"]}}}
     recorded = R.redact_manifest(current, "hello")
+    assert recorded["services"]["db"]["command"] == ["run", "--token", "<redacted>"]
     restored, changed = R.restore_secrets(recorded, current, "hello")
     assert restored == current and changed == []
-    rotated = {"services": {"db": {"environment": {"POSTGRES_PASSWORD": "new", "URL": "pg://u:pw2@h/x"}}}}
+    rotated = {"services": {"db": {"environment": {"POSTGRES_PASSWORD": "new", "URL": "pg://u:pw2@h/x"},
+                                   "command": ["run", "--token", "tok-2"]}}}
     restored, changed = R.restore_secrets(recorded, rotated, "hello")
-    assert sorted(changed) == ["services.db.environment.POSTGRES_PASSWORD", "services.db.environment.URL"]
+    assert restored == rotated and changed == []  # today's values; a rotation cannot be told apart
+    moved = {"services": {"db": {"environment": {"URL": "pg://u:pw@elsewhere/x"}}}}
+    restored, changed = R.restore_secrets(recorded, moved, "hello")
+    assert changed == ["services.db.environment.URL"]  # more than the secret changed
+    assert restored["services"]["db"]["environment"]["POSTGRES_PASSWORD"] == "<redacted>"  # nothing today
+    assert R.restore_secrets(recorded, moved, "hello", prefer_current=True)[0]["services"]["db"]["environment"][
+        "URL"] == "pg://u:pw@elsewhere/x"
+    old = {"services": {"db": {"environment": {"URL": "pg://u:<redacted sha256:0123456789abcdef>@h/x"}}}}
+    assert R.restore_secrets(old, current, "hello")[0]["services"]["db"]["environment"]["URL"] == "pg://u:pw@h/x"
 
 
 def test_render_manifest_pins_images_and_drops_build(tmp_path):
@@ -353,4 +366,62 @@ def test_secrets_never_reach_a_node(prod):
     for node in prod.values():
         db = node.root / "engines" / f"ENGINE-{node.name}" / "ledger.sqlite3"
         data = b"".join(p.read_bytes() for p in db.parent.glob("ledger.sqlite3*"))
-        assert b"hunter2!" not in data and b"redacted sha256" in data
+        assert b"hunter2!" not in data and b"<redacted>" in data
+
+
+def test_a_new_release_is_not_numbered_without_every_nodes_ledger(prod):
+    ledger = R.ReleaseLedger(prod, "hello", "prod")
+    ledger.write(R.new_release(ledger.history(), services={"web": WEB + D["a"]}, manifest=manifest(),
+                               performer=PERF))
+    prod["prod-1"].down = True
+    h = ledger.history()  # a read still answers (history, verify)...
+    assert [r.id for r in h.releases] == [1] and "prod-1" in h.errors
+    with pytest.raises(R.LedgerError) as err:  # ...but no new id is given out on it
+        R.new_release(h, services={"web": WEB + D["b"]}, manifest=manifest(D["b"]), performer=PERF)
+    assert "prod-1" in err.value.message and "could not be read" in err.value.message
+
+
+def test_a_write_whose_id_another_release_holds_fails(prod):
+    """Two controllers numbered their releases from the same history: the second one's
+    write does not overwrite the first anywhere, and fails before it deploys."""
+    one, two = R.ReleaseLedger(prod, "hello", "prod"), R.ReleaseLedger(prod, "hello", "prod")
+    h1, h2 = one.history(), two.history()
+    r1 = R.new_release(h1, services={"web": WEB + D["a"]}, manifest=manifest(), performer=PERF, now="2024-01-01T00:00:00.000Z")
+    r2 = R.new_release(h2, services={"web": WEB + D["b"]}, manifest=manifest(D["b"]),
+                       performer={"user": "bob", "host": "ci"}, now="2024-01-01T00:00:05.000Z")
+    assert r1.id == r2.id == 1
+    one.write(r1)
+    with pytest.raises(R.LedgerError) as err:
+        two.write(r2)
+    assert "taken by another release" in err.value.message
+    for node in prod.values():
+        got = node.call("release_get", {"env": "prod", "project": "hello", "id": 1})["release"]
+        assert got["services"] == r1.services and got["performer"] == PERF
+    one.write(*R.mark_live(h1, r1))  # the first controller's updates still go through
+    assert one.history().live().id == 1
+
+
+def test_secrets_in_every_form_never_reach_a_nodes_ledger(prod):
+    ledger = R.ReleaseLedger(prod, "hello", "prod")
+    m = {"name": "hello", "services": {"api": {
+        "image": "x@" + D["a"],
+        "environment": {"DB_PASSWORD": "env-pw-1", "STRIPE_KEY": "sk-key-2", "NOTE": "see known-val-3",
+                        "REDIS_URL": "redis://:redis-pw-4@cache:6379/0", "MSSQL": "Server=db;Password=conn-pw-5;"},
+        "command": ["serve", "--token", "cmd-tok-6"], "labels": {"app.auth-token": "label-tok-7"},
+        "healthcheck": {"test": ["CMD", "wget", "http://u:hc-pw-8@localhost/"]}}}}
+    rel = R.new_release(ledger.history(), services={"api": "x@" + D["a"]}, manifest=m, performer=PERF,
+                        secret_values=["known-val-3"])
+    ledger.write(replace(rel, extra={"base": R.redact_manifest(m, "hello", ["known-val-3"])}))
+    for node in prod.values():
+        db = node.root / "engines" / f"ENGINE-{node.name}" / "ledger.sqlite3"
+        data = b"".join(p.read_bytes() for p in db.parent.glob("ledger.sqlite3*"))
+        for secret in ("env-pw-1", "sk-key-2", "known-val-3", "redis-pw-4", "conn-pw-5", "cmd-tok-6",
+                       "label-tok-7", "hc-pw-8"):
+            assert secret.encode() not in data, (node.name, secret)
+
+
+def test_a_failure_reason_is_masked_like_the_manifest():
+    r = R.mark_failed(release(1, status="deploying"), "api exited: connect redis://:url-pw@cache failed; "
+                      "password was hunter2-x", secret_values=["hunter2-x", "ab"])
+    assert r.status == "failed" and "url-pw" not in r.reason and "hunter2-x" not in r.reason
+    assert r.reason == "api exited: connect redis://:<redacted>@cache failed; password was <redacted>"

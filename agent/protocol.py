@@ -34,6 +34,7 @@ MAX_DEPTH = 64  # nesting of JSON arrays and objects in one request
 MAX_INT = 2 ** 53 - 1  # JSON's exact integers; the default upper bound of check_int
 MAX_NUMBER = 1e9  # seconds (31 years), CPUs...: the default upper bound of check_number
 MAX_LOG_LINE = 64 * 1024  # bytes of one emitted log line; longer lines go out in pieces
+MAX_MESSAGE_CHARS = 4096  # of an error message (details carry the long parts, e.g. logs)
 
 # Error kinds the controller may branch on; anything else is "internal".
 BAD_REQUEST = "bad_request"
@@ -53,6 +54,9 @@ class AgentError(Exception):
     """An error the agent reports to the controller as {"error": {...}}."""
 
     def __init__(self, kind: str, message: str, details: Optional[Dict[str, Any]] = None):
+        if len(message) > MAX_MESSAGE_CHARS:  # e.g. a refused megabyte value quoted whole
+            half = MAX_MESSAGE_CHARS // 2  # the start names the value, the end says what is wrong
+            message = "%s...(%d chars)...%s" % (message[:half], len(message), message[-half:])
         super().__init__(message)
         self.kind = kind
         self.message = message

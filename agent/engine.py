@@ -463,7 +463,7 @@ class LineSplitter:
     """Turns byte chunks into text lines (a chunk may end mid-line), in linear time. A
     line longer than max_line bytes comes out as several lines of at most max_line bytes
     each, cut at a UTF-8 character boundary: nothing is dropped, and a container writing
-    without newlines holds at most max_line bytes here (docs/operations.md, Logs)."""
+    without newlines holds at most max_line bytes here (docs/operations.md, "The agent's wire")."""
 
     def __init__(self, max_line: int = MAX_LOG_LINE) -> None:
         self.max_line = max(4, max_line)  # room for one UTF-8 character

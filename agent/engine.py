@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from agent import labels as L
-from agent.protocol import ENGINE, NOT_FOUND, PULL, AgentError, split_image
+from agent.protocol import ENGINE, MAX_LOG_LINE, NOT_FOUND, PULL, AgentError, split_image
 
 NS = 1_000_000_000
 
@@ -271,7 +271,9 @@ class Engine:
             raw = self.api.logs(cid, stdout=True, stderr=True, tail=tail, timestamps=False)
         except self._errors.APIError:
             return []
-        return raw.decode("utf-8", "replace").splitlines()[-tail:]
+        # For failure messages: a very long line is cut (LineSplitter keeps all of it for `logs`).
+        return [ln if len(ln) <= MAX_LOG_LINE else ln[:MAX_LOG_LINE] + "..."
+                for ln in raw.decode("utf-8", "replace").splitlines()[-tail:]]
 
     def stream_logs(self, cid: str, tail: Any, follow: bool, since: Optional[int], timestamps: bool):
         """A closeable iterator of raw byte chunks (stdout and stderr interleaved)."""
@@ -458,19 +460,47 @@ def _explain(exc: Any) -> str:
 
 
 class LineSplitter:
-    """Turns byte chunks into complete text lines (a chunk may end mid-line)."""
+    """Turns byte chunks into text lines (a chunk may end mid-line), in linear time. A
+    line longer than max_line bytes comes out as several lines of at most max_line bytes
+    each, cut at a UTF-8 character boundary: nothing is dropped, and a container writing
+    without newlines holds at most max_line bytes here (docs/operations.md, "The agent's wire")."""
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, max_line: int = MAX_LOG_LINE) -> None:
+        self.max_line = max(4, max_line)  # room for one UTF-8 character
+        self._buf = bytearray()
         self._lock = threading.Lock()
 
     def feed(self, chunk: bytes) -> List[str]:
+        out: List[bytes] = []
         with self._lock:
-            self._buf += chunk
-            *lines, self._buf = self._buf.split(b"\n")
-        return [ln.decode("utf-8", "replace") for ln in lines]
+            start = 0
+            end = chunk.find(b"\n")
+            while end >= 0:  # each byte is searched once
+                self._buf += chunk[start:end]
+                out.extend(self._cut(bytes(self._buf), final=True)[0])
+                self._buf = bytearray()
+                start, end = end + 1, chunk.find(b"\n", end + 1)
+            self._buf += chunk[start:]
+            if len(self._buf) > self.max_line:
+                pieces, rest = self._cut(bytes(self._buf), final=False)
+                out.extend(pieces)
+                self._buf = bytearray(rest)
+        return [ln.decode("utf-8", "replace") for ln in out]
 
     def flush(self) -> List[str]:
         with self._lock:
-            rest, self._buf = self._buf, b""
-        return [rest.decode("utf-8", "replace")] if rest else []
+            rest, self._buf = bytes(self._buf), bytearray()
+        return [ln.decode("utf-8", "replace") for ln in self._cut(rest, final=True)[0]] if rest else []
+
+    def _cut(self, data: bytes, final: bool) -> Tuple[List[bytes], bytes]:
+        """Pieces of at most max_line bytes; the rest (at most max_line) unless final."""
+        pieces, pos = [], 0
+        while len(data) - pos > self.max_line:
+            cut = pos + self.max_line
+            while cut > pos + 1 and (data[cut] & 0xC0) == 0x80:  # a continuation byte starts no piece
+                cut -= 1
+            pieces.append(data[pos:cut])
+            pos = cut
+        if final:
+            return pieces + [data[pos:]], b""
+        return pieces, data[pos:]

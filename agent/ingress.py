@@ -169,11 +169,11 @@ class Health:
             raise BadRequest("%s must be an object {path, interval, ...}" % where)
         check_keys(d, ("path", "interval", "timeout", "rise", "fall", "host"), where)
         path = check_str(d.get("path", "/"), where + ".path")
-        if not _PATH_RE.match(path):
+        if not _PATH_RE.fullmatch(path):
             raise BadRequest("%s.path %r must start with '/' and contain no spaces, quotes, '#', '$' or '\\'"
                              % (where, path))
         host = check_str(d.get("host", "localhost"), where + ".host")
-        if not _HOST_RE.match(host):
+        if not _HOST_RE.fullmatch(host):
             raise BadRequest("%s.host %r is not a host name" % (where, host))
         interval = check_number(d.get("interval", 1.0), where + ".interval", 0.1)
         timeout = check_number(d.get("timeout", 2.0), where + ".timeout", 0.1)

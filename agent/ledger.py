@@ -42,6 +42,7 @@ from agent.protocol import (
     BadRequest,
     check_int,
     check_name,
+    check_object,
     check_project,
     check_str,
 )
@@ -258,7 +259,7 @@ def check_record(rec: Any) -> Dict[str, Any]:
     }
     if out["status"] not in STATUSES:
         raise BadRequest("release status %r is not one of %s" % (out["status"], ", ".join(STATUSES)))
-    if not _HASH_RE.match(out["project_hash"]):
+    if not _HASH_RE.fullmatch(out["project_hash"]):
         raise BadRequest("project_hash must be 16-128 lowercase hex digits")
     services = rec["services"]
     if not isinstance(services, dict):
@@ -266,7 +267,7 @@ def check_record(rec: Any) -> Dict[str, Any]:
     for name, ref in services.items():
         check_name(name, "service")
         check_str(ref, "services[%r]" % name)
-        if not _DIGEST_REF_RE.match(ref):
+        if not _DIGEST_REF_RE.fullmatch(ref):
             raise BadRequest("services[%r] = %r is not pinned to a digest (repo@sha256:...)" % (name, ref))
     out["services"] = dict(services)
     if not isinstance(rec["manifest"], dict):
@@ -295,8 +296,8 @@ def check_record(rec: Any) -> Dict[str, Any]:
     if not isinstance(lineage, list):
         raise BadRequest("release lineage must be a list of {env, id}")
     out["lineage"] = [
-        {"env": check_name((x or {}).get("env"), "lineage.env"), "id": check_int((x or {}).get("id"), "lineage.id", 1)}
-        for x in lineage
+        {"env": check_name(x.get("env"), "lineage.env"), "id": check_int(x.get("id"), "lineage.id", 1)}
+        for x in (check_object(x or {}, "lineage[%d]" % i) for i, x in enumerate(lineage))
     ]
     size = len(json.dumps(out, default=str))
     if size > MAX_RECORD_BYTES:

@@ -17,12 +17,24 @@ as logs --follow, whose result then says "cancelled").
 from __future__ import annotations
 
 import json
+import math
 import os
 import posixpath
 import re
 from typing import Any, Dict, Iterable, List, Optional
 
 PROTOCOL_VERSION = 1
+
+# Bounds of the wire (docs/operations.md, "The agent's wire"). A request carries at most a spec
+# with its secret and config files (1 MiB each, base64), so 64 MiB is far above any real
+# one; the agent's own lines (release_list, state) stay well under MAX_MESSAGE_BYTES.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_DEPTH = 64  # nesting of JSON arrays and objects in one request
+MAX_INT = 2 ** 53 - 1  # JSON's exact integers; the default upper bound of check_int
+MAX_NUMBER = 1e9  # seconds (31 years), CPUs...: the default upper bound of check_number
+MAX_LOG_LINE = 64 * 1024  # bytes of one emitted log line; longer lines go out in pieces
+MAX_MESSAGE_CHARS = 4096  # of an error message (details carry the long parts, e.g. logs)
 
 # Error kinds the controller may branch on; anything else is "internal".
 BAD_REQUEST = "bad_request"
@@ -42,6 +54,9 @@ class AgentError(Exception):
     """An error the agent reports to the controller as {"error": {...}}."""
 
     def __init__(self, kind: str, message: str, details: Optional[Dict[str, Any]] = None):
+        if len(message) > MAX_MESSAGE_CHARS:  # e.g. a refused megabyte value quoted whole
+            half = MAX_MESSAGE_CHARS // 2  # the start names the value, the end says what is wrong
+            message = "%s...(%d chars)...%s" % (message[:half], len(message), message[-half:])
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -81,20 +96,54 @@ def error(req_id: Any, err: AgentError) -> Dict[str, Any]:
     return {"id": req_id, "error": err.to_dict()}
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError("%s is not a JSON number" % name)
+
+
+def int_of_json(text: str) -> int:
+    # Python < 3.11 converts any number of digits, in quadratic time.
+    if len(text.lstrip("-")) > 20:
+        raise ValueError("integer %s... has more than 20 digits" % text[:20])
+    return int(text)
+
+
+def loads(data: bytes, what: str = "request") -> Any:
+    """Strict JSON: no NaN or Infinity, nesting at most MAX_DEPTH; raises BadRequest."""
+    try:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_no_constant, parse_int=int_of_json)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest("%s is not valid JSON: %s" % (what, str(exc)[:200]))
+    except RecursionError:
+        raise BadRequest("%s is nested more than %d levels deep" % (what, MAX_DEPTH))
+    # Iterative, so a deep value cannot exhaust the stack here either.
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise BadRequest("%s is nested more than %d levels deep" % (what, MAX_DEPTH))
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((v, depth + 1) for v in items if isinstance(v, (dict, list)))
+    return obj
+
+
 def parse_request(line: bytes) -> Dict[str, Any]:
     """Decode and check one request line; raises AgentError (the id is kept if readable)."""
-    try:
-        obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest("request is not valid JSON: %s" % exc)
+    if len(line) > MAX_REQUEST_BYTES:
+        raise BadRequest("request is longer than %d bytes" % MAX_REQUEST_BYTES)
+    obj = loads(line)
     if not isinstance(obj, dict):
         raise BadRequest("request must be a JSON object")
+    req_id = obj.get("id")
+    if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, int)
+                               or not 0 <= req_id <= MAX_INT):
+        raise BadRequest("request 'id' must be an integer in [0, %d]" % MAX_INT)
     version = obj.get("v")
     if version != PROTOCOL_VERSION:
         raise AgentError(
             PROTOCOL,
-            "protocol version mismatch: controller speaks %r, this agent speaks %d"
-            % (version, PROTOCOL_VERSION),
+            "protocol version mismatch: controller speaks %s, this agent speaks %d"
+            % (show(version), PROTOCOL_VERSION),
             {"agent_protocol": PROTOCOL_VERSION, "request_protocol": version},
         )
     if not isinstance(obj.get("op"), str):
@@ -106,6 +155,8 @@ def parse_request(line: bytes) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- validation
+
+# Patterns are applied with fullmatch: `$` alone also matches before a final newline.
 
 # Compose project names: lowercase letters, digits, dashes, underscores; start alnum.
 _PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -129,6 +180,12 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def show(value: Any, limit: int = 80) -> str:
+    """repr() for an error message, cut short: a request may carry megabytes in one string."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...(%d chars)" % len(text)
+
+
 def check_str(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise BadRequest("%s must be a string, not %s" % (what, _type_name(value)))
@@ -139,48 +196,48 @@ def check_str(value: Any, what: str) -> str:
 
 def check_project(value: Any, what: str = "project") -> str:
     check_str(value, what)
-    if not _PROJECT_RE.match(value):
+    if not _PROJECT_RE.fullmatch(value):
         raise BadRequest(
-            "%s %r is not a valid project name (lowercase letters, digits, '-' and '_')" % (what, value)
+            "%s %s is not a valid project name (lowercase letters, digits, '-' and '_')" % (what, show(value))
         )
     return value
 
 
 def check_name(value: Any, what: str) -> str:
     check_str(value, what)
-    if not _NAME_RE.match(value):
-        raise BadRequest("%s %r is not a valid name (letters, digits, '.', '-' and '_')" % (what, value))
+    if not _NAME_RE.fullmatch(value):
+        raise BadRequest("%s %s is not a valid name (letters, digits, '.', '-' and '_')" % (what, show(value)))
     return value
 
 
 def check_container_name(value: Any, what: str = "container") -> str:
     check_str(value, what)
-    if not _CONTAINER_RE.match(value):
-        raise BadRequest("%s %r is not a valid container name" % (what, value))
+    if not _CONTAINER_RE.fullmatch(value):
+        raise BadRequest("%s %s is not a valid container name" % (what, show(value)))
     return value.lstrip("/")
 
 
 def check_hash(value: Any, what: str = "config_hash") -> str:
     check_str(value, what)
-    if not _HASH_RE.match(value):
+    if not _HASH_RE.fullmatch(value):
         raise BadRequest("%s must be 12-64 lowercase hex digits" % what)
     return value
 
 
 def check_image(value: Any, what: str = "image") -> str:
     check_str(value, what)
-    if len(value) > 512 or not _IMAGE_RE.match(value):
+    if len(value) > 512 or not _IMAGE_RE.fullmatch(value):
         raise BadRequest(
-            "%s %r is not a valid image reference (repo[:tag] or repo@sha256:<64 hex>)" % (what, value)
+            "%s %s is not a valid image reference (repo[:tag] or repo@sha256:<64 hex>)" % (what, show(value))
         )
     return value
 
 
 def split_image(ref: str) -> "tuple[str, Optional[str], Optional[str]]":
     """'reg:5000/a/b:1@sha256:..' -> ('reg:5000/a/b', '1', 'sha256:..')."""
-    m = _IMAGE_RE.match(ref)
+    m = _IMAGE_RE.fullmatch(ref)
     if m is None:
-        raise BadRequest("not a valid image reference: %r" % ref)
+        raise BadRequest("not a valid image reference: %s" % show(ref))
     repo = (m.group("registry") + "/" if m.group("registry") else "") + m.group("path")
     return repo, m.group("tag"), m.group("digest")
 
@@ -219,36 +276,56 @@ def check_abs_path(value: Any, what: str, roots: Optional[Iterable[str]] = None)
     """An absolute, normalised POSIX path; with roots, it must lie under one of them."""
     check_str(value, what)
     if not value.startswith("/"):
-        raise BadRequest("%s %r must be an absolute path" % (what, value))
+        raise BadRequest("%s %s must be an absolute path" % (what, show(value)))
     norm = posixpath.normpath(value)
     if norm != value.rstrip("/") and not (value == "/" and norm == "/"):
-        raise BadRequest("%s %r must be normalised (no '.', '..' or '//')" % (what, value))
+        raise BadRequest("%s %s must be normalised (no '.', '..' or '//')" % (what, show(value)))
     if roots is not None:
         roots = list(roots)
         if not any(norm == r or norm.startswith(r.rstrip("/") + "/") for r in roots):
-            raise BadRequest("%s %r is outside the allowed roots %s" % (what, value, ", ".join(roots)))
+            raise BadRequest("%s %s is outside the allowed roots %s" % (what, show(value), ", ".join(roots)))
     return norm
 
 
-def check_int(value: Any, what: str, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+def check_int(value: Any, what: str, lo: Optional[int] = None, hi: Optional[int] = MAX_INT) -> int:
+    """An int (a bool is not one), within [lo, hi]; huge values are refused by default."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest("%s must be an integer, not %s" % (what, _type_name(value)))
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise BadRequest("%s=%d is out of range [%s, %s]" % (what, value, lo, hi))
+    lo_ = -MAX_INT if lo is None else lo
+    hi_ = MAX_INT if hi is None else hi
+    if value < lo_ or value > hi_:
+        raise BadRequest("%s=%s is out of range [%s, %s]" % (what, show(value, 40), lo_, hi_))
     return value
 
 
-def check_number(value: Any, what: str, lo: float = 0.0) -> float:
+def check_number(value: Any, what: str, lo: float = 0.0, hi: float = MAX_NUMBER) -> float:
+    """A finite number (not a bool, not NaN or infinite) within [lo, hi]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest("%s must be a number, not %s" % (what, _type_name(value)))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest("%s must be a finite number, not %s" % (what, value))
     if value < lo:
         raise BadRequest("%s must be >= %s" % (what, lo))
+    if value > hi:  # (also a huge int, which float() would overflow)
+        raise BadRequest("%s must be <= %s" % (what, hi))
     return float(value)
 
 
 def check_bool(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise BadRequest("%s must be true or false, not %s" % (what, _type_name(value)))
+    return value
+
+
+def check_list(value: Any, what: str) -> List[Any]:
+    if not isinstance(value, list):
+        raise BadRequest("%s must be a list, not %s" % (what, _type_name(value)))
+    return value
+
+
+def check_object(value: Any, what: str) -> Dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest("%s must be an object, not %s" % (what, _type_name(value)))
     return value
 
 
@@ -264,15 +341,15 @@ def check_str_map(value: Any, what: str) -> Dict[str, str]:
     out = {}
     for k, v in value.items():
         check_str(k, "%s key" % what)
-        out[k] = check_str(v, "%s[%r]" % (what, k))
+        out[k] = check_str(v, "%s[%s]" % (what, show(k)))
     return out
 
 
 def check_env_map(value: Any, what: str = "environment") -> Dict[str, str]:
     env = check_str_map(value, what)
     for k in env:
-        if not _ENV_KEY_RE.match(k):
-            raise BadRequest("%s key %r is not a valid variable name" % (what, k))
+        if not _ENV_KEY_RE.fullmatch(k):
+            raise BadRequest("%s key %s is not a valid variable name" % (what, show(k)))
     return env
 
 

@@ -7,6 +7,7 @@ run one at a time, in order, on the main thread.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import traceback
@@ -17,13 +18,17 @@ from agent.operations import OPERATIONS, Context
 from agent.protocol import (
     BAD_REQUEST,
     INTERNAL,
+    MAX_REQUEST_BYTES,
     AgentError,
     BadRequest,
+    check_int,
+    check_keys,
     check_name,
     encode,
     error,
     event,
     parse_request,
+    require,
     result,
 )
 
@@ -57,6 +62,7 @@ class Server:
         self._engine_id: Optional[str] = None
         self.broken = False
         self.heartbeat_interval = HEARTBEAT_SECONDS
+        self.max_request = MAX_REQUEST_BYTES
 
     # --------------------------------------------------------------- output
 
@@ -76,19 +82,27 @@ class Server:
 
     # --------------------------------------------------------------- input
 
-    def _reader(self, q: "queue.Queue[Optional[bytes]]") -> None:
+    def _reader(self, q: "queue.Queue[Any]") -> None:
+        # Queue items: a request line, an AgentError to answer in turn, None at the end.
         try:
-            for line in iter(self.stdin.readline, b""):
+            while True:
+                line = self.stdin.readline(self.max_request)
+                if not line:
+                    break
+                if len(line) >= self.max_request and not line.endswith(b"\n"):
+                    # Too long: skip to its end without keeping it; answered in turn.
+                    while line and not line.endswith(b"\n"):
+                        line = self.stdin.readline(1 << 20)
+                    q.put(BadRequest("request is longer than %d bytes" % self.max_request))
+                    continue
                 if not line.strip():
                     continue
-                if b'"cancel"' in line:
-                    try:
-                        req = parse_request(line)
-                    except AgentError:
-                        req = None
-                    if req is not None and req["op"] == "cancel":
-                        self._cancel_request(req)
+                try:
+                    if b'"cancel"' in line and self._cancel_now(line):
                         continue
+                except Exception as exc:  # a bug: report it, keep reading
+                    self.send(error(None, _bug(exc)))
+                    continue
                 q.put(line)
         except (OSError, ValueError):
             pass
@@ -98,12 +112,29 @@ class Server:
                     self._cancel.set()
             q.put(None)
 
+    def _cancel_now(self, line: bytes) -> bool:
+        """Acts on a cancel request at once; False when the line is something else (or
+        not valid: the main loop answers it in turn)."""
+        try:
+            req = parse_request(line)
+        except AgentError:
+            return False
+        if req["op"] != "cancel":
+            return False
+        self._cancel_request(req)
+        return True
+
     def _cancel_request(self, req: Dict[str, Any]) -> None:
-        target = req["args"].get("target")
+        try:
+            check_keys(req["args"], ("target",), "cancel")
+            target = check_int(require(req["args"], "target", "cancel"), "target", 0)
+        except AgentError as err:
+            self.send(error(req.get("id"), err))
+            return
         with self._state_lock:
-            if target is not None and target == self._current and self._cancel is not None:
+            if target == self._current and self._cancel is not None:
                 self._cancel.set()
-            elif target is not None:
+            elif len(self._cancelled_early) < 1024:  # ids of requests not read yet; bounded
                 self._cancelled_early.add(target)
         self.send(result(req.get("id"), {"cancelled": target}))
 
@@ -117,6 +148,9 @@ class Server:
             line = q.get()
             if line is None:
                 break
+            if isinstance(line, AgentError):
+                self.send(error(None, line))
+                continue
             self.handle(line)
         return 0
 
@@ -156,6 +190,9 @@ class Server:
         try:
             req = parse_request(line)
             req_id = req.get("id")
+            if req["op"] == "cancel":  # one the reader did not recognise (e.g. an escaped name)
+                self._cancel_request(req)
+                return
             op = self.operations.get(req["op"])
             if op is None:
                 raise BadRequest(
@@ -187,9 +224,7 @@ class Server:
                 req_id = _salvage_id(line)
             self.send(error(req_id, err))
         except Exception as exc:  # a bug: report it, keep serving
-            tb = traceback.format_exc(limit=8)
-            self.send(error(req_id, AgentError(INTERNAL, "agent bug: %s: %s" % (type(exc).__name__, exc),
-                                               {"traceback": tb})))
+            self.send(error(req_id, _bug(exc)))
         finally:
             with self._state_lock:
                 self._current, self._cancel = None, None
@@ -212,12 +247,17 @@ def _work_env(op: str, args: Any) -> Optional[str]:
         return None
 
 
-def _salvage_id(line: bytes) -> Any:
-    import json
+def _bug(exc: Exception) -> AgentError:
+    tb = traceback.format_exc(limit=8)
+    return AgentError(INTERNAL, "agent bug: %s: %s" % (type(exc).__name__, str(exc)[:500]), {"traceback": tb})
 
-    try:
-        obj = json.loads(line.decode("utf-8"))
-        return obj.get("id") if isinstance(obj, dict) else None
+
+def _salvage_id(line: bytes) -> Any:
+    """The id of a refused request, when it is one a request may carry (else None)."""
+    try:  # lenient about NaN, nesting and long numbers (refused anyway), in linear time
+        obj = json.loads(line.decode("utf-8"), parse_int=lambda text: int(text) if len(text) <= 20 else None)
+        req_id = obj.get("id") if isinstance(obj, dict) else None
+        return check_int(req_id, "id", 0) if req_id is not None else None
     except Exception:
         return None
 

@@ -202,7 +202,7 @@ class FileSpec:
             raise BadRequest("%s.content must be base64" % where)
         if len(raw) > MAX_FILE_BYTES:
             raise BadRequest("%s is larger than %d bytes" % (where, MAX_FILE_BYTES))
-        target = d.get("target") or default_target.replace("{name}", name)
+        target = check_str(d.get("target") or default_target.replace("{name}", name), where + ".target")
         if not target.startswith("/"):  # Compose allows a relative target for secrets
             target = SECRETS_DIR + "/" + target
         return cls(

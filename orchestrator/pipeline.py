@@ -774,7 +774,8 @@ def promote(project_name: str, target: Any, source: Any, opts: PipelineOptions, 
 
     def prepare(history: History) -> _Prepared:
         plan = check_promotion(src_history, history, target.gates, source_healthy=healthy, health_problems=problems,
-                               approve=opts.approve, performer=flow.performer, environ=seams.environ)
+                               approve=opts.approve, performer=flow.performer, environ=seams.environ,
+                               source_env=source, target_env=target)
         if plan.noop:
             current = history.live()
             return _Prepared(ws, dict(live.services), None, message=plan.message, live=current, source=live.ref)

@@ -573,12 +573,15 @@ def health_from_state(release: Release, containers: Mapping[str, list[Mapping[st
 def check_promotion(source_history: History, target_history: History, target_gates: Any, *,
                     source_healthy: bool | None = None, health_problems: Iterable[str] = (),
                     approve: bool = False, performer: Performer | Mapping[str, Any] | None = None,
-                    environ: Mapping[str, str] | None = None, now: str | None = None) -> PromotionPlan:
+                    environ: Mapping[str, str] | None = None, now: str | None = None,
+                    source_env: Any = None, target_env: Any = None) -> PromotionPlan:
     """The promotion gates, in order; the first that fails raises GateRefused (exit 3)
     naming the gate and how to pass it. A release already live in the target is a no-op.
 
     source_healthy: the caller's health_from_state() of the source's live release (None:
     not checked). target_gates: the target Environment's .gates (approval, verification).
+    source_env, target_env: the Environments, for the messages (their files; whether the
+    source has verify checks at all).
     """
     src_env, dst_env = source_history.env, target_history.env
     source = source_history.live()
@@ -609,11 +612,20 @@ def check_promotion(source_history: History, target_history: History, target_gat
             why = f"its verification failed ({', '.join(failed) or 'see orch history'})"
         else:
             why = "it has not been verified"
+        fix = f"run `orch verify --env {src_env}` (and fix what fails), then promote again."
+        no_checks = source_env is not None and not source_env.verify.checks
+        if no_checks:  # `orch verify` cannot pass there: name both ways out
+            why += f", and it cannot be: {src_env} has no verify checks"
+            target_file = f" ({target_env.file})" if target_env is not None else ""
+            fix = (f"add checks under `verify: checks:` in {src_env}'s environment file ({source_env.file}) and run "
+                   f"`orch verify --env {src_env}`, then promote again; or, if {dst_env} should take unverified "
+                   f"releases, remove the `verified` gate (`gates.verification: false`) from {dst_env}'s "
+                   f"environment file{target_file}.")
         raise GateRefused(
             f"gate 'verified' refused promoting {source.ref} to {dst_env}: {dst_env} requires a verified release "
             f"and {why}.",
-            fix=f"run `orch verify --env {src_env}` (and fix what fails), then promote again.",
-            details={"gate": "verified", "source": source.ref.to_dict()},
+            fix=fix,
+            details={"gate": "verified", "source": source.ref.to_dict(), **({"no_checks": True} if no_checks else {})},
         )
     approval = None
     if getattr(target_gates, "approval", False):

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.protocol import PROTOCOL_VERSION
+from agent.protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION
 from agent.protocol import request as agent_request
 from orchestrator.errors import OrchError
 
@@ -884,8 +884,39 @@ class AgentStream:
                 pass
 
 
+class LineReader:
+    """Lines off a channel, in linear time and bounded: paramiko's readline scans the
+    whole line again for every packet, quadratic in a long line's length."""
+
+    def __init__(self, recv: Callable[[int], bytes], chunk: int = 65536):
+        self._recv = recv
+        self._chunk = chunk
+        self._buf = b""
+        self._pos = 0  # where the next line starts in _buf
+
+    def readline(self, limit: int) -> bytes:
+        """The next line with its newline; b"" at the end; more than limit bytes (a line
+        cut short, the rest left unread) when it is longer; a partial last line as is."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            if self._pos >= len(self._buf):
+                self._buf, self._pos = self._recv(self._chunk), 0
+                if not self._buf:
+                    return b"".join(parts)
+            nl = self._buf.find(b"\n", self._pos)
+            end = len(self._buf) if nl < 0 else nl + 1
+            parts.append(self._buf[self._pos:end])
+            size += end - self._pos
+            self._pos = end
+            if nl >= 0 or size > limit:
+                return b"".join(parts)
+
+
 class AgentSession:
     """The agent running on a node, on one exec channel of the node's connection."""
+
+    max_line = MAX_MESSAGE_BYTES  # the longest line read from the agent
 
     def __init__(self, conn: Connection, channel: Any, remote_path: str, uploaded: bool):
         self.conn = conn
@@ -893,7 +924,7 @@ class AgentSession:
         self.remote_path = remote_path
         self.uploaded = uploaded
         self.hello: dict = {}
-        self._out = channel.makefile("rb")
+        self._out = LineReader(channel.recv)
         self._ids = iter(range(1, 1 << 62))
         self._lock = threading.RLock()
 
@@ -961,7 +992,7 @@ class AgentSession:
     def _read(self, timeout: float | None = None) -> dict:
         self.channel.settimeout(timeout or self.conn.options.command_timeout)
         try:
-            line = self._out.readline()
+            line = self._out.readline(self.max_line)
         except socket.timeout:
             raise AgentProtocolError(
                 f"{self.node}: the agent said nothing for {timeout or self.conn.options.command_timeout:g}s.",
@@ -972,11 +1003,19 @@ class AgentSession:
         if not line:
             time.sleep(0.05)  # let the exit status arrive
             raise self._died("end of output")
+        if len(line) > self.max_line:
+            raise AgentProtocolError(
+                f"{self.node}: the agent wrote a line longer than {self.max_line} bytes: {line[:200]!r}...",
+                node=self.node, fix="re-run the command; if it happens again, look at the node's agent "
+                "(orch nodes check) and report it.")
         try:
             msg = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise AgentProtocolError(f"{self.node}: the agent wrote a line that is not JSON: {line[:200]!r}",
                                      node=self.node) from None
+        if not isinstance(msg, dict):
+            raise AgentProtocolError(f"{self.node}: the agent wrote a line that is not a JSON object: "
+                                     f"{line[:200]!r}", node=self.node)
         if msg.get("id") is None and "error" in msg:  # said before any request (e.g. python too old)
             err = msg["error"]
             if err.get("kind") == "python":

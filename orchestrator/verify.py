@@ -112,6 +112,57 @@ class VerifyReport:
             f"{r.name}" + (f"@{r.node}" if r.node else "") for r in self.failed)
 
 
+# --------------------------------------------------------------------------- nothing to verify
+
+
+def gated_on(env: Any) -> list[Any]:
+    """The environments beside ENV's file that promote from ENV behind the `verified`
+    gate (gates.verification), by name; a file that does not load is left out (commands
+    on that environment report it)."""
+    from orchestrator.environments import list_environments, load_environment
+    from orchestrator.errors import OrchError
+
+    out = []
+    directory = env.file.parent
+    for name in list_environments(directory):
+        if name == env.name:
+            continue
+        try:
+            other = load_environment(name, directory)
+        except OrchError:
+            continue
+        if other.promote_from == env.name and other.gates.verification:
+            out.append(other)
+    return out
+
+
+def nothing_to_verify(env: Any, gated: Iterable[Any] = ()) -> InputError:
+    """`orch verify` on an environment without checks: bad input (exit 2), not a pass,
+    since a pass with no check would record nothing and verify nothing; the way out
+    names both fixes for each environment whose `verified` gate waits on ENV."""
+    from orchestrator.yamlsrc import load_yaml_file, locate
+
+    file = str(env.file)
+    try:
+        doc = load_yaml_file(env.file)
+        loc = locate(doc, "verify.checks") if isinstance(doc, dict) and "verify" in doc else None
+    except Exception:  # the file loaded a moment ago; a location is a nicety
+        loc = None
+    gated = list(gated)
+    message = f"nothing to verify: {env.name} has no verify checks, so `orch verify --env {env.name}` can " \
+              "neither pass nor record anything"
+    fix = f"add checks under `verify: checks:` in {file} (an `http:` URL per service, or a `command:`; see " \
+          f"docs/reference/environment-file.md), then run `orch verify --env {env.name}` again"
+    if gated:
+        names = ", ".join(g.name for g in gated)
+        message += f"; {names} promote{'s' if len(gated) == 1 else ''} only verified releases of {env.name}"
+        fix += "; or, if " + ("it" if len(gated) == 1 else "they") + " should take unverified releases, remove " \
+            "the `verified` gate (`gates.verification: false`) from " + \
+            ", ".join(f"{g.name}'s environment file ({g.file})" for g in gated)
+    return InputError(Problem(message + ".", file=file, line=loc.line if loc else None,
+                              column=loc.column if loc else None, key="verify.checks", fix=fix + "."))
+
+
 # --------------------------------------------------------------------------- planning (pure)
 
 

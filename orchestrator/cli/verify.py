@@ -28,6 +28,8 @@ def verify(
     The checks run against what the live release recorded (its ports), where its
     services run. The result is what the `verified` promotion gate reads. Exits 1 when
     a check fails (JSON: "status": "failed" with an error of kind VerificationFailed).
+    Exits 2 without touching a node when ENV has no verify checks: nothing to verify
+    is not a pass.
     """
     from orchestrator import verify as V
     from orchestrator.cli.sessions import env_sessions
@@ -38,6 +40,8 @@ def verify(
 
     ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments)))
     project, environment = ws.project, ws.environment
+    if not environment.verify.checks:  # before any node: a run of nothing is not a pass
+        raise V.nothing_to_verify(environment, V.gated_on(environment))
     with env_sessions(environment) as (_, sessions):
         ledger = ReleaseLedger(sessions, project.name, environment.name, on_warning=warn)
         history = ledger.history(limit=20)

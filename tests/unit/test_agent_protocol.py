@@ -100,3 +100,107 @@ def test_labels_and_names():
     assert L.filters("shop", "web") == ["io.orch.project=shop", "io.orch.service=web"]
     assert L.filters() == ["io.orch.project"]
     assert not L.is_ours({"com.docker.compose.project": "shop"})
+
+
+# --------------------------------------------------------------------------- the wire contract
+
+
+@pytest.mark.parametrize("check, value", [
+    (check_project, "web\n"), (check_container_name, "p-web-1\n"), (check_image, "busybox\n"),
+    (check_image, "busybox:1\n"), (check_image, "busybox@" + DIGEST + "\n"),
+])
+def test_a_trailing_newline_is_not_part_of_a_valid_value(check, value):
+    with pytest.raises(BadRequest):
+        check(value)
+
+
+def test_names_and_hashes_are_matched_whole():
+    from agent.protocol import check_hash, check_name
+
+    for check, value in ((check_name, "web\n"), (check_hash, "a" * 12 + "\n")):
+        with pytest.raises(BadRequest):
+            check(value, "x")
+    with pytest.raises(BadRequest):
+        split_image("busybox\n")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), True, 10 ** 400, 1e300, "1"])
+def test_numbers_must_be_finite_and_bounded(value):
+    from agent.protocol import check_number
+
+    with pytest.raises(BadRequest):
+        check_number(value, "timeout")
+
+
+@pytest.mark.parametrize("value", [True, False, 2 ** 53, -(2 ** 53), 10 ** 30, 1.0])
+def test_integers_are_not_bools_and_bounded(value):
+    from agent.protocol import check_int
+
+    with pytest.raises(BadRequest):
+        check_int(value, "n")
+    assert check_int(2 ** 53 - 1, "n") == 2 ** 53 - 1
+
+
+@pytest.mark.parametrize("line", [
+    b'{"v": 1, "id": 1, "op": "info", "args": {"x": NaN}}',
+    b'{"v": 1, "id": 1, "op": "info", "args": {"x": -Infinity}}',
+    b'{"v": 1, "id": 1, "op": "info", "args": {"x": 1' + b"0" * 30 + b"}}",
+    b'{"v": 1, "id": true, "op": "info"}',
+    b'{"v": 1, "id": "1", "op": "info"}',
+    b'{"v": 1, "id": 1, "op": "info", "args": {"x": ' + b"[" * 65 + b"]" * 65 + b"}}",
+    b'{"v": 1, "id": 1, "op": "info", "args": {"x": ' + b"[" * 50000 + b"]" * 50000 + b"}}",
+])
+def test_requests_the_parser_refuses(line):
+    with pytest.raises(BadRequest):
+        parse_request(line)
+
+
+def test_nesting_up_to_the_limit_is_fine():
+    from agent.protocol import MAX_DEPTH
+
+    inner = b"[" * (MAX_DEPTH - 2) + b"]" * (MAX_DEPTH - 2)  # the request and args are two levels
+    assert parse_request(b'{"v": 1, "id": 1, "op": "info", "args": {"x": ' + inner + b"}}")["op"] == "info"
+
+
+def test_a_huge_value_is_not_echoed_whole():
+    from agent import ingress as I
+
+    with pytest.raises(BadRequest) as err:
+        check_project("X" * 1_000_000)
+    assert len(err.value.message) < 300
+    with pytest.raises(BadRequest) as err:  # any module's message, whatever it quotes
+        I.Health.from_dict({"path": "/" + "x" * 1_000_000 + " "})
+    assert "must start with '/'" in err.value.message and len(err.value.message) < 5000
+
+
+def test_line_splitter_is_linear_and_bounded():
+    import threading
+
+    from agent.engine import LineSplitter
+    from agent.protocol import MAX_LOG_LINE
+
+    data = b"y" * (16 * 1024 * 1024)  # a 16 MiB line without a newline, in 4 KiB chunks as a stream gives it
+    out = []
+
+    def run():
+        split = LineSplitter()
+        for i in range(0, len(data), 4096):
+            out.extend(split.feed(data[i:i + 4096]))
+        out.extend(split.feed(b"\nshort\n"))
+        out.extend(split.flush())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(120)  # a hang guard: linear takes well under a second
+    assert not t.is_alive()
+    assert len(out) == 16 * 1024 * 1024 // MAX_LOG_LINE + 1 and all(len(ln) == MAX_LOG_LINE for ln in out[:-1])
+    assert out[-1] == "short"
+
+
+def test_line_splitter_cuts_at_character_boundaries_and_keeps_empty_lines():
+    from agent.engine import LineSplitter
+
+    split = LineSplitter(max_line=8)
+    text = "aaaaaaa€bbb\n\nc"  # '€' is 3 bytes at offset 7: the first piece stops before it
+    out = split.feed(text.encode()[:9]) + split.feed(text.encode()[9:]) + split.flush()
+    assert out == ["aaaaaaa", "€bbb", "", "c"]

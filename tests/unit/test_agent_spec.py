@@ -57,6 +57,10 @@ def test_full_container_spec_parses():
     ({"command": "echo hi"}, "list of strings"),
     ({"unknown_key": 1}, "unknown keys"),
     ({"volumes": [{"type": "tmpfs", "target": "/x"}, {"type": "tmpfs", "target": "/x"}]}, "more than one mount"),
+    ({"secrets": [{"name": "pw", "content": "eA==", "target": True}]}, "secrets[0].target must be a string"),
+    ({"healthcheck": {"test": ["CMD", "true"], "interval": float("nan")}}, "finite"),
+    ({"stop_grace_period": float("inf")}, "finite"),
+    ({"resources": {"memory": 2 ** 60}}, "out of range"),
 ])
 def test_container_spec_rejects(bad, needle):
     with pytest.raises(BadRequest) as err:

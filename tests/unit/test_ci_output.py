@@ -553,3 +553,41 @@ def test_setup_script_is_valid_shell():
 
     subprocess.run(["bash", "-n", str(CI / "setup-orch.sh")], check=True)
     assert (CI / "README.md").is_file()
+
+
+def test_a_test_environment_without_checks_is_no_dead_end(orch, world, monkeypatch):
+    # test has no verify checks; prod's `verified` gate needs a verified release of test.
+    envs = world.dir / "environments"
+    with_checks = (envs / "test.yaml").read_text()
+    head, rest = with_checks.split("verify:\n", 1)
+    (envs / "test.yaml").write_text(head + rest[rest.index("overlay:"):])
+    assert orch("up", "--env", "dev").code == 0
+    assert orch("promote", "hello", "--to", "test").code == 0
+    from orchestrator.cli import sessions
+
+    opened = []
+    real = sessions.env_sessions
+    monkeypatch.setattr("orchestrator.cli.sessions.env_sessions",
+                        lambda environment, **kw: opened.append(environment.name) or real(environment, **kw))
+
+    r = orch("verify", "--env", "test")  # nothing to verify is bad input, not a pass
+    assert r.code == 2 and opened == [], r
+    err = r.final["error"]
+    assert err["kind"] == "InputError" and "nothing to verify: test has no verify checks" in err["message"]
+    assert f"{envs / 'test.yaml'}: verify.checks:" in err["message"] and "prod promotes only verified" in err["message"]
+    assert "Fix: add checks under `verify: checks:` in " + str(envs / "test.yaml") in err["message"]
+    assert f"`gates.verification: false`) from prod's environment file ({envs / 'prod.yaml'})" in err["message"]
+    assert world.history("test").live().verification is None
+
+    r = orch("promote", "hello", "--to", "prod", "--approve")
+    assert r.code == 3, r
+    err = r.final["error"]
+    assert err["details"]["gate"] == "verified" and err["details"]["no_checks"] is True
+    assert "it cannot be: test has no verify checks" in err["message"]
+    assert f"in test's environment file ({envs / 'test.yaml'})" in err["fix"]
+    assert f"`gates.verification: false`) from prod's environment file ({envs / 'prod.yaml'})" in err["fix"]
+
+    (envs / "test.yaml").write_text(with_checks)  # the first fix
+    r = orch("verify", "--env", "test")
+    assert r.code == 0 and opened == ["test"], r
+    assert orch("promote", "hello", "--to", "prod", "--approve").code == 0

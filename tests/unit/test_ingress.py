@@ -72,6 +72,10 @@ def test_health_accepts_a_bare_path():
     ({"health": {"path": "/x'y"}}, "quotes"),
     ({"health": {"path": "/x#y"}}, "'#'"),
     ({"health": {"path": "/x\ny"}}, "no spaces"),
+    ({"health": {"path": "/x\n"}}, "no spaces"),  # a trailing newline too (it would end the config line)
+    ({"health": {"path": "/", "host": "web\n"}}, "not a host name"),
+    ({"health": {"path": "/", "interval": float("nan")}}, "finite"),
+    ({"service": "web\n"}, "not a valid name"),
     ({"health": {"path": "/", "interval": 0}}, ">= 0.1"),
     ({"health": {"path": "/", "interval": 301}}, "at most 300"),
     ({"health": {"path": "/", "rise": 0}}, "out of range"),

@@ -4,6 +4,7 @@ ledger over (in-process) agents on several nodes."""
 import json
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -213,6 +214,25 @@ def test_gate_verified():
     assert "verification failed (web-home)" in err.value.render()
     ok = release(12, env="test", verification={"ok": True, "results": []})
     assert promote(history(ok, env="test"), history(), gates).source.id == 12
+
+
+def test_gate_verified_names_both_ways_out_when_the_source_has_no_checks():
+    from types import SimpleNamespace
+
+    test = SimpleNamespace(name="test", file=Path("envs/test.yaml"), verify=SimpleNamespace(checks=()))
+    prod = SimpleNamespace(name="prod", file=Path("envs/prod.yaml"))
+    with pytest.raises(GateRefused) as err:
+        promote(history(release(12, env="test"), env="test"), history(), Gates(verification=True),
+                source_env=test, target_env=prod)
+    assert "not been verified, and it cannot be: test has no verify checks" in err.value.message
+    assert "`verify: checks:` in test's environment file (envs/test.yaml)" in err.value.fix
+    assert "`gates.verification: false`) from prod's environment file (envs/prod.yaml)" in err.value.fix
+    assert err.value.exit_code == 3 and err.value.details["no_checks"] is True
+    with_checks = SimpleNamespace(name="test", file=Path("envs/test.yaml"), verify=SimpleNamespace(checks=("c",)))
+    with pytest.raises(GateRefused) as err:
+        promote(history(release(12, env="test"), env="test"), history(), Gates(verification=True),
+                source_env=with_checks, target_env=prod)
+    assert err.value.fix == "run `orch verify --env test` (and fix what fails), then promote again."
 
 
 def test_gate_approved_by_flag_or_ci_variable():

@@ -203,3 +203,74 @@ def test_agent_command_is_plain_argv():
     remote = T.bundle_path(b)
     assert remote == "/var/lib/orch-agent/bundles/orch-agent-0123456789abcdef.pyz"
     assert T.agent_command(remote) == ["python3", remote, "rpc", "--state-dir", "/var/lib/orch-agent"]
+
+
+# --------------------------------------------------------------------------- reading the agent's lines
+
+
+class _Channel:
+    """What AgentSession reads from: the agent's output in packets of `packet` bytes."""
+
+    def __init__(self, data: bytes, packet: int = 32768):
+        import io
+
+        self._data = io.BytesIO(data)
+        self.packet = packet
+
+    def recv(self, n):
+        return self._data.read(min(n, self.packet))
+
+    def makefile(self, mode):  # as paramiko's Channel.makefile
+        return paramiko.ChannelFile(self, mode)
+
+    def settimeout(self, timeout):
+        pass
+
+    def recv_stderr_ready(self):
+        return False
+
+    def exit_status_ready(self):
+        return False
+
+
+class _Conn:
+    name = "n1"
+    options = SSHOptions()
+
+
+def _session(data: bytes, packet: int = 32768) -> T.AgentSession:
+    return T.AgentSession(_Conn(), _Channel(data, packet), "/x.pyz", False)
+
+
+def test_agent_lines_are_read_whole_across_packets():
+    import json
+
+    msgs = [{"id": 1, "event": {"type": "log", "line": "a" * 100_000}}, {"id": 1, "result": {"ok": True}}]
+    s = _session(b"".join(json.dumps(m).encode() + b"\n" for m in msgs), packet=1000)
+    assert [s._read(), s._read()] == msgs
+
+
+def test_an_agent_line_longer_than_the_limit_is_refused():
+    s = _session(b'{"id": 1, "result": {"x": "' + b"y" * 5000 + b'"}}\n')
+    s.max_line = 4096
+    with pytest.raises(T.AgentProtocolError) as err:
+        s._read()
+    assert "n1: the agent wrote a line longer than 4096 bytes" in err.value.render()
+
+
+def test_a_long_agent_line_is_read_in_linear_time():
+    import threading
+
+    line = b'{"id": 1, "result": {"x": "' + b"y" * (64 * 1024 * 1024) + b'"}}\n'
+    s = _session(line, packet=32768)  # an SSH channel's packets; paramiko's readline rescanned the line for each
+    got = []
+    t = threading.Thread(target=lambda: got.append(s._read()), daemon=True)
+    t.start()
+    t.join(120)  # a hang guard: linear takes well under a second
+    assert not t.is_alive() and len(got[0]["result"]["x"]) == 64 * 1024 * 1024
+
+
+@pytest.mark.parametrize("line", [b"[1]\n", b"[" * 100_000 + b"\n", b"nope\n"])
+def test_an_agent_line_that_is_not_a_json_object_is_a_protocol_error(line):
+    with pytest.raises(T.AgentProtocolError):
+        _session(line)._read()

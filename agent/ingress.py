@@ -1284,6 +1284,12 @@ def op_ingress_sync(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
         dynamic = hap.dynamic()
         services = load_state(paths)
         old = services.get(req.service.key)
+        if old is not None and old.env and old.env != req.service.env:
+            # the frontend of the same project and service for another environment (agent.owner)
+            raise AgentError(CONFLICT, "the ingress of %s on port %d belongs to environment %s, not %s"
+                             % (old.key, old.published, old.env, req.service.env or "(none)"),
+                             {"fix": "remove %s's deployment of %s from this node first (orch down --env %s)"
+                                     % (old.env, old.project, old.env)})
         svc = req.service.with_servers(desired)
         running = hap.pid() is not None
         runtime = hap.servers_state(svc.backend) if running and old is not None else None

@@ -45,6 +45,7 @@ from agent.protocol import (
     require,
     runs_from,
 )
+from agent.owner import owned, refuse_foreign
 from agent.spec import ServiceSpec
 
 LOG_LINES_ON_FAILURE = 20
@@ -174,9 +175,13 @@ def op_state(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     containers = ctx.reads.containers(L.filters(project, service, env))
     out: Dict[str, Any] = {"containers": [c.summary() for c in containers]}
     if project:
+        from agent.owner import owners
         from agent.rollout import ingress_state
 
         out["ingress"] = ingress_state(ctx, project)  # the project's frontends on this node
+        # Which environments have objects of the project here: the controller refuses to
+        # deploy one environment over another's (agent.owner).
+        out["owners"] = owners(ctx, project, reads=True)
     return out
 
 
@@ -216,7 +221,8 @@ def ensure_networks(ctx: Context, svc: ServiceSpec) -> List[str]:
                 existing = ctx.engine.network(name)  # created meanwhile by a parallel apply?
                 if existing is None:
                     raise
-        if existing is not None and existing["labels"].get(L.PROJECT) != svc.project:
+        if existing is not None and (existing["labels"].get(L.PROJECT) != svc.project
+                                     or L.other_env(existing["labels"], svc.env)):
             raise AgentError(
                 CONFLICT,
                 "network %s exists but is not managed by orch for project %s" % (name, svc.project),
@@ -246,7 +252,7 @@ def ensure_volumes(ctx: Context, svc: ServiceSpec) -> List[str]:
             ctx.engine.create_volume(name, vol.driver, vol.driver_opts, labels)
             created.append(name)
             ctx.emit("volume.create", volume=name)
-        elif existing["labels"].get(L.PROJECT) != svc.project:
+        elif existing["labels"].get(L.PROJECT) != svc.project or L.other_env(existing["labels"], svc.env):
             raise AgentError(
                 CONFLICT,
                 "volume %s exists but is not managed by orch for project %s" % (name, svc.project),
@@ -365,7 +371,8 @@ def _name_conflicts(ctx: Context, svc: ServiceSpec) -> None:
         c = ctx.engine.container(name)
         if c is None:
             continue
-        if not L.is_ours(c.labels) or (c.project, c.service, c.replica) != (svc.project, svc.service, r):
+        if (not L.is_ours(c.labels) or (c.project, c.service, c.replica) != (svc.project, svc.service, r)
+                or L.other_env(c.labels, svc.env)):
             raise AgentError(
                 CONFLICT,
                 "container name %s is taken by a container orch does not manage for %s/%s"
@@ -442,6 +449,7 @@ def op_apply(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     if wait not in WAIT_MODES:
         raise BadRequest("wait must be one of %s" % ", ".join(WAIT_MODES))
     timeout = check_number(args.get("timeout", DEFAULT_COMPLETION_TIMEOUT), "timeout")
+    refuse_foreign(ctx, svc.project, svc.env, "apply")
     ctx.emit("apply.start", service=svc.service, replicas=svc.replicas, config_hash=svc.config_hash)
 
     # Kept containers of a previous release (renamed *-prev) belong to agent.rollout.
@@ -654,11 +662,12 @@ def wait_ready(
 
 def op_remove(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Remove a project's (or one service's) containers; with the whole project, also its
-    networks, files, and (remove_volumes) its volumes."""
+    networks, files, and (remove_volumes) its volumes. Only `env`'s objects ("" when not
+    given: only those without an environment label); another environment's are left."""
     check_keys(args, ("project", "service", "replicas", "env", "remove_volumes", "remove_networks"), "remove")
     project = check_project(require(args, "project", "remove"))
     service = check_name(args["service"], "service") if args.get("service") else None
-    env = check_name(args["env"], "env") if args.get("env") else None
+    env = check_name(args["env"], "env") if args.get("env") else ""
     replicas = None
     if args.get("replicas") is not None:
         if not isinstance(args["replicas"], list):
@@ -669,7 +678,7 @@ def op_remove(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     remove_volumes = check_bool(args.get("remove_volumes", False), "remove_volumes")
     doomed = [
         c for c in ctx.engine.containers(L.filters(project, service, env))
-        if replicas is None or c.replica in replicas
+        if (replicas is None or c.replica in replicas) and not L.other_env(c.labels, env)
     ]
     _remove_all(ctx, doomed, "remove requested")
     removed = [{"id": c.id, "name": c.name, "service": c.service, "replica": c.replica} for c in doomed]
@@ -677,19 +686,23 @@ def op_remove(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     if replicas is None:  # the service (or the project) leaves the node: so does its ingress port
         from agent.rollout import driver, ingress_state
 
-        for name in sorted(ingress_state(ctx, project)):
-            if service is None or name == service:
+        for name, front in sorted(ingress_state(ctx, project).items()):
+            if (service is None or name == service) and not L.other_env({L.ENV: front.get("env") or ""}, env):
                 driver(ctx).remove({"project": project, "service": name})
                 out["ingress"].append(name)
     if remove_networks and not ctx.engine.containers(L.filters(project)):
         for n in ctx.engine.networks(L.filters(project)):
-            ctx.engine.remove_network(n["name"])
-            out["networks"].append(n["name"])
+            if not L.other_env(n["labels"], env):
+                ctx.engine.remove_network(n["name"])
+                out["networks"].append(n["name"])
     if remove_volumes and not ctx.engine.containers(L.filters(project)):
         for v in ctx.engine.volumes(L.filters(project)):
-            ctx.engine.remove_volume(v["name"])
-            out["volumes"].append(v["name"])
-    if whole or (service and replicas is None):
+            if not L.other_env(v["labels"], env):
+                ctx.engine.remove_volume(v["name"])
+                out["volumes"].append(v["name"])
+    # The files directory is per project, not per environment: it stays while another
+    # environment has anything of the project here.
+    if (whole or (service and replicas is None)) and not [o for o in owned(ctx, project) if o.env != env]:
         _remove_files(ctx, project, service)
     return out
 
@@ -820,9 +833,10 @@ def op_exec(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def op_networks(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
-    check_keys(args, ("action", "project", "names"), "networks")
+    check_keys(args, ("action", "project", "names", "env"), "networks")
     action = args.get("action", "list")
     project = check_project(args["project"]) if args.get("project") else None
+    env = check_name(args["env"], "env") if args.get("env") else ""
     nets = ctx.engine.networks(L.filters(project))
     if action == "list":
         return {"networks": nets}
@@ -833,6 +847,8 @@ def op_networks(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     names = set(check_str_list(args["names"], "names")) if args.get("names") is not None else None
     removed = []
     for n in nets:
+        if L.other_env(n["labels"], env):
+            continue  # another environment's (agent.owner)
         if names is None or n["name"] in names or n["labels"].get(L.NAME) in names:
             ctx.engine.remove_network(n["name"])
             removed.append(n["name"])
@@ -840,9 +856,10 @@ def op_networks(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def op_volumes(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
-    check_keys(args, ("action", "project", "names"), "volumes")
+    check_keys(args, ("action", "project", "names", "env"), "volumes")
     action = args.get("action", "list")
     project = check_project(args["project"]) if args.get("project") else None
+    env = check_name(args["env"], "env") if args.get("env") else ""
     vols = ctx.engine.volumes(L.filters(project))
     if action == "list":
         return {"volumes": vols}
@@ -853,7 +870,7 @@ def op_volumes(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     names = set(check_str_list(args["names"], "names"))
     removed = []
     for v in vols:
-        if v["name"] in names or v["labels"].get(L.NAME) in names:
+        if (v["name"] in names or v["labels"].get(L.NAME) in names) and not L.other_env(v["labels"], env):
             ctx.engine.remove_volume(v["name"])
             removed.append(v["name"])
     return {"removed": removed}
@@ -862,19 +879,20 @@ def op_volumes(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
 def op_prune(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Remove our stopped containers, our networks no container uses, secret/config files
     of services with no containers, and (images: true) dangling images."""
-    check_keys(args, ("project", "images"), "prune")
+    check_keys(args, ("project", "images", "env"), "prune")
     project = check_project(args["project"]) if args.get("project") else None
+    env = check_name(args["env"], "env") if args.get("env") else ""
     images = check_bool(args.get("images", False), "images")
     out: Dict[str, Any] = {"containers": [], "networks": [], "files": [], "images": None}
     for c in ctx.engine.containers(L.filters(project)):
-        if c.state in ("exited", "created", "dead"):
+        if c.state in ("exited", "created", "dead") and not L.other_env(c.labels, env):
             ctx.engine.remove(c.id)
             out["containers"].append(c.name)
     live = ctx.engine.containers(L.filters(project))
     live_projects = set(c.project for c in live)
     live_services = set((c.project, c.service) for c in live)
     for n in ctx.engine.networks(L.filters(project)):
-        if n["labels"].get(L.PROJECT) not in live_projects:
+        if n["labels"].get(L.PROJECT) not in live_projects and not L.other_env(n["labels"], env):
             ctx.engine.remove_network(n["name"])
             out["networks"].append(n["name"])
     files_root = os.path.join(ctx.data_dir(), "files")
@@ -898,9 +916,11 @@ def op_prune_images(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     container uses (whoever's, in any state) and whose digest reference is not in `keep`
     (the controller sends the digests of the last releases, so a rollback pulls nothing).
     Images without that label (busybox, anyone's) are never touched."""
-    check_keys(args, ("project", "keep"), "prune_images")
+    check_keys(args, ("project", "keep", "env"), "prune_images")
     project = check_project(args.get("project"))
     keep = set(check_str_list(args.get("keep") or [], "keep"))
+    # `keep` is one environment's: another's releases on this node need their own images.
+    refuse_foreign(ctx, project, check_name(args["env"], "env") if args.get("env") else "", "prune_images")
     used = set(ctx.engine.image_users())
     removed: List[str] = []
     kept: List[str] = []

@@ -615,7 +615,7 @@ class _Flow:
         t0 = time.monotonic()
         keep = sorted(images_to_keep(history, self.opts.keep_images))
         answers, errors = T.parallel(list(nodes.items()), lambda item: item[1].call(
-            "prune_images", {"project": project, "keep": keep}), key=lambda item: item[0])
+            "prune_images", {"project": project, "keep": keep, "env": history.env}), key=lambda item: item[0])
         for node, err in sorted(errors.items()):
             self.warn(f"{node}: could not remove old images ({getattr(err, 'message', err)}); they stay")
         self.timings["prune"] = time.monotonic() - t0
@@ -804,9 +804,10 @@ def _read_source(project: str, source: Any, progress: Progress, seams: Seams) ->
         def state(node: Any) -> list:
             pre = getattr(node, "prefetched_state", None)
             node.prefetched_state = None
-            if pre is not None and not isinstance(pre, BaseException):
-                return pre.get("containers") or []
-            return node.call("state", {"project": project}).get("containers") or []
+            if pre is None or isinstance(pre, BaseException):
+                pre = node.call("state", {"project": project})
+            # another environment's containers of the project on a shared node are not the source's
+            return [c for c in pre.get("containers") or [] if not c.get("env") or c["env"] == source.name]
 
         from orchestrator import transport as T
 

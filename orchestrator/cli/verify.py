@@ -43,7 +43,8 @@ def verify(
         history = ledger.history(limit=20)
         live = history.live()
         states, errors = parallel(list(sessions.items()),
-                                  lambda item: item[1].call("state", {"project": project.name})["containers"],
+                                  lambda item: [c for c in item[1].call("state", {"project": project.name})["containers"]
+                                                if not c.get("env") or c["env"] == environment.name],
                                   key=lambda item: item[0])
         for node, err in sorted(errors.items()):
             warn(f"{node}: cannot list containers ({err}); its checks will fail")

@@ -697,3 +697,15 @@ def test_a_new_health_check_reloads_and_keeps_the_servers_a_new_target_port_repl
     out = sim("ingress_sync", sync_args(port={"published": 8080, "target": 81}, backends=backends(1)))
     assert out["process"] == "reloaded" and out["changes"]["add"] == ["web-1"]
     assert sim.world["commands"][0].startswith("add server be.shop.web/web-1 172.18.0.2:81 ")
+
+
+def test_sync_never_takes_over_another_environments_frontend(sim):
+    """One project's service for two environments on one node (agent.owner)."""
+    sim("ingress_sync", sync_args(backends=backends(1)))
+    config, commands = sim.world["config"], list(sim.world["commands"])
+    with pytest.raises(AgentError) as err:
+        sim("ingress_sync", sync_args(env="qa", backends=backends(2)))
+    assert err.value.kind == "conflict" and "belongs to environment prod, not qa" in err.value.message
+    assert "orch down --env prod" in err.value.details["fix"]
+    assert sim.world["config"] == config and sim.world["commands"] == commands
+    assert [s["name"] for s in sim("ingress_status", {})["frontends"][0]["servers"]] == ["web-1"]

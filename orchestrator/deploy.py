@@ -493,10 +493,10 @@ def refuse_other_envs(environment: Any, project: str, owners: Mapping[str, Mappi
             problems.append(Problem(
                 f"node {node.name} already runs project {project} for environment {other} ({shown}); "
                 f"environment {environment.name} cannot deploy {project} there too: the two would share its "
-                f"containers, networks and volumes, and one's up or down would replace or remove the other's",
+                f"containers, networks and volumes, and one's up or down would replace or remove the other's.",
                 file=str(environment.file), line=node.line, key=f"nodes[{i}]",
                 fix=f"give {environment.name} nodes of its own, or deploy it under its own project name "
-                    f"(orch -p {project}-{environment.name} ... --env {environment.name}), or remove {other}'s "
+                    f"(orch up --env {environment.name} -p {project}-{environment.name}), or remove {other}'s "
                     f"deployment first (orch down --env {other} --volumes)."))
     if problems:
         raise InputError(problems)

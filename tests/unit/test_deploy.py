@@ -481,7 +481,7 @@ def test_a_second_environment_on_the_same_nodes_is_refused_and_its_down_leaves_t
     assert err.value.exit_code == 2
     assert "node n1 already runs project shop for environment dev" in text and "environment qa cannot" in text
     assert "qa.yaml:3" in text and "nodes[0]" in text and "nodes[1]" in text  # file, line and key of each node
-    assert "orch down --env dev --volumes" in text and "orch -p shop-qa" in text
+    assert "orch down --env dev --volumes" in text and "orch up --env qa -p shop-qa" in text
     for n in lab.nodes.values():
         assert n.ops() == ["state"]  # nothing but the read
     # qa sees none of dev's containers, and its down removes none of them, nor dev's volume

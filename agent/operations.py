@@ -736,7 +736,8 @@ def _select(ctx: Context, args: Dict[str, Any], what: str) -> List[ContainerInfo
 
 def op_logs(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Stream log lines as events; with follow, until cancelled or the containers stop."""
-    check_keys(args, ("project", "service", "replica", "container", "tail", "follow", "since", "timestamps"), "logs")
+    check_keys(args, ("project", "service", "replica", "container", "tail", "follow", "since", "timestamps", "env"),
+               "logs")
     tail = args.get("tail", 100)
     if tail != "all":
         tail = check_int(tail, "tail", 0)
@@ -744,6 +745,9 @@ def op_logs(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     since = check_int(args["since"], "since", 0) if args.get("since") is not None else None
     timestamps = check_bool(args.get("timestamps", False), "timestamps")
     containers = _select(ctx, args, "logs")
+    if args.get("env"):  # not another environment's containers of the project (agent.owner)
+        env = check_name(args["env"], "env")
+        containers = [c for c in containers if not L.other_env(c.labels, env)]
     count = [0]
     lock = threading.Lock()
     streams: List[Any] = []

@@ -1280,7 +1280,8 @@ def stream_logs(workspace: Any, services: list[str], follow: bool, tail: Any, si
         errors: list[BaseException] = []
 
         def pump(service: str, node: str) -> None:
-            args: dict[str, Any] = {"project": project.name, "service": service, "follow": follow, "tail": tail}
+            args: dict[str, Any] = {"project": project.name, "service": service, "follow": follow, "tail": tail,
+                                    "env": environment.name}
             if since is not None:
                 args["since"] = since
             try:
@@ -1340,8 +1341,9 @@ def run_exec(workspace: Any, service: str, replica: int | None, cmd: list[str], 
     try:
         observed = observe_nodes(nodes, project.name, env=environment.name)
         target = find_container(observed, service, replica)
+        # by name: the container observed for this environment, never another one's
         args: dict[str, Any] = {"project": project.name, "service": service, "replica": target.replica,
-                                "cmd": list(cmd)}
+                                "container": target.name, "cmd": list(cmd)}
         if user:
             args["user"] = user
         if workdir:

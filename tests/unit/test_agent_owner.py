@@ -128,3 +128,8 @@ def test_the_same_environment_and_other_projects_go_ahead(run, engine, dev):
     other = dict(spec("qa"), project="shop2")
     assert [c["action"] for c in run("rollout", {"spec": other})["containers"]] == ["created"]
     assert engine.container("shop2-db-1").labels[L.ENV] == "qa"
+
+
+def test_logs_for_another_environment_show_none_of_its_containers(run, engine, dev):
+    assert run("logs", {"project": "shop", "env": "dev"})["containers"] == ["shop-db-1", "shop-db-1-prev"]
+    assert run("logs", {"project": "shop", "env": "qa"})["containers"] == []

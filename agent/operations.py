@@ -175,13 +175,14 @@ def op_state(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     containers = ctx.reads.containers(L.filters(project, service, env))
     out: Dict[str, Any] = {"containers": [c.summary() for c in containers]}
     if project:
-        from agent.owner import owners
+        from agent.owner import owners, ports_elsewhere
         from agent.rollout import ingress_state
 
         out["ingress"] = ingress_state(ctx, project)  # the project's frontends on this node
         # Which environments have objects of the project here: the controller refuses to
         # deploy one environment over another's (agent.owner).
         out["owners"] = owners(ctx, project, reads=True)
+        out["ports_elsewhere"] = ports_elsewhere(ctx, project, reads=True)
     return out
 
 

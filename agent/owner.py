@@ -72,3 +72,34 @@ def refuse_foreign(ctx: Any, project: str, env: str, op: str) -> None:
          "fix": "deploy %s to other nodes, give it its own project name, or remove %s's deployment of %s "
                 "from this node first (orch down --env %s --volumes)" % (env or "it", other[0], project, other[0])},
     )
+
+
+# A container holds its published ports in these states (a kept, stopped one does not).
+HOLDING = ("running", "restarting", "paused")
+
+
+def ports_elsewhere(ctx: Any, project: str, reads: bool = False) -> List[Dict[str, Any]]:
+    """Host ports published on this engine by what orch runs for other projects (their
+    running containers and ingress frontends), for `state`: the controller refuses a
+    deploy that needs one of them (exit 2) instead of failing when a container starts."""
+    from agent.ingress import _paths, load_state
+
+    engine = ctx.reads if reads else ctx.engine
+    out = []
+    for c in engine.containers([L.PROJECT]):
+        if c.project == project or c.state not in HOLDING:
+            continue
+        for p in c.ports:
+            if p.get("published"):
+                out.append({"published": p["published"], "protocol": p.get("protocol") or "tcp",
+                            "host_ip": p.get("host_ip") or "", "project": c.project, "env": L.env_of(c.labels),
+                            "by": "container %s" % c.name})
+    try:
+        frontends = list(load_state(_paths(ctx)).values())
+    except (OSError, ValueError, AgentError):
+        frontends = []
+    for s in frontends:
+        if s.project != project:
+            out.append({"published": s.published, "protocol": "tcp", "host_ip": s.host_ip, "project": s.project,
+                        "env": s.env, "by": "the ingress of %s" % s.service})
+    return sorted(out, key=lambda p: (p["published"], p["protocol"], p["by"]))

@@ -428,15 +428,16 @@ def close_nodes(nodes: Mapping[str, Any], wait: float = CLOSE_WAIT) -> None:
 
 
 def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
-                  ingress: dict | None = None, env: str = "",
-                  owners: dict | None = None) -> dict[str, list[Observed]]:
+                  ingress: dict | None = None, env: str = "", owners: dict | None = None,
+                  taken: dict | None = None) -> dict[str, list[Observed]]:
     """Every node's containers of `project` in environment `env`, in parallel; a node whose
     Docker Engine is unusable fails the whole command (naming each such node) before
     anything is done.
 
     Uses the state a node's connector read along with hello, once, unless `fresh`.
     `ingress`, if given, is filled with each node's ingress frontends of the project;
-    `owners` with each node's {env: [objects]} of the project (agent.owner). Containers
+    `owners` with each node's {env: [objects]} of the project (agent.owner), `taken` with
+    the host ports other projects hold on each node (agent.owner.ports_elsewhere). Containers
     and frontends of another environment are left out: they are not this one's."""
 
     def state(n: Any) -> dict:
@@ -463,6 +464,9 @@ def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
     if owners is not None:
         owners.clear()
         owners.update({node: dict(res.get("owners") or {}) for node, res in results.items()})
+    if taken is not None:
+        taken.clear()
+        taken.update({node: list(res.get("ports_elsewhere") or []) for node, res in results.items()})
     results = {node: _of_env(res, env) for node, res in results.items()}
     if ingress is not None:
         ingress.clear()
@@ -477,6 +481,38 @@ def _of_env(state: Mapping[str, Any], env: str) -> dict:
 
     return dict(state, containers=[c for c in state.get("containers") or [] if mine(c)],
                 ingress={s: f for s, f in (state.get("ingress") or {}).items() if mine(f)})
+
+
+def refuse_taken_ports(project: Any, blueprint: Any, units: Mapping[tuple[str, str], Any],
+                       taken: Mapping[str, list]) -> None:
+    """Bad input (exit 2, before anything changes) when a service placed on a node needs a
+    host port that another project (or another environment's copy of this one, under its
+    own project name) already publishes there: its container could not start."""
+    from orchestrator.errors import InputError, Problem
+
+    problems = []
+    for (service, node), _unit in sorted(units.items()):
+        bp = blueprint.services.get(service)
+        if bp is None or not taken.get(node):
+            continue
+        wanted = [(ip, port, proto) for ip, port, proto, _ in bp.published]
+        if bp.ingress is not None:
+            wanted.append((bp.ingress.host_ip, bp.ingress.published, "tcp"))
+        for ip, port, proto in wanted:
+            for held in taken[node]:
+                same_ip = not ip or ip == "0.0.0.0" or not held.get("host_ip") or held["host_ip"] in (ip, "0.0.0.0")
+                if held.get("published") == port and held.get("protocol", "tcp") == proto and same_ip:
+                    owner = f"project {held.get('project')}" + (f", environment {held['env']}" if held.get("env") else "")
+                    loc = getattr(project.services.get(service), "loc", None)
+                    problems.append(Problem(
+                        f"service {service} publishes host port {port}/{proto} on node {node}, but {held.get('by')} "
+                        f"({owner}) already publishes it there",
+                        file=getattr(loc, "file", None), line=getattr(loc, "line", None), key=f"services.{service}.ports",
+                        fix=f"publish another host port for {service} (in the Compose file, or with `ports: !override` "
+                            f"in this environment's overlay), or deploy it to other nodes."))
+                    break
+    if problems:
+        raise InputError(problems)
 
 
 def refuse_other_envs(environment: Any, project: str, owners: Mapping[str, Mapping[str, list]]) -> None:
@@ -530,6 +566,7 @@ class Deployment:
         self.blueprint: Any = None
         self.observed: dict[str, list[Observed]] = {}
         self.units: dict = {}
+        self.taken: dict = {}  # node -> host ports other projects hold there (observe)
         self.plan: Plan | None = None
         self.timings: dict[str, float] = {}
         self.warnings: list[str] = []
@@ -593,7 +630,8 @@ class Deployment:
         # After a "connected" hook (the deploy lock) the state read with hello may be stale.
         owners: dict = {}
         self.observed = observe_nodes(self.nodes, self.project.name, fresh=bool(self.hooks["connected"]),
-                                      ingress=self.ingress, env=self.environment.name, owners=owners)
+                                      ingress=self.ingress, env=self.environment.name, owners=owners,
+                                      taken=self.taken)
         refuse_other_envs(self.environment, self.project.name, owners)
         self._timed("observe", t0)
 
@@ -609,6 +647,7 @@ class Deployment:
                                                     order)
         for w in warnings:
             self.warn(w)
+        refuse_taken_ports(self.project, self.blueprint, self.units, self.taken)
         self.plan = make_plan(self.project.name, self.environment.name, self.blueprint.waves, self.units,
                               self.observed, self.blueprint.project_services, self.options.remove_orphans, order,
                               ingress=self.ingress)

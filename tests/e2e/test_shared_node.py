@@ -89,3 +89,23 @@ def test_the_agent_itself_refuses_or_skips_another_environments_objects(shared, 
         assert res["removed"] == [] and res["networks"] == [] and res["volumes"] == []
     assert OPERATIONS["state"](ctx, {"project": shared.project})["owners"].keys() == {"dev"}
     assert node_objects(node, shared.project) == before
+
+
+def test_under_its_own_project_name_qa_is_refused_a_host_port_dev_holds(shared, lab, ssh):
+    """The documented way out (`-p PROJECT-qa`) on the same node: a host port dev's
+    containers publish there is bad input (exit 2) before anything changes."""
+    node = ssh("dev-1")
+    before = node_objects(node, shared.project)
+    qa_project = shared.project + "-qa"
+    cp = shared.run_orch("up", "--env", "qa", "--file", str(shared.compose), "-p", qa_project, "--json",
+                         check=False, env={**shared.vars, "API_PORT": str(shared.ports["API_PORT"] + 50)})
+    assert cp.returncode == 2, cp.stdout + cp.stderr
+    problems = last_json(cp.stdout)["error"]["problems"]
+    texts = sorted(p["message"] for p in problems)
+    assert len(texts) == 2 and "Traceback" not in cp.stderr  # db and web; api got a port of its own
+    assert texts[0].startswith(f"service db publishes host port {shared.ports['DB_PORT']}/tcp on node dev-1, but "
+                               f"container {shared.project}-db-1 (project {shared.project}, environment dev)")
+    assert texts[1].startswith(f"service web publishes host port {shared.ports['WEB_PORT']}/tcp on node dev-1")
+    assert all(p["file"].endswith("compose.yaml") and p["line"] and p["key"].endswith(".ports") for p in problems)
+    assert node_objects(node, qa_project) == {"containers": [], "networks": [], "volumes": []}
+    assert node_objects(node, shared.project) == before

@@ -489,3 +489,31 @@ def test_a_second_environment_on_the_same_nodes_is_refused_and_its_down_leaves_t
     res = take_down(qa, True, Progress(), lab.connector)
     assert res.removed == [] and res.volumes == {} and res.networks == {}
     assert ids(lab) == before and lab.nodes["n1"].engine.vols == vols
+
+
+def test_a_host_port_another_project_holds_on_the_node_is_refused_before_anything_changes(lab):
+    """The way out for a second environment on the same node is its own project name; its
+    host ports must differ too, and a clash is bad input up front, not a failed start."""
+    up(lab)
+    before = ids(lab)
+    for n in lab.nodes.values():
+        n.calls.clear()
+    qa = ws(lab, compose=SHOP.replace("name: shop", "name: shop-qa").replace('"8081:8081"', '"9081:8081"'),
+            env="qa")
+    with pytest.raises(InputError) as err:
+        Deployment(qa, DeployOptions(), Progress(), lab.connector).run()
+    text = err.value.render()
+    assert err.value.exit_code == 2
+    assert ("compose.yaml:3: services.db.ports: service db publishes host port 5432/tcp on node n1, but container "
+            "shop-db-1 (project shop, environment dev) already publishes it there") in text
+    assert "host port 8080/tcp on node n2, but container shop-web-2 (project shop, environment dev)" in text
+    assert "9081" not in text and "Fix: publish another host port for db" in text
+    for n in lab.nodes.values():
+        assert n.ops() == ["state"]
+    # with host ports of its own, the copy runs beside shop on the same nodes
+    own = SHOP.replace("name: shop", "name: shop-qa")
+    for old, new in (('"5432:5432"', '"6432:5432"'), ('"8081:8081"', '"9081:8081"'), ('"8080:80"', '"9080:80"')):
+        own = own.replace(old, new)
+    res = Deployment(ws(lab, compose=own, env="qa"), DeployOptions(), Progress(), lab.connector).run()
+    assert res.status == "ok" and ids(lab) == before
+    assert sorted(lab.nodes["n1"].engine.vols) == ["shop-qa_data", "shop_data"]

@@ -97,8 +97,12 @@ def test_under_its_own_project_name_qa_is_refused_a_host_port_dev_holds(shared, 
     node = ssh("dev-1")
     before = node_objects(node, shared.project)
     qa_project = shared.project + "-qa"
-    cp = shared.run_orch("up", "--env", "qa", "--file", str(shared.compose), "-p", qa_project, "--json",
-                         check=False, env={**shared.vars, "API_PORT": str(shared.ports["API_PORT"] + 50)})
+    qa = ("--env", "qa", "--file", str(shared.compose), "-p", qa_project)
+    try:
+        cp = shared.run_orch("up", *qa, "--json", check=False,
+                             env={**shared.vars, "API_PORT": str(shared.ports["API_PORT"] + 50)})
+    finally:  # whatever it did (nothing, when the test passes)
+        shared.run_orch("down", *qa, "--volumes", "--json", check=False, env=shared.vars)
     assert cp.returncode == 2, cp.stdout + cp.stderr
     problems = last_json(cp.stdout)["error"]["problems"]
     texts = sorted(p["message"] for p in problems)

@@ -1505,8 +1505,8 @@ def _for_env(op: Callable[[Any, Dict[str, Any]], Dict[str, Any]]) -> Callable[[A
 
     def guarded(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
         args = dict(args)
-        env = check_name(args.pop("env"), "env") if args.get("env") else ""
-        args.pop("env", None)
+        env = args.pop("env", None)
+        env = check_name(env, "env") if env else ""
         if isinstance(args.get("project"), str) and isinstance(args.get("service"), str):
             svc = load_state(_paths(ctx)).get(service_key(args["project"], args["service"]))
             if svc is not None and svc.env and svc.env != env:

@@ -795,6 +795,7 @@ def promote(project_name: str, target: Any, source: Any, opts: PipelineOptions, 
 
 def _read_source(project: str, source: Any, progress: Progress, seams: Seams) -> tuple[History, dict]:
     from orchestrator.deploy import close_nodes, ssh_connect
+    from orchestrator.shared_nodes import of_env
 
     progress.phase("source", f"reading the live release of {project} in {source.name}")
     nodes = (seams.connector or ssh_connect)(source, progress, project)
@@ -806,8 +807,7 @@ def _read_source(project: str, source: Any, progress: Progress, seams: Seams) ->
             node.prefetched_state = None
             if pre is None or isinstance(pre, BaseException):
                 pre = node.call("state", {"project": project})
-            # another environment's containers of the project on a shared node are not the source's
-            return [c for c in pre.get("containers") or [] if not c.get("env") or c["env"] == source.name]
+            return of_env(pre, source.name)["containers"]  # not another environment's on a shared node
 
         from orchestrator import transport as T
 

@@ -42,7 +42,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class SocketReads:
-    """containers() and container() of agent.engine.Engine, over one keep-alive
+    """containers(), container(), networks() and volumes() of agent.engine.Engine, over one keep-alive
     HTTP connection to the engine's unix socket."""
 
     def __init__(self, path: str, timeout: float = 60.0):
@@ -97,6 +97,19 @@ class SocketReads:
     def container(self, ref: str) -> Optional[ContainerInfo]:
         status, data = self._get("inspect container %s" % ref, "/containers/%s/json" % quote(ref, safe=""))
         return None if status == 404 else info_from_inspect(data)
+
+    def networks(self, label_filters: List[str]) -> List[Dict[str, Any]]:
+        query = urlencode({"filters": json.dumps({"label": list(label_filters)})})
+        status, nets = self._get("list networks", "/networks?" + query)
+        return sorted(({"name": n["Name"], "id": n["Id"], "driver": n.get("Driver", ""), "labels": n.get("Labels") or {}}
+                       for n in (nets if isinstance(nets, list) else [])), key=lambda n: n["name"])
+
+    def volumes(self, label_filters: List[str]) -> List[Dict[str, Any]]:
+        query = urlencode({"filters": json.dumps({"label": list(label_filters)})})
+        status, data = self._get("list volumes", "/volumes?" + query)
+        return sorted(({"name": v["Name"], "driver": v.get("Driver", ""), "labels": v.get("Labels") or {}}
+                       for v in (data if isinstance(data, dict) else {}).get("Volumes") or []),
+                      key=lambda v: v["name"])
 
     def close(self) -> None:
         if self._conn is not None:

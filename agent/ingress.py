@@ -52,11 +52,13 @@ Operations (registered in agent.operations.OPERATIONS):
                   drain_timeout?} -> converge the service's frontend/backend to exactly
                   these servers and wait until every one is UP in HAProxy's health checks
                   (error kind "unhealthy" after `timeout` seconds).
-  ingress_drain   {project, service, server, timeout?} -> drain, then maintenance:
+  ingress_drain   {project, env?, service, server, timeout?} -> drain, then maintenance:
                   {sessions, remaining, drained, seconds, state: "maint"}; the caller may
                   then stop the container.
-  ingress_remove  {project, service} -> the service's frontend and backend are gone (the
+  ingress_remove  {project, env?, service} -> the service's frontend and backend are gone (the
                   port is free again); HAProxy stops when no service is left.
+  sync, drain and remove refuse (conflict) a frontend made for another environment than
+  `env` ("" when absent), see agent.owner.
   ingress_status  {} -> {installed, version, running, pid, worker_pid, frontends: [...],
                   problems, ok} for `orch ps` and `orch nodes check`.
   ingress_start   {} -> start HAProxy from the saved state if it is not running (after
@@ -1284,6 +1286,12 @@ def op_ingress_sync(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
         dynamic = hap.dynamic()
         services = load_state(paths)
         old = services.get(req.service.key)
+        if old is not None and old.env and old.env != req.service.env:
+            # the frontend of the same project and service for another environment (agent.owner)
+            raise AgentError(CONFLICT, "the ingress of %s on port %d belongs to environment %s, not %s"
+                             % (old.key, old.published, old.env, req.service.env or "(none)"),
+                             {"fix": "remove %s's deployment of %s from this node first (orch down --env %s)"
+                                     % (old.env, old.project, old.env)})
         svc = req.service.with_servers(desired)
         running = hap.pid() is not None
         runtime = hap.servers_state(svc.backend) if running and old is not None else None
@@ -1490,10 +1498,30 @@ def op_ingress_start(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _for_env(op: Callable[[Any, Dict[str, Any]], Dict[str, Any]]) -> Callable[[Any, Dict[str, Any]], Dict[str, Any]]:
+    """ingress_drain / ingress_remove as the controller may call them: with the `env` they
+    act for ("" when absent), and never on another environment's frontend (agent.owner).
+    agent.rollout calls the ops themselves, after its own guard."""
+
+    def guarded(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
+        args = dict(args)
+        env = args.pop("env", None)
+        env = check_name(env, "env") if env else ""
+        if isinstance(args.get("project"), str) and isinstance(args.get("service"), str):
+            svc = load_state(_paths(ctx)).get(service_key(args["project"], args["service"]))
+            if svc is not None and svc.env and svc.env != env:
+                raise AgentError(CONFLICT, "the ingress of %s on port %d belongs to environment %s, not %s"
+                                 % (svc.key, svc.published, svc.env, env or "(none)"),
+                                 {"fix": "act for %s (orch ... --env %s)" % (svc.env, svc.env)})
+        return op(ctx, args)
+
+    return guarded
+
+
 INGRESS_OPERATIONS = {
     "ingress_sync": op_ingress_sync,
-    "ingress_drain": op_ingress_drain,
-    "ingress_remove": op_ingress_remove,
+    "ingress_drain": _for_env(op_ingress_drain),
+    "ingress_remove": _for_env(op_ingress_remove),
     "ingress_status": op_ingress_status,
     "ingress_start": op_ingress_start,
 }

@@ -107,3 +107,16 @@ def filters(project: Optional[str] = None, service: Optional[str] = None, env: O
 
 def is_ours(labels: Optional[Dict[str, str]]) -> bool:
     return bool(labels) and PROJECT in labels
+
+
+def env_of(labels: Optional[Dict[str, str]]) -> str:
+    """The environment an object was made for ("" for objects from before env labels)."""
+    return (labels or {}).get(ENV) or ""
+
+
+def other_env(labels: Optional[Dict[str, str]], env: str) -> str:
+    """The other environment an object belongs to, or "" when `env` may touch it: one
+    project deployed by two environments to one engine would share every name, so an
+    environment never changes or removes what another one made (agent.owner)."""
+    found = env_of(labels)
+    return found if found and found != (env or "") else ""

@@ -47,6 +47,7 @@ from agent.protocol import (
     require,
     runs_from,
 )
+from agent.owner import owned, refuse_foreign
 from agent.spec import ServiceSpec
 
 LOG_LINES_ON_FAILURE = 20
@@ -176,9 +177,14 @@ def op_state(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     containers = ctx.reads.containers(L.filters(project, service, env))
     out: Dict[str, Any] = {"containers": [c.summary() for c in containers]}
     if project:
+        from agent.owner import owners, ports_elsewhere
         from agent.rollout import ingress_state
 
         out["ingress"] = ingress_state(ctx, project)  # the project's frontends on this node
+        # Which environments have objects of the project here: the controller refuses to
+        # deploy one environment over another's (agent.owner).
+        out["owners"] = owners(ctx, project, reads=True)
+        out["ports_elsewhere"] = ports_elsewhere(ctx, project, reads=True)
     return out
 
 
@@ -230,7 +236,8 @@ def ensure_networks(ctx: Context, svc: ServiceSpec) -> List[str]:
                 existing = ctx.engine.network(name)  # created meanwhile by a parallel apply?
                 if existing is None:
                     raise
-        if existing is not None and existing["labels"].get(L.PROJECT) != svc.project:
+        if existing is not None and (existing["labels"].get(L.PROJECT) != svc.project
+                                     or L.other_env(existing["labels"], svc.env)):
             raise AgentError(
                 CONFLICT,
                 "network %s exists but is not managed by orch for project %s" % (name, svc.project),
@@ -260,7 +267,7 @@ def ensure_volumes(ctx: Context, svc: ServiceSpec) -> List[str]:
             ctx.engine.create_volume(name, vol.driver, vol.driver_opts, labels)
             created.append(name)
             ctx.emit("volume.create", volume=name)
-        elif existing["labels"].get(L.PROJECT) != svc.project:
+        elif existing["labels"].get(L.PROJECT) != svc.project or L.other_env(existing["labels"], svc.env):
             raise AgentError(
                 CONFLICT,
                 "volume %s exists but is not managed by orch for project %s" % (name, svc.project),
@@ -379,7 +386,8 @@ def _name_conflicts(ctx: Context, svc: ServiceSpec) -> None:
         c = ctx.engine.container(name)
         if c is None:
             continue
-        if not L.is_ours(c.labels) or (c.project, c.service, c.replica) != (svc.project, svc.service, r):
+        if (not L.is_ours(c.labels) or (c.project, c.service, c.replica) != (svc.project, svc.service, r)
+                or L.other_env(c.labels, svc.env)):
             raise AgentError(
                 CONFLICT,
                 "container name %s is taken by a container orch does not manage for %s/%s"
@@ -456,6 +464,7 @@ def op_apply(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     if wait not in WAIT_MODES:
         raise BadRequest("wait must be one of %s" % ", ".join(WAIT_MODES))
     timeout = check_number(args.get("timeout", DEFAULT_COMPLETION_TIMEOUT), "timeout")
+    refuse_foreign(ctx, svc.project, svc.env, "apply")
     ctx.emit("apply.start", service=svc.service, replicas=svc.replicas, config_hash=svc.config_hash)
 
     # Kept containers of a previous release (renamed *-prev) belong to agent.rollout.
@@ -668,11 +677,12 @@ def wait_ready(
 
 def op_remove(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Remove a project's (or one service's) containers; with the whole project, also its
-    networks, files, and (remove_volumes) its volumes."""
+    networks, files, and (remove_volumes) its volumes. Only `env`'s objects ("" when not
+    given: only those without an environment label); another environment's are left."""
     check_keys(args, ("project", "service", "replicas", "env", "remove_volumes", "remove_networks"), "remove")
     project = check_project(require(args, "project", "remove"))
     service = check_name(args["service"], "service") if args.get("service") else None
-    env = check_name(args["env"], "env") if args.get("env") else None
+    env = check_name(args["env"], "env") if args.get("env") else ""
     replicas = None
     if args.get("replicas") is not None:
         if not isinstance(args["replicas"], list):
@@ -683,7 +693,7 @@ def op_remove(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     remove_volumes = check_bool(args.get("remove_volumes", False), "remove_volumes")
     doomed = [
         c for c in ctx.engine.containers(L.filters(project, service, env))
-        if replicas is None or c.replica in replicas
+        if (replicas is None or c.replica in replicas) and not L.other_env(c.labels, env)
     ]
     _remove_all(ctx, doomed, "remove requested")
     removed = [{"id": c.id, "name": c.name, "service": c.service, "replica": c.replica} for c in doomed]
@@ -691,19 +701,23 @@ def op_remove(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     if replicas is None:  # the service (or the project) leaves the node: so does its ingress port
         from agent.rollout import driver, ingress_state
 
-        for name in sorted(ingress_state(ctx, project)):
-            if service is None or name == service:
+        for name, front in sorted(ingress_state(ctx, project).items()):
+            if (service is None or name == service) and not L.other_env({L.ENV: front.get("env") or ""}, env):
                 driver(ctx).remove({"project": project, "service": name})
                 out["ingress"].append(name)
     if remove_networks and not ctx.engine.containers(L.filters(project)):
         for n in ctx.engine.networks(L.filters(project)):
-            ctx.engine.remove_network(n["name"])
-            out["networks"].append(n["name"])
+            if not L.other_env(n["labels"], env):
+                ctx.engine.remove_network(n["name"])
+                out["networks"].append(n["name"])
     if remove_volumes and not ctx.engine.containers(L.filters(project)):
         for v in ctx.engine.volumes(L.filters(project)):
-            ctx.engine.remove_volume(v["name"])
-            out["volumes"].append(v["name"])
-    if whole or (service and replicas is None):
+            if not L.other_env(v["labels"], env):
+                ctx.engine.remove_volume(v["name"])
+                out["volumes"].append(v["name"])
+    # The files directory is per project, not per environment: it stays while another
+    # environment has anything of the project here.
+    if (whole or (service and replicas is None)) and not [o for o in owned(ctx, project) if o.env != env]:
         _remove_files(ctx, project, service)
     return out
 
@@ -737,7 +751,8 @@ def _select(ctx: Context, args: Dict[str, Any], what: str) -> List[ContainerInfo
 
 def op_logs(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Stream log lines as events; with follow, until cancelled or the containers stop."""
-    check_keys(args, ("project", "service", "replica", "container", "tail", "follow", "since", "timestamps"), "logs")
+    check_keys(args, ("project", "service", "replica", "container", "tail", "follow", "since", "timestamps", "env"),
+               "logs")
     tail = args.get("tail", 100)
     if tail != "all":
         tail = check_int(tail, "tail", 0)
@@ -745,6 +760,9 @@ def op_logs(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     since = check_int(args["since"], "since", 0) if args.get("since") is not None else None
     timestamps = check_bool(args.get("timestamps", False), "timestamps")
     containers = _select(ctx, args, "logs")
+    if args.get("env"):  # not another environment's containers of the project (agent.owner)
+        env = check_name(args["env"], "env")
+        containers = [c for c in containers if not L.other_env(c.labels, env)]
     count = [0]
     lock = threading.Lock()
     streams: List[Any] = []
@@ -834,9 +852,10 @@ def op_exec(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def op_networks(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
-    check_keys(args, ("action", "project", "names"), "networks")
+    check_keys(args, ("action", "project", "names", "env"), "networks")
     action = args.get("action", "list")
     project = check_project(args["project"]) if args.get("project") else None
+    env = check_name(args["env"], "env") if args.get("env") else ""
     nets = ctx.engine.networks(L.filters(project))
     if action == "list":
         return {"networks": nets}
@@ -847,6 +866,8 @@ def op_networks(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     names = set(check_str_list(args["names"], "names")) if args.get("names") is not None else None
     removed = []
     for n in nets:
+        if L.other_env(n["labels"], env):
+            continue  # another environment's (agent.owner)
         if names is None or n["name"] in names or n["labels"].get(L.NAME) in names:
             ctx.engine.remove_network(n["name"])
             removed.append(n["name"])
@@ -854,9 +875,10 @@ def op_networks(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def op_volumes(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
-    check_keys(args, ("action", "project", "names"), "volumes")
+    check_keys(args, ("action", "project", "names", "env"), "volumes")
     action = args.get("action", "list")
     project = check_project(args["project"]) if args.get("project") else None
+    env = check_name(args["env"], "env") if args.get("env") else ""
     vols = ctx.engine.volumes(L.filters(project))
     if action == "list":
         return {"volumes": vols}
@@ -867,7 +889,7 @@ def op_volumes(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     names = set(check_str_list(args["names"], "names"))
     removed = []
     for v in vols:
-        if v["name"] in names or v["labels"].get(L.NAME) in names:
+        if (v["name"] in names or v["labels"].get(L.NAME) in names) and not L.other_env(v["labels"], env):
             ctx.engine.remove_volume(v["name"])
             removed.append(v["name"])
     return {"removed": removed}
@@ -876,19 +898,20 @@ def op_volumes(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
 def op_prune(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Remove our stopped containers, our networks no container uses, secret/config files
     of services with no containers, and (images: true) dangling images."""
-    check_keys(args, ("project", "images"), "prune")
+    check_keys(args, ("project", "images", "env"), "prune")
     project = check_project(args["project"]) if args.get("project") else None
+    env = check_name(args["env"], "env") if args.get("env") else ""
     images = check_bool(args.get("images", False), "images")
     out: Dict[str, Any] = {"containers": [], "networks": [], "files": [], "images": None}
     for c in ctx.engine.containers(L.filters(project)):
-        if c.state in ("exited", "created", "dead"):
+        if c.state in ("exited", "created", "dead") and not L.other_env(c.labels, env):
             ctx.engine.remove(c.id)
             out["containers"].append(c.name)
     live = ctx.engine.containers(L.filters(project))
     live_projects = set(c.project for c in live)
     live_services = set((c.project, c.service) for c in live)
     for n in ctx.engine.networks(L.filters(project)):
-        if n["labels"].get(L.PROJECT) not in live_projects:
+        if n["labels"].get(L.PROJECT) not in live_projects and not L.other_env(n["labels"], env):
             ctx.engine.remove_network(n["name"])
             out["networks"].append(n["name"])
     files_root = os.path.join(ctx.data_dir(), "files")
@@ -912,9 +935,11 @@ def op_prune_images(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     container uses (whoever's, in any state) and whose digest reference is not in `keep`
     (the controller sends the digests of the last releases, so a rollback pulls nothing).
     Images without that label (busybox, anyone's) are never touched."""
-    check_keys(args, ("project", "keep"), "prune_images")
+    check_keys(args, ("project", "keep", "env"), "prune_images")
     project = check_project(args.get("project"))
     keep = set(check_str_list(args.get("keep") or [], "keep"))
+    # `keep` is one environment's: another's releases on this node need their own images.
+    refuse_foreign(ctx, project, check_name(args["env"], "env") if args.get("env") else "", "prune_images")
     used = set(ctx.engine.image_users())
     removed: List[str] = []
     kept: List[str] = []

@@ -70,6 +70,7 @@ from agent.protocol import (
     check_project,
     require,
 )
+from agent.owner import refuse_foreign
 from agent.spec import ServiceSpec
 
 ORDERS = ("stop-first", "start-first")
@@ -267,6 +268,7 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     auth = _auth(args.get("auth"), svc.container.image)
     ingress = IngressSettings.parse(args.get("ingress"))
     project, service = svc.project, svc.service
+    refuse_foreign(ctx, project, svc.env, "rollout")
     ctx.emit("rollout.start", service=service, replicas=replicas, order=order, batch=batch,
              config_hash=svc.config_hash)
 
@@ -518,6 +520,7 @@ def op_restore(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     env = check_name(args["env"], "env") if args.get("env") else ""
     items = _items(require(args, "replicas", "restore"))
     ingress = IngressSettings.parse(args.get("ingress"))
+    refuse_foreign(ctx, project, env, "restore")
     ctx.emit("rollout.restore", service=service, replicas=[r for r, _ in items])
     return {"service": service, "restored": restore_replicas(ctx, project, service, env, ingress, items)}
 
@@ -537,6 +540,7 @@ def op_retire(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     if wanted is not None and not isinstance(wanted, list):
         raise BadRequest("replicas must be a list of replica numbers (or absent: all)")
     replicas = None if wanted is None else set(check_int(r, "replicas[]", 1) for r in wanted)
+    refuse_foreign(ctx, project, env, "retire")
     existing = ctx.engine.containers(L.filters(project, service))
     kept = {c.name: c for c in existing if L.is_retired(c.name)}
     doomed = [c for c in existing if not L.is_retired(c.name) and (replicas is None or c.replica in replicas)]
@@ -569,9 +573,10 @@ def op_retire(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
 
 def op_discard(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Remove the containers kept for a rollback (the release that replaced them is live)."""
-    check_keys(args, ("project", "service"), "discard")
+    check_keys(args, ("project", "service", "env"), "discard")
     project = check_project(require(args, "project", "discard"))
     service = check_name(args["service"], "service") if args.get("service") else None
+    refuse_foreign(ctx, project, check_name(args["env"], "env") if args.get("env") else "", "discard")
     doomed = [c for c in ctx.engine.containers(L.filters(project, service)) if L.is_retired(c.name)]
     _remove_all(ctx, doomed, "the release that replaced it is live")
     pruned = prune_files(ctx, project, service)
@@ -595,7 +600,7 @@ def ingress_state(ctx: Context, project: str) -> Dict[str, Any]:
     except (OSError, ValueError, AgentError):
         return {}
     return {s.service: {"port": {"published": s.published, "target": s.target, "protocol": s.protocol,
-                                 "host_ip": s.host_ip},
+                                 "host_ip": s.host_ip}, "env": s.env,
                         "health": s.health.to_dict(), "servers": sorted(x.name for x in s.servers),
                         "running": running}
             for s in services}

@@ -41,6 +41,7 @@ from orchestrator import transport as T
 from orchestrator.errors import DeployError, InputError, OrchError, Problem
 from orchestrator.plan import CREATE, RECREATE, REMOVE, Observed, Plan, existing_slots, make_plan, observe
 from orchestrator.progress import DONE, FAILED, RUNNING, SKIPPED, Progress
+from orchestrator.shared_nodes import of_env, refuse_other_envs, refuse_taken_ports
 
 JSON_VERSION = 1
 LOG_LINES = 20
@@ -428,12 +429,17 @@ def close_nodes(nodes: Mapping[str, Any], wait: float = CLOSE_WAIT) -> None:
 
 
 def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
-                  ingress: dict | None = None) -> dict[str, list[Observed]]:
-    """Every node's containers of `project`, in parallel; a node whose Docker Engine is
-    unusable fails the whole command (naming each such node) before anything is done.
+                  ingress: dict | None = None, env: str = "", owners: dict | None = None,
+                  taken: dict | None = None) -> dict[str, list[Observed]]:
+    """Every node's containers of `project` in environment `env`, in parallel; a node whose
+    Docker Engine is unusable fails the whole command (naming each such node) before
+    anything is done.
 
     Uses the state a node's connector read along with hello, once, unless `fresh`.
-    `ingress`, if given, is filled with each node's ingress frontends of the project."""
+    `ingress`, if given, is filled with each node's ingress frontends of the project;
+    `owners` with each node's {env: [objects]} of the project (agent.owner), `taken` with
+    the host ports other projects hold on each node (agent.owner.ports_elsewhere). Containers
+    and frontends of another environment are left out: they are not this one's."""
 
     def state(n: Any) -> dict:
         pre = getattr(n, "prefetched_state", None)
@@ -456,6 +462,13 @@ def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
             else:
                 failures[name] = _as_transport(name, err)
         raise T.NodesUnreachable(failures, len(nodes), action="read the state of")
+    if owners is not None:
+        owners.clear()
+        owners.update({node: dict(res.get("owners") or {}) for node, res in results.items()})
+    if taken is not None:
+        taken.clear()
+        taken.update({node: list(res.get("ports_elsewhere") or []) for node, res in results.items()})
+    results = {node: of_env(res, env) for node, res in results.items()}
     if ingress is not None:
         ingress.clear()
         ingress.update({node: dict(res.get("ingress") or {}) for node, res in results.items()})
@@ -490,6 +503,7 @@ class Deployment:
         self.blueprint: Any = None
         self.observed: dict[str, list[Observed]] = {}
         self.units: dict = {}
+        self.taken: dict = {}  # node -> host ports other projects hold there (observe)
         self.plan: Plan | None = None
         self.timings: dict[str, float] = {}
         self.warnings: list[str] = []
@@ -550,8 +564,11 @@ class Deployment:
         t0 = time.monotonic()
         self.progress.phase("observe", f"reading the state of {len(self.nodes)} node(s)")
         # After a "connected" hook (the deploy lock) the state read with hello may be stale.
+        owners: dict = {}
         self.observed = observe_nodes(self.nodes, self.project.name, fresh=bool(self.hooks["connected"]),
-                                      ingress=self.ingress)
+                                      ingress=self.ingress, env=self.environment.name, owners=owners,
+                                      taken=self.taken)
+        refuse_other_envs(self.environment, self.project.name, owners)
         self._timed("observe", t0)
 
     def make_plan(self) -> Plan:
@@ -566,6 +583,7 @@ class Deployment:
                                                     order)
         for w in warnings:
             self.warn(w)
+        refuse_taken_ports(self.project, self.blueprint, self.units, self.taken)
         self.plan = make_plan(self.project.name, self.environment.name, self.blueprint.waves, self.units,
                               self.observed, self.blueprint.project_services, self.options.remove_orphans, order,
                               ingress=self.ingress)
@@ -892,7 +910,7 @@ class Deployment:
         """The release is live: drop the containers kept for its rollback (best effort; the
         next deploy drops whatever is left)."""
         _, errors = T.parallel(list(self.nodes.items()), lambda item: item[1].call(
-            "discard", {"project": self.project.name}), key=lambda item: item[0])
+            "discard", {"project": self.project.name, "env": self.environment.name}), key=lambda item: item[0])
         for node, err in sorted(errors.items()):
             self.warn(f"{node}: could not remove the previous release's kept containers "
                       f"({getattr(err, 'message', err)}); the next deploy removes them")
@@ -945,7 +963,8 @@ class Deployment:
 
         def remove(r: Any) -> None:
             self.progress.step(wave, r.service, r.node, "removing")
-            self.nodes[r.node].call("remove", {"project": self.project.name, "service": r.service})
+            self.nodes[r.node].call("remove", {"project": self.project.name, "service": r.service,
+                                               "env": self.environment.name})
             self.progress.step(wave, r.service, r.node, "removed")
 
         _, errors = T.parallel(orphans, remove, key=lambda r: f"{r.service}@{r.node}")
@@ -987,7 +1006,7 @@ class Deployment:
             if self.options.commit:
                 self.commit()
             t0 = time.monotonic()
-            self.observed = observe_nodes(self.nodes, self.project.name, fresh=True)
+            self.observed = observe_nodes(self.nodes, self.project.name, fresh=True, env=self.environment.name)
             self._timed("observe", t0)
             return self._result("ok")
         finally:
@@ -1092,7 +1111,7 @@ def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress |
         progress.phase("connect", f"connecting to {len(names)} node(s): {', '.join(names)}", nodes=names)
     nodes = (connector or ssh_connect)(environment, progress, project.name)
     try:
-        observed = observe_nodes(nodes, project.name, fresh=True)
+        observed = observe_nodes(nodes, project.name, fresh=True, env=environment.name)
         present = {(c.service, node) for node, cs in observed.items() for c in cs}
         known = {s for w in waves for s in w}
         orphans = sorted({s for s, _ in present if s not in known})
@@ -1108,7 +1127,8 @@ def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress |
                 service, node = item
                 progress.step(i, service, node, "removing")
                 t = time.monotonic()
-                res = nodes[node].call("remove", {"project": project.name, "service": service})
+                res = nodes[node].call("remove", {"project": project.name, "service": service,
+                                                  "env": environment.name})
                 progress.step(i, service, node, "removed", seconds=time.monotonic() - t)
                 return res
 
@@ -1120,7 +1140,7 @@ def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress |
                 node = key.split("@", 1)[1]
                 removed += [dict(r, node=node) for r in res.get("removed", [])]
         finals, errors = T.parallel(list(nodes.values()), lambda n: n.call(
-            "remove", {"project": project.name, "remove_volumes": remove_volumes}))
+            "remove", {"project": project.name, "env": environment.name, "remove_volumes": remove_volumes}))
         if errors:
             name, err = sorted(errors.items())[0]
             raise DeployError(f"orch down: cleaning up {name} failed: {err}", fix="re-run `orch down`")
@@ -1145,7 +1165,7 @@ def list_containers(workspace: Any, connector: Connector | None = None,
     nodes = (connector or ssh_connect)(environment, progress or Progress(), project)
     try:
         frontends: dict[str, dict] = {}
-        observed = observe_nodes(nodes, project, ingress=frontends)
+        observed = observe_nodes(nodes, project, ingress=frontends, env=environment.name)
         if ingress is not None:
             ingress.extend(ingress_rows(nodes, project, frontends, [n.name for n in environment.nodes]))
     finally:
@@ -1226,7 +1246,7 @@ def stream_logs(workspace: Any, services: list[str], follow: bool, tail: Any, si
     count = [0]
     lock = threading.Lock()
     try:
-        observed = observe_nodes(nodes, project.name)
+        observed = observe_nodes(nodes, project.name, env=environment.name)
         wanted = set(services)
         work = sorted({(c.service, node) for node, cs in observed.items() for c in cs
                        if not wanted or c.service in wanted})
@@ -1236,7 +1256,8 @@ def stream_logs(workspace: Any, services: list[str], follow: bool, tail: Any, si
         errors: list[BaseException] = []
 
         def pump(service: str, node: str) -> None:
-            args: dict[str, Any] = {"project": project.name, "service": service, "follow": follow, "tail": tail}
+            args: dict[str, Any] = {"project": project.name, "service": service, "follow": follow, "tail": tail,
+                                    "env": environment.name}
             if since is not None:
                 args["since"] = since
             try:
@@ -1294,10 +1315,11 @@ def run_exec(workspace: Any, service: str, replica: int | None, cmd: list[str], 
     project, environment = workspace.project, workspace.environment
     nodes = (connector or ssh_connect)(environment, Progress(), project.name)
     try:
-        observed = observe_nodes(nodes, project.name)
+        observed = observe_nodes(nodes, project.name, env=environment.name)
         target = find_container(observed, service, replica)
+        # by name: the container observed for this environment, never another one's
         args: dict[str, Any] = {"project": project.name, "service": service, "replica": target.replica,
-                                "cmd": list(cmd)}
+                                "container": target.name, "cmd": list(cmd)}
         if user:
             args["user"] = user
         if workdir:

@@ -33,6 +33,7 @@ class NodeSpec:
     labels: dict[str, str] = field(default_factory=dict)
     jump: str | None = None  # "user@host:port", ProxyJump-style
     python: str = DEFAULT_PYTHON  # the interpreter the agent runs with on this node
+    line: int | None = field(default=None, compare=False)  # in the environment file, for error messages
 
 
 @dataclass(frozen=True)
@@ -440,6 +441,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
                     labels={str(k): str(v) for k, v in labels.items()},
                     jump=r.typed(raw, "jump", f"{p}.jump", (str,), "a string like user@host:port"),
                     python=python,
+                    line=_loc_of(raw_nodes, i)[0],
                 )
             )
 

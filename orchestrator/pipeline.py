@@ -621,7 +621,7 @@ class _Flow:
         t0 = time.monotonic()
         keep = sorted(images_to_keep(history, self.opts.keep_images))
         answers, errors = T.parallel(list(nodes.items()), lambda item: item[1].call(
-            "prune_images", {"project": project, "keep": keep}), key=lambda item: item[0])
+            "prune_images", {"project": project, "keep": keep, "env": history.env}), key=lambda item: item[0])
         for node, err in sorted(errors.items()):
             self.warn(f"{node}: could not remove old images ({getattr(err, 'message', err)}); they stay")
         self.timings["prune"] = time.monotonic() - t0
@@ -802,6 +802,7 @@ def promote(project_name: str, target: Any, source: Any, opts: PipelineOptions, 
 
 def _read_source(project: str, source: Any, progress: Progress, seams: Seams) -> tuple[History, dict]:
     from orchestrator.deploy import close_nodes, ssh_connect
+    from orchestrator.shared_nodes import of_env
 
     progress.phase("source", f"reading the live release of {project} in {source.name}")
     nodes = (seams.connector or ssh_connect)(source, progress, project)
@@ -811,9 +812,9 @@ def _read_source(project: str, source: Any, progress: Progress, seams: Seams) ->
         def state(node: Any) -> list:
             pre = getattr(node, "prefetched_state", None)
             node.prefetched_state = None
-            if pre is not None and not isinstance(pre, BaseException):
-                return pre.get("containers") or []
-            return node.call("state", {"project": project}).get("containers") or []
+            if pre is None or isinstance(pre, BaseException):
+                pre = node.call("state", {"project": project})
+            return of_env(pre, source.name)["containers"]  # not another environment's on a shared node
 
         from orchestrator import transport as T
 

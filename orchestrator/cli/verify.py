@@ -35,6 +35,7 @@ def verify(
     from orchestrator.cli.sessions import env_sessions
     from orchestrator.pipeline import verification_project
     from orchestrator.releases import ReleaseLedger
+    from orchestrator.shared_nodes import of_env
     from orchestrator.transport import parallel
     from orchestrator.workspace import load_workspace
 
@@ -47,7 +48,8 @@ def verify(
         history = ledger.history(limit=20)
         live = history.live()
         states, errors = parallel(list(sessions.items()),
-                                  lambda item: item[1].call("state", {"project": project.name})["containers"],
+                                  lambda item: of_env(item[1].call("state", {"project": project.name}),
+                                                      environment.name)["containers"],
                                   key=lambda item: item[0])
         for node, err in sorted(errors.items()):
             warn(f"{node}: cannot list containers ({err}); its checks will fail")

@@ -74,7 +74,7 @@ def project(sessions):
     name = "e2e-" + uuid.uuid4().hex[:8]
     yield name
     for node in ("dev-1", "test-1"):
-        sessions(node).call("remove", {"project": name, "remove_volumes": True})
+        sessions(node).call("remove", {"project": name, "env": "dev", "remove_volumes": True})
 
 
 def service(project, name="web", replicas=(1,), **container):
@@ -370,7 +370,7 @@ def test_remove_takes_containers_and_network_and_nothing_else(dev, project):
     dev.call("apply", {"spec": service(project, replicas=[1, 2], command=["sleep", "3600"])})
     dev.call("apply", {"spec": service(project, name="db", command=["sleep", "3600"])})
     others_before = {c["name"] for c in dev.call("state", {})["containers"] if c["project"] != project}
-    res = dev.call("remove", {"project": project})
+    res = dev.call("remove", {"project": project, "env": "dev"})
     assert sorted(c["name"] for c in res["removed"]) == [f"{project}-db-1", f"{project}-web-1", f"{project}-web-2"]
     assert res["networks"] == [f"{project}_default"]
     assert dev.call("state", {"project": project})["containers"] == []

@@ -131,7 +131,7 @@ def node(lab):
 def project_name(node):
     name = "e2epull" + uuid.uuid4().hex[:6]
     yield name
-    node["session"].call("remove", {"project": name})
+    node["session"].call("remove", {"project": name, "env": "test"})
 
 
 def spec(project, image, command=("sleep", "3600")):

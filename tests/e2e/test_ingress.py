@@ -162,14 +162,14 @@ def test_rolling_switch_under_load_drops_nothing_and_outlives_the_agent(conn, la
         assert other["process"] == "reloaded"
         load.wait_for(per_step, marks["reload for a second frontend, drain v1"], "after the reload")
         # (timeout: how long the agent may wait for v1's sessions to end; a hang guard)
-        drained = session.call("ingress_drain", {"project": project, "service": "web", "server": "v1",
+        drained = session.call("ingress_drain", {"project": project, "env": "prod", "service": "web", "server": "v1",
                                                  "timeout": 60})
         switch = time.monotonic()
         assert drained["drained"] and drained["state"] == "maint"
         marks["v1 drained, still running"] = switch
         load.wait_for(per_step, switch, "after the drain")
         marks["v1 stopped, v2 only"] = time.monotonic()
-        session.call("remove", {"project": project, "service": "v1"})  # the old container stops
+        session.call("remove", {"project": project, "env": "prod", "service": "v1"})  # the old container stops
         last = sync("web", port, ["v2"])
         assert last["changes"]["remove"] == ["v1"] and [s["name"] for s in last["servers"]] == ["v2"]
         load.wait_for(2 * per_step, marks["v1 stopped, v2 only"], "after v1 was stopped")
@@ -220,10 +220,10 @@ def test_rolling_switch_under_load_drops_nothing_and_outlives_the_agent(conn, la
     finally:
         for service in ("web", "api"):
             try:
-                session.call("ingress_remove", {"project": project, "service": service})
+                session.call("ingress_remove", {"project": project, "env": "prod", "service": service})
             except Exception:
                 pass
-        session.call("remove", {"project": project})
+        session.call("remove", {"project": project, "env": "prod"})
         session.close()
     with T.AgentSession.open(conn, bundle) as s:
         st = s.call("ingress_status")

@@ -76,7 +76,7 @@ def deployed(lab, tmp_path):
                         performer=R.detect_performer())
     ledger.write(*R.mark_live(ledger.history(), rel))
     yield {"dir": tmp_path, "project": project, "ledger": ledger, "sessions": sessions, "envs": envs, "port": port}
-    sessions["test-1"].call("remove", {"project": project})
+    sessions["test-1"].call("remove", {"project": project, "env": "test"})
     for s in sessions.values():
         s.close()
     T.close_all(conns)

@@ -42,6 +42,12 @@ class Engine(BaseHTTPRequestHandler):
                             for k, v in c["Config"]["Labels"].items())]
             found.append({"Id": "gone-meanwhile"})
             self.answer(200, found)
+        elif url.path == "/networks":
+            self.answer(200, [{"Name": "shop_default", "Id": "n1", "Driver": "bridge",
+                               "Labels": {L.PROJECT: "shop", L.ENV: "dev"}}])
+        elif url.path == "/volumes":
+            self.answer(200, {"Volumes": [{"Name": "shop_data", "Driver": "local",
+                                           "Labels": {L.PROJECT: "shop", L.ENV: "test"}}]})
         elif url.path.startswith("/containers/") and url.path.endswith("/json"):
             cid = url.path.split("/")[2]
             if cid == "broken":
@@ -119,9 +125,17 @@ def test_state_reads_through_the_reader_until_the_engine_is_connected(engine_soc
     ctx = Context(engine_factory=no_sdk, state_dir=str(tmp_path), reader=lambda: reads, engine_id=lambda: "e1")
     state = OPERATIONS["state"](ctx, {"project": "shop"})
     assert sorted(c["name"] for c in state["containers"]) == ["shop-api-1", "shop-web-1", "shop-web-2"]
+    # which environments own the project here, from networks and volumes too
+    assert state["owners"] == {"dev": ["network shop_default"], "test": ["volume shop_data"]}
     # no reader (or the SDK already connected): the engine answers
     class Fake:
         def containers(self, filters):
+            return []
+
+        def networks(self, filters):
+            return []
+
+        def volumes(self, filters):
             return []
 
     ctx = Context(engine_factory=Fake, state_dir=str(tmp_path), reader=lambda: None, engine_id=lambda: "e1")

@@ -296,9 +296,9 @@ def test_remove_project(run, engine):
     run("apply", {"spec": spec(replicas=[1, 2])})
     run("apply", {"spec": spec(service="db")})
     foreign = engine.add_foreign("other")
-    res = run("remove", {"project": "shop", "service": "db"})
+    res = run("remove", {"project": "shop", "service": "db", "env": "dev"})
     assert [c["name"] for c in res["removed"]] == ["shop-db-1"] and res["networks"] == []
-    res = run("remove", {"project": "shop"})
+    res = run("remove", {"project": "shop", "env": "dev"})
     assert sorted(c["name"] for c in res["removed"]) == ["shop-web-1", "shop-web-2"]
     assert res["networks"] == ["shop_default"] and not engine.nets
     assert engine.container(foreign) is not None
@@ -323,7 +323,7 @@ def test_exec_needs_a_matching_container(run, engine):
 def test_prune(run, engine):
     run("apply", {"spec": spec(replicas=[1, 2])})
     engine.stop(engine.container("shop-web-2").id)
-    res = run("prune", {"project": "shop"})
+    res = run("prune", {"project": "shop", "env": "dev"})
     assert res["containers"] == ["shop-web-2"] and res["networks"] == []
 
 

@@ -182,7 +182,7 @@ def test_restore_puts_an_earlier_batch_back_hitlessly(run, engine, ingress):
 def test_restore_removes_a_replica_that_was_new(run, engine):
     run("apply", {"spec": spec(V1, replicas=(1,))})
     run("rollout", {"spec": spec(V2, replicas=(1, 2)), "replicas": [1, 2]})
-    run("restore", {"project": "shop", "service": "web", "replicas": [{"replica": 1, "was_running": True},
+    run("restore", {"project": "shop", "service": "web", "env": "prod", "replicas": [{"replica": 1, "was_running": True},
                                                                        {"replica": 2, "was_running": False}]})
     assert names(engine) == [("shop-web-1", "running")] and engine.container("shop-web-1").image == V1
 
@@ -197,13 +197,13 @@ def test_start_first_is_stop_first_for_a_replica_holding_a_host_port(run, engine
 
 def test_retire_and_discard(run, engine):
     run("apply", {"spec": spec(V1)})
-    out = run("retire", {"project": "shop", "service": "web", "replicas": [2]})
+    out = run("retire", {"project": "shop", "service": "web", "env": "prod", "replicas": [2]})
     assert out["retired"][0]["old"]["name"] == "shop-web-2-prev"
     assert names(engine) == [("shop-web-1", "running"), ("shop-web-2-prev", "exited")]
-    run("restore", {"project": "shop", "service": "web", "replicas": [{"replica": 2, "was_running": True}]})
+    run("restore", {"project": "shop", "service": "web", "env": "prod", "replicas": [{"replica": 2, "was_running": True}]})
     assert names(engine) == [("shop-web-1", "running"), ("shop-web-2", "running")]
-    run("retire", {"project": "shop", "service": "web", "replicas": [2]})
-    removed = run("discard", {"project": "shop"})["removed"]
+    run("retire", {"project": "shop", "service": "web", "env": "prod", "replicas": [2]})
+    removed = run("discard", {"project": "shop", "env": "prod"})["removed"]
     assert [r["name"] for r in removed] == ["shop-web-2-prev"]
     assert names(engine) == [("shop-web-1", "running")]
 
@@ -256,7 +256,7 @@ def test_bad_arguments_are_refused(run):
     with pytest.raises(BadRequest):
         run("rollout", {"spec": spec(V1), "order": "sideways"})
     with pytest.raises(BadRequest):
-        run("restore", {"project": "shop", "service": "web", "replicas": [{"replica": 0}]})
+        run("restore", {"project": "shop", "service": "web", "env": "prod", "replicas": [{"replica": 0}]})
 
 
 def test_removing_a_service_or_project_removes_its_ingress(run, engine, ingress, monkeypatch):
@@ -266,9 +266,9 @@ def test_removing_a_service_or_project_removes_its_ingress(run, engine, ingress,
     run("rollout", {"spec": spec(V1, replicas=(1,)), "replicas": [], "ingress": INGRESS})
     monkeypatch.setattr(R, "ingress_state", lambda ctx, project: {
         s: {} for (p, s) in ingress.frontends if p == project})
-    out = run("remove", {"project": "shop", "service": "web", "replicas": [1]})
+    out = run("remove", {"project": "shop", "service": "web", "env": "prod", "replicas": [1]})
     assert out["ingress"] == [] and ("shop", "web") in ingress.frontends  # one replica: the port stays
-    out = run("remove", {"project": "shop"})
+    out = run("remove", {"project": "shop", "env": "prod"})
     assert out["ingress"] == ["web"] and ingress.frontends == {}
 
 
@@ -296,7 +296,7 @@ def test_moving_behind_the_ingress_frees_the_port_first_and_back(run, engine, in
     assert [e["order"] for e in events if e["type"] == "rollout.order"] == ["stop-first"]
     assert ("shop", "web") in ingress.frontends
     # put back: the old container publishes 8080 itself again, so the frontend goes first
-    run("restore", {"project": "shop", "service": "web", "ingress": INGRESS,
+    run("restore", {"project": "shop", "service": "web", "env": "prod", "ingress": INGRESS,
                     "replicas": [{"replica": 1, "was_running": True}]})
     assert ("remove", "web") in ingress.calls and ("shop", "web") not in ingress.frontends
     assert names(engine) == [("shop-web-1", "running")] and engine.container("shop-web-1").id == old.id
@@ -337,9 +337,9 @@ def test_discard_prunes_file_versions_only_the_kept_containers_used(run, engine,
     os.utime(old_file, (1, 1))
     with open(os.path.join(files, "pw.000000000000"), "wb") as fh:
         fh.write(b"three")
-    res = run("discard", {"project": "shop"})
+    res = run("discard", {"project": "shop", "env": "prod"})
     assert [r["name"] for r in res["removed"]] == ["shop-web-1-prev"]
     assert res["pruned_files"] == ["web/secrets/" + os.path.basename(old_file)]
     assert sorted(os.listdir(files)) == sorted(["pw.000000000000", os.path.basename(new_file)])
     # the live container's version stays even when it is not the newest
-    assert run("discard", {"project": "shop"})["pruned_files"] == []
+    assert run("discard", {"project": "shop", "env": "prod"})["pruned_files"] == []

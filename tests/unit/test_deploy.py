@@ -291,7 +291,7 @@ def test_remove_orphans(lab):
     assert "shop-worker-1" in ids(lab)
     res = up(lab, without_worker, remove_orphans=True)
     assert "shop-worker-1" not in ids(lab) and not res.plan.is_noop
-    assert ("remove", {"project": "shop", "service": "worker"}) in lab.nodes["n1"].calls
+    assert ("remove", {"project": "shop", "service": "worker", "env": "dev"}) in lab.nodes["n1"].calls
 
 
 def test_scaling_down_removes_the_replica_on_the_other_node_after_success(lab):
@@ -302,7 +302,7 @@ def test_scaling_down_removes_the_replica_on_the_other_node_after_success(lab):
     assert [(a["service"], a["replicas"]) for a in retire] == [("web", [2])]
     assert [a.reason for a in res.plan.actions() if a.kind == "remove"] == ["scaled down"]
     # kept (stopped, renamed) until the release is live, then dropped
-    assert ("discard", {"project": "shop"}) in lab.nodes["n2"].calls
+    assert ("discard", {"project": "shop", "env": "dev"}) in lab.nodes["n2"].calls
     assert not [c for c in lab.nodes["n2"].engine.containers(["io.orch.project=shop"]) if c.name.endswith("-prev")]
 
 
@@ -464,3 +464,56 @@ def test_close_nodes_does_not_wait_forever_on_a_wedged_node():
         assert stuck and stuck[0].daemon  # left behind, and it cannot hold up the exit
     finally:
         release.set()
+
+
+def test_a_second_environment_on_the_same_nodes_is_refused_and_its_down_leaves_the_first(lab):
+    """Two environments of one project on one node would share every container, network
+    and volume name: the second is bad input before anything changes (agent.owner)."""
+    up(lab)
+    before = ids(lab)
+    vols = dict(lab.nodes["n1"].engine.vols)
+    for n in lab.nodes.values():
+        n.calls.clear()
+    qa = ws(lab, env="qa")
+    with pytest.raises(InputError) as err:
+        Deployment(qa, DeployOptions(), Progress(), lab.connector).run()
+    text = err.value.render()
+    assert err.value.exit_code == 2
+    assert "node n1 already runs project shop for environment dev" in text and "environment qa cannot" in text
+    assert "qa.yaml:3" in text and "nodes[0]" in text and "nodes[1]" in text  # file, line and key of each node
+    assert "orch down --env dev --volumes" in text and "orch up --env qa -p shop-qa" in text
+    for n in lab.nodes.values():
+        assert n.ops() == ["state"]  # nothing but the read
+    # qa sees none of dev's containers, and its down removes none of them, nor dev's volume
+    assert list_containers(qa, lab.connector) == []
+    res = take_down(qa, True, Progress(), lab.connector)
+    assert res.removed == [] and res.volumes == {} and res.networks == {}
+    assert ids(lab) == before and lab.nodes["n1"].engine.vols == vols
+
+
+def test_a_host_port_another_project_holds_on_the_node_is_refused_before_anything_changes(lab):
+    """The way out for a second environment on the same node is its own project name; its
+    host ports must differ too, and a clash is bad input up front, not a failed start."""
+    up(lab)
+    before = ids(lab)
+    for n in lab.nodes.values():
+        n.calls.clear()
+    qa = ws(lab, compose=SHOP.replace("name: shop", "name: shop-qa").replace('"8081:8081"', '"9081:8081"'),
+            env="qa")
+    with pytest.raises(InputError) as err:
+        Deployment(qa, DeployOptions(), Progress(), lab.connector).run()
+    text = err.value.render()
+    assert err.value.exit_code == 2
+    assert ("compose.yaml:3: services.db.ports: service db publishes host port 5432/tcp on node n1, but container "
+            "shop-db-1 (project shop, environment dev) already publishes it there") in text
+    assert "host port 8080/tcp on node n2, but container shop-web-2 (project shop, environment dev)" in text
+    assert "9081" not in text and "Fix: publish another host port for db" in text
+    for n in lab.nodes.values():
+        assert n.ops() == ["state"]
+    # with host ports of its own, the copy runs beside shop on the same nodes
+    own = SHOP.replace("name: shop", "name: shop-qa")
+    for old, new in (('"5432:5432"', '"6432:5432"'), ('"8081:8081"', '"9081:8081"'), ('"8080:80"', '"9080:80"')):
+        own = own.replace(old, new)
+    res = Deployment(ws(lab, compose=own, env="qa"), DeployOptions(), Progress(), lab.connector).run()
+    assert res.status == "ok" and ids(lab) == before
+    assert sorted(lab.nodes["n1"].engine.vols) == ["shop-qa_data", "shop_data"]

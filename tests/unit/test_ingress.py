@@ -551,7 +551,7 @@ def test_rolling_replacement_through_the_ops(sim):
     assert [c for c in w["commands"] if "web-1" in c] == []
 
     w["commands"].clear()
-    drained = sim("ingress_drain", {"project": "shop", "service": "web", "server": "web-1", "timeout": 5})
+    drained = sim("ingress_drain", {"project": "shop", "service": "web", "env": "prod", "server": "web-1", "timeout": 5})
     assert drained["drained"] and drained["state"] == "maint" and drained["remaining"] == 0
     assert w["commands"] == ["set server %s state drain" % ref, "set server %s state maint" % ref]
 
@@ -568,7 +568,7 @@ def test_rolling_replacement_through_the_ops(sim):
 
     # rollback: the old container comes back (same name, same address): warmed up again
     w["commands"].clear()
-    sim("ingress_drain", {"project": "shop", "service": "web", "server": "web-2", "timeout": 5})
+    sim("ingress_drain", {"project": "shop", "service": "web", "env": "prod", "server": "web-2", "timeout": 5})
     back = sim("ingress_sync", sync_args(backends=backends(1, 2)))
     assert back["changes"]["rewarm"] == ["web-2"] and back["changes"]["add"] == ["web-1"]
     assert {s["name"]: s["status"] for s in back["servers"]} == {"web-1": "UP", "web-2": "UP"}
@@ -629,18 +629,18 @@ def test_containers_must_be_ours_and_not_publish_the_port(sim):
 
 def test_drain_of_unknown_things(sim):
     with pytest.raises(AgentError) as err:
-        sim("ingress_drain", {"project": "shop", "service": "web", "server": "web-1"})
+        sim("ingress_drain", {"project": "shop", "service": "web", "env": "prod", "server": "web-1"})
     assert err.value.kind == "not_found"
     sim("ingress_sync", sync_args(backends=backends(1)))
     with pytest.raises(AgentError) as err:
-        sim("ingress_drain", {"project": "shop", "service": "web", "server": "web-9"})
+        sim("ingress_drain", {"project": "shop", "service": "web", "env": "prod", "server": "web-9"})
     assert err.value.kind == "not_found" and "it has: web-1" in err.value.message
 
 
 def test_drain_waits_for_sessions_then_times_out(sim):
     sim("ingress_sync", sync_args(backends=backends(1, 2)))
     sim.world["backends"]["be.shop.web"]["web-1"]["scur"] = 3  # three requests never finish
-    out = sim("ingress_drain", {"project": "shop", "service": "web", "server": "web-1", "timeout": 2})
+    out = sim("ingress_drain", {"project": "shop", "service": "web", "env": "prod", "server": "web-1", "timeout": 2})
     assert out["sessions"] == 3 and out["remaining"] == 3 and not out["drained"] and out["seconds"] >= 2
     assert sim.world["backends"]["be.shop.web"]["web-1"]["admin"] == "maint"
 
@@ -648,10 +648,10 @@ def test_drain_waits_for_sessions_then_times_out(sim):
 def test_remove_reloads_then_stops_with_the_last_service(sim):
     sim("ingress_sync", sync_args(backends=backends(1)))
     sim("ingress_sync", sync_args(service="api", port={"published": 9090, "target": 80}, backends=backends(2)))
-    assert sim("ingress_remove", {"project": "shop", "service": "api"})["process"] == "reloaded"
-    out = sim("ingress_remove", {"project": "shop", "service": "web"})
+    assert sim("ingress_remove", {"project": "shop", "service": "api", "env": "prod"})["process"] == "reloaded"
+    out = sim("ingress_remove", {"project": "shop", "service": "web", "env": "prod"})
     assert out == {"removed": True, "port": 8080, "process": "stopped", "running": False}
-    assert sim("ingress_remove", {"project": "shop", "service": "web"})["removed"] is False
+    assert sim("ingress_remove", {"project": "shop", "service": "web", "env": "prod"})["removed"] is False
     assert sim.world["events"] == ["start", "reload", "reload", "stop"]
     st = sim("ingress_status", {})
     assert st["frontends"] == [] and st["ok"] and not st["running"]
@@ -701,3 +701,27 @@ def test_a_new_health_check_reloads_and_keeps_the_servers_a_new_target_port_repl
     out = sim("ingress_sync", sync_args(port={"published": 8080, "target": 81}, backends=backends(1)))
     assert out["process"] == "reloaded" and out["changes"]["add"] == ["web-1"]
     assert sim.world["commands"][0].startswith("add server be.shop.web/web-1 172.18.0.2:81 ")
+
+
+def test_sync_never_takes_over_another_environments_frontend(sim):
+    """One project's service for two environments on one node (agent.owner)."""
+    sim("ingress_sync", sync_args(backends=backends(1)))
+    config, commands = sim.world["config"], list(sim.world["commands"])
+    with pytest.raises(AgentError) as err:
+        sim("ingress_sync", sync_args(env="qa", backends=backends(2)))
+    assert err.value.kind == "conflict" and "belongs to environment prod, not qa" in err.value.message
+    assert "orch down --env prod" in err.value.details["fix"]
+    assert sim.world["config"] == config and sim.world["commands"] == commands
+    assert [s["name"] for s in sim("ingress_status", {})["frontends"][0]["servers"]] == ["web-1"]
+
+
+def test_drain_and_remove_over_rpc_only_for_the_frontends_environment(sim):
+    sim("ingress_sync", sync_args(backends=backends(1)))
+    config = sim.world["config"]
+    for env in ({"env": "qa"}, {}):  # another environment, or none: not a licence
+        for op, extra in (("ingress_remove", {}), ("ingress_drain", {"server": "web-1"})):
+            with pytest.raises(AgentError) as err:
+                sim(op, dict({"project": "shop", "service": "web"}, **extra, **env))
+            assert err.value.kind == "conflict" and "belongs to environment prod" in err.value.message
+    assert sim.world["config"] == config
+    assert sim("ingress_remove", {"project": "shop", "service": "web", "env": "prod"})["removed"] is True

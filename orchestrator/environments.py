@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, Problem
+from orchestrator.limits import DOTENV_MAX_BYTES, present, read_bounded
 
 ENV_DIR_VARIABLE = "ORCH_ENVIRONMENTS"
 
@@ -77,14 +78,15 @@ class RegistrySpec:
             password = environ.get(self.password_env) or from_file.get(self.password_env)
         if password is None and self.password_file is not None:
             try:
-                password = self.password_file.read_text().strip()
+                raw = read_bounded(self.password_file, DOTENV_MAX_BYTES, "a password file")
+                password = raw.decode("utf-8", "replace").strip()
             except OSError as err:
                 raise InputError(
                     Problem(
                         f"cannot read the registry password file {self.password_file}: {err.strerror}",
                         file=self.source,
                         key="registry.password_file",
-                        fix="create the file (mode 0600) or point password_file at it.",
+                        fix=getattr(err, "fix", None) or "create the file (mode 0600) or point password_file at it.",
                     )
                 ) from None
         if user is None and password is None:
@@ -232,7 +234,7 @@ def load_environment(
 ) -> Environment:
     directory = environments_dir or globals()["environments_dir"](project_dir)
     candidates = [directory / f"{name}.yaml", directory / f"{name}.yml"]
-    path = next((p for p in candidates if p.is_file()), None)
+    path = next((p for p in candidates if present(p)), None)
     if path is None:
         known = list_environments(directory)
         hint = _near(name, known)
@@ -569,12 +571,13 @@ def render_templates(node, context: dict[str, Any], file: str):
 
 def _read_env_file(path: Path, source: str) -> dict[str, str]:
     try:
-        text = path.read_text()
+        text = read_bounded(path, DOTENV_MAX_BYTES, "a credentials file").decode("utf-8", "replace")
     except OSError as err:
         raise InputError(
             Problem(f"cannot read the registry credentials file {path}: {err.strerror}", file=source,
                     key="registry.credentials_file",
-                    fix="bring the lab up (`orch lab up`) or point credentials_file at your file.")
+                    fix=getattr(err, "fix", None)
+                    or "bring the lab up (`orch lab up`) or point credentials_file at your file.")
         ) from None
     out = {}
     for line in text.splitlines():

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from orchestrator.errors import InputError
+from orchestrator.limits import YAML_MAX_BYTES, present, read_bounded
 from orchestrator.yamlsrc import Loc, YMap, decode_utf8, no_gc, parse_yaml
 
 from .checks import check_services
@@ -75,11 +76,10 @@ class Loader:
         """Parse and interpolate one file; (None, False) after reporting a problem."""
         shown = self.shown(path)
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
+            raw = read_bounded(path, YAML_MAX_BYTES, "a Compose file")
         except OSError as err:
             self.problems.error(f"cannot read {shown}: {err.strerror or err}", file=shown,
-                                fix="check that the file exists and is readable")
+                                fix=getattr(err, "fix", None) or "check that the file exists and is readable")
             return None, False
         try:
             text = decode_utf8(raw, shown)
@@ -134,7 +134,7 @@ class Loader:
         key = str(path)
         if key in self._extends_cache:
             return self._extends_cache[key]
-        if not path.is_file():
+        if not present(path):
             self.problems.error(f"extends file not found: {self.shown(path)}", loc=loc,
                                 path=keypath, fix="correct file: (relative to the declaring file's folder)")
             self._extends_cache[key] = None

@@ -527,8 +527,10 @@ def _parse_verify(r: _Reader, doc) -> VerifySettings:
 def _check_template_syntax(r: _Reader, parent, key, path, text: str) -> None:
     import jinja2
 
+    from orchestrator import templates
+
     try:
-        jinja2.Environment().parse(text)
+        templates.environment().parse(text)
     except jinja2.TemplateSyntaxError as err:
         r.problem(parent, key, path, f"template syntax error: {err.message}",
                   fix="close every {{ ... }} and {% ... %}.")
@@ -537,27 +539,40 @@ def _check_template_syntax(r: _Reader, parent, key, path, text: str) -> None:
 # --------------------------------------------------------------------------- templates
 
 
-def render_templates(node, context: dict[str, Any], file: str):
-    """Render every string value of a located tree with Jinja2 in StrictUndefined mode."""
+def render_templates(node, context: dict[str, Any], file: str, prefix: str = "overlay"):
+    """Render every string value of a located tree with Jinja2 (sandboxed, StrictUndefined).
+
+    `prefix` is the key path of `node` in the file, for error messages.
+    """
     import jinja2
 
-    from orchestrator.yamlsrc import map_strings
+    from orchestrator import templates
+    from orchestrator.yamlsrc import iter_located, map_strings
 
-    jenv = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    jenv = templates.environment(keep_trailing_newline=True)
     problems: list[Problem] = []
     names = ", ".join(sorted(context))
+
+    def key_at(loc) -> str:  # only on errors: find which value is written at loc
+        for path, value, where in iter_located(node):
+            if isinstance(value, str) and where == loc:
+                return f"{prefix}.{path}" if not path.startswith("[") else prefix + path
+        return prefix
+
+    def problem(message: str, loc, fix: str) -> None:
+        problems.append(Problem(message, file=file, line=loc.line, column=loc.column, key=key_at(loc), fix=fix))
 
     def render(text: str, loc) -> str:
         if "{{" not in text and "{%" not in text and "{#" not in text:
             return text
         try:
-            return jenv.from_string(text).render(context)
+            return templates.render(jenv.from_string(text), context)
         except jinja2.UndefinedError as err:
-            problems.append(Problem(f"template error: {err.message}", file=file, line=loc.line,
-                                    column=loc.column, fix=f"define it under vars: or use one of: {names}."))
+            problem(f"template error: {err.message}", loc, f"define it under vars: or use one of: {names}.")
         except jinja2.TemplateSyntaxError as err:
-            problems.append(Problem(f"template syntax error: {err.message}", file=file, line=loc.line,
-                                    column=loc.column, fix="close every {{ ... }} and {% ... %}."))
+            problem(f"template syntax error: {err.message}", loc, "close every {{ ... }} and {% ... %}.")
+        except templates.TemplateFailed as err:
+            problem(err.message, loc, err.fix)
         return text
 
     rendered = map_strings(node, render)

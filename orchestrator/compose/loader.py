@@ -15,7 +15,7 @@ from orchestrator.errors import InputError
 from orchestrator.limits import YAML_MAX_BYTES, present, read_bounded
 from orchestrator.yamlsrc import Loc, YMap, decode_utf8, no_gc, parse_yaml
 
-from .checks import check_services
+from .checks import check_services, has_dependency_cycle
 from .discovery import display_name, find_files, load_variables, project_name
 from .extends import apply_extends
 from .include import apply_include
@@ -237,6 +237,10 @@ def _load(opts: LoadOptions) -> Project:
     project.extensions = {k: _plain(v) for k, v in merged.items()
                           if isinstance(k, str) and k.startswith("x-")}
     problems.raise_if_any()
+    if has_dependency_cycle(enabled):  # refused by every command, `orch config` too (as docker compose does)
+        from orchestrator.graph import build_graph
+
+        build_graph(project)  # raises the cycle's InputError, worded as `orch graph` words it
     project.warnings = list(problems.warnings)
     return project
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, Problem
-from orchestrator.limits import DOTENV_MAX_BYTES, present, read_bounded
+from orchestrator.limits import DOTENV_MAX_BYTES, YAML_MAX_BYTES, check_file, present, read_bounded
 
 ENV_DIR_VARIABLE = "ORCH_ENVIRONMENTS"
 
@@ -317,6 +317,15 @@ class _Reader:
             Problem(message, file=self.file, line=loc[0], column=loc[1], key=path, fix=fix)
         )
 
+    def file_path(self, parent, key, path: str, env_file: Path, limit: int = YAML_MAX_BYTES) -> Path | None:
+        """A path key naming a file read later (by orch, paramiko or ssl): refused now when
+        it is a device, FIFO or socket (a read would never end) or over `limit`."""
+        p = _path(self.typed(parent, key, path, (str,), "a path"), env_file)
+        refused = check_file(p, limit, "this file") if p is not None else None
+        if refused is not None:
+            self.problem(parent, key, path, f"cannot use {p}: {refused.strerror}", fix=refused.fix)
+        return p
+
     def mapping(self, parent, key, path: str, known: set[str], value=None) -> dict:
         value = parent.get(key) if value is None and parent is not None else value
         if value is None:
@@ -397,7 +406,6 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
             if not isinstance(labels, dict):
                 r.problem(raw, "labels", f"{p}.labels", f"must be a mapping, not {_kind(labels)}")
                 labels = {}
-            identity = r.typed(raw, "identity_file", f"{p}.identity_file", (str,), "a path")
             port = r.typed(raw, "port", f"{p}.port", (int,), "a port number", default=22)
             if not (0 < port < 65536):
                 r.problem(raw, "port", f"{p}.port", f"port {port} is out of range", fix="use 1-65535.")
@@ -413,7 +421,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
                     host=host,
                     port=port,
                     user=r.typed(raw, "user", f"{p}.user", (str,), "a string", default="root"),
-                    identity_file=_path(identity, path),
+                    identity_file=r.file_path(raw, "identity_file", f"{p}.identity_file", path),
                     labels={str(k): str(v) for k, v in labels.items()},
                     jump=r.typed(raw, "jump", f"{p}.jump", (str,), "a string like user@host:port"),
                     python=python,
@@ -422,7 +430,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
 
     raw_ssh = r.mapping(doc, "ssh", "ssh", _SSH_KEYS)
     ssh = SSHSettings(
-        known_hosts=_path(r.typed(raw_ssh, "known_hosts", "ssh.known_hosts", (str,), "a path"), path),
+        known_hosts=r.file_path(raw_ssh, "known_hosts", "ssh.known_hosts", path),
         connect_timeout=float(r.typed(raw_ssh, "connect_timeout", "ssh.connect_timeout", (int, float), "seconds", 10.0)),
         command_timeout=float(r.typed(raw_ssh, "command_timeout", "ssh.command_timeout", (int, float), "seconds", 600.0)),
         strict_host_keys=r.typed(raw_ssh, "strict_host_keys", "ssh.strict_host_keys", (bool,), "true or false", True),
@@ -432,12 +440,12 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
     s = lambda k: r.typed(raw_reg, k, f"registry.{k}", (str,), "a string")  # noqa: E731
     registry = RegistrySpec(
         address=s("address"),
-        ca_file=_path(s("ca_file"), path),
+        ca_file=r.file_path(raw_reg, "ca_file", "registry.ca_file", path),
         username=s("username"),
         username_env=s("username_env"),
         password_env=s("password_env"),
-        password_file=_path(s("password_file"), path),
-        credentials_file=_path(s("credentials_file"), path),
+        password_file=r.file_path(raw_reg, "password_file", "registry.password_file", path, DOTENV_MAX_BYTES),
+        credentials_file=r.file_path(raw_reg, "credentials_file", "registry.credentials_file", path, DOTENV_MAX_BYTES),
         source=file,
         mirror=s("mirror"),
     )

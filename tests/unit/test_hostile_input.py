@@ -232,12 +232,11 @@ def test_secret_and_config_files_are_refused(tmp_path, section, case):
 
 @pytest.mark.parametrize("which", ["credentials_file", "password_file"])
 def test_registry_credential_files_are_read_bounded(tmp_path, which):
-    from orchestrator.environments import parse_environment
+    """Read when credentials are needed: a file that became a device since is refused too."""
+    from orchestrator.environments import RegistrySpec
 
-    env = tmp_path / "dev.yaml"
-    env.write_text(ENV_FILE + f"registry:\n  address: 127.0.0.1:5000\n  username: me\n  {which}: /dev/zero\n"
-                   + ("  password_env: PW\n" if which == "credentials_file" else ""))
-    registry = parse_environment(env).registry
+    registry = RegistrySpec(address="127.0.0.1:5000", username="me", password_env="PW", source="dev.yaml",
+                            **{which: Path("/dev/zero")})
     box: dict = {}
     worker = threading.Thread(target=lambda: box.setdefault("r", _catch(registry.credentials, {})), daemon=True)
     worker.start()
@@ -245,8 +244,28 @@ def test_registry_credential_files_are_read_bounded(tmp_path, which):
     assert not worker.is_alive(), "reading /dev/zero did not finish"
     err = box["r"]
     assert isinstance(err, InputError), err
-    assert err.problems[0].key == f"registry.{which}" and err.problems[0].file == str(env)
+    assert err.problems[0].key == f"registry.{which}" and err.problems[0].file == "dev.yaml"
     assert "character device" in err.problems[0].message
+
+
+@pytest.mark.parametrize("key, section", [
+    ("credentials_file", "registry"), ("password_file", "registry"), ("ca_file", "registry"),
+    ("known_hosts", "ssh"), ("identity_file", "nodes[0]"),
+])
+def test_environment_file_paths_that_are_devices_are_refused(tmp_path, key, section):
+    from orchestrator.environments import parse_environment
+
+    env = tmp_path / "dev.yaml"
+    if section == "nodes[0]":
+        env.write_text(ENV_FILE + f"    {key}: /dev/zero\n")
+    else:
+        env.write_text(ENV_FILE + f"{section}:\n  {key}: /dev/zero\n")
+    with pytest.raises(InputError) as info:
+        parse_environment(env)
+    [problem] = info.value.problems
+    line = 5 if section == "nodes[0]" else 6
+    assert (problem.file, problem.line, problem.key) == (str(env), line, f"{section}.{key}")
+    assert "/dev/zero: it is a character device, not a regular file" in problem.message and problem.fix
 
 
 def _catch(fn, *args):

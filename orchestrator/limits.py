@@ -89,12 +89,11 @@ def check_file(path: str | os.PathLike, limit: int, what: str = "the file") -> F
     return _too_large(limit, what) if st.st_size > limit else None
 
 
-def read_bounded(path: str | os.PathLike, limit: int, what: str = "the file") -> bytes:
-    """The bytes of the regular file `path`, refusing it when it holds more than `limit`.
+def open_regular(path: str | os.PathLike, what: str = "the file") -> int:
+    """A read-only descriptor on the regular file `path` (the caller closes it).
 
-    Raises FileNotFoundError, IsADirectoryError, PermissionError... as open() does, and
-    FileRefused for a device, FIFO or socket, or a file larger than `limit`. Reads at
-    most limit + 1 bytes whatever the file claims (procfs files say they are empty).
+    Raises as os.open() does, IsADirectoryError, and FileRefused for a device, FIFO or
+    socket, checked on the opened file (no window between a stat and the open).
     """
     # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -104,6 +103,21 @@ def read_bounded(path: str | os.PathLike, limit: int, what: str = "the file") ->
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
         if not stat.S_ISREG(mode):
             raise _not_regular(mode, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_bounded(path: str | os.PathLike, limit: int, what: str = "the file") -> bytes:
+    """The bytes of the regular file `path`, refusing it when it holds more than `limit`.
+
+    Raises FileNotFoundError, IsADirectoryError, PermissionError... as open() does, and
+    FileRefused for a device, FIFO or socket, or a file larger than `limit`. Reads at
+    most limit + 1 bytes whatever the file claims (procfs files say they are empty).
+    """
+    fd = open_regular(path, what)
+    try:
         chunks: list[bytes] = []
         left = limit + 1
         while left > 0:

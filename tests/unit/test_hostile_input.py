@@ -292,3 +292,21 @@ def test_read_bounded_reads_up_to_the_limit(tmp_path):
         limits.read_bounded(f, 99)
     with pytest.raises(IsADirectoryError):
         limits.read_bounded(tmp_path, 100)
+
+
+def test_build_context_hash_skips_devices_and_fifos(tmp_path):
+    """The source version hashes every file of a build context: a FIFO or /dev/zero there must not hang it."""
+    from orchestrator.images import content_hash
+
+    (tmp_path / "app.txt").write_text("hello")
+    before = content_hash([tmp_path])
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo")
+    box: dict = {}
+    worker = threading.Thread(target=lambda: box.setdefault("r", _catch(content_hash, [tmp_path])), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "hashing the build context did not finish"
+    assert isinstance(box["r"], str) and box["r"] != before  # their names still count
+    (tmp_path / "app.txt").write_text("hello!")
+    assert content_hash([tmp_path]) != box["r"]

@@ -21,7 +21,7 @@ SECRET_MAX_BYTES = 1024 * 1024  # secret and config files (agent.spec.MAX_FILE_B
 
 # YAML documents (orchestrator.yamlsrc).
 YAML_MAX_DEPTH = 100  # nested mappings/lists; Compose itself needs fewer than 10
-YAML_MAX_ALIAS_NODES = 100_000  # values built again because an alias (*name) repeats them
+YAML_MAX_ALIAS_NODES = 250_000  # values built again because an alias (*name) repeats them
 YAML_MAX_ALIAS_CHARS = 10_000_000  # characters of the scalars those repeated values hold
 
 # ${VAR:-${OTHER:-...}} nesting (orchestrator.compose.interpolate).

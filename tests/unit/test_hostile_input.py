@@ -140,11 +140,11 @@ def test_orch_config_exits_2_on_a_dev_zero_secret(tmp_path):
 
 def test_alias_bomb_is_named_where_the_alias_is_written(tmp_path):
     (tmp_path / "compose.yaml").write_text(
-        "x-a: &a [" + ",".join(['"' + "x" * 20 + '"'] * 300) + "]\n"
-        + "x-b: &b [" + ",".join(["*a"] * 300) + "]\n" + SERVICE + "    labels:\n      many: *b\n")
+        "x-a: &a [" + ",".join(['"' + "x" * 20 + '"'] * 400) + "]\n"
+        + "x-b: &b [" + ",".join(["*a"] * 400) + "]\n" + SERVICE + "    labels:\n      many: *b\n")
     problem = refused(tmp_path)
-    assert "aliases expand to more than 100,000 values" in problem["message"]
-    # x-b copies 90,300 values (under the budget); the alias under labels crosses it
+    assert "aliases expand to more than 250,000 values" in problem["message"]
+    # x-b copies 160,400 values (under the budget); the alias under labels crosses it
     assert (problem["line"], problem["column"], problem["key"]) == (7, 7, "services.web.labels.many")
 
 
@@ -156,6 +156,15 @@ def test_ordinary_anchors_and_merge_keys_still_load(tmp_path):
     code, final, stderr = orch(["config"], tmp_path)
     assert code == 0, stderr
     assert final["project"]["services"]["s199"]["labels"] == {"a": "1", "b": "2"}
+
+
+def test_merge_keys_at_scale_stay_within_the_alias_budget():
+    from orchestrator.yamlsrc import parse_yaml
+
+    defaults = "".join(f"  k{i}: v{i}\n" for i in range(20))
+    services = "".join(f"  s{i}:\n    <<: *d\n    image: busybox\n" for i in range(5000))
+    doc = parse_yaml("x-d: &d\n" + defaults + "services:\n" + services, "compose.yaml")
+    assert doc["services"]["s4999"]["k19"] == "v19" and len(doc["services"]) == 5000
 
 
 # --------------------------------------------------------------------------- interpolation

@@ -1,5 +1,7 @@
 # make demo: install what is missing, bring the lab up, run the pipeline on the example app.
 # make test: the full suite (unit tests, then end-to-end tests against the lab).
+# make fuzz: hypothesis over the Compose loader, interpolation, .env and environment files and
+#   the agent's request parser, for FUZZ_SECONDS (default 120; not part of make test).
 # make bench: the benchmarks on the lab, written to bench/RESULTS.md (not part of make test);
 #   options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--only noop --runs 3".
 SHELL := /bin/bash
@@ -11,7 +13,7 @@ ORCH := $(BIN)/orch
 LAB_PACKAGES := python3 docker.io docker-registry openssh-server openssh-client busybox-static \
 	debootstrap iproute2 iptables openssl apache2-utils util-linux procps docker-compose haproxy
 
-.PHONY: all venv system-deps demo test unit e2e lab lab-down lab-status bench clean
+.PHONY: all venv system-deps demo test unit e2e lab lab-down lab-status bench fuzz clean
 
 all: venv
 
@@ -50,6 +52,10 @@ test: system-deps venv lab
 
 demo: system-deps venv lab
 	examples/demo.sh
+
+FUZZ_SECONDS ?= 120
+fuzz: venv
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m tests.fuzz.run
 
 BENCH_ARGS ?=
 bench: system-deps venv lab

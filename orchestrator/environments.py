@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, Problem
+from orchestrator.limits import DOTENV_MAX_BYTES, YAML_MAX_BYTES, check_file, present, read_bounded
 
 ENV_DIR_VARIABLE = "ORCH_ENVIRONMENTS"
 
@@ -87,14 +88,15 @@ class RegistrySpec:
             password = environ.get(self.password_env) or from_file.get(self.password_env)
         if password is None and self.password_file is not None:
             try:
-                password = self.password_file.read_text().strip()
+                raw = read_bounded(self.password_file, DOTENV_MAX_BYTES, "a password file")
+                password = raw.decode("utf-8", "replace").strip()
             except OSError as err:
                 raise InputError(
                     Problem(
                         f"cannot read the registry password file {self.password_file}: {err.strerror}",
                         file=self.source,
                         key=f"{self.key}.password_file", **self.at("password_file"),
-                        fix="create the file (mode 0600) or point password_file at it.",
+                        fix=getattr(err, "fix", None) or "create the file (mode 0600) or point password_file at it.",
                     )
                 ) from None
         if user is None and password is None:
@@ -257,7 +259,7 @@ def load_environment(
 ) -> Environment:
     directory = environments_dir or globals()["environments_dir"](project_dir)
     candidates = [directory / f"{name}.yaml", directory / f"{name}.yml"]
-    path = next((p for p in candidates if p.is_file()), None)
+    path = next((p for p in candidates if present(p)), None)
     if path is None:
         known = list_environments(directory)
         hint = _near(name, known)
@@ -341,6 +343,15 @@ class _Reader:
             Problem(message, file=self.file, line=loc[0], column=loc[1], key=path, fix=fix)
         )
 
+    def file_path(self, parent, key, path: str, env_file: Path, limit: int = YAML_MAX_BYTES) -> Path | None:
+        """A path key naming a file read later (by orch, paramiko or ssl): refused now when
+        it is a device, FIFO or socket (a read would never end) or over `limit`."""
+        p = _path(self.typed(parent, key, path, (str,), "a path"), env_file)
+        refused = check_file(p, limit, "this file") if p is not None else None
+        if refused is not None:
+            self.problem(parent, key, path, f"cannot use {p}: {refused.strerror}", fix=refused.fix)
+        return p
+
     def mapping(self, parent, key, path: str, known: set[str], value=None) -> dict:
         value = parent.get(key) if value is None and parent is not None else value
         if value is None:
@@ -421,7 +432,6 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
             if not isinstance(labels, dict):
                 r.problem(raw, "labels", f"{p}.labels", f"must be a mapping, not {_kind(labels)}")
                 labels = {}
-            identity = r.typed(raw, "identity_file", f"{p}.identity_file", (str,), "a path")
             port = r.typed(raw, "port", f"{p}.port", (int,), "a port number", default=22)
             if not (0 < port < 65536):
                 r.problem(raw, "port", f"{p}.port", f"port {port} is out of range", fix="use 1-65535.")
@@ -437,7 +447,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
                     host=host,
                     port=port,
                     user=r.typed(raw, "user", f"{p}.user", (str,), "a string", default="root"),
-                    identity_file=_path(identity, path),
+                    identity_file=r.file_path(raw, "identity_file", f"{p}.identity_file", path),
                     labels={str(k): str(v) for k, v in labels.items()},
                     jump=r.typed(raw, "jump", f"{p}.jump", (str,), "a string like user@host:port"),
                     python=python,
@@ -447,7 +457,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
 
     raw_ssh = r.mapping(doc, "ssh", "ssh", _SSH_KEYS)
     ssh = SSHSettings(
-        known_hosts=_path(r.typed(raw_ssh, "known_hosts", "ssh.known_hosts", (str,), "a path"), path),
+        known_hosts=r.file_path(raw_ssh, "known_hosts", "ssh.known_hosts", path),
         connect_timeout=float(r.typed(raw_ssh, "connect_timeout", "ssh.connect_timeout", (int, float), "seconds", 10.0)),
         command_timeout=float(r.typed(raw_ssh, "command_timeout", "ssh.command_timeout", (int, float), "seconds", 600.0)),
         strict_host_keys=r.typed(raw_ssh, "strict_host_keys", "ssh.strict_host_keys", (bool,), "true or false", True),
@@ -457,12 +467,12 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
     s = lambda k: r.typed(raw_reg, k, f"registry.{k}", (str,), "a string")  # noqa: E731
     registry = RegistrySpec(
         address=s("address"),
-        ca_file=_path(s("ca_file"), path),
+        ca_file=r.file_path(raw_reg, "ca_file", "registry.ca_file", path),
         username=s("username"),
         username_env=s("username_env"),
         password_env=s("password_env"),
-        password_file=_path(s("password_file"), path),
-        credentials_file=_path(s("credentials_file"), path),
+        password_file=r.file_path(raw_reg, "password_file", "registry.password_file", path, DOTENV_MAX_BYTES),
+        credentials_file=r.file_path(raw_reg, "credentials_file", "registry.credentials_file", path, DOTENV_MAX_BYTES),
         source=file,
         mirror=s("mirror"),
         locations=_locations(doc, "registry", raw_reg),
@@ -548,12 +558,12 @@ def _parse_registries(r: _Reader, doc, own: RegistrySpec, path: Path) -> tuple[R
         seen[canon] = p
         out.append(RegistrySpec(
             address=address,
-            ca_file=_path(s("ca_file"), path),
+            ca_file=r.file_path(entry, "ca_file", f"{p}.ca_file", path),
             username=s("username"),
             username_env=s("username_env"),
             password_env=s("password_env"),
-            password_file=_path(s("password_file"), path),
-            credentials_file=_path(s("credentials_file"), path),
+            password_file=r.file_path(entry, "password_file", f"{p}.password_file", path, DOTENV_MAX_BYTES),
+            credentials_file=r.file_path(entry, "credentials_file", f"{p}.credentials_file", path, DOTENV_MAX_BYTES),
             source=str(path),
             key=p,
             locations=_locations(raw, i, entry),
@@ -618,8 +628,10 @@ def _parse_verify(r: _Reader, doc) -> VerifySettings:
 def _check_template_syntax(r: _Reader, parent, key, path, text: str) -> None:
     import jinja2
 
+    from orchestrator import templates
+
     try:
-        jinja2.Environment().parse(text)
+        templates.environment().parse(text)
     except jinja2.TemplateSyntaxError as err:
         r.problem(parent, key, path, f"template syntax error: {err.message}",
                   fix="close every {{ ... }} and {% ... %}.")
@@ -628,27 +640,40 @@ def _check_template_syntax(r: _Reader, parent, key, path, text: str) -> None:
 # --------------------------------------------------------------------------- templates
 
 
-def render_templates(node, context: dict[str, Any], file: str):
-    """Render every string value of a located tree with Jinja2 in StrictUndefined mode."""
+def render_templates(node, context: dict[str, Any], file: str, prefix: str = "overlay"):
+    """Render every string value of a located tree with Jinja2 (sandboxed, StrictUndefined).
+
+    `prefix` is the key path of `node` in the file, for error messages.
+    """
     import jinja2
 
-    from orchestrator.yamlsrc import map_strings
+    from orchestrator import templates
+    from orchestrator.yamlsrc import iter_located, map_strings
 
-    jenv = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    jenv = templates.environment(keep_trailing_newline=True)
     problems: list[Problem] = []
     names = ", ".join(sorted(context))
+
+    def key_at(loc) -> str:  # only on errors: find which value is written at loc
+        for path, value, where in iter_located(node):
+            if isinstance(value, str) and where == loc:
+                return f"{prefix}.{path}" if not path.startswith("[") else prefix + path
+        return prefix
+
+    def problem(message: str, loc, fix: str) -> None:
+        problems.append(Problem(message, file=file, line=loc.line, column=loc.column, key=key_at(loc), fix=fix))
 
     def render(text: str, loc) -> str:
         if "{{" not in text and "{%" not in text and "{#" not in text:
             return text
         try:
-            return jenv.from_string(text).render(context)
+            return templates.render(jenv.from_string(text), context)
         except jinja2.UndefinedError as err:
-            problems.append(Problem(f"template error: {err.message}", file=file, line=loc.line,
-                                    column=loc.column, fix=f"define it under vars: or use one of: {names}."))
+            problem(f"template error: {err.message}", loc, f"define it under vars: or use one of: {names}.")
         except jinja2.TemplateSyntaxError as err:
-            problems.append(Problem(f"template syntax error: {err.message}", file=file, line=loc.line,
-                                    column=loc.column, fix="close every {{ ... }} and {% ... %}."))
+            problem(f"template syntax error: {err.message}", loc, "close every {{ ... }} and {% ... %}.")
+        except templates.TemplateFailed as err:
+            problem(err.message, loc, err.fix)
         return text
 
     rendered = map_strings(node, render)
@@ -671,12 +696,13 @@ def _locations(parent, key, mapping) -> dict[str, tuple[int | None, int | None]]
 def _read_env_file(path: Path, source: str, key: str = "registry.credentials_file",
                    at: Mapping[str, int | None] | None = None) -> dict[str, str]:
     try:
-        text = path.read_text()
+        text = read_bounded(path, DOTENV_MAX_BYTES, "a credentials file").decode("utf-8", "replace")
     except OSError as err:
         raise InputError(
             Problem(f"cannot read the registry credentials file {path}: {err.strerror}", file=source,
                     key=key, **(at or {}),
-                    fix="bring the lab up (`orch lab up`) or point credentials_file at your file.")
+                    fix=getattr(err, "fix", None)
+                    or "bring the lab up (`orch lab up`) or point credentials_file at your file.")
         ) from None
     out = {}
     for line in text.splitlines():

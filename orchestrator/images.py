@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, OrchError, Problem
+from orchestrator.limits import open_regular
 from orchestrator.registry_client import (
     ImageNotFound,
     ImageRef,
@@ -166,10 +167,7 @@ def compute_version(paths: list[Path], override: str | None = None, *, run: Call
     untracked = (_git(run, top_path, "ls-files", "-z", "--others", "--exclude-standard", "--", *inside) or b"")
     for rel in sorted(x for x in untracked.split(b"\0") if x):
         h.update(b"\0untracked\0" + rel + b"\0")
-        try:
-            h.update((top_path / rel.decode()).read_bytes())
-        except OSError:
-            pass
+        _hash_file(h, top_path / rel.decode())
     if outside:
         h.update(b"\0outside\0" + content_hash(outside).encode())
     if not status.strip() and outside:
@@ -192,7 +190,8 @@ def content_hash(paths: Iterable[Path]) -> str:
     for root in paths:
         root = Path(root)
         if root.is_file():
-            h.update(root.name.encode() + b"\0" + root.read_bytes())
+            h.update(root.name.encode() + b"\0")
+            _hash_file(h, root)
             continue
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d != ".git")
@@ -200,11 +199,23 @@ def content_hash(paths: Iterable[Path]) -> str:
                 p = Path(dirpath) / name
                 rel = p.relative_to(root).as_posix()
                 h.update(b"\0" + rel.encode() + b"\0")
-                try:
-                    h.update(p.read_bytes())
-                except OSError:
-                    pass
+                _hash_file(h, p)
     return h.hexdigest()[:SHORT_HASH]
+
+
+def _hash_file(h: Any, path: Path) -> None:
+    """Add a regular file's bytes to h, in chunks (build contexts may hold large files).
+
+    Devices, FIFOs and sockets add nothing: /dev/zero or a FIFO in a context would
+    make the read never end.
+    """
+    try:
+        fd = open_regular(path)
+    except OSError:
+        return
+    with os.fdopen(fd, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
 
 
 # --------------------------------------------------------------------------- planning

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, OrchError, Problem
+from orchestrator.limits import SECRET_MAX_BYTES, read_bounded
 from orchestrator.progress import Progress
 from orchestrator.releases import (
     DEFAULT_KEEP_IMAGES,
@@ -257,9 +258,8 @@ def secret_values(project: Any, environ: Mapping[str, str] | None = None) -> lis
         if secret.environment:
             value = (getattr(project, "variables", None) or {}).get(secret.environment) or environ.get(secret.environment)
         elif secret.file:
-            try:
-                if os.path.getsize(secret.file) <= 65536:
-                    value = Path(secret.file).read_text("utf-8", "replace").strip()
+            try:  # bounded: the loader refused devices and large files, but the file may have changed since
+                value = read_bounded(secret.file, SECRET_MAX_BYTES, "a secret file").decode("utf-8", "replace").strip()
             except OSError:
                 value = None
         elif getattr(secret, "content", None):

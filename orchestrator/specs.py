@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, Problem
+from orchestrator.limits import SECRET_MAX_BYTES, read_bounded
 from orchestrator.rollout import read_ingress, read_policy
 
 # What `apply` waits for, per depends_on condition (agent.operations.WAIT_MODES).
@@ -821,7 +822,7 @@ class _Compiler:
 
     def _content(self, section: str, name: str, decl: Any) -> bytes | None:
         if decl.file:
-            return Path(decl.file).read_bytes()
+            return read_bounded(decl.file, SECRET_MAX_BYTES, f"a {section[:-1]} file")
         if decl.environment:
             value = self.project.variables.get(decl.environment)
             if value is None:

@@ -221,7 +221,9 @@ def plan_checks(env: Any, project: Any = None, placement: Mapping[str, list[str]
     import jinja2
     from jinja2 import meta
 
-    jenv = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    from orchestrator import templates
+
+    jenv = templates.environment()
     base = env.template_context()
     base["project"] = {"name": project.name if project is not None else ""}
     base["release"] = {"id": release}
@@ -294,8 +296,17 @@ def _location(check: Any, key: str) -> tuple[int | None, int | None]:
 def _render(template: Any, ctx: dict, check: Any, env: Any, problems: list[Problem]) -> str | None:
     import jinja2
 
+    from orchestrator import templates
+
     try:
-        return template.render(ctx).strip()
+        return templates.render(template, ctx).strip()
+    except templates.TemplateFailed as err:
+        line, column = _location(check, "http")
+        problem = Problem(f"check {check.name}: {err.message}", file=str(env.file), line=line, column=column,
+                          key=_key(check, "http"), fix=err.fix)
+        if problem not in problems:
+            problems.append(problem)
+        return None
     except jinja2.UndefinedError as err:
         line, column = _location(check, "http")
         problem = Problem(f"check {check.name}: template error: {err.message}", file=str(env.file), line=line,

@@ -25,6 +25,11 @@ twice in the same mapping is an error.
 Errors raise `orchestrator.errors.InputError` with file, line, column and a fix:
 syntax errors, duplicate keys, unknown tags, recursive aliases, files that are not
 UTF-8, unreadable files. An empty document parses to None.
+
+Hostile input is refused the same way (limits in `orchestrator.limits`): files over
+YAML_MAX_BYTES or that are not regular files, nesting deeper than YAML_MAX_DEPTH, and
+aliases that repeat more than YAML_MAX_ALIAS_NODES values or YAML_MAX_ALIAS_CHARS
+characters (a "billion laughs" of nested aliases is refused as soon as it passes them).
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from orchestrator.errors import InputError, Problem
+from orchestrator.limits import (
+    YAML_MAX_ALIAS_CHARS,
+    YAML_MAX_ALIAS_NODES,
+    YAML_MAX_BYTES,
+    YAML_MAX_DEPTH,
+    read_bounded,
+)
 
 try:  # libyaml: parsing and composing in C
     from yaml._yaml import CParser as _Parser
@@ -359,13 +371,52 @@ class _Loader(_Parser):
         pass
 
 
+class _Refused(Exception):
+    """A document over a limit: stops the build; each frame it leaves adds its key."""
+
+    def __init__(self, message: str, fix: str, mark):
+        super().__init__(message)
+        self.message, self.fix, self.mark = message, fix, mark
+        self.path: list = []  # innermost first
+        self.from_alias = False  # raised inside a value an alias repeats
+
+    def leave(self, key, mark) -> None:
+        """Called by the mapping or list holding `key` (written at `mark`)."""
+        if self.from_alias:  # report the alias where it is written, not the copy's insides
+            self.path, self.mark, self.from_alias = [key], mark, False
+        else:
+            self.path.append(key)
+
+    def key(self) -> str | None:
+        parts = self.path[::-1]
+        text = ""
+        for part in parts[:12]:
+            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        return (text + ("..." if len(parts) > 12 else "")) or None
+
+
+# A scalar this long is remembered, so an alias repeating it is charged (shorter ones
+# cannot amplify a file more than a few times: `*a` takes 3 bytes to write).
+_LONG_SCALAR = 64
+
+
 class _Builder:
-    """Turns composed PyYAML nodes into YMap / YList / scalars, collecting problems."""
+    """Turns composed PyYAML nodes into YMap / YList / scalars, collecting problems.
+
+    Aliases make the composed document a graph whose nodes are shared; building turns
+    it into a tree, copying a shared node each time it is reached again. Those copies
+    are charged against the alias budget, and nesting against the depth limit.
+    """
 
     def __init__(self, file: str):
         self.file = file
         self.problems: list[Problem] = []
         self._active: set[int] = set()
+        self._built: set[int] = set()  # containers and long scalars built once already
+        self._depth = 0
+        self._copying = 0  # > 0 while building a repeated (aliased) value
+        self._alias_nodes = 0
+        self._alias_chars = 0
 
     def pos(self, node) -> _Pos:
         m = node.start_mark
@@ -392,12 +443,26 @@ class _Builder:
         std, ctag = self.tag(node)
         cls = type(node)
         if cls is ScalarNode:
+            if len(node.value) > _LONG_SCALAR:
+                self.long_scalar(node)
             return self.scalar(node, std), ctag
         key = id(node)
         if key in self._active:
             self.problem(node, "recursive YAML alias (an anchor that contains itself)",
                          "remove the alias that refers back to its own anchor")
             return None, ctag
+        copy = key in self._built
+        if copy:
+            self._copying += 1
+        else:
+            self._built.add(key)
+        if self._copying:
+            self.charge(node)
+        self._depth += 1
+        if self._depth > YAML_MAX_DEPTH:
+            raise _Refused(f"YAML nested deeper than {YAML_MAX_DEPTH} levels",
+                           f"flatten the structure (the limit is {YAML_MAX_DEPTH} levels of mappings and lists)",
+                           node.start_mark)
         self._active.add(key)
         try:
             if cls is MappingNode:
@@ -407,8 +472,41 @@ class _Builder:
             if std not in (None, _SEQ_TAG):
                 self.unknown_tag(node)
             return self.sequence(node), ctag
+        except _Refused as err:
+            err.from_alias = err.from_alias or copy
+            raise
         finally:
             self._active.discard(key)
+            self._depth -= 1
+            if copy:
+                self._copying -= 1
+
+    def charge(self, node) -> None:
+        """Charge a copied container (its items and their scalar text) to the alias budget."""
+        self._alias_nodes += 1 + len(node.value)
+        chars = 0
+        for item in node.value:
+            for sub in (item if type(item) is tuple else (item,)):
+                if type(sub) is ScalarNode:
+                    chars += len(sub.value)
+        self._alias_chars += chars
+        self.check_budget(node)
+
+    def long_scalar(self, node) -> None:
+        key = id(node)
+        if key in self._built:
+            self._alias_chars += len(node.value)
+            self.check_budget(node)
+        else:
+            self._built.add(key)
+
+    def check_budget(self, node) -> None:
+        if self._alias_nodes > YAML_MAX_ALIAS_NODES or self._alias_chars > YAML_MAX_ALIAS_CHARS:
+            raise _Refused(
+                f"YAML aliases expand to more than {YAML_MAX_ALIAS_NODES:,} values or "
+                f"{YAML_MAX_ALIAS_CHARS:,} characters (nested aliases, a \"billion laughs\")",
+                "write the values out or use fewer, smaller aliases (*name) and merge keys (<<:)",
+                node.start_mark)
 
     def unknown_tag(self, node) -> None:
         self.problem(
@@ -466,43 +564,54 @@ class _Builder:
         meta = out._meta
         file = self.file
         merges = []
-        for knode, vnode in node.value:
-            if type(knode) is not ScalarNode:
-                self.key_text(knode)  # reports the problem
-                continue
-            key = knode.value
-            ktag = knode.tag
-            if ktag == _MERGE_TAG or (key == "<<" and ktag is None):
-                merges.append(vnode)
-                continue
-            km = knode.start_mark
-            if key in out:
-                first = meta[key]
-                self.problems.append(Problem(
-                    f"duplicate key {key!r} (already defined at line {first[1]})",
-                    file=file, line=km.line + 1, column=km.column + 1,
-                    fix=f"keep only one {key!r} in this mapping",
-                ))
-                continue
-            ctag = None
-            if type(vnode) is ScalarNode:
-                vtag = vnode.tag
-                if vtag is None:  # plain (quoted scalars are tagged str by _Loader)
+        knode = None
+        try:  # costs nothing until a limit is hit; then names the key being built
+            for knode, vnode in node.value:
+                if type(knode) is not ScalarNode:
+                    self.key_text(knode)  # reports the problem
+                    continue
+                key = knode.value
+                ktag = knode.tag
+                if ktag == _MERGE_TAG or (key == "<<" and ktag is None):
+                    merges.append(vnode)
+                    continue
+                km = knode.start_mark
+                if key in out:
+                    first = meta[key]
+                    self.problems.append(Problem(
+                        f"duplicate key {key!r} (already defined at line {first[1]})",
+                        file=file, line=km.line + 1, column=km.column + 1,
+                        fix=f"keep only one {key!r} in this mapping",
+                    ))
+                    continue
+                ctag = None
+                if type(vnode) is ScalarNode:
+                    vtag = vnode.tag
                     text = vnode.value
-                    value = _plain_scalar(text) if (not text or text[0] in _NONSTR_START) else text
-                elif vtag == _STR_TAG:
-                    value = vnode.value
+                    if len(text) > _LONG_SCALAR:
+                        self.long_scalar(vnode)
+                    if vtag is None:  # plain (quoted scalars are tagged str by _Loader)
+                        value = _plain_scalar(text) if (not text or text[0] in _NONSTR_START) else text
+                    elif vtag == _STR_TAG:
+                        value = text
+                    else:
+                        value, ctag = self.build(vnode)
                 else:
                     value, ctag = self.build(vnode)
+                vm = vnode.start_mark
+                out[key] = value
+                meta[key] = (file, km.line + 1, km.column + 1, vm.line + 1, vm.column + 1)
+                if ctag:
+                    out.set_tag(key, ctag)
+            if merges:
+                knode = None
+                self.merge_into(out, merges)
+        except _Refused as err:
+            if knode is None:
+                err.leave("<<", merges[0].start_mark)
             else:
-                value, ctag = self.build(vnode)
-            vm = vnode.start_mark
-            out[key] = value
-            meta[key] = (file, km.line + 1, km.column + 1, vm.line + 1, vm.column + 1)
-            if ctag:
-                out.set_tag(key, ctag)
-        if merges:
-            self.merge_into(out, merges)
+                err.leave(knode.value, knode.start_mark)
+            raise
         return out
 
     def merge_into(self, out: YMap, merges: list) -> None:
@@ -531,7 +640,11 @@ class _Builder:
         ipos = out._ipos
         file = self.file
         for i, item in enumerate(node.value):
-            value, ctag = self.build(item)
+            try:
+                value, ctag = self.build(item)
+            except _Refused as err:
+                err.leave(i, item.start_mark)
+                raise
             im = item.start_mark
             out.append(value)
             ipos.append((file, im.line + 1, im.column + 1))
@@ -580,7 +693,12 @@ def _parse_yaml(text: str, file: str) -> Any:
     if node is None:
         return None
     builder = _Builder(file)
-    value, _ = builder.build(node)
+    try:
+        value, _ = builder.build(node)
+    except _Refused as err:
+        m = err.mark
+        raise InputError(Problem(err.message, file=file, line=m.line + 1, column=m.column + 1, key=err.key(),
+                                 fix=err.fix)) from None
     if builder.problems:
         raise InputError(builder.problems)
     return value
@@ -590,8 +708,7 @@ def load_yaml_file(path: str | os.PathLike, display: str | None = None) -> Any:
     """Read and parse a YAML file. `display` overrides the file name shown in errors."""
     name = display or str(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        raw = read_bounded(path, YAML_MAX_BYTES, "a YAML file")
     except FileNotFoundError:
         raise InputError(Problem(f"file not found: {name}", file=name,
                                  fix="check the path (relative paths are from the working directory)")) from None
@@ -600,7 +717,7 @@ def load_yaml_file(path: str | os.PathLike, display: str | None = None) -> Any:
                                  fix="name the YAML file inside it")) from None
     except OSError as err:
         raise InputError(Problem(f"cannot read {name}: {err.strerror or err}", file=name,
-                                 fix="check that the file exists and is readable")) from None
+                                 fix=getattr(err, "fix", None) or "check that the file exists and is readable")) from None
     return parse_yaml(decode_utf8(raw, name), name)
 
 

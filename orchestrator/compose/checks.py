@@ -195,3 +195,30 @@ def _dep_loc(deps_raw: Any, dep: str):
             if v == dep:
                 return deps_raw.loc_of(i)
     return None
+
+
+def has_dependency_cycle(services: dict[str, Service]) -> bool:
+    """Whether the enabled services' dependencies (explicit and implicit) form a cycle.
+
+    Plain depth-first search, so loading needs no networkx; the caller then asks
+    orchestrator.graph to word the cycle exactly as `orch graph` does.
+    """
+    done: set[str] = set()
+    for root in services:
+        if root in done:
+            continue
+        on_path = {root}
+        stack = [(root, iter(services[root].dependencies()))]
+        while stack:
+            name, deps = stack[-1]
+            dep = next(deps, None)
+            if dep is None:
+                stack.pop()
+                on_path.discard(name)
+                done.add(name)
+            elif dep in on_path:
+                return True
+            elif dep in services and dep not in done:
+                on_path.add(dep)
+                stack.append((dep, iter(services[dep].dependencies())))
+    return False

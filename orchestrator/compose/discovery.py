@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 from orchestrator.errors import InputError, Problem
+from orchestrator.limits import present
 from orchestrator.yamlsrc import Loc
 
 from .envfile import read_dotenv
@@ -66,7 +67,7 @@ def find_files(
                 out.append(p)
         return out
     for folder in [wd, *wd.parents]:
-        found = [folder / n for n in DEFAULT_FILES if (folder / n).is_file()]
+        found = [folder / n for n in DEFAULT_FILES if present(folder / n)]
         if not found:
             continue
         if len(found) > 1:
@@ -78,7 +79,7 @@ def find_files(
             )
         out = [found[0]]
         for n in OVERRIDE_FILES:
-            if (folder / n).is_file():
+            if present(folder / n):
                 out.append(folder / n)
                 break
         return out
@@ -106,7 +107,7 @@ def load_variables(
             paths.append((p, display_name(p, working_dir) if not Path(f).is_absolute() else str(f)))
     else:
         dotenv = project_dir / ".env"
-        if dotenv.is_file():
+        if present(dotenv):
             paths.append((dotenv, display_name(dotenv, working_dir)))
     for p, shown in paths:
         try:

@@ -19,6 +19,7 @@ import re
 from typing import Callable, Mapping
 
 from orchestrator.errors import InputError, Problem
+from orchestrator.limits import DOTENV_MAX_BYTES, read_bounded
 from orchestrator.yamlsrc import decode_utf8
 
 from .interpolate import TemplateError, substitute
@@ -181,14 +182,13 @@ def read_dotenv(
     """Read and parse a dotenv file (UTF-8). Raises InputError."""
     name = display or str(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        raw = read_bounded(path, DOTENV_MAX_BYTES, "an env file")
     except FileNotFoundError:
         raise InputError(Problem(f"env file not found: {name}", file=name,
                                  fix="create the file or correct the path")) from None
     except OSError as err:
         raise InputError(Problem(f"cannot read env file {name}: {err.strerror or err}",
-                                 file=name, fix="check the file's permissions")) from None
+                                 file=name, fix=getattr(err, "fix", None) or "check the file's permissions")) from None
     return parse_dotenv(decode_utf8(raw, name), name, lookup, fallback)
 
 

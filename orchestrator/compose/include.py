@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import InputError
+from orchestrator.limits import present
 from orchestrator.yamlsrc import YList, YMap, to_plain
 
 from .envfile import read_dotenv
@@ -51,7 +52,7 @@ def apply_include(loader: "Loader", tree: YMap, file: Path, base_dir: str, varia
                                   fix="write - path/to/compose.yaml or - path: [a.yaml]")
             continue
         files = [Path(resolve(p, base_dir, loader.home)) for p in paths]
-        missing = [f for f in files if not f.is_file()]
+        missing = [f for f in files if not present(f)]
         if missing:
             loader.problems.error(
                 f"included file not found: {loader.shown(missing[0])}", loc=loc, path=path,
@@ -71,7 +72,7 @@ def apply_include(loader: "Loader", tree: YMap, file: Path, base_dir: str, varia
         pdir = Path(resolve(project_dir, base_dir, loader.home)) if project_dir else files[0].parent
         sub_vars = dict(variables)
         env_paths = ([Path(resolve(e, base_dir, loader.home)) for e in env_files] if env_files
-                     else ([pdir / ".env"] if (pdir / ".env").is_file() else []))
+                     else ([pdir / ".env"] if present(pdir / ".env") else []))
         for ep in env_paths:
             try:
                 values = read_dotenv(ep, loader.shown(ep), sub_vars.get)

@@ -6,6 +6,9 @@ ${VAR?error}, ${VAR:+replacement}, ${VAR+replacement}, nesting inside the argume
 kept as it is (like Compose). The argument is interpolated only when it is used, so an
 unused default never warns about its own variables.
 
+Nesting is limited to INTERPOLATION_MAX_DEPTH levels (a hostile file could otherwise
+exhaust the stack, and each level rescans the rest of the string).
+
 Only values are interpolated, never keys. Unset variables (plain $VAR / ${VAR}) become
 the empty string and are reported to `on_unset`.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
+from orchestrator.limits import INTERPOLATION_MAX_DEPTH
 from orchestrator.yamlsrc import YList, YMap
 
 from .problems import Collector
@@ -52,7 +56,7 @@ def substitute(
     return out
 
 
-def _render(text, i, end, lookup, on_unset, whole) -> tuple[str, int]:
+def _render(text, i, end, lookup, on_unset, whole, depth=0) -> tuple[str, int]:
     parts: list[str] = []
     while i < end:
         j = text.find("$", i, end)
@@ -65,7 +69,7 @@ def _render(text, i, end, lookup, on_unset, whole) -> tuple[str, int]:
             parts.append("$")
             i = j + 2
         elif nxt == "{":
-            value, i = _braced(text, j, end, lookup, on_unset, whole)
+            value, i = _braced(text, j, end, lookup, on_unset, whole, depth)
             parts.append(value)
         elif nxt and _is_name_start(nxt):
             k = j + 2
@@ -92,8 +96,13 @@ def _invalid(whole: str) -> TemplateError:
     )
 
 
-def _braced(text, j, end, lookup, on_unset, whole) -> tuple[str, int]:
+def _braced(text, j, end, lookup, on_unset, whole, depth) -> tuple[str, int]:
     """Handle ${...} starting at text[j] == '$'. Returns (value, index after '}')."""
+    if depth >= INTERPOLATION_MAX_DEPTH:
+        raise TemplateError(
+            f"interpolation nested deeper than {INTERPOLATION_MAX_DEPTH} levels (${{A:-${{B:-...}}}})",
+            f"nest at most {INTERPOLATION_MAX_DEPTH} ${{...}} inside each other; set the variable in .env instead",
+        )
     k = j + 2
     if k >= end or not _is_name_start(text[k]):
         raise _invalid(whole)
@@ -133,7 +142,7 @@ def _braced(text, j, end, lookup, on_unset, whole) -> tuple[str, int]:
     non_empty = bool(value)
 
     def arg() -> str:
-        return _render(text, arg_start, arg_end, lookup, on_unset, whole)[0]
+        return _render(text, arg_start, arg_end, lookup, on_unset, whole, depth + 1)[0]
 
     if op == ":-":
         return (value if non_empty else arg()), after

@@ -13,9 +13,10 @@ from typing import Any, Mapping
 
 from agent.redact import secret_name
 from orchestrator.errors import InputError
+from orchestrator.limits import YAML_MAX_BYTES, present, read_bounded
 from orchestrator.yamlsrc import Loc, YMap, decode_utf8, no_gc, parse_yaml
 
-from .checks import check_services
+from .checks import check_services, has_dependency_cycle
 from .discovery import display_name, find_files, load_variables, project_name
 from .extends import apply_extends
 from .include import apply_include
@@ -76,11 +77,10 @@ class Loader:
         """Parse and interpolate one file; (None, False) after reporting a problem."""
         shown = self.shown(path)
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
+            raw = read_bounded(path, YAML_MAX_BYTES, "a Compose file")
         except OSError as err:
             self.problems.error(f"cannot read {shown}: {err.strerror or err}", file=shown,
-                                fix="check that the file exists and is readable")
+                                fix=getattr(err, "fix", None) or "check that the file exists and is readable")
             return None, False
         try:
             text = decode_utf8(raw, shown)
@@ -135,7 +135,7 @@ class Loader:
         key = str(path)
         if key in self._extends_cache:
             return self._extends_cache[key]
-        if not path.is_file():
+        if not present(path):
             self.problems.error(f"extends file not found: {self.shown(path)}", loc=loc,
                                 path=keypath, fix="correct file: (relative to the declaring file's folder)")
             self._extends_cache[key] = None
@@ -239,6 +239,10 @@ def _load(opts: LoadOptions) -> Project:
     project.extensions = {k: _plain(v) for k, v in merged.items()
                           if isinstance(k, str) and k.startswith("x-")}
     problems.raise_if_any()
+    if has_dependency_cycle(enabled):  # refused by every command, `orch config` too (as docker compose does)
+        from orchestrator.graph import build_graph
+
+        build_graph(project)  # raises the cycle's InputError, worded as `orch graph` words it
     project.warnings = list(problems.warnings)
     return project
 

@@ -11,6 +11,7 @@ import os
 import shlex
 from typing import Any, Mapping
 
+from orchestrator.limits import SECRET_MAX_BYTES, check_file, present
 from orchestrator.yamlsrc import Loc, YList, YMap, to_plain
 
 from .envfile import read_dotenv
@@ -466,7 +467,7 @@ class Normalizer:
         values: dict[str, str] = {}
         loc = raw.value_loc("env_file")
         for ef in files:
-            if not os.path.isfile(ef.path):
+            if not present(ef.path):
                 if ef.required:
                     self.problems.error(
                         f"env file {ef.path} not found", loc=loc, path=path + ("env_file",),
@@ -853,6 +854,10 @@ class Normalizer:
                 f"{singular} {key!r} has more than one source", loc=loc, path=(section, key),
                 fix="keep only one of file:, environment:" + (", content:" if section == "configs" else ""),
             )
+        elif sec.file is not None and (refused := check_file(sec.file, SECRET_MAX_BYTES, f"a {singular} file")):
+            floc = raw.value_loc("file") if isinstance(raw, YMap) else loc
+            self.problems.error(f"{singular} {key!r} cannot use {sec.file}: {refused.strerror}", loc=floc,
+                                path=(section, key, "file"), fix=refused.fix)
         elif sec.environment is not None and sec.environment not in self.variables:
             self.problems.warn(
                 f"{singular} {key!r} reads the variable {sec.environment}, which is not set",

@@ -3,20 +3,33 @@
 A reader thread takes lines off stdin so that "cancel" (and end of input, which means
 the controller went away) reach a running operation at once; operations themselves
 run one at a time, in order, on the main thread.
+
+A controller can also go away without an end of input: its network or power gone, the
+TCP connection half-open until keepalives give up (hours with default settings). The
+lease thread treats LEASE_SECONDS of silence (no request, no ping: see agent.protocol)
+like an end of input, and `give_up` (also on SIGTERM, what `orch lock break` sends)
+frees the deploy locks at once: the running operation is cancelled and puts its batch
+back under agent.lock.working, which the next holder waits for.
 """
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
+import time
 import traceback
 from typing import Any, BinaryIO, Callable, Dict, Optional, Set
 
-from agent.lock import working
+from agent.lock import TABLE, working
 from agent.operations import OPERATIONS, Context
 from agent.protocol import (
     BAD_REQUEST,
     INTERNAL,
+    LEASE_EXPIRED,
+    LEASE_SECONDS,
+    PING,
     AgentError,
     BadRequest,
     check_name,
@@ -57,6 +70,11 @@ class Server:
         self._engine_id: Optional[str] = None
         self.broken = False
         self.heartbeat_interval = HEARTBEAT_SECONDS
+        self.lease_seconds = LEASE_SECONDS
+        self.clock: Callable[[], float] = time.monotonic
+        self._last_input = self.clock()
+        self._gone = threading.Event()  # given up on the controller (lease expired, lock broken)
+        self._queue: "Optional[queue.Queue[Optional[bytes]]]" = None
 
     # --------------------------------------------------------------- output
 
@@ -79,13 +97,16 @@ class Server:
     def _reader(self, q: "queue.Queue[Optional[bytes]]") -> None:
         try:
             for line in iter(self.stdin.readline, b""):
+                self._last_input = self.clock()  # any line renews the controller's lease
                 if not line.strip():
                     continue
-                if b'"cancel"' in line:
+                if b'"cancel"' in line or b'"ping"' in line:
                     try:
                         req = parse_request(line)
                     except AgentError:
                         req = None
+                    if req is not None and req["op"] == PING:
+                        continue  # only renews the lease; never queued behind a running operation
                     if req is not None and req["op"] == "cancel":
                         self._cancel_request(req)
                         continue
@@ -111,14 +132,60 @@ class Server:
 
     def serve(self) -> int:
         q: "queue.Queue[Optional[bytes]]" = queue.Queue()
+        self._queue = q
+        self._last_input = self.clock()
         reader = threading.Thread(target=self._reader, args=(q,), name="stdin", daemon=True)
         reader.start()
-        while not self.broken:
+        threading.Thread(target=self._watch_lease, name="lease", daemon=True).start()
+        while not self.broken and not self._gone.is_set():
             line = q.get()
-            if line is None:
-                break
+            if line is None or self._gone.is_set():
+                break  # nothing queued before a give-up runs: the locks are gone
             self.handle(line)
         return 0
+
+    def finish(self, code: int) -> int:
+        """The process's exit code; after a give-up the process ends here at once: the
+        stdin reader is still blocked in a read, which would abort the interpreter's exit."""
+        if self._gone.is_set():
+            for stream in (self.stdout, sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
+        return code
+
+    def _watch_lease(self) -> None:
+        step = max(0.05, min(1.0, self.lease_seconds / 10))
+        while not self._gone.wait(step):
+            silent = self.clock() - self._last_input
+            if silent >= self.lease_seconds:
+                self.give_up("the controller sent nothing for %.0fs (lease %.0fs): taken as gone"
+                             % (silent, self.lease_seconds))
+                return
+
+    def give_up_on_sigterm(self) -> None:
+        """SIGTERM (what `orch lock break` sends the holder) gives up like a lost lease; the
+        handler only starts a thread, as give_up may wait on a full stdout pipe."""
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(
+            target=self.give_up, args=("stopped by SIGTERM (orch lock break, or a shutdown)",), daemon=True).start())
+
+    def give_up(self, why: str) -> None:
+        """Treat the controller as gone although its channel is open: free the deploy
+        locks now, stop the running operation (it puts its batch back), serve no more."""
+        with self._state_lock:
+            if self._gone.is_set():
+                return
+            self._gone.set()
+            if self._cancel is not None:
+                self._cancel.set()
+        TABLE.release_all()
+        if self._queue is not None:
+            self._queue.put(None)
+        self.send(error(None, AgentError(LEASE_EXPIRED, why)))  # if the controller can still hear
 
     def _engine_once(self) -> Any:
         # One engine connection for the life of the session, made on first use.

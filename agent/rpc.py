@@ -180,9 +180,10 @@ class Server:
             if self._gone.is_set():
                 return
             self._gone.set()
+        TABLE.release_all()  # first: the put-back runs under agent.lock.working, which the next holder waits for
+        with self._state_lock:
             if self._cancel is not None:
                 self._cancel.set()
-        TABLE.release_all()
         if self._queue is not None:
             self._queue.put(None)
         self.send(error(None, AgentError(LEASE_EXPIRED, why)))  # if the controller can still hear

@@ -93,11 +93,11 @@ def test_pings_keep_the_lease_while_an_operation_runs_and_silence_cancels_it(tmp
                 return {"cancelled": True}
         return {"cancelled": False}
 
-    a = Agent(tmp_path, lease=1.0, operations={"slow": slow})
+    a = Agent(tmp_path, lease=2.0, operations={"slow": slow})
     try:
         assert a.answer(a.send("lock_acquire", {"env": "prod", "holder": HOLDER}))["result"]["acquired"]
-        req = a.send("slow", {"s": 2.5})
-        for _ in range(12):  # 3 s of pings, 0.25 s apart: the lease never runs out
+        req = a.send("slow", {"s": 4})
+        for _ in range(20):  # 5 s of pings, 0.25 s apart: the lease never runs out
             time.sleep(0.25)
             a.stdin.write(b'{"v":1,"id":0,"op":"ping","args":{}}\n')
         assert a.answer(req)["result"] == {"cancelled": False}

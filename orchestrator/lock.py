@@ -198,6 +198,7 @@ class NodeLockState:
 class LockStatus:
     env: str
     nodes: list[NodeLockState]
+    last_break: dict | None = None  # the newest `orch lock break` in the nodes' ledgers
 
     @property
     def held(self) -> bool:
@@ -211,33 +212,46 @@ class LockStatus:
         h = self.holder
         return {"env": self.env, "held": self.held, "holder": asdict(h) if h else None,
                 "nodes": [{"node": n.node, "held": n.held, "holder": asdict(n.holder) if n.holder else None,
-                           **({"error": n.error} if n.error else {})} for n in self.nodes]}
+                           **({"error": n.error} if n.error else {})} for n in self.nodes],
+                "last_break": self.last_break}
 
     def describe(self) -> str:
         if not self.held:
-            return f"environment {self.env}: not locked."
-        where = ", ".join(n.node for n in self.nodes if n.held)
-        h = self.holder
-        return f"environment {self.env}: locked by {h.describe() if h else 'an unnamed holder'} (on {where})."
+            text = f"environment {self.env}: not locked."
+        else:
+            where = ", ".join(n.node for n in self.nodes if n.held)
+            h = self.holder
+            text = f"environment {self.env}: locked by {h.describe() if h else 'an unnamed holder'} (on {where})."
+        b = self.last_break
+        if b:
+            from orchestrator.releases import performer_text
+
+            text += f"\nLast broken {b.get('at')} by {performer_text(b.get('by') or {})}: {b.get('reason')}"
+        return text
 
 
 def lock_status(env: str, sessions: Mapping[str, Any]) -> LockStatus:
     """Who holds `env`'s lock, read on every node without taking it."""
     from orchestrator.transport import parallel
 
+    def ask(session: Any) -> tuple[dict, list]:
+        breaks = session.call("lock_break_list", {"env": env, "limit": 1})["breaks"]
+        return session.call("lock_status", {"env": env}), breaks
+
     items = sorted(sessions.items())
-    answers, errors = parallel(items, lambda item: item[1].call("lock_status", {"env": env}), key=lambda i: i[0])
-    nodes = []
+    answers, errors = parallel(items, lambda item: ask(item[1]), key=lambda i: i[0])
+    nodes, breaks = [], []
     for node, _ in items:
         if node in answers:
-            a = answers[node]
+            a, node_breaks = answers[node]
+            breaks += node_breaks
             nodes.append(NodeLockState(node, bool(a.get("held")), bool(a.get("mine")),
                                        LockHolder.from_dict(a.get("holder"))))
         else:
             err = errors[node]
             nodes.append(NodeLockState(node, False, False, None,
                                        err.render() if isinstance(err, OrchError) else str(err)))
-    return LockStatus(env, nodes)
+    return LockStatus(env, nodes, max(breaks, key=lambda b: str(b.get("at")), default=None))
 
 
 def open_lock_sessions(conns: Mapping[str, Any], bundle: Any, **kw: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@ so other deploys to dev never hold its lock):
 
 - a controller whose main thread waits 40 s on one rollout (a health check that takes
   longer than the lease) keeps its lock: its session pings from a thread of its own;
+- `orch lock break` frees a live holder's lock at once, and the break is recorded;
 - a controller cut off from the node (its packets dropped in dev-1's netns by iptables,
   then SIGKILLed: the node sees a half-open connection, no end of input) loses the lock
   within the lease (30 s): a second `orch up` gets it while dev-1's sshd still has the
@@ -164,6 +165,45 @@ def test_a_busy_controller_keeps_the_lock_a_cut_off_one_loses_it_within_the_leas
     finally:
         for rule in rules:
             subprocess.run(netns.in_netns(Path(node.netns).name, ["iptables", "-D", *rule]), check=False)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        p.run("down")
+
+
+def test_lock_break_frees_a_live_holder_and_is_recorded(lab, tmp_path):
+    """An operator breaks the lock of a controller that is alive and mid-rollout: its
+    agent puts the batch back and lets go, the controller fails, the break is in the
+    ledger (and `orch lock status`) with who and why."""
+    p = Project(lab, tmp_path)
+    procs: list[subprocess.Popen] = []
+    lock = [ORCH, "lock"]
+    try:
+        a = p.popen("up", "--json")
+        procs.append(a)
+        events_until(a, lambda ev: ev.get("event") == "agent" and ev.get("type") == "container.start")
+        t0 = time.monotonic()
+        cp = subprocess.run([*lock, "break", "--env", ENV, "--environments", str(p.envs), "--json",
+                             "--reason", "e2e: a deploy someone forgot"], capture_output=True, text=True, timeout=300)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        doc = json.loads(cp.stdout.strip().splitlines()[-1])
+        node = doc["nodes"][0]
+        assert node["broken"] and not node["killed"] and node["holder"]["project"] == p.name, doc
+        assert time.monotonic() - t0 < 60
+        out, err = a.communicate(timeout=300)
+        assert a.returncode == 1 and "orch lock break" in (out + err), out + err
+        cp = subprocess.run([*lock, "status", "--env", ENV, "--environments", str(p.envs), "--json"],
+                            capture_output=True, text=True, timeout=300)
+        status = json.loads(cp.stdout.strip().splitlines()[-1])
+        assert not status["held"]
+        last = status["last_break"]
+        assert last["reason"] == "e2e: a deploy someone forgot" and last["by"]["user"] and last["by"]["host"]
+        assert last["holder"]["project"] == p.name and last["killed"] is False
+        cp = subprocess.run([*lock, "break", "--env", ENV, "--environments", str(p.envs), "--text",
+                             "--reason", "again"], capture_output=True, text=True, timeout=300)
+        assert cp.returncode == 0 and "not locked; nothing to break" in cp.stdout, cp.stdout + cp.stderr
+    finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()

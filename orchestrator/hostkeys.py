@@ -66,12 +66,17 @@ def mismatches(statuses: Iterable[Any], pins: dict[str, str]) -> list[tuple[Any,
     return [(s, pins[s.node]) for s in statuses if s.node in pins and s.fingerprint and s.fingerprint != pins[s.node]]
 
 
+def _file_type(key_type: str) -> str:
+    """ssh-ed25519 -> ed25519, ecdsa-sha2-nistp256 -> ecdsa: sshd's host key file names."""
+    return "ecdsa" if key_type.startswith("ecdsa") else key_type.removeprefix("ssh-")
+
+
 def mismatch_error(bad: list[tuple[Any, str]], known_hosts: str) -> InputError:
     problems = [Problem(
         f"{s.node} ({s.address}) presents {s.key_type} {s.fingerprint}, not the expected {expected}; "
-        f"nothing was recorded in {known_hosts}", key=OPTION,
-        fix=f"check the expected fingerprint on {s.node} itself ({HOW}; the node answered with a "
-        f"{s.key_type} key, so compare that key type's fingerprint). If they differ, someone may be "
-        f"intercepting the connection: do not trust it.") for s, expected in bad]
+        f"nothing was recorded in {known_hosts}.", key=OPTION,
+        fix=f"check the expected fingerprint on {s.node} itself: `ssh-keygen -lf` of its {s.key_type} host key "
+        f"(/etc/ssh/ssh_host_{_file_type(s.key_type)}_key.pub) prints it. If that differs from what orch "
+        "saw, someone may be intercepting the connection: do not trust it.") for s, expected in bad]
     return InputError(problems, details={"nodes": [{"node": s.node, "expected": e, "seen": s.fingerprint}
                                                    for s, e in bad]})

@@ -40,5 +40,5 @@ def test_mismatch_names_node_expected_seen_and_fix():
     assert [(s.node, e) for s, e in bad] == [("web-1", A)]
     err = mismatch_error(bad, "/kh")
     text = err.render()
-    assert f"web-1 (10.0.0.1:22) presents ssh-ed25519 {B}, not the expected {A}; nothing was recorded in /kh" in text
+    assert f"web-1 (10.0.0.1:22) presents ssh-ed25519 {B}, not the expected {A}; nothing was recorded in /kh." in text
     assert "Fix:" in text and err.details["nodes"] == [{"node": "web-1", "expected": A, "seen": B}]

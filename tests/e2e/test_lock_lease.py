@@ -37,7 +37,7 @@ pytestmark = pytest.mark.e2e
 
 ORCH = str(Path(sys.executable).parent / "orch")
 ENV = "lockkeys"
-DELAY = int(LEASE_SECONDS) + 10  # the health check outlasts the lease
+DELAY = int(LEASE_SECONDS) + 20  # the health check outlasts the lease (and a status probe after it)
 COMPOSE = f"""\
 services:
   slow:

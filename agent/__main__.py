@@ -38,7 +38,8 @@ def main(argv=None) -> int:
         server = Server(sys.stdin.buffer, out, Engine, os.path.abspath(args.state_dir))
         server.engine_id_factory = engine_id_from_socket
         server.reader_factory = SocketReads.from_env
-        return server.serve()
+        server.give_up_on_sigterm()
+        return server.finish(server.serve())
     parser.print_help(sys.stderr)
     return 2
 

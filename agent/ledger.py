@@ -378,3 +378,65 @@ LEDGER_OPERATIONS = {
     "release_list": op_release_list,
     "release_get": op_release_get,
 }
+
+
+# ----------------------------------------------------------------------------- lock breaks
+
+# `orch lock break` (agent.lock.op_lock_break): who broke whose lock, and why. Its own
+# table, created on first use, so the releases schema and its version stay as they are.
+LOCK_BREAKS = """
+CREATE TABLE IF NOT EXISTS lock_breaks (
+    env       TEXT    NOT NULL,
+    at        TEXT    NOT NULL,
+    performer TEXT    NOT NULL,          -- JSON {user, host, login?, ci?}, as for releases
+    reason    TEXT    NOT NULL,
+    holder    TEXT,                      -- JSON: the holder written in the lock file, or NULL
+    pids      TEXT    NOT NULL,          -- JSON [agent pids signalled]
+    killed    INTEGER NOT NULL           -- 1: it needed SIGKILL (its batch was not put back)
+)"""
+
+
+def _break_row(row: sqlite3.Row) -> Dict[str, Any]:
+    return {"env": row["env"], "at": row["at"], "by": json.loads(row["performer"]), "reason": row["reason"],
+            "holder": json.loads(row["holder"]) if row["holder"] else None, "pids": json.loads(row["pids"]),
+            "killed": bool(row["killed"])}
+
+
+def record_lock_break(ctx: Any, env: str, by: Dict[str, Any], reason: str, holder: Optional[Dict[str, Any]],
+                      pids: List[int], killed: bool) -> Dict[str, Any]:
+    import time
+
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    conn = connect(db_path(ctx))
+    try:
+        conn.execute(LOCK_BREAKS)
+        conn.execute("INSERT INTO lock_breaks (env, at, performer, reason, holder, pids, killed) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (env, at, json.dumps(by, sort_keys=True), reason,
+                      json.dumps(holder, sort_keys=True) if holder else None, json.dumps(pids), int(killed)))
+        row = conn.execute("SELECT * FROM lock_breaks WHERE rowid = last_insert_rowid()").fetchone()
+    finally:
+        conn.close()
+    return _break_row(row)
+
+
+def op_lock_break_list(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
+    """The environment's lock breaks on this node, newest first."""
+    from agent.protocol import check_keys
+
+    check_keys(args, ("env", "limit"), "lock_break_list")
+    env = check_name(args.get("env"), "env")
+    limit = check_int(args.get("limit", 20), "limit", 1, MAX_LIST)
+    path = db_path(ctx)
+    if not os.path.exists(path):
+        return {"breaks": []}
+    conn = connect(path)
+    try:
+        conn.execute(LOCK_BREAKS)
+        rows = conn.execute("SELECT * FROM lock_breaks WHERE env=? ORDER BY rowid DESC LIMIT ?", (env, limit))
+        return {"breaks": [_break_row(r) for r in rows.fetchall()]}
+    finally:
+        conn.close()
+
+
+LEDGER_OPERATIONS["lock_break_list"] = op_lock_break_list

@@ -21,6 +21,13 @@ Operations (registered in agent.operations.OPERATIONS):
                 environment still running in agents of a controller that went away.
   lock_release  {"env"} -> {"released": bool}
   lock_status   {"env"} -> {"env", "held": bool, "mine": bool, "holder": {...} or null}
+  lock_break    {"env", "reason", "by": PERFORMER, "wait_s"?} -> {"env", "held", "broken", "holder", "pids",
+                "killed", "record"}: an operator's override. SIGTERM to the agent process holding
+                the flock (it gives up as on a lost lease: frees the lock, puts its batch back),
+                SIGKILL if the lock is still held after BREAK_WAIT; recorded in the ledger.
+
+A lock held for a controller that went silent without closing its connection (network or
+power lost) is freed by the holder's lease (agent.rpc, agent.protocol.LEASE_SECONDS).
 
 Python 3.9 compatible, stdlib only.
 """
@@ -32,13 +39,15 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from agent.protocol import (
     CANCELLED,
+    INTERNAL,
     AgentError,
     BadRequest,
     check_keys,
@@ -138,6 +147,26 @@ def _flock_nb(fd: int, how: int) -> bool:
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
         raise
+
+
+def flock_pids(path: str) -> Optional[List[int]]:
+    """The processes holding a flock on path, from /proc/locks (None: cannot tell)."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    wanted = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    pids = []
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:2c:5678 0 EOF" ("->" marks a waiter)
+        if "FLOCK" in parts and "->" not in parts and wanted in parts:
+            pid = parts[parts.index("FLOCK") + 3]
+            if pid.isdigit() and int(pid) > 1:
+                pids.append(int(pid))
+    return pids
 
 
 def is_locked(path: str) -> bool:
@@ -314,8 +343,76 @@ def op_lock_status(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     return {"env": env, "held": held, "mine": mine, "holder": read_holder(path) if held else None}
 
 
+BREAK_WAIT = 10.0  # for the holder to put back its batch and let go, before SIGKILL
+PERFORMER_KEYS = ("user", "host", "login", "ci")
+
+
+def _performer(value: Any) -> Dict[str, Any]:
+    if not isinstance(value, dict) or not value.get("user"):
+        raise BadRequest("by must be the performer {user, host, login?, ci?}")
+    check_keys(value, PERFORMER_KEYS, "by")
+    out: Dict[str, Any] = {k: check_str(value[k], "by." + k)[:500] for k in ("user", "host", "login") if value.get(k)}
+    ci = value.get("ci") or {}
+    if not isinstance(ci, dict):
+        raise BadRequest("by.ci must be an object")
+    out.update({"ci": {check_str(k, "by.ci")[:100]: check_str(v, "by.ci." + k)[:500] for k, v in ci.items()}} if ci else {})
+    return out
+
+
+def _holds(path: str, pids: List[int]) -> bool:
+    # (not is_locked: a controller waiting for the lock may take it the moment it is free)
+    return bool(set(flock_pids(path) or ()) & set(pids))
+
+
+def _wait_free(ctx: Any, path: str, pids: List[int], wait_s: float) -> bool:
+    end = ctx.clock() + wait_s
+    while _holds(path, pids):
+        if ctx.clock() >= end:
+            return False
+        ctx.sleep(POLL)
+    return True
+
+
+def op_lock_break(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
+    from agent import ledger
+
+    check_keys(args, ("env", "reason", "by", "wait_s"), "lock_break")
+    env = check_name(args.get("env"), "env")
+    reason = check_str(args.get("reason"), "reason").strip()[:1000]
+    if not reason:
+        raise BadRequest("reason must say why the lock is broken")
+    by = _performer(args.get("by"))
+    wait_s = min(check_number(args.get("wait_s", BREAK_WAIT), "wait_s"), 60.0)
+    path = lock_path(ctx, env)
+    if TABLE.holds(path):
+        raise BadRequest("this session holds the lock of %s itself: release it instead" % env)
+    out: Dict[str, Any] = {"env": env, "held": False, "broken": False, "holder": None, "pids": [], "killed": False}
+    pids = flock_pids(path)
+    if pids is None:
+        raise AgentError(INTERNAL, "cannot read /proc/locks on this node: the holder cannot be found")
+    pids = [p for p in pids if p != os.getpid()]
+    if not pids:
+        return out
+    out.update({"held": True, "holder": read_holder(path), "pids": pids})
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, how)
+            except ProcessLookupError:
+                pass
+        out["killed"] = how == signal.SIGKILL
+        if _wait_free(ctx, path, pids, wait_s):
+            break
+    out["broken"] = not _holds(path, pids)
+    out["record"] = ledger.record_lock_break(ctx, env, by, reason, out["holder"], pids, out["killed"])
+    if not out["broken"]:
+        raise AgentError(INTERNAL, "the lock of %s is still held after SIGKILL to %s" % (env, pids), out)
+    return out
+
+
 LOCK_OPERATIONS = {
     "lock_acquire": op_lock_acquire,
     "lock_release": op_lock_release,
     "lock_status": op_lock_status,
+    "lock_break": op_lock_break,
 }

@@ -12,6 +12,14 @@ Every request carries the protocol version; a mismatch is answered with an error
 kind "protocol" and nothing is done. Requests are handled one at a time, in order;
 "cancel" is the exception: it is acted on at once (it stops a streaming operation such
 as logs --follow, whose result then says "cancelled").
+
+The controller's lease: the controller sends {"v": 1, "id": N, "op": "ping"} at least
+every PING_SECONDS from a thread of its own (never answered; taken off the input at
+once, like "cancel"). An agent that hears nothing at all from its controller for
+LEASE_SECONDS treats it as gone, as on end of input: it frees its deploy locks, stops
+the running operation (which puts its batch back) and ends. So a controller that lost
+its network or power frees the environment within LEASE_SECONDS, whatever TCP and
+sshd's ClientAlive settings would take; a controller that is merely busy keeps it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,10 @@ import re
 from typing import Any, Dict, Iterable, List, Optional
 
 PROTOCOL_VERSION = 1
+PING = "ping"
+PING_SECONDS = 5.0
+LEASE_SECONDS = 30.0  # several missed pings: a busy controller or a slow link never loses it
+LEASE_EXPIRED = "lease_expired"  # error kind: said (if it still can) by an agent giving up
 
 # Bounds of the wire (docs/operations.md, "The agent's wire"). A request carries at most a spec
 # with its secret and config files (1 MiB each, base64), so 64 MiB is far above any real

@@ -3,22 +3,35 @@
 A reader thread takes lines off stdin so that "cancel" (and end of input, which means
 the controller went away) reach a running operation at once; operations themselves
 run one at a time, in order, on the main thread.
+
+A controller can also go away without an end of input: its network or power gone, the
+TCP connection half-open until keepalives give up (hours with default settings). The
+lease thread treats LEASE_SECONDS of silence (no request, no ping: see agent.protocol)
+like an end of input, and `give_up` (also on SIGTERM, what `orch lock break` sends)
+frees the deploy locks at once: the running operation is cancelled and puts its batch
+back under agent.lock.working, which the next holder waits for.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import sys
 import threading
+import time
 import traceback
 from typing import Any, BinaryIO, Callable, Dict, Optional, Set
 
-from agent.lock import working
+from agent.lock import TABLE, working
 from agent.operations import OPERATIONS, Context
 from agent.protocol import (
     BAD_REQUEST,
     INTERNAL,
+    LEASE_EXPIRED,
+    LEASE_SECONDS,
     MAX_REQUEST_BYTES,
+    PING,
     AgentError,
     BadRequest,
     check_int,
@@ -63,6 +76,11 @@ class Server:
         self.broken = False
         self.heartbeat_interval = HEARTBEAT_SECONDS
         self.max_request = MAX_REQUEST_BYTES
+        self.lease_seconds = LEASE_SECONDS
+        self.clock: Callable[[], float] = time.monotonic
+        self._last_input = self.clock()
+        self._gone = threading.Event()  # given up on the controller (lease expired, lock broken)
+        self._queue: "Optional[queue.Queue[Any]]" = None
 
     # --------------------------------------------------------------- output
 
@@ -89,16 +107,18 @@ class Server:
                 line = self.stdin.readline(self.max_request)
                 if not line:
                     break
+                self._last_input = self.clock()  # any input renews the controller's lease
                 if len(line) >= self.max_request and not line.endswith(b"\n"):
                     # Too long: skip to its end without keeping it; answered in turn.
                     while line and not line.endswith(b"\n"):
                         line = self.stdin.readline(1 << 20)
+                        self._last_input = self.clock()
                     q.put(BadRequest("request is longer than %d bytes" % self.max_request))
                     continue
                 if not line.strip():
                     continue
                 try:
-                    if b'"cancel"' in line and self._cancel_now(line):
+                    if (b'"cancel"' in line or b'"ping"' in line) and self._act_now(line):
                         continue
                 except Exception as exc:  # a bug: report it, keep reading
                     self.send(error(None, _bug(exc)))
@@ -112,13 +132,16 @@ class Server:
                     self._cancel.set()
             q.put(None)
 
-    def _cancel_now(self, line: bytes) -> bool:
-        """Acts on a cancel request at once; False when the line is something else (or
-        not valid: the main loop answers it in turn)."""
+    def _act_now(self, line: bytes) -> bool:
+        """Acts on a ping (it only renews the lease) or a cancel at once, never queued
+        behind a running operation; False when the line is something else (or not valid:
+        the main loop answers it in turn)."""
         try:
             req = parse_request(line)
         except AgentError:
             return False
+        if req["op"] == PING:
+            return True
         if req["op"] != "cancel":
             return False
         self._cancel_request(req)
@@ -141,18 +164,65 @@ class Server:
     # --------------------------------------------------------------- loop
 
     def serve(self) -> int:
-        q: "queue.Queue[Optional[bytes]]" = queue.Queue()
+        q: "queue.Queue[Any]" = queue.Queue()
+        self._queue = q
+        self._last_input = self.clock()
         reader = threading.Thread(target=self._reader, args=(q,), name="stdin", daemon=True)
         reader.start()
-        while not self.broken:
+        threading.Thread(target=self._watch_lease, name="lease", daemon=True).start()
+        while not self.broken and not self._gone.is_set():
             line = q.get()
-            if line is None:
-                break
+            if line is None or self._gone.is_set():
+                break  # nothing queued before a give-up runs: the locks are gone
             if isinstance(line, AgentError):
                 self.send(error(None, line))
                 continue
             self.handle(line)
         return 0
+
+    def finish(self, code: int) -> int:
+        """The process's exit code; after a give-up the process ends here at once: the
+        stdin reader is still blocked in a read, which would abort the interpreter's exit."""
+        if self._gone.is_set():
+            for stream in (self.stdout, sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)
+        return code
+
+    def _watch_lease(self) -> None:
+        step = max(0.05, min(1.0, self.lease_seconds / 10))
+        while not self._gone.wait(step):
+            silent = self.clock() - self._last_input
+            if silent >= self.lease_seconds:
+                self.give_up("the controller sent nothing for %.0fs (lease %.0fs): taken as gone"
+                             % (silent, self.lease_seconds))
+                return
+
+    def give_up_on_sigterm(self) -> None:
+        """SIGTERM (what `orch lock break` sends the holder) gives up like a lost lease; the
+        handler only starts a thread, as give_up may wait on a full stdout pipe."""
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(
+            target=self.give_up, args=("stopped by SIGTERM (orch lock break, or a shutdown)",), daemon=True).start())
+
+    def give_up(self, why: str) -> None:
+        """Treat the controller as gone although its channel is open: free the deploy
+        locks now, stop the running operation (it puts its batch back), serve no more."""
+        with self._state_lock:
+            if self._gone.is_set():
+                return
+            self._gone.set()
+        TABLE.release_all()  # first: the put-back runs under agent.lock.working, which the next holder waits for
+        with self._state_lock:
+            if self._cancel is not None:
+                self._cancel.set()
+        if self._queue is not None:
+            self._queue.put(None)
+        self.send(error(None, AgentError(LEASE_EXPIRED, why)))  # if the controller can still hear
 
     def _engine_once(self) -> Any:
         # One engine connection for the life of the session, made on first use.

@@ -3,8 +3,12 @@
 Every mutating command (up, promote, rollback, down) takes it before it changes
 anything. The lock lives in the agent processes (agent.lock): each node's agent holds
 an flock for as long as this controller's SSH channel to it is open, so a controller
-killed with SIGKILL, or a cancelled CI job, frees it at once. Nodes are locked in a
-fixed order (by name), so two controllers never hold half of an environment each.
+killed with SIGKILL, or a cancelled CI job, frees it at once. One that goes silent
+without closing the connection (network or power lost) frees it within
+agent.protocol.LEASE_SECONDS: the session's ping thread (transport.AgentSession) renews
+the agent's lease while this process lives, however busy its main thread is. Nodes are
+locked in a fixed order (by name), so two controllers never hold half of an
+environment each. `break_lock` is the operator's override (`orch lock break`).
 
     sessions = open_lock_sessions(conns, bundle)     # or any agent session per node
     with acquire_lock("prod", sessions, LockHolder.current("orch up --env prod"), wait=0):
@@ -28,6 +32,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from agent.protocol import LEASE_SECONDS
 from orchestrator.errors import LockHeld, OrchError
 
 LOCKED_KIND = "locked"
@@ -104,7 +109,9 @@ def lock_held_error(env: str, node: str, holder: LockHolder | None, waited: floa
     return LockHeld(
         text + ". Nothing was changed.",
         fix=f"wait for it to finish and run again, or add --lock-wait SECONDS to wait for it; `orch lock status "
-        f"--env {env}` shows the holder. The lock frees itself the moment that controller exits, even when killed.",
+        f"--env {env}` shows the holder. The lock frees itself the moment that controller exits, even when killed, "
+        f"and {LEASE_SECONDS:.0f}s after it went silent (network lost); `orch lock break --env {env} --reason TEXT` "
+        "forces it.",
         details={"env": env, "node": node, "holder": asdict(holder) if holder else None},
     )
 
@@ -191,6 +198,7 @@ class NodeLockState:
 class LockStatus:
     env: str
     nodes: list[NodeLockState]
+    last_break: dict | None = None  # the newest `orch lock break` in the nodes' ledgers
 
     @property
     def held(self) -> bool:
@@ -204,33 +212,46 @@ class LockStatus:
         h = self.holder
         return {"env": self.env, "held": self.held, "holder": asdict(h) if h else None,
                 "nodes": [{"node": n.node, "held": n.held, "holder": asdict(n.holder) if n.holder else None,
-                           **({"error": n.error} if n.error else {})} for n in self.nodes]}
+                           **({"error": n.error} if n.error else {})} for n in self.nodes],
+                "last_break": self.last_break}
 
     def describe(self) -> str:
         if not self.held:
-            return f"environment {self.env}: not locked."
-        where = ", ".join(n.node for n in self.nodes if n.held)
-        h = self.holder
-        return f"environment {self.env}: locked by {h.describe() if h else 'an unnamed holder'} (on {where})."
+            text = f"environment {self.env}: not locked."
+        else:
+            where = ", ".join(n.node for n in self.nodes if n.held)
+            h = self.holder
+            text = f"environment {self.env}: locked by {h.describe() if h else 'an unnamed holder'} (on {where})."
+        b = self.last_break
+        if b:
+            from orchestrator.releases import performer_text
+
+            text += f"\nLast broken {b.get('at')} by {performer_text(b.get('by') or {})}: {b.get('reason')}"
+        return text
 
 
 def lock_status(env: str, sessions: Mapping[str, Any]) -> LockStatus:
     """Who holds `env`'s lock, read on every node without taking it."""
     from orchestrator.transport import parallel
 
+    def ask(session: Any) -> tuple[dict, list]:
+        breaks = session.call("lock_break_list", {"env": env, "limit": 1})["breaks"]
+        return session.call("lock_status", {"env": env}), breaks
+
     items = sorted(sessions.items())
-    answers, errors = parallel(items, lambda item: item[1].call("lock_status", {"env": env}), key=lambda i: i[0])
-    nodes = []
+    answers, errors = parallel(items, lambda item: ask(item[1]), key=lambda i: i[0])
+    nodes, breaks = [], []
     for node, _ in items:
         if node in answers:
-            a = answers[node]
+            a, node_breaks = answers[node]
+            breaks += node_breaks
             nodes.append(NodeLockState(node, bool(a.get("held")), bool(a.get("mine")),
                                        LockHolder.from_dict(a.get("holder"))))
         else:
             err = errors[node]
             nodes.append(NodeLockState(node, False, False, None,
                                        err.render() if isinstance(err, OrchError) else str(err)))
-    return LockStatus(env, nodes)
+    return LockStatus(env, nodes, max(breaks, key=lambda b: str(b.get("at")), default=None))
 
 
 def open_lock_sessions(conns: Mapping[str, Any], bundle: Any, **kw: Any) -> dict[str, Any]:
@@ -238,3 +259,37 @@ def open_lock_sessions(conns: Mapping[str, Any], bundle: Any, **kw: Any) -> dict
     from orchestrator.transport import open_sessions
 
     return open_sessions(dict(conns), bundle, require_engine=False, **kw)
+
+
+@dataclass(frozen=True)
+class NodeBreak:
+    """What `orch lock break` did on one node."""
+
+    node: str
+    held: bool
+    broken: bool
+    holder: LockHolder | None
+    killed: bool = False  # the holder needed SIGKILL: its in-flight batch was not put back
+    error: str = ""
+
+
+def break_lock(env: str, sessions: Mapping[str, Any], reason: str, performer: Any) -> list[NodeBreak]:
+    """An operator's override: every node's holder of `env`'s lock is made to let go
+    (agent lock_break), and the break is recorded in each node's ledger with who and why."""
+    from orchestrator.transport import parallel
+
+    items = sorted(sessions.items())
+    by = performer.to_dict()
+    answers, errors = parallel(items, lambda item: item[1].call(
+        "lock_break", {"env": env, "reason": reason, "by": by}, timeout=120), key=lambda i: i[0])
+    out = []
+    for node, _ in items:
+        if node in answers:
+            a = answers[node]
+            out.append(NodeBreak(node, bool(a.get("held")), bool(a.get("broken")),
+                                 LockHolder.from_dict(a.get("holder")), bool(a.get("killed"))))
+        else:
+            err = errors[node]
+            out.append(NodeBreak(node, False, False, None,
+                                 error=err.render() if isinstance(err, OrchError) else str(err)))
+    return out

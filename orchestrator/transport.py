@@ -32,11 +32,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION
+from agent.protocol import MAX_MESSAGE_BYTES, PING, PING_SECONDS, PROTOCOL_VERSION
 from agent.protocol import request as agent_request
 from orchestrator.errors import OrchError
 
@@ -718,23 +718,45 @@ def fetch_host_key(target: NodeTarget, options: SSHOptions) -> Any:
             jump_client.close()
 
 
-def host_key_status(target: NodeTarget, options: SSHOptions, record: bool) -> HostKeyStatus:
+def scan_host_key(target: NodeTarget, options: SSHOptions) -> tuple[HostKeyStatus, Any]:
+    """The node's key and how it stands against known_hosts ("trusted", "unknown",
+    "changed", "error"); records nothing. The key is None on "error"."""
     try:
         key = fetch_host_key(target, options)
     except TransportError as err:
-        return HostKeyStatus(target.name, target.address, "", "", "error", error=err.render())
+        return HostKeyStatus(target.name, target.address, "", "", "error", error=err.render()), None
     fp = fingerprint(key)
     known = load_known_hosts(options.known_hosts_path).lookup(target.known_hosts_name)
     if known:
         ours = known.get(key.get_name())
         if ours is not None and ours == key:
-            return HostKeyStatus(target.name, target.address, key.get_name(), fp, "trusted")
+            return HostKeyStatus(target.name, target.address, key.get_name(), fp, "trusted"), key
         expected = ours if ours is not None else list(known.values())[0]
-        return HostKeyStatus(target.name, target.address, key.get_name(), fp, "changed", expected=fingerprint(expected))
-    if record:
-        append_known_host(options.known_hosts_path, target.known_hosts_name, key)
-        return HostKeyStatus(target.name, target.address, key.get_name(), fp, "added")
-    return HostKeyStatus(target.name, target.address, key.get_name(), fp, "unknown")
+        return HostKeyStatus(target.name, target.address, key.get_name(), fp, "changed",
+                             expected=fingerprint(expected)), key
+    return HostKeyStatus(target.name, target.address, key.get_name(), fp, "unknown"), key
+
+
+def record_host_key(target: NodeTarget, key: Any, options: SSHOptions) -> None:
+    append_known_host(options.known_hosts_path, target.known_hosts_name, key)
+
+
+def host_key_status(target: NodeTarget, options: SSHOptions, record: bool) -> HostKeyStatus:
+    status, key = scan_host_key(target, options)
+    if record and status.status == "unknown":
+        record_host_key(target, key, options)
+        return replace(status, status="added")
+    return status
+
+
+def scan_host_keys(targets: Iterable[NodeTarget], options: SSHOptions,
+                   max_parallel: int = 32) -> list[tuple[HostKeyStatus, Any]]:
+    """scan_host_key for every target, in parallel, in the targets' order."""
+    targets = list(targets)
+    results, errors = parallel(targets, lambda t: scan_host_key(t, options), max_parallel)
+    return [results[t.name] if t.name in results
+            else (HostKeyStatus(t.name, t.address, "", "", "error", error=str(errors[t.name])), None)
+            for t in targets]
 
 
 def trust_hosts(targets: Iterable[NodeTarget], options: SSHOptions, record: bool = True,
@@ -914,7 +936,12 @@ class LineReader:
 
 
 class AgentSession:
-    """The agent running on a node, on one exec channel of the node's connection."""
+    """The agent running on a node, on one exec channel of the node's connection.
+
+    From the start it pings the agent from a thread of its own (agent.protocol's lease).
+    """
+
+    ping_interval = PING_SECONDS
 
     max_line = MAX_MESSAGE_BYTES  # the longest line read from the agent
 
@@ -927,6 +954,9 @@ class AgentSession:
         self._out = LineReader(channel.recv)
         self._ids = iter(range(1, 1 << 62))
         self._lock = threading.RLock()
+        self._send_lock = threading.Lock()  # whole lines: the ping thread sends beside call()
+        self._closed = threading.Event()
+        self._start_pings()
 
     @property
     def node(self) -> str:
@@ -966,9 +996,25 @@ class AgentSession:
     def _send(self, op: str, args: dict | None, req_id: int) -> None:
         line = (json.dumps(agent_request(req_id, op, args), separators=(",", ":")) + "\n").encode()
         try:
-            self.channel.sendall(line)
+            with self._send_lock:
+                self.channel.sendall(line)
         except (OSError, EOFError) as err:
             raise self._died(f"cannot send to the agent ({err})") from None
+
+    def _start_pings(self) -> None:
+        """Renew the agent's lease (agent.protocol.LEASE_SECONDS) from a thread of its own,
+        so the agent keeps this controller's lock while its main thread is busy (a long
+        pull, a rollout) and gives it up soon after this process dies or loses the node."""
+        threading.Thread(target=self._ping_loop, name=f"ping-{self.node}", daemon=True).start()
+
+    def _ping_loop(self) -> None:
+        line = (json.dumps(agent_request(0, PING, None), separators=(",", ":")) + "\n").encode()
+        while not self._closed.wait(self.ping_interval):
+            try:
+                with self._send_lock:
+                    self.channel.sendall(line)  # never answered
+            except Exception:
+                return  # the channel is gone: the next read or send says so
 
     def _died(self, what: str) -> AgentProtocolError:
         stderr = b""
@@ -1062,6 +1108,7 @@ class AgentSession:
         return AgentStream(self, req_id, op)
 
     def close(self) -> None:
+        self._closed.set()
         try:
             self.channel.shutdown_write()  # EOF: the agent finishes and exits
             deadline = time.monotonic() + 2

@@ -1,4 +1,8 @@
-"""`orch nodes check` and `orch nodes trust`: is every node of an environment usable?"""
+"""`orch nodes check` and `orch nodes trust`: is every node of an environment usable?
+
+`nodes trust` shows every key before it records it: a key pinned with --fingerprint
+(orchestrator.hostkeys) must match, others need a terminal's confirmation or --yes.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import typer
 from orchestrator.cli import app
 from orchestrator.cli.options import EnvironmentsDir, EnvRequired, Json
 from orchestrator.cli.output import failure, final, print_final
-from orchestrator.errors import OrchError
+from orchestrator.errors import InputError, OrchError
 
 nodes_app = typer.Typer(
     name="nodes",
@@ -226,18 +230,32 @@ def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = F
 
 
 @nodes_app.command("trust")
-def trust(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = False) -> None:
-    """Show each node's SSH host key fingerprint and record the unknown ones in known_hosts.
+def trust(env: EnvRequired,
+          fingerprint: list[str] = typer.Option(
+              [], "--fingerprint", metavar="[NODE=]SHA256:...",
+              help="The fingerprint a node's key must have (repeat per node; NODE may be a jump host's address; "
+              "bare when the environment has one node). A key that differs is refused: exit 2, nothing recorded."),
+          yes: bool = typer.Option(False, "--yes", help="Record the keys of nodes without --fingerprint without "
+                                   "asking (what a terminal would be asked to confirm)."),
+          environments: EnvironmentsDir = None, json: Json = False) -> None:
+    """Show each node's SSH host key fingerprint, then record the unknown ones in known_hosts.
 
+    Each key is checked against its --fingerprint when given (a mismatch records nothing
+    and exits 2). Keys without one are shown and, on a terminal, recorded once you confirm;
+    without a terminal they are recorded only with --yes (else exit 2, nothing recorded).
     A key that differs from the recorded one is never replaced: that is reported, with
     how to remove the old entry once the new fingerprint is verified.
     """
-    from orchestrator.transport import trust_hosts
+    from orchestrator.hostkeys import parse_pins
+    from orchestrator.transport import scan_host_keys
 
     environment, targets, options = _load(env, environments)
     # Jump hosts first: reaching a node through one needs the jump host's key trusted.
-    jumps = {j.address: j for j in (t.jump_target() for t in targets) if j is not None}
-    statuses = trust_hosts(list(jumps.values()), options) + trust_hosts(targets, options)
+    jumps = list({j.address: j for j in (t.jump_target() for t in targets) if j is not None}.values())
+    pins = parse_pins(fingerprint, jumps + targets)
+    statuses = []
+    for group in (jumps, targets):
+        statuses += _record(scan_host_keys(group, options), group, pins, yes, options, environment.name)
     bad = [s for s in statuses if s.status in ("changed", "error")]
     err = None if not bad else HostKeysNotTrusted(
         f"{len(bad)} host key(s) of {environment.name} not trusted: "
@@ -251,9 +269,7 @@ def trust(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = F
         if err is not None:
             typer.echo(f"orch: error: {err.render()}", err=True)
     else:
-        rows = [[s.node, s.address, s.key_type or "-", s.fingerprint or "-", s.status.upper() if s in bad else s.status]
-                for s in statuses]
-        typer.echo(_table(["NODE", "ADDRESS", "KEY", "FINGERPRINT", "STATUS"], rows))
+        typer.echo(_keys_table(statuses, bad))
         added = sum(s.status == "added" for s in statuses)
         typer.echo(f"\n{added} key(s) recorded in {options.known_hosts_path}.")
         for s in bad:
@@ -270,3 +286,50 @@ def trust(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = F
                 typer.echo(f"\n{s.error}", err=True)
     if bad:
         raise typer.Exit(1)
+
+
+def _keys_table(statuses: list, bad: list) -> str:
+    rows = [[s.node, s.address, s.key_type or "-", s.fingerprint or "-", s.status.upper() if s in bad else s.status]
+            for s in statuses]
+    return _table(["NODE", "ADDRESS", "KEY", "FINGERPRINT", "STATUS"], rows)
+
+
+def _record(scanned: list, targets: list, pins: dict[str, str], yes: bool, options: Any, env: str) -> list:
+    """Record the unknown keys of scanned [(status, key)] once they are checked: pinned ones
+    must match (else InputError, nothing recorded), the others need --yes or a terminal's
+    confirmation (else InputError). Returns the statuses, "added" where recorded."""
+    import sys
+    from dataclasses import replace
+
+    from orchestrator.hostkeys import OPTION, mismatch_error, mismatches
+    from orchestrator.transport import record_host_key
+
+    statuses = [s for s, _ in scanned]
+    wrong = mismatches(statuses, pins)
+    if wrong:
+        raise mismatch_error(wrong, str(options.known_hosts_path))
+    unknown = [(s, k) for s, k in scanned if s.status == "unknown"]
+    unpinned = [s for s, _ in unknown if s.node not in pins]
+    if unpinned and not yes:
+        names = ", ".join(f"{s.node} {s.key_type} {s.fingerprint}" for s in unpinned)
+        if not sys.stdin.isatty():
+            raise InputError(
+                f"orch nodes trust: no terminal to confirm the host key(s) of {names}; nothing was recorded in "
+                f"{options.known_hosts_path}.",
+                fix=f"compare each fingerprint with the node's own (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub "
+                f"on the node) and pass it: {OPTION} NODE=SHA256:..., or, having checked them, add --yes.",
+                details={"nodes": [s.node for s in unpinned]})
+        typer.echo(_keys_table(statuses, []), err=True)  # with the question, on the terminal
+        if not typer.confirm(f"Record the unpinned key(s) above ({', '.join(s.node for s in unpinned)}) in "
+                             f"{options.known_hosts_path}? Check each fingerprint with the node first", default=False,
+                             err=True):
+            raise InputError("orch nodes trust: not confirmed; nothing was recorded.",
+                             fix=f"check the fingerprints and run `orch nodes trust --env {env}` again.")
+    by_name = {t.name: t for t in targets}
+    out = []
+    for s, k in scanned:
+        if s.status == "unknown":
+            record_host_key(by_name[s.node], k, options)
+            s = replace(s, status="added")
+        out.append(s)
+    return out

@@ -299,6 +299,8 @@ def test_the_documented_final_objects_are_what_the_commands_print(world, orch):
                              ("logs", "`logs`"), ("lock status", "`lock status`"), ("down", "`down`")):
         final = check_contract(orch(*command.split(), "--env", "dev"))
         assert set(final) == doc_keys(heading), command
+    final = check_contract(orch("lock", "break", "--env", "dev", "--reason", "the contract"))
+    assert set(final) == doc_keys("`lock break`") and final["broken"] is False
     bad = check_contract(orch("ps", "--env", "nope"))
     assert set(bad["error"]) <= doc_keys("The error object") and "problems" in bad["error"]
     assert set(check_contract(orch("up"))["error"]) <= doc_keys("The error object")

@@ -277,7 +277,7 @@ def test_cli_trust_then_check(tmp_path, target, monkeypatch):
     assert local["local-1"]["host_key"] == "unknown" and "orch nodes trust --env loc" in local["local-1"]["problems"][0]["fix"]
     assert local["closed-1"]["reachable"] is False and "connection refused" in local["closed-1"]["problems"][0]["message"]
 
-    res = _cli(["nodes", "trust", "--env", "loc", "--environments", str(envs)])
+    res = _cli(["nodes", "trust", "--env", "loc", "--environments", str(envs), "--yes"])
     assert res.exit_code == 1  # closed-1 cannot be reached
     assert "local-1" in res.stdout and "added" in res.stdout and "SHA256:" in res.stdout
     assert len(kh.read_text().splitlines()) == 1
@@ -287,3 +287,108 @@ def test_cli_trust_then_check(tmp_path, target, monkeypatch):
     assert (local["reachable"], local["auth"], local["host_key"]) == (True, True, "trusted")
     assert local["python"] and local["agent"] and local["docker"] is None
     assert "Docker Engine is not usable" in local["problems"][0]["message"]
+
+
+# --------------------------------------------------------------------------- trust with a pinned fingerprint
+
+
+def _orch(*args, env=None):
+    orch = str(Path(os.sys.executable).parent / "orch")
+    return subprocess.run([orch, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
+
+
+def _keygen_fingerprint(pub: Path) -> str:
+    """The fingerprint as OpenSSH's own tool prints it: '256 SHA256:... comment (ED25519)'."""
+    return subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True).stdout.split()[1]
+
+
+def _one_node_env(tmp_path, target, known_hosts):
+    d = tmp_path / "environments"
+    d.mkdir()
+    (d / "one.yaml").write_text(
+        "name: one\nnodes:\n"
+        f"  - {{name: local-1, host: 127.0.0.1, port: {target.port}, identity_file: {target.identity_file}}}\n"
+        f"ssh: {{known_hosts: {known_hosts}, connect_timeout: 3}}\n")
+    return d
+
+
+def test_trust_with_the_right_fingerprint_records_it(tmp_path, lab, target):
+    server, _ = lab
+    fp = _keygen_fingerprint(Path(str(server.host_key) + ".pub"))
+    kh = tmp_path / "kh"
+    envs = _one_node_env(tmp_path, target, kh)
+    res = _orch("nodes", "trust", "--env", "one", "--environments", str(envs), "--fingerprint", f"local-1={fp}",
+                "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    node = json.loads(res.stdout.splitlines()[-1])["nodes"][0]
+    assert node["status"] == "added" and node["fingerprint"] == fp
+    assert len(kh.read_text().splitlines()) == 1
+    # the bare form, for an environment of one node; already trusted: still checked
+    res = _orch("nodes", "trust", "--env", "one", "--environments", str(envs), "--fingerprint", fp, "--text")
+    assert res.returncode == 0 and "trusted" in res.stdout, res.stdout + res.stderr
+
+
+def test_trust_refuses_a_wrong_fingerprint_and_records_nothing(tmp_path, lab, target):
+    server, _ = lab
+    seen = _keygen_fingerprint(Path(str(server.host_key) + ".pub"))
+    wrong = "SHA256:" + "A" * 43
+    kh = tmp_path / "kh"
+    envs = _one_node_env(tmp_path, target, kh)
+    res = _orch("nodes", "trust", "--env", "one", "--environments", str(envs), "--fingerprint", f"local-1={wrong}",
+                "--yes", "--text")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"local-1 (127.0.0.1:{target.port}) presents ssh-ed25519 {seen}, not the expected {wrong}" in res.stderr
+    assert "Fix:" in res.stderr and "Traceback" not in res.stderr
+    assert not kh.exists() or kh.read_text() == ""
+
+
+def test_trust_without_a_terminal_needs_a_fingerprint_or_yes(tmp_path, lab, target):
+    kh = tmp_path / "kh"
+    envs = _one_node_env(tmp_path, target, kh)
+    res = _orch("nodes", "trust", "--env", "one", "--environments", str(envs), "--text")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "no terminal to confirm" in res.stderr and "--fingerprint NODE=SHA256:" in res.stderr
+    assert "SHA256:" in res.stderr.split("Fix:")[0]  # the key it saw is shown, for checking
+    assert not kh.exists() or kh.read_text() == ""
+    res = _orch("nodes", "trust", "--env", "one", "--environments", str(envs), "--yes", "--text")
+    assert res.returncode == 0 and len(kh.read_text().splitlines()) == 1, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("value, says", [
+    ("local-1=SHA256:short", "is not a SHA256 host key fingerprint"),
+    ("local-1=MD5:aa:bb", "is not a SHA256 host key fingerprint"),
+    ("nope=SHA256:" + "A" * 43, "no node or jump host is called 'nope'"),
+])
+def test_trust_bad_fingerprint_options_touch_no_node(tmp_path, value, says):
+    envs = _one_node_env(tmp_path, NodeTarget("local-1", "127.0.0.1", 9), tmp_path / "kh")
+    res = _orch("nodes", "trust", "--env", "one", "--environments", str(envs), "--fingerprint", value, "--text")
+    assert res.returncode == 2 and says in res.stderr and "--fingerprint" in res.stderr, res.stderr
+    assert "connection refused" not in res.stderr  # refused before contacting the (closed) port
+
+
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_trust_on_a_terminal_shows_the_key_then_asks(tmp_path, lab, target, answer):
+    import pty
+
+    server, _ = lab
+    fp = _keygen_fingerprint(Path(str(server.host_key) + ".pub"))
+    kh = tmp_path / "kh"
+    envs = _one_node_env(tmp_path, target, kh)
+    master, slave = pty.openpty()
+    orch = str(Path(os.sys.executable).parent / "orch")
+    proc = subprocess.Popen([orch, "nodes", "trust", "--env", "one", "--environments", str(envs), "--text"],
+                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    try:
+        os.write(master, f"{answer}\n".encode())
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+    prompt = err.index("Record the unpinned key(s) above (local-1)")
+    assert fp in err[:prompt]  # shown before it asks
+    if answer == "n":
+        assert proc.returncode == 2 and "nothing was recorded" in err
+        assert not kh.exists() or kh.read_text() == ""
+    else:
+        assert proc.returncode == 0 and "added" in out and len(kh.read_text().splitlines()) == 1, out + err

@@ -90,9 +90,30 @@ def mask_text(text: str, mark: str = MASK, known: Iterable[str] = ()) -> str:
     for a, b in spans:
         if not text[a:b].startswith(REDACTED_PREFIX):
             text = text[:a] + mark + text[b:]
-    for value in known:  # longest first (see Secrets)
+    return mask_known(text, known, mark)
+
+
+# A known value quoted in part (an error message cuts a long value short) is masked
+# from its first PARTIAL_MIN characters on: shorter fragments would hit ordinary text.
+PARTIAL_MIN = 16
+
+
+def mask_known(text: str, known: Iterable[str], mark: str = MASK) -> str:
+    """text with every known value (longest first), and every quote of one's first
+    PARTIAL_MIN or more characters, replaced by mark."""
+    for value in known:
         if value in text:
             text = text.replace(value, mark)
+        if len(value) <= PARTIAL_MIN:
+            continue
+        head = value[:PARTIAL_MIN]
+        start = text.find(head)
+        while start >= 0:
+            end, limit = start + PARTIAL_MIN, min(len(text), start + len(value))
+            while end < limit and text[end] == value[end - start]:
+                end += 1
+            text = text[:start] + mark + text[end:]
+            start = text.find(head, start + len(mark))
     return text
 
 

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from agent.redact import MASK
+from agent.redact import MASK, mask_known
 from orchestrator.errors import OrchError
 
 JSON_SCHEMA_VERSION = 1
@@ -352,10 +352,7 @@ class Redactor:
                 self.add(value)
 
     def scrub(self, text: str) -> str:
-        for value in self._ordered:
-            if value in text:
-                text = text.replace(value, MASK)
-        return text
+        return mask_known(text, self._ordered, MASK)
 
     def __contains__(self, value: str) -> bool:
         return value in self._values

@@ -101,3 +101,22 @@ def test_a_loading_error_does_not_quote_a_secret_from_env(tmp_path):
                               env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
         assert proc.returncode == 2 and "services.web.ports[0]" in proc.stdout + proc.stderr
         assert "hunter2-env" not in proc.stdout + proc.stderr and "invalid port '***'" in proc.stdout + proc.stderr
+
+
+def test_a_long_known_value_quoted_in_part_is_masked_too():
+    # An error message cuts a long value short ("the string '...'"): the cut quote is
+    # masked from its first 16 characters on, in output and in the ledger alike.
+    from agent.redact import mask_known
+    from orchestrator.cli.output import Redactor
+    from orchestrator.compose.problems import describe
+
+    secret = "s3cr3t-" + "x9" * 40
+    quoted = f"ports: {describe(secret)} is not a port"
+    assert secret not in quoted and secret[:20] in quoted  # describe cut it
+    assert secret[:16] not in mask_known(quoted, [secret], "***")
+    r = Redactor()
+    r.add(secret)
+    scrubbed = r.scrub(quoted + " and again " + secret[:30] + "...")
+    assert secret[:16] not in scrubbed and scrubbed.count("***") == 2
+    # ordinary text sharing a short start with the secret stays
+    assert mask_known("s3cr3t- is a word", [secret], "***") == "s3cr3t- is a word"

@@ -90,8 +90,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from agent import labels as L
-from agent.protocol import (
+from agent.wire import labels as L
+from agent.wire.protocol import (
     CANCELLED,
     CONFLICT,
     ENGINE,

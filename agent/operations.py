@@ -1,8 +1,8 @@
 """The fixed operations the agent performs. Each takes (ctx, args) and returns a dict.
 
-Arguments are validated here (or in agent.spec) before anything touches the engine.
+Arguments are validated here (or in agent.wire.spec) before anything touches the engine.
 Operations only ever select containers, networks and volumes carrying the io.orch.*
-labels (agent.labels), so nothing else on the node is touched.
+labels (agent.wire.labels), so nothing else on the node is touched.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from agent import labels as L
+from agent.wire import labels as L
+from agent.about import agent_version, bundle_name, runs_from
 from agent.create import create_body
 from agent.engine import ContainerInfo, LineSplitter
-from agent.protocol import (
+from agent.wire.protocol import (
     CANCELLED,
     CONFLICT,
     EXITED,
@@ -30,8 +31,6 @@ from agent.protocol import (
     UNHEALTHY,
     AgentError,
     BadRequest,
-    agent_version,
-    bundle_name,
     canonical_registry,
     check_bool,
     check_container_name,
@@ -45,10 +44,9 @@ from agent.protocol import (
     check_str_list,
     image_registry,
     require,
-    runs_from,
 )
 from agent.owner import owned, refuse_foreign
-from agent.spec import ServiceSpec
+from agent.wire.spec import ServiceSpec
 
 LOG_LINES_ON_FAILURE = 20
 DEFAULT_MIN_RUNNING = 1.0  # a container without healthcheck must stay up this long

@@ -11,7 +11,7 @@ object labelled with another one:
     prune_images) are refused before they touch anything when the project has any
     object of another environment on this engine (`refuse_foreign`);
   - operations that only remove (remove, prune, networks/volumes remove) skip such
-    objects (agent.labels.other_env).
+    objects (agent.wire.labels.other_env).
 The controller reads `owners` from `state` and refuses the deploy up front (exit 2);
 this is the defence in depth whatever a controller asks.
 """
@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
-from agent import labels as L
-from agent.protocol import CONFLICT, AgentError
+from agent.wire import labels as L
+from agent.wire.protocol import CONFLICT, AgentError
 
 
 @dataclass(frozen=True)

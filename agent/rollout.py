@@ -33,7 +33,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional
 
-from agent import labels as L
+from agent.wire import labels as L
 from agent.create import create_body
 from agent.engine import ContainerInfo
 from agent.operations import (
@@ -57,7 +57,7 @@ from agent.operations import (
     wait_ready,
     write_files,
 )
-from agent.protocol import (
+from agent.wire.protocol import (
     EXITED,
     UNHEALTHY,
     AgentError,
@@ -71,7 +71,7 @@ from agent.protocol import (
     require,
 )
 from agent.owner import refuse_foreign
-from agent.spec import ServiceSpec
+from agent.wire.spec import ServiceSpec
 
 ORDERS = ("stop-first", "start-first")
 DEFAULT_DRAIN_TIMEOUT = 10.0

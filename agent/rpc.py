@@ -6,7 +6,7 @@ run one at a time, in order, on the main thread.
 
 A controller can also go away without an end of input: its network or power gone, the
 TCP connection half-open until keepalives give up (hours with default settings). The
-lease thread treats LEASE_SECONDS of silence (no request, no ping: see agent.protocol)
+lease thread treats LEASE_SECONDS of silence (no request, no ping: see agent.wire.protocol)
 like an end of input, and `give_up` (also on SIGTERM, what `orch lock break` sends)
 frees the deploy locks at once: the running operation is cancelled and puts its batch
 back under agent.lock.working, which the next holder waits for.
@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Callable, Dict, Optional, Set
 
 from agent.lock import TABLE, working
 from agent.operations import OPERATIONS, Context
-from agent.protocol import (
+from agent.wire.protocol import (
     BAD_REQUEST,
     INTERNAL,
     LEASE_EXPIRED,

@@ -71,7 +71,7 @@ def test_the_agent_itself_refuses_or_skips_another_environments_objects(shared, 
 
     from agent.engine import Engine
     from agent.operations import OPERATIONS, Context
-    from agent.protocol import AgentError
+    from agent.wire.protocol import AgentError
 
     node = ssh("dev-1")
     before = node_objects(node, shared.project)

@@ -2,11 +2,11 @@
 
 import pytest
 
-from agent import labels as L
+from agent.wire import labels as L
 from agent.fake import FakeEngine
 from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError
-from agent.spec import config_hash
+from agent.wire.protocol import AgentError
+from agent.wire.spec import config_hash
 
 V1, V2, BAD = "web:v1", "web:v2", "web:bad"
 HC = {"test": ["CMD", "true"], "interval": 1, "retries": 2}
@@ -249,7 +249,7 @@ def test_rerun_of_a_replaced_replica_changes_nothing(run, engine):
 
 
 def test_bad_arguments_are_refused(run):
-    from agent.protocol import BadRequest
+    from agent.wire.protocol import BadRequest
 
     with pytest.raises(BadRequest):
         run("rollout", {"spec": spec(V1), "replicas": [3]})

@@ -11,7 +11,7 @@ import pytest
 
 from agent.fake import FakeEngine
 from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError as RawAgentError
+from agent.wire.protocol import AgentError as RawAgentError
 from orchestrator import transport as T
 from orchestrator.deploy import (
     DeployOptions, Deployment, find_container, list_containers, parse_since, run_exec, stream_logs, take_down,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from agent import ingress as I
-from agent import labels as L
+from agent.wire import labels as L
 from agent.fake import FakeEngine
 from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError, BadRequest
+from agent.wire.protocol import AgentError, BadRequest
 
 
 def sync_args(**kw):

@@ -11,7 +11,7 @@ import pytest
 from agent import ledger as LG
 from agent.fake import FakeEngine
 from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError
+from agent.wire.protocol import AgentError
 
 DIGEST = "sha256:" + "a" * 64
 
@@ -146,7 +146,7 @@ def test_the_ledger_module_is_python39_compatible():
         ast.parse(src, feature_version=(3, 9))
 
 
-# --------------------------------------------------------------------------- secrets (agent.redact)
+# --------------------------------------------------------------------------- secrets (agent.wire.redact)
 
 CLEAR = {"environment": {"DB_PASSWORD": "env-pw-1", "STRIPE_KEY": "sk-key-2",
                          "REDIS_URL": "redis://:redis-pw-3@cache:6379/0",

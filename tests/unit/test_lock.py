@@ -15,7 +15,7 @@ import pytest
 from agent import lock as AL
 from agent.fake import FakeEngine
 from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError
+from agent.wire.protocol import AgentError
 from orchestrator import lock as OL
 from orchestrator import transport as T
 from orchestrator.errors import LockHeld

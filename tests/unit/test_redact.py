@@ -1,4 +1,4 @@
-"""agent.redact: the one secret rule, and where it applies (output, ledger)."""
+"""agent.wire.redact: the one secret rule, and where it applies (output, ledger)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agent.redact import MASK, REDACTED, find_secrets, first_clear_secret, mask_text, mask_tree, secret_name
+from agent.wire.redact import MASK, REDACTED, find_secrets, first_clear_secret, mask_text, mask_tree, secret_name
 
 SECRET_NAMES = ("DB_PASSWORD", "password", "PGPASSWORD", "API_KEY", "apiKey", "STRIPE_KEY", "SIGNING_KEY",
                 "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "SENTRY_DSN", "REDIS_PASS", "DB_PWD", "BASIC_AUTH",

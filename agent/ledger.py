@@ -46,11 +46,11 @@ from agent.wire.protocol import (
     check_project,
     check_str,
 )
+from agent.wire.ledger import STATUSES
 from agent.wire.redact import REDACTED, mask_text, mask_tree
 
 DB_NAME = "ledger.sqlite3"
 SCHEMA_VERSION = 1
-STATUSES = ("deploying", "live", "failed", "rolled_back", "superseded")
 MAX_LIST = 1000
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 

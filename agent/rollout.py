@@ -71,39 +71,13 @@ from agent.wire.protocol import (
     require,
 )
 from agent.owner import refuse_foreign
+from agent.wire.ingress import IngressSettings
 from agent.wire.spec import ServiceSpec
 
 ORDERS = ("stop-first", "start-first")
-DEFAULT_DRAIN_TIMEOUT = 10.0
-DEFAULT_INGRESS_TIMEOUT = 60.0
 
 
 # ----------------------------------------------------------------------------- the ingress
-
-
-@dataclass(frozen=True)
-class IngressSettings:
-    """What the controller sends for a service behind the node's ingress."""
-
-    port: Dict[str, Any]  # {published, target, protocol, host_ip}
-    health: Dict[str, Any]
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
-    timeout: float = DEFAULT_INGRESS_TIMEOUT
-
-    @classmethod
-    def parse(cls, value: Any) -> Optional["IngressSettings"]:
-        if value is None:
-            return None
-        from agent.ingress import Health, parse_port
-
-        if not isinstance(value, dict):
-            raise BadRequest("ingress must be an object {port, health, drain_timeout, timeout}")
-        check_keys(value, ("port", "health", "drain_timeout", "timeout"), "ingress")
-        port = parse_port(require(value, "port", "ingress"), "ingress.port")
-        health = Health.from_dict(value.get("health") or {}).to_dict()
-        return cls(port=port, health=health,
-                   drain_timeout=check_number(value.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT), "drain_timeout"),
-                   timeout=check_number(value.get("timeout", DEFAULT_INGRESS_TIMEOUT), "timeout"))
 
 
 def settings_of(front: Optional[Dict[str, Any]]) -> Optional[IngressSettings]:

@@ -400,7 +400,7 @@ def ingress_drift(unit: Any, step: Step, actual: Mapping[str, Any] | None) -> st
     port = actual.get("port") or {}
     if (port.get("published"), port.get("target")) != (args["port"]["published"], args["port"]["target"]):
         return "ingress port changed"
-    from agent.ingress import Health
+    from agent.wire.ingress import Health
 
     if Health.from_dict(dict(actual.get("health") or {})) != Health.from_dict(args["health"]):
         return "ingress health check changed"

@@ -163,13 +163,13 @@ def test_nesting_up_to_the_limit_is_fine():
 
 
 def test_a_huge_value_is_not_echoed_whole():
-    from agent import ingress as I
+    from agent.wire import ingress as W
 
     with pytest.raises(BadRequest) as err:
         check_project("X" * 1_000_000)
     assert len(err.value.message) < 300
     with pytest.raises(BadRequest) as err:  # any module's message, whatever it quotes
-        I.Health.from_dict({"path": "/" + "x" * 1_000_000 + " "})
+        W.Health.from_dict({"path": "/" + "x" * 1_000_000 + " "})
     assert "must start with '/'" in err.value.message and len(err.value.message) < 5000
 
 

@@ -15,6 +15,7 @@ from agent import ingress as I
 from agent.wire import labels as L
 from agent.fake import FakeEngine
 from agent.operations import OPERATIONS, Context
+from agent.wire import ingress as W
 from agent.wire.protocol import AgentError, BadRequest
 
 
@@ -29,9 +30,9 @@ def sync_args(**kw):
 
 def svc(servers=(), **kw):
     base = dict(project="shop", service="web", published=8080, target=80, env="prod",
-                health=I.Health("/healthz", 0.5))
+                health=W.Health("/healthz", 0.5))
     base.update(kw)
-    return I.ServiceIngress(servers=tuple(servers), **base)
+    return W.ServiceIngress(servers=tuple(servers), **base)
 
 
 PATHS = I.paths_for("/var/lib/orch-agent/engines/ABCD", run_base="/run")
@@ -41,20 +42,20 @@ PATHS = I.paths_for("/var/lib/orch-agent/engines/ABCD", run_base="/run")
 
 
 def test_sync_arguments_parse_into_the_model():
-    req = I.parse_sync(sync_args(backends=[{"name": "web-1", "container": "shop-web-1"},
+    req = W.parse_sync(sync_args(backends=[{"name": "web-1", "container": "shop-web-1"},
                                            {"name": "web-2", "container": "/shop-web-2", "address": "10.0.0.7"}]))
     s = req.service
     assert (s.project, s.service, s.env, s.published, s.target, s.protocol, s.host_ip) == (
         "shop", "web", "prod", 8080, 80, "http", "0.0.0.0")
-    assert s.health == I.Health(path="/healthz", interval=0.5, timeout=2.0, rise=2, fall=2, host="localhost")
+    assert s.health == W.Health(path="/healthz", interval=0.5, timeout=2.0, rise=2, fall=2, host="localhost")
     assert [(b.name, b.container, b.address) for b in req.backends] == [
         ("web-1", "shop-web-1", ""), ("web-2", "shop-web-2", "10.0.0.7")]
-    assert (req.timeout, req.drain_timeout, req.network) == (I.DEFAULT_SYNC_TIMEOUT, I.DEFAULT_REMOVE_DRAIN, "")
+    assert (req.timeout, req.drain_timeout, req.network) == (W.DEFAULT_SYNC_TIMEOUT, W.DEFAULT_REMOVE_DRAIN, "")
     assert (s.frontend, s.backend, s.key) == ("fe.shop.web", "be.shop.web", "shop/web")
 
 
 def test_health_accepts_a_bare_path():
-    assert I.parse_sync(sync_args(health="/ready")).service.health.path == "/ready"
+    assert W.parse_sync(sync_args(health="/ready")).service.health.path == "/ready"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -95,22 +96,22 @@ def test_health_accepts_a_bare_path():
 ])
 def test_sync_arguments_are_validated(change, message):
     with pytest.raises(BadRequest) as err:
-        I.parse_sync(sync_args(**change))
+        W.parse_sync(sync_args(**change))
     assert message in err.value.message
 
 
 def test_drain_and_remove_arguments_are_validated():
-    assert I.parse_drain({"project": "shop", "service": "web", "server": "web-1"}) == (
-        "shop", "web", "web-1", I.DEFAULT_DRAIN_TIMEOUT)
-    assert I.parse_drain({"project": "shop", "service": "web", "server": "web-1", "timeout": 5})[3] == 5.0
+    assert W.parse_drain({"project": "shop", "service": "web", "server": "web-1"}) == (
+        "shop", "web", "web-1", W.DEFAULT_DRAIN_TIMEOUT)
+    assert W.parse_drain({"project": "shop", "service": "web", "server": "web-1", "timeout": 5})[3] == 5.0
     for bad in ({"project": "shop", "service": "web"}, {"project": "shop", "service": "web", "server": "a/b"},
                 {"project": "shop", "service": "web", "server": "a", "timeout": 7200},
                 {"project": "shop", "service": "web", "server": "a", "wait": 1}):
         with pytest.raises(BadRequest):
-            I.parse_drain(bad)
-    assert I.parse_remove({"project": "shop", "service": "web"}) == ("shop", "web")
+            W.parse_drain(bad)
+    assert W.parse_remove({"project": "shop", "service": "web"}) == ("shop", "web")
     with pytest.raises(BadRequest):
-        I.parse_remove({"project": "shop"})
+        W.parse_remove({"project": "shop"})
 
 
 def test_the_ops_are_registered():
@@ -123,11 +124,11 @@ def test_the_ops_are_registered():
 
 def test_config_renders_a_frontend_and_backend_per_service():
     services = {
-        "shop/web": svc([I.Server("web-1", "shop-web-1", "172.18.0.2"),
-                         I.Server("web-2", "shop-web-2", "172.18.0.3", "maint"),
-                         I.Server("web-3", "shop-web-3", "172.18.0.4", "warming")]),
+        "shop/web": svc([W.Server("web-1", "shop-web-1", "172.18.0.2"),
+                         W.Server("web-2", "shop-web-2", "172.18.0.3", "maint"),
+                         W.Server("web-3", "shop-web-3", "172.18.0.4", "warming")]),
         "blog/www": svc(project="blog", service="www", published=9000, target=8000, env="",
-                        health=I.Health("/", 2.0, rise=3, fall=4, host="blog.example")),
+                        health=W.Health("/", 2.0, rise=3, fall=4, host="blog.example")),
     }
     text = I.render_config(PATHS, services)
     assert "stats socket /run/orch-ingress-%s/admin.sock mode 600 level admin expose-fd listeners" % (
@@ -153,7 +154,7 @@ def test_config_renders_a_frontend_and_backend_per_service():
 
 def test_server_lines_and_add_server_share_their_check_options():
     s = svc()
-    server = I.Server("web-1", "shop-web-1", "172.18.0.2")
+    server = W.Server("web-1", "shop-web-1", "172.18.0.2")
     text = I.render_config(PATHS, {s.key: s.with_servers([server])})
     line = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("server ")][0]
     assert I.cmd_add_server(s.backend, server, s.target, s.health) == "add server be.shop.web/" + line[len("server "):]
@@ -168,7 +169,7 @@ def test_an_empty_ingress_renders_globals_only():
                     reason="haproxy is not installed here")
 def test_haproxy_accepts_the_rendered_config(tmp_path):
     paths = I.paths_for(str(tmp_path), run_base="/run")  # -c binds nothing
-    services = {"shop/web": svc([I.Server("web-1", "c1", "172.18.0.2"), I.Server("web-2", "c2", "172.18.0.3", "maint")]),
+    services = {"shop/web": svc([W.Server("web-1", "c1", "172.18.0.2"), W.Server("web-2", "c2", "172.18.0.3", "maint")]),
                 "blog/www": svc(project="blog", service="www", published=9000, target=8000)}
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(I.render_config(paths, services))
@@ -190,8 +191,8 @@ def test_socket_paths_stay_short_whatever_the_data_dir():
 
 
 def test_runtime_commands():
-    h = I.Health("/healthz", interval=1.0, rise=3, fall=2)
-    server = I.Server("web-2", "shop-web-2", "172.18.0.3")
+    h = W.Health("/healthz", interval=1.0, rise=3, fall=2)
+    server = W.Server("web-2", "shop-web-2", "172.18.0.3")
     assert I.cmd_add_server("be.shop.web", server, 8080, h) == (
         "add server be.shop.web/web-2 172.18.0.3:8080 check inter 1000ms fastinter 200ms downinter 200ms "
         "rise 3 fall 2")
@@ -222,14 +223,14 @@ def test_plan_servers():
     runtime = {"old": rt("old", "172.18.0.2"), "gone": rt("gone", "172.18.0.9", admin=1),
                "moved": rt("moved", "172.18.0.5"), "back": rt("back", "172.18.0.6", admin=1),
                "draining": rt("draining", "172.18.0.7", admin=8)}
-    desired = [I.Server("old", "c-old", "172.18.0.2"), I.Server("new", "c-new", "172.18.0.3"),
-               I.Server("moved", "c-moved", "172.18.0.8"), I.Server("back", "c-back", "172.18.0.6"),
-               I.Server("draining", "c-d", "172.18.0.7")]
+    desired = [W.Server("old", "c-old", "172.18.0.2"), W.Server("new", "c-new", "172.18.0.3"),
+               W.Server("moved", "c-moved", "172.18.0.8"), W.Server("back", "c-back", "172.18.0.6"),
+               W.Server("draining", "c-d", "172.18.0.7")]
     plan = I.plan_servers(runtime, desired, 80)
     assert plan.to_dict() == {"remove": ["gone", "moved"], "add": ["new", "moved"],
                               "rewarm": ["back", "draining"], "keep": ["old"]}
     # another target port is another server
-    assert I.plan_servers({"a": rt("a")}, [I.Server("a", "c", "172.18.0.2")], 8080).to_dict()["remove"] == ["a"]
+    assert I.plan_servers({"a": rt("a")}, [W.Server("a", "c", "172.18.0.2")], 8080).to_dict()["remove"] == ["a"]
     assert I.plan_servers({}, [], 80).to_dict() == {"remove": [], "add": [], "rewarm": [], "keep": []}
 
 
@@ -356,7 +357,7 @@ def test_state_round_trips(tmp_path):
     paths = I.paths_for(str(tmp_path), run_base=str(tmp_path))
     I.ensure_dirs(paths)
     assert I.load_state(paths) == {}
-    services = {"shop/web": svc([I.Server("web-1", "c1", "172.18.0.2", "maint")])}
+    services = {"shop/web": svc([W.Server("web-1", "c1", "172.18.0.2", "maint")])}
     I.save_state(paths, services)
     assert I.load_state(paths) == services
     assert json.loads(Path(paths.state).read_text())["version"] == I.STATE_VERSION
@@ -684,8 +685,8 @@ def test_bundle_carries_jinja2_and_the_template_and_renders_on_python39(tmp_path
     assert "markupsafe/_native.py" in names and not [n for n in names if n.startswith("markupsafe/_speedups")]
     py39 = Path("/root/.pyenv/versions/3.9.18/bin/python")
     python = str(py39) if py39.exists() else sys.executable
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from agent import ingress as I; "
-            "s = I.ServiceIngress('shop', 'web', 8080, 80, servers=(I.Server('w', 'c', '172.18.0.2'),)); "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from agent import ingress as I; from agent.wire import ingress as W; "
+            "s = W.ServiceIngress('shop', 'web', 8080, 80, servers=(W.Server('w', 'c', '172.18.0.2'),)); "
             "print(I.render_config(I.paths_for('/x', run_base='/run'), {s.key: s}))")
     out = subprocess.run([python, "-I", "-c", code, str(b.path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -90,6 +90,16 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from agent.wire import labels as L
+from agent.wire.ingress import (
+    Health,
+    Server,
+    ServiceIngress,
+    SyncRequest,
+    parse_drain,
+    parse_remove,
+    parse_sync,
+    service_key,
+)
 from agent.wire.protocol import (
     CANCELLED,
     CONFLICT,
@@ -100,16 +110,6 @@ from agent.wire.protocol import (
     AgentError,
     check_keys,
     check_name,
-)
-from agent.wire.ingress import (
-    Health,
-    Server,
-    ServiceIngress,
-    SyncRequest,
-    parse_drain,
-    parse_remove,
-    parse_sync,
-    service_key,
 )
 
 INGRESS = "ingress"  # error kind: HAProxy itself failed (config refused, start/reload, socket)
@@ -1256,6 +1256,50 @@ def op_ingress_start(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     out = status(paths, hap)
     out["started"] = started
     return out
+
+
+# ----------------------------------------------------------------------------- for agent.rollout, agent.owner
+
+
+class IngressDriver:
+    """The ingress operations of this module, called in-process by a rollout (unit tests put a fake
+    in Context.ingress)."""
+
+    def __init__(self, ctx: Any):
+        self.ctx = ctx
+
+    def frontend(self, project: str, service: str) -> Optional[Dict[str, Any]]:
+        svc = load_state(_paths(self.ctx)).get(service_key(project, service))
+        return None if svc is None else svc.to_dict()
+
+    def sync(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        return op_ingress_sync(self.ctx, args)
+
+    def drain(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        return op_ingress_drain(self.ctx, args)
+
+    def remove(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        return op_ingress_remove(self.ctx, args)
+
+
+def driver(ctx: Any) -> Any:
+    return ctx.ingress if ctx.ingress is not None else IngressDriver(ctx)
+
+
+def ingress_state(ctx: Any, project: str) -> Dict[str, Any]:
+    """The project's ingress frontends on this node, for `state` (the controller's plan
+    checks them against the containers): {service: {port, health, servers}, ...}."""
+    try:
+        paths = _paths(ctx)
+        services = [s for s in load_state(paths).values() if s.project == project]
+        running = bool(services) and _hap(ctx, paths).pid() is not None
+    except (OSError, ValueError, AgentError):
+        return {}
+    return {s.service: {"port": {"published": s.published, "target": s.target, "protocol": s.protocol,
+                                 "host_ip": s.host_ip}, "env": s.env,
+                        "health": s.health.to_dict(), "servers": sorted(x.name for x in s.servers),
+                        "running": running}
+            for s in services}
 
 
 def _for_env(op: Callable[[Any, Dict[str, Any]], Dict[str, Any]]) -> Callable[[Any, Dict[str, Any]], Dict[str, Any]]:

@@ -38,6 +38,7 @@ import re
 import sqlite3
 from typing import Any, Dict, List, Optional
 
+from agent.wire.ledger import STATUSES
 from agent.wire.protocol import (
     BadRequest,
     check_int,
@@ -46,7 +47,6 @@ from agent.wire.protocol import (
     check_project,
     check_str,
 )
-from agent.wire.ledger import STATUSES
 from agent.wire.redact import REDACTED, mask_text, mask_tree
 
 DB_NAME = "ledger.sqlite3"

@@ -35,7 +35,7 @@ class Owned:
 def owned(ctx: Any, project: str, reads: bool = False) -> List[Owned]:
     """Every object of `project` on this engine that carries an environment label.
     reads: list through ctx.reads (no docker SDK), for `state`."""
-    from agent.rollout import ingress_state
+    from agent.ingress import ingress_state
 
     engine = ctx.reads if reads else ctx.engine
     sel = L.filters(project)

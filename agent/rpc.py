@@ -23,8 +23,9 @@ import time
 import traceback
 from typing import Any, BinaryIO, Callable, Dict, Optional, Set
 
+from agent.context import Context
 from agent.lock import TABLE, working
-from agent.operations import OPERATIONS, Context
+from agent.operations import OPERATIONS
 from agent.wire.protocol import (
     BAD_REQUEST,
     INTERNAL,

@@ -13,7 +13,8 @@ import pytest
 
 from agent.wire import labels as L
 from agent.engine_reads import SocketReads
-from agent.operations import OPERATIONS, Context
+from agent.context import Context
+from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError
 
 

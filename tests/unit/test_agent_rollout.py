@@ -4,7 +4,8 @@ import pytest
 
 from agent.wire import labels as L
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
+from agent.context import Context
+from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError
 from agent.wire.spec import config_hash
 
@@ -260,11 +261,11 @@ def test_bad_arguments_are_refused(run):
 
 
 def test_removing_a_service_or_project_removes_its_ingress(run, engine, ingress, monkeypatch):
-    import agent.rollout as R
+    import agent.ingress as I
 
     run("apply", {"spec": spec(V1, replicas=(1,))})
     run("rollout", {"spec": spec(V1, replicas=(1,)), "replicas": [], "ingress": INGRESS})
-    monkeypatch.setattr(R, "ingress_state", lambda ctx, project: {
+    monkeypatch.setattr(I, "ingress_state", lambda ctx, project: {
         s: {} for (p, s) in ingress.frontends if p == project})
     out = run("remove", {"project": "shop", "service": "web", "env": "prod", "replicas": [1]})
     assert out["ingress"] == [] and ("shop", "web") in ingress.frontends  # one replica: the port stays

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 import pytest
 
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
+from agent.context import Context
+from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError as RawAgentError
 from orchestrator import transport as T
 from orchestrator.deploy import (

@@ -7,7 +7,8 @@ import pytest
 
 from agent.wire import labels as L
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
+from agent.context import Context
+from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError
 from agent.wire.spec import config_hash, config_parts
 

@@ -14,7 +14,8 @@ import pytest
 from agent import ingress as I
 from agent.wire import labels as L
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
+from agent.context import Context
+from agent.operations import OPERATIONS
 from agent.wire import ingress as W
 from agent.wire.protocol import AgentError, BadRequest
 

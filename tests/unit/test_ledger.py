@@ -10,7 +10,8 @@ import pytest
 
 from agent import ledger as LG
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
+from agent.context import Context
+from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError
 
 DIGEST = "sha256:" + "a" * 64

@@ -14,7 +14,8 @@ import pytest
 
 from agent import lock as AL
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
+from agent.context import Context
+from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError
 from orchestrator import lock as OL
 from orchestrator import transport as T

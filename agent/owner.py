@@ -82,7 +82,8 @@ def ports_elsewhere(ctx: Any, project: str, reads: bool = False) -> List[Dict[st
     """Host ports published on this engine by what orch runs for other projects (their
     running containers and ingress frontends), for `state`: the controller refuses a
     deploy that needs one of them (exit 2) instead of failing when a container starts."""
-    from agent.ingress import _paths, load_state
+    from agent.ingress import _paths
+    from agent.ingress_files import load_state
 
     engine = ctx.reads if reads else ctx.engine
     out = []

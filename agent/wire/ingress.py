@@ -22,6 +22,7 @@ from agent.wire.protocol import (
     require,
 )
 
+INGRESS = "ingress"  # error kind: HAProxy itself failed (config refused, start/reload, socket)
 PROTOCOLS = ("http",)
 DEFAULT_SYNC_TIMEOUT = 60.0
 DEFAULT_DRAIN_TIMEOUT = 30.0

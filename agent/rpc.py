@@ -81,6 +81,7 @@ class Server:
         self.clock: Callable[[], float] = time.monotonic
         self._last_input = self.clock()
         self._gone = threading.Event()  # given up on the controller (lease expired, lock broken)
+        self._served = threading.Event()  # serve() returned: the lease has nothing left to guard
         self._queue: "Optional[queue.Queue[Any]]" = None
 
     # --------------------------------------------------------------- output
@@ -179,6 +180,7 @@ class Server:
                 self.send(error(None, line))
                 continue
             self.handle(line)
+        self._served.set()
         return 0
 
     def finish(self, code: int) -> int:
@@ -196,6 +198,8 @@ class Server:
     def _watch_lease(self) -> None:
         step = max(0.05, min(1.0, self.lease_seconds / 10))
         while not self._gone.wait(step):
+            if self._served.is_set():
+                return  # a later give-up would free locks that are no longer this session's
             silent = self.clock() - self._last_input
             if silent >= self.lease_seconds:
                 self.give_up("the controller sent nothing for %.0fs (lease %.0fs): taken as gone"

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-DEFAULT_STATE_DIR = "/var/lib/orch-agent"
+from agent.wire.protocol import DEFAULT_STATE_DIR
 
 
 def main(argv=None) -> int:

@@ -31,6 +31,7 @@ import re
 from typing import Any, Dict, Iterable, List, Optional
 
 PROTOCOL_VERSION = 1
+DEFAULT_STATE_DIR = "/var/lib/orch-agent"  # the agent's state (bundles, ledger, locks) unless --state-dir
 PING = "ping"
 PING_SECONDS = 5.0
 LEASE_SECONDS = 30.0  # several missed pings: a busy controller or a slow link never loses it

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-DEFAULT_STATE_DIR = "/var/lib/orch-agent"
+from agent.wire.protocol import DEFAULT_STATE_DIR
 
 
 def main(argv=None) -> int:
@@ -18,7 +18,8 @@ def main(argv=None) -> int:
     sub.add_parser("version", help="print the agent and protocol versions as JSON")
     args = parser.parse_args(argv)
 
-    from agent.protocol import PROTOCOL_VERSION, agent_version, bundle_name, runs_from
+    from agent.about import agent_version, bundle_name, runs_from
+    from agent.wire.protocol import PROTOCOL_VERSION
 
     if args.command == "version":
         import platform

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
-from agent import labels as L
-from agent.spec import ContainerSpec, ServiceSpec
+from agent.wire import labels as L
+from agent.wire.spec import ContainerSpec, ServiceSpec
 
 NS = 1_000_000_000
 

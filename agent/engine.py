@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from agent import labels as L
-from agent.protocol import ENGINE, MAX_LOG_LINE, NOT_FOUND, PULL, AgentError, split_image
+from agent.wire import labels as L
+from agent.wire.protocol import ENGINE, MAX_LOG_LINE, NOT_FOUND, PULL, AgentError, split_image
 
 NS = 1_000_000_000
 

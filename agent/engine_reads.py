@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote, urlencode
 
 from agent.engine import ContainerInfo, info_from_inspect
-from agent.protocol import ENGINE, AgentError
+from agent.wire.protocol import ENGINE, AgentError
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 

@@ -14,7 +14,7 @@ import itertools
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.engine import ContainerInfo
-from agent.protocol import CONFLICT, ENGINE, NOT_FOUND, PULL, AgentError
+from agent.wire.protocol import CONFLICT, ENGINE, NOT_FOUND, PULL, AgentError
 
 NS = 1_000_000_000
 

@@ -12,38 +12,7 @@ its Docker network (by default the project network, `<project>_default`) is reac
 through the network's bridge; `container_address()` looks that IP up by container name.
 A backend may give `address` instead (e.g. 127.0.0.1 for a host-network container).
 
-Process. One HAProxy per node (Debian's `haproxy` package, >= 2.4 for dynamic servers;
-Debian 12 ships 2.6), master-worker mode, started detached (its own session, daemon mode,
-stdio on a log file), so it outlives the agent process that started it and the SSH
-channel; a later agent finds it again by its pid file (the master's pid, checked against
-/proc/PID/cmdline) and its sockets. Files under Context.data_dir()/ingress/ (per engine:
-lab nodes share one filesystem): haproxy.cfg (rendered from agent/templates/haproxy.cfg.j2
-with Jinja2), state.json (what the agent wants: services and servers, the source of the
-config), haproxy.pid, server-state (HAProxy's server states across reloads), haproxy.log
-(startup messages), lock. The master CLI socket and the runtime API socket (admin level,
-`expose-fd listeners`) live in a short directory, /run/orch-ingress-<hash of data dir>/
-(or /tmp/...), because a data dir path plus a socket name can pass the 97 bytes HAProxy
-allows a Unix socket path (it binds <path>.<pid>.tmp first).
-
-Hitless changes.
-  - Servers (a service's containers) change through the runtime API only (HAProxy
-    dynamic servers): `add server` (comes up in maintenance), `enable health`, `set server
-    state drain` + `set server health down` (health checks run, no traffic), and once the
-    server passed `rise` HTTP checks on the health path, `set server state ready`. So a
-    new container takes traffic only after HAProxy has seen it healthy. Removing one:
-    `set server state drain` (no new requests), wait until its current sessions (and any
-    old worker still finishing requests after a reload) reach 0 or a timeout, `set server
-    state maint`, then `del server`.
-  - Frontends and backends (a new service, another port or health check) need a reload:
-    the config is checked (`haproxy -c`), the servers' states are saved (`show servers
-    state` to the server-state file, loaded back with load-server-state-from-file), and
-    the master is told `reload`; the new worker takes the listening sockets over from the
-    old one (expose-fd listeners), so no connection is refused, and the old worker ends
-    its requests gracefully (hard-stop-after bounds it). The agent waits for the new
-    worker to answer.
-  - The config file always mirrors the runtime, so a reload or a restart (node reboot,
-    then `ingress_start` or any `ingress_sync`) gives the same backends back.
-  With HAProxy older than 2.4 (no dynamic servers) every change is a seamless reload.
+The HAProxy process, its files and its runtime API are agent.haproxy's.
 
 Operations (registered in agent.operations.OPERATIONS):
   ingress_sync    {project, env?, service, port: {published, target, protocol: http,
@@ -74,952 +43,49 @@ the config or a runtime command was validated first (names, ports, IPv4 addresse
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import hashlib
-import ipaddress
-import json
 import os
-import re
-import shutil
-import signal
 import socket
 import subprocess
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from dataclasses import replace
+from typing import Any, Callable, Dict, List, Optional
 
-from agent import labels as L
-from agent.protocol import (
-    CANCELLED,
+from agent.haproxy import (
+    HAProxy,
+    check_passed,
+    cmd_add_server,
+    cmd_del_server,
+    cmd_state,
+    cmds_warm,
+    plan_servers,
+    render_config,
+    serving,
+    warmed,
+)
+from agent.ingress_files import POLL, Paths, ingress_lock, load_state, paths_for, save_state, write_atomic
+from agent.wire import labels as L
+from agent.wire.ingress import (
+    INGRESS,
+    Server,
+    ServiceIngress,
+    SyncRequest,
+    parse_drain,
+    parse_remove,
+    parse_sync,
+    service_key,
+)
+from agent.wire.protocol import (
     CONFLICT,
     ENGINE,
     EXITED,
     NOT_FOUND,
     UNHEALTHY,
     AgentError,
-    BadRequest,
-    check_container_name,
-    check_int,
     check_keys,
     check_name,
-    check_number,
-    check_project,
-    check_str,
-    require,
 )
 
-INGRESS = "ingress"  # error kind: HAProxy itself failed (config refused, start/reload, socket)
-FAST_CHECK_MS = 200  # health checks of a server that is DOWN or changing state (Health.server_options)
-MIN_DYNAMIC = (2, 4)  # `add server` / `del server` on the runtime API
-PROTOCOLS = ("http",)
-STATE_VERSION = 1
-DEFAULT_SYNC_TIMEOUT = 60.0
-DEFAULT_DRAIN_TIMEOUT = 30.0
-DEFAULT_REMOVE_DRAIN = 10.0  # servers dropped by a sync while still in rotation
-PROCESS_TIMEOUT = 20.0  # start, reload, stop
-LOCK_TIMEOUT = 300.0
-POLL = 0.1
-NOTE_EVERY = 2.0
-OK_CHECKS = ("L7OK", "L6OK", "L4OK")
-SERVER_STATES = ("ready", "warming", "drain", "maint")
-LOG_MAX = 256 * 1024
-BINARY_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin", "/sbin")
-
-# Admin-state bits of `show servers state` (srv_admin_state).
-ADMF_MAINT = 0x01 | 0x02 | 0x04 | 0x20 | 0x40  # forced, inherited, config, resolution, hostname
-ADMF_DRAIN = 0x08 | 0x10  # forced, inherited
-
-# Global/defaults settings of the rendered config (seconds unless _ms).
-SETTINGS = {
-    "hard_stop_after_s": 30,
-    "retries": 3,
-    "timeout_connect_ms": 2000,
-    "timeout_client_s": 60,
-    "timeout_server_s": 60,
-    "timeout_http_request_s": 10,
-    "timeout_keep_alive_s": 10,
-    "timeout_queue_s": 10,
-}
-
-# What may appear in a health-check path: no spaces, quotes, backslashes, '#' or '$'
-# (the config parser would read them as separators, quoting, comments or variables).
-_PATH_RE = re.compile(r"^/[A-Za-z0-9._~%!&()*+,;=:@/?-]{0,255}$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})(?::[0-9]{1,5})?$")
-# Runtime API arguments are names and addresses; ';' would chain commands, '\n' end one.
-_CMD_FORBIDDEN = re.compile(r"[;\n\r\x00]")
-
-
-# ----------------------------------------------------------------------------- model
-
-
-@dataclass(frozen=True)
-class Health:
-    path: str = "/"
-    interval: float = 1.0  # seconds between checks
-    timeout: float = 2.0  # seconds a check may take
-    rise: int = 2  # consecutive passes before a server is UP
-    fall: int = 2  # consecutive failures before it is DOWN
-    host: str = "localhost"  # Host header of the check request
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "health") -> "Health":
-        if isinstance(d, str):  # shorthand: just the path
-            d = {"path": d}
-        if not isinstance(d, dict):
-            raise BadRequest("%s must be an object {path, interval, ...}" % where)
-        check_keys(d, ("path", "interval", "timeout", "rise", "fall", "host"), where)
-        path = check_str(d.get("path", "/"), where + ".path")
-        if not _PATH_RE.fullmatch(path):
-            raise BadRequest("%s.path %r must start with '/' and contain no spaces, quotes, '#', '$' or '\\'"
-                             % (where, path))
-        host = check_str(d.get("host", "localhost"), where + ".host")
-        if not _HOST_RE.fullmatch(host):
-            raise BadRequest("%s.host %r is not a host name" % (where, host))
-        interval = check_number(d.get("interval", 1.0), where + ".interval", 0.1)
-        timeout = check_number(d.get("timeout", 2.0), where + ".timeout", 0.1)
-        for value, what in ((interval, "interval"), (timeout, "timeout")):
-            if value > 300:
-                raise BadRequest("%s.%s must be at most 300 seconds" % (where, what))
-        return cls(
-            path=path,
-            interval=interval,
-            timeout=timeout,
-            rise=check_int(d.get("rise", 2), where + ".rise", 1, 100),
-            fall=check_int(d.get("fall", 2), where + ".fall", 1, 100),
-            host=host,
-        )
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"path": self.path, "interval": self.interval, "timeout": self.timeout, "rise": self.rise,
-                "fall": self.fall, "host": self.host}
-
-    def server_options(self) -> str:
-        """The health-check part of a server line, the same in the config and `add server`.
-
-        `interval` paces the checks of a server that is UP. One that is DOWN (a new
-        container waiting for its `rise` passes) or changing state is checked every
-        FAST_CHECK_MS at most: a new container takes traffic ~2 intervals sooner
-        (about 1.6 s of every batch of a rolling update with the defaults), and a failing
-        one is taken out sooner after its first failed check."""
-        inter = _ms(self.interval)
-        fast = min(inter, FAST_CHECK_MS)
-        return "check inter %dms fastinter %dms downinter %dms rise %d fall %d" % (
-            inter, fast, fast, self.rise, self.fall)
-
-
-@dataclass(frozen=True)
-class Server:
-    name: str  # the HAProxy server name (stable across renames of the container)
-    container: str  # the Docker container name (to look its address up, and to show)
-    address: str = ""  # IPv4 address; "" until resolved
-    state: str = "ready"  # ready | warming (added, not yet seen healthy) | drain | maint
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "container": self.container, "address": self.address, "state": self.state}
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "Server":
-        state = d.get("state", "ready")
-        return cls(name=d["name"], container=d.get("container", ""), address=d.get("address", ""),
-                   state=state if state in SERVER_STATES else "maint")
-
-
-@dataclass(frozen=True)
-class ServiceIngress:
-    """One ingress-marked service on this node: a frontend on its port, a backend of servers."""
-
-    project: str
-    service: str
-    published: int
-    target: int
-    health: Health = field(default_factory=Health)
-    env: str = ""
-    host_ip: str = "0.0.0.0"
-    protocol: str = "http"
-    servers: Tuple[Server, ...] = ()
-
-    @property
-    def key(self) -> str:
-        return service_key(self.project, self.service)
-
-    @property
-    def frontend(self) -> str:
-        # Projects have no '.', so "<project>.<service>" never means two things.
-        return "fe.%s.%s" % (self.project, self.service)
-
-    @property
-    def backend(self) -> str:
-        return "be.%s.%s" % (self.project, self.service)
-
-    def shape(self) -> Tuple[Any, ...]:
-        """What only a reload can change (servers change at run time)."""
-        return (self.published, self.target, self.host_ip, self.protocol, self.health)
-
-    def server(self, name: str) -> Optional[Server]:
-        for s in self.servers:
-            if s.name == name:
-                return s
-        return None
-
-    def with_servers(self, servers: List[Server]) -> "ServiceIngress":
-        return replace(self, servers=tuple(servers))
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "project": self.project, "service": self.service, "env": self.env,
-            "port": {"published": self.published, "target": self.target, "protocol": self.protocol,
-                     "host_ip": self.host_ip},
-            "health": self.health.to_dict(),
-            "servers": [s.to_dict() for s in self.servers],
-        }
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "ServiceIngress":
-        port = d.get("port") or {}
-        return cls(
-            project=d["project"], service=d["service"], env=d.get("env", ""),
-            published=int(port["published"]), target=int(port["target"]),
-            protocol=port.get("protocol", "http"), host_ip=port.get("host_ip", "0.0.0.0"),
-            health=Health.from_dict(d.get("health") or {}),
-            servers=tuple(Server.from_dict(s) for s in d.get("servers") or []),
-        )
-
-
-def service_key(project: str, service: str) -> str:
-    return "%s/%s" % (project, service)
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(round(seconds * 1000)))
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def check_ipv4(value: Any, what: str) -> str:
-    check_str(value, what)
-    try:
-        addr = ipaddress.IPv4Address(value)
-    except ValueError:
-        raise BadRequest("%s %r is not an IPv4 address" % (what, value))
-    if str(addr) != value:
-        raise BadRequest("%s %r must be written canonically (%s)" % (what, value, addr))
-    return value
-
-
-def check_server_ip(value: Any, what: str) -> str:
-    check_ipv4(value, what)
-    addr = ipaddress.IPv4Address(value)
-    if addr.is_unspecified or addr.is_multicast or value == "255.255.255.255":
-        raise BadRequest("%s %r cannot be a server address" % (what, value))
-    return value
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    container: str
-    address: str = ""
-
-
-@dataclass(frozen=True)
-class SyncRequest:
-    service: ServiceIngress  # servers without addresses unless given
-    backends: Tuple[Backend, ...]
-    network: str = ""
-    timeout: float = DEFAULT_SYNC_TIMEOUT
-    drain_timeout: float = DEFAULT_REMOVE_DRAIN
-
-
-def parse_port(d: Any, where: str = "port") -> Dict[str, Any]:
-    if not isinstance(d, dict):
-        raise BadRequest("%s must be an object {published, target, protocol}" % where)
-    check_keys(d, ("published", "target", "protocol", "host_ip"), where)
-    protocol = d.get("protocol") or "http"
-    if protocol not in PROTOCOLS:
-        raise BadRequest("%s.protocol %r is not supported by the ingress (only %s; plain TCP services keep "
-                         "their published ports)" % (where, protocol, ", ".join(PROTOCOLS)))
-    return {
-        "published": check_int(require(d, "published", where), where + ".published", 1, 65535),
-        "target": check_int(require(d, "target", where), where + ".target", 1, 65535),
-        "protocol": protocol,
-        "host_ip": check_ipv4(d.get("host_ip") or "0.0.0.0", where + ".host_ip"),
-    }
-
-
-def parse_sync(args: Dict[str, Any]) -> SyncRequest:
-    check_keys(args, ("project", "env", "service", "port", "health", "backends", "network", "timeout",
-                      "drain_timeout"), "ingress_sync")
-    project = check_project(require(args, "project", "ingress_sync"))
-    service = check_name(require(args, "service", "ingress_sync"), "service")
-    env = check_name(args["env"], "env") if args.get("env") else ""
-    port = parse_port(require(args, "port", "ingress_sync"))
-    health = Health.from_dict(args.get("health") or {})
-    raw = require(args, "backends", "ingress_sync")
-    if not isinstance(raw, list):
-        raise BadRequest("backends must be a list of {name, container, address?}")
-    backends = []
-    for i, b in enumerate(raw):
-        where = "backends[%d]" % i
-        if not isinstance(b, dict):
-            raise BadRequest("%s must be an object {name, container, address?}" % where)
-        check_keys(b, ("name", "container", "address"), where)
-        backends.append(Backend(
-            name=check_name(require(b, "name", where), where + ".name"),
-            container=check_container_name(require(b, "container", where), where + ".container"),
-            address=check_server_ip(b["address"], where + ".address") if b.get("address") else "",
-        ))
-    names = [b.name for b in backends]
-    dupes = sorted(set(n for n in names if names.count(n) > 1))
-    if dupes:
-        raise BadRequest("backends: server name %s given more than once" % ", ".join(dupes))
-    timeout = check_number(args.get("timeout", DEFAULT_SYNC_TIMEOUT), "timeout")
-    drain_timeout = check_number(args.get("drain_timeout", DEFAULT_REMOVE_DRAIN), "drain_timeout")
-    network = check_name(args["network"], "network") if args.get("network") else ""
-    svc = ServiceIngress(project=project, service=service, env=env, published=port["published"],
-                         target=port["target"], protocol=port["protocol"], host_ip=port["host_ip"],
-                         health=health, servers=tuple(Server(b.name, b.container, b.address) for b in backends))
-    return SyncRequest(service=svc, backends=tuple(backends), network=network, timeout=timeout,
-                       drain_timeout=drain_timeout)
-
-
-def parse_drain(args: Dict[str, Any]) -> Tuple[str, str, str, float]:
-    check_keys(args, ("project", "service", "server", "timeout"), "ingress_drain")
-    project = check_project(require(args, "project", "ingress_drain"))
-    service = check_name(require(args, "service", "ingress_drain"), "service")
-    server = check_name(require(args, "server", "ingress_drain"), "server")
-    timeout = check_number(args.get("timeout", DEFAULT_DRAIN_TIMEOUT), "timeout")
-    if timeout > 3600:
-        raise BadRequest("timeout must be at most 3600 seconds")
-    return project, service, server, timeout
-
-
-def parse_remove(args: Dict[str, Any]) -> Tuple[str, str]:
-    check_keys(args, ("project", "service"), "ingress_remove")
-    return (check_project(require(args, "project", "ingress_remove")),
-            check_name(require(args, "service", "ingress_remove"), "service"))
-
-
-# ----------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class Paths:
-    dir: str  # Context.data_dir()/ingress
-    run_dir: str  # short directory for the Unix sockets
-
-    @property
-    def config(self) -> str:
-        return os.path.join(self.dir, "haproxy.cfg")
-
-    @property
-    def state(self) -> str:
-        return os.path.join(self.dir, "state.json")
-
-    @property
-    def pid(self) -> str:
-        return os.path.join(self.dir, "haproxy.pid")
-
-    @property
-    def server_state(self) -> str:
-        return os.path.join(self.dir, "server-state")
-
-    @property
-    def log(self) -> str:
-        return os.path.join(self.dir, "haproxy.log")
-
-    @property
-    def lock(self) -> str:
-        return os.path.join(self.dir, "lock")
-
-    @property
-    def master_socket(self) -> str:
-        return os.path.join(self.run_dir, "master.sock")
-
-    @property
-    def admin_socket(self) -> str:
-        return os.path.join(self.run_dir, "admin.sock")
-
-    def to_dict(self) -> Dict[str, str]:
-        return {"dir": self.dir, "config": self.config, "pid": self.pid, "master_socket": self.master_socket,
-                "admin_socket": self.admin_socket, "state": self.state, "log": self.log}
-
-
-def paths_for(data_dir: str, run_base: Optional[str] = None) -> Paths:
-    if run_base is None:
-        run_base = "/run" if os.access("/run", os.W_OK) else "/tmp"
-    digest = hashlib.sha256(os.path.abspath(data_dir).encode("utf-8")).hexdigest()[:16]
-    return Paths(dir=os.path.join(data_dir, "ingress"), run_dir=os.path.join(run_base, "orch-ingress-" + digest))
-
-
-def ensure_dirs(paths: Paths) -> None:
-    os.makedirs(paths.dir, mode=0o700, exist_ok=True)
-    try:
-        os.mkdir(paths.run_dir, 0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(paths.run_dir)
-    import stat as _stat
-
-    if not _stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-        raise AgentError(INGRESS, "%s is not a directory owned by this user; refusing to put the ingress "
-                                  "sockets there" % paths.run_dir, {"fix": "remove it"})
-
-
-def _write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def load_state(paths: Paths) -> Dict[str, ServiceIngress]:
-    try:
-        with open(paths.state, "rb") as fh:
-            raw = json.loads(fh.read().decode("utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise AgentError(INGRESS, "cannot read %s: %s" % (paths.state, exc),
-                         {"fix": "remove it and sync every ingress service again"})
-    services = {}
-    for d in (raw.get("services") or {}).values():
-        svc = ServiceIngress.from_dict(d)
-        services[svc.key] = svc
-    return services
-
-
-def save_state(paths: Paths, services: Dict[str, ServiceIngress]) -> None:
-    body = {"version": STATE_VERSION, "services": {k: services[k].to_dict() for k in sorted(services)}}
-    _write_atomic(paths.state, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-
-
-@contextmanager
-def ingress_lock(paths: Paths, cancelled: Any = None, timeout: float = LOCK_TIMEOUT,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
-                 ) -> Iterator[None]:
-    """One ingress change at a time on this node (agents of several controllers may run)."""
-    ensure_dirs(paths)
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = clock() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-            if cancelled is not None and cancelled.is_set():
-                raise AgentError(CANCELLED, "cancelled by the controller")
-            if clock() > deadline:
-                raise AgentError(INGRESS, "another ingress change on this node did not finish within %.0fs"
-                                 % timeout)
-            sleep(POLL)
-        yield
-    finally:
-        os.close(fd)  # drops the flock
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def template_text() -> str:
-    import pkgutil
-
-    data = pkgutil.get_data("agent", "templates/haproxy.cfg.j2")  # works inside the zipapp too
-    if data is None:  # pragma: no cover - the bundle always carries it
-        raise AgentError(INGRESS, "the HAProxy template is missing from the agent")
-    return data.decode("utf-8")
-
-
-def render_context(paths: Paths, services: Dict[str, ServiceIngress]) -> Dict[str, Any]:
-    out = []
-    for key in sorted(services):
-        svc = services[key]
-        out.append({
-            "project": svc.project, "service": svc.service, "env": svc.env,
-            "frontend": svc.frontend, "backend": svc.backend,
-            "bind": svc.host_ip, "published": svc.published, "target": svc.target,
-            "health": {"path": svc.health.path, "host": svc.health.host, "timeout_ms": _ms(svc.health.timeout)},
-            "server_options": svc.health.server_options(),
-            # Only servers known good take traffic on a fresh start; the others come back
-            # from the server-state file on a reload, or are warmed up again by a sync.
-            "servers": [{"name": s.name, "address": s.address, "disabled": s.state != "ready"}
-                        for s in svc.servers if s.address],
-        })
-    return {"paths": {"pid": paths.pid, "admin_socket": paths.admin_socket, "server_state": paths.server_state,
-                      "state": paths.state},
-            "settings": dict(SETTINGS), "services": out}
-
-
-def render_config(paths: Paths, services: Dict[str, ServiceIngress]) -> str:
-    """The whole haproxy.cfg for these services (Jinja2, strict: a missing value is a bug)."""
-    import jinja2
-
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True,
-                             lstrip_blocks=True, keep_trailing_newline=True)
-    return env.from_string(template_text()).render(**render_context(paths, services))
-
-
-# ----------------------------------------------------------------------------- runtime API: commands as data
-
-
-def _ref(backend: str, server: str) -> str:
-    return "%s/%s" % (backend, server)
-
-
-def cmd_add_server(backend: str, server: Server, port: int, health: Health) -> str:
-    # A dynamic server starts in maintenance with its checks off.
-    return "add server %s %s:%d %s" % (_ref(backend, server.name), server.address, port, health.server_options())
-
-
-def cmds_warm(backend: str, server: str) -> List[str]:
-    """Health checks on, no traffic, health forced down: UP only after `rise` passed checks."""
-    ref = _ref(backend, server)
-    return ["enable health %s" % ref, "set server %s state drain" % ref, "set server %s health down" % ref]
-
-
-def cmd_state(backend: str, server: str, state: str) -> str:
-    if state not in ("ready", "drain", "maint"):
-        raise ValueError(state)
-    return "set server %s state %s" % (_ref(backend, server), state)
-
-
-def cmd_del_server(backend: str, server: str) -> str:
-    return "del server %s" % _ref(backend, server)
-
-
-@dataclass(frozen=True)
-class RuntimeServer:
-    name: str
-    address: str
-    port: int
-    admin: int  # srv_admin_state bits
-
-    @property
-    def maint(self) -> bool:
-        return bool(self.admin & ADMF_MAINT)
-
-    @property
-    def drain(self) -> bool:
-        return bool(self.admin & ADMF_DRAIN) and not self.maint
-
-    @property
-    def ready(self) -> bool:
-        return not (self.admin & (ADMF_MAINT | ADMF_DRAIN))
-
-
-@dataclass(frozen=True)
-class ServerPlan:
-    """How to turn a backend's servers at run time into the desired ones."""
-
-    remove: Tuple[str, ...] = ()  # drained (if in rotation), maintenance, deleted
-    add: Tuple[Server, ...] = ()  # added, warmed up
-    rewarm: Tuple[str, ...] = ()  # there, not in rotation (drain/maint): warmed up again
-    keep: Tuple[str, ...] = ()  # there and in rotation
-
-    def to_dict(self) -> Dict[str, List[str]]:
-        return {"remove": list(self.remove), "add": [s.name for s in self.add], "rewarm": list(self.rewarm),
-                "keep": list(self.keep)}
-
-
-def plan_servers(runtime: Dict[str, RuntimeServer], desired: List[Server], port: int) -> ServerPlan:
-    remove, add, rewarm, keep = [], [], [], []
-    wanted = {s.name: s for s in desired}
-    for name in sorted(runtime):
-        r = runtime[name]
-        d = wanted.get(name)
-        if d is None or (r.address, r.port) != (d.address, port):
-            remove.append(name)  # gone, or its container has another address now
-    for s in desired:
-        r = runtime.get(s.name)
-        if r is None or s.name in remove:
-            add.append(s)
-        elif r.ready:
-            keep.append(s.name)
-        else:
-            rewarm.append(s.name)
-    return ServerPlan(tuple(remove), tuple(add), tuple(rewarm), tuple(keep))
-
-
-# ----------------------------------------------------------------------------- parsing HAProxy output
-
-
-def parse_version(text: str) -> Tuple[str, Tuple[int, int, int]]:
-    """`haproxy -v` -> ("2.6.12-1+deb12u4", (2, 6, 12))."""
-    m = re.search(r"(?:HA-?Proxy) version (\S+)", text)
-    if not m:
-        raise AgentError(INGRESS, "cannot read the HAProxy version from %r" % text[:200])
-    full = m.group(1)
-    nums = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", full)
-    if not nums:
-        raise AgentError(INGRESS, "cannot read the HAProxy version from %r" % full)
-    return full, (int(nums.group(1)), int(nums.group(2)), int(nums.group(3) or 0))
-
-
-def parse_stat(text: str) -> List[Dict[str, str]]:
-    """`show stat` CSV -> rows keyed by the header's field names."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines or not lines[0].startswith("# "):
-        raise AgentError(INGRESS, "unexpected answer to 'show stat': %r" % text[:200])
-    header = lines[0][2:].split(",")
-    return [dict(zip(header, ln.split(","))) for ln in lines[1:]]
-
-
-def parse_servers_state(text: str) -> Optional[Dict[str, RuntimeServer]]:
-    """`show servers state BACKEND` -> {server name: RuntimeServer}; None if no such backend."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if any("Can't find backend" in ln for ln in lines):
-        return None
-    header: List[str] = []
-    out = {}
-    for ln in lines:
-        if ln.startswith("#"):
-            header = ln[1:].split()
-            continue
-        fields = ln.split()
-        if not header or len(fields) < len(header) - 1:  # the version line
-            continue
-        row = dict(zip(header, fields))
-        try:
-            out[row["srv_name"]] = RuntimeServer(row["srv_name"], row["srv_addr"], int(row["srv_port"]),
-                                                 int(row["srv_admin_state"]))
-        except (KeyError, ValueError):
-            raise AgentError(INGRESS, "unexpected line in 'show servers state': %r" % ln)
-    if not header:
-        raise AgentError(INGRESS, "unexpected answer to 'show servers state': %r" % text[:200])
-    return out
-
-
-def parse_show_proc(text: str) -> Dict[str, Any]:
-    """The master CLI's `show proc` -> {master, reloads, failed, workers: [pid], old_workers: [pid]}."""
-    out: Dict[str, Any] = {"master": None, "reloads": 0, "failed": 0, "workers": [], "old_workers": []}
-    section = "master"
-    for ln in text.splitlines():
-        s = ln.strip()
-        if not s:
-            continue
-        if s.startswith("#"):
-            low = s.lower()
-            section = ("old_workers" if "old worker" in low else "workers" if "worker" in low
-                       else "programs" if "program" in low else section)
-            continue
-        fields = s.split()
-        if not fields[0].isdigit():
-            continue
-        pid = int(fields[0])
-        if len(fields) > 1 and fields[1] == "master":
-            out["master"] = pid
-            if len(fields) > 2 and fields[2].isdigit():
-                out["reloads"] = int(fields[2])
-            m = re.search(r"failed:\s*(\d+)", s)
-            if m:
-                out["failed"] = int(m.group(1))
-        elif section in ("workers", "old_workers") and len(fields) > 1 and fields[1] == "worker":
-            out[section].append(pid)
-    return out
-
-
-def parse_info(text: str) -> Dict[str, str]:
-    out = {}
-    for ln in text.splitlines():
-        k, sep, v = ln.partition(":")
-        if sep:
-            out[k.strip()] = v.strip()
-    return out
-
-
-def check_passed(row: Dict[str, str]) -> bool:
-    return (row.get("check_status") or "").rstrip() in OK_CHECKS
-
-
-def serving(row: Dict[str, str]) -> bool:
-    """UP and fully so (not 'UP 1/2': going down)."""
-    return row.get("status") == "UP"
-
-
-def warmed(row: Dict[str, str]) -> bool:
-    """A server warmed up in drain state: its checks passed `rise` times (status exactly DRAIN)."""
-    return row.get("status") == "DRAIN" and check_passed(row)
-
-
-# ----------------------------------------------------------------------------- the process
-
-
-def unix_command(path: str, command: str, timeout: float = 10.0) -> str:
-    """Send one command to a HAProxy CLI socket (runtime API or master) and read the answer."""
-    if _CMD_FORBIDDEN.search(command):
-        raise ValueError("refusing a CLI command with ';' or a line break: %r" % command)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-        sock.sendall(command.encode("ascii") + b"\n")
-        sock.shutdown(socket.SHUT_WR)  # non-interactive: answer, then close
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        sock.close()
-    return b"".join(chunks).decode("utf-8", "replace")
-
-
-def find_binary() -> Optional[str]:
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    for d in BINARY_DIRS:
-        p = os.path.join(d, "haproxy")
-        if os.path.isfile(p) and os.access(p, os.X_OK):
-            return p
-    return None
-
-
-_versions: Dict[str, Tuple[str, Tuple[int, int, int]]] = {}
-
-
-class HAProxy:
-    """The node's HAProxy: found by its pid file, driven through its two sockets."""
-
-    def __init__(self, paths: Paths, binary: Optional[str] = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
-        self.paths = paths
-        self._binary = binary
-        self.clock = clock
-        self.sleep = sleep
-
-    # ------------------------------------------------------------ facts
-
-    @property
-    def binary(self) -> str:
-        if self._binary is None:
-            self._binary = find_binary()
-        if not self._binary:
-            raise AgentError(NOT_FOUND, "HAProxy is not installed on this node (no haproxy in PATH or /usr/sbin)",
-                             {"fix": "install it: apt-get install -y haproxy (Debian/Ubuntu), dnf install haproxy"})
-        return self._binary
-
-    def installed(self) -> bool:
-        try:
-            return bool(self.binary)
-        except AgentError:
-            return False
-
-    def version(self) -> Tuple[str, Tuple[int, int, int]]:
-        binary = self.binary
-        if binary not in _versions:
-            out = subprocess.run([binary, "-v"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, timeout=30, env=_env())
-            _versions[binary] = parse_version(out.stdout.decode("utf-8", "replace"))
-        return _versions[binary]
-
-    def dynamic(self) -> bool:
-        return self.version()[1][:2] >= MIN_DYNAMIC
-
-    def pid(self) -> Optional[int]:
-        """The running master's pid, if the pid file names a live HAProxy on our config."""
-        try:
-            with open(self.paths.pid) as fh:
-                pid = int(fh.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        try:
-            with open("/proc/%d/cmdline" % pid, "rb") as fh:
-                argv = fh.read().split(b"\0")
-        except OSError:
-            return None
-        if not argv or b"haproxy" not in os.path.basename(argv[0]) or self.paths.config.encode() not in argv:
-            return None
-        try:  # a zombie (exited, not reaped yet) is not running
-            with open("/proc/%d/stat" % pid, "rb") as fh:
-                if fh.read().rsplit(b")", 1)[-1].split()[0] in (b"Z", b"X"):
-                    return None
-        except (OSError, IndexError):
-            return None
-        return pid
-
-    # ------------------------------------------------------------ sockets
-
-    def runtime(self, command: str, timeout: float = 10.0) -> str:
-        try:
-            return unix_command(self.paths.admin_socket, command, timeout)
-        except OSError as exc:
-            raise AgentError(INGRESS, "HAProxy's runtime API (%s) did not answer %r: %s"
-                             % (self.paths.admin_socket, command.split(" ")[0:2], exc))
-
-    def master(self, command: str, timeout: float = 10.0) -> str:
-        try:
-            return unix_command(self.paths.master_socket, command, timeout)
-        except OSError as exc:
-            raise AgentError(INGRESS, "HAProxy's master socket (%s) did not answer %r: %s"
-                             % (self.paths.master_socket, command, exc))
-
-    def do(self, command: str, expect: str = "") -> str:
-        """A runtime command that answers nothing (set/enable) or `expect` when it worked."""
-        out = self.runtime(command).strip()
-        if (expect and expect not in out) or (not expect and out):
-            raise AgentError(INGRESS, "HAProxy refused %r: %s" % (command, out or "(no answer)"),
-                             {"command": command, "answer": out})
-        return out
-
-    def stat(self) -> List[Dict[str, str]]:
-        return parse_stat(self.runtime("show stat"))
-
-    def servers_state(self, backend: str) -> Optional[Dict[str, RuntimeServer]]:
-        return parse_servers_state(self.runtime("show servers state %s" % backend))
-
-    def info(self) -> Dict[str, str]:
-        return parse_info(self.runtime("show info"))
-
-    def proc(self) -> Dict[str, Any]:
-        return parse_show_proc(self.master("show proc"))
-
-    # ------------------------------------------------------------ config
-
-    def write_config(self, text: str) -> Optional[str]:
-        """Check and install a new config; returns the previous text (to put back on failure)."""
-        ensure_dirs(self.paths)
-        new = self.paths.config + ".new"
-        _write_atomic(new, text.encode("utf-8"))
-        out = subprocess.run([self.binary, "-c", "-q", "-f", new], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60, env=_env(),
-                             cwd=self.paths.dir)
-        if out.returncode != 0:
-            os.unlink(new)
-            raise AgentError(INGRESS, "HAProxy refused the rendered configuration: %s"
-                             % out.stdout.decode("utf-8", "replace").strip()[-2000:])
-        try:
-            with open(self.paths.config, "r", encoding="utf-8") as fh:
-                previous: Optional[str] = fh.read()
-        except OSError:
-            previous = None
-        os.replace(new, self.paths.config)
-        return previous
-
-    def save_server_state(self) -> None:
-        """Servers' admin and health states, read back by the next worker (reload)."""
-        text = self.runtime("show servers state")
-        if text.strip():
-            _write_atomic(self.paths.server_state, text.encode("utf-8"))
-
-    # ------------------------------------------------------------ lifecycle
-
-    def start(self, timeout: float = PROCESS_TIMEOUT) -> int:
-        """Start detached: own session, daemon mode, stdio on the log file; returns the master pid."""
-        ensure_dirs(self.paths)
-        for stale in (self.paths.server_state, self.paths.pid):
-            try:
-                os.unlink(stale)  # states of a previous run are not this config's
-            except FileNotFoundError:
-                pass
-        try:
-            if os.path.getsize(self.paths.log) > LOG_MAX:
-                os.unlink(self.paths.log)
-        except OSError:
-            pass
-        argv = [self.binary, "-W", "-D", "-S", self.paths.master_socket + ",mode,600",
-                "-p", self.paths.pid, "-f", self.paths.config]
-        log_fd = os.open(self.paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(log_fd, ("--- %s start: %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                                   " ".join(argv))).encode())
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, close_fds=True,
-                                    start_new_session=True, cwd=self.paths.dir, env=_env())
-        finally:
-            os.close(log_fd)
-        try:
-            code = proc.wait(timeout)  # daemon mode: returns once the master is running
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = -1
-        if code != 0:
-            raise AgentError(INGRESS, "HAProxy did not start (exit %s): %s" % (code, self.log_tail()),
-                             {"log": self.paths.log})
-        deadline = self.clock() + timeout
-        while True:
-            pid = self.pid()
-            if pid:
-                try:
-                    if self.info().get("Pid"):
-                        return pid
-                except AgentError:
-                    pass
-            if self.clock() > deadline:
-                raise AgentError(INGRESS, "HAProxy started but does not answer on %s: %s"
-                                 % (self.paths.admin_socket, self.log_tail()))
-            self.sleep(POLL)
-
-    def reload(self, timeout: float = PROCESS_TIMEOUT) -> int:
-        """Seamless reload through the master; returns the new worker's pid once it answers."""
-        before = self.proc()
-        old = set(before["workers"]) | set(before["old_workers"])
-        self.master("reload")
-        deadline = self.clock() + timeout
-        while True:
-            self.sleep(POLL)
-            try:
-                now = self.proc()
-                fresh = [p for p in now["workers"] if p not in old]
-                if now["failed"] > before["failed"]:
-                    raise AgentError(INGRESS, "HAProxy could not load the new configuration (reload failed; "
-                                              "the previous worker keeps serving)")
-                if fresh and self.info().get("Pid") == str(fresh[0]):
-                    return fresh[0]
-            except AgentError as err:
-                if "reload failed" in err.message:
-                    raise
-            if self.clock() > deadline:
-                raise AgentError(INGRESS, "HAProxy's new worker did not come up within %.0fs after a reload"
-                                 % timeout)
-
-    def stop(self, timeout: float = PROCESS_TIMEOUT) -> bool:
-        """Soft stop (workers finish their requests), then a hard one after `timeout`."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        for sig, wait in ((signal.SIGUSR1, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = self.clock() + wait
-            while self.pid() == pid and self.clock() < deadline:
-                self.sleep(POLL)
-            if self.pid() != pid:
-                break
-        for path in (self.paths.pid, self.paths.server_state, self.paths.master_socket, self.paths.admin_socket):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        try:
-            os.rmdir(self.paths.run_dir)
-        except OSError:
-            pass
-        return True
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            with open(self.paths.log, "rb") as fh:
-                fh.seek(max(0, os.fstat(fh.fileno()).st_size - 8192))
-                text = fh.read().decode("utf-8", "replace")
-        except OSError:
-            return "(no log)"
-        return " | ".join(text.strip().splitlines()[-lines:])
-
-
-def _env() -> Dict[str, str]:
-    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+NOTE_EVERY = 2.0  # seconds between progress events of a long wait
 
 
 # ----------------------------------------------------------------------------- containers
@@ -1152,7 +218,7 @@ def _apply_config(ctx: Any, hap: HAProxy, services: Dict[str, ServiceIngress]) -
         return "started"
     except AgentError:
         if previous is not None:  # leave the file as what runs
-            _write_atomic(hap.paths.config, previous.encode("utf-8"))
+            write_atomic(hap.paths.config, previous.encode("utf-8"))
         raise
 
 
@@ -1496,6 +562,50 @@ def op_ingress_start(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     out = status(paths, hap)
     out["started"] = started
     return out
+
+
+# ----------------------------------------------------------------------------- for agent.rollout, agent.owner
+
+
+class IngressDriver:
+    """The ingress operations of this module, called in-process by a rollout (unit tests put a fake
+    in Context.ingress)."""
+
+    def __init__(self, ctx: Any):
+        self.ctx = ctx
+
+    def frontend(self, project: str, service: str) -> Optional[Dict[str, Any]]:
+        svc = load_state(_paths(self.ctx)).get(service_key(project, service))
+        return None if svc is None else svc.to_dict()
+
+    def sync(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        return op_ingress_sync(self.ctx, args)
+
+    def drain(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        return op_ingress_drain(self.ctx, args)
+
+    def remove(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        return op_ingress_remove(self.ctx, args)
+
+
+def driver(ctx: Any) -> Any:
+    return ctx.ingress if ctx.ingress is not None else IngressDriver(ctx)
+
+
+def ingress_state(ctx: Any, project: str) -> Dict[str, Any]:
+    """The project's ingress frontends on this node, for `state` (the controller's plan
+    checks them against the containers): {service: {port, health, servers}, ...}."""
+    try:
+        paths = _paths(ctx)
+        services = [s for s in load_state(paths).values() if s.project == project]
+        running = bool(services) and _hap(ctx, paths).pid() is not None
+    except (OSError, ValueError, AgentError):
+        return {}
+    return {s.service: {"port": {"published": s.published, "target": s.target, "protocol": s.protocol,
+                                 "host_ip": s.host_ip}, "env": s.env,
+                        "health": s.health.to_dict(), "servers": sorted(x.name for x in s.servers),
+                        "running": running}
+            for s in services}
 
 
 def _for_env(op: Callable[[Any, Dict[str, Any]], Dict[str, Any]]) -> Callable[[Any, Dict[str, Any]], Dict[str, Any]]:

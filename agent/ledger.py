@@ -9,7 +9,7 @@ never replaces a higher revision (a stale controller cannot undo a newer one); a
 that missed a write is repaired by the controller's next write.
 
 Secrets never reach the ledger in clear, and nothing derived from them does: the
-controller masks them by the one rule of agent.redact (secret values, secret names,
+controller masks them by the one rule of agent.wire.redact (secret values, secret names,
 passwords in URLs and NAME=VALUE pairs, in every field of the project), and the agent
 applies the same rule again to what it stores (manifest, extra, performer, approval,
 verification, reason), whoever sent it. The mark is a constant, "<redacted>": no hash,
@@ -38,7 +38,8 @@ import re
 import sqlite3
 from typing import Any, Dict, List, Optional
 
-from agent.protocol import (
+from agent.wire.ledger import STATUSES
+from agent.wire.protocol import (
     BadRequest,
     check_int,
     check_name,
@@ -46,11 +47,10 @@ from agent.protocol import (
     check_project,
     check_str,
 )
-from agent.redact import REDACTED, mask_text, mask_tree
+from agent.wire.redact import REDACTED, mask_text, mask_tree
 
 DB_NAME = "ledger.sqlite3"
 SCHEMA_VERSION = 1
-STATUSES = ("deploying", "live", "failed", "rolled_back", "superseded")
 MAX_LIST = 1000
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 
@@ -274,7 +274,7 @@ def check_record(rec: Any) -> Dict[str, Any]:
         raise BadRequest("release manifest must be an object (the rendered project)")
     if not isinstance(rec["performer"], dict):
         raise BadRequest("release performer must be an object")
-    # The controller masked the secrets; masked again here (agent.redact's one rule, an
+    # The controller masked the secrets; masked again here (agent.wire.redact's one rule, an
     # already masked value stays as it is) so that none is stored, whoever sent it.
     out["manifest"] = mask_tree(rec["manifest"], REDACTED)
     extra = mask_tree(out["extra"], REDACTED)
@@ -310,7 +310,7 @@ def check_record(rec: Any) -> Dict[str, Any]:
 
 def op_release_put(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     """Insert or update releases (idempotent by (project, env, id) and rev), one transaction."""
-    from agent.protocol import check_keys
+    from agent.wire.protocol import check_keys
 
     check_keys(args, ("release", "releases"), "release_put")
     if args.get("releases") is not None:
@@ -332,7 +332,7 @@ def op_release_put(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
 
 def op_release_list(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     """Releases of one environment (optionally one project), newest first."""
-    from agent.protocol import check_keys
+    from agent.wire.protocol import check_keys
 
     check_keys(args, ("env", "project", "limit", "before"), "release_list")
     env = check_name(args.get("env"), "env")
@@ -356,7 +356,7 @@ def op_release_list(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def op_release_get(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
-    from agent.protocol import check_keys
+    from agent.wire.protocol import check_keys
 
     check_keys(args, ("env", "project", "id"), "release_get")
     env = check_name(args.get("env"), "env")
@@ -422,7 +422,7 @@ def record_lock_break(ctx: Any, env: str, by: Dict[str, Any], reason: str, holde
 
 def op_lock_break_list(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     """The environment's lock breaks on this node, newest first."""
-    from agent.protocol import check_keys
+    from agent.wire.protocol import check_keys
 
     check_keys(args, ("env", "limit"), "lock_break_list")
     env = check_name(args.get("env"), "env")

@@ -27,7 +27,7 @@ Operations (registered in agent.operations.OPERATIONS):
                 SIGKILL if the lock is still held after BREAK_WAIT; recorded in the ledger.
 
 A lock held for a controller that went silent without closing its connection (network or
-power lost) is freed by the holder's lease (agent.rpc, agent.protocol.LEASE_SECONDS).
+power lost) is freed by the holder's lease (agent.rpc, agent.wire.protocol.LEASE_SECONDS).
 
 Python 3.9 compatible, stdlib only.
 """
@@ -45,7 +45,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from agent.protocol import (
+from agent.wire.protocol import (
     CANCELLED,
     INTERNAL,
     AgentError,

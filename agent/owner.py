@@ -11,7 +11,7 @@ object labelled with another one:
     prune_images) are refused before they touch anything when the project has any
     object of another environment on this engine (`refuse_foreign`);
   - operations that only remove (remove, prune, networks/volumes remove) skip such
-    objects (agent.labels.other_env).
+    objects (agent.wire.labels.other_env).
 The controller reads `owners` from `state` and refuses the deploy up front (exit 2);
 this is the defence in depth whatever a controller asks.
 """
@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
-from agent import labels as L
-from agent.protocol import CONFLICT, AgentError
+from agent.wire import labels as L
+from agent.wire.protocol import CONFLICT, AgentError
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Owned:
 def owned(ctx: Any, project: str, reads: bool = False) -> List[Owned]:
     """Every object of `project` on this engine that carries an environment label.
     reads: list through ctx.reads (no docker SDK), for `state`."""
-    from agent.rollout import ingress_state
+    from agent.ingress import ingress_state
 
     engine = ctx.reads if reads else ctx.engine
     sel = L.filters(project)
@@ -82,7 +82,8 @@ def ports_elsewhere(ctx: Any, project: str, reads: bool = False) -> List[Dict[st
     """Host ports published on this engine by what orch runs for other projects (their
     running containers and ingress frontends), for `state`: the controller refuses a
     deploy that needs one of them (exit 2) instead of failing when a container starts."""
-    from agent.ingress import _paths, load_state
+    from agent.ingress import _paths
+    from agent.ingress_files import load_state
 
     engine = ctx.reads if reads else ctx.engine
     out = []

@@ -33,31 +33,34 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional
 
-from agent import labels as L
+from agent.context import Context
 from agent.create import create_body
 from agent.engine import ContainerInfo
-from agent.operations import (
+from agent.ingress import driver
+from agent.owner import refuse_foreign
+from agent.steps import (
     DEFAULT_COMPLETION_TIMEOUT,
     DEFAULT_MIN_RUNNING,
     POLL,
     WAIT_MODES,
-    Context,
-    _auth,
-    _failure,
-    _keepable,
-    _name_conflicts,
-    _ready_now,
-    _remove,
-    _remove_all,
+    check_name_conflicts,
+    container_failure,
     ensure_image,
     ensure_networks,
     ensure_volumes,
+    keepable,
     prune_files,
+    pull_auth,
+    ready_now,
+    remove_container,
+    remove_containers,
     unhealthy_reason,
     wait_ready,
     write_files,
 )
-from agent.protocol import (
+from agent.wire import labels as L
+from agent.wire.ingress import IngressSettings
+from agent.wire.protocol import (
     EXITED,
     UNHEALTHY,
     AgentError,
@@ -70,40 +73,12 @@ from agent.protocol import (
     check_project,
     require,
 )
-from agent.owner import refuse_foreign
-from agent.spec import ServiceSpec
+from agent.wire.spec import ServiceSpec
 
 ORDERS = ("stop-first", "start-first")
-DEFAULT_DRAIN_TIMEOUT = 10.0
-DEFAULT_INGRESS_TIMEOUT = 60.0
 
 
 # ----------------------------------------------------------------------------- the ingress
-
-
-@dataclass(frozen=True)
-class IngressSettings:
-    """What the controller sends for a service behind the node's ingress."""
-
-    port: Dict[str, Any]  # {published, target, protocol, host_ip}
-    health: Dict[str, Any]
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
-    timeout: float = DEFAULT_INGRESS_TIMEOUT
-
-    @classmethod
-    def parse(cls, value: Any) -> Optional["IngressSettings"]:
-        if value is None:
-            return None
-        from agent.ingress import Health, parse_port
-
-        if not isinstance(value, dict):
-            raise BadRequest("ingress must be an object {port, health, drain_timeout, timeout}")
-        check_keys(value, ("port", "health", "drain_timeout", "timeout"), "ingress")
-        port = parse_port(require(value, "port", "ingress"), "ingress.port")
-        health = Health.from_dict(value.get("health") or {}).to_dict()
-        return cls(port=port, health=health,
-                   drain_timeout=check_number(value.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT), "drain_timeout"),
-                   timeout=check_number(value.get("timeout", DEFAULT_INGRESS_TIMEOUT), "timeout"))
 
 
 def settings_of(front: Optional[Dict[str, Any]]) -> Optional[IngressSettings]:
@@ -112,45 +87,6 @@ def settings_of(front: Optional[Dict[str, Any]]) -> Optional[IngressSettings]:
     if not front or not front.get("port"):
         return None
     return IngressSettings.parse({"port": front["port"], "health": front.get("health") or {}})
-
-
-class IngressDriver:
-    """The ingress operations of agent.ingress, called in-process (unit tests put a fake
-    in Context.ingress)."""
-
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
-
-    def frontend(self, project: str, service: str) -> Optional[Dict[str, Any]]:
-        from agent.ingress import load_state, service_key
-
-        svc = load_state(_paths(self.ctx)).get(service_key(project, service))
-        return None if svc is None else svc.to_dict()
-
-    def sync(self, args: Dict[str, Any]) -> Dict[str, Any]:
-        from agent.ingress import op_ingress_sync
-
-        return op_ingress_sync(self.ctx, args)
-
-    def drain(self, args: Dict[str, Any]) -> Dict[str, Any]:
-        from agent.ingress import op_ingress_drain
-
-        return op_ingress_drain(self.ctx, args)
-
-    def remove(self, args: Dict[str, Any]) -> Dict[str, Any]:
-        from agent.ingress import op_ingress_remove
-
-        return op_ingress_remove(self.ctx, args)
-
-
-def _paths(ctx: Context) -> Any:
-    from agent.ingress import _paths as ingress_paths
-
-    return ingress_paths(ctx)
-
-
-def driver(ctx: Context) -> Any:
-    return ctx.ingress if ctx.ingress is not None else IngressDriver(ctx)
 
 
 def _server(c: ContainerInfo) -> Dict[str, str]:
@@ -265,14 +201,14 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     min_healthy = check_number(args.get("min_healthy", 0), "min_healthy")
     deadline = check_number(args["deadline"], "deadline") if args.get("deadline") is not None else None
     batch = check_int(args.get("batch", 0), "batch", 0)
-    auth = _auth(args.get("auth"), svc.container.image)
+    auth = pull_auth(args.get("auth"), svc.container.image)
     ingress = IngressSettings.parse(args.get("ingress"))
     project, service = svc.project, svc.service
     refuse_foreign(ctx, project, svc.env, "rollout")
     ctx.emit("rollout.start", service=service, replicas=replicas, order=order, batch=batch,
              config_hash=svc.config_hash)
 
-    _name_conflicts(ctx, svc)
+    check_name_conflicts(ctx, svc)
     existing = ctx.engine.containers(L.filters(project, service))
     current = {c.name: c for c in existing if not L.is_retired(c.name)}
     kept = {c.name: c for c in existing if L.is_retired(c.name)}
@@ -280,15 +216,15 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     # Replicas of the spec already right (not in this batch, or a re-run): waited for if
     # they are not ready yet, never touched.
     unchanged = [current[svc.container_name(r)] for r in svc.replicas
-                 if svc.container_name(r) in current and _keepable(current[svc.container_name(r)], svc, r)]
+                 if svc.container_name(r) in current and keepable(current[svc.container_name(r)], svc, r)]
     for r in replicas:
         name = svc.container_name(r)
         old = current.get(name)
-        if old is not None and _keepable(old, svc, r):
+        if old is not None and keepable(old, svc, r):
             continue
         stale = kept.get(L.retired_name(name))
         if stale is not None and old is not None:
-            _remove(ctx, stale, "older kept container")  # from a release before the previous one
+            remove_container(ctx, stale, "older kept container")  # from a release before the previous one
             stale = None
         w = _Replace(r, name, old if old is not None else stale)
         if w.old is not None:
@@ -334,7 +270,7 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
             w.new = ctx.engine.container(cid)
             if w.new is None:
                 raise AgentError(EXITED, "container %s vanished right after start" % w.name)
-        pending = [w.new for w in work if w.new is not None] + [c for c in unchanged if not _ready_now(c, svc, wait)]
+        pending = [w.new for w in work if w.new is not None] + [c for c in unchanged if not ready_now(c, svc, wait)]
         ready = wait_ready(ctx, svc, pending, min_running, margin, wait, timeout, deadline)
         hold_healthy(ctx, svc, [ready.get(w.new.id, w.new) for w in work if w.new is not None], min_healthy)
         # The replaced containers still serving (start-first), under their kept names.
@@ -390,10 +326,10 @@ def hold_healthy(ctx: Context, svc: ServiceSpec, containers: List[ContainerInfo]
             if c.state != "running" or c.restart_count > c0.restart_count:
                 why = "exited with code %d" % c.exit_code if c.state in ("exited", "dead") else (
                     "restarted" if c.restart_count > c0.restart_count else "is %s" % c.state)
-                raise _failure(ctx, svc, c, EXITED, "%s %.1fs after it was ready (it must stay healthy for "
+                raise container_failure(ctx, svc, c, EXITED, "%s %.1fs after it was ready (it must stay healthy for "
                                "min_healthy_time %.0fs)" % (why, ctx.clock() - start, seconds))
             if c.health == "unhealthy":
-                raise _failure(ctx, svc, c, UNHEALTHY, unhealthy_reason(c) + " (within min_healthy_time %.0fs)"
+                raise container_failure(ctx, svc, c, UNHEALTHY, unhealthy_reason(c) + " (within min_healthy_time %.0fs)"
                                % seconds)
         if ctx.clock() - start >= seconds:
             break
@@ -463,7 +399,7 @@ def restore_replicas(ctx: Context, project: str, service: str, env: str, ingress
     # for `orch logs` (the next deploy replaces it).
     doomed = [new for _, _, new, old in plan
               if new is not None and (old is not None or _fresh(ctx, new).state in ("running", "restarting"))]
-    _remove_all(ctx, doomed, "rollback")
+    remove_containers(ctx, doomed, "rollback")
     out = []
     for replica, was_running, new, old in plan:
         name = L.container_name(project, service, replica)
@@ -560,7 +496,7 @@ def op_retire(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
             ctx.engine.stop(c.id)
         name = L.retired_name(c.name)
         if name in kept:  # from a release before the previous one
-            _remove(ctx, kept[name], "older kept container")
+            remove_container(ctx, kept[name], "older kept container")
         ctx.engine.rename(c.id, name)
         ctx.emit("container.retire", container=name, service=service, replica=c.replica, id=c.id, running=False)
         out.append({"replica": c.replica, "old": {"id": c.id, "name": name, "was_running": was_running}})
@@ -578,32 +514,12 @@ def op_discard(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     service = check_name(args["service"], "service") if args.get("service") else None
     refuse_foreign(ctx, project, check_name(args["env"], "env") if args.get("env") else "", "discard")
     doomed = [c for c in ctx.engine.containers(L.filters(project, service)) if L.is_retired(c.name)]
-    _remove_all(ctx, doomed, "the release that replaced it is live")
+    remove_containers(ctx, doomed, "the release that replaced it is live")
     pruned = prune_files(ctx, project, service)
     if pruned:
         ctx.emit("files.prune", files=pruned)
     return {"removed": [{"id": c.id, "name": c.name, "service": c.service, "replica": c.replica} for c in doomed],
             "pruned_files": pruned}
-
-
-def ingress_state(ctx: Context, project: str) -> Dict[str, Any]:
-    """The project's ingress frontends on this node, for `state` (the controller's plan
-    checks them against the containers): {service: {port, health, servers}, ...}."""
-    from agent.ingress import load_state
-
-    from agent.ingress import _hap
-
-    try:
-        paths = _paths(ctx)
-        services = [s for s in load_state(paths).values() if s.project == project]
-        running = bool(services) and _hap(ctx, paths).pid() is not None
-    except (OSError, ValueError, AgentError):
-        return {}
-    return {s.service: {"port": {"published": s.published, "target": s.target, "protocol": s.protocol,
-                                 "host_ip": s.host_ip}, "env": s.env,
-                        "health": s.health.to_dict(), "servers": sorted(x.name for x in s.servers),
-                        "running": running}
-            for s in services}
 
 
 ROLLOUT_OPERATIONS = {

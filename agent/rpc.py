@@ -6,7 +6,7 @@ run one at a time, in order, on the main thread.
 
 A controller can also go away without an end of input: its network or power gone, the
 TCP connection half-open until keepalives give up (hours with default settings). The
-lease thread treats LEASE_SECONDS of silence (no request, no ping: see agent.protocol)
+lease thread treats LEASE_SECONDS of silence (no request, no ping: see agent.wire.protocol)
 like an end of input, and `give_up` (also on SIGTERM, what `orch lock break` sends)
 frees the deploy locks at once: the running operation is cancelled and puts its batch
 back under agent.lock.working, which the next holder waits for.
@@ -23,9 +23,10 @@ import time
 import traceback
 from typing import Any, BinaryIO, Callable, Dict, Optional, Set
 
+from agent.context import Context
 from agent.lock import TABLE, working
-from agent.operations import OPERATIONS, Context
-from agent.protocol import (
+from agent.operations import OPERATIONS
+from agent.wire.protocol import (
     BAD_REQUEST,
     INTERNAL,
     LEASE_EXPIRED,
@@ -80,6 +81,7 @@ class Server:
         self.clock: Callable[[], float] = time.monotonic
         self._last_input = self.clock()
         self._gone = threading.Event()  # given up on the controller (lease expired, lock broken)
+        self._served = threading.Event()  # serve() returned: the lease has nothing left to guard
         self._queue: "Optional[queue.Queue[Any]]" = None
 
     # --------------------------------------------------------------- output
@@ -178,6 +180,7 @@ class Server:
                 self.send(error(None, line))
                 continue
             self.handle(line)
+        self._served.set()
         return 0
 
     def finish(self, code: int) -> int:
@@ -195,6 +198,8 @@ class Server:
     def _watch_lease(self) -> None:
         step = max(0.05, min(1.0, self.lease_seconds / 10))
         while not self._gone.wait(step):
+            if self._served.is_set():
+                return  # a later give-up would free locks that are no longer this session's
             silent = self.clock() - self._last_input
             if silent >= self.lease_seconds:
                 self.give_up("the controller sent nothing for %.0fs (lease %.0fs): taken as gone"

@@ -321,7 +321,7 @@ def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | Non
     transport.AgentSession.open's careful path: check python3, upload, prune, which
     also produces the readable error with the fix.
     """
-    from agent.protocol import PROTOCOL_VERSION
+    from agent.wire.protocol import PROTOCOL_VERSION
 
     remote = T.bundle_path(bundle)
     session = None

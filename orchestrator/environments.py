@@ -200,7 +200,7 @@ class Environment:
     def registry_for(self, address: str) -> RegistrySpec | None:
         """The registry entry (`registry:` or one of `registries:`) whose address is this
         image registry's host:port, or None: the only credentials an image may be pulled with."""
-        from agent.protocol import canonical_registry
+        from agent.wire.protocol import canonical_registry
 
         address = canonical_registry(address)
         for spec in (self.registry, *self.registries):
@@ -511,7 +511,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
 def _parse_registries(r: _Reader, doc, own: RegistrySpec, path: Path) -> tuple[RegistrySpec, ...]:
     """`registries:`, a list of {address, credentials...}: images on another registry
     (ghcr.io, a company registry) are pinned and pulled with that entry's credentials."""
-    from agent.protocol import canonical_registry, check_registry_address
+    from agent.wire.protocol import canonical_registry, check_registry_address
 
     raw = doc.get("registries")
     if raw is None:

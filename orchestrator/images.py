@@ -526,7 +526,7 @@ def pull_auth(env: Any, image: str, *, environ: Mapping[str, str] | None = None,
     registry entry (`registry:` or `registries:`) whose address is the image's registry,
     else None. They never go elsewhere (another registry, Docker Hub behind a mirror).
     `cache` (address -> credentials) resolves each entry's credentials once."""
-    from agent.protocol import BadRequest, image_registry
+    from agent.wire.protocol import BadRequest, image_registry
 
     try:
         registry = image_registry(image)

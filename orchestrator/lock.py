@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from agent.protocol import LEASE_SECONDS
+from agent.wire.protocol import LEASE_SECONDS
 from orchestrator.errors import LockHeld, OrchError
 
 LOCKED_KIND = "locked"

@@ -248,7 +248,7 @@ def secret_values(project: Any, environ: Mapping[str, str] | None = None) -> lis
     """The known secret values of a project (agent.redact rule (a): masked wherever they
     appear in a manifest and in output): its secrets' contents, and the values of its
     variables (.env, the environment) whose names are secret names."""
-    from agent.redact import secret_name
+    from agent.wire.redact import secret_name
 
     environ = os.environ if environ is None else environ
     out: list[str] = [v for k, v in sorted((getattr(project, "variables", None) or {}).items())
@@ -271,7 +271,7 @@ def secret_values(project: Any, environ: Mapping[str, str] | None = None) -> lis
 
 def find_redacted(value: Any, path: str = "") -> list[str]:
     """Key paths of values still carrying a redaction marker."""
-    from agent.redact import REDACTED_PREFIX
+    from agent.wire.redact import REDACTED_PREFIX
 
     if isinstance(value, str):
         return [path] if REDACTED_PREFIX in value else []

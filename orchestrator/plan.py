@@ -247,7 +247,7 @@ def _describe(a: Action) -> str:
 
 def converged(c: Observed, unit: Any) -> tuple[bool, str]:
     """(keep?, why not) for an existing container of unit's service and replica."""
-    from agent.labels import container_name
+    from agent.wire.labels import container_name
 
     if c.config_hash != unit.config_hash:
         return False, "config changed"
@@ -387,7 +387,7 @@ def make_plan(
 def ingress_drift(unit: Any, step: Step, actual: Mapping[str, Any] | None) -> str:
     """Why a service's ingress on a node differs from what its kept containers need ("":
     it does not). Only for steps that change no container (a change syncs it anyway)."""
-    from agent.labels import server_name
+    from agent.wire.labels import server_name
 
     wanted = getattr(unit, "ingress", None)
     if wanted is None:
@@ -400,7 +400,7 @@ def ingress_drift(unit: Any, step: Step, actual: Mapping[str, Any] | None) -> st
     port = actual.get("port") or {}
     if (port.get("published"), port.get("target")) != (args["port"]["published"], args["port"]["target"]):
         return "ingress port changed"
-    from agent.ingress import Health
+    from agent.wire.ingress import Health
 
     if Health.from_dict(dict(actual.get("health") or {})) != Health.from_dict(args["health"]):
         return "ingress health check changed"

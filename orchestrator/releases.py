@@ -51,8 +51,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.ledger import STATUSES
-from agent.redact import REDACTED, REDACTED_PREFIX, mask_text, mask_tree
+from agent.wire.ledger import STATUSES
+from agent.wire.redact import REDACTED, REDACTED_PREFIX, mask_text, mask_tree
 from orchestrator.errors import GateRefused, InputError, OrchError, Problem
 
 DEPLOYING, LIVE, FAILED, ROLLED_BACK, SUPERSEDED = STATUSES

@@ -184,10 +184,10 @@ def read_ingress(service: Any, published: Sequence[tuple[str, int, str, int]], p
     health = _read_health(value.get("health", "/"), f"{key}.health", problem)
     if health is None:
         return None
-    from agent.protocol import AgentError
+    from agent.wire.protocol import AgentError
 
     try:  # the agent's own limits (e.g. interval 0.1s..300s), so a node never refuses it
-        from agent.ingress import Health
+        from agent.wire.ingress import Health
 
         Health.from_dict(health, f"{key}.health")
     except AgentError as err:

@@ -172,7 +172,7 @@ class Blueprint:
 
         `addresses` maps node name -> IP address other nodes reach it at (for extra_hosts).
         """
-        from agent.spec import config_hash, config_parts
+        from agent.wire.spec import config_hash, config_parts
 
         order = {n: i for i, n in enumerate(node_order)}
         where: dict[str, dict[str, list[int]]] = {}
@@ -560,8 +560,8 @@ class _Compiler:
         if len(self.problems) > start:
             return None
         # Validate with the agent's own parser, so a bad value is bad input here, not on a node.
-        from agent.protocol import AgentError as _AgentError
-        from agent.spec import ContainerSpec
+        from agent.wire.protocol import AgentError as _AgentError
+        from agent.wire.spec import ContainerSpec
 
         try:
             ContainerSpec.from_dict(container, f"services.{s.name}")

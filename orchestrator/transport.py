@@ -36,8 +36,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.protocol import MAX_MESSAGE_BYTES, PING, PING_SECONDS, PROTOCOL_VERSION
-from agent.protocol import request as agent_request
+from agent.wire.protocol import MAX_MESSAGE_BYTES, PING, PING_SECONDS, PROTOCOL_VERSION
+from agent.wire.protocol import request as agent_request
 from orchestrator.errors import OrchError
 
 DEFAULT_STATE_DIR = "/var/lib/orch-agent"

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from agent.redact import MASK, mask_known
+from agent.wire.redact import MASK, mask_known
 from orchestrator.errors import OrchError
 
 JSON_SCHEMA_VERSION = 1
@@ -316,7 +316,7 @@ MIN_SECRET_LENGTH = 6  # shorter values would mask ordinary words
 def secret_name(name: str) -> bool:
     """A variable holding a secret by its name (CI injects them so): agent.redact's rule,
     the one the release ledger uses too."""
-    from agent.redact import secret_name as rule
+    from agent.wire.redact import secret_name as rule
 
     return rule(name)
 
@@ -498,7 +498,7 @@ def protect_project(project: Any) -> None:
     pairs), so that they are masked in every line orch writes."""
     if project is None:
         return
-    from agent.redact import find_secrets
+    from agent.wire.redact import find_secrets
     from orchestrator.pipeline import secret_values
 
     redactor = current_redactor()
@@ -508,7 +508,7 @@ def protect_project(project: Any) -> None:
 
 def masked_project(project: Any) -> dict:
     """project.to_dict() with its secrets masked (agent.redact's rule), for printing it."""
-    from agent.redact import mask_tree
+    from agent.wire.redact import mask_tree
     from orchestrator.pipeline import secret_values
 
     return mask_tree(project.to_dict(), MASK, secret_values(project))

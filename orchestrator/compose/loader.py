@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from agent.redact import secret_name
+from agent.wire.redact import secret_name
 from orchestrator.errors import InputError
 from orchestrator.limits import YAML_MAX_BYTES, present, read_bounded
 from orchestrator.yamlsrc import Loc, YMap, decode_utf8, no_gc, parse_yaml

@@ -6,7 +6,7 @@ import difflib
 from dataclasses import replace
 from typing import Any, Iterable
 
-from agent.redact import MASK, mask_text
+from agent.wire.redact import MASK, mask_text
 
 from orchestrator.errors import InputError, Problem, Warnings
 from orchestrator.yamlsrc import Loc, YList, YMap

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from agent.spec import config_hash
+from agent.wire.spec import config_hash
 from orchestrator import transport as T
 from orchestrator.agent_bundle import current_bundle
 

@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
-from agent.protocol import MAX_LOG_LINE
-from agent.spec import config_hash
+from agent.wire.protocol import MAX_LOG_LINE
+from agent.wire.spec import config_hash
 from orchestrator import transport as T
 from orchestrator.agent_bundle import current_bundle
 

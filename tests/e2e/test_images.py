@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.spec import config_hash
+from agent.wire.spec import config_hash
 from orchestrator import images as I
 from orchestrator import transport as T
 from orchestrator.agent_bundle import current_bundle

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agent.spec import config_hash
+from agent.wire.spec import config_hash
 from orchestrator import transport as T
 from orchestrator.agent_bundle import current_bundle
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.protocol import LEASE_SECONDS
+from agent.wire.protocol import LEASE_SECONDS
 from orchestrator.lab import netns
 
 from .test_faults import env_file

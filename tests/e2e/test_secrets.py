@@ -1,4 +1,4 @@
-"""Secrets stay out of output and out of the nodes' ledgers (agent.redact's one rule):
+"""Secrets stay out of output and out of the nodes' ledgers (agent.wire.redact's one rule):
 a project whose secrets come from .env, a secret file and inline in the Compose file
 (environment, a URL, a connection string, command, labels, healthcheck) is deployed to
 dev; then every orch output, and the ledger files' bytes read over SSH, hold none of

@@ -70,8 +70,9 @@ def test_the_agent_itself_refuses_or_skips_another_environments_objects(shared, 
     import docker
 
     from agent.engine import Engine
-    from agent.operations import OPERATIONS, Context
-    from agent.protocol import AgentError
+    from agent.context import Context
+    from agent.operations import OPERATIONS
+    from agent.wire.protocol import AgentError
 
     node = ssh("dev-1")
     before = node_objects(node, shared.project)

@@ -127,7 +127,7 @@ def test_state_without_the_sdk_reads_what_the_sdk_reads(shop, lab):
     report every container of the project on a real engine identically."""
     import docker
 
-    from agent import labels as L
+    from agent.wire import labels as L
     from agent.engine import Engine
     from agent.engine_reads import SocketReads
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.spec import config_hash
+from agent.wire.spec import config_hash
 from orchestrator import images as I
 from orchestrator import releases as R
 from orchestrator import transport as T

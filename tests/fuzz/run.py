@@ -157,7 +157,7 @@ def environment_target(tmp: Path) -> Callable[[str], None]:
 
 
 def agent_request_target() -> Callable[[bytes], None]:
-    from agent.protocol import AgentError, parse_request
+    from agent.wire.protocol import AgentError, parse_request
 
     def check(line: bytes) -> None:
         _expect(lambda: parse_request(line), AgentError)
@@ -166,9 +166,9 @@ def agent_request_target() -> Callable[[bytes], None]:
 
 
 def agent_validators_target() -> Callable[[tuple], None]:
-    from agent import protocol as p
-    from agent.protocol import AgentError
-    from agent.spec import ContainerSpec, ServiceSpec
+    from agent.wire import protocol as p
+    from agent.wire.protocol import AgentError
+    from agent.wire.spec import ContainerSpec, ServiceSpec
 
     calls: dict[str, Callable[[Any], Any]] = {
         "check_str": lambda v: p.check_str(v, "x"),

@@ -1,7 +1,7 @@
 import base64
 
 from agent.create import create_body
-from agent.spec import ServiceSpec, config_hash
+from agent.wire.spec import ServiceSpec, config_hash
 
 IMAGE = "busybox:latest"
 

@@ -11,10 +11,11 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from agent import labels as L
+from agent.wire import labels as L
 from agent.engine_reads import SocketReads
-from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError
+from agent.context import Context
+from agent.operations import OPERATIONS
+from agent.wire.protocol import AgentError
 
 
 def inspect(cid, name, service, replica, state="running"):

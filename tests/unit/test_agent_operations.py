@@ -6,11 +6,12 @@ import stat
 
 import pytest
 
-from agent import labels as L
+from agent.wire import labels as L
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError
-from agent.spec import config_hash
+from agent.context import Context
+from agent.operations import OPERATIONS
+from agent.wire.protocol import AgentError
+from agent.wire.spec import config_hash
 
 IMAGE = "busybox:latest"
 
@@ -230,7 +231,7 @@ def test_never_healthy_without_a_probe_result_says_so(run, engine):
 
 def test_unhealthy_reason_from_docker_inspect():
     from agent.engine import info_from_inspect
-    from agent.operations import unhealthy_reason
+    from agent.steps import unhealthy_reason
 
     attrs = {"Id": "x", "Name": "/shop-web-1", "Config": {"Labels": {}},
              "State": {"Status": "running", "Health": {"Status": "unhealthy", "FailingStreak": 3, "Log": [

@@ -5,11 +5,12 @@ import os
 
 import pytest
 
-from agent import labels as L
+from agent.wire import labels as L
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError
-from agent.spec import config_hash
+from agent.context import Context
+from agent.operations import OPERATIONS
+from agent.wire.protocol import AgentError
+from agent.wire.spec import config_hash
 
 IMAGE = "busybox:latest"
 

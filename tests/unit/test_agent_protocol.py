@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from agent import labels as L
-from agent.protocol import (
+from agent.wire import labels as L
+from agent.wire.protocol import (
     PROTOCOL_VERSION,
     AgentError,
     BadRequest,
@@ -115,7 +115,7 @@ def test_a_trailing_newline_is_not_part_of_a_valid_value(check, value):
 
 
 def test_names_and_hashes_are_matched_whole():
-    from agent.protocol import check_hash, check_name
+    from agent.wire.protocol import check_hash, check_name
 
     for check, value in ((check_name, "web\n"), (check_hash, "a" * 12 + "\n")):
         with pytest.raises(BadRequest):
@@ -126,7 +126,7 @@ def test_names_and_hashes_are_matched_whole():
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), True, 10 ** 400, 1e300, "1"])
 def test_numbers_must_be_finite_and_bounded(value):
-    from agent.protocol import check_number
+    from agent.wire.protocol import check_number
 
     with pytest.raises(BadRequest):
         check_number(value, "timeout")
@@ -134,7 +134,7 @@ def test_numbers_must_be_finite_and_bounded(value):
 
 @pytest.mark.parametrize("value", [True, False, 2 ** 53, -(2 ** 53), 10 ** 30, 1.0])
 def test_integers_are_not_bools_and_bounded(value):
-    from agent.protocol import check_int
+    from agent.wire.protocol import check_int
 
     with pytest.raises(BadRequest):
         check_int(value, "n")
@@ -156,20 +156,20 @@ def test_requests_the_parser_refuses(line):
 
 
 def test_nesting_up_to_the_limit_is_fine():
-    from agent.protocol import MAX_DEPTH
+    from agent.wire.protocol import MAX_DEPTH
 
     inner = b"[" * (MAX_DEPTH - 2) + b"]" * (MAX_DEPTH - 2)  # the request and args are two levels
     assert parse_request(b'{"v": 1, "id": 1, "op": "info", "args": {"x": ' + inner + b"}}")["op"] == "info"
 
 
 def test_a_huge_value_is_not_echoed_whole():
-    from agent import ingress as I
+    from agent.wire import ingress as W
 
     with pytest.raises(BadRequest) as err:
         check_project("X" * 1_000_000)
     assert len(err.value.message) < 300
     with pytest.raises(BadRequest) as err:  # any module's message, whatever it quotes
-        I.Health.from_dict({"path": "/" + "x" * 1_000_000 + " "})
+        W.Health.from_dict({"path": "/" + "x" * 1_000_000 + " "})
     assert "must start with '/'" in err.value.message and len(err.value.message) < 5000
 
 
@@ -177,7 +177,7 @@ def test_line_splitter_is_linear_and_bounded():
     import threading
 
     from agent.engine import LineSplitter
-    from agent.protocol import MAX_LOG_LINE
+    from agent.wire.protocol import MAX_LOG_LINE
 
     data = b"y" * (16 * 1024 * 1024)  # a 16 MiB line without a newline, in 4 KiB chunks as a stream gives it
     out = []

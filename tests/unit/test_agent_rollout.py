@@ -2,11 +2,12 @@
 
 import pytest
 
-from agent import labels as L
+from agent.wire import labels as L
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError
-from agent.spec import config_hash
+from agent.context import Context
+from agent.operations import OPERATIONS
+from agent.wire.protocol import AgentError
+from agent.wire.spec import config_hash
 
 V1, V2, BAD = "web:v1", "web:v2", "web:bad"
 HC = {"test": ["CMD", "true"], "interval": 1, "retries": 2}
@@ -249,7 +250,7 @@ def test_rerun_of_a_replaced_replica_changes_nothing(run, engine):
 
 
 def test_bad_arguments_are_refused(run):
-    from agent.protocol import BadRequest
+    from agent.wire.protocol import BadRequest
 
     with pytest.raises(BadRequest):
         run("rollout", {"spec": spec(V1), "replicas": [3]})
@@ -260,11 +261,11 @@ def test_bad_arguments_are_refused(run):
 
 
 def test_removing_a_service_or_project_removes_its_ingress(run, engine, ingress, monkeypatch):
-    import agent.rollout as R
+    import agent.ingress as I
 
     run("apply", {"spec": spec(V1, replicas=(1,))})
     run("rollout", {"spec": spec(V1, replicas=(1,)), "replicas": [], "ingress": INGRESS})
-    monkeypatch.setattr(R, "ingress_state", lambda ctx, project: {
+    monkeypatch.setattr(I, "ingress_state", lambda ctx, project: {
         s: {} for (p, s) in ingress.frontends if p == project})
     out = run("remove", {"project": "shop", "service": "web", "env": "prod", "replicas": [1]})
     assert out["ingress"] == [] and ("shop", "web") in ingress.frontends  # one replica: the port stays

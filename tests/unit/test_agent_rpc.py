@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from agent.fake import FakeEngine
-from agent.protocol import PROTOCOL_VERSION
+from agent.wire.protocol import PROTOCOL_VERSION
 from agent.rpc import Server
-from agent.spec import config_hash
+from agent.wire.spec import config_hash
 
 
 class Agent:
@@ -207,7 +207,7 @@ def test_huge_numbers_are_refused(agent):
 
 
 def test_a_request_longer_than_the_limit_is_refused_unread(agent):
-    from agent.protocol import MAX_REQUEST_BYTES
+    from agent.wire.protocol import MAX_REQUEST_BYTES
 
     # A valid request, only too long: it is skipped, not parsed, and answered in turn.
     pad = "x" * (MAX_REQUEST_BYTES + 10)
@@ -220,7 +220,7 @@ def test_a_request_longer_than_the_limit_is_refused_unread(agent):
 
 
 def test_a_long_log_line_comes_out_in_pieces(agent):
-    from agent.protocol import MAX_LOG_LINE
+    from agent.wire.protocol import MAX_LOG_LINE
 
     c = {"image": "busybox:latest"}
     spec = {"project": "p", "service": "s", "replicas": [1], "config_hash": config_hash(c), "container": c}

@@ -2,8 +2,8 @@ import base64
 
 import pytest
 
-from agent.protocol import BadRequest
-from agent.spec import ContainerSpec, Healthcheck, ServiceSpec, config_hash
+from agent.wire.protocol import BadRequest
+from agent.wire.spec import ContainerSpec, Healthcheck, ServiceSpec, config_hash
 
 IMAGE = "10.250.0.1:5000/shop/web@sha256:" + "b" * 64
 

@@ -10,8 +10,9 @@ from contextlib import contextmanager
 import pytest
 
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError as RawAgentError
+from agent.context import Context
+from agent.operations import OPERATIONS
+from agent.wire.protocol import AgentError as RawAgentError
 from orchestrator import transport as T
 from orchestrator.deploy import (
     DeployOptions, Deployment, find_container, list_containers, parse_since, run_exec, stream_logs, take_down,

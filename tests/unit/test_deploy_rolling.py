@@ -203,7 +203,7 @@ def test_a_node_lost_mid_rollout_fails_and_puts_the_others_back(images):
 def test_ingress_drift_says_when_a_node_needs_an_ingress_sync():
     from types import SimpleNamespace
 
-    from agent.labels import server_name
+    from agent.wire.labels import server_name
     from orchestrator.plan import UNCHANGED, Action, Step, ingress_drift
     from orchestrator.rollout import IngressSpec
 

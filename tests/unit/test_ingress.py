@@ -11,11 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from agent import haproxy as H
 from agent import ingress as I
-from agent import labels as L
+from agent import ingress_files as F
+from agent.wire import labels as L
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError, BadRequest
+from agent.context import Context
+from agent.operations import OPERATIONS
+from agent.wire import ingress as W
+from agent.wire.protocol import AgentError, BadRequest
 
 
 def sync_args(**kw):
@@ -29,32 +33,32 @@ def sync_args(**kw):
 
 def svc(servers=(), **kw):
     base = dict(project="shop", service="web", published=8080, target=80, env="prod",
-                health=I.Health("/healthz", 0.5))
+                health=W.Health("/healthz", 0.5))
     base.update(kw)
-    return I.ServiceIngress(servers=tuple(servers), **base)
+    return W.ServiceIngress(servers=tuple(servers), **base)
 
 
-PATHS = I.paths_for("/var/lib/orch-agent/engines/ABCD", run_base="/run")
+PATHS = F.paths_for("/var/lib/orch-agent/engines/ABCD", run_base="/run")
 
 
 # --------------------------------------------------------------------------- validation
 
 
 def test_sync_arguments_parse_into_the_model():
-    req = I.parse_sync(sync_args(backends=[{"name": "web-1", "container": "shop-web-1"},
+    req = W.parse_sync(sync_args(backends=[{"name": "web-1", "container": "shop-web-1"},
                                            {"name": "web-2", "container": "/shop-web-2", "address": "10.0.0.7"}]))
     s = req.service
     assert (s.project, s.service, s.env, s.published, s.target, s.protocol, s.host_ip) == (
         "shop", "web", "prod", 8080, 80, "http", "0.0.0.0")
-    assert s.health == I.Health(path="/healthz", interval=0.5, timeout=2.0, rise=2, fall=2, host="localhost")
+    assert s.health == W.Health(path="/healthz", interval=0.5, timeout=2.0, rise=2, fall=2, host="localhost")
     assert [(b.name, b.container, b.address) for b in req.backends] == [
         ("web-1", "shop-web-1", ""), ("web-2", "shop-web-2", "10.0.0.7")]
-    assert (req.timeout, req.drain_timeout, req.network) == (I.DEFAULT_SYNC_TIMEOUT, I.DEFAULT_REMOVE_DRAIN, "")
+    assert (req.timeout, req.drain_timeout, req.network) == (W.DEFAULT_SYNC_TIMEOUT, W.DEFAULT_REMOVE_DRAIN, "")
     assert (s.frontend, s.backend, s.key) == ("fe.shop.web", "be.shop.web", "shop/web")
 
 
 def test_health_accepts_a_bare_path():
-    assert I.parse_sync(sync_args(health="/ready")).service.health.path == "/ready"
+    assert W.parse_sync(sync_args(health="/ready")).service.health.path == "/ready"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -95,22 +99,22 @@ def test_health_accepts_a_bare_path():
 ])
 def test_sync_arguments_are_validated(change, message):
     with pytest.raises(BadRequest) as err:
-        I.parse_sync(sync_args(**change))
+        W.parse_sync(sync_args(**change))
     assert message in err.value.message
 
 
 def test_drain_and_remove_arguments_are_validated():
-    assert I.parse_drain({"project": "shop", "service": "web", "server": "web-1"}) == (
-        "shop", "web", "web-1", I.DEFAULT_DRAIN_TIMEOUT)
-    assert I.parse_drain({"project": "shop", "service": "web", "server": "web-1", "timeout": 5})[3] == 5.0
+    assert W.parse_drain({"project": "shop", "service": "web", "server": "web-1"}) == (
+        "shop", "web", "web-1", W.DEFAULT_DRAIN_TIMEOUT)
+    assert W.parse_drain({"project": "shop", "service": "web", "server": "web-1", "timeout": 5})[3] == 5.0
     for bad in ({"project": "shop", "service": "web"}, {"project": "shop", "service": "web", "server": "a/b"},
                 {"project": "shop", "service": "web", "server": "a", "timeout": 7200},
                 {"project": "shop", "service": "web", "server": "a", "wait": 1}):
         with pytest.raises(BadRequest):
-            I.parse_drain(bad)
-    assert I.parse_remove({"project": "shop", "service": "web"}) == ("shop", "web")
+            W.parse_drain(bad)
+    assert W.parse_remove({"project": "shop", "service": "web"}) == ("shop", "web")
     with pytest.raises(BadRequest):
-        I.parse_remove({"project": "shop"})
+        W.parse_remove({"project": "shop"})
 
 
 def test_the_ops_are_registered():
@@ -123,13 +127,13 @@ def test_the_ops_are_registered():
 
 def test_config_renders_a_frontend_and_backend_per_service():
     services = {
-        "shop/web": svc([I.Server("web-1", "shop-web-1", "172.18.0.2"),
-                         I.Server("web-2", "shop-web-2", "172.18.0.3", "maint"),
-                         I.Server("web-3", "shop-web-3", "172.18.0.4", "warming")]),
+        "shop/web": svc([W.Server("web-1", "shop-web-1", "172.18.0.2"),
+                         W.Server("web-2", "shop-web-2", "172.18.0.3", "maint"),
+                         W.Server("web-3", "shop-web-3", "172.18.0.4", "warming")]),
         "blog/www": svc(project="blog", service="www", published=9000, target=8000, env="",
-                        health=I.Health("/", 2.0, rise=3, fall=4, host="blog.example")),
+                        health=W.Health("/", 2.0, rise=3, fall=4, host="blog.example")),
     }
-    text = I.render_config(PATHS, services)
+    text = H.render_config(PATHS, services)
     assert "stats socket /run/orch-ingress-%s/admin.sock mode 600 level admin expose-fd listeners" % (
         PATHS.run_dir.rsplit("-", 1)[1]) in text
     assert "server-state-file %s" % PATHS.server_state in text
@@ -148,30 +152,30 @@ def test_config_renders_a_frontend_and_backend_per_service():
     ]
     blog = text[text.index("frontend fe.blog.www"):text.index("frontend fe.shop.web")]
     assert "bind 0.0.0.0:9000" in blog and "hdr Host blog.example" in blog and " server " not in blog
-    assert I.render_config(PATHS, services) == text  # deterministic
+    assert H.render_config(PATHS, services) == text  # deterministic
 
 
 def test_server_lines_and_add_server_share_their_check_options():
     s = svc()
-    server = I.Server("web-1", "shop-web-1", "172.18.0.2")
-    text = I.render_config(PATHS, {s.key: s.with_servers([server])})
+    server = W.Server("web-1", "shop-web-1", "172.18.0.2")
+    text = H.render_config(PATHS, {s.key: s.with_servers([server])})
     line = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("server ")][0]
-    assert I.cmd_add_server(s.backend, server, s.target, s.health) == "add server be.shop.web/" + line[len("server "):]
+    assert H.cmd_add_server(s.backend, server, s.target, s.health) == "add server be.shop.web/" + line[len("server "):]
 
 
 def test_an_empty_ingress_renders_globals_only():
-    text = I.render_config(PATHS, {})
+    text = H.render_config(PATHS, {})
     assert "frontend" not in text and "backend" not in text and "expose-fd listeners" in text
 
 
 @pytest.mark.skipif(not shutil.which("haproxy") and not Path("/usr/sbin/haproxy").exists(),
                     reason="haproxy is not installed here")
 def test_haproxy_accepts_the_rendered_config(tmp_path):
-    paths = I.paths_for(str(tmp_path), run_base="/run")  # -c binds nothing
-    services = {"shop/web": svc([I.Server("web-1", "c1", "172.18.0.2"), I.Server("web-2", "c2", "172.18.0.3", "maint")]),
+    paths = F.paths_for(str(tmp_path), run_base="/run")  # -c binds nothing
+    services = {"shop/web": svc([W.Server("web-1", "c1", "172.18.0.2"), W.Server("web-2", "c2", "172.18.0.3", "maint")]),
                 "blog/www": svc(project="blog", service="www", published=9000, target=8000)}
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(I.render_config(paths, services))
+    cfg.write_text(H.render_config(paths, services))
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     out = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -179,58 +183,58 @@ def test_haproxy_accepts_the_rendered_config(tmp_path):
 
 def test_socket_paths_stay_short_whatever_the_data_dir():
     long_dir = "/var/lib/orch-agent/engines/" + "-".join(["ABCD"] * 12)
-    paths = I.paths_for(long_dir, run_base="/run")
+    paths = F.paths_for(long_dir, run_base="/run")
     # sun_path holds 107 bytes; HAProxy binds "<path>.<pid>.tmp" first and allows 97
     assert len(paths.admin_socket) <= 60 and len(paths.master_socket) <= 60
     assert paths.dir == long_dir + "/ingress" and paths.config.startswith(long_dir)
-    assert I.paths_for(long_dir + "x", run_base="/run").run_dir != paths.run_dir  # one per node
+    assert F.paths_for(long_dir + "x", run_base="/run").run_dir != paths.run_dir  # one per node
 
 
 # --------------------------------------------------------------------------- runtime API as data
 
 
 def test_runtime_commands():
-    h = I.Health("/healthz", interval=1.0, rise=3, fall=2)
-    server = I.Server("web-2", "shop-web-2", "172.18.0.3")
-    assert I.cmd_add_server("be.shop.web", server, 8080, h) == (
+    h = W.Health("/healthz", interval=1.0, rise=3, fall=2)
+    server = W.Server("web-2", "shop-web-2", "172.18.0.3")
+    assert H.cmd_add_server("be.shop.web", server, 8080, h) == (
         "add server be.shop.web/web-2 172.18.0.3:8080 check inter 1000ms fastinter 200ms downinter 200ms "
         "rise 3 fall 2")
-    assert I.cmds_warm("be.shop.web", "web-2") == [
+    assert H.cmds_warm("be.shop.web", "web-2") == [
         "enable health be.shop.web/web-2",
         "set server be.shop.web/web-2 state drain",
         "set server be.shop.web/web-2 health down",
     ]
-    assert I.cmd_state("be.shop.web", "web-1", "drain") == "set server be.shop.web/web-1 state drain"
-    assert I.cmd_state("be.shop.web", "web-1", "maint") == "set server be.shop.web/web-1 state maint"
-    assert I.cmd_state("be.shop.web", "web-1", "ready") == "set server be.shop.web/web-1 state ready"
-    assert I.cmd_del_server("be.shop.web", "web-1") == "del server be.shop.web/web-1"
+    assert H.cmd_state("be.shop.web", "web-1", "drain") == "set server be.shop.web/web-1 state drain"
+    assert H.cmd_state("be.shop.web", "web-1", "maint") == "set server be.shop.web/web-1 state maint"
+    assert H.cmd_state("be.shop.web", "web-1", "ready") == "set server be.shop.web/web-1 state ready"
+    assert H.cmd_del_server("be.shop.web", "web-1") == "del server be.shop.web/web-1"
     with pytest.raises(ValueError):
-        I.cmd_state("be.shop.web", "web-1", "up")
+        H.cmd_state("be.shop.web", "web-1", "up")
 
 
 def test_unix_command_refuses_chained_commands():
     for bad in ("show stat; shutdown sessions", "show info\nreload"):
         with pytest.raises(ValueError):
-            I.unix_command("/nonexistent.sock", bad)
+            H.unix_command("/nonexistent.sock", bad)
 
 
 def rt(name, address="172.18.0.2", port=80, admin=0):
-    return I.RuntimeServer(name, address, port, admin)
+    return H.RuntimeServer(name, address, port, admin)
 
 
 def test_plan_servers():
     runtime = {"old": rt("old", "172.18.0.2"), "gone": rt("gone", "172.18.0.9", admin=1),
                "moved": rt("moved", "172.18.0.5"), "back": rt("back", "172.18.0.6", admin=1),
                "draining": rt("draining", "172.18.0.7", admin=8)}
-    desired = [I.Server("old", "c-old", "172.18.0.2"), I.Server("new", "c-new", "172.18.0.3"),
-               I.Server("moved", "c-moved", "172.18.0.8"), I.Server("back", "c-back", "172.18.0.6"),
-               I.Server("draining", "c-d", "172.18.0.7")]
-    plan = I.plan_servers(runtime, desired, 80)
+    desired = [W.Server("old", "c-old", "172.18.0.2"), W.Server("new", "c-new", "172.18.0.3"),
+               W.Server("moved", "c-moved", "172.18.0.8"), W.Server("back", "c-back", "172.18.0.6"),
+               W.Server("draining", "c-d", "172.18.0.7")]
+    plan = H.plan_servers(runtime, desired, 80)
     assert plan.to_dict() == {"remove": ["gone", "moved"], "add": ["new", "moved"],
                               "rewarm": ["back", "draining"], "keep": ["old"]}
     # another target port is another server
-    assert I.plan_servers({"a": rt("a")}, [I.Server("a", "c", "172.18.0.2")], 8080).to_dict()["remove"] == ["a"]
-    assert I.plan_servers({}, [], 80).to_dict() == {"remove": [], "add": [], "rewarm": [], "keep": []}
+    assert H.plan_servers({"a": rt("a")}, [W.Server("a", "c", "172.18.0.2")], 8080).to_dict()["remove"] == ["a"]
+    assert H.plan_servers({}, [], 80).to_dict() == {"remove": [], "add": [], "rewarm": [], "keep": []}
 
 
 def test_runtime_server_admin_bits():
@@ -271,29 +275,29 @@ def stat_row(px, sv, status, scur=0, check="L7OK", qcur=0):
 
 
 def test_parsers():
-    assert I.parse_version("HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/\nStatus: ...") == (
+    assert H.parse_version("HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/\nStatus: ...") == (
         "2.6.12-1+deb12u4", (2, 6, 12))
-    assert I.parse_version("HA-Proxy version 2.2.9-2+deb11u5 2023/04/10")[1] == (2, 2, 9)
+    assert H.parse_version("HA-Proxy version 2.2.9-2+deb11u5 2023/04/10")[1] == (2, 2, 9)
     with pytest.raises(AgentError):
-        I.parse_version("command not found")
-    proc = I.parse_show_proc(SHOW_PROC)
+        H.parse_version("command not found")
+    proc = H.parse_show_proc(SHOW_PROC)
     assert proc == {"master": 30716, "reloads": 3, "failed": 1, "workers": [20126], "old_workers": [20001]}
-    state = I.parse_servers_state(SERVERS_STATE)
-    assert state == {"a": I.RuntimeServer("a", "127.0.0.1", 18081, 0), "c": I.RuntimeServer("c", "127.0.0.1", 18083, 1)}
-    assert I.parse_servers_state("Can't find backend.\n") is None
-    assert I.parse_servers_state(SERVERS_STATE.split("3 be")[0]) == {}
-    rows = I.parse_stat("\n".join([STAT_HEADER, stat_row("be.p.web", "a", "UP", 3)]) + "\n\n")
+    state = H.parse_servers_state(SERVERS_STATE)
+    assert state == {"a": H.RuntimeServer("a", "127.0.0.1", 18081, 0), "c": H.RuntimeServer("c", "127.0.0.1", 18083, 1)}
+    assert H.parse_servers_state("Can't find backend.\n") is None
+    assert H.parse_servers_state(SERVERS_STATE.split("3 be")[0]) == {}
+    rows = H.parse_stat("\n".join([STAT_HEADER, stat_row("be.p.web", "a", "UP", 3)]) + "\n\n")
     assert rows[0]["pxname"] == "be.p.web" and rows[0]["scur"] == "3" and rows[0]["status"] == "UP"
-    assert I.parse_info("Name: HAProxy\nPid: 20126\nUptime_sec: 5\n")["Pid"] == "20126"
+    assert H.parse_info("Name: HAProxy\nPid: 20126\nUptime_sec: 5\n")["Pid"] == "20126"
 
 
 def test_health_states():
-    assert I.serving({"status": "UP", "check_status": "L7OK"})
-    assert not I.serving({"status": "UP 1/2", "check_status": "L7OK"})  # going down
-    assert I.warmed({"status": "DRAIN", "check_status": "L7OK"})
-    assert not I.warmed({"status": "DRAIN", "check_status": "INI"})  # no check passed yet
-    assert not I.warmed({"status": "DOWN 1/2", "check_status": "L7OK"})  # not `rise` passes yet
-    assert not I.warmed({"status": "DRAIN 1/2", "check_status": "L7OK"})
+    assert H.serving({"status": "UP", "check_status": "L7OK"})
+    assert not H.serving({"status": "UP 1/2", "check_status": "L7OK"})  # going down
+    assert H.warmed({"status": "DRAIN", "check_status": "L7OK"})
+    assert not H.warmed({"status": "DRAIN", "check_status": "INI"})  # no check passed yet
+    assert not H.warmed({"status": "DOWN 1/2", "check_status": "L7OK"})  # not `rise` passes yet
+    assert not H.warmed({"status": "DRAIN 1/2", "check_status": "L7OK"})
 
 
 # --------------------------------------------------------------------------- container addresses
@@ -353,16 +357,16 @@ def test_an_engine_without_inspect_is_an_error():
 
 
 def test_state_round_trips(tmp_path):
-    paths = I.paths_for(str(tmp_path), run_base=str(tmp_path))
-    I.ensure_dirs(paths)
-    assert I.load_state(paths) == {}
-    services = {"shop/web": svc([I.Server("web-1", "c1", "172.18.0.2", "maint")])}
-    I.save_state(paths, services)
-    assert I.load_state(paths) == services
-    assert json.loads(Path(paths.state).read_text())["version"] == I.STATE_VERSION
+    paths = F.paths_for(str(tmp_path), run_base=str(tmp_path))
+    F.ensure_dirs(paths)
+    assert F.load_state(paths) == {}
+    services = {"shop/web": svc([W.Server("web-1", "c1", "172.18.0.2", "maint")])}
+    F.save_state(paths, services)
+    assert F.load_state(paths) == services
+    assert json.loads(Path(paths.state).read_text())["version"] == F.STATE_VERSION
     Path(paths.state).write_text("{not json")
     with pytest.raises(AgentError) as err:
-        I.load_state(paths)
+        F.load_state(paths)
     assert err.value.kind == "ingress"
 
 
@@ -370,7 +374,7 @@ def test_state_round_trips(tmp_path):
 
 
 class SimHAProxy:
-    """Stands in for agent.ingress.HAProxy: keeps backends and servers like the real
+    """Stands in for agent.haproxy.HAProxy: keeps backends and servers like the real
     runtime API does, health checks pass for the addresses in `world['healthy']`."""
 
     world: dict = {}
@@ -445,7 +449,7 @@ class SimHAProxy:
         if be is None:
             return None
         bits = {"ready": 0, "drain": 8, "maint": 1}
-        return {n: I.RuntimeServer(n, s["addr"].split(":")[0], int(s["addr"].split(":")[1]), bits[s["admin"]])
+        return {n: H.RuntimeServer(n, s["addr"].split(":")[0], int(s["addr"].split(":")[1]), bits[s["admin"]])
                 for n, s in be.items()}
 
     def runtime(self, cmd):
@@ -503,7 +507,7 @@ def sim(monkeypatch, tmp_path):
                         "healthy": {"172.18.0.2", "172.18.0.3"}}
     monkeypatch.setattr(I, "HAProxy", SimHAProxy)
     monkeypatch.setattr(I, "_port_free", lambda host, port: port != 7777)
-    monkeypatch.setattr(I, "paths_for", lambda data_dir, run_base=None: I.Paths(
+    monkeypatch.setattr(I, "paths_for", lambda data_dir, run_base=None: F.Paths(
         dir=str(Path(data_dir) / "ingress"), run_dir=str(tmp_path / "run")))
     engine = InspectingEngine({
         "shop-web-1": inspect("shop-web-1", networks={"shop_default": "172.18.0.2"}),
@@ -684,9 +688,9 @@ def test_bundle_carries_jinja2_and_the_template_and_renders_on_python39(tmp_path
     assert "markupsafe/_native.py" in names and not [n for n in names if n.startswith("markupsafe/_speedups")]
     py39 = Path("/root/.pyenv/versions/3.9.18/bin/python")
     python = str(py39) if py39.exists() else sys.executable
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from agent import ingress as I; "
-            "s = I.ServiceIngress('shop', 'web', 8080, 80, servers=(I.Server('w', 'c', '172.18.0.2'),)); "
-            "print(I.render_config(I.paths_for('/x', run_base='/run'), {s.key: s}))")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from agent import haproxy as H, ingress_files as F; from agent.wire import ingress as W; "
+            "s = W.ServiceIngress('shop', 'web', 8080, 80, servers=(W.Server('w', 'c', '172.18.0.2'),)); "
+            "print(H.render_config(F.paths_for('/x', run_base='/run'), {s.key: s}))")
     out = subprocess.run([python, "-I", "-c", code, str(b.path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "server w 172.18.0.2:80 check" in out.stdout and ".pyz/jinja2" not in out.stderr

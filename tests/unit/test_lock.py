@@ -14,8 +14,9 @@ import pytest
 
 from agent import lock as AL
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError
+from agent.context import Context
+from agent.operations import OPERATIONS
+from agent.wire.protocol import AgentError
 from orchestrator import lock as OL
 from orchestrator import transport as T
 from orchestrator.errors import LockHeld

@@ -112,6 +112,19 @@ def test_pings_keep_the_lease_while_an_operation_runs_and_silence_cancels_it(tmp
         a.close()
 
 
+def test_a_session_that_ended_gives_nothing_up_later(tmp_path):
+    """Once serve() returned (end of input), its lease thread stops: a give-up then would
+    free the locks of the process's other sessions (in tests, one process holds many)."""
+    a = Agent(tmp_path, lease=0.3)
+    a.stdin.close()
+    assert a.done.wait(10)
+    given = []
+    a.server.give_up = given.append
+    time.sleep(1.0)
+    assert given == []
+    a.close()
+
+
 class FakeChannel:
     """An exec channel whose agent answers `call` only after 1.2 s, and records what was sent."""
 

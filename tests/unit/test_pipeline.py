@@ -8,8 +8,9 @@ import textwrap
 import pytest
 
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
-from agent.redact import is_redacted
+from agent.context import Context
+from agent.operations import OPERATIONS
+from agent.wire.redact import is_redacted
 from orchestrator import pipeline as P
 from orchestrator import releases as R
 from orchestrator.errors import DeployError, GateRefused, InputError, LockHeld

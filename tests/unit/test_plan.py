@@ -2,7 +2,7 @@
 
 import json
 
-from agent.spec import config_hash, config_parts
+from agent.wire.spec import config_hash, config_parts
 from orchestrator.plan import Observed, existing_slots, make_plan, observe
 from orchestrator.specs import Unit
 

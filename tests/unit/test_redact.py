@@ -1,4 +1,4 @@
-"""agent.redact: the one secret rule, and where it applies (output, ledger)."""
+"""agent.wire.redact: the one secret rule, and where it applies (output, ledger)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agent.redact import MASK, REDACTED, find_secrets, first_clear_secret, mask_text, mask_tree, secret_name
+from agent.wire.redact import MASK, REDACTED, find_secrets, first_clear_secret, mask_text, mask_tree, secret_name
 
 SECRET_NAMES = ("DB_PASSWORD", "password", "PGPASSWORD", "API_KEY", "apiKey", "STRIPE_KEY", "SIGNING_KEY",
                 "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "SENTRY_DSN", "REDIS_PASS", "DB_PWD", "BASIC_AUTH",
@@ -106,7 +106,7 @@ def test_a_loading_error_does_not_quote_a_secret_from_env(tmp_path):
 def test_a_long_known_value_quoted_in_part_is_masked_too():
     # An error message cuts a long value short ("the string '...'"): the cut quote is
     # masked from its first 16 characters on, in output and in the ledger alike.
-    from agent.redact import mask_known
+    from agent.wire.redact import mask_known
     from orchestrator.cli.output import Redactor
     from orchestrator.compose.problems import describe
 

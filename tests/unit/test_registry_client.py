@@ -120,7 +120,7 @@ def test_ca_file_is_used_for_verification():
     session = Session(basic_registry())
     RegistryClient("r:5000", ca_file="/lab/ca.crt", credentials=RegistryCredentials("orch", PASSWORD),
                    session=session).ping()
-    assert all(call[4] == "/lab/ca.crt" for call in session.calls)
+    assert session.calls and all(call[4] == "/lab/ca.crt" for call in session.calls)
 
 
 def test_manifest_digest_head_and_missing():

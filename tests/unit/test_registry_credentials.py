@@ -7,8 +7,9 @@ import textwrap
 import pytest
 
 from agent.fake import FakeEngine
-from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError, canonical_registry, image_registry
+from agent.context import Context
+from agent.operations import OPERATIONS
+from agent.wire.protocol import AgentError, canonical_registry, image_registry
 from orchestrator import images as I
 from orchestrator.deploy import DeployOptions, Deployment
 from orchestrator.environments import RegistryCredentials, parse_environment

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from agent.fake import FakeEngine
-from agent.redact import first_clear_secret
-from agent.operations import OPERATIONS, Context
-from agent.protocol import AgentError as NodeAgentError
+from agent.wire.redact import first_clear_secret
+from agent.context import Context
+from agent.operations import OPERATIONS
+from agent.wire.protocol import AgentError as NodeAgentError
 from orchestrator import releases as R
 from orchestrator import transport as T
 from orchestrator.environments import Gates

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.spec import ServiceSpec, config_hash
+from agent.wire.spec import ServiceSpec, config_hash
 from orchestrator.errors import InputError
 from orchestrator.placement import Slot
 from orchestrator.specs import compile_blueprint, node_addresses, node_infos

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import posixpath
 import re
 from typing import Any, Dict, Iterable, List, Optional
 
 PROTOCOL_VERSION = 1
+DEFAULT_STATE_DIR = "/var/lib/orch-agent"  # the agent's state (bundles, ledger, locks) unless --state-dir
 PING = "ping"
 PING_SECONDS = 5.0
 LEASE_SECONDS = 30.0  # several missed pings: a busy controller or a slow link never loses it
@@ -375,25 +375,3 @@ def require(obj: Dict[str, Any], key: str, what: str) -> Any:
     if key not in obj or obj[key] is None:
         raise BadRequest("%s needs '%s'" % (what, key))
     return obj[key]
-
-
-def agent_version() -> str:
-    from agent import __version__
-
-    return __version__
-
-
-def runs_from() -> str:
-    """The bundle the agent runs from, or its unpacked copy (orch-agent-<hash>.d) once
-    its stub made one (orchestrator.agent_bundle.MAIN_TEMPLATE)."""
-    import agent
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(agent.__file__)))
-
-
-def bundle_name() -> str:
-    """The file this agent runs from (orch-agent-<hash>.pyz), or '' when run from source."""
-    import sys
-
-    path = sys.argv[0] if sys.argv else ""
-    return os.path.basename(path) if path.endswith(".pyz") else ""

@@ -4,8 +4,8 @@ ContainerSpec (the configuration shared by that service's replicas).
 Both parse from plain JSON, validating every field, and serialise back to a canonical
 dict. The controller builds them (from the Compose model), computes config_hash() over
 the canonical ContainerSpec and sends both; the agent labels each container with that
-hash and recreates a replica whose label differs. The hash lives here, in the agent
-package, so controller and agent share one definition; only the controller calls it.
+hash and recreates a replica whose label differs. The hash lives here, in agent.wire
+(the contract), so controller and agent share one definition; only the controller calls it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from agent import labels as L
-from agent.protocol import (
+from agent.wire import labels as L
+from agent.wire.protocol import (
     BadRequest,
     check_abs_path,
     check_bool,

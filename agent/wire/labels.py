@@ -14,7 +14,7 @@ SERVICE = PREFIX + ".service"
 REPLICA = PREFIX + ".replica"
 ENV = PREFIX + ".env"
 # Hash of the container's desired configuration, computed by the controller
-# (agent.spec.config_hash); a different hash means "recreate".
+# (agent.wire.spec.config_hash); a different hash means "recreate".
 CONFIG_HASH = PREFIX + ".config-hash"
 RELEASE = PREFIX + ".release"
 # JSON {field: short hash} of the ContainerSpec's top-level fields, so the controller

@@ -16,8 +16,8 @@ Count = Annotated[int, typer.Option("-n", "--number", min=1, max=1000, help="How
 def resolve_project(file, project_name, env_file, profile, env, environments):
     """(project name, Environment): -p NAME needs no Compose file; else the project is loaded."""
     from orchestrator.cli.options import project_options
-    from orchestrator.environments import load_environment
-    from orchestrator.workspace import load_workspace
+    from orchestrator.core.environments import load_environment
+    from orchestrator.app.workspace import load_workspace
 
     if project_name and not file:
         opts = project_options(file, project_name, env_file, profile, env, environments)
@@ -35,7 +35,7 @@ def _when(ts: str) -> str:
 def _who(performer: dict) -> str:
     """Short: the name without the e-mail address, and the CI system, actor and job
     ("runner via github-actions (octocat) deploy#123"; --json has it all)."""
-    from orchestrator.releases import performer_text
+    from orchestrator.core.releases import performer_text
 
     p = dict(performer)
     p["user"] = str(p.get("user") or p.get("login") or "unknown").split(" <")[0]
@@ -72,7 +72,7 @@ def history(
     system, actor, job, run/job/pipeline ids, url, repository, sha).
     """
     from orchestrator.cli.sessions import env_sessions, table
-    from orchestrator.releases import ReleaseLedger, diff_releases
+    from orchestrator.core.releases import ReleaseLedger, diff_releases
 
     project, environment = resolve_project(file, project_name, env_file, profile, env, environments)
     with env_sessions(environment) as (_, sessions):

@@ -21,7 +21,7 @@ Version = Annotated[
 
 
 def _load(file, project_name, env_file, profile, env, environments):
-    from orchestrator.workspace import load_workspace
+    from orchestrator.app.workspace import load_workspace
 
     ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments)))
     for problem in getattr(ws.project, "warnings", []):
@@ -32,7 +32,7 @@ def _load(file, project_name, env_file, profile, env, environments):
 def _jobs(verb: str, key: str, services, version, file, project_name, env_file, profile, env, environments, json: bool):
     """Load the project, compute the image version and plan its builds (shared by build
     and push); None, after saying so, when no service has build:."""
-    from orchestrator import images
+    from orchestrator.io import images
 
     project, environment = _load(file, project_name, env_file, profile, env, environments)
     info = images.compute_version(images.version_paths(project, services), version)
@@ -70,7 +70,7 @@ def build(
     json: Json = False,
 ) -> None:
     """Build the services with build: using this machine's Docker Engine, tagged for ENV's registry."""
-    from orchestrator import images
+    from orchestrator.io import images
 
     planned = _jobs("build", "built", services, version, file, project_name, env_file, profile, env, environments, json)
     if planned is None:
@@ -104,7 +104,7 @@ def push(
     json: Json = False,
 ) -> None:
     """Push the built images to ENV's registry (with its credentials) and print their digests."""
-    from orchestrator import images
+    from orchestrator.io import images
     from orchestrator.cli.sessions import human_size, table
 
     planned = _jobs("push", "pushed", services, version, file, project_name, env_file, profile, env, environments, json)

@@ -30,8 +30,8 @@ def status(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = 
     it within 30 seconds.
     """
     from orchestrator.cli.sessions import env_sessions
-    from orchestrator.environments import load_environment
-    from orchestrator.lock import lock_status
+    from orchestrator.core.environments import load_environment
+    from orchestrator.io.lock import lock_status
 
     environment = load_environment(env, environments)
     protect_environment(environment)
@@ -63,9 +63,9 @@ def break_(env: EnvRequired,
     gone, waiting is enough: its lock frees itself 30 s after it went silent.
     """
     from orchestrator.cli.sessions import env_sessions
-    from orchestrator.environments import load_environment
-    from orchestrator.lock import break_lock
-    from orchestrator.releases import detect_performer
+    from orchestrator.core.environments import load_environment
+    from orchestrator.io.lock import break_lock
+    from orchestrator.core.releases import detect_performer
 
     if not reason.strip():
         raise InputError("orch lock break: --reason is missing.",

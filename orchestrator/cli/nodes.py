@@ -1,7 +1,7 @@
 """`orch nodes check` and `orch nodes trust`: is every node of an environment usable?
 
 `nodes trust` shows every key before it records it: a key pinned with --fingerprint
-(orchestrator.hostkeys) must match, others need a terminal's confirmation or --yes.
+(orchestrator.core.hostkeys) must match, others need a terminal's confirmation or --yes.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class NodeCheck:
 
 def check_node(target: Any, options: Any, bundle: Any) -> NodeCheck:
     """Every requirement of one node, in order; stops at the first that blocks the rest."""
-    from orchestrator import transport as T
+    from orchestrator.io import transport as T
 
     result = NodeCheck(target.name, target.address)
     try:
@@ -179,8 +179,8 @@ def _yes(value: bool | None) -> str:
 
 
 def _load(env: str, environments: Any):
-    from orchestrator.environments import load_environment
-    from orchestrator.transport import options_from_env, target_from_node
+    from orchestrator.core.environments import load_environment
+    from orchestrator.io.transport import options_from_env, target_from_node
 
     environment = load_environment(env, environments_dir=environments)
     return environment, [target_from_node(n) for n in environment.nodes], options_from_env(environment)
@@ -190,8 +190,8 @@ def _load(env: str, environments: Any):
 def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = False) -> None:
     """Per node: reachable, host key, auth, python3, Docker Engine, agent, free disk, the
     HAProxy ingress (running, its ports serving); what is wrong and the fix."""
-    from orchestrator.agent_bundle import current_bundle
-    from orchestrator.transport import parallel
+    from orchestrator.io.agent_bundle import current_bundle
+    from orchestrator.io.transport import parallel
 
     environment, targets, options = _load(env, environments)
     bundle = current_bundle()
@@ -246,8 +246,8 @@ def trust(env: EnvRequired,
     A key that differs from the recorded one is never replaced: that is reported, with
     how to remove the old entry once the new fingerprint is verified.
     """
-    from orchestrator.hostkeys import parse_pins
-    from orchestrator.transport import scan_host_keys
+    from orchestrator.core.hostkeys import parse_pins
+    from orchestrator.io.transport import scan_host_keys
 
     environment, targets, options = _load(env, environments)
     # Jump hosts first: reaching a node through one needs the jump host's key trusted.
@@ -301,8 +301,8 @@ def _record(scanned: list, targets: list, pins: dict[str, str], yes: bool, optio
     import sys
     from dataclasses import replace
 
-    from orchestrator.hostkeys import OPTION, mismatch_error, mismatches
-    from orchestrator.transport import record_host_key
+    from orchestrator.core.hostkeys import OPTION, mismatch_error, mismatches
+    from orchestrator.io.transport import record_host_key
 
     statuses = [s for s, _ in scanned]
     wrong = mismatches(statuses, pins)

@@ -272,7 +272,7 @@ def use_colour() -> bool:
 def make_progress(json_mode: bool) -> Any:
     """JSON lines (with the schema version on every event) or, for people, the live
     table (on a non-terminal with --text: printed once at the end)."""
-    from orchestrator.progress import LiveProgress
+    from orchestrator.app.progress import LiveProgress
 
     if json_mode:
         return _json_progress_class()()
@@ -285,7 +285,7 @@ _JSON_PROGRESS: Any = None
 def _json_progress_class() -> Any:
     global _JSON_PROGRESS
     if _JSON_PROGRESS is None:
-        from orchestrator.progress import JSONProgress
+        from orchestrator.app.progress import JSONProgress
 
         class JSONLines(JSONProgress):
             """progress.JSONProgress with the schema version on every event, the final
@@ -502,7 +502,7 @@ def protect_project(project: Any) -> None:
     if project is None:
         return
     from agent.redact import find_secrets
-    from orchestrator.pipeline import secret_values
+    from orchestrator.app.pipeline import secret_values
 
     redactor = current_redactor()
     redactor.add_all(secret_values(project))
@@ -512,7 +512,7 @@ def protect_project(project: Any) -> None:
 def masked_project(project: Any) -> dict:
     """project.to_dict() with its secrets masked (agent.redact's rule), for printing it."""
     from agent.redact import mask_tree
-    from orchestrator.pipeline import secret_values
+    from orchestrator.app.pipeline import secret_values
 
     return mask_tree(project.to_dict(), MASK, secret_values(project))
 
@@ -557,7 +557,7 @@ def enable_verbose() -> None:
         _ROOT_LEVEL = root.level
         root.addHandler(_VERBOSE_HANDLER)
     root.setLevel(logging.DEBUG)
-    from orchestrator.releases import ci_info
+    from orchestrator.core.releases import ci_info
 
     debug(f"orch {' '.join(sys.argv[1:])}")
     ci = ci_info(os.environ)

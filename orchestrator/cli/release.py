@@ -1,6 +1,6 @@
 """`orch promote` and `orch rollback`: releases moved along the pipeline, or back.
 
-Thin: everything happens in orchestrator.pipeline; heavy imports stay inside the
+Thin: everything happens in orchestrator.app.pipeline; heavy imports stay inside the
 functions so `orch --help` stays fast.
 """
 
@@ -22,7 +22,7 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the gates, connec
 
 def compose_at_hand(files) -> bool:
     """Is there a Compose file to read today's secrets (and the project folder) from?"""
-    from orchestrator.compose.discovery import DEFAULT_FILES
+    from orchestrator.core.compose.discovery import DEFAULT_FILES
 
     if files:
         return True
@@ -62,12 +62,12 @@ def promote(
     """
     import time
 
-    from orchestrator import pipeline
+    from orchestrator.app import pipeline
     from orchestrator.cli.deploy import _fail, finish
-    from orchestrator.environments import load_environment
+    from orchestrator.core.environments import load_environment
     from orchestrator.cli.output import make_progress, protect_environment, protect_project
     from orchestrator.errors import InputError, OrchError, Problem
-    from orchestrator.workspace import load_workspace
+    from orchestrator.app.workspace import load_workspace
 
     t0 = time.monotonic()
     progress = make_progress(json)
@@ -125,12 +125,12 @@ def rollback(
     """
     import time
 
-    from orchestrator import pipeline
+    from orchestrator.app import pipeline
     from orchestrator.cli.deploy import _fail, finish
-    from orchestrator.environments import load_environment
+    from orchestrator.core.environments import load_environment
     from orchestrator.cli.output import make_progress, protect, protect_environment
     from orchestrator.errors import InputError, OrchError, Problem
-    from orchestrator.workspace import load_workspace
+    from orchestrator.app.workspace import load_workspace
 
     t0 = time.monotonic()
     progress = make_progress(json)

@@ -10,8 +10,8 @@ from typing import Any
 @contextmanager
 def env_sessions(environment: Any, *, require_engine: bool = True) -> Iterator[tuple[dict, dict]]:
     """(connections, agent sessions) to every node of the environment, all or nothing; closed after."""
-    from orchestrator import transport as T
-    from orchestrator.agent_bundle import current_bundle
+    from orchestrator.io import transport as T
+    from orchestrator.io.agent_bundle import current_bundle
 
     targets = [T.target_from_node(n) for n in environment.nodes]
     conns = T.connect_all(targets, T.options_from_env(environment))

@@ -31,13 +31,13 @@ def verify(
     Exits 2 without touching a node when ENV has no verify checks: nothing to verify
     is not a pass.
     """
-    from orchestrator import verify as V
+    from orchestrator.core import verify as V
     from orchestrator.cli.sessions import env_sessions
-    from orchestrator.pipeline import verification_project
-    from orchestrator.releases import ReleaseLedger
-    from orchestrator.shared_nodes import of_env
-    from orchestrator.transport import parallel
-    from orchestrator.workspace import load_workspace
+    from orchestrator.app.pipeline import verification_project
+    from orchestrator.core.releases import ReleaseLedger
+    from orchestrator.core.shared_nodes import of_env
+    from orchestrator.io.transport import parallel
+    from orchestrator.app.workspace import load_workspace
 
     ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments)))
     project, environment = ws.project, ws.environment
@@ -80,7 +80,7 @@ def verify(
             recorded = True
     error = None
     if not report.ok:
-        from orchestrator.pipeline import VerificationFailed
+        from orchestrator.app.pipeline import VerificationFailed
 
         error = VerificationFailed(
             f"verification failed in {environment.name}: {report.summary().split(': ', 1)[-1]}"

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import releases as R
-from orchestrator import transport as T
-from orchestrator.agent_bundle import current_bundle
-from orchestrator.environments import load_environment
+from orchestrator.core import releases as R
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import current_bundle
+from orchestrator.core.environments import load_environment
 from orchestrator.errors import LockHeld
-from orchestrator.lock import LockHolder, acquire_lock, lock_status, open_lock_sessions
+from orchestrator.io.lock import LockHolder, acquire_lock, lock_status, open_lock_sessions
 
 pytestmark = pytest.mark.e2e
 
@@ -135,11 +135,11 @@ def test_orch_history_reads_the_nodes(prod, tmp_path):
 HOLDER_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, %(root)r)
-    from orchestrator import transport as T
-    from orchestrator.agent_bundle import current_bundle
-    from orchestrator.environments import load_environment
+    from orchestrator.io import transport as T
+    from orchestrator.io.agent_bundle import current_bundle
+    from orchestrator.core.environments import load_environment
     from orchestrator.errors import LockHeld
-    from orchestrator.lock import LockHolder, acquire_lock, open_lock_sessions
+    from orchestrator.io.lock import LockHolder, acquire_lock, open_lock_sessions
 
     env_name, lock_env, hold, wait = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
     from pathlib import Path

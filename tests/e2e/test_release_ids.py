@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import releases as R
-from orchestrator import transport as T
-from orchestrator.agent_bundle import current_bundle
-from orchestrator.environments import load_environment
+from orchestrator.core import releases as R
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import current_bundle
+from orchestrator.core.environments import load_environment
 
 pytestmark = pytest.mark.e2e
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from agent.spec import config_hash
-from orchestrator import images as I
-from orchestrator import releases as R
-from orchestrator import transport as T
-from orchestrator.agent_bundle import current_bundle
-from orchestrator.compose import LoadOptions, load_project
+from orchestrator.io import images as I
+from orchestrator.core import releases as R
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import current_bundle
+from orchestrator.core.compose import LoadOptions, load_project
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +57,7 @@ def deployed(lab, tmp_path):
 """ % sys.executable
     (envs / "test.yaml").write_text(text)
 
-    from orchestrator.environments import load_environment
+    from orchestrator.core.environments import load_environment
 
     env = load_environment("test", envs)
     p = load_project(LoadOptions(working_dir=tmp_path, environ={}))

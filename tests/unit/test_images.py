@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import images as I
-from orchestrator.compose import LoadOptions, load_project
-from orchestrator.environments import parse_environment
+from orchestrator.io import images as I
+from orchestrator.core.compose import LoadOptions, load_project
+from orchestrator.core.environments import parse_environment
 from orchestrator.errors import InputError
-from orchestrator.registry_client import (
+from orchestrator.io.registry_client import (
     ImageNotFound,
     Layer,
     Manifest,

@@ -16,8 +16,8 @@ from agent import lock as AL
 from agent.fake import FakeEngine
 from agent.operations import OPERATIONS, Context
 from agent.protocol import AgentError
-from orchestrator import lock as OL
-from orchestrator import transport as T
+from orchestrator.io import lock as OL
+from orchestrator.io import transport as T
 from orchestrator.errors import LockHeld
 
 ROOT = Path(__file__).resolve().parents[2]

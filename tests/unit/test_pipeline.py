@@ -1,4 +1,4 @@
-"""orchestrator.pipeline over fake nodes: the agent's real operations (apply, ledger,
+"""orchestrator.app.pipeline over fake nodes: the agent's real operations (apply, ledger,
 lock, prune_images) on in-memory FakeEngines, three environments dev -> test -> prod, a
 fake images step (pins with made-up digests), fake HTTP checks."""
 
@@ -10,14 +10,14 @@ import pytest
 from agent.fake import FakeEngine
 from agent.operations import OPERATIONS, Context
 from agent.redact import is_redacted
-from orchestrator import pipeline as P
-from orchestrator import releases as R
+from orchestrator.app import pipeline as P
+from orchestrator.core import releases as R
 from orchestrator.errors import DeployError, GateRefused, InputError, LockHeld
-from orchestrator.images import ImageSet, VersionInfo
-from orchestrator.lock import lock_held_error, LockHolder
-from orchestrator.progress import Progress
-from orchestrator.registry_client import RegistryUnavailable
-from orchestrator.workspace import ProjectOptions, load_workspace
+from orchestrator.io.images import ImageSet, VersionInfo
+from orchestrator.io.lock import lock_held_error, LockHolder
+from orchestrator.app.progress import Progress
+from orchestrator.io.registry_client import RegistryUnavailable
+from orchestrator.app.workspace import ProjectOptions, load_workspace
 from .test_deploy import FakeNode
 
 COMPOSE = """\
@@ -113,7 +113,7 @@ class World:
         return {n.name: self.nodes[n.name] for n in environment.nodes}
 
     def http(self, target):
-        from orchestrator.verify import CheckResult
+        from orchestrator.core.verify import CheckResult
 
         self.checked.append(target.url)
         return CheckResult(target.name, "http", target.url, self.checks_ok, 1, 0.0, target.node, target.service,
@@ -136,7 +136,7 @@ class World:
         return P.up(ws, base, P.PipelineOptions(**opts), Progress(), self.seams())
 
     def environment(self, env):
-        from orchestrator.environments import load_environment
+        from orchestrator.core.environments import load_environment
 
         return load_environment(env, self.dir / "environments")
 

@@ -12,9 +12,9 @@ from agent.fake import FakeEngine
 from agent.redact import first_clear_secret
 from agent.operations import OPERATIONS, Context
 from agent.protocol import AgentError as NodeAgentError
-from orchestrator import releases as R
-from orchestrator import transport as T
-from orchestrator.environments import Gates
+from orchestrator.core import releases as R
+from orchestrator.io import transport as T
+from orchestrator.core.environments import Gates
 from orchestrator.errors import GateRefused, InputError
 
 D = {c: "sha256:" + c * 64 for c in "abcdef"}
@@ -120,7 +120,7 @@ def test_restore_secrets_for_a_rollback():
 
 
 def test_render_manifest_pins_images_and_drops_build(tmp_path):
-    from orchestrator.compose import LoadOptions, load_project
+    from orchestrator.core.compose import LoadOptions, load_project
 
     (tmp_path / "compose.yaml").write_text("name: hello\nservices:\n  web: {build: ., environment: {A: b}}\n"
                                            "  cache: {image: busybox}\n")

@@ -1,4 +1,4 @@
-"""orchestrator.specs: Compose service + environment + placement -> agent ServiceSpec JSON."""
+"""orchestrator.core.specs: Compose service + environment + placement -> agent ServiceSpec JSON."""
 
 import base64
 import textwrap
@@ -8,9 +8,9 @@ import pytest
 
 from agent.spec import ServiceSpec, config_hash
 from orchestrator.errors import InputError
-from orchestrator.placement import Slot
-from orchestrator.specs import compile_blueprint, node_addresses, node_infos
-from orchestrator.workspace import ProjectOptions, load_workspace
+from orchestrator.core.placement import Slot
+from orchestrator.core.specs import compile_blueprint, node_addresses, node_infos
+from orchestrator.app.workspace import ProjectOptions, load_workspace
 
 ENV = """\
 name: {name}
@@ -370,7 +370,7 @@ def test_reserved_labels_are_refused(tmp_path):
 
 
 def test_docs_name_every_refused_and_ignored_key():
-    from orchestrator.specs import IGNORED, REFUSED
+    from orchestrator.core.specs import IGNORED, REFUSED
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "compose-support.md").read_text()
     missing = [k for k in list(REFUSED) + list(IGNORED) if f"`{k}`" not in doc]

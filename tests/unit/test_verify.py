@@ -6,9 +6,9 @@ import sys
 import pytest
 import requests
 
-from orchestrator import verify as V
-from orchestrator.compose import LoadOptions, load_project
-from orchestrator.environments import parse_environment
+from orchestrator.core import verify as V
+from orchestrator.core.compose import LoadOptions, load_project
+from orchestrator.core.environments import parse_environment
 from orchestrator.errors import InputError
 
 
@@ -156,7 +156,7 @@ def test_placement_from_state():
 
 
 def test_record_verification_writes_on_the_release(tmp_path):
-    from orchestrator import releases as R
+    from orchestrator.core import releases as R
 
     written = []
 

@@ -26,7 +26,7 @@ images step (orchestrator.io.images), the lock (orchestrator.io.lock), the ledge
     rollback  re-apply an earlier release's recorded *rendered* project and digests (not
               today's files) as a new release marked as a rollback of the live one; the
               images are still on the nodes (see prune), so nothing is pulled.
-    down      the lock, then orchestrator.app.deploy.take_down.
+    down      the lock, then orchestrator.app.operate.take_down.
 
 What a release records to be redeployable anywhere: `manifest` (the rendered project,
 images pinned, `build:` dropped) and `extra.base` (the same before the environment
@@ -59,7 +59,7 @@ from typing import Any
 
 from orchestrator.errors import InputError, OrchError, Problem
 from orchestrator.limits import SECRET_MAX_BYTES, read_bounded
-from orchestrator.app.progress import Progress
+from orchestrator.core.progress import JSON_VERSION, Progress
 from orchestrator.core.releases import (
     DEFAULT_KEEP_IMAGES,
     DEPLOYING,
@@ -83,7 +83,6 @@ from orchestrator.core.releases import (
     with_verification,
 )
 
-JSON_VERSION = 1
 INTERRUPTED = ("interrupted: the controller deploying it stopped before it finished (killed, or its connection "
                "broke); the next deploy found it under the lock and took over")
 KEEP_IMAGES_VARIABLE = "ORCH_KEEP_IMAGES"
@@ -113,7 +112,7 @@ class PipelineOptions:
 class Seams:
     """What talks to the world, replaceable in tests."""
 
-    connector: Callable[..., dict] | None = None  # deploy.ssh_connect(environment, progress, project)
+    connector: Callable[..., dict] | None = None  # nodes.ssh_connect(environment, progress, project)
     locker: Callable[..., Any] | None = None  # (nodes, env, holder, wait, on_wait) -> handle with .release()
     images: Callable[..., Any] | None = None  # images.prepare_images
     preflight: Callable[[Any, Mapping[str, str]], None] | None = None  # promote: registry + digests there
@@ -142,7 +141,7 @@ class PipelineResult:
     project: str
     environment: str
     status: str  # ok | planned | failed (deployed, but verification failed)
-    deploy: Any = None  # deploy.DeployResult (None for a no-op promotion)
+    deploy: Any = None  # results.DeployResult (None for a no-op promotion)
     release: Release | None = None  # the new release, or the live one on a no-op
     new_release: bool = False
     message: str = ""
@@ -191,41 +190,6 @@ class PipelineResult:
         if self.error is not None:
             out["error"] = self.error.to_json()
         return out
-
-
-def release_summary(res: PipelineResult) -> str:
-    """Text for people after up / promote / rollback."""
-    from orchestrator.app.progress import up_summary
-
-    lines = []
-    if res.deploy is not None and (res.status == "planned" or res.new_release):
-        lines.append(up_summary(replace(res.deploy, duration_s=res.duration_s)))
-        lines.append("")
-    if res.message:
-        lines.append(res.message)
-    if res.release is not None and res.new_release:
-        rel = res.release
-        if rel.approval:
-            lines.append(f"Approved by {rel.approval.get('by')} ({rel.approval.get('via')}).")
-        width = max((len(s) for s in rel.services), default=0)
-        for svc, ref in sorted(rel.services.items()):
-            lines.append(f"  {svc.ljust(width)}  {ref}")
-    if res.verification is not None:
-        v = res.verification
-        failed = [r for r in v.get("results", []) if not r.get("ok")]
-        if not v.get("total"):
-            lines.append("Verification: no checks configured.")
-        elif not failed:
-            lines.append(f"Verification: all {v['total']} check(s) passed.")
-        else:
-            lines.append(f"Verification FAILED: {len(failed)} of {v['total']} check(s):")
-            for r in failed:
-                where = f" @{r['node']}" if r.get("node") else ""
-                lines.append(f"  FAIL {r['name']}{where}: {r.get('target', '')}: {r.get('error', '')}")
-    removed = sorted({i for images in res.pruned.values() for i in images})
-    if removed:
-        lines.append(f"Removed {len(removed)} image(s) older than the last releases from the nodes.")
-    return "\n".join(lines).strip()
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -320,7 +284,7 @@ def project_from_manifest(manifest: Mapping[str, Any], name: str, *, working_dir
 
 
 def placement_from_observed(observed: Mapping[str, Iterable[Any]]) -> dict[str, list[str]]:
-    """{service: [nodes with a running container]} from deploy.observe_nodes."""
+    """{service: [nodes with a running container]} from nodes.observe_nodes."""
     out: dict[str, list[str]] = {}
     for node in sorted(observed):
         for c in observed[node]:
@@ -367,7 +331,7 @@ def _history_with(history: History, *releases: Release) -> History:
 
 def lock_nodes(nodes: Mapping[str, Any], env: str, holder: Any, wait: float,
                on_wait: Callable[..., None] | None = None) -> Any:
-    """Take env's lock on each node's lock session (deploy.SSHNode.lock_session: the
+    """Take env's lock on each node's lock session (nodes.SSHNode.lock_session: the
     node's first agent session, which the node closes with the command); the
     orchestrator.io.lock.EnvLock, released with .release()."""
     from orchestrator.io.lock import acquire_lock
@@ -377,16 +341,16 @@ def lock_nodes(nodes: Mapping[str, Any], env: str, holder: Any, wait: float,
 
 
 class EnvConnection:
-    """One environment for one command: its nodes (deploy.SSHNode), its lock, its ledger."""
+    """One environment for one command: its nodes (nodes.SSHNode), its lock, its ledger."""
 
     def __init__(self, environment: Any, project: str, progress: Progress, seams: Seams):
-        from orchestrator.app.deploy import ssh_connect
+        from orchestrator.io.nodes import ssh_connect
 
         self.environment = environment
         self.project = project
         self.progress = progress
         self.seams = seams
-        # The lock lives on each node's first session (deploy.SSHNode.lock_session).
+        # The lock lives on each node's first session (nodes.SSHNode.lock_session).
         self.connector = seams.connector or ssh_connect
         self.nodes: dict[str, Any] = {}
         self.lock_handle: Any = None
@@ -432,11 +396,11 @@ class EnvConnection:
         return ReleaseLedger(self.nodes, self.project, self.environment.name, on_warning=self.progress.warning)
 
     def preconnected(self, *args: Any, **kw: Any) -> dict[str, Any]:
-        """A deploy.Connector handing the Deployment these nodes."""
+        """A nodes.Connector handing the Deployment these nodes."""
         return self.nodes
 
     def close(self) -> None:
-        from orchestrator.app.deploy import close_nodes
+        from orchestrator.io.nodes import close_nodes
 
         try:
             if self.lock_handle is not None:
@@ -801,7 +765,7 @@ def promote(project_name: str, target: Any, source: Any, opts: PipelineOptions, 
 
 
 def _read_source(project: str, source: Any, progress: Progress, seams: Seams) -> tuple[History, dict]:
-    from orchestrator.app.deploy import close_nodes, ssh_connect
+    from orchestrator.io.nodes import close_nodes, ssh_connect
     from orchestrator.core.shared_nodes import of_env
 
     progress.phase("source", f"reading the live release of {project} in {source.name}")
@@ -898,8 +862,8 @@ def rollback(project_name: str, environment: Any, opts: PipelineOptions, to: int
 
 def down(workspace: Any, opts: PipelineOptions, remove_volumes: bool = False, progress: Progress | None = None,
          seams: Seams | None = None) -> Any:
-    """`orch down` under the environment's lock (deploy.take_down). The ledger is kept."""
-    from orchestrator.app.deploy import take_down
+    """`orch down` under the environment's lock (operate.take_down). The ledger is kept."""
+    from orchestrator.app.operate import take_down
 
     progress = progress or Progress()
     seams = seams or Seams()
@@ -934,5 +898,5 @@ def verification_project(live: Release | None, today: Any) -> Any:
 
 __all__ = [
     "PipelineOptions", "PipelineResult", "Seams", "VerificationFailed", "up", "promote", "rollback", "down",
-    "validate", "project_from_manifest", "release_summary", "keep_images_default",
+    "validate", "project_from_manifest", "keep_images_default",
 ]

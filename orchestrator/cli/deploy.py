@@ -45,7 +45,7 @@ def _fail(progress, err, command: str, ws, t0: float, plan=None, environment: st
     import time
 
     from orchestrator.cli.output import verbose
-    from orchestrator.app.deploy import failure_json
+    from orchestrator.cli.render import failure_json
 
     if progress is not None and progress.json:
         project = getattr(getattr(ws, "project", None), "name", None) or project
@@ -131,7 +131,7 @@ def up(
 
 def finish(progress, result) -> None:
     """The final object / summary of a pipeline result; exit 1 when verification failed."""
-    from orchestrator.app.pipeline import release_summary
+    from orchestrator.cli.render import release_summary
 
     progress.finish(result.to_json(), release_summary(result))
     if result.error is not None:
@@ -158,7 +158,7 @@ def plan(
     """
     from orchestrator.app import pipeline
     from orchestrator.cli.output import final, print_final, protect, protect_project, warn
-    from orchestrator.app.progress import Progress
+    from orchestrator.core.progress import Progress
     from orchestrator.app.workspace import load_workspace
 
     class _Warn(Progress):
@@ -244,8 +244,8 @@ def ps(
     health, image (pinned: repo@sha256:digest; --json has the full digest), ports, uptime;
     then, for services behind the ingress, each node's port and its servers' health."""
     from orchestrator.cli.output import final, print_final
-    from orchestrator.app.deploy import list_containers
-    from orchestrator.app.progress import container_table
+    from orchestrator.app.operate import list_containers
+    from orchestrator.cli.render import container_table
 
     ws = _workspace(file, project_name, env_file, profile, env, environments)
     ingress: list[dict] = []
@@ -263,7 +263,7 @@ def ps(
     if rows:
         typer.echo(container_table(rows))
     if ingress:
-        from orchestrator.app.deploy import ingress_table
+        from orchestrator.cli.render import ingress_table
 
         typer.echo("\n" + ingress_table(ingress))
 
@@ -288,7 +288,7 @@ def logs(
     line, then the final object with the number of lines (with -f: after Ctrl-C).
     """
     from orchestrator.cli.output import final, print_event, print_final
-    from orchestrator.app.deploy import parse_since, stream_logs
+    from orchestrator.app.operate import parse_since, stream_logs
     from orchestrator.errors import InputError, Problem
 
     if tail != "all" and not tail.isdigit():
@@ -341,7 +341,7 @@ def exec_(
     environments: EnvironmentsDir = None,
 ) -> None:
     """Run a command in a service's container (orch exec --env ENV SERVICE -- CMD...); exits with its code."""
-    from orchestrator.app.deploy import run_exec
+    from orchestrator.app.operate import run_exec
     from orchestrator.errors import InputError, Problem
 
     ws = _workspace(file, project_name, env_file, profile, env, environments)

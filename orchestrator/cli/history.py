@@ -71,7 +71,8 @@ def history(
     person who started the pipeline and the job; --json has all of it (performer.ci:
     system, actor, job, run/job/pipeline ids, url, repository, sha).
     """
-    from orchestrator.cli.sessions import env_sessions, table
+    from orchestrator.cli.sessions import env_sessions
+    from orchestrator.cli.render import table
     from orchestrator.core.releases import ReleaseLedger, diff_releases
 
     project, environment = resolve_project(file, project_name, env_file, profile, env, environments)

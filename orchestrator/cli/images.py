@@ -105,7 +105,7 @@ def push(
 ) -> None:
     """Push the built images to ENV's registry (with its credentials) and print their digests."""
     from orchestrator.io import images
-    from orchestrator.cli.sessions import human_size, table
+    from orchestrator.cli.render import human_size, table
 
     planned = _jobs("push", "pushed", services, version, file, project_name, env_file, profile, env, environments, json)
     if planned is None:

@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from agent.redact import MASK
+from orchestrator.core.progress import JSON_VERSION as JSON_SCHEMA_VERSION
 from orchestrator.errors import OrchError
 
-JSON_SCHEMA_VERSION = 1
 OUTPUT_VARIABLE = "ORCH_OUTPUT"  # json | text: the output mode when neither --json nor --text is given
 VERBOSE_VARIABLE = "ORCH_VERBOSE"
 
@@ -272,7 +272,7 @@ def use_colour() -> bool:
 def make_progress(json_mode: bool) -> Any:
     """JSON lines (with the schema version on every event) or, for people, the live
     table (on a non-terminal with --text: printed once at the end)."""
-    from orchestrator.app.progress import LiveProgress
+    from orchestrator.cli.progress import LiveProgress
 
     if json_mode:
         return _json_progress_class()()
@@ -285,10 +285,10 @@ _JSON_PROGRESS: Any = None
 def _json_progress_class() -> Any:
     global _JSON_PROGRESS
     if _JSON_PROGRESS is None:
-        from orchestrator.app.progress import JSONProgress
+        from orchestrator.cli.progress import JSONProgress
 
         class JSONLines(JSONProgress):
-            """progress.JSONProgress with the schema version on every event, the final
+            """cli.progress.JSONProgress with the schema version on every event, the final
             object normalized (version, status, command first) and remembered, and the
             summary for people on stderr."""
 

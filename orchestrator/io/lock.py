@@ -15,7 +15,7 @@ environment each. `break_lock` is the operator's override (`orch lock break`).
         ...                                            # deploy
     # LockHeld (exit 4) names holder, command, start time and CI job
 
-orch's own commands take it on each node's first session (deploy.SSHNode.lock_session),
+orch's own commands take it on each node's first session (nodes.SSHNode.lock_session),
 the one that lives as long as the command, so it costs no extra agent start. When the
 controller goes away, that agent first puts back the batch it was working on, then
 ends and frees the lock; the next holder's lock_acquire also waits for the other

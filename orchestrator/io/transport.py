@@ -39,9 +39,9 @@ from typing import Any
 from agent.protocol import MAX_MESSAGE_BYTES, PING, PING_SECONDS, PROTOCOL_VERSION
 from agent.protocol import request as agent_request
 from orchestrator.errors import OrchError
+from orchestrator.core.environments import DEFAULT_PYTHON
 
 DEFAULT_STATE_DIR = "/var/lib/orch-agent"
-DEFAULT_PYTHON = "python3"
 KEEP_OLD_BUNDLES = 2  # besides the current one, for a controller still on an older orch
 TAIL_LOG_LINES = 20
 

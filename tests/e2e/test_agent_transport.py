@@ -192,9 +192,9 @@ def test_agents_run_with_the_nodes_python_from_their_unpacked_copy():
     the copy its stub unpacked beside the bundle (bytecode kept between starts)."""
     from pathlib import Path
 
-    from orchestrator.app.deploy import close_nodes, ssh_connect
+    from orchestrator.io.nodes import close_nodes, ssh_connect
     from orchestrator.core.environments import load_environment
-    from orchestrator.app.progress import Progress
+    from orchestrator.core.progress import Progress
 
     env = load_environment("prod", Path(__file__).resolve().parents[2] / "environments")
     assert {n.python for n in env.nodes} == {"/usr/bin/python3"}

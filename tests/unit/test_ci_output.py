@@ -104,7 +104,7 @@ def world(tmp_path, monkeypatch):
     def env_sessions(environment, *, require_engine=True):
         yield {}, {n.name: w.nodes[n.name] for n in environment.nodes}
 
-    monkeypatch.setattr("orchestrator.app.deploy.ssh_connect", connector)
+    monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
     monkeypatch.setattr("orchestrator.cli.sessions.env_sessions", env_sessions)
     monkeypatch.setattr("orchestrator.io.images.prepare_images", w.prepare_images)
     monkeypatch.setattr("orchestrator.app.pipeline.registry_preflight", lambda env, services: None)
@@ -226,7 +226,7 @@ def test_a_bug_still_ends_with_a_final_object(world, orch, monkeypatch):
     def boom(*a, **kw):
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr("orchestrator.app.deploy.list_containers", boom)
+    monkeypatch.setattr("orchestrator.app.operate.list_containers", boom)
     r = orch("ps", "--env", "dev")
     final = check_contract(r)
     assert r.code == 1 and final["error"]["kind"] == "InternalError" and "Traceback" in r.stderr
@@ -451,7 +451,7 @@ def test_error_messages_and_debug_logs_do_not_print_secrets(secret_world, orch, 
         logging.getLogger("urllib3.connectionpool").debug("Authorization: Basic %s", auth)
         raise RuntimeError(f"crashed holding {REGISTRY_PASSWORD}")
 
-    monkeypatch.setattr("orchestrator.app.deploy.list_containers", noisy)
+    monkeypatch.setattr("orchestrator.app.operate.list_containers", noisy)
     r = orch("--verbose", "ps", "--env", "dev", env=SECRETS)
     assert "Authorization: Basic ***" in r.stderr and "crashed holding ***" in r.stderr and "Traceback" in r.stderr
     assert not leaked(r), r

@@ -17,7 +17,7 @@ def project(tmp_path, monkeypatch):
     def connector(environment, progress, project=None, spare_sessions=0):
         return {n.name: nodes[n.name] for n in environment.nodes}
 
-    monkeypatch.setattr("orchestrator.app.deploy.ssh_connect", connector)
+    monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
     monkeypatch.setattr("orchestrator.io.images.prepare_images", fake_prepare_images)
     (tmp_path / "compose.yaml").write_text(textwrap.dedent(SHOP))
     (tmp_path / "environments").mkdir()

@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator.app.deploy import DeployOptions, Deployment
 from orchestrator.errors import DeployError
-from orchestrator.app.progress import Progress
+from orchestrator.core.progress import Progress
 
 from .test_deploy import FakeNode, lab, ws  # noqa: F401 - lab is a fixture
 

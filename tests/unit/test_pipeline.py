@@ -15,7 +15,7 @@ from orchestrator.core import releases as R
 from orchestrator.errors import DeployError, GateRefused, InputError, LockHeld
 from orchestrator.io.images import ImageSet, VersionInfo
 from orchestrator.io.lock import lock_held_error, LockHolder
-from orchestrator.app.progress import Progress
+from orchestrator.core.progress import Progress
 from orchestrator.io.registry_client import RegistryUnavailable
 from orchestrator.app.workspace import ProjectOptions, load_workspace
 from .test_deploy import FakeNode

@@ -13,7 +13,7 @@ from orchestrator.io import images as I
 from orchestrator.app.deploy import DeployOptions, Deployment
 from orchestrator.core.environments import RegistryCredentials, parse_environment
 from orchestrator.errors import InputError
-from orchestrator.app.progress import Progress
+from orchestrator.core.progress import Progress
 from orchestrator.io.registry_client import RegistryAuthError, RegistryClient
 from orchestrator.app.workspace import ProjectOptions, load_workspace
 

@@ -21,7 +21,7 @@ def world(tmp_path, monkeypatch):
     def http(target, **kw):
         return w.http(target)
 
-    monkeypatch.setattr("orchestrator.app.deploy.ssh_connect", connector)
+    monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
     monkeypatch.setattr("orchestrator.io.images.prepare_images", w.prepare_images)
     monkeypatch.setattr("orchestrator.app.pipeline.registry_preflight", lambda env, services: None)
     monkeypatch.setattr("orchestrator.core.verify.run_http", http)

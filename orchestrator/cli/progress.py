@@ -17,62 +17,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from typing import Any, TextIO
 
-JSON_VERSION = 1
-
-# step states
-PENDING, RUNNING, DONE, UNCHANGED, FAILED, SKIPPED = "pending", "running", "done", "unchanged", "failed", "skipped"
-
-
-class Progress:
-    """Records events; prints nothing. Subclasses render them."""
-
-    json = False
-
-    def __init__(self) -> None:
-        self.events: list[dict] = []
-        self._lock = threading.Lock()
-        self.started = time.monotonic()
-
-    # -- the interface used by orchestrator.app.deploy ------------------------------------
-
-    def event(self, name: str, **data: Any) -> None:
-        with self._lock:
-            self.events.append(dict(data, event=name))
-
-    def phase(self, name: str, text: str, **data: Any) -> None:
-        self.event("phase", phase=name, text=text, **data)
-
-    def show_plan(self, plan: Any) -> None:
-        self.event("plan", **plan.to_json())
-
-    def step(self, wave: int, service: str, node: str, status: str, detail: str = "",
-             seconds: float | None = None, **data: Any) -> None:
-        payload = dict(wave=wave, service=service, node=node, status=status, **data)
-        if detail:
-            payload["detail"] = detail
-        if seconds is not None:
-            payload["seconds"] = round(seconds, 3)
-        self.event("step", **payload)
-
-    def agent_event(self, wave: int, service: str, node: str, ev: dict) -> None:
-        if ev.get("type") == "heartbeat":
-            return
-        extra = {k: v for k, v in ev.items() if k not in ("wave", "service", "node", "event")}
-        self.event("agent", wave=wave, service=service, node=node, **extra)
-
-    def warning(self, text: str) -> None:
-        self.event("warning", message=text)
-
-    def finish(self, final: dict, summary: str = "") -> None:
-        """The final object (status ok/failed/planned) and, for people, a text summary."""
-        self.event("final", **final)
-
-    def close(self) -> None:
-        pass
+from orchestrator.core.progress import DONE, FAILED, PENDING, RUNNING, SKIPPED, UNCHANGED, Progress
 
 
 class JSONProgress(Progress):
@@ -251,58 +199,3 @@ def _status_text(status: str) -> Any:
 
     text, style = _STYLES.get(status, (status, ""))
     return Text(text, style=style)
-
-
-def make_progress(json_requested: bool, out: TextIO | None = None) -> Progress:
-    """JSONProgress for --json or a non-TTY stdout; else the Live table."""
-    out = out or sys.stdout
-    if json_requested or not out.isatty():
-        return JSONProgress(out)
-    return LiveProgress()
-
-
-# --------------------------------------------------------------------------- summaries
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def container_table(rows: list[Any], now: float | None = None) -> str:
-    """ps-style table of orchestrator.app.deploy.ContainerRow."""
-    data = []
-    for r in rows:
-        data.append([r.service, str(r.replica), r.node, r.state_text(), r.health or "-", r.image_text(),
-                     ", ".join(r.ports) or "-", r.uptime_text(now)])
-    return _table(["SERVICE", "REPLICA", "NODE", "STATE", "HEALTH", "IMAGE", "PORTS", "UPTIME"], data)
-
-
-def up_summary(result: Any) -> str:
-    """Text for people after `orch up` (orchestrator.app.deploy.DeployResult)."""
-    lines = []
-    nodes = sorted({r.node for r in result.containers})
-    if result.dry_run:
-        lines.append(result.plan.render_text())
-        lines.append("Dry run: nothing was changed.")
-        return "\n".join(lines)
-    if result.plan.is_noop:
-        lines.append(f"No changes: {len(result.containers)} container(s) of {result.project} already up to date "
-                     f"on {len(nodes)} node(s) of {result.environment} ({result.duration_s:.1f}s).")
-    else:
-        c = result.plan.counts()
-        lines.append(f"{result.project} is up on {result.environment} in {result.duration_s:.1f}s: "
-                     f"changed {', '.join(result.changed) or 'nothing'} "
-                     f"({c['create']} created, {c['recreate']} recreated, {c['remove']} removed).")
-    if result.containers:
-        lines.append("")
-        lines.append(container_table(result.containers))
-    if result.addresses:
-        lines.append("")
-        lines.append("Published:")
-        width = max(len(s) for s in result.addresses)
-        for service, addrs in sorted(result.addresses.items()):
-            lines.append(f"  {service.ljust(width)}  {'  '.join(addrs)}")
-    return "\n".join(lines)

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator.cli.root import app
 from orchestrator.cli.options import EnvironmentsDir, EnvRequired, Json
 from orchestrator.cli.output import failure, final, print_final, protect_environment
 from orchestrator.errors import InputError, OrchError

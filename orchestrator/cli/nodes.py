@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator.cli.root import app
 from orchestrator.cli.options import EnvironmentsDir, EnvRequired, Json
 from orchestrator.cli.output import failure, final, print_final
 from orchestrator.errors import InputError, OrchError

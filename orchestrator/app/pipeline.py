@@ -66,10 +66,8 @@ from orchestrator.core.releases import (
     History,
     Performer,
     Release,
-    ReleaseLedger,
     ReleaseRef,
     check_promotion,
-    detect_performer,
     health_from_state,
     images_to_keep,
     mark_failed,
@@ -82,6 +80,7 @@ from orchestrator.core.releases import (
     select_rollback,
     with_verification,
 )
+from orchestrator.io.ledger import ReleaseLedger, detect_performer
 
 INTERRUPTED = ("interrupted: the controller deploying it stopped before it finished (killed, or its connection "
                "broke); the next deploy found it under the lock and took over")

@@ -73,7 +73,8 @@ def history(
     """
     from orchestrator.cli.sessions import env_sessions
     from orchestrator.cli.render import table
-    from orchestrator.core.releases import ReleaseLedger, diff_releases
+    from orchestrator.io.ledger import ReleaseLedger
+    from orchestrator.core.releases import diff_releases
 
     project, environment = resolve_project(file, project_name, env_file, profile, env, environments)
     with env_sessions(environment) as (_, sessions):

@@ -65,7 +65,7 @@ def break_(env: EnvRequired,
     from orchestrator.cli.sessions import env_sessions
     from orchestrator.core.environments import load_environment
     from orchestrator.io.lock import break_lock
-    from orchestrator.core.releases import detect_performer
+    from orchestrator.io.ledger import detect_performer
 
     if not reason.strip():
         raise InputError("orch lock break: --reason is missing.",

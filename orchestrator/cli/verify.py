@@ -34,7 +34,7 @@ def verify(
     from orchestrator.core import verify as V
     from orchestrator.cli.sessions import env_sessions
     from orchestrator.app.pipeline import verification_project
-    from orchestrator.core.releases import ReleaseLedger
+    from orchestrator.io.ledger import ReleaseLedger
     from orchestrator.core.shared_nodes import of_env
     from orchestrator.io.transport import parallel
     from orchestrator.app.workspace import load_workspace

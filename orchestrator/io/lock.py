@@ -54,7 +54,7 @@ class LockHolder:
     def current(cls, command: str, performer: Any = None, project: str = "") -> LockHolder:
         """This process as holder; performer: releases.Performer (default: detected)."""
         if performer is None:
-            from orchestrator.core.releases import detect_performer
+            from orchestrator.io.ledger import detect_performer
 
             performer = detect_performer()
         return cls(

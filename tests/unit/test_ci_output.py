@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from orchestrator.core import releases as R
+from orchestrator.io import ledger as RL
 from orchestrator.cli import main
 from orchestrator.cli import output as O
 from .test_pipeline import World
@@ -358,7 +359,7 @@ def test_the_ci_job_is_on_the_release_and_in_history(world, orch, monkeypatch, e
     assert f"runner {who}" in row, text
     # a second deployer sees the holder's CI job
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
-    holder = R.detect_performer({**environ, "USER": "runner"})
+    holder = RL.detect_performer({**environ, "USER": "runner"})
     assert holder.ci_job == job
 
 

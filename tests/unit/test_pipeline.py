@@ -12,6 +12,7 @@ from agent.operations import OPERATIONS, Context
 from agent.redact import is_redacted
 from orchestrator.app import pipeline as P
 from orchestrator.core import releases as R
+from orchestrator.io import ledger as RL
 from orchestrator.errors import DeployError, GateRefused, InputError, LockHeld
 from orchestrator.io.images import ImageSet, VersionInfo
 from orchestrator.io.lock import lock_held_error, LockHolder
@@ -154,7 +155,7 @@ class World:
 
     def history(self, env):
         sessions = {n: self.nodes[n] for n in NODES[env]}
-        return R.ReleaseLedger(sessions, "hello", env).history()
+        return RL.ReleaseLedger(sessions, "hello", env).history()
 
     def running(self, env):
         """{service: {image, env}} of the running containers (one per service, checked equal)."""
@@ -229,7 +230,7 @@ def test_a_failed_apply_records_the_release_failed_with_the_reason(world):
 
 def test_a_release_left_deploying_is_marked_interrupted_by_the_next_deploy(world):
     world.up()
-    ledger = R.ReleaseLedger({"d1": world.nodes["d1"]}, "hello", "dev")
+    ledger = RL.ReleaseLedger({"d1": world.nodes["d1"]}, "hello", "dev")
     h = ledger.history()
     ledger.write(R.new_release(h, services=h.live().services, manifest={"services": {}}, performer=PERF))
     world.version = 2
@@ -359,7 +360,7 @@ def test_promotion_gates_then_the_same_digests_with_the_targets_overlay(world):
 def test_an_unverified_source_is_refused_where_verification_is_required(world):
     world.up()
     world.promote("test")
-    ledger = R.ReleaseLedger({"t1": world.nodes["t1"]}, "hello", "test")
+    ledger = RL.ReleaseLedger({"t1": world.nodes["t1"]}, "hello", "test")
     h = ledger.history()
     ledger.write(R.with_verification(h.live(), {"ok": False, "results": [{"name": "home", "ok": False}]}))
     with pytest.raises(GateRefused) as err:

@@ -559,6 +559,7 @@ class _Flow:
 
     def _verify(self, project: Any, observed: Mapping[str, Any], release_id: int) -> Any:
         from orchestrator.core import verify as V
+        from orchestrator.io import checks as C
 
         t0 = time.monotonic()
         env = self.environment
@@ -571,7 +572,7 @@ class _Flow:
             data["check"] = data.pop("name")
             self.progress.event("check", **data)
 
-        report = V.run_checks(targets, env=env.name, project=project.name, release=release_id,
+        report = C.run_checks(targets, env=env.name, project=project.name, release=release_id,
                               environ=self.seams.environ, cwd=str(project.working_dir), on_result=note,
                               runners=self.seams.check_runners)
         self.timings["verify"] = time.monotonic() - t0

@@ -32,6 +32,7 @@ def verify(
     is not a pass.
     """
     from orchestrator.core import verify as V
+    from orchestrator.io import checks as C
     from orchestrator.cli.sessions import env_sessions
     from orchestrator.app.pipeline import verification_project
     from orchestrator.io.ledger import ReleaseLedger
@@ -72,7 +73,7 @@ def verify(
         if not json:
             what = str(live.ref) if live else "no recorded release"
             typer.echo(f"verifying {project.name} in {environment.name} ({what}): {len(targets)} check(s)")
-        report = V.run_checks(targets, env=environment.name, project=project.name,
+        report = C.run_checks(targets, env=environment.name, project=project.name,
                               release=live.id if live else None, cwd=str(project.working_dir), on_result=note)
         recorded = False
         if live is not None and targets:

@@ -109,7 +109,7 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setattr("orchestrator.cli.sessions.env_sessions", env_sessions)
     monkeypatch.setattr("orchestrator.io.images.prepare_images", w.prepare_images)
     monkeypatch.setattr("orchestrator.app.pipeline.registry_preflight", lambda env, services: None)
-    monkeypatch.setattr("orchestrator.core.verify.run_http", lambda target, **kw: w.http(target))
+    monkeypatch.setattr("orchestrator.io.checks.run_http", lambda target, **kw: w.http(target))
     monkeypatch.chdir(w.dir)
     return w
 

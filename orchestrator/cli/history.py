@@ -71,7 +71,7 @@ def history(
     person who started the pipeline and the job; --json has all of it (performer.ci:
     system, actor, job, run/job/pipeline ids, url, repository, sha).
     """
-    from orchestrator.cli.sessions import env_sessions
+    from orchestrator.io.nodes import env_sessions
     from orchestrator.cli.render import table
     from orchestrator.io.ledger import ReleaseLedger
     from orchestrator.core.releases import diff_releases

@@ -29,7 +29,7 @@ def status(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = 
     and heard from; a controller that died, or went silent (network or power lost), loses
     it within 30 seconds.
     """
-    from orchestrator.cli.sessions import env_sessions
+    from orchestrator.io.nodes import env_sessions
     from orchestrator.core.environments import load_environment
     from orchestrator.io.lock import lock_status
 
@@ -62,7 +62,7 @@ def break_(env: EnvRequired,
     controller that held it fails at its next step. For a controller that is really
     gone, waiting is enough: its lock frees itself 30 s after it went silent.
     """
-    from orchestrator.cli.sessions import env_sessions
+    from orchestrator.io.nodes import env_sessions
     from orchestrator.core.environments import load_environment
     from orchestrator.io.lock import break_lock
     from orchestrator.io.ledger import detect_performer

@@ -1,6 +1,6 @@
 """The node pool: one SSH connection per node and a pool of agent sessions on it
 (`SSHNode`), opened for every node of an environment at once (`ssh_connect`, all or
-nothing), observed in parallel (`observe_nodes`) and closed (`close_nodes`). The use cases
+nothing; `env_sessions`: one plain session per node for commands that make a few calls), observed in parallel (`observe_nodes`) and closed (`close_nodes`). The use cases
 in orchestrator.app take a `Connector` (ssh_connect by default; tests hand in fakes).
 """
 
@@ -275,3 +275,23 @@ def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
         ingress.clear()
         ingress.update({node: dict(res.get("ingress") or {}) for node, res in results.items()})
     return observe(results)
+
+
+@contextmanager
+def env_sessions(environment: Any, *, require_engine: bool = True) -> Iterator[tuple[dict, dict]]:
+    """(connections, agent sessions) to every node of the environment, all or nothing; closed after.
+    For the commands that call a few operations on every node (verify, history, lock); a deploy
+    uses ssh_connect's SSHNode pool."""
+    from orchestrator.io.agent_bundle import current_bundle
+
+    targets = [T.target_from_node(n) for n in environment.nodes]
+    conns = T.connect_all(targets, T.options_from_env(environment))
+    try:
+        sessions = T.open_sessions(conns, current_bundle(), require_engine=require_engine)
+        try:
+            yield conns, sessions
+        finally:
+            for s in sessions.values():
+                s.close()
+    finally:
+        T.close_all(conns)

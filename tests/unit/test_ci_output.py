@@ -106,7 +106,7 @@ def world(tmp_path, monkeypatch):
         yield {}, {n.name: w.nodes[n.name] for n in environment.nodes}
 
     monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
-    monkeypatch.setattr("orchestrator.cli.sessions.env_sessions", env_sessions)
+    monkeypatch.setattr("orchestrator.io.nodes.env_sessions", env_sessions)
     monkeypatch.setattr("orchestrator.io.images.prepare_images", w.prepare_images)
     monkeypatch.setattr("orchestrator.app.pipeline.registry_preflight", lambda env, services: None)
     monkeypatch.setattr("orchestrator.io.checks.run_http", lambda target, **kw: w.http(target))
@@ -566,11 +566,11 @@ def test_a_test_environment_without_checks_is_no_dead_end(orch, world, monkeypat
     (envs / "test.yaml").write_text(head + rest[rest.index("overlay:"):])
     assert orch("up", "--env", "dev").code == 0
     assert orch("promote", "hello", "--to", "test").code == 0
-    from orchestrator.cli import sessions
+    from orchestrator.io import nodes as sessions
 
     opened = []
     real = sessions.env_sessions
-    monkeypatch.setattr("orchestrator.cli.sessions.env_sessions",
+    monkeypatch.setattr("orchestrator.io.nodes.env_sessions",
                         lambda environment, **kw: opened.append(environment.name) or real(environment, **kw))
 
     r = orch("verify", "--env", "test")  # nothing to verify is bad input, not a pass

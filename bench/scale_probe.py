@@ -26,13 +26,14 @@ def main() -> None:
     t0 = time.perf_counter()
     from orchestrator.core.plan import make_plan
     from orchestrator.core.specs import compile_blueprint, node_addresses, node_infos
+    from orchestrator.io.files import local_sources
     from orchestrator.app.workspace import ProjectOptions, load_workspace
 
     t_import = time.perf_counter()
     ws = load_workspace(ProjectOptions(files=[compose], env_name=env_name, environments_dir=env_dir,
                                        working_dir=compose.parent), environ={})
     t_load = time.perf_counter()
-    blueprint = compile_blueprint(ws.project, ws.environment)
+    blueprint = compile_blueprint(ws.project, ws.environment, sources=local_sources())
     t_compile = time.perf_counter()
     env = ws.environment
     order = [n.name for n in env.nodes]

@@ -115,12 +115,13 @@ class Deployment:
 
     def prepare(self) -> None:
         from orchestrator.core.specs import compile_blueprint
+        from orchestrator.io.files import local_sources
 
         t0 = time.monotonic()
         for p in getattr(self.project, "warnings", []):
             self.warn(p.render())
         self.blueprint = compile_blueprint(self.project, self.environment, self.options.services,
-                                           self.options.images)
+                                           self.options.images, sources=local_sources())
         for w in self.blueprint.warnings:
             self.warn(w)
         self.auths = self._registry_auths()

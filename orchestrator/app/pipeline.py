@@ -200,10 +200,11 @@ def validate(project: Any, environment: Any, services: Iterable[str] = ()) -> No
     templates."""
     from orchestrator.core.specs import compile_blueprint
     from orchestrator.core.verify import plan_checks
+    from orchestrator.io.files import local_sources
 
     placeholder = {name: f"orch.invalid/{project.name}/{name}:validate" for name, svc in project.services.items()
                    if svc.build is not None and not svc.image}
-    compile_blueprint(project, environment, list(services), placeholder)
+    compile_blueprint(project, environment, list(services), placeholder, sources=local_sources())
     plan_checks(environment, project, None)
 
 

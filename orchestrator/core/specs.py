@@ -13,7 +13,8 @@ Two steps, so that everything the user got wrong is found before any connection:
    node's agent, with cross-node `extra_hosts` for dependencies that run on other nodes
    and the config hash (agent.spec.config_hash) that decides recreation.
 
-The only I/O here is reading secret/config files named in the Compose file.
+Pure: the contents of secret/config files and variables named in the Compose file come in
+through `Sources` (orchestrator.io.files.local_sources reads the controller's).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, Problem
-from orchestrator.limits import SECRET_MAX_BYTES, read_bounded
+from orchestrator.limits import SECRET_MAX_BYTES
 from orchestrator.core.rollout import read_ingress, read_policy
 
 # What `apply` waits for, per depends_on condition (agent.operations.WAIT_MODES).
@@ -292,12 +293,22 @@ def check_port_conflicts(bp: Blueprint, where: Mapping[str, Mapping[str, list[in
 # --------------------------------------------------------------------------- compile
 
 
+@dataclass(frozen=True)
+class Sources:
+    """Where secret and config contents come from: read_file(path, max_bytes, what) for
+    `file:` (a bounded read), environ for `environment:` (after the project's variables)."""
+
+    read_file: Callable[[str, int, str], bytes]
+    environ: Mapping[str, str]
+
+
 def compile_blueprint(project: Any, environment: Any, services: Iterable[str] = (),
-                      images: Mapping[str, str] | None = None) -> Blueprint:
+                      images: Mapping[str, str] | None = None, *, sources: Sources) -> Blueprint:
     """Validate the project for deployment to `environment`; the shared part of every spec.
 
     `services` limits the deployment to those services and their dependencies; `images`
-    overrides a service's image reference (pinned digests, from the build step).
+    overrides a service's image reference (pinned digests, from the build step); `sources`
+    gives the contents of secret and config files and variables.
     Raises InputError listing every problem found.
     """
     from orchestrator.core import graph as graphs
@@ -326,7 +337,7 @@ def compile_blueprint(project: Any, environment: Any, services: Iterable[str] = 
     out: dict[str, ServiceBlueprint] = {}
     for n in names:
         s = project.services[n]
-        c = _Compiler(project, s, problems, ignored, environment.name if environment else "")
+        c = _Compiler(project, s, problems, ignored, environment.name if environment else "", sources)
         bp = c.compile(images.get(n), wait[n])
         warnings.extend(x_orch_warnings(s.extensions.get("x-orch"), n) if "x-orch" in s.extensions else [])
         if bp is None:
@@ -473,8 +484,9 @@ class _Compiler:
     """One Compose service -> ServiceBlueprint, collecting problems and ignored keys."""
 
     def __init__(self, project: Any, service: Any, problems: list[Problem], ignored: dict[str, list[str]],
-                 env: str = ""):
+                 env: str = "", sources: Sources | None = None):
         self.project = project
+        self.sources = sources
         self.env = env
         self.s = service
         self.problems = problems
@@ -822,11 +834,11 @@ class _Compiler:
 
     def _content(self, section: str, name: str, decl: Any) -> bytes | None:
         if decl.file:
-            return read_bounded(decl.file, SECRET_MAX_BYTES, f"a {section[:-1]} file")
+            return self.sources.read_file(decl.file, SECRET_MAX_BYTES, f"a {section[:-1]} file")
         if decl.environment:
             value = self.project.variables.get(decl.environment)
             if value is None:
-                value = os.environ.get(decl.environment)
+                value = self.sources.environ.get(decl.environment)
             if value is None:
                 self.refuse(section, f"{section[:-1]} {name} reads the variable {decl.environment}, which is not set",
                             f"export {decl.environment}")

@@ -654,6 +654,7 @@ def up(workspace: Any, base_project: Any, opts: PipelineOptions, progress: Progr
 
 
 def _prepare_images(project: Any, env: Any, opts: PipelineOptions, progress: Progress, seams: Seams) -> Any:
+    from orchestrator.core.images import plan_builds
     from orchestrator.io import images as I
 
     prepare = seams.images or I.prepare_images
@@ -678,7 +679,7 @@ def _prepare_images(project: Any, env: Any, opts: PipelineOptions, progress: Pro
     except I.ImageNotFound as err:
         progress.warning(f"{err.message.split(':', 1)[0]}: not pushed yet; the plan assumes the built images change")
         info = I.compute_version(I.version_paths(project, opts.services or None), opts.version)
-        jobs = I.plan_builds(project, env, info.version, opts.services or None, seams.environ)
+        jobs = plan_builds(project, env, info.version, opts.services or None, seams.environ)
         pins = {j.service: j.ref for j in jobs}
         pins.update(I.resolve_images(project, env, opts.services or None, environ=seams.environ))
         return I.ImageSet(info, pins, jobs=jobs)

@@ -32,11 +32,12 @@ def _load(file, project_name, env_file, profile, env, environments):
 def _jobs(verb: str, key: str, services, version, file, project_name, env_file, profile, env, environments, json: bool):
     """Load the project, compute the image version and plan its builds (shared by build
     and push); None, after saying so, when no service has build:."""
+    from orchestrator.core.images import plan_builds
     from orchestrator.io import images
 
     project, environment = _load(file, project_name, env_file, profile, env, environments)
     info = images.compute_version(images.version_paths(project, services), version)
-    jobs = images.plan_builds(project, environment, info.version, services)
+    jobs = plan_builds(project, environment, info.version, services)
     if jobs:
         return project, environment, info, jobs
     if json:

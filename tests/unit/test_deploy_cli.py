@@ -29,7 +29,8 @@ def project(tmp_path, monkeypatch):
 
 def fake_prepare_images(project, env, **kw):
     """No registry here: every image stays as written (the fake nodes know them by name)."""
-    from orchestrator.io.images import ImageSet, VersionInfo
+    from orchestrator.io.images import ImageSet
+    from orchestrator.core.images import VersionInfo
 
     return ImageSet(VersionInfo("v1", "override"), {n: s.image for n, s in project.services.items() if s.image})
 

@@ -14,7 +14,8 @@ from orchestrator.app import pipeline as P
 from orchestrator.core import releases as R
 from orchestrator.io import ledger as RL
 from orchestrator.errors import DeployError, GateRefused, InputError, LockHeld
-from orchestrator.io.images import ImageSet, VersionInfo
+from orchestrator.io.images import ImageSet
+from orchestrator.core.images import VersionInfo
 from orchestrator.io.lock import lock_held_error, LockHolder
 from orchestrator.core.progress import Progress
 from orchestrator.io.registry_client import RegistryUnavailable

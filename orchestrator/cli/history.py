@@ -71,15 +71,12 @@ def history(
     person who started the pipeline and the job; --json has all of it (performer.ci:
     system, actor, job, run/job/pipeline ids, url, repository, sha).
     """
-    from orchestrator.io.nodes import env_sessions
+    from orchestrator.app.history import read_history
     from orchestrator.cli.render import table
-    from orchestrator.io.ledger import ReleaseLedger
     from orchestrator.core.releases import diff_releases
 
     project, environment = resolve_project(file, project_name, env_file, profile, env, environments)
-    with env_sessions(environment) as (_, sessions):
-        ledger = ReleaseLedger(sessions, project, environment.name, on_warning=warn)
-        hist = ledger.history(limit=number + 1)  # one more, to say what the oldest shown changed
+    hist = read_history(environment, project, number + 1, warn)  # one more, to say what the oldest shown changed
     shown = hist.releases[:number]
     older = {r.id: next((o for o in hist.releases if o.id < r.id and o.status != "failed"), None) for r in shown}
     if json:

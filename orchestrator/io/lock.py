@@ -10,7 +10,7 @@ the agent's lease while this process lives, however busy its main thread is. Nod
 locked in a fixed order (by name), so two controllers never hold half of an
 environment each. `break_lock` is the operator's override (`orch lock break`).
 
-    sessions = open_lock_sessions(conns, bundle)     # or any agent session per node
+    sessions = {name: node.lock_session() for name, node in pool.items()}  # io.nodes; or any agent session per node
     with acquire_lock("prod", sessions, LockHolder.current("orch up --env prod"), wait=0):
         ...                                            # deploy
     # LockHeld (exit 4) names holder, command, start time and CI job
@@ -252,13 +252,6 @@ def lock_status(env: str, sessions: Mapping[str, Any]) -> LockStatus:
             nodes.append(NodeLockState(node, False, False, None,
                                        err.render() if isinstance(err, OrchError) else str(err)))
     return LockStatus(env, nodes, max(breaks, key=lambda b: str(b.get("at")), default=None))
-
-
-def open_lock_sessions(conns: Mapping[str, Any], bundle: Any, **kw: Any) -> dict[str, Any]:
-    """A dedicated agent session per node (an extra channel on each connection) for the lock."""
-    from orchestrator.io.transport import open_sessions
-
-    return open_sessions(dict(conns), bundle, require_engine=False, **kw)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from orchestrator.io import transport as T
 from orchestrator.io.agent_bundle import current_bundle
 from orchestrator.core.environments import load_environment
 from orchestrator.errors import LockHeld
-from orchestrator.io.lock import LockHolder, acquire_lock, lock_status, open_lock_sessions
+from orchestrator.io.lock import LockHolder, acquire_lock, lock_status
 
 pytestmark = pytest.mark.e2e
 
@@ -140,13 +140,13 @@ HOLDER_SCRIPT = textwrap.dedent("""
     from orchestrator.io.agent_bundle import current_bundle
     from orchestrator.core.environments import load_environment
     from orchestrator.errors import LockHeld
-    from orchestrator.io.lock import LockHolder, acquire_lock, open_lock_sessions
+    from orchestrator.io.lock import LockHolder, acquire_lock
 
     env_name, lock_env, hold, wait = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
     from pathlib import Path
     env = load_environment(env_name, Path(%(envs)r))
     conns = T.connect_all([T.target_from_node(n) for n in env.nodes], T.options_from_env(env))
-    sessions = open_lock_sessions(conns, current_bundle())
+    sessions = T.open_sessions(conns, current_bundle(), require_engine=False)
     print("READY", flush=True)
     try:
         lock = acquire_lock(lock_env, sessions, LockHolder.current("orch up --env " + lock_env), wait=wait)
@@ -203,7 +203,7 @@ def wait_for(p, word, timeout=300):  # a wait (a hang guard), not a speed check
 
 @pytest.fixture
 def lock_sessions(prod):
-    sessions = open_lock_sessions(prod["conns"], current_bundle())
+    sessions = T.open_sessions(prod["conns"], current_bundle(), require_engine=False)
     yield sessions
     for s in sessions.values():
         s.close()

@@ -36,13 +36,6 @@ ALLOWED = {
     # nodes.py connects and judges nodes (nodes check / trust): an app/nodes use case to come.
     ("orchestrator.cli.nodes", "orchestrator.io.transport"),
     ("orchestrator.cli.nodes", "orchestrator.io.agent_bundle"),
-    # history.py reads and diffs the ledger itself: an app/history use case to come.
-    ("orchestrator.cli.history", "orchestrator.io.ledger"),
-    ("orchestrator.cli.history", "orchestrator.io.nodes"),  # env_sessions
-    # lock.py (status / break) calls the lock client directly: an app/lock use case to come.
-    ("orchestrator.cli.lock", "orchestrator.io.lock"),
-    ("orchestrator.cli.lock", "orchestrator.io.nodes"),  # env_sessions
-    ("orchestrator.cli.lock", "orchestrator.io.ledger"),  # detect_performer for `lock break`
     # images.py (build / push / prune) calls the image code directly: app/images to come.
     ("orchestrator.cli.images", "orchestrator.io.images"),
 }

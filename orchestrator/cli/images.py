@@ -32,12 +32,10 @@ def _load(file, project_name, env_file, profile, env, environments):
 def _jobs(verb: str, key: str, services, version, file, project_name, env_file, profile, env, environments, json: bool):
     """Load the project, compute the image version and plan its builds (shared by build
     and push); None, after saying so, when no service has build:."""
-    from orchestrator.core.images import plan_builds
-    from orchestrator.io import images
+    from orchestrator.app.images import plan_images
 
     project, environment = _load(file, project_name, env_file, profile, env, environments)
-    info = images.compute_version(images.version_paths(project, services), version)
-    jobs = plan_builds(project, environment, info.version, services)
+    info, jobs = plan_images(project, environment, services, version)
     if jobs:
         return project, environment, info, jobs
     if json:
@@ -71,13 +69,13 @@ def build(
     json: Json = False,
 ) -> None:
     """Build the services with build: using this machine's Docker Engine, tagged for ENV's registry."""
-    from orchestrator.io import images
+    from orchestrator.app.images import build_images
 
     planned = _jobs("build", "built", services, version, file, project_name, env_file, profile, env, environments, json)
     if planned is None:
         return
     project, environment, info, jobs = planned
-    results = images.build(jobs, _printer(json))
+    results = build_images(jobs, _printer(json))
     if json:
         print_final(final("ok", "build", project=project.name, environment=environment.name, env=environment.name,
                           image_version=info.version, version_source=info.source, dirty=info.dirty,
@@ -105,16 +103,14 @@ def push(
     json: Json = False,
 ) -> None:
     """Push the built images to ENV's registry (with its credentials) and print their digests."""
-    from orchestrator.io import images
+    from orchestrator.app.images import push_images
     from orchestrator.cli.render import human_size, table
 
     planned = _jobs("push", "pushed", services, version, file, project_name, env_file, profile, env, environments, json)
     if planned is None:
         return
     project, environment, info, jobs = planned
-    registry = images.registry_client(environment)
-    images.check_registry(environment, client=registry)
-    results = images.push(jobs, environment, _printer(json), registry=registry)
+    results = push_images(environment, jobs, _printer(json))
     if json:
         print_final(final("ok", "push", project=project.name, environment=environment.name, env=environment.name,
                           registry=environment.registry.address, image_version=info.version,

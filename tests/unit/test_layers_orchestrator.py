@@ -36,8 +36,6 @@ ALLOWED = {
     # nodes.py connects and judges nodes (nodes check / trust): an app/nodes use case to come.
     ("orchestrator.cli.nodes", "orchestrator.io.transport"),
     ("orchestrator.cli.nodes", "orchestrator.io.agent_bundle"),
-    # images.py (build / push / prune) calls the image code directly: app/images to come.
-    ("orchestrator.cli.images", "orchestrator.io.images"),
 }
 
 # Import cycles between files allowed (as sets of modules). None today: the Compose

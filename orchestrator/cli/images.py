@@ -104,7 +104,8 @@ def push(
 ) -> None:
     """Push the built images to ENV's registry (with its credentials) and print their digests."""
     from orchestrator.app.images import push_images
-    from orchestrator.cli.render import human_size, table
+    from orchestrator.cli.render import table
+    from orchestrator.core.compose.units import human_size
 
     planned = _jobs("push", "pushed", services, version, file, project_name, env_file, profile, env, environments, json)
     if planned is None:

@@ -9,17 +9,6 @@ from orchestrator.core.progress import JSON_VERSION
 from orchestrator.errors import OrchError
 
 
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)  # pragma: no cover
-
-
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """Columns padded to the widest cell, two spaces apart, no trailing blanks."""
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]

@@ -99,3 +99,15 @@ def parse_bytes(value) -> int:
     if not m:
         raise ValueError("not a size")
     return int(float(m.group(1)) * _BYTE_MULT[m.group(2).lower()])
+
+
+def human_size(n: int | None) -> str:
+    """For people: 512 B, 1.5 KiB, 3.2 GiB ("-" for None)."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)  # pragma: no cover

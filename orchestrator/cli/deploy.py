@@ -103,6 +103,7 @@ def up(
     import time
 
     from orchestrator.app import pipeline
+    from orchestrator.app import up as U
     from orchestrator.cli.output import make_progress, protect, protect_project
     from orchestrator.errors import OrchError
     from orchestrator.app.workspace import load_workspace
@@ -116,7 +117,7 @@ def up(
         opts.env_name = None
         base = load_workspace(opts).project
         protect_project(base)
-        result = pipeline.up(ws, base, pipeline.PipelineOptions(
+        result = U.up(ws, base, pipeline.PipelineOptions(
             services=list(services or []), dry_run=dry_run, remove_orphans=remove_orphans, lock_wait=lock_wait,
             version=version, build=not no_build, keep_images=pipeline.keep_images_default(),
             command_line=command_line()), progress)
@@ -157,6 +158,7 @@ def plan(
     is built or pushed; a version not pushed yet shows its services as changing).
     """
     from orchestrator.app import pipeline
+    from orchestrator.app import up as U
     from orchestrator.cli.output import final, print_final, protect, protect_project, warn
     from orchestrator.core.progress import Progress
     from orchestrator.app.workspace import load_workspace
@@ -170,7 +172,7 @@ def plan(
     opts.env_name = None
     base = load_workspace(opts).project
     protect_project(base)
-    result = pipeline.up(ws, base, pipeline.PipelineOptions(services=list(services or []), dry_run=True,
+    result = U.up(ws, base, pipeline.PipelineOptions(services=list(services or []), dry_run=True,
                                                             remove_orphans=remove_orphans), _Warn()).deploy
     if json:
         print_final(final("ok", "plan", environment=result.environment, project=result.project,

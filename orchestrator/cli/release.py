@@ -63,6 +63,7 @@ def promote(
     import time
 
     from orchestrator.app import pipeline
+    from orchestrator.app import release as RE
     from orchestrator.cli.deploy import _fail, finish
     from orchestrator.core.environments import load_environment
     from orchestrator.cli.output import make_progress, protect_environment, protect_project
@@ -86,7 +87,7 @@ def promote(
         protect_environment(source)
         today = load_workspace(opts).project if compose_at_hand(file) else None
         protect_project(today)
-        result = pipeline.promote(
+        result = RE.promote(
             app_name, target, source,
             pipeline.PipelineOptions(dry_run=dry_run, lock_wait=lock_wait, approve=approve,
                                      keep_images=pipeline.keep_images_default(), command_line=command_line()),
@@ -126,6 +127,7 @@ def rollback(
     import time
 
     from orchestrator.app import pipeline
+    from orchestrator.app import release as RE
     from orchestrator.cli.deploy import _fail, finish
     from orchestrator.core.environments import load_environment
     from orchestrator.cli.output import make_progress, protect, protect_environment
@@ -149,7 +151,7 @@ def rollback(
         else:
             raise InputError(Problem("no Compose file here and no project name",
                                      fix="run it in the project's folder, or pass -f FILE or -p NAME"))
-        result = pipeline.rollback(
+        result = RE.rollback(
             name, environment,
             pipeline.PipelineOptions(dry_run=dry_run, lock_wait=lock_wait,
                                      keep_images=pipeline.keep_images_default(), command_line=command_line()),

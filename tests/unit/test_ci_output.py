@@ -108,7 +108,7 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
     monkeypatch.setattr("orchestrator.io.nodes.env_sessions", env_sessions)
     monkeypatch.setattr("orchestrator.io.images.prepare_images", w.prepare_images)
-    monkeypatch.setattr("orchestrator.app.pipeline.registry_preflight", lambda env, services: None)
+    monkeypatch.setattr("orchestrator.app.release.registry_preflight", lambda env, services: None)
     monkeypatch.setattr("orchestrator.io.checks.run_http", lambda target, **kw: w.http(target))
     monkeypatch.chdir(w.dir)
     return w

@@ -11,6 +11,8 @@ from agent.fake import FakeEngine
 from agent.operations import OPERATIONS, Context
 from agent.redact import is_redacted
 from orchestrator.app import pipeline as P
+from orchestrator.app import release as PR
+from orchestrator.app import up as PU
 from orchestrator.core import releases as R
 from orchestrator.io import ledger as RL
 from orchestrator.errors import DeployError, GateRefused, InputError, LockHeld
@@ -135,7 +137,7 @@ class World:
 
     def up(self, env="dev", **opts):
         ws, base = self.workspaces(env)
-        return P.up(ws, base, P.PipelineOptions(**opts), Progress(), self.seams())
+        return PU.up(ws, base, P.PipelineOptions(**opts), Progress(), self.seams())
 
     def environment(self, env):
         from orchestrator.core.environments import load_environment
@@ -146,12 +148,12 @@ class World:
         target = self.environment(to)
         source = self.environment(target.promote_from)
         today = self.workspaces(to)[1]
-        return P.promote("hello", target, source, P.PipelineOptions(approve=approve, **opts), Progress(),
+        return PR.promote("hello", target, source, P.PipelineOptions(approve=approve, **opts), Progress(),
                          self.seams(), today=today, working_dir=self.dir)
 
     def rollback(self, env="prod", to=None, **opts):
         ws, _ = self.workspaces(env)
-        return P.rollback("hello", ws.environment, P.PipelineOptions(**opts), to=to, progress=Progress(),
+        return PR.rollback("hello", ws.environment, P.PipelineOptions(**opts), to=to, progress=Progress(),
                           seams=self.seams(), today=ws.project, working_dir=self.dir)
 
     def history(self, env):
@@ -268,7 +270,7 @@ def test_a_held_lock_fails_with_exit_4_and_changes_nothing(world):
 
     ws, base = world.workspaces("dev")
     with pytest.raises(LockHeld) as err:
-        P.up(ws, base, P.PipelineOptions(), Progress(), world.seams(locker=locked))
+        PU.up(ws, base, P.PipelineOptions(), Progress(), world.seams(locker=locked))
     assert err.value.exit_code == 4 and "bob on ci-2, running `orch up --env dev`" in err.value.message
     assert world.nodes["d1"].ops("rollout") == [] and world.nodes["d1"].ops("release_put") == []
 
@@ -286,7 +288,7 @@ def test_the_lock_is_taken_before_reading_state_and_released_after(world):
         return Handle()
 
     ws, base = world.workspaces("dev")
-    P.up(ws, base, P.PipelineOptions(lock_wait=30, command_line="orch up --env dev"), Progress(),
+    PU.up(ws, base, P.PipelineOptions(lock_wait=30, command_line="orch up --env dev"), Progress(),
          world.seams(locker=locker))
     assert order == [("lock", "dev", "orch up --env dev", 30), "release"]
     ops = world.nodes["d1"].ops()
@@ -298,7 +300,7 @@ def test_dry_run_takes_no_lock_and_writes_nothing(world):
         raise AssertionError("no lock on a dry run")
 
     ws, base = world.workspaces("dev")
-    res = P.up(ws, base, P.PipelineOptions(dry_run=True), Progress(), world.seams(locker=locker))
+    res = PU.up(ws, base, P.PipelineOptions(dry_run=True), Progress(), world.seams(locker=locker))
     assert res.status == "planned" and res.deploy.plan.counts()["create"] == 2
     assert world.nodes["d1"].ops("release_put") == [] and world.nodes["d1"].ops("rollout") == []
 
@@ -434,7 +436,7 @@ def test_a_rotated_secret_is_deployed_with_todays_value_and_a_missing_one_refuse
     assert world.running("dev")["api"]["env"]["DB_PASSWORD"] == "rotated-pw"
     ws = world.workspaces("dev")[0]
     with pytest.raises(InputError) as err:  # no Compose file at hand: the secret cannot be restored
-        P.rollback("hello", ws.environment, P.PipelineOptions(), to=2, progress=Progress(), seams=world.seams(),
+        PR.rollback("hello", ws.environment, P.PipelineOptions(), to=2, progress=Progress(), seams=world.seams(),
                    today=None, working_dir=world.dir)
     assert "services.api.environment.DB_PASSWORD" in err.value.message
 

@@ -23,7 +23,7 @@ def world(tmp_path, monkeypatch):
 
     monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
     monkeypatch.setattr("orchestrator.io.images.prepare_images", w.prepare_images)
-    monkeypatch.setattr("orchestrator.app.pipeline.registry_preflight", lambda env, services: None)
+    monkeypatch.setattr("orchestrator.app.release.registry_preflight", lambda env, services: None)
     monkeypatch.setattr("orchestrator.io.checks.run_http", http)
     monkeypatch.chdir(w.dir)
     for key in ("ORCH_APPROVE", "ORCH_LOCK_WAIT", "CI", "GITHUB_ACTIONS", "GITLAB_CI"):

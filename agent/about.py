@@ -17,7 +17,7 @@ def agent_version() -> str:
 
 def runs_from() -> str:
     """The bundle the agent runs from, or its unpacked copy (orch-agent-<hash>.d) once
-    its stub made one (orchestrator.agent_bundle.MAIN_TEMPLATE)."""
+    its stub made one (orchestrator.io.agent_bundle.MAIN_TEMPLATE)."""
     import agent
 
     return os.path.dirname(os.path.dirname(os.path.abspath(agent.__file__)))

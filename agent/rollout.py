@@ -1,6 +1,6 @@
 """Rolling replacement of one service's replicas on this node, and putting them back.
 
-The controller (orchestrator.rollout, orchestrator.deploy) decides the batches across
+The controller (orchestrator.core.rollout, orchestrator.app.deploy) decides the batches across
 nodes; each batch on a node is one `rollout` call here:
 
     rollout   replace these replicas of the service with containers of the new spec.

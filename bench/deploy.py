@@ -141,9 +141,9 @@ def _lab_floor(runs: int) -> list[Row]:
     """What any SSH command costs on a lab node: the part of a no-op orch does not control."""
     code = r'''
 import json, sys, time
-from orchestrator import transport as T
-from orchestrator.agent_bundle import current_bundle
-from orchestrator.environments import load_environment
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import current_bundle
+from orchestrator.core.environments import load_environment
 from pathlib import Path
 env = load_environment("prod", Path("environments"))  # prod-1 as orch reaches it, its nodes[].python included
 t = T.target_from_node(env.node("prod-1"))

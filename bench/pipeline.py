@@ -119,7 +119,7 @@ def _hello_app(deployed: bool = True) -> Iterator[tuple[Path, dict]]:
             for e in ("prod", "test", "dev") if deployed else ():
                 _run([ORCH, "down", "--env", e, "-p", PROJECT, "--json"], app, env, check=False)
             try:
-                from orchestrator.images import docker_client
+                from orchestrator.io.images import docker_client
 
                 api = docker_client().api
                 for image in api.images():
@@ -131,7 +131,7 @@ def _hello_app(deployed: bool = True) -> Iterator[tuple[Path, dict]]:
 
 
 def promote(runs: int) -> list[Row]:
-    from orchestrator.environments import load_environment
+    from orchestrator.core.environments import load_environment
     from orchestrator.lab import lab_info
 
     lab = lab_info()

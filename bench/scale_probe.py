@@ -24,15 +24,16 @@ def main() -> None:
     env_dir = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parents[1] / "environments"
     env_name = sys.argv[3] if len(sys.argv) > 3 else "prod"
     t0 = time.perf_counter()
-    from orchestrator.plan import make_plan
-    from orchestrator.specs import compile_blueprint, node_addresses, node_infos
-    from orchestrator.workspace import ProjectOptions, load_workspace
+    from orchestrator.core.plan import make_plan
+    from orchestrator.core.specs import compile_blueprint, node_addresses, node_infos
+    from orchestrator.io.files import local_sources
+    from orchestrator.app.workspace import ProjectOptions, load_workspace
 
     t_import = time.perf_counter()
     ws = load_workspace(ProjectOptions(files=[compose], env_name=env_name, environments_dir=env_dir,
                                        working_dir=compose.parent), environ={})
     t_load = time.perf_counter()
-    blueprint = compile_blueprint(ws.project, ws.environment)
+    blueprint = compile_blueprint(ws.project, ws.environment, sources=local_sources())
     t_compile = time.perf_counter()
     env = ws.environment
     order = [n.name for n in env.nodes]

@@ -4,7 +4,7 @@ Compose and environment files come from repositories that CI jobs holding SSH ke
 read, so a hostile file must fail fast (exit 2) instead of exhausting the runner:
 every file is read with `read_bounded` (at most LIMIT + 1 bytes, regular files only,
 so /dev/zero or a FIFO cannot hang a read), YAML is built within a node budget
-(`orchestrator.yamlsrc`), interpolation and templates within a depth and size.
+(`orchestrator.core.yamlsrc`), interpolation and templates within a depth and size.
 The numbers are documented in docs/reference/limits.md; keep both in step.
 """
 
@@ -17,14 +17,14 @@ import stat
 # Files, by kind (bytes). The 5,000-service benchmark file is 2.2 MB.
 YAML_MAX_BYTES = 8 * 1024 * 1024  # Compose files, includes, extends, environment files
 DOTENV_MAX_BYTES = 1024 * 1024  # .env, env_file, include env_file, registry credentials/password files
-SECRET_MAX_BYTES = 1024 * 1024  # secret and config files (agent.spec.MAX_FILE_BYTES: one JSON line)
+SECRET_MAX_BYTES = 1024 * 1024  # secret and config files (agent.wire.spec.MAX_FILE_BYTES: one JSON line)
 
-# YAML documents (orchestrator.yamlsrc).
+# YAML documents (orchestrator.core.yamlsrc).
 YAML_MAX_DEPTH = 100  # nested mappings/lists; Compose itself needs fewer than 10
 YAML_MAX_ALIAS_NODES = 250_000  # values built again because an alias (*name) repeats them
 YAML_MAX_ALIAS_CHARS = 10_000_000  # characters of the scalars those repeated values hold
 
-# ${VAR:-${OTHER:-...}} nesting (orchestrator.compose.interpolate).
+# ${VAR:-${OTHER:-...}} nesting (orchestrator.core.compose.interpolate).
 INTERPOLATION_MAX_DEPTH = 32
 
 # Jinja2 templates (environment overlays, verify checks): the longest string or list

@@ -8,43 +8,7 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
-from orchestrator import __version__
-
-app = typer.Typer(
-    name="orch",
-    help="Deploy multi-container Compose apps through DEV -> TEST -> PROD over SSH.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"orch {__version__}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
-    verbose: bool = typer.Option(
-        False, "--verbose", envvar="ORCH_VERBOSE",
-        help="Debug lines on stderr (orch's, SSH's, the registry's and Docker's) and the traceback of an error. "
-        "Secrets stay masked as everywhere."),
-) -> None:
-    """Deploy multi-container Compose apps through DEV -> TEST -> PROD over SSH."""
-    from orchestrator.cli import output
-
-    output.reset()
-    if verbose:
-        output.enable_verbose()
-
+from orchestrator.cli.root import app  # the Typer app; the command modules below register on it
 
 # Registration order is the order `orch --help` lists the commands in.
 from orchestrator.cli import project as _project  # noqa: E402,F401

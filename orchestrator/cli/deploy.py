@@ -1,6 +1,6 @@
 """`orch up | plan | down | ps | logs | exec`: deploy to an environment and operate it.
 
-Thin: everything happens in orchestrator.deploy; heavy imports stay inside the
+Thin: everything happens in orchestrator.app.deploy; heavy imports stay inside the
 functions so `orch --help` stays fast.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator.cli.root import app
 from orchestrator.cli.options import (
     EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, LockWait, Profiles, ProjectName, command_line,
     project_options,
@@ -32,7 +32,7 @@ Version = Annotated[Optional[str], typer.Option(
 
 def _workspace(file, project_name, env_file, profile, env, environments, services=None):
     from orchestrator.cli.output import protect
-    from orchestrator.workspace import load_workspace
+    from orchestrator.app.workspace import load_workspace
 
     return protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments, services)))
 
@@ -45,7 +45,7 @@ def _fail(progress, err, command: str, ws, t0: float, plan=None, environment: st
     import time
 
     from orchestrator.cli.output import verbose
-    from orchestrator.deploy import failure_json
+    from orchestrator.cli.render import failure_json
 
     if progress is not None and progress.json:
         project = getattr(getattr(ws, "project", None), "name", None) or project
@@ -102,10 +102,11 @@ def up(
     """
     import time
 
-    from orchestrator import pipeline
+    from orchestrator.app import pipeline
+    from orchestrator.app import up as U
     from orchestrator.cli.output import make_progress, protect, protect_project
     from orchestrator.errors import OrchError
-    from orchestrator.workspace import load_workspace
+    from orchestrator.app.workspace import load_workspace
 
     t0 = time.monotonic()
     progress = make_progress(json)
@@ -116,7 +117,7 @@ def up(
         opts.env_name = None
         base = load_workspace(opts).project
         protect_project(base)
-        result = pipeline.up(ws, base, pipeline.PipelineOptions(
+        result = U.up(ws, base, pipeline.PipelineOptions(
             services=list(services or []), dry_run=dry_run, remove_orphans=remove_orphans, lock_wait=lock_wait,
             version=version, build=not no_build, keep_images=pipeline.keep_images_default(),
             command_line=command_line()), progress)
@@ -131,7 +132,7 @@ def up(
 
 def finish(progress, result) -> None:
     """The final object / summary of a pipeline result; exit 1 when verification failed."""
-    from orchestrator.pipeline import release_summary
+    from orchestrator.cli.render import release_summary
 
     progress.finish(result.to_json(), release_summary(result))
     if result.error is not None:
@@ -156,10 +157,11 @@ def plan(
     Images are compared by digest: those of this version already in the registry (nothing
     is built or pushed; a version not pushed yet shows its services as changing).
     """
-    from orchestrator import pipeline
+    from orchestrator.app import pipeline
+    from orchestrator.app import up as U
     from orchestrator.cli.output import final, print_final, protect, protect_project, warn
-    from orchestrator.progress import Progress
-    from orchestrator.workspace import load_workspace
+    from orchestrator.core.progress import Progress
+    from orchestrator.app.workspace import load_workspace
 
     class _Warn(Progress):
         def warning(self, text: str) -> None:
@@ -170,7 +172,7 @@ def plan(
     opts.env_name = None
     base = load_workspace(opts).project
     protect_project(base)
-    result = pipeline.up(ws, base, pipeline.PipelineOptions(services=list(services or []), dry_run=True,
+    result = U.up(ws, base, pipeline.PipelineOptions(services=list(services or []), dry_run=True,
                                                             remove_orphans=remove_orphans), _Warn()).deploy
     if json:
         print_final(final("ok", "plan", environment=result.environment, project=result.project,
@@ -198,7 +200,7 @@ def down(
     """
     import time
 
-    from orchestrator import pipeline
+    from orchestrator.app import pipeline
     from orchestrator.cli.output import make_progress
     from orchestrator.errors import OrchError
 
@@ -244,8 +246,8 @@ def ps(
     health, image (pinned: repo@sha256:digest; --json has the full digest), ports, uptime;
     then, for services behind the ingress, each node's port and its servers' health."""
     from orchestrator.cli.output import final, print_final
-    from orchestrator.deploy import list_containers
-    from orchestrator.progress import container_table
+    from orchestrator.app.operate import list_containers
+    from orchestrator.cli.render import container_table
 
     ws = _workspace(file, project_name, env_file, profile, env, environments)
     ingress: list[dict] = []
@@ -263,7 +265,7 @@ def ps(
     if rows:
         typer.echo(container_table(rows))
     if ingress:
-        from orchestrator.deploy import ingress_table
+        from orchestrator.cli.render import ingress_table
 
         typer.echo("\n" + ingress_table(ingress))
 
@@ -288,7 +290,7 @@ def logs(
     line, then the final object with the number of lines (with -f: after Ctrl-C).
     """
     from orchestrator.cli.output import final, print_event, print_final
-    from orchestrator.deploy import parse_since, stream_logs
+    from orchestrator.app.operate import parse_since, stream_logs
     from orchestrator.errors import InputError, Problem
 
     if tail != "all" and not tail.isdigit():
@@ -341,7 +343,7 @@ def exec_(
     environments: EnvironmentsDir = None,
 ) -> None:
     """Run a command in a service's container (orch exec --env ENV SERVICE -- CMD...); exits with its code."""
-    from orchestrator.deploy import run_exec
+    from orchestrator.app.operate import run_exec
     from orchestrator.errors import InputError, Problem
 
     ws = _workspace(file, project_name, env_file, profile, env, environments)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator.cli.root import app
 from orchestrator.cli.options import EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, Profiles, ProjectName
 from orchestrator.cli.output import final, print_final, protect, protect_environment, warn
 
@@ -16,8 +16,8 @@ Count = Annotated[int, typer.Option("-n", "--number", min=1, max=1000, help="How
 def resolve_project(file, project_name, env_file, profile, env, environments):
     """(project name, Environment): -p NAME needs no Compose file; else the project is loaded."""
     from orchestrator.cli.options import project_options
-    from orchestrator.environments import load_environment
-    from orchestrator.workspace import load_workspace
+    from orchestrator.core.environments import load_environment
+    from orchestrator.app.workspace import load_workspace
 
     if project_name and not file:
         opts = project_options(file, project_name, env_file, profile, env, environments)
@@ -35,7 +35,7 @@ def _when(ts: str) -> str:
 def _who(performer: dict) -> str:
     """Short: the name without the e-mail address, and the CI system, actor and job
     ("runner via github-actions (octocat) deploy#123"; --json has it all)."""
-    from orchestrator.releases import performer_text
+    from orchestrator.core.releases import performer_text
 
     p = dict(performer)
     p["user"] = str(p.get("user") or p.get("login") or "unknown").split(" <")[0]
@@ -71,13 +71,12 @@ def history(
     person who started the pipeline and the job; --json has all of it (performer.ci:
     system, actor, job, run/job/pipeline ids, url, repository, sha).
     """
-    from orchestrator.cli.sessions import env_sessions, table
-    from orchestrator.releases import ReleaseLedger, diff_releases
+    from orchestrator.app.history import read_history
+    from orchestrator.cli.render import table
+    from orchestrator.core.releases import diff_releases
 
     project, environment = resolve_project(file, project_name, env_file, profile, env, environments)
-    with env_sessions(environment) as (_, sessions):
-        ledger = ReleaseLedger(sessions, project, environment.name, on_warning=warn)
-        hist = ledger.history(limit=number + 1)  # one more, to say what the oldest shown changed
+    hist = read_history(environment, project, number + 1, warn)  # one more, to say what the oldest shown changed
     shown = hist.releases[:number]
     older = {r.id: next((o for o in hist.releases if o.id < r.id and o.status != "failed"), None) for r in shown}
     if json:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator.cli.root import app
 from orchestrator.cli.options import (
     EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, Profiles, ProjectName, project_options,
 )
@@ -21,7 +21,7 @@ Version = Annotated[
 
 
 def _load(file, project_name, env_file, profile, env, environments):
-    from orchestrator.workspace import load_workspace
+    from orchestrator.app.workspace import load_workspace
 
     ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments)))
     for problem in getattr(ws.project, "warnings", []):
@@ -32,11 +32,10 @@ def _load(file, project_name, env_file, profile, env, environments):
 def _jobs(verb: str, key: str, services, version, file, project_name, env_file, profile, env, environments, json: bool):
     """Load the project, compute the image version and plan its builds (shared by build
     and push); None, after saying so, when no service has build:."""
-    from orchestrator import images
+    from orchestrator.app.images import plan_images
 
     project, environment = _load(file, project_name, env_file, profile, env, environments)
-    info = images.compute_version(images.version_paths(project, services), version)
-    jobs = images.plan_builds(project, environment, info.version, services)
+    info, jobs = plan_images(project, environment, services, version)
     if jobs:
         return project, environment, info, jobs
     if json:
@@ -70,13 +69,13 @@ def build(
     json: Json = False,
 ) -> None:
     """Build the services with build: using this machine's Docker Engine, tagged for ENV's registry."""
-    from orchestrator import images
+    from orchestrator.app.images import build_images
 
     planned = _jobs("build", "built", services, version, file, project_name, env_file, profile, env, environments, json)
     if planned is None:
         return
     project, environment, info, jobs = planned
-    results = images.build(jobs, _printer(json))
+    results = build_images(jobs, _printer(json))
     if json:
         print_final(final("ok", "build", project=project.name, environment=environment.name, env=environment.name,
                           image_version=info.version, version_source=info.source, dirty=info.dirty,
@@ -104,16 +103,15 @@ def push(
     json: Json = False,
 ) -> None:
     """Push the built images to ENV's registry (with its credentials) and print their digests."""
-    from orchestrator import images
-    from orchestrator.cli.sessions import human_size, table
+    from orchestrator.app.images import push_images
+    from orchestrator.cli.render import table
+    from orchestrator.core.compose.units import human_size
 
     planned = _jobs("push", "pushed", services, version, file, project_name, env_file, profile, env, environments, json)
     if planned is None:
         return
     project, environment, info, jobs = planned
-    registry = images.registry_client(environment)
-    images.check_registry(environment, client=registry)
-    results = images.push(jobs, environment, _printer(json), registry=registry)
+    results = push_images(environment, jobs, _printer(json))
     if json:
         print_final(final("ok", "push", project=project.name, environment=environment.name, env=environment.name,
                           registry=environment.registry.address, image_version=info.version,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator.cli.root import app
 from orchestrator.cli.options import Json
 from orchestrator.errors import OrchError
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator.cli.root import app
 from orchestrator.cli.options import EnvironmentsDir, EnvRequired, Json
 from orchestrator.cli.output import failure, final, print_final, protect_environment
 from orchestrator.errors import InputError, OrchError
@@ -29,14 +29,12 @@ def status(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = 
     and heard from; a controller that died, or went silent (network or power lost), loses
     it within 30 seconds.
     """
-    from orchestrator.cli.sessions import env_sessions
-    from orchestrator.environments import load_environment
-    from orchestrator.lock import lock_status
+    from orchestrator.app.lock import lock_status_of
+    from orchestrator.core.environments import load_environment
 
     environment = load_environment(env, environments)
     protect_environment(environment)
-    with env_sessions(environment) as (_, sessions):
-        state = lock_status(environment.name, sessions)
+    state = lock_status_of(environment)
     if json:
         print_final(final("ok", "lock status", environment=environment.name, **state.to_json()))
         return
@@ -62,10 +60,8 @@ def break_(env: EnvRequired,
     controller that held it fails at its next step. For a controller that is really
     gone, waiting is enough: its lock frees itself 30 s after it went silent.
     """
-    from orchestrator.cli.sessions import env_sessions
-    from orchestrator.environments import load_environment
-    from orchestrator.lock import break_lock
-    from orchestrator.releases import detect_performer
+    from orchestrator.app.lock import break_env_lock
+    from orchestrator.core.environments import load_environment
 
     if not reason.strip():
         raise InputError("orch lock break: --reason is missing.",
@@ -73,8 +69,7 @@ def break_(env: EnvRequired,
                          "recorded in the ledger with your name.")
     environment = load_environment(env, environments)
     protect_environment(environment)
-    with env_sessions(environment, require_engine=False) as (_, sessions):
-        results = break_lock(environment.name, sessions, reason.strip(), detect_performer())
+    results = break_env_lock(environment, reason.strip())
     failed = [r.node for r in results if r.error or (r.held and not r.broken)]
     err = None if not failed else LockNotBroken(
         f"the lock of {environment.name} could not be broken on {', '.join(failed)}",

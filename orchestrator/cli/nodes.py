@@ -1,19 +1,20 @@
 """`orch nodes check` and `orch nodes trust`: is every node of an environment usable?
 
 `nodes trust` shows every key before it records it: a key pinned with --fingerprint
-(orchestrator.hostkeys) must match, others need a terminal's confirmation or --yes.
+(orchestrator.core.hostkeys) must match, others need a terminal's confirmation or --yes.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator.cli.root import app
 from orchestrator.cli.options import EnvironmentsDir, EnvRequired, Json
 from orchestrator.cli.output import failure, final, print_final
+from orchestrator.cli.render import table
 from orchestrator.errors import InputError, OrchError
 
 nodes_app = typer.Typer(
@@ -24,9 +25,6 @@ nodes_app = typer.Typer(
 )
 app.add_typer(nodes_app, name="nodes")
 
-LOW_DISK = 1 << 30  # below 1 GiB free, pulls and logs will soon fail
-
-
 class NodesNotReady(OrchError):
     """`orch nodes check`: a node misses a requirement (exit 1)."""
 
@@ -35,136 +33,14 @@ class HostKeysNotTrusted(OrchError):
     """`orch nodes trust`: a host key changed or could not be read (exit 1)."""
 
 
-@dataclass
-class NodeCheck:
-    node: str
-    address: str
-    reachable: bool | None = None
-    auth: bool | None = None
-    host_key: str = ""  # trusted | unknown | changed ("" when not reached)
-    python: str | None = None
-    docker: str | None = None
-    agent: str | None = None
-    bundle: str | None = None
-    disk_free: int | None = None
-    # The node's HAProxy ingress (agent ingress_status): installed, version, running,
-    # frontends [{project, service, port, status, servers_up, servers}]; None: not asked.
-    ingress: dict | None = None
-    problems: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def problem(self, err: Any) -> None:
-        message = getattr(err, "message", None) or str(err)
-        self.problems.append({"message": message, "fix": getattr(err, "fix", None) or ""})
-
-    def to_json(self) -> dict:
-        out = asdict(self)
-        out["ok"] = self.ok
-        return out
-
-
-def check_node(target: Any, options: Any, bundle: Any) -> NodeCheck:
-    """Every requirement of one node, in order; stops at the first that blocks the rest."""
-    from orchestrator import transport as T
-
-    result = NodeCheck(target.name, target.address)
-    try:
-        conn = T.connect(target, options)
-    except T.HostUnreachable as err:
-        result.reachable = False
-        err.fix = err.fix or "check the node's host/port in the environment file, that it is up and sshd runs."
-        result.problem(err)
-        return result
-    except (T.UnknownHostKey, T.HostKeyChanged) as err:
-        result.reachable = True
-        result.host_key = "unknown" if isinstance(err, T.UnknownHostKey) else "changed"
-        result.problem(err)
-        return result
-    except T.TransportError as err:
-        result.reachable = True
-        result.auth = False
-        result.problem(err)
-        return result
-    result.reachable, result.auth, result.host_key = True, True, "trusted"
-    try:
-        result.python = ".".join(map(str, T.python_version(conn)))
-        session = T.AgentSession.open(conn, bundle)
-        try:
-            result.agent = session.hello.get("agent_version")
-            result.bundle = session.hello.get("bundle")
-            info = session.call("info")
-            try:
-                ingress = session.call("ingress_status") if info.get("engine") else None
-            except T.AgentError:
-                ingress = None  # its state is kept per engine: nothing to say without one
-        finally:
-            session.close()
-        result.ingress = None if ingress is None else {
-            "installed": ingress.get("installed"), "version": ingress.get("version"),
-            "running": ingress.get("running"), "pid": ingress.get("pid"),
-            "frontends": [{"project": f["project"], "service": f["service"], "port": f["port"]["published"],
-                           "status": f["status"], "servers": len(f["servers"]),
-                           "servers_up": sum(1 for x in f["servers"] if x["status"] == "UP")}
-                          for f in ingress.get("frontends") or []]}
-        for text in (ingress or {}).get("problems") or []:
-            result.problem(T.NodeRequirementError(
-                f"ingress: {text}",
-                fix="re-run `orch up` for the project (it starts HAProxy again and syncs its servers); "
-                "a missing HAProxy: apt-get install haproxy on the node"))
-        if info.get("engine"):
-            result.docker = info["engine"].get("version")
-        else:
-            result.problem(T.NodeRequirementError(
-                f"Docker Engine is not usable: {info.get('engine_error')}",
-                fix="install Docker Engine (Debian: apt-get install docker.io), start it, and make it reachable "
-                "for the SSH user (DOCKER_HOST or the docker group).",
-            ))
-        disks = info.get("disk") or {}
-        disk = disks.get("docker_root") or disks.get("state_dir")
-        if disk:
-            result.disk_free = disk["free"]
-            if disk["free"] < LOW_DISK:
-                result.problem(T.NodeRequirementError(
-                    f"only {_size(disk['free'])} free on the node's disk",
-                    fix="free some space (docker system prune, or orch's prune) or grow the disk.",
-                ))
-    except T.TransportError as err:
-        result.problem(err)
-    except T.AgentError as err:
-        result.problem(err)
-    finally:
-        conn.close()
-    return result
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)  # pragma: no cover
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def _agent(c: NodeCheck) -> str:
+def _agent(c: Any) -> str:
     if not c.agent:
         return "-"
     digest = (c.bundle or "").removeprefix("orch-agent-").removesuffix(".pyz")[:8]
     return f"{c.agent} ({digest})" if digest else c.agent
 
 
-def _ingress(c: NodeCheck) -> str:
+def _ingress(c: Any) -> str:
     """HAProxy's state and its frontends: "-" when none is configured."""
     i = c.ingress
     if not i or not i.get("frontends"):
@@ -178,32 +54,15 @@ def _yes(value: bool | None) -> str:
     return "-" if value is None else ("ok" if value else "FAIL")
 
 
-def _load(env: str, environments: Any):
-    from orchestrator.environments import load_environment
-    from orchestrator.transport import options_from_env, target_from_node
-
-    environment = load_environment(env, environments_dir=environments)
-    return environment, [target_from_node(n) for n in environment.nodes], options_from_env(environment)
-
-
 @nodes_app.command("check")
 def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = False) -> None:
     """Per node: reachable, host key, auth, python3, Docker Engine, agent, free disk, the
     HAProxy ingress (running, its ports serving); what is wrong and the fix."""
-    from orchestrator.agent_bundle import current_bundle
-    from orchestrator.transport import parallel
+    from orchestrator.app.nodes import check_nodes, load_nodes
+    from orchestrator.core.compose.units import human_size
 
-    environment, targets, options = _load(env, environments)
-    bundle = current_bundle()
-    results, errors = parallel(targets, lambda t: check_node(t, options, bundle))
-    checks = []
-    for t in targets:
-        if t.name in results:
-            checks.append(results[t.name])
-        else:  # a bug in a check must not hide the other nodes' results
-            c = NodeCheck(t.name, t.address)
-            c.problem(errors[t.name])
-            checks.append(c)
+    environment, targets, options = load_nodes(env, environments)
+    checks = check_nodes(targets, options)
     ok = all(c.ok for c in checks)
     bad = [c.node for c in checks if not c.ok]
     err = None if ok else NodesNotReady(
@@ -214,9 +73,9 @@ def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = F
         print_final(final("ok", "nodes check", **fields) if err is None else failure(err, "nodes check", **fields))
     else:
         rows = [[c.node, c.address, _yes(c.reachable), c.host_key or "-", _yes(c.auth), c.python or "-",
-                 c.docker or "-", _agent(c), _size(c.disk_free), _ingress(c), "ok" if c.ok else "PROBLEM"]
+                 c.docker or "-", _agent(c), human_size(c.disk_free), _ingress(c), "ok" if c.ok else "PROBLEM"]
                 for c in checks]
-        typer.echo(_table(["NODE", "ADDRESS", "SSH", "HOST KEY", "AUTH", "PYTHON", "DOCKER", "AGENT", "DISK FREE",
+        typer.echo(table(["NODE", "ADDRESS", "SSH", "HOST KEY", "AUTH", "PYTHON", "DOCKER", "AGENT", "DISK FREE",
                            "INGRESS", "STATUS"], rows))
         for c in checks:
             for p in c.problems:
@@ -246,10 +105,10 @@ def trust(env: EnvRequired,
     A key that differs from the recorded one is never replaced: that is reported, with
     how to remove the old entry once the new fingerprint is verified.
     """
-    from orchestrator.hostkeys import parse_pins
-    from orchestrator.transport import scan_host_keys
+    from orchestrator.app.nodes import load_nodes, scan_host_keys
+    from orchestrator.core.hostkeys import parse_pins
 
-    environment, targets, options = _load(env, environments)
+    environment, targets, options = load_nodes(env, environments)
     # Jump hosts first: reaching a node through one needs the jump host's key trusted.
     jumps = list({j.address: j for j in (t.jump_target() for t in targets) if j is not None}.values())
     pins = parse_pins(fingerprint, jumps + targets)
@@ -291,7 +150,7 @@ def trust(env: EnvRequired,
 def _keys_table(statuses: list, bad: list) -> str:
     rows = [[s.node, s.address, s.key_type or "-", s.fingerprint or "-", s.status.upper() if s in bad else s.status]
             for s in statuses]
-    return _table(["NODE", "ADDRESS", "KEY", "FINGERPRINT", "STATUS"], rows)
+    return table(["NODE", "ADDRESS", "KEY", "FINGERPRINT", "STATUS"], rows)
 
 
 def _record(scanned: list, targets: list, pins: dict[str, str], yes: bool, options: Any, env: str) -> list:
@@ -301,8 +160,8 @@ def _record(scanned: list, targets: list, pins: dict[str, str], yes: bool, optio
     import sys
     from dataclasses import replace
 
-    from orchestrator.hostkeys import OPTION, mismatch_error, mismatches
-    from orchestrator.transport import record_host_key
+    from orchestrator.core.hostkeys import OPTION, mismatch_error, mismatches
+    from orchestrator.app.nodes import record_host_key
 
     statuses = [s for s, _ in scanned]
     wrong = mismatches(statuses, pins)

@@ -61,7 +61,7 @@ def command_line() -> str:
 
 
 def project_options(files, project_name, env_files, profiles, env_name=None, environments=None, services=None):
-    from orchestrator.workspace import ProjectOptions
+    from orchestrator.app.workspace import ProjectOptions
 
     return ProjectOptions(
         files=list(files or []),

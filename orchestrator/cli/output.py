@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from agent.wire.redact import MASK, mask_known
+from orchestrator.core.progress import JSON_VERSION as JSON_SCHEMA_VERSION
 from orchestrator.errors import OrchError
 
-JSON_SCHEMA_VERSION = 1
 OUTPUT_VARIABLE = "ORCH_OUTPUT"  # json | text: the output mode when neither --json nor --text is given
 VERBOSE_VARIABLE = "ORCH_VERBOSE"
 
@@ -272,7 +272,7 @@ def use_colour() -> bool:
 def make_progress(json_mode: bool) -> Any:
     """JSON lines (with the schema version on every event) or, for people, the live
     table (on a non-terminal with --text: printed once at the end)."""
-    from orchestrator.progress import LiveProgress
+    from orchestrator.cli.progress import LiveProgress
 
     if json_mode:
         return _json_progress_class()()
@@ -285,10 +285,10 @@ _JSON_PROGRESS: Any = None
 def _json_progress_class() -> Any:
     global _JSON_PROGRESS
     if _JSON_PROGRESS is None:
-        from orchestrator.progress import JSONProgress
+        from orchestrator.cli.progress import JSONProgress
 
         class JSONLines(JSONProgress):
-            """progress.JSONProgress with the schema version on every event, the final
+            """cli.progress.JSONProgress with the schema version on every event, the final
             object normalized (version, status, command first) and remembered, and the
             summary for people on stderr."""
 
@@ -314,7 +314,7 @@ MIN_SECRET_LENGTH = 6  # shorter values would mask ordinary words
 
 
 def secret_name(name: str) -> bool:
-    """A variable holding a secret by its name (CI injects them so): agent.redact's rule,
+    """A variable holding a secret by its name (CI injects them so): agent.wire.redact's rule,
     the one the release ledger uses too."""
     from agent.wire.redact import secret_name as rule
 
@@ -492,14 +492,14 @@ def _protect_credentials(registry: Any) -> Any:
 
 
 def protect_project(project: Any) -> None:
-    """Register a Compose project's secret values (agent.redact's rule): its secrets'
+    """Register a Compose project's secret values (agent.wire.redact's rule): its secrets'
     contents, its variables (.env, environment) under secret names, and what the rule
     finds in the project (values under secret names, passwords in URLs and NAME=VALUE
     pairs), so that they are masked in every line orch writes."""
     if project is None:
         return
     from agent.wire.redact import find_secrets
-    from orchestrator.pipeline import secret_values
+    from orchestrator.app.pipeline import secret_values
 
     redactor = current_redactor()
     redactor.add_all(secret_values(project))
@@ -507,9 +507,9 @@ def protect_project(project: Any) -> None:
 
 
 def masked_project(project: Any) -> dict:
-    """project.to_dict() with its secrets masked (agent.redact's rule), for printing it."""
+    """project.to_dict() with its secrets masked (agent.wire.redact's rule), for printing it."""
     from agent.wire.redact import mask_tree
-    from orchestrator.pipeline import secret_values
+    from orchestrator.app.pipeline import secret_values
 
     return mask_tree(project.to_dict(), MASK, secret_values(project))
 
@@ -554,7 +554,7 @@ def enable_verbose() -> None:
         _ROOT_LEVEL = root.level
         root.addHandler(_VERBOSE_HANDLER)
     root.setLevel(logging.DEBUG)
-    from orchestrator.releases import ci_info
+    from orchestrator.core.releases import ci_info
 
     debug(f"orch {' '.join(sys.argv[1:])}")
     ci = ci_info(os.environ)

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator.cli.root import app
 from orchestrator.cli.options import (
     EnvFiles, EnvironmentsDir, EnvName, Files, Json, Profiles, ProjectName, project_options,
 )
@@ -36,11 +36,11 @@ def config(
     JSON: {"version": 1, "status": "ok", "command": "config", "project": {...}}; secret
     values are masked (***) in both forms.
     """
-    from orchestrator.workspace import load_workspace
+    from orchestrator.app.workspace import load_workspace
 
     ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments, services)))
     _print_warnings(ws.project)
-    from orchestrator.compose.render import dict_to_yaml
+    from orchestrator.core.compose.render import dict_to_yaml
 
     shown = masked_project(ws.project)  # not only the filter: short secrets are masked too
     if json:
@@ -62,8 +62,8 @@ def graph(
     json: Json = False,
 ) -> None:
     """Print the dependency waves: services of one wave start in parallel."""
-    from orchestrator import graph as graphs
-    from orchestrator.workspace import load_workspace
+    from orchestrator.core import graph as graphs
+    from orchestrator.app.workspace import load_workspace
 
     ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments, services)))
     _print_warnings(ws.project)
@@ -90,8 +90,8 @@ def envs(
     json: Json = False,
 ) -> None:
     """List the environments and the promotion pipeline (dev -> test -> prod)."""
-    from orchestrator import environments as envmod
-    from orchestrator.workspace import ProjectOptions
+    from orchestrator.core import environments as envmod
+    from orchestrator.app.workspace import ProjectOptions
 
     directory = envmod.environments_dir(ProjectOptions(files=list(file or [])).project_dir(), environments)
     loaded = envmod.load_all(directory)

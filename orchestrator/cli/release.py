@@ -1,6 +1,6 @@
 """`orch promote` and `orch rollback`: releases moved along the pipeline, or back.
 
-Thin: everything happens in orchestrator.pipeline; heavy imports stay inside the
+Thin: everything happens in orchestrator.app.pipeline; heavy imports stay inside the
 functions so `orch --help` stays fast.
 """
 
@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator.cli.root import app
 from orchestrator.cli.options import (
     EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, LockWait, Profiles, ProjectName, command_line,
     project_options,
@@ -22,7 +22,7 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the gates, connec
 
 def compose_at_hand(files) -> bool:
     """Is there a Compose file to read today's secrets (and the project folder) from?"""
-    from orchestrator.compose.discovery import DEFAULT_FILES
+    from orchestrator.core.compose.discovery import DEFAULT_FILES
 
     if files:
         return True
@@ -62,12 +62,13 @@ def promote(
     """
     import time
 
-    from orchestrator import pipeline
+    from orchestrator.app import pipeline
+    from orchestrator.app import release as RE
     from orchestrator.cli.deploy import _fail, finish
-    from orchestrator.environments import load_environment
+    from orchestrator.core.environments import load_environment
     from orchestrator.cli.output import make_progress, protect_environment, protect_project
     from orchestrator.errors import InputError, OrchError, Problem
-    from orchestrator.workspace import load_workspace
+    from orchestrator.app.workspace import load_workspace
 
     t0 = time.monotonic()
     progress = make_progress(json)
@@ -86,7 +87,7 @@ def promote(
         protect_environment(source)
         today = load_workspace(opts).project if compose_at_hand(file) else None
         protect_project(today)
-        result = pipeline.promote(
+        result = RE.promote(
             app_name, target, source,
             pipeline.PipelineOptions(dry_run=dry_run, lock_wait=lock_wait, approve=approve,
                                      keep_images=pipeline.keep_images_default(), command_line=command_line()),
@@ -125,12 +126,13 @@ def rollback(
     """
     import time
 
-    from orchestrator import pipeline
+    from orchestrator.app import pipeline
+    from orchestrator.app import release as RE
     from orchestrator.cli.deploy import _fail, finish
-    from orchestrator.environments import load_environment
+    from orchestrator.core.environments import load_environment
     from orchestrator.cli.output import make_progress, protect, protect_environment
     from orchestrator.errors import InputError, OrchError, Problem
-    from orchestrator.workspace import load_workspace
+    from orchestrator.app.workspace import load_workspace
 
     t0 = time.monotonic()
     progress = make_progress(json)
@@ -149,7 +151,7 @@ def rollback(
         else:
             raise InputError(Problem("no Compose file here and no project name",
                                      fix="run it in the project's folder, or pass -f FILE or -p NAME"))
-        result = pipeline.rollback(
+        result = RE.rollback(
             name, environment,
             pipeline.PipelineOptions(dry_run=dry_run, lock_wait=lock_wait,
                                      keep_images=pipeline.keep_images_default(), command_line=command_line()),

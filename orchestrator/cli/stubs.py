@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator.cli.root import app
 
 RESERVED: dict[str, str] = {}  # promote and rollback: orchestrator.cli.release
 

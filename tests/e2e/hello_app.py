@@ -110,7 +110,7 @@ class Hello:
     def remove_local_images(self) -> None:
         """Drop this project's tags from the host engine (the layers stay cached)."""
         try:
-            from orchestrator.images import docker_client
+            from orchestrator.io.images import docker_client
 
             api = docker_client().api
             for image in api.images():

@@ -18,8 +18,8 @@ import uuid
 import pytest
 
 from agent.wire.spec import config_hash
-from orchestrator import transport as T
-from orchestrator.agent_bundle import current_bundle
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import current_bundle
 
 pytestmark = pytest.mark.e2e
 
@@ -192,9 +192,9 @@ def test_agents_run_with_the_nodes_python_from_their_unpacked_copy():
     the copy its stub unpacked beside the bundle (bytecode kept between starts)."""
     from pathlib import Path
 
-    from orchestrator.deploy import close_nodes, ssh_connect
-    from orchestrator.environments import load_environment
-    from orchestrator.progress import Progress
+    from orchestrator.io.nodes import close_nodes, ssh_connect
+    from orchestrator.core.environments import load_environment
+    from orchestrator.core.progress import Progress
 
     env = load_environment("prod", Path(__file__).resolve().parents[2] / "environments")
     assert {n.python for n in env.nodes} == {"/usr/bin/python3"}

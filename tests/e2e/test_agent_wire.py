@@ -14,8 +14,8 @@ import pytest
 
 from agent.wire.protocol import MAX_LOG_LINE
 from agent.wire.spec import config_hash
-from orchestrator import transport as T
-from orchestrator.agent_bundle import current_bundle
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import current_bundle
 
 pytestmark = pytest.mark.e2e
 

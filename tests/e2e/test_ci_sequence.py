@@ -217,14 +217,14 @@ HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, %(root)r)
     from pathlib import Path
-    from orchestrator import transport as T
-    from orchestrator.agent_bundle import current_bundle
-    from orchestrator.environments import load_environment
-    from orchestrator.lock import LockHolder, acquire_lock, open_lock_sessions
+    from orchestrator.io import transport as T
+    from orchestrator.io.agent_bundle import current_bundle
+    from orchestrator.core.environments import load_environment
+    from orchestrator.io.lock import LockHolder, acquire_lock
 
     env = load_environment(sys.argv[1], Path(sys.argv[2]))
     conns = T.connect_all([T.target_from_node(n) for n in env.nodes], T.options_from_env(env))
-    sessions = open_lock_sessions(conns, current_bundle())
+    sessions = T.open_sessions(conns, current_bundle(), require_engine=False)
     lock = acquire_lock(env.name, sessions, LockHolder.current("orch up --env " + env.name, project="other"), wait=120)
     print("ACQUIRED", flush=True)
     time.sleep(600)

@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 
 from agent.wire.spec import config_hash
-from orchestrator import images as I
-from orchestrator import transport as T
-from orchestrator.agent_bundle import current_bundle
-from orchestrator.environments import load_environment, parse_environment
-from orchestrator.registry_client import RegistryAuthError, RegistryClient, RegistryUnavailable
-from orchestrator.workspace import ProjectOptions, load_workspace
+from orchestrator.io import images as I
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import current_bundle
+from orchestrator.core.environments import load_environment, parse_environment
+from orchestrator.io.registry_client import RegistryAuthError, RegistryClient, RegistryUnavailable
+from orchestrator.app.workspace import ProjectOptions, load_workspace
 
 pytestmark = pytest.mark.e2e
 
@@ -170,7 +170,7 @@ def test_anonymous_pull_is_refused(first_push, node, project_name):
 
 def test_docker_hub_name_pinned_through_the_mirror_runs_on_a_node(app, node, project_name):
     project = app["project"]
-    from orchestrator.compose import Service
+    from orchestrator.core.compose import Service
 
     project.services["tool"] = Service(name="tool", image="busybox:latest")
     try:

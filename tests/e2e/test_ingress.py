@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from agent.wire.spec import config_hash
-from orchestrator import transport as T
-from orchestrator.agent_bundle import current_bundle
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import current_bundle
 
 pytestmark = pytest.mark.e2e
 

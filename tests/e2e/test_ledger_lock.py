@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import releases as R
-from orchestrator import transport as T
-from orchestrator.agent_bundle import current_bundle
-from orchestrator.environments import load_environment
+from orchestrator.core import releases as R
+from orchestrator.io import ledger as RL
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import current_bundle
+from orchestrator.core.environments import load_environment
 from orchestrator.errors import LockHeld
-from orchestrator.lock import LockHolder, acquire_lock, lock_status, open_lock_sessions
+from orchestrator.io.lock import LockHolder, acquire_lock, lock_status
 
 pytestmark = pytest.mark.e2e
 
@@ -60,8 +61,8 @@ def manifest(tag: str) -> dict:
 def test_releases_are_recorded_on_both_prod_nodes(prod):
     project = "e2eledger" + uuid.uuid4().hex[:6]
     sessions = prod["sessions"]
-    ledger = R.ReleaseLedger(sessions, project, "prod")
-    who = R.detect_performer()
+    ledger = RL.ReleaseLedger(sessions, project, "prod")
+    who = RL.detect_performer()
     dev = R.Release(project, "dev", 31, "live", {"web": f"r/x@{DIGEST}"}, {}, "ab" * 32, {}, "t", "t")
     test = R.Release(project, "test", 12, "live", {"web": f"r/x@{DIGEST}"}, {}, "ab" * 32, {}, "t", "t",
                      source=dev.ref, lineage=(dev.ref,))
@@ -100,24 +101,24 @@ def test_a_node_that_missed_a_write_is_repaired_by_the_next(prod):
     project = "e2erepair" + uuid.uuid4().hex[:6]
     sessions = prod["sessions"]
     # Release 1 reached prod-1 only (say prod-2 was unreachable at that moment).
-    only_one = R.ReleaseLedger({"prod-1": sessions["prod-1"]}, project, "prod")
+    only_one = RL.ReleaseLedger({"prod-1": sessions["prod-1"]}, project, "prod")
     r1 = R.new_release(only_one.history(), services={"web": f"r/x@{DIGEST}"}, manifest=manifest("1"),
-                       performer=R.detect_performer())
+                       performer=RL.detect_performer())
     only_one.write(r1)
-    ledger = R.ReleaseLedger(sessions, project, "prod")
+    ledger = RL.ReleaseLedger(sessions, project, "prod")
     h = ledger.history()
     assert [r.id for r in h.stale()["prod-2"]] == [1] and h.next_id() == 2
     ledger.write(R.new_release(h, services={"web": f"r/x@{DIGEST}"}, manifest=manifest("2"),
-                               performer=R.detect_performer()))
+                               performer=RL.detect_performer()))
     ids = [r["id"] for r in sessions["prod-2"].call("release_list", {"env": "prod", "project": project})["releases"]]
     assert ids == [2, 1]
 
 
 def test_orch_history_reads_the_nodes(prod, tmp_path):
     project = "e2ehist" + uuid.uuid4().hex[:6]
-    ledger = R.ReleaseLedger(prod["sessions"], project, "prod")
+    ledger = RL.ReleaseLedger(prod["sessions"], project, "prod")
     r1 = R.new_release(ledger.history(), services={"web": f"r/x@{DIGEST}"}, manifest=manifest("1"),
-                       performer=R.detect_performer())
+                       performer=RL.detect_performer())
     ledger.write(*R.mark_live(ledger.history(), r1))
     cp = subprocess.run([ORCH, "history", "--env", "prod", "-p", project, "--environments", str(ROOT / "environments"),
                          "--json"], capture_output=True, text=True, timeout=600)  # a hang guard
@@ -135,17 +136,17 @@ def test_orch_history_reads_the_nodes(prod, tmp_path):
 HOLDER_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, %(root)r)
-    from orchestrator import transport as T
-    from orchestrator.agent_bundle import current_bundle
-    from orchestrator.environments import load_environment
+    from orchestrator.io import transport as T
+    from orchestrator.io.agent_bundle import current_bundle
+    from orchestrator.core.environments import load_environment
     from orchestrator.errors import LockHeld
-    from orchestrator.lock import LockHolder, acquire_lock, open_lock_sessions
+    from orchestrator.io.lock import LockHolder, acquire_lock
 
     env_name, lock_env, hold, wait = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
     from pathlib import Path
     env = load_environment(env_name, Path(%(envs)r))
     conns = T.connect_all([T.target_from_node(n) for n in env.nodes], T.options_from_env(env))
-    sessions = open_lock_sessions(conns, current_bundle())
+    sessions = T.open_sessions(conns, current_bundle(), require_engine=False)
     print("READY", flush=True)
     try:
         lock = acquire_lock(lock_env, sessions, LockHolder.current("orch up --env " + lock_env), wait=wait)
@@ -202,7 +203,7 @@ def wait_for(p, word, timeout=300):  # a wait (a hang guard), not a speed check
 
 @pytest.fixture
 def lock_sessions(prod):
-    sessions = open_lock_sessions(prod["conns"], current_bundle())
+    sessions = T.open_sessions(prod["conns"], current_bundle(), require_engine=False)
     yield sessions
     for s in sessions.values():
         s.close()

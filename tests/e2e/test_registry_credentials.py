@@ -122,7 +122,7 @@ def project(lab, tmp_path, endpoint):
     yield p
     down = run(p, "down", check=False)
     try:
-        from orchestrator.images import docker_client
+        from orchestrator.io.images import docker_client
 
         api = docker_client().api
         for image in api.images():

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import releases as R
-from orchestrator import transport as T
-from orchestrator.agent_bundle import current_bundle
-from orchestrator.environments import load_environment
+from orchestrator.core import releases as R
+from orchestrator.io import ledger as RL
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import current_bundle
+from orchestrator.core.environments import load_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +33,7 @@ def sessions():
 
 def test_two_controllers_numbering_from_the_same_history(sessions):
     project = "e2e-ids-" + uuid.uuid4().hex[:6]
-    one, two = R.ReleaseLedger(sessions, project, "prod"), R.ReleaseLedger(sessions, project, "prod")
+    one, two = RL.ReleaseLedger(sessions, project, "prod"), RL.ReleaseLedger(sessions, project, "prod")
     h1, h2 = one.history(), two.history()
     manifest = {"name": project, "services": {"web": {"image": f"r/x@{DIGEST}"}}}
     r1 = R.new_release(h1, services={"web": f"r/x@{DIGEST}"}, manifest=manifest, performer={"user": "ada", "host": "a"})

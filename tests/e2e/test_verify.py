@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 
 from agent.wire.spec import config_hash
-from orchestrator import images as I
-from orchestrator import releases as R
-from orchestrator import transport as T
-from orchestrator.agent_bundle import current_bundle
-from orchestrator.compose import LoadOptions, load_project
+from orchestrator.io import images as I
+from orchestrator.core import releases as R
+from orchestrator.io import ledger as RL
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import current_bundle
+from orchestrator.core.compose import LoadOptions, load_project
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +58,7 @@ def deployed(lab, tmp_path):
 """ % sys.executable
     (envs / "test.yaml").write_text(text)
 
-    from orchestrator.environments import load_environment
+    from orchestrator.core.environments import load_environment
 
     env = load_environment("test", envs)
     p = load_project(LoadOptions(working_dir=tmp_path, environ={}))
@@ -71,9 +72,9 @@ def deployed(lab, tmp_path):
     spec = {"project": project, "service": "web", "env": "test", "release": "1", "replicas": [1],
             "config_hash": config_hash(c), "container": c, "networks": {"default": {}}}
     sessions["test-1"].call("apply", {"spec": spec})
-    ledger = R.ReleaseLedger(sessions, project, "test")
+    ledger = RL.ReleaseLedger(sessions, project, "test")
     rel = R.new_release(ledger.history(), services=pins, manifest=R.render_manifest(p, pins),
-                        performer=R.detect_performer())
+                        performer=RL.detect_performer())
     ledger.write(*R.mark_live(ledger.history(), rel))
     yield {"dir": tmp_path, "project": project, "ledger": ledger, "sessions": sessions, "envs": envs, "port": port}
     sessions["test-1"].call("remove", {"project": project, "env": "test"})

@@ -101,7 +101,7 @@ def _expect(fn: Callable[[], Any], *allowed: type) -> None:
 
 
 def compose_target(tmp: Path) -> Callable[[str], None]:
-    from orchestrator.compose import LoadOptions, load_project
+    from orchestrator.core.compose import LoadOptions, load_project
     from orchestrator.errors import OrchError
 
     def check(text: str) -> None:
@@ -117,7 +117,7 @@ def compose_target(tmp: Path) -> Callable[[str], None]:
 
 
 def interpolation_target() -> Callable[[str], None]:
-    from orchestrator.compose.interpolate import TemplateError, substitute
+    from orchestrator.core.compose.interpolate import TemplateError, substitute
 
     env = {"A": "a", "B": "", "LONG": "x" * 50}
 
@@ -128,7 +128,7 @@ def interpolation_target() -> Callable[[str], None]:
 
 
 def dotenv_target() -> Callable[[str], None]:
-    from orchestrator.compose.envfile import parse_dotenv
+    from orchestrator.core.compose.envfile import parse_dotenv
     from orchestrator.errors import OrchError
 
     def check(text: str) -> None:
@@ -138,9 +138,9 @@ def dotenv_target() -> Callable[[str], None]:
 
 
 def environment_target(tmp: Path) -> Callable[[str], None]:
-    from orchestrator.environments import parse_environment
+    from orchestrator.core.environments import parse_environment
     from orchestrator.errors import OrchError
-    from orchestrator.verify import plan_checks
+    from orchestrator.core.verify import plan_checks
 
     def check(text: str) -> None:
         path = Path(tempfile.mkdtemp(dir=tmp)) / "dev.yaml"

@@ -6,5 +6,5 @@ import pytest
 @pytest.fixture(autouse=True)
 def no_deploy_waits(monkeypatch):
     slept = []
-    monkeypatch.setattr("orchestrator.deploy._sleep", slept.append)
+    monkeypatch.setattr("orchestrator.app.deploy._sleep", slept.append)
     return slept

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import agent_bundle
-from orchestrator.agent_bundle import SHEBANG, build_bundle, build_bytes, bundle_name
+from orchestrator.io import agent_bundle
+from orchestrator.io.agent_bundle import SHEBANG, build_bundle, build_bytes, bundle_name
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import releases as R
+from orchestrator.core import releases as R
+from orchestrator.io import ledger as RL
 from orchestrator.cli import main
 from orchestrator.cli import output as O
 from .test_pipeline import World
@@ -104,11 +105,11 @@ def world(tmp_path, monkeypatch):
     def env_sessions(environment, *, require_engine=True):
         yield {}, {n.name: w.nodes[n.name] for n in environment.nodes}
 
-    monkeypatch.setattr("orchestrator.deploy.ssh_connect", connector)
-    monkeypatch.setattr("orchestrator.cli.sessions.env_sessions", env_sessions)
-    monkeypatch.setattr("orchestrator.images.prepare_images", w.prepare_images)
-    monkeypatch.setattr("orchestrator.pipeline.registry_preflight", lambda env, services: None)
-    monkeypatch.setattr("orchestrator.verify.run_http", lambda target, **kw: w.http(target))
+    monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
+    monkeypatch.setattr("orchestrator.io.nodes.env_sessions", env_sessions)
+    monkeypatch.setattr("orchestrator.io.images.prepare_images", w.prepare_images)
+    monkeypatch.setattr("orchestrator.app.release.registry_preflight", lambda env, services: None)
+    monkeypatch.setattr("orchestrator.io.checks.run_http", lambda target, **kw: w.http(target))
     monkeypatch.chdir(w.dir)
     return w
 
@@ -226,7 +227,7 @@ def test_a_bug_still_ends_with_a_final_object(world, orch, monkeypatch):
     def boom(*a, **kw):
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr("orchestrator.deploy.list_containers", boom)
+    monkeypatch.setattr("orchestrator.app.operate.list_containers", boom)
     r = orch("ps", "--env", "dev")
     final = check_contract(r)
     assert r.code == 1 and final["error"]["kind"] == "InternalError" and "Traceback" in r.stderr
@@ -358,7 +359,7 @@ def test_the_ci_job_is_on_the_release_and_in_history(world, orch, monkeypatch, e
     assert f"runner {who}" in row, text
     # a second deployer sees the holder's CI job
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
-    holder = R.detect_performer({**environ, "USER": "runner"})
+    holder = RL.detect_performer({**environ, "USER": "runner"})
     assert holder.ci_job == job
 
 
@@ -433,7 +434,7 @@ def test_no_command_prints_a_secret_with_verbose_and_json(secret_world, orch):
 
 
 def test_error_messages_and_debug_logs_do_not_print_secrets(secret_world, orch, monkeypatch):
-    from orchestrator.registry_client import RegistryAuthError
+    from orchestrator.io.registry_client import RegistryAuthError
 
     # an error message that would carry the password and the secret (say, from a library)
     secret_world.images_error = RegistryAuthError(
@@ -451,7 +452,7 @@ def test_error_messages_and_debug_logs_do_not_print_secrets(secret_world, orch, 
         logging.getLogger("urllib3.connectionpool").debug("Authorization: Basic %s", auth)
         raise RuntimeError(f"crashed holding {REGISTRY_PASSWORD}")
 
-    monkeypatch.setattr("orchestrator.deploy.list_containers", noisy)
+    monkeypatch.setattr("orchestrator.app.operate.list_containers", noisy)
     r = orch("--verbose", "ps", "--env", "dev", env=SECRETS)
     assert "Authorization: Basic ***" in r.stderr and "crashed holding ***" in r.stderr and "Traceback" in r.stderr
     assert not leaked(r), r
@@ -565,11 +566,11 @@ def test_a_test_environment_without_checks_is_no_dead_end(orch, world, monkeypat
     (envs / "test.yaml").write_text(head + rest[rest.index("overlay:"):])
     assert orch("up", "--env", "dev").code == 0
     assert orch("promote", "hello", "--to", "test").code == 0
-    from orchestrator.cli import sessions
+    from orchestrator.io import nodes as sessions
 
     opened = []
     real = sessions.env_sessions
-    monkeypatch.setattr("orchestrator.cli.sessions.env_sessions",
+    monkeypatch.setattr("orchestrator.io.nodes.env_sessions",
                         lambda environment, **kw: opened.append(environment.name) or real(environment, **kw))
 
     r = orch("verify", "--env", "test")  # nothing to verify is bad input, not a pass

@@ -9,9 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from orchestrator.compose import DependsOn, LoadOptions, Project, Service, load_project
+from orchestrator.core.compose import DependsOn, LoadOptions, Project, Service, load_project
 from orchestrator.errors import Problem
-from orchestrator.yamlsrc import Loc
+from orchestrator.core.yamlsrc import Loc
 
 APP = """
 name: demo

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.compose import LoadOptions, load_project
-from orchestrator.compose.discovery import normalize_project_name
-from orchestrator.compose.envfile import parse_dotenv
+from orchestrator.core.compose import LoadOptions, load_project
+from orchestrator.core.compose.discovery import normalize_project_name
+from orchestrator.core.compose.envfile import parse_dotenv
 from orchestrator.errors import InputError
 
 SIMPLE = "services: {web: {image: nginx}}\n"

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from orchestrator.compose import LoadOptions, load_project
+from orchestrator.core.compose import LoadOptions, load_project
 from orchestrator.errors import EXIT_BAD_INPUT, InputError
 
 

@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from orchestrator.compose import LoadOptions, load_project
-from orchestrator.compose.interpolate import TemplateError, substitute
+from orchestrator.core.compose import LoadOptions, load_project
+from orchestrator.core.compose.interpolate import TemplateError, substitute
 from orchestrator.errors import InputError
 
 ENV = {"SET": "value", "EMPTY": "", "B": "bee"}

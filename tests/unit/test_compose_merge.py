@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from orchestrator.compose import LoadOptions, Overlay, load_project
+from orchestrator.core.compose import LoadOptions, Overlay, load_project
 from orchestrator.errors import InputError
-from orchestrator.yamlsrc import parse_yaml
+from orchestrator.core.yamlsrc import parse_yaml
 
 
 def load(tmp_path, *texts, **kw):

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from orchestrator.compose import (
+from orchestrator.core.compose import (
     DependsOn,
     LoadOptions,
     PortMapping,
@@ -16,7 +16,7 @@ from orchestrator.compose import (
     parse_bytes,
     parse_duration,
 )
-from orchestrator.compose.normalize import SyntaxProblem, parse_port, parse_volume
+from orchestrator.core.compose.normalize import SyntaxProblem, parse_port, parse_volume
 
 
 def load(tmp_path, text, environ=None, **kw):

@@ -2,7 +2,7 @@
 
 The reference is Debian's docker-compose 1.29.2 (v1). Both outputs are brought to the
 same canonical shape before comparing (this file's own small parsers, independent
-of orchestrator.compose), because v1 prints differently from the Compose spec (v2):
+of orchestrator.core.compose), because v1 prints differently from the Compose spec (v2):
 
 - v1 keeps short syntax where it can (ports "127.0.0.1:9000:9000/udp", volumes
   "data:/data:rw"), prints ints for published ports, sorts ports and volumes;
@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.compose import LoadOptions, load_project
+from orchestrator.core.compose import LoadOptions, load_project
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "compose"
 DOCKER_COMPOSE = shutil.which("docker-compose")

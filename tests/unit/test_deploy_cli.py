@@ -17,8 +17,8 @@ def project(tmp_path, monkeypatch):
     def connector(environment, progress, project=None, spare_sessions=0):
         return {n.name: nodes[n.name] for n in environment.nodes}
 
-    monkeypatch.setattr("orchestrator.deploy.ssh_connect", connector)
-    monkeypatch.setattr("orchestrator.images.prepare_images", fake_prepare_images)
+    monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
+    monkeypatch.setattr("orchestrator.io.images.prepare_images", fake_prepare_images)
     (tmp_path / "compose.yaml").write_text(textwrap.dedent(SHOP))
     (tmp_path / "environments").mkdir()
     (tmp_path / "environments" / "dev.yaml").write_text(ENV.format(name="dev"))
@@ -29,7 +29,8 @@ def project(tmp_path, monkeypatch):
 
 def fake_prepare_images(project, env, **kw):
     """No registry here: every image stays as written (the fake nodes know them by name)."""
-    from orchestrator.images import ImageSet, VersionInfo
+    from orchestrator.io.images import ImageSet
+    from orchestrator.core.images import VersionInfo
 
     return ImageSet(VersionInfo("v1", "override"), {n: s.image for n, s in project.services.items() if s.image})
 
@@ -99,7 +100,7 @@ def test_help_stays_fast_and_lazy():
     import sys
 
     code = ("import sys, orchestrator.cli; "
-            "print(','.join(m for m in ('paramiko', 'rich.live', 'networkx', 'orchestrator.deploy', 'jinja2') "
+            "print(','.join(m for m in ('paramiko', 'rich.live', 'networkx', 'orchestrator.app.deploy', 'jinja2') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""

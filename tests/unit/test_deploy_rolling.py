@@ -1,13 +1,13 @@
-"""Rolling updates and the whole-release rollback of orchestrator.deploy, on the agent's
+"""Rolling updates and the whole-release rollback of orchestrator.app.deploy, on the agent's
 real operations over FakeEngines (tests/unit/test_deploy.py's fake lab)."""
 
 import textwrap
 
 import pytest
 
-from orchestrator.deploy import DeployOptions, Deployment
+from orchestrator.app.deploy import DeployOptions, Deployment
 from orchestrator.errors import DeployError
-from orchestrator.progress import Progress
+from orchestrator.core.progress import Progress
 
 from .test_deploy import FakeNode, lab, ws  # noqa: F401 - lab is a fixture
 
@@ -161,7 +161,7 @@ def test_monitor_window_catches_a_replica_that_dies_after_its_update(images, mon
         c = lab.nodes["n1"].engine.container("shop-web-1")
         lab.nodes["n1"].engine.records[c.id]["info"].update(state="exited", exit_code=137)
 
-    monkeypatch.setattr("orchestrator.deploy._sleep", crash)
+    monkeypatch.setattr("orchestrator.app.deploy._sleep", crash)
     with pytest.raises(DeployError) as info:
         deploy(lab, compose(web="web:v2"))
     text = info.value.render()
@@ -179,7 +179,7 @@ def test_first_deploy_of_a_service_is_one_batch_and_not_monitored(images, no_dep
 
 
 def test_a_node_lost_mid_rollout_fails_and_puts_the_others_back(images):
-    from orchestrator import transport as T
+    from orchestrator.io import transport as T
 
     lab = images
     deploy(lab, compose(web="web:v1"))
@@ -204,8 +204,8 @@ def test_ingress_drift_says_when_a_node_needs_an_ingress_sync():
     from types import SimpleNamespace
 
     from agent.wire.labels import server_name
-    from orchestrator.plan import UNCHANGED, Action, Step, ingress_drift
-    from orchestrator.rollout import IngressSpec
+    from orchestrator.core.plan import UNCHANGED, Action, Step, ingress_drift
+    from orchestrator.core.rollout import IngressSpec
 
     spec = IngressSpec(published=8080, target=80, health={"path": "/healthz"})
     unit = SimpleNamespace(service="web", ingress=spec)

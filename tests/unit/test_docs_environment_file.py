@@ -2,14 +2,14 @@
 
 Each key appears as a table row whose first cell is its full path in backticks
 (`registry.ca_file`, `nodes[].labels`, `verify.checks[].http`). Adding a key to one of
-the _*_KEYS sets of orchestrator/environments.py without documenting it fails here, and
+the _*_KEYS sets of orchestrator/core/environments.py without documenting it fails here, and
 so does a documented key the parser no longer accepts. The doc's full example must parse.
 """
 
 import re
 from pathlib import Path
 
-from orchestrator import environments
+from orchestrator.core import environments
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reference" / "environment-file.md"
 
@@ -49,7 +49,7 @@ def test_every_key_set_has_a_place_in_the_doc():
 
 def test_every_accepted_key_is_documented():
     missing = sorted(accepted_paths() - documented_paths())
-    assert not missing, (f"keys accepted by orchestrator/environments.py but not documented in {DOC.name}: "
+    assert not missing, (f"keys accepted by orchestrator/core/environments.py but not documented in {DOC.name}: "
                          f"{missing} (add a table row starting with | `PATH` |)")
 
 

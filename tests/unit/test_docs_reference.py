@@ -41,8 +41,8 @@ def test_environments_option_help_states_the_real_default(tmp_path, monkeypatch)
     import typing
 
     from orchestrator.cli.options import EnvironmentsDir
-    from orchestrator.environments import environments_dir
-    from orchestrator.workspace import ProjectOptions
+    from orchestrator.core.environments import environments_dir
+    from orchestrator.app.workspace import ProjectOptions
 
     monkeypatch.delenv("ORCH_ENVIRONMENTS", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import environments as envs
+from orchestrator.core import environments as envs
 from orchestrator.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def test_node_defaults_and_relative_paths(tmp_path):
 
 
 def test_node_python_reaches_the_agent_command(tmp_path):
-    from orchestrator import transport as T
+    from orchestrator.io import transport as T
 
     d = write(tmp_path, "dev", "nodes:\n  - {name: a, host: h, python: /opt/py3.12/bin/python3}\n"
                               "  - {name: b, host: h2}\n")
@@ -223,7 +223,7 @@ def test_status_and_contains_are_refused_on_command_checks(tmp_path):
 
 
 def test_unset_registry_and_promote_from_render_empty_not_none(tmp_path):
-    from orchestrator.environments import load_environment
+    from orchestrator.core.environments import load_environment
 
     d = tmp_path / "environments"
     d.mkdir()

@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from orchestrator import graph
+from orchestrator.core import graph
 from orchestrator.errors import InputError
 
 

@@ -44,7 +44,7 @@ def refused(cwd: Path, *args: str) -> dict:
 
 def load_refused(cwd: Path, *args: str) -> dict:
     """Like refused(), in this process: the InputError load_workspace raises, as a dict."""
-    from orchestrator.workspace import ProjectOptions, load_workspace
+    from orchestrator.app.workspace import ProjectOptions, load_workspace
 
     opts = ProjectOptions(working_dir=cwd, env_name="dev" if "dev" in args else None)
     box: dict = {}
@@ -159,7 +159,7 @@ def test_ordinary_anchors_and_merge_keys_still_load(tmp_path):
 
 
 def test_merge_keys_at_scale_stay_within_the_alias_budget():
-    from orchestrator.yamlsrc import parse_yaml
+    from orchestrator.core.yamlsrc import parse_yaml
 
     defaults = "".join(f"  k{i}: v{i}\n" for i in range(20))
     services = "".join(f"  s{i}:\n    <<: *d\n    image: busybox\n" for i in range(5000))
@@ -242,7 +242,7 @@ def test_secret_and_config_files_are_refused(tmp_path, section, case):
 @pytest.mark.parametrize("which", ["credentials_file", "password_file"])
 def test_registry_credential_files_are_read_bounded(tmp_path, which):
     """Read when credentials are needed: a file that became a device since is refused too."""
-    from orchestrator.environments import RegistrySpec
+    from orchestrator.core.environments import RegistrySpec
 
     registry = RegistrySpec(address="127.0.0.1:5000", username="me", password_env="PW", source="dev.yaml",
                             **{which: Path("/dev/zero")})
@@ -262,7 +262,7 @@ def test_registry_credential_files_are_read_bounded(tmp_path, which):
     ("known_hosts", "ssh"), ("identity_file", "nodes[0]"),
 ])
 def test_environment_file_paths_that_are_devices_are_refused(tmp_path, key, section):
-    from orchestrator.environments import parse_environment
+    from orchestrator.core.environments import parse_environment
 
     env = tmp_path / "dev.yaml"
     if section == "nodes[0]":
@@ -305,7 +305,7 @@ def test_read_bounded_reads_up_to_the_limit(tmp_path):
 
 def test_build_context_hash_skips_devices_and_fifos(tmp_path):
     """The source version hashes every file of a build context: a FIFO or /dev/zero there must not hang it."""
-    from orchestrator.images import content_hash
+    from orchestrator.io.images import content_hash
 
     (tmp_path / "app.txt").write_text("hello")
     before = content_hash([tmp_path])

@@ -3,8 +3,8 @@
 import pytest
 
 from orchestrator.errors import InputError
-from orchestrator.hostkeys import mismatch_error, mismatches, parse_pins
-from orchestrator.transport import HostKeyStatus, NodeTarget
+from orchestrator.core.hostkeys import mismatch_error, mismatches, parse_pins
+from orchestrator.io.transport import HostKeyStatus, NodeTarget
 
 A, B = "SHA256:" + "a" * 43, "SHA256:" + "B+/9" * 10 + "xyz"
 WEB, DB = NodeTarget("web-1", "10.0.0.1"), NodeTarget("db-1", "10.0.0.2", 2222, jump="admin@bastion:22")

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import images as I
-from orchestrator.compose import LoadOptions, load_project
-from orchestrator.environments import parse_environment
+from orchestrator.core import images as IP
+from orchestrator.io import images as I
+from orchestrator.core.compose import LoadOptions, load_project
+from orchestrator.core.environments import parse_environment
 from orchestrator.errors import InputError
-from orchestrator.registry_client import (
+from orchestrator.io.registry_client import (
     ImageNotFound,
     Layer,
     Manifest,
@@ -126,7 +127,7 @@ def test_outside_git_the_version_hashes_the_contexts(tmp_path):
 def test_plan_builds_tags_and_inputs(tmp_path):
     p = project(tmp_path)
     env = environment(tmp_path)
-    jobs = I.plan_builds(p, env, "abc123", environ={"FROM_ENV": "from-controller"})
+    jobs = IP.plan_builds(p, env, "abc123", environ={"FROM_ENV": "from-controller"})
     assert [j.service for j in jobs] == ["web"]
     j = jobs[0]
     assert j.ref == "10.250.0.1:5000/hello/web:abc123" and j.registry == "10.250.0.1:5000"
@@ -139,15 +140,15 @@ def test_plan_builds_tags_and_inputs(tmp_path):
 
 def test_plan_builds_filters_and_rejects_unknown_services(tmp_path):
     p, env = project(tmp_path), environment(tmp_path)
-    assert I.plan_builds(p, env, "v", services=["cache"]) == []
+    assert IP.plan_builds(p, env, "v", services=["cache"]) == []
     with pytest.raises(InputError) as err:
-        I.plan_builds(p, env, "v", services=["wbe"])
+        IP.plan_builds(p, env, "v", services=["wbe"])
     assert "'wbe'" in err.value.render()
 
 
 def test_repository_names_are_made_valid():
-    assert I.image_repository("r:1", "My_App", "Web.API") == "r:1/my-app/web-api"
-    assert I.image_repository(None, "p", "s") == "p/s"
+    assert IP.image_repository("r:1", "My_App", "Web.API") == "r:1/my-app/web-api"
+    assert IP.image_repository(None, "p", "s") == "p/s"
 
 
 # --------------------------------------------------------------------------- fakes
@@ -226,7 +227,7 @@ STEPS_OK = [
 def job(**kw):
     base = dict(service="web", repository="10.250.0.1:5000/hello/web", tag="v1", context="/src/web")
     base.update(kw)
-    return I.BuildJob(**base)
+    return IP.BuildJob(**base)
 
 
 # --------------------------------------------------------------------------- build

@@ -678,7 +678,7 @@ def test_status_reports_problems_for_nodes_check(sim):
 
 
 def test_bundle_carries_jinja2_and_the_template_and_renders_on_python39(tmp_path):
-    from orchestrator.agent_bundle import build_bundle
+    from orchestrator.io.agent_bundle import build_bundle
 
     b = build_bundle(tmp_path)
     import zipfile

@@ -158,7 +158,7 @@ def test_no_import_cycle_between_agent_modules():
 
 def test_the_bundle_is_built_without_importing_agent_code(tmp_path):
     """The controller finds the agent's files by the package path (no agent code runs)."""
-    code = ("import sys; from orchestrator import agent_bundle as b; b.collect(); "
+    code = ("import sys; from orchestrator.io import agent_bundle as b; b.collect(); "
             "print(sorted(m for m in sys.modules if m == 'agent' or m.startswith('agent.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr

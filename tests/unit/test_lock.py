@@ -17,8 +17,8 @@ from agent.fake import FakeEngine
 from agent.context import Context
 from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError
-from orchestrator import lock as OL
-from orchestrator import transport as T
+from orchestrator.io import lock as OL
+from orchestrator.io import transport as T
 from orchestrator.errors import LockHeld
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from agent import lock as AL
 from agent.fake import FakeEngine
 from agent.operations import OPERATIONS
 from agent.rpc import Server
-from orchestrator import transport as T
+from orchestrator.io import transport as T
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = {"user": "ada", "host": "laptop", "command": "orch up --env prod", "started": "2024-01-01T10:00:00Z"}

@@ -1,4 +1,4 @@
-"""orchestrator.pipeline over fake nodes: the agent's real operations (apply, ledger,
+"""orchestrator.app.pipeline over fake nodes: the agent's real operations (apply, ledger,
 lock, prune_images) on in-memory FakeEngines, three environments dev -> test -> prod, a
 fake images step (pins with made-up digests), fake HTTP checks."""
 
@@ -11,14 +11,18 @@ from agent.fake import FakeEngine
 from agent.context import Context
 from agent.operations import OPERATIONS
 from agent.wire.redact import is_redacted
-from orchestrator import pipeline as P
-from orchestrator import releases as R
+from orchestrator.app import pipeline as P
+from orchestrator.app import release as PR
+from orchestrator.app import up as PU
+from orchestrator.core import releases as R
+from orchestrator.io import ledger as RL
 from orchestrator.errors import DeployError, GateRefused, InputError, LockHeld
-from orchestrator.images import ImageSet, VersionInfo
-from orchestrator.lock import lock_held_error, LockHolder
-from orchestrator.progress import Progress
-from orchestrator.registry_client import RegistryUnavailable
-from orchestrator.workspace import ProjectOptions, load_workspace
+from orchestrator.io.images import ImageSet
+from orchestrator.core.images import VersionInfo
+from orchestrator.io.lock import lock_held_error, LockHolder
+from orchestrator.core.progress import Progress
+from orchestrator.io.registry_client import RegistryUnavailable
+from orchestrator.app.workspace import ProjectOptions, load_workspace
 from .test_deploy import FakeNode
 
 COMPOSE = """\
@@ -114,7 +118,7 @@ class World:
         return {n.name: self.nodes[n.name] for n in environment.nodes}
 
     def http(self, target):
-        from orchestrator.verify import CheckResult
+        from orchestrator.core.verify import CheckResult
 
         self.checked.append(target.url)
         return CheckResult(target.name, "http", target.url, self.checks_ok, 1, 0.0, target.node, target.service,
@@ -134,10 +138,10 @@ class World:
 
     def up(self, env="dev", **opts):
         ws, base = self.workspaces(env)
-        return P.up(ws, base, P.PipelineOptions(**opts), Progress(), self.seams())
+        return PU.up(ws, base, P.PipelineOptions(**opts), Progress(), self.seams())
 
     def environment(self, env):
-        from orchestrator.environments import load_environment
+        from orchestrator.core.environments import load_environment
 
         return load_environment(env, self.dir / "environments")
 
@@ -145,17 +149,17 @@ class World:
         target = self.environment(to)
         source = self.environment(target.promote_from)
         today = self.workspaces(to)[1]
-        return P.promote("hello", target, source, P.PipelineOptions(approve=approve, **opts), Progress(),
+        return PR.promote("hello", target, source, P.PipelineOptions(approve=approve, **opts), Progress(),
                          self.seams(), today=today, working_dir=self.dir)
 
     def rollback(self, env="prod", to=None, **opts):
         ws, _ = self.workspaces(env)
-        return P.rollback("hello", ws.environment, P.PipelineOptions(**opts), to=to, progress=Progress(),
+        return PR.rollback("hello", ws.environment, P.PipelineOptions(**opts), to=to, progress=Progress(),
                           seams=self.seams(), today=ws.project, working_dir=self.dir)
 
     def history(self, env):
         sessions = {n: self.nodes[n] for n in NODES[env]}
-        return R.ReleaseLedger(sessions, "hello", env).history()
+        return RL.ReleaseLedger(sessions, "hello", env).history()
 
     def running(self, env):
         """{service: {image, env}} of the running containers (one per service, checked equal)."""
@@ -230,7 +234,7 @@ def test_a_failed_apply_records_the_release_failed_with_the_reason(world):
 
 def test_a_release_left_deploying_is_marked_interrupted_by_the_next_deploy(world):
     world.up()
-    ledger = R.ReleaseLedger({"d1": world.nodes["d1"]}, "hello", "dev")
+    ledger = RL.ReleaseLedger({"d1": world.nodes["d1"]}, "hello", "dev")
     h = ledger.history()
     ledger.write(R.new_release(h, services=h.live().services, manifest={"services": {}}, performer=PERF))
     world.version = 2
@@ -267,7 +271,7 @@ def test_a_held_lock_fails_with_exit_4_and_changes_nothing(world):
 
     ws, base = world.workspaces("dev")
     with pytest.raises(LockHeld) as err:
-        P.up(ws, base, P.PipelineOptions(), Progress(), world.seams(locker=locked))
+        PU.up(ws, base, P.PipelineOptions(), Progress(), world.seams(locker=locked))
     assert err.value.exit_code == 4 and "bob on ci-2, running `orch up --env dev`" in err.value.message
     assert world.nodes["d1"].ops("rollout") == [] and world.nodes["d1"].ops("release_put") == []
 
@@ -285,7 +289,7 @@ def test_the_lock_is_taken_before_reading_state_and_released_after(world):
         return Handle()
 
     ws, base = world.workspaces("dev")
-    P.up(ws, base, P.PipelineOptions(lock_wait=30, command_line="orch up --env dev"), Progress(),
+    PU.up(ws, base, P.PipelineOptions(lock_wait=30, command_line="orch up --env dev"), Progress(),
          world.seams(locker=locker))
     assert order == [("lock", "dev", "orch up --env dev", 30), "release"]
     ops = world.nodes["d1"].ops()
@@ -297,7 +301,7 @@ def test_dry_run_takes_no_lock_and_writes_nothing(world):
         raise AssertionError("no lock on a dry run")
 
     ws, base = world.workspaces("dev")
-    res = P.up(ws, base, P.PipelineOptions(dry_run=True), Progress(), world.seams(locker=locker))
+    res = PU.up(ws, base, P.PipelineOptions(dry_run=True), Progress(), world.seams(locker=locker))
     assert res.status == "planned" and res.deploy.plan.counts()["create"] == 2
     assert world.nodes["d1"].ops("release_put") == [] and world.nodes["d1"].ops("rollout") == []
 
@@ -360,7 +364,7 @@ def test_promotion_gates_then_the_same_digests_with_the_targets_overlay(world):
 def test_an_unverified_source_is_refused_where_verification_is_required(world):
     world.up()
     world.promote("test")
-    ledger = R.ReleaseLedger({"t1": world.nodes["t1"]}, "hello", "test")
+    ledger = RL.ReleaseLedger({"t1": world.nodes["t1"]}, "hello", "test")
     h = ledger.history()
     ledger.write(R.with_verification(h.live(), {"ok": False, "results": [{"name": "home", "ok": False}]}))
     with pytest.raises(GateRefused) as err:
@@ -433,7 +437,7 @@ def test_a_rotated_secret_is_deployed_with_todays_value_and_a_missing_one_refuse
     assert world.running("dev")["api"]["env"]["DB_PASSWORD"] == "rotated-pw"
     ws = world.workspaces("dev")[0]
     with pytest.raises(InputError) as err:  # no Compose file at hand: the secret cannot be restored
-        P.rollback("hello", ws.environment, P.PipelineOptions(), to=2, progress=Progress(), seams=world.seams(),
+        PR.rollback("hello", ws.environment, P.PipelineOptions(), to=2, progress=Progress(), seams=world.seams(),
                    today=None, working_dir=world.dir)
     assert "services.api.environment.DB_PASSWORD" in err.value.message
 

@@ -1,7 +1,7 @@
 import pytest
 
 from orchestrator.errors import InputError
-from orchestrator.placement import NodeInfo, PlacementRequest, Slot, parse_constraint, place
+from orchestrator.core.placement import NodeInfo, PlacementRequest, Slot, parse_constraint, place
 
 NODES = [NodeInfo("prod-1", {"role": "web", "zone": "a"}), NodeInfo("prod-2", {"role": "web", "zone": "b"}),
          NodeInfo("prod-3", {"role": "db"})]

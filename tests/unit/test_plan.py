@@ -1,10 +1,10 @@
-"""orchestrator.plan against hand-made node states."""
+"""orchestrator.core.plan against hand-made node states."""
 
 import json
 
 from agent.wire.spec import config_hash, config_parts
-from orchestrator.plan import Observed, existing_slots, make_plan, observe
-from orchestrator.specs import Unit
+from orchestrator.core.plan import Observed, existing_slots, make_plan, observe
+from orchestrator.core.specs import Unit
 
 PROJECT = "shop"
 

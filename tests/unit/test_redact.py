@@ -108,7 +108,7 @@ def test_a_long_known_value_quoted_in_part_is_masked_too():
     # masked from its first 16 characters on, in output and in the ledger alike.
     from agent.wire.redact import mask_known
     from orchestrator.cli.output import Redactor
-    from orchestrator.compose.problems import describe
+    from orchestrator.core.compose.problems import describe
 
     secret = "s3cr3t-" + "x9" * 40
     quoted = f"ports: {describe(secret)} is not a port"

@@ -5,8 +5,8 @@ import hashlib
 import pytest
 import requests
 
-from orchestrator.environments import RegistryCredentials
-from orchestrator.registry_client import (
+from orchestrator.core.environments import RegistryCredentials
+from orchestrator.io.registry_client import (
     ImageNotFound,
     RegistryAuthError,
     RegistryClient,

@@ -10,13 +10,13 @@ from agent.fake import FakeEngine
 from agent.context import Context
 from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError, canonical_registry, image_registry
-from orchestrator import images as I
-from orchestrator.deploy import DeployOptions, Deployment
-from orchestrator.environments import RegistryCredentials, parse_environment
+from orchestrator.io import images as I
+from orchestrator.app.deploy import DeployOptions, Deployment
+from orchestrator.core.environments import RegistryCredentials, parse_environment
 from orchestrator.errors import InputError
-from orchestrator.progress import Progress
-from orchestrator.registry_client import RegistryAuthError, RegistryClient
-from orchestrator.workspace import ProjectOptions, load_workspace
+from orchestrator.core.progress import Progress
+from orchestrator.io.registry_client import RegistryAuthError, RegistryClient
+from orchestrator.app.workspace import ProjectOptions, load_workspace
 
 from .test_deploy import FakeNode
 from .test_registry_client import DIGEST, Resp, Session

@@ -21,10 +21,10 @@ def world(tmp_path, monkeypatch):
     def http(target, **kw):
         return w.http(target)
 
-    monkeypatch.setattr("orchestrator.deploy.ssh_connect", connector)
-    monkeypatch.setattr("orchestrator.images.prepare_images", w.prepare_images)
-    monkeypatch.setattr("orchestrator.pipeline.registry_preflight", lambda env, services: None)
-    monkeypatch.setattr("orchestrator.verify.run_http", http)
+    monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
+    monkeypatch.setattr("orchestrator.io.images.prepare_images", w.prepare_images)
+    monkeypatch.setattr("orchestrator.app.release.registry_preflight", lambda env, services: None)
+    monkeypatch.setattr("orchestrator.io.checks.run_http", http)
     monkeypatch.chdir(w.dir)
     for key in ("ORCH_APPROVE", "ORCH_LOCK_WAIT", "CI", "GITHUB_ACTIONS", "GITLAB_CI"):
         monkeypatch.delenv(key, raising=False)

@@ -13,9 +13,10 @@ from agent.wire.redact import first_clear_secret
 from agent.context import Context
 from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError as NodeAgentError
-from orchestrator import releases as R
-from orchestrator import transport as T
-from orchestrator.environments import Gates
+from orchestrator.core import releases as R
+from orchestrator.io import ledger as RL
+from orchestrator.io import transport as T
+from orchestrator.core.environments import Gates
 from orchestrator.errors import GateRefused, InputError
 
 D = {c: "sha256:" + c * 64 for c in "abcdef"}
@@ -53,9 +54,9 @@ def fake_git(values):
 
 
 def test_performer_from_git_and_user():
-    p = R.detect_performer({"USER": "ada"}, run=fake_git({"user.name": "Ada L", "user.email": "ada@x"}))
+    p = RL.detect_performer({"USER": "ada"}, run=fake_git({"user.name": "Ada L", "user.email": "ada@x"}))
     assert p.user == "Ada L <ada@x>" and p.login == "ada" and p.ci == {} and p.host
-    p = R.detect_performer({"USER": "ada"}, run=fake_git({}))
+    p = RL.detect_performer({"USER": "ada"}, run=fake_git({}))
     assert p.user == "ada"
 
 
@@ -68,7 +69,7 @@ def test_performer_from_git_and_user():
     ({"CI": "true", "CI_JOB_URL": "https://ci/x"}, "ci", "https://ci/x"),
 ])
 def test_performer_records_ci(environ, system, url):
-    p = R.detect_performer(environ, run=fake_git({}))
+    p = RL.detect_performer(environ, run=fake_git({}))
     assert p.ci["system"] == system and p.ci_job == url
     assert url in str(p)
 
@@ -121,7 +122,7 @@ def test_restore_secrets_for_a_rollback():
 
 
 def test_render_manifest_pins_images_and_drops_build(tmp_path):
-    from orchestrator.compose import LoadOptions, load_project
+    from orchestrator.core.compose import LoadOptions, load_project
 
     (tmp_path / "compose.yaml").write_text("name: hello\nservices:\n  web: {build: ., environment: {A: b}}\n"
                                            "  cache: {image: busybox}\n")
@@ -333,7 +334,7 @@ def prod(tmp_path):
 
 
 def test_ledger_write_read_and_go_live_on_every_node(prod):
-    ledger = R.ReleaseLedger(prod, "hello", "prod")
+    ledger = RL.ReleaseLedger(prod, "hello", "prod")
     h = ledger.history()
     assert h.releases == [] and h.next_id() == 1
     r1 = R.new_release(h, services={"web": WEB + D["a"]}, manifest=manifest(), performer=PERF)
@@ -352,7 +353,7 @@ def test_ledger_write_read_and_go_live_on_every_node(prod):
 
 def test_node_that_missed_a_write_is_repaired_by_the_next(prod):
     warnings = []
-    ledger = R.ReleaseLedger(prod, "hello", "prod", on_warning=warnings.append)
+    ledger = RL.ReleaseLedger(prod, "hello", "prod", on_warning=warnings.append)
     r1 = R.new_release(ledger.history(), services={"web": WEB + D["a"]}, manifest=manifest(), performer=PERF)
     prod["prod-2"].down = True
     res = ledger.write(r1)
@@ -368,7 +369,7 @@ def test_node_that_missed_a_write_is_repaired_by_the_next(prod):
 
 
 def test_ledger_fails_when_no_node_records(prod):
-    ledger = R.ReleaseLedger(prod, "hello", "prod")
+    ledger = RL.ReleaseLedger(prod, "hello", "prod")
     h = ledger.history()
     for n in prod.values():
         n.down = True
@@ -380,7 +381,7 @@ def test_ledger_fails_when_no_node_records(prod):
 
 
 def test_secrets_never_reach_a_node(prod):
-    ledger = R.ReleaseLedger(prod, "hello", "prod")
+    ledger = RL.ReleaseLedger(prod, "hello", "prod")
     m = {"name": "hello", "services": {"db": {"image": "x@" + D["a"], "environment": {"DB_PASSWORD": "hunter2!"}}}}
     ledger.write(R.new_release(ledger.history(), services={"db": "x@" + D["a"]}, manifest=m, performer=PERF,
                                secret_values=["hunter2!"]))
@@ -391,7 +392,7 @@ def test_secrets_never_reach_a_node(prod):
 
 
 def test_a_new_release_is_not_numbered_without_every_nodes_ledger(prod):
-    ledger = R.ReleaseLedger(prod, "hello", "prod")
+    ledger = RL.ReleaseLedger(prod, "hello", "prod")
     ledger.write(R.new_release(ledger.history(), services={"web": WEB + D["a"]}, manifest=manifest(),
                                performer=PERF))
     prod["prod-1"].down = True
@@ -405,7 +406,7 @@ def test_a_new_release_is_not_numbered_without_every_nodes_ledger(prod):
 def test_a_write_whose_id_another_release_holds_fails(prod):
     """Two controllers numbered their releases from the same history: the second one's
     write does not overwrite the first anywhere, and fails before it deploys."""
-    one, two = R.ReleaseLedger(prod, "hello", "prod"), R.ReleaseLedger(prod, "hello", "prod")
+    one, two = RL.ReleaseLedger(prod, "hello", "prod"), RL.ReleaseLedger(prod, "hello", "prod")
     h1, h2 = one.history(), two.history()
     r1 = R.new_release(h1, services={"web": WEB + D["a"]}, manifest=manifest(), performer=PERF, now="2024-01-01T00:00:00.000Z")
     r2 = R.new_release(h2, services={"web": WEB + D["b"]}, manifest=manifest(D["b"]),
@@ -423,7 +424,7 @@ def test_a_write_whose_id_another_release_holds_fails(prod):
 
 
 def test_secrets_in_every_form_never_reach_a_nodes_ledger(prod):
-    ledger = R.ReleaseLedger(prod, "hello", "prod")
+    ledger = RL.ReleaseLedger(prod, "hello", "prod")
     m = {"name": "hello", "services": {"api": {
         "image": "x@" + D["a"],
         "environment": {"DB_PASSWORD": "env-pw-1", "STRIPE_KEY": "sk-key-2", "NOTE": "see known-val-3",

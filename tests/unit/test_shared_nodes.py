@@ -1,11 +1,11 @@
-"""orchestrator.shared_nodes: what a deploy may not take over on a node (pure)."""
+"""orchestrator.core.shared_nodes: what a deploy may not take over on a node (pure)."""
 
 from types import SimpleNamespace as NS
 
 import pytest
 
 from orchestrator.errors import InputError
-from orchestrator.shared_nodes import of_env, refuse_taken_ports
+from orchestrator.core.shared_nodes import of_env, refuse_taken_ports
 
 
 def held(port, host_ip="", protocol="tcp", by="container shop-web-1"):

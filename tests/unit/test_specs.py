@@ -1,4 +1,4 @@
-"""orchestrator.specs: Compose service + environment + placement -> agent ServiceSpec JSON."""
+"""orchestrator.core.specs: Compose service + environment + placement -> agent ServiceSpec JSON."""
 
 import base64
 import textwrap
@@ -8,9 +8,10 @@ import pytest
 
 from agent.wire.spec import ServiceSpec, config_hash
 from orchestrator.errors import InputError
-from orchestrator.placement import Slot
-from orchestrator.specs import compile_blueprint, node_addresses, node_infos
-from orchestrator.workspace import ProjectOptions, load_workspace
+from orchestrator.core.placement import Slot
+from orchestrator.core.specs import compile_blueprint, node_addresses, node_infos
+from orchestrator.io.files import local_sources
+from orchestrator.app.workspace import ProjectOptions, load_workspace
 
 ENV = """\
 name: {name}
@@ -34,7 +35,7 @@ def workspace(tmp_path: Path, compose: str, env: str = "dev", files: dict | None
 
 def blueprint(tmp_path, compose, **kw):
     ws = workspace(tmp_path, compose, **kw)
-    return ws, compile_blueprint(ws.project, ws.environment)
+    return ws, compile_blueprint(ws.project, ws.environment, sources=local_sources())
 
 
 def units_for(ws, bp, existing=()):
@@ -349,7 +350,7 @@ def test_unsatisfiable_constraint_is_bad_input(tmp_path):
 
 def test_selected_services_bring_their_dependencies(tmp_path):
     ws = workspace(tmp_path, SHOP, files={"api.env": ""})
-    bp = compile_blueprint(ws.project, ws.environment, ["api"])
+    bp = compile_blueprint(ws.project, ws.environment, ["api"], sources=local_sources())
     assert bp.waves == [["db"], ["migrate"], ["api"]]
     assert bp.project_services == {"db", "migrate", "api", "web"}
 
@@ -357,7 +358,7 @@ def test_selected_services_bring_their_dependencies(tmp_path):
 def test_images_override_pins_a_reference(tmp_path):
     ws = workspace(tmp_path, SHOP, files={"api.env": ""})
     digest = "10.250.0.1:5000/shop/api@sha256:" + "a" * 64
-    bp = compile_blueprint(ws.project, ws.environment, images={"api": digest})
+    bp = compile_blueprint(ws.project, ws.environment, images={"api": digest}, sources=local_sources())
     assert bp.services["api"].container["image"] == digest
 
 
@@ -370,7 +371,7 @@ def test_reserved_labels_are_refused(tmp_path):
 
 
 def test_docs_name_every_refused_and_ignored_key():
-    from orchestrator.specs import IGNORED, REFUSED
+    from orchestrator.core.specs import IGNORED, REFUSED
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "compose-support.md").read_text()
     missing = [k for k in list(REFUSED) + list(IGNORED) if f"`{k}`" not in doc]
@@ -387,12 +388,13 @@ def test_a_service_to_build_without_its_built_image_says_what_orch_up_does(tmp_p
           web: {build: ./app}
         """)
     with pytest.raises(InputError) as err:
-        compile_blueprint(ws.project, ws.environment)
+        compile_blueprint(ws.project, ws.environment, sources=local_sources())
     [p] = err.value.problems
     assert p.key == "services.web.image" and "orch build" not in p.render()
     assert "has build:, but no image was built" in p.message and "orch up --env dev" in p.fix
     # with the image the build step made, it compiles
-    compile_blueprint(ws.project, ws.environment, images={"web": "10.250.0.1:5000/x/web@sha256:" + "a" * 64})
+    compile_blueprint(ws.project, ws.environment, images={"web": "10.250.0.1:5000/x/web@sha256:" + "a" * 64},
+                      sources=local_sources())
 
 
 def test_x_orch_keys_are_warned_about_once_per_service(tmp_path):

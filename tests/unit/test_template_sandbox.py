@@ -54,8 +54,8 @@ def test_overlay_templates_still_render(tmp_path):
 
 
 def test_verify_templates_are_sandboxed(tmp_path):
-    from orchestrator.environments import parse_environment
-    from orchestrator.verify import plan_checks
+    from orchestrator.core.environments import parse_environment
+    from orchestrator.core.verify import plan_checks
 
     env = tmp_path / "dev.yaml"
     env.write_text(ENV_FILE + "verify:\n  checks:\n    - name: evil\n"

@@ -5,8 +5,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from orchestrator import transport as T
-from orchestrator.transport import (
+from orchestrator.io import transport as T
+from orchestrator.io.transport import (
     AgentError,
     HostUnreachable,
     NodesUnreachable,
@@ -29,7 +29,7 @@ def test_target_names_and_jump():
 
 
 def test_adapters_from_environment_objects():
-    from orchestrator.environments import Environment, NodeSpec, SSHSettings
+    from orchestrator.core.environments import Environment, NodeSpec, SSHSettings
 
     node = NodeSpec(name="dev-1", host="10.250.0.11", identity_file=Path("/k"), labels={"role": "web"}, jump="j:22")
     t = T.target_from_node(node)
@@ -197,7 +197,7 @@ def test_parse_python_version():
 
 
 def test_agent_command_is_plain_argv():
-    from orchestrator.agent_bundle import AgentBundle
+    from orchestrator.io.agent_bundle import AgentBundle
 
     b = AgentBundle(Path("/c/orch-agent-0123456789abcdef.pyz"), "0123456789abcdef" + "0" * 48, 10, (3, 9))
     remote = T.bundle_path(b)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import transport as T
-from orchestrator.agent_bundle import build_bundle
-from orchestrator.transport import NodeTarget, SSHOptions
+from orchestrator.io import transport as T
+from orchestrator.io.agent_bundle import build_bundle
+from orchestrator.io.transport import NodeTarget, SSHOptions
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(

@@ -6,9 +6,10 @@ import sys
 import pytest
 import requests
 
-from orchestrator import verify as V
-from orchestrator.compose import LoadOptions, load_project
-from orchestrator.environments import parse_environment
+from orchestrator.core import verify as V
+from orchestrator.io import checks as C
+from orchestrator.core.compose import LoadOptions, load_project
+from orchestrator.core.environments import parse_environment
 from orchestrator.errors import InputError
 
 
@@ -65,7 +66,7 @@ def test_without_placement_every_node_is_checked(tmp_path):
 def test_a_service_not_running_anywhere_fails_its_check(tmp_path):
     env, p = env_file(tmp_path, CHECKS), project(tmp_path)
     [t] = [t for t in V.plan_checks(env, p, placement={"web": ["prod-1"]}) if t.name == "api-health"]
-    r = V.run_http(t)
+    r = C.run_http(t)
     assert not r.ok and "no running container" in r.error
 
 
@@ -104,7 +105,7 @@ def target(**kw):
 
 def test_http_check_retries_until_it_passes():
     get = Get([requests.exceptions.ConnectionError("[Errno 111] Connection refused"), (503, ""), (200, "hello!")])
-    r = V.run_http(target(), get=get, sleep=lambda s: None)
+    r = C.run_http(target(), get=get, sleep=lambda s: None)
     assert r.ok and r.attempts == 3 and r.status == 200 and get.calls[0] == ("http://h/", 2)
 
 
@@ -115,7 +116,7 @@ def test_http_check_retries_until_it_passes():
     (requests.exceptions.ConnectionError("Max retries ([Errno 111] Connection refused)"), "connection refused"),
 ])
 def test_http_check_failures_say_why(answer, error):
-    r = V.run_http(target(), get=Get([answer]), sleep=lambda s: None)
+    r = C.run_http(target(), get=Get([answer]), sleep=lambda s: None)
     assert not r.ok and r.attempts == 3 and error in r.error
 
 
@@ -123,21 +124,21 @@ def test_command_check_gets_the_exports_and_its_output_is_kept(tmp_path):
     code = "import os,sys; print('env', os.environ['ORCH_ENV']); sys.exit(0 if os.environ['X']=='1' else 4)"
     t = V.CheckTarget(name="smoke", kind="command", argv=(sys.executable, "-c", code), timeout=20, retries=0,
                       environ={"ORCH_ENV": "prod", "X": "1"})
-    r = V.run_command(t, cwd=str(tmp_path))
+    r = C.run_command(t, cwd=str(tmp_path))
     assert r.ok and r.status == 0 and r.output == ["env prod"]
-    bad = V.run_command(V.CheckTarget(**dict(t.__dict__, environ={"ORCH_ENV": "prod", "X": "0"})))
+    bad = C.run_command(V.CheckTarget(**dict(t.__dict__, environ={"ORCH_ENV": "prod", "X": "0"})))
     assert not bad.ok and bad.status == 4 and bad.error == "exited with code 4"
-    slow = V.run_command(V.CheckTarget(name="s", kind="command", argv=(sys.executable, "-c", "import time; time.sleep(5)"),
+    slow = C.run_command(V.CheckTarget(name="s", kind="command", argv=(sys.executable, "-c", "import time; time.sleep(5)"),
                                        timeout=0.5, retries=0))
     assert not slow.ok and "did not finish within 0.5s" in slow.error
-    missing = V.run_command(V.CheckTarget(name="m", kind="command", argv=("no-such-command-xyz",), retries=0))
+    missing = C.run_command(V.CheckTarget(name="m", kind="command", argv=("no-such-command-xyz",), retries=0))
     assert not missing.ok and "command not found" in missing.error
 
 
 def test_report_in_plan_order_and_json():
     targets = [target(name="a", node="n1"), target(name="b", node="n2"), target(name="c", kind="command", argv=("x",))]
     seen = []
-    report = V.run_checks(targets, env="prod", project="hello", release=7, on_result=seen.append, runners={
+    report = C.run_checks(targets, env="prod", project="hello", release=7, on_result=seen.append, runners={
         "http": lambda t: V.CheckResult(t.name, "http", t.url, t.name == "a", 1, 0.1, t.node),
         "command": lambda t: V.CheckResult(t.name, "command", t.target, True, 1, 0.1),
     })
@@ -156,7 +157,7 @@ def test_placement_from_state():
 
 
 def test_record_verification_writes_on_the_release(tmp_path):
-    from orchestrator import releases as R
+    from orchestrator.core import releases as R
 
     written = []
 

@@ -1,4 +1,4 @@
-"""orchestrator.yamlsrc: located YAML."""
+"""orchestrator.core.yamlsrc: located YAML."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from orchestrator.errors import InputError
-from orchestrator.yamlsrc import (
+from orchestrator.core.yamlsrc import (
     Loc,
     YList,
     YMap,

@@ -1,0 +1,654 @@
+"""`orch up` and `orch plan`: the Deployment engine. Planning is pure (orchestrator.core.specs,
+orchestrator.core.plan, orchestrator.core.rollout); this module connects (orchestrator.io.nodes),
+observes and applies.
+
+A `Deployment` is one `orch up`, in clearly separated steps:
+
+    prepare()   load nothing new: validate the project for the environment and compile
+                every service's spec (InputError here, before any connection).
+                Pinned image references (digests from the build / resolve step) come
+                in through DeployOptions.images: they are part of the config hash.
+    connect()   one SSH connection and one agent session per node, all or nothing
+                (an unreachable node fails before anything is touched)
+                -> hooks["connected"]        (the deploy lock goes here; observe()
+                                              then reads the state again, under it)
+    observe()   every node's `state`, in parallel, one call each
+    make_plan() place (stable: existing replicas stay), build per-node specs, plan
+                -> hooks["before_apply"]     (last checks before anything changes)
+    apply()     wave by wave; in a wave every service rolls on its own, in parallel:
+                its changed replicas in batches across its nodes, each batch on a node
+                one agent `rollout` (the agent waits for readiness); then `retire` of
+                moved replicas and the update_config monitor window. A failure the
+                service's policy does not tolerate puts the release back (`restore`)
+                or pauses.
+    cleanup()   remove moved / scaled-down replicas and, if asked, orphans
+    commit()    drop the previous release's kept containers (the release pipeline
+                calls it once the ledger has the release live)
+
+The connections are reused by every step and closed at the end. A no-op `up` makes
+exactly one `state` call per node and no `rollout` call. ps/logs/exec/down live in
+orchestrator.app.operate, the results in orchestrator.app.results.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.io import nodes as N
+from orchestrator.io import transport as T
+from orchestrator.errors import DeployError, InputError, OrchError, Problem
+from orchestrator.core.plan import CREATE, RECREATE, REMOVE, Observed, Plan, existing_slots, make_plan
+from orchestrator.core.progress import DONE, FAILED, RUNNING, SKIPPED, Progress
+from orchestrator.app.results import (DeployResult, _as_orch_error, _first_line, container_rows,
+                                      published_addresses)
+from orchestrator.core.shared_nodes import refuse_other_envs, refuse_taken_ports
+
+_sleep = time.sleep  # update_config delay and monitor waits (unit tests replace it)
+
+
+@dataclass
+class DeployOptions:
+    services: list[str] = field(default_factory=list)  # only these (and their dependencies)
+    dry_run: bool = False
+    remove_orphans: bool = False
+    images: dict[str, str] = field(default_factory=dict)  # service -> pinned reference (build step)
+    min_running: float = 1.0  # seconds a container without healthcheck must stay up
+    completion_timeout: float = 600.0  # for one-shot services a dependent waits for
+    # Drop the previous release's kept containers at the end of run(). The release
+    # pipeline says False and calls Deployment.commit() once the ledger has it live.
+    commit: bool = True
+
+
+# --------------------------------------------------------------------------- up
+
+
+@dataclass
+class StepFailure:
+    step: Any
+    error: OrchError
+
+
+class Deployment:
+    """One `orch up` (or `orch plan`): see the module docstring for the steps."""
+
+    def __init__(self, workspace: Any, options: DeployOptions | None = None, progress: Progress | None = None,
+                 connector: N.Connector | None = None):
+        if workspace.environment is None:
+            raise InputError(Problem("no environment given", fix="pass --env ENV"))
+        self.workspace = workspace
+        self.project = workspace.project
+        self.environment = workspace.environment
+        self.options = options or DeployOptions()
+        self.progress = progress or Progress()
+        self.connector = connector or N.ssh_connect
+        self.hooks: dict[str, list[Callable[["Deployment"], None]]] = {
+            "connected": [], "before_apply": []}
+        self.nodes: dict[str, Any] = {}
+        self.blueprint: Any = None
+        self.observed: dict[str, list[Observed]] = {}
+        self.units: dict = {}
+        self.taken: dict = {}  # node -> host ports other projects hold there (observe)
+        self.plan: Plan | None = None
+        self.timings: dict[str, float] = {}
+        self.warnings: list[str] = []
+        self.degraded: list[str] = []
+        self.auths: dict[str, dict] = {}  # service -> pull credentials of its image's own registry
+        self.ingress: dict[str, dict] = {}  # node -> the project's ingress frontends there (state)
+        self.journal: Any = None  # orchestrator.core.rollout.Journal of what apply() replaced
+        self._journal_lock = threading.Lock()
+        self._watch: list[_Watched] = []  # replaced replicas inside their monitor window
+        self._t0 = time.monotonic()
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _timed(self, name: str, t0: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - t0
+
+    def warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+            self.progress.warning(text)
+
+    def prepare(self) -> None:
+        from orchestrator.core.specs import compile_blueprint
+        from orchestrator.io.files import local_sources
+
+        t0 = time.monotonic()
+        for p in getattr(self.project, "warnings", []):
+            self.warn(p.render())
+        self.blueprint = compile_blueprint(self.project, self.environment, self.options.services,
+                                           self.options.images, sources=local_sources())
+        for w in self.blueprint.warnings:
+            self.warn(w)
+        self.auths = self._registry_auths()
+        self._timed("prepare", t0)
+
+    def _registry_auths(self) -> dict[str, dict]:
+        """Per service, the credentials of the registry its image is pulled from (`registry:`
+        or a `registries:` entry), if any: a node's engine sends a pull's credentials to the
+        image's registry, whichever registry they belong to."""
+        from orchestrator.io.images import pull_auth
+
+        cache: dict[str, Any] = {}
+        out = {}
+        for name, bp in self.blueprint.services.items():
+            auth = pull_auth(self.environment, bp.image, cache=cache)
+            if auth:
+                out[name] = auth
+        return out
+
+    def connect(self) -> None:
+        t0 = time.monotonic()
+        names = [n.name for n in self.environment.nodes]
+        self.progress.phase("connect", f"connecting to {len(names)} node(s): {', '.join(names)}", nodes=names)
+        self.nodes = self.connector(self.environment, self.progress, self.project.name)
+        self._timed("connect", t0)
+        self._run_hooks("connected")
+
+    def observe(self) -> None:
+        t0 = time.monotonic()
+        self.progress.phase("observe", f"reading the state of {len(self.nodes)} node(s)")
+        # After a "connected" hook (the deploy lock) the state read with hello may be stale.
+        owners: dict = {}
+        self.observed = N.observe_nodes(self.nodes, self.project.name, fresh=bool(self.hooks["connected"]),
+                                      ingress=self.ingress, env=self.environment.name, owners=owners,
+                                      taken=self.taken)
+        refuse_other_envs(self.environment, self.project.name, owners)
+        self._timed("observe", t0)
+
+    def make_plan(self) -> Plan:
+        from orchestrator.core.specs import node_addresses, node_infos
+
+        t0 = time.monotonic()
+        order = [n.name for n in self.environment.nodes]
+        slots = self.blueprint.place(node_infos(self.environment), existing_slots(self.observed))
+        import socket
+
+        self.units, warnings = self.blueprint.units(slots, node_addresses(self.environment, socket.gethostbyname),
+                                                    order)
+        for w in warnings:
+            self.warn(w)
+        refuse_taken_ports(self.project, self.blueprint, self.units, self.taken)
+        self.plan = make_plan(self.project.name, self.environment.name, self.blueprint.waves, self.units,
+                              self.observed, self.blueprint.project_services, self.options.remove_orphans, order,
+                              ingress=self.ingress)
+        for w in self.plan.warnings:
+            self.warn(w)
+        self.progress.show_plan(self.plan)
+        self._timed("plan", t0)
+        return self.plan
+
+    def apply(self) -> None:
+        """Wave by wave; in a wave every service rolls on its own, in parallel: its changed
+        replicas in batches across its nodes (orchestrator.core.rollout), each batch on a node
+        one agent `rollout`. Then the monitor window. A failure the service's update
+        policy does not tolerate ends in _failed (the whole release put back, or paused)."""
+        from orchestrator.core.rollout import Journal
+
+        t0 = time.monotonic()
+        plan = self.plan
+        assert plan is not None
+        self._run_hooks("before_apply")
+        self.journal = Journal()
+        for node, count in _parallel_applies(plan).items():
+            prewarm = getattr(self.nodes.get(node), "prewarm", None)
+            if prewarm is not None and count > 1:
+                prewarm(count, self.project.name)
+        try:
+            for i, wave in enumerate(plan.waves, 1):
+                services = [s for s in wave if any(st.needs_apply for st in plan.wave_steps(i) if st.service == s)]
+                if not services:
+                    continue
+                self.progress.phase("apply", f"wave {i}/{len(plan.waves)}: {', '.join(wave)}", wave=i)
+                pool = ThreadPoolExecutor(max_workers=len(services), thread_name_prefix="orch-roll")
+                try:
+                    futures = {name: pool.submit(self._roll_service, i, name,
+                                                 [st for st in plan.wave_steps(i) if st.service == name])
+                               for name in services}
+                    failures = {name: f.result() for name, f in futures.items()}
+                except BaseException:
+                    # Ctrl-C (or a bug): close the sessions so each agent sees EOF, cancels its
+                    # rollout and puts its batch back. Re-running converges.
+                    self.close()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                pool.shutdown(wait=True)
+                fatal: list[StepFailure] = []
+                for name, fails in failures.items():
+                    if not fails:
+                        continue
+                    if self._optional(name):
+                        self.degraded.append(name)
+                        self.warn(f"{name} failed on {fails[0].step.node}, but every dependent marks it "
+                                  f"required: false; going on. {fails[0].error.message.splitlines()[0]}")
+                        continue
+                    fatal.extend(fails)
+                if fatal:
+                    for st in plan.steps:
+                        if st.wave > i and st.needs_apply:
+                            self.progress.step(st.wave, st.service, st.node, SKIPPED)
+                    later = [s for w in plan.waves[i:] for s in w]
+                    raise self._failed(fatal, later)
+            self._retire_moved()
+            self._monitor()
+        finally:
+            self._timed("apply", t0)
+
+    def _policy(self, service: str) -> Any:
+        from orchestrator.core.rollout import UpdatePolicy
+
+        bp = self.blueprint.services.get(service) if self.blueprint is not None else None
+        return getattr(bp, "policy", None) or UpdatePolicy()
+
+    def _ingress_args(self, service: str) -> dict | None:
+        bp = self.blueprint.services.get(service) if self.blueprint is not None else None
+        ingress = getattr(bp, "ingress", None)
+        return ingress.agent_args() if ingress is not None else None
+
+    def _rollback_ingress_args(self, node: str, service: str) -> dict | None:
+        """The ingress a rollback puts back on node: the frontend the service had there
+        before this release (port and health check, as observed), else this release's
+        (restore drops that one when the kept containers publish the port themselves)."""
+        now = self._ingress_args(service)
+        before = (self.ingress.get(node) or {}).get(service)
+        if not before or not before.get("port"):
+            return now
+        args = {"port": dict(before["port"]), "health": dict(before.get("health") or {})}
+        if now is not None:
+            args["drain_timeout"] = now["drain_timeout"]
+        return args
+
+    def _roll_service(self, wave: int, service: str, steps: list[Any]) -> list[StepFailure]:
+        """One service's rolling update; its failures ([] when it went through, or when the
+        policy tolerated them)."""
+        from orchestrator.core.rollout import Slot, batches, by_node, too_many_failures
+
+        policy = self._policy(service)
+        by_step = {st.node: st for st in steps}
+        slots = [Slot(st.node, a.replica, a.kind) for st in steps for a in st.changes if a.kind in (CREATE, RECREATE)]
+        plan_batches = batches(slots, policy.parallelism)
+        failures: list[StepFailure] = []
+        failed = replaced = 0
+        exceeded = False
+        for k, batch in enumerate(plan_batches, 1):
+            if k > 1 and policy.delay > 0:
+                self.progress.event("delay", service=service, seconds=policy.delay)
+                _sleep(policy.delay)
+            groups = by_node(batch)
+            self.progress.event("batch", service=service, batch=k, batches=len(plan_batches), wave=wave,
+                                replicas=[{"node": s.node, "replica": s.replica} for s in batch])
+            results, errors = T.parallel(list(groups.items()), lambda item: self._rollout(
+                wave, by_step[item[0]], item[1], k, policy), key=lambda item: item[0])
+            for node, res in sorted(results.items()):
+                self._journal_add(service, node, wave, res.get("replaced") or [], policy)
+            replaced += len(batch)
+            for node, err in sorted(errors.items()):
+                failures.append(StepFailure(by_step[node], _as_orch_error(node, err)))
+                failed += len(groups[node])
+            if errors and too_many_failures(failed, replaced, policy.max_failure_ratio):
+                exceeded = True
+                if policy.failure_action != "continue":
+                    return failures
+        if failures and not exceeded:
+            self.warn(f"{service}: {failed} of {replaced} replica(s) failed to update and stayed on the previous "
+                      f"release (within max_failure_ratio {policy.max_failure_ratio:g}): "
+                      f"{failures[0].error.message.splitlines()[0]}")
+            failures = []
+        # Nodes where nothing was replaced but a kept container must be waited for, or the
+        # ingress is not what the containers need.
+        for st in steps:
+            if not st.changes and (st.wait_only or st.ingress):
+                try:
+                    self._rollout(wave, st, [], 0, policy)
+                except BaseException as err:  # noqa: BLE001 - reported like a failed batch
+                    failures.append(StepFailure(st, _as_orch_error(st.node, err)))
+        if failures:
+            return failures
+        # Replicas no longer wanted on a node (scaled down, moved): stopped and kept.
+        for st in steps:
+            gone = [a.replica for a in st.actions if a.kind == REMOVE]
+            if gone:
+                try:
+                    self._retire(wave, service, st.node, gone)
+                except BaseException as err:  # noqa: BLE001
+                    failures.append(StepFailure(st, _as_orch_error(st.node, err)))
+        return failures
+
+    def _rollout(self, wave: int, step: Any, replicas: list[int], batch: int, policy: Any) -> dict:
+        unit = step.unit
+        t0 = time.monotonic()
+        what = ", ".join(f"{a.kind} {a.replica}" for a in step.changes if a.replica in replicas)
+        detail = (f"batch {batch}: {what}" if batch else "") or ("waiting" if step.wait_only else "ingress")
+        self.progress.step(step.wave, step.service, step.node, RUNNING, detail=detail)
+        args: dict[str, Any] = {"spec": unit.spec, "replicas": list(replicas), "order": policy.order,
+                                "wait": unit.wait, "min_running": self.options.min_running,
+                                "timeout": self.options.completion_timeout, "min_healthy": policy.min_healthy_time,
+                                "batch": batch, "ingress": self._ingress_args(step.service)}
+        if policy.healthy_deadline is not None:
+            args["deadline"] = policy.healthy_deadline
+        auth = self.auths.get(step.service)
+        if auth:
+            args["auth"] = auth
+        try:
+            result = self.nodes[step.node].call(
+                "rollout", args, on_event=lambda ev: self.progress.agent_event(step.wave, step.service, step.node, ev))
+        except BaseException as err:
+            if isinstance(err, OrchError):
+                self.progress.step(step.wave, step.service, step.node, FAILED,
+                                   detail=_first_line(err).removeprefix(f"{step.node}: "),
+                                   seconds=time.monotonic() - t0)
+            raise
+        actions = [f"{c['action']} {c['replica']}" for c in result.get("containers", []) if c["action"] != "unchanged"]
+        self.progress.step(step.wave, step.service, step.node, DONE, detail=", ".join(actions) or "ready",
+                           seconds=time.monotonic() - t0)
+        return result
+
+    def _journal_add(self, service: str, node: str, wave: int, records: list[dict], policy: Any) -> None:
+        with self._journal_lock:
+            self.journal.add(service, node, wave, records)
+            now = time.monotonic()
+            for rec in records:
+                if rec.get("old") is not None and rec.get("new") and policy.monitor > 0:
+                    self._watch.append(_Watched(node, service, rec["replica"], rec["new"]["id"],
+                                                now + policy.monitor, policy.monitor))
+
+    def _retire(self, wave: int, service: str, node: str, replicas: list[int] | None) -> None:
+        self.progress.step(wave, service, node, "removing")
+        args: dict[str, Any] = {"project": self.project.name, "service": service, "env": self.environment.name,
+                                "ingress": self._ingress_args(service)}
+        if replicas is not None:
+            args["replicas"] = replicas
+        res = self.nodes[node].call("retire", args)
+        with self._journal_lock:
+            self.journal.add(service, node, wave, [dict(r, new=None) for r in res.get("retired", [])])
+        self.progress.step(wave, service, node, "removed")
+
+    def _retire_moved(self) -> None:
+        """Services the plan takes off a node entirely: stopped and kept, like replaced ones."""
+        plan = self.plan
+        assert plan is not None
+        moved = [r for r in plan.removals if not r.orphan]
+        if not moved:
+            return
+        wave = len(plan.waves) + 1
+        self.progress.phase("cleanup", f"stopping {sum(len(r.actions) for r in moved)} container(s) no longer "
+                            "placed there")
+        _, errors = T.parallel(moved, lambda r: self._retire(wave, r.service, r.node, r.replicas),
+                               key=lambda r: f"{r.service}@{r.node}")
+        if errors:
+            failures = []
+            for key, err in sorted(errors.items()):
+                service, node = key.split("@", 1)
+                failures.append(StepFailure(_Where(service, node), _as_orch_error(node, err)))
+            raise self._failed(failures, [])
+
+    def _monitor(self) -> None:
+        """Swarm's monitor window: a replaced replica that fails within `monitor` of its
+        replacement fails the update. Waits for the last window, then reads each node once."""
+        if not self._watch:
+            return
+        until = max(w.until for w in self._watch)
+        left = until - time.monotonic()
+        if left > 0:
+            self.progress.phase("monitor", f"watching {len(self._watch)} new container(s) for {left:.0f}s "
+                                "(update_config.monitor)")
+            _sleep(left)
+        nodes = sorted({w.node for w in self._watch})
+        states, errors = T.parallel(nodes, lambda n: self.nodes[n].call(
+            "state", {"project": self.project.name}), key=lambda n: n)
+        failures: list[StepFailure] = []
+        for node, err in sorted(errors.items()):
+            failures.append(StepFailure(_Where("", node), _as_orch_error(node, err)))
+        for node, res in sorted(states.items()):
+            by_id = {c.get("id"): c for c in res.get("containers") or []}
+            for w in self._watch:
+                if w.node != node:
+                    continue
+                service, replica, window = w.service, w.replica, w.window
+                c = by_id.get(w.container_id)
+                bad = ""
+                if c is None:
+                    bad = "was removed"
+                elif c.get("state") != "running":
+                    bad = f"is {c.get('state')} (exit code {c.get('exit_code')})"
+                elif c.get("health") == "unhealthy":
+                    bad = "became unhealthy"
+                elif int(c.get("restart_count") or 0) > 0:
+                    bad = f"restarted {c.get('restart_count')} time(s)"
+                if bad:
+                    failures.append(StepFailure(_Where(service, node), DeployError(
+                        f"service {service} replica {replica} on {node} {bad} within {window:g}s of its "
+                        "update (update_config.monitor)",
+                        fix=f"see why in its logs (orch logs --env {self.environment.name} {service}); a re-run "
+                        "deploys the same containers, so fix the cause first",
+                        details={"service": service, "node": node, "replica": replica})))
+        if failures:
+            raise self._failed(failures, [])
+
+    def _failed(self, failures: list[StepFailure], not_started: list[str]) -> DeployError:
+        """The error for failures no policy tolerates, after the release was put back
+        (failure_action rollback, orch's default) or left as it is (pause, continue)."""
+        err = self._deploy_error(failures, not_started)
+        # Several services failing at once: the safest of their actions (rollback first).
+        actions = {self._policy(f.step.service).failure_action if f.step.service else "rollback" for f in failures}
+        action = next(a for a in ("rollback", "pause", "continue") if a in actions)
+        err.details["failure_action"] = action
+        if action != "rollback":
+            if self.journal:
+                done = sorted({f"{e.service} on {e.node}" for e in self.journal.entries})
+                err.message += (f"\nUpdate {'paused' if action == 'pause' else 'stopped'} (failure_action: {action}): "
+                                f"{len(self.journal.entries)} replica(s) already run the new release "
+                                f"({', '.join(done)}); re-run `orch up` to go on, or `orch rollback --to LIVE` (the live release's "
+                                "id, see `orch history`) to put them back.")
+            err.details["rolled_back"] = False
+            return err
+        restored, problems = self.rollback() if self.journal else ([], [])
+        # A failed batch is put back by its node's agent before it answers.
+        for f in failures:
+            where = f"{f.step.service} on {f.step.node}"
+            if isinstance(f.error, T.AgentError) and f.error.details.get("restored") and where not in restored:
+                restored.append(f"{where} (the failed batch, put back by the node's agent)")
+        err.details["rolled_back"] = not problems
+        err.details["restored"] = restored
+        if problems:
+            err.details["rollback_errors"] = problems
+            err.message += ("\nRolled back, except: " + "; ".join(problems) +
+                            ". Re-run `orch up` (or `orch rollback`) once the node is back.")
+        elif restored:
+            err.message += ("\nRolled back: every replica this release replaced is back on the previous release's "
+                            f"container ({', '.join(restored)}).")
+        else:
+            err.message += "\nNothing had been replaced yet: the previous release still runs everywhere."
+        return err
+
+    def rollback(self) -> tuple[list[str], list[str]]:
+        """Put back everything this release replaced, latest wave first: (what, problems)."""
+        restored: list[str] = []
+        problems: list[str] = []
+        groups = self.journal.undo_order()
+        total = sum(len(es) for g in groups for _, _, es in g)
+        self.progress.phase("rollback", f"rolling back {total} replica(s) of {', '.join(self.journal.services())}")
+        for group in groups:
+            def one(item: tuple[str, str, list[Any]]) -> None:
+                service, node, entries = item
+                self.progress.step(entries[0].wave, service, node, RUNNING, detail="rolling back")
+                args = {"project": self.project.name, "service": service, "env": self.environment.name,
+                        "ingress": self._rollback_ingress_args(node, service),
+                        "replicas": [{"replica": e.replica, "was_running": e.was_running} for e in entries]}
+                self.nodes[node].call("restore", args, on_event=lambda ev: self.progress.agent_event(
+                    entries[0].wave, service, node, ev))
+                self.progress.step(entries[0].wave, service, node, "rolled back")
+
+            _, errors = T.parallel(group, one, key=lambda item: f"{item[0]} on {item[1]}")
+            for name in sorted(f"{s} on {n}" for s, n, _ in group):
+                if name in errors:
+                    problems.append(f"{name}: {_first_line(_as_orch_error(name.rsplit(' ', 1)[-1], errors[name]))}")
+                else:
+                    restored.append(name)
+        return restored, problems
+
+    def has_kept(self) -> bool:
+        """Whether the last observed state has containers kept for a rollback."""
+        return any(c.retired for cs in self.observed.values() for c in cs)
+
+    def commit(self) -> None:
+        """The release is live: drop the containers kept for its rollback (best effort; the
+        next deploy drops whatever is left)."""
+        _, errors = T.parallel(list(self.nodes.items()), lambda item: item[1].call(
+            "discard", {"project": self.project.name, "env": self.environment.name}), key=lambda item: item[0])
+        for node, err in sorted(errors.items()):
+            self.warn(f"{node}: could not remove the previous release's kept containers "
+                      f"({getattr(err, 'message', err)}); the next deploy removes them")
+
+    def _optional(self, service: str) -> bool:
+        """A failed service blocks nothing when every dependent has `required: false` on it."""
+        deps = [bp.dependencies[service] for bp in self.blueprint.services.values() if service in bp.dependencies]
+        return bool(deps) and all(not d.required for d in deps)
+
+    def _deploy_error(self, failures: list[StepFailure], not_started: list[str]) -> DeployError:
+        first = failures[0]
+        step, err = first.step, first.error
+        details: dict[str, Any] = {"service": step.service, "node": step.node}
+        where = f"deploy of {self.project.name} to {self.environment.name} failed on node {step.node}"
+        fix = None
+        if isinstance(err, T.AgentError):
+            reason = err.message.split(": ", 1)[1] if err.message.startswith(f"{step.node}: ") else err.message
+            text = f"{where}: {reason}"
+            logs = err.details.get("logs") or []
+            if logs:
+                text += f"\nLast {len(logs)} log lines of {err.details.get('container', step.service)}:\n"
+                text += "\n".join(f"  | {ln}" for ln in logs)
+            details.update({k: err.details[k] for k in ("replica", "container", "exit_code", "health", "logs")
+                            if k in err.details})
+            details["reason"] = reason
+            details["kind"] = err.kind
+            fix = err.details.get("fix")
+        else:
+            text = f"{where} while applying {step.service}: {err.message}"
+            details["reason"] = err.message
+            details.update({k: v for k, v in (getattr(err, "details", None) or {}).items() if k == "replica"})
+            fix = getattr(err, "fix", None) or "re-run `orch up`: applying again converges."
+        for other in failures[1:]:
+            text += f"\nAlso failed: {other.step.service} on {other.step.node}: {_first_line(other.error)}"
+        if not_started:
+            text += f"\nNot started: {', '.join(not_started)}."
+        details["not_started"] = not_started
+        return DeployError(text, fix=fix, details=details)
+
+    def cleanup(self) -> None:
+        """Orphans (with --remove-orphans): removed, they are not part of any release."""
+        plan = self.plan
+        assert plan is not None
+        orphans = [r for r in plan.removals if r.orphan]
+        if not orphans:
+            return
+        t0 = time.monotonic()
+        self.progress.phase("cleanup", f"removing {sum(len(r.actions) for r in orphans)} orphan container(s)")
+        wave = len(plan.waves) + 1
+
+        def remove(r: Any) -> None:
+            self.progress.step(wave, r.service, r.node, "removing")
+            self.nodes[r.node].call("remove", {"project": self.project.name, "service": r.service,
+                                               "env": self.environment.name})
+            self.progress.step(wave, r.service, r.node, "removed")
+
+        _, errors = T.parallel(orphans, remove, key=lambda r: f"{r.service}@{r.node}")
+        self._timed("cleanup", t0)
+        if errors:
+            name, err = sorted(errors.items())[0]
+            raise DeployError(f"removing {name} failed: {err}", fix="re-run `orch up`")
+
+    def _run_hooks(self, name: str) -> None:
+        for hook in self.hooks[name]:
+            hook(self)
+
+    def close(self) -> None:
+        N.close_nodes(self.nodes)
+        self.nodes = {}
+
+    # -- the whole command -------------------------------------------------------------
+
+    def run(self, close: bool = True) -> DeployResult:
+        """The whole command. close=False leaves the connections open for the caller
+        (orchestrator.app.pipeline records the release and verifies over them, then calls
+        close()); an interrupted apply closes them anyway."""
+        self._t0 = time.monotonic()
+        self.prepare()
+        try:
+            self.connect()
+            self.observe()
+            plan = self.make_plan()
+            if self.options.dry_run:
+                return self._result("planned")
+            if plan.is_noop and not any(s.needs_apply for s in plan.steps):
+                if self.options.commit and self.has_kept():
+                    self.commit()  # left by an earlier deploy that stopped before it was live
+                return self._result("ok")
+            self.apply()
+            self.cleanup()
+            if self.options.commit:
+                self.commit()
+            t0 = time.monotonic()
+            self.observed = N.observe_nodes(self.nodes, self.project.name, fresh=True, env=self.environment.name)
+            self._timed("observe", t0)
+            return self._result("ok")
+        finally:
+            if close:
+                self.close()
+
+    def _result(self, status: str) -> DeployResult:
+        assert self.plan is not None
+        hosts = {n.name: n.host for n in self.environment.nodes}
+        rows = container_rows(self.observed, hosts)
+        addresses = published_addresses(rows)
+        for name, bp in (self.blueprint.services.items() if self.blueprint is not None else ()):
+            if getattr(bp, "ingress", None) is not None:  # served by each node's ingress
+                nodes = sorted({r.node for r in rows if r.service == name and r.state == "running"},
+                               key=lambda n: list(hosts).index(n) if n in hosts else 99)
+                ip = bp.ingress.host_ip
+                addresses[name] = sorted(set(addresses.get(name, [])) | {
+                    f"{hosts.get(n, n) if ip in ('', '0.0.0.0') else ip}:{bp.ingress.published}" for n in nodes})
+        return DeployResult(
+            project=self.project.name, environment=self.environment.name, status=status, plan=self.plan,
+            changed=[] if status == "planned" else self.plan.changed_services(), containers=rows,
+            addresses=dict(sorted(addresses.items())), duration_s=time.monotonic() - self._t0, timings=dict(self.timings),
+            warnings=list(self.warnings), dry_run=status == "planned", degraded=list(self.degraded),
+        )
+
+
+def _parallel_applies(plan: Plan) -> dict[str, int]:
+    """Per node, the most `apply` calls any one wave makes there at once."""
+    out: dict[str, int] = {}
+    for i in range(1, len(plan.waves) + 1):
+        per: dict[str, int] = {}
+        for s in plan.wave_steps(i):
+            if s.needs_apply:
+                per[s.node] = per.get(s.node, 0) + 1
+        for node, n in per.items():
+            out[node] = max(out.get(node, 0), n)
+    return out
+
+
+@dataclass(frozen=True)
+class _Watched:
+    """A replaced replica's new container, watched until `until` (update_config.monitor)."""
+
+    node: str
+    service: str
+    replica: int
+    container_id: str
+    until: float  # time.monotonic()
+    window: float
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a failure happened when it is not one plan step (monitor, moved replicas)."""
+
+    service: str
+    node: str
+    wave: int = 0

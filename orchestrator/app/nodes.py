@@ -1,0 +1,158 @@
+"""`orch nodes check` and `orch nodes trust`: every requirement of each node of an
+environment checked (reachable, host key, auth, python3, Docker Engine, agent, disk,
+ingress), and host keys scanned and recorded (orchestrator.io.transport)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from orchestrator.core.compose.units import human_size
+
+LOW_DISK = 1 << 30  # below 1 GiB free, pulls and logs will soon fail
+
+
+def load_nodes(env: str, environments: Any) -> tuple[Any, list, Any]:
+    """(Environment, its nodes as transport targets, the SSH options)."""
+    from orchestrator.core.environments import load_environment
+    from orchestrator.io.transport import options_from_env, target_from_node
+
+    environment = load_environment(env, environments_dir=environments)
+    return environment, [target_from_node(n) for n in environment.nodes], options_from_env(environment)
+
+
+@dataclass
+class NodeCheck:
+    node: str
+    address: str
+    reachable: bool | None = None
+    auth: bool | None = None
+    host_key: str = ""  # trusted | unknown | changed ("" when not reached)
+    python: str | None = None
+    docker: str | None = None
+    agent: str | None = None
+    bundle: str | None = None
+    disk_free: int | None = None
+    # The node's HAProxy ingress (agent ingress_status): installed, version, running,
+    # frontends [{project, service, port, status, servers_up, servers}]; None: not asked.
+    ingress: dict | None = None
+    problems: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def problem(self, err: Any) -> None:
+        message = getattr(err, "message", None) or str(err)
+        self.problems.append({"message": message, "fix": getattr(err, "fix", None) or ""})
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+
+def check_node(target: Any, options: Any, bundle: Any) -> NodeCheck:
+    """Every requirement of one node, in order; stops at the first that blocks the rest."""
+    from orchestrator.io import transport as T
+
+    result = NodeCheck(target.name, target.address)
+    try:
+        conn = T.connect(target, options)
+    except T.HostUnreachable as err:
+        result.reachable = False
+        err.fix = err.fix or "check the node's host/port in the environment file, that it is up and sshd runs."
+        result.problem(err)
+        return result
+    except (T.UnknownHostKey, T.HostKeyChanged) as err:
+        result.reachable = True
+        result.host_key = "unknown" if isinstance(err, T.UnknownHostKey) else "changed"
+        result.problem(err)
+        return result
+    except T.TransportError as err:
+        result.reachable = True
+        result.auth = False
+        result.problem(err)
+        return result
+    result.reachable, result.auth, result.host_key = True, True, "trusted"
+    try:
+        result.python = ".".join(map(str, T.python_version(conn)))
+        session = T.AgentSession.open(conn, bundle)
+        try:
+            result.agent = session.hello.get("agent_version")
+            result.bundle = session.hello.get("bundle")
+            info = session.call("info")
+            try:
+                ingress = session.call("ingress_status") if info.get("engine") else None
+            except T.AgentError:
+                ingress = None  # its state is kept per engine: nothing to say without one
+        finally:
+            session.close()
+        result.ingress = None if ingress is None else {
+            "installed": ingress.get("installed"), "version": ingress.get("version"),
+            "running": ingress.get("running"), "pid": ingress.get("pid"),
+            "frontends": [{"project": f["project"], "service": f["service"], "port": f["port"]["published"],
+                           "status": f["status"], "servers": len(f["servers"]),
+                           "servers_up": sum(1 for x in f["servers"] if x["status"] == "UP")}
+                          for f in ingress.get("frontends") or []]}
+        for text in (ingress or {}).get("problems") or []:
+            result.problem(T.NodeRequirementError(
+                f"ingress: {text}",
+                fix="re-run `orch up` for the project (it starts HAProxy again and syncs its servers); "
+                "a missing HAProxy: apt-get install haproxy on the node"))
+        if info.get("engine"):
+            result.docker = info["engine"].get("version")
+        else:
+            result.problem(T.NodeRequirementError(
+                f"Docker Engine is not usable: {info.get('engine_error')}",
+                fix="install Docker Engine (Debian: apt-get install docker.io), start it, and make it reachable "
+                "for the SSH user (DOCKER_HOST or the docker group).",
+            ))
+        disks = info.get("disk") or {}
+        disk = disks.get("docker_root") or disks.get("state_dir")
+        if disk:
+            result.disk_free = disk["free"]
+            if disk["free"] < LOW_DISK:
+                result.problem(T.NodeRequirementError(
+                    f"only {human_size(disk['free'])} free on the node's disk",
+                    fix="free some space (docker system prune, or orch's prune) or grow the disk.",
+                ))
+    except T.TransportError as err:
+        result.problem(err)
+    except T.AgentError as err:
+        result.problem(err)
+    finally:
+        conn.close()
+    return result
+
+
+def check_nodes(targets: list, options: Any) -> list[NodeCheck]:
+    """check_node on every node in parallel, in the targets' order."""
+    from orchestrator.io.agent_bundle import current_bundle
+    from orchestrator.io.transport import parallel
+
+    bundle = current_bundle()
+    results, errors = parallel(targets, lambda t: check_node(t, options, bundle))
+    checks = []
+    for t in targets:
+        if t.name in results:
+            checks.append(results[t.name])
+        else:  # a bug in a check must not hide the other nodes' results
+            c = NodeCheck(t.name, t.address)
+            c.problem(errors[t.name])
+            checks.append(c)
+    return checks
+
+
+def scan_host_keys(targets: list, options: Any) -> list:
+    """[(HostKeyStatus, key)] per target, read without trusting (io.transport.scan_host_keys)."""
+    from orchestrator.io import transport as T
+
+    return T.scan_host_keys(targets, options)
+
+
+def record_host_key(target: Any, key: Any, options: Any) -> None:
+    """Append a checked key to the known_hosts file (io.transport.record_host_key)."""
+    from orchestrator.io import transport as T
+
+    T.record_host_key(target, key, options)

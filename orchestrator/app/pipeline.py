@@ -1,0 +1,647 @@
+"""The release pipeline: `orch up` (orchestrator.app.up), `orch promote` and `orch rollback`
+(orchestrator.app.release) and `orch down` (here) as releases, under the environment's
+deploy lock. This module holds what they share: options, results, the flow (`_Flow`:
+connect, lock, history, deploy, record, verify, prune) and its helpers.
+
+orchestrator.app.deploy stays the one deploy engine; this module composes it with the
+images step (orchestrator.io.images), the lock (orchestrator.io.lock), the ledger
+(orchestrator.core.releases) and verification (orchestrator.core.verify):
+
+    up        validate (exit 2, nothing touched) -> registry preflight, build, push, pin
+              (exit 1, nothing touched) -> connect every node -> take the lock ->
+              read the ledger (a release left "deploying" by a killed controller is
+              marked failed: nobody else can be deploying while we hold the lock) ->
+              observe, plan -> record the release "deploying" -> apply -> "live" (the
+              previous live one "superseded") or "failed" with the reason -> verify when
+              the environment says `verify: on_deploy` (recorded on the release) ->
+              remove the project's images beyond the last N releases -> release the lock.
+              A no-op (no container changes, same digests, same rendered project) makes
+              no release: "already live as dev #N".
+    promote   read the source environment's live release and its health (meanwhile
+              connect to the target) -> take the target's lock, read its ledger -> gates
+              (live, healthy, verified, approved: GateRefused, exit 3) -> the target's
+              registry answers and holds the digests (else exit 1 / 2, nothing changed) ->
+              deploy the source's *base* project (after interpolation, before any
+              overlay) with the TARGET's overlay and exactly the source's digests;
+              nothing is rebuilt. A release already live in the target is a no-op that
+              says so.
+    rollback  re-apply an earlier release's recorded *rendered* project and digests (not
+              today's files) as a new release marked as a rollback of the live one; the
+              images are still on the nodes (see prune), so nothing is pulled.
+    down      the lock, then orchestrator.app.operate.take_down.
+
+What a release records to be redeployable anywhere: `manifest` (the rendered project,
+images pinned, `build:` dropped) and `extra.base` (the same before the environment
+overlay), both with secrets masked (releases.redact_manifest; nothing derived from them). To
+deploy a recorded project, its secrets are put back from today's Compose files and
+environment (releases.restore_secrets): always today's value (the old one is stored
+nowhere, and a rotated password must keep working); a value whose non-secret part
+changed too is reported as a warning; a secret that is no longer provided at all fails
+the command (exit 2) before anything changes.
+
+A verification that fails after a deploy leaves the release live (its containers run)
+but recorded as not verified, so a gate that requires verification refuses to promote
+it; the command exits 1.
+
+The lock is taken on dedicated agent sessions (one more channel per node on the
+deploy's own SSH connections): a controller killed with SIGKILL frees it at once.
+`--dry-run` takes no lock and writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import InputError, OrchError, Problem
+from orchestrator.limits import SECRET_MAX_BYTES, read_bounded
+from orchestrator.core.progress import JSON_VERSION, Progress
+from orchestrator.core.releases import (
+    DEFAULT_KEEP_IMAGES,
+    DEPLOYING,
+    History,
+    Performer,
+    Release,
+    ReleaseRef,
+    images_to_keep,
+    mark_failed,
+    mark_live,
+    restore_secrets,
+    with_verification,
+)
+from orchestrator.io.ledger import ReleaseLedger, detect_performer
+
+INTERRUPTED = ("interrupted: the controller deploying it stopped before it finished (killed, or its connection "
+               "broke); the next deploy found it under the lock and took over")
+KEEP_IMAGES_VARIABLE = "ORCH_KEEP_IMAGES"
+
+
+class VerificationFailed(OrchError):
+    """The release deployed and is live, but a verify check failed (exit 1)."""
+
+
+# --------------------------------------------------------------------------- options, seams
+
+
+@dataclass
+class PipelineOptions:
+    services: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    remove_orphans: bool = False
+    lock_wait: float = 0.0  # seconds to wait for another deployer's lock (0: fail at once, exit 4)
+    version: str | None = None  # image tag override (up)
+    build: bool = True  # up: build and push (False: look the version's tags up in the registry)
+    approve: bool = False  # promote
+    keep_images: int = DEFAULT_KEEP_IMAGES
+    command_line: str = ""  # shown to a second deployer as the lock holder's command
+
+
+@dataclass
+class Seams:
+    """What talks to the world, replaceable in tests."""
+
+    connector: Callable[..., dict] | None = None  # nodes.ssh_connect(environment, progress, project)
+    locker: Callable[..., Any] | None = None  # (nodes, env, holder, wait, on_wait) -> handle with .release()
+    images: Callable[..., Any] | None = None  # images.prepare_images
+    preflight: Callable[[Any, Mapping[str, str]], None] | None = None  # promote: registry + digests there
+    check_runners: Mapping[str, Callable[..., Any]] | None = None  # verify.run_checks runners
+    performer: Performer | None = None
+    environ: Mapping[str, str] | None = None
+
+
+def keep_images_default(environ: Mapping[str, str] | None = None) -> int:
+    """How many releases' images the nodes keep: $ORCH_KEEP_IMAGES, else 5."""
+    text = (os.environ if environ is None else environ).get(KEEP_IMAGES_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_KEEP_IMAGES
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(Problem(f"{KEEP_IMAGES_VARIABLE}={text!r} must be a whole number of releases, 1 or more",
+                                 fix=f"unset it (default {DEFAULT_KEEP_IMAGES}) or set e.g. {KEEP_IMAGES_VARIABLE}=5"))
+    return int(text)
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class PipelineResult:
+    command: str  # up | promote | rollback
+    project: str
+    environment: str
+    status: str  # ok | planned | failed (deployed, but verification failed)
+    deploy: Any = None  # results.DeployResult (None for a no-op promotion)
+    release: Release | None = None  # the new release, or the live one on a no-op
+    new_release: bool = False
+    message: str = ""
+    images: dict[str, str] = field(default_factory=dict)
+    image_version: str = ""
+    pushed: list[dict] = field(default_factory=list)
+    source: ReleaseRef | None = None
+    verification: dict | None = None
+    pruned: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    error: OrchError | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return self.error.exit_code if self.error is not None else 0
+
+    def to_json(self) -> dict:
+        if self.deploy is not None:
+            out = self.deploy.to_json()
+        else:
+            out = {"version": JSON_VERSION, "environment": self.environment, "project": self.project, "noop": True,
+                   "dry_run": False, "changed": [], "containers": [], "addresses": {}}
+        out.update({
+            "version": JSON_VERSION,
+            "status": self.status,
+            "command": self.command,
+            "environment": self.environment,
+            "project": self.project,
+            "message": self.message,
+            "release_id": self.release.id if self.release else None,
+            "new_release": self.new_release,
+            "release": self.release.to_json() if self.release else None,
+            "images": dict(sorted(self.images.items())),
+            "image_version": self.image_version,
+            "pushed": list(self.pushed),
+            "source": self.source.to_dict() if self.source else None,
+            "lineage": self.release.lineage_text() if self.release else "",
+            "verification": self.verification,
+            "pruned": self.pruned,
+            "warnings": sorted(set(out.get("warnings", [])) | set(self.warnings)),
+            "duration_s": round(self.duration_s, 3),
+            "timings": {k: round(v, 3) for k, v in sorted(self.timings.items())},
+        })
+        if self.error is not None:
+            out["error"] = self.error.to_json()
+        return out
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def validate(project: Any, environment: Any, services: Iterable[str] = ()) -> None:
+    """Everything checkable before the registry or a node is touched (InputError, exit 2):
+    the specs (with placeholder images for services still to build) and the verify
+    templates."""
+    from orchestrator.core.specs import compile_blueprint
+    from orchestrator.core.verify import plan_checks
+    from orchestrator.io.files import local_sources
+
+    placeholder = {name: f"orch.invalid/{project.name}/{name}:validate" for name, svc in project.services.items()
+                   if svc.build is not None and not svc.image}
+    compile_blueprint(project, environment, list(services), placeholder, sources=local_sources())
+    plan_checks(environment, project, None)
+
+
+def secret_values(project: Any, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The known secret values of a project (agent.wire.redact rule (a): masked wherever they
+    appear in a manifest and in output): its secrets' contents, and the values of its
+    variables (.env, the environment) whose names are secret names."""
+    from agent.wire.redact import secret_name
+
+    environ = os.environ if environ is None else environ
+    out: list[str] = [v for k, v in sorted((getattr(project, "variables", None) or {}).items())
+                      if secret_name(k) and isinstance(v, str) and v]
+    for secret in list((getattr(project, "secrets", None) or {}).values()):
+        value = None
+        if secret.environment:
+            value = (getattr(project, "variables", None) or {}).get(secret.environment) or environ.get(secret.environment)
+        elif secret.file:
+            try:  # bounded: the loader refused devices and large files, but the file may have changed since
+                value = read_bounded(secret.file, SECRET_MAX_BYTES, "a secret file").decode("utf-8", "replace").strip()
+            except OSError:
+                value = None
+        elif getattr(secret, "content", None):
+            value = secret.content
+        if value:
+            out.append(value)
+    return out
+
+
+def find_redacted(value: Any, path: str = "") -> list[str]:
+    """Key paths of values still carrying a redaction marker."""
+    from agent.wire.redact import REDACTED_PREFIX
+
+    if isinstance(value, str):
+        return [path] if REDACTED_PREFIX in value else []
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in find_redacted(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in find_redacted(v, f"{path}[{i}]")]
+    return []
+
+
+def project_from_manifest(manifest: Mapping[str, Any], name: str, *, working_dir: Path | None = None,
+                          overlay: Any = None, current: Mapping[str, Any] | None = None, strict: bool = True,
+                          what: str = "the recorded project") -> tuple[Any, list[str]]:
+    """A Project from a recorded manifest (orchestrator.core.compose.render form), with today's
+    secrets put back from `current` (today's project as to_dict(), same stage: base or
+    rendered) and `overlay` (an environment's) merged over it. Returns (project, warnings).
+
+    strict: a secret with no value today is bad input (exit 2); else it is left redacted
+    (good enough for reading ports, e.g. to verify).
+    """
+    import yaml
+
+    from orchestrator.core.compose import LoadOptions, load_project
+    from orchestrator.core.compose.render import escape_dollars
+
+    data, changed = restore_secrets(manifest, current or {}, name, prefer_current=True)
+    warnings = [f"the value at {path} (it holds a secret) changed since {what} was recorded; deploying today's value"
+                for path in changed if path not in set(find_redacted(data))]
+    data = dict(data, name=name)
+    with tempfile.TemporaryDirectory(prefix="orch-release-") as tmp:
+        compose = Path(tmp) / "compose.yaml"
+        compose.write_text(yaml.safe_dump(escape_dollars(data), sort_keys=False))
+        project = load_project(LoadOptions(files=[compose], working_dir=Path(tmp), project_name=name,
+                                           environ={"HOME": os.environ.get("HOME", "/root")},
+                                           overlays=[overlay] if overlay is not None else []))
+    missing = find_redacted(project.to_dict())
+    if missing and strict:
+        raise InputError([Problem(
+            f"{what} needs the secret at {path}, which today's files and environment do not provide (the ledger "
+            "keeps no trace of it)",
+            fix="run the command from the project's folder (or pass -f) with the secret's variable or file in "
+            "place, then run it again") for path in missing])
+    project.working_dir = Path(working_dir) if working_dir is not None else Path.cwd()
+    project.warnings = []
+    return project, warnings
+
+
+def placement_from_observed(observed: Mapping[str, Iterable[Any]]) -> dict[str, list[str]]:
+    """{service: [nodes with a running container]} from nodes.observe_nodes."""
+    out: dict[str, list[str]] = {}
+    for node in sorted(observed):
+        for c in observed[node]:
+            if c.state == "running" and node not in out.setdefault(c.service, []):
+                out[c.service].append(node)
+    return out
+
+
+def release_services(history: History, project: Any, pins: Mapping[str, str], selected: Iterable[str]) -> dict:
+    """The digests a release records: every pinned service; for a partial `up SERVICE`,
+    the other services keep what the live release recorded for them."""
+    services = dict(pins)
+    if list(selected):
+        live = history.live()
+        for name, ref in (live.services if live else {}).items():
+            if name in project.services and name not in services:
+                services[name] = ref
+    return {k: v for k, v in sorted(services.items()) if "@sha256:" in v}
+
+
+def parse_release_id(text: str | int | None) -> int | None:
+    """--to 7, '#7' or 'prod#7' -> 7."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int):
+        return text
+    t = str(text).strip().split("#")[-1].strip()
+    if not t.isdigit() or int(t) < 1:
+        raise InputError(Problem(f"--to {text!r} is not a release id", fix="write the number, e.g. --to 7 "
+                                 "(see `orch history --env ENV`)"))
+    return int(t)
+
+
+def _history_with(history: History, *releases: Release) -> History:
+    by_id = {r.id: r for r in history.releases}
+    for r in releases:
+        by_id[r.id] = r
+    ordered = sorted(by_id.values(), key=lambda r: r.id, reverse=True)
+    return replace(history, releases=ordered, max_id=max([history.max_id] + [r.id for r in ordered]))
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def lock_nodes(nodes: Mapping[str, Any], env: str, holder: Any, wait: float,
+               on_wait: Callable[..., None] | None = None) -> Any:
+    """Take env's lock on each node's lock session (nodes.SSHNode.lock_session: the
+    node's first agent session, which the node closes with the command); the
+    orchestrator.io.lock.EnvLock, released with .release()."""
+    from orchestrator.io.lock import acquire_lock
+
+    sessions = {name: node.lock_session() for name, node in nodes.items()}
+    return acquire_lock(env, sessions, holder, wait, on_wait)
+
+
+class EnvConnection:
+    """One environment for one command: its nodes (nodes.SSHNode), its lock, its ledger."""
+
+    def __init__(self, environment: Any, project: str, progress: Progress, seams: Seams):
+        from orchestrator.io.nodes import ssh_connect
+
+        self.environment = environment
+        self.project = project
+        self.progress = progress
+        self.seams = seams
+        # The lock lives on each node's first session (nodes.SSHNode.lock_session).
+        self.connector = seams.connector or ssh_connect
+        self.nodes: dict[str, Any] = {}
+        self.lock_handle: Any = None
+        self.timings: dict[str, float] = {}
+
+    def connect(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        names = [n.name for n in self.environment.nodes]
+        self.progress.phase("connect", f"connecting to {len(names)} node(s) of {self.environment.name}: "
+                            f"{', '.join(names)}", nodes=names)
+        self.nodes = self.connector(self.environment, self.progress, self.project)
+        self.timings["connect"] = time.monotonic() - t0
+        return self.nodes
+
+    def lock(self, command: str, wait: float, performer: Performer) -> None:
+        from orchestrator.io.lock import LockHolder
+
+        t0 = time.monotonic()
+        env = self.environment.name
+        self.progress.phase("lock", f"taking the deploy lock of {env}")
+        holder = LockHolder.current(command, performer, self.project)
+
+        def on_wait(node: str, who: Any, waited: float, reason: str | None = None) -> None:
+            from dataclasses import asdict
+
+            if reason:  # the lock is ours; agents of a controller that went away are finishing
+                self.progress.phase("lock", f"locked {env}; waiting on {node} ({waited:.0f}s): {reason}",
+                                    node=node, waited=waited, holder=None, reason=reason)
+                return
+            text = who.describe() if who is not None else "another controller"
+            self.progress.phase("lock", f"waiting for the lock of {env} ({waited:.0f}s): held by {text}",
+                                node=node, waited=waited, holder=asdict(who) if who is not None else None)
+
+        self.lock_handle = (self.seams.locker or lock_nodes)(self.nodes, env, holder, wait, on_wait)
+        # The state read along with hello predates the lock: read it again under it.
+        for node in self.nodes.values():
+            if hasattr(node, "prefetched_state"):
+                node.prefetched_state = None
+        self.timings["lock"] = time.monotonic() - t0
+        self.progress.event("locked", env=env, seconds=round(self.timings["lock"], 3))
+
+    def ledger(self) -> ReleaseLedger:
+        return ReleaseLedger(self.nodes, self.project, self.environment.name, on_warning=self.progress.warning)
+
+    def preconnected(self, *args: Any, **kw: Any) -> dict[str, Any]:
+        """A nodes.Connector handing the Deployment these nodes."""
+        return self.nodes
+
+    def close(self) -> None:
+        from orchestrator.io.nodes import close_nodes
+
+        try:
+            if self.lock_handle is not None:
+                self.lock_handle.release()
+        finally:
+            self.lock_handle = None
+            close_nodes(self.nodes)
+            self.nodes = {}
+
+
+def settle_interrupted(ledger: ReleaseLedger, history: History) -> History:
+    """Under the lock nobody else is deploying: a release still "deploying" was left by a
+    controller that died. Mark it failed (its containers are whatever it got to; this
+    deploy converges them)."""
+    stale = [r for r in history.releases if r.status == DEPLOYING]
+    if not stale:
+        return history
+    written = ledger.write(*(mark_failed(r, INTERRUPTED) for r in stale))
+    return _history_with(history, *written.releases)
+
+
+# --------------------------------------------------------------------------- the deploy of a release
+
+
+@dataclass
+class _Prepared:
+    """What to deploy once the history is known (under the lock)."""
+
+    workspace: Any  # .project, .environment
+    images: dict[str, str]
+    make_release: Callable[[History], Release] | None  # None: nothing to do
+    message: str = ""  # for a no-op decided before deploying
+    live: Release | None = None  # for a no-op: the release that is live already
+    source: ReleaseRef | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Flow:
+    """One release through connect, lock, history, deploy, record, verify, prune."""
+
+    def __init__(self, command: str, environment: Any, project_name: str, opts: PipelineOptions,
+                 progress: Progress, seams: Seams):
+        self.command = command
+        self.environment = environment
+        self.project_name = project_name
+        self.opts = opts
+        self.progress = progress
+        self.seams = seams
+        self.t0 = time.monotonic()
+        self.timings: dict[str, float] = {}
+        self.warnings: list[str] = []
+        self.performer = seams.performer or detect_performer(environ=seams.environ)
+        self.history_limit = 50  # the live release, the next id (max_id) and the last few releases
+
+    def warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+            self.progress.warning(text)
+
+    def run(self, prepare: Callable[[History], _Prepared], noop_if_live: bool = False,
+            conn: EnvConnection | None = None, connecting: Any = None) -> PipelineResult:
+        """connecting: a Future of conn.connect() started earlier (promote connects to the
+        target while it reads the source)."""
+        from orchestrator.app.deploy import DeployOptions, Deployment
+
+        env = self.environment
+        conn = conn or EnvConnection(env, self.project_name, self.progress, self.seams)
+        try:
+            if connecting is not None:
+                connecting.result()
+            else:
+                conn.connect()
+            if not self.opts.dry_run:
+                conn.lock(self.opts.command_line or f"orch {self.command} --env {env.name}", self.opts.lock_wait,
+                          self.performer)
+            ledger = conn.ledger()
+            t0 = time.monotonic()
+            history = ledger.history(limit=self.history_limit)
+            if not self.opts.dry_run:
+                history = settle_interrupted(ledger, history)
+            self.timings["ledger"] = time.monotonic() - t0
+            prep = prepare(history)
+            for w in prep.warnings:
+                self.warn(w)
+            if prep.make_release is None:
+                return self._result("ok", None, prep.live, False, prep.message, prep, conn)
+            dep = Deployment(prep.workspace, DeployOptions(services=list(self.opts.services), dry_run=self.opts.dry_run,
+                                                           remove_orphans=self.opts.remove_orphans,
+                                                           images=dict(prep.images), commit=False),
+                             self.progress, connector=conn.preconnected)
+            recorded: dict[str, Release] = {}
+
+            def start(d: Any) -> None:
+                rel = prep.make_release(history)
+                self.progress.phase("release", f"recording {rel.ref} ({rel.command}) as deploying")
+                recorded["release"] = ledger.write(rel).releases[0]
+                for unit in d.units.values():
+                    unit.spec["release"] = str(rel.id)
+
+            dep.hooks["before_apply"].append(start)
+            try:
+                result = dep.run(close=False)
+            except OrchError as err:
+                rel = recorded.get("release")
+                if rel is not None:
+                    try:
+                        ledger.write(mark_failed(rel, err.message, secret_values=secret_values(
+                            prep.workspace.project, self.seams.environ)))
+                    except OrchError as err2:
+                        self.warn(f"could not record {rel.ref} as failed: {err2.message}")
+                raise
+            if self.opts.dry_run:
+                return self._result("planned", result, None, False, "", prep, conn)  # up_summary says it
+            rel = recorded.get("release")
+            if rel is None:  # nothing was applied
+                candidate = prep.make_release(history)
+                live = history.live()
+                if (noop_if_live and live is not None and live.services == candidate.services
+                        and live.project_hash == candidate.project_hash):
+                    if dep.has_kept():
+                        dep.commit()  # kept by an update that stopped before it was live: not needed
+                    return self._result("ok", result, live, False,
+                                        f"{self.project_name} is already live in {env.name} as {live.ref}; "
+                                        "nothing changed.", prep, conn)
+                rel = candidate
+            t0 = time.monotonic()
+            written = ledger.write(*mark_live(history, rel))
+            rel = written.releases[0]
+            history = _history_with(history, *written.releases)
+            self.timings["record"] = time.monotonic() - t0
+            # Live: the previous release's containers, kept for a rollback, can go.
+            if dep.journal or dep.has_kept():
+                dep.commit()
+            verification = None
+            error: OrchError | None = None
+            if env.verify.on_deploy and env.verify.checks:
+                report = self._verify(prep.workspace.project, dep.observed, rel.id)
+                verification = report.to_json()
+                rel = ledger.write(with_verification(rel, verification)).releases[0]
+                history = _history_with(history, rel)
+                if not report.ok:
+                    error = VerificationFailed(
+                        f"{rel.ref} is live, but its verification failed: {report.summary()}",
+                        fix=f"fix what fails, then `orch verify --env {env.name}` (or deploy a fix); until it "
+                        "passes, an environment that requires verification refuses to promote it.",
+                        details={"release": rel.ref.to_dict(), "verification": verification})
+            pruned = self._prune(conn.nodes, history, prep.workspace.project.name)
+            what = {"up": "deployed", "promote": "promoted", "rollback": "rolled back"}[self.command]
+            message = f"{self.project_name} {what}: {rel.lineage_text()} is live in {env.name}."
+            res = self._result("failed" if error else "ok", result, rel, True, message, prep, conn,
+                               verification=verification, pruned=pruned)
+            res.error = error
+            return res
+        finally:
+            conn.close()
+            self.timings.update({k: v for k, v in conn.timings.items()})
+
+    def _verify(self, project: Any, observed: Mapping[str, Any], release_id: int) -> Any:
+        from orchestrator.core import verify as V
+        from orchestrator.io import checks as C
+
+        t0 = time.monotonic()
+        env = self.environment
+        placement = placement_from_observed(observed)
+        targets = V.plan_checks(env, project, placement, release_id)
+        self.progress.phase("verify", f"verifying {env.name} #{release_id}: {len(targets)} check(s)")
+
+        def note(r: Any) -> None:
+            data = r.to_json()
+            data["check"] = data.pop("name")
+            self.progress.event("check", **data)
+
+        report = C.run_checks(targets, env=env.name, project=project.name, release=release_id,
+                              environ=self.seams.environ, cwd=str(project.working_dir), on_result=note,
+                              runners=self.seams.check_runners)
+        self.timings["verify"] = time.monotonic() - t0
+        return report
+
+    def _prune(self, nodes: Mapping[str, Any], history: History, project: str) -> dict[str, list[str]]:
+        """Best effort: the project's images no container uses, beyond the last N releases."""
+        from orchestrator.io import transport as T
+
+        t0 = time.monotonic()
+        keep = sorted(images_to_keep(history, self.opts.keep_images))
+        answers, errors = T.parallel(list(nodes.items()), lambda item: item[1].call(
+            "prune_images", {"project": project, "keep": keep, "env": history.env}), key=lambda item: item[0])
+        for node, err in sorted(errors.items()):
+            self.warn(f"{node}: could not remove old images ({getattr(err, 'message', err)}); they stay")
+        self.timings["prune"] = time.monotonic() - t0
+        return {node: list(a.get("removed") or []) for node, a in sorted(answers.items()) if a.get("removed")}
+
+    def _result(self, status: str, deploy: Any, release: Release | None, new: bool, message: str, prep: _Prepared,
+                conn: EnvConnection, verification: dict | None = None,
+                pruned: dict[str, list[str]] | None = None) -> PipelineResult:
+        timings = dict(getattr(deploy, "timings", {}) or {})
+        timings.update(self.timings)
+        timings.update(conn.timings)
+        return PipelineResult(
+            command=self.command, project=self.project_name, environment=self.environment.name, status=status,
+            deploy=deploy, release=release, new_release=new, message=message,
+            images=dict(release.services) if release is not None and status != "planned" else dict(prep.images),
+            source=release.source if release is not None else prep.source, verification=verification,
+            pruned=pruned or {}, warnings=list(self.warnings), duration_s=time.monotonic() - self.t0,
+            timings=timings,
+        )
+
+
+# --------------------------------------------------------------------------- down
+
+
+def down(workspace: Any, opts: PipelineOptions, remove_volumes: bool = False, progress: Progress | None = None,
+         seams: Seams | None = None) -> Any:
+    """`orch down` under the environment's lock (operate.take_down). The ledger is kept."""
+    from orchestrator.app.operate import take_down
+
+    progress = progress or Progress()
+    seams = seams or Seams()
+    env = workspace.environment
+    if env is None:
+        raise InputError(Problem("no environment given", fix="pass --env ENV"))
+    performer = seams.performer or detect_performer(environ=seams.environ)
+    conn = EnvConnection(env, workspace.project.name, progress, seams)
+    try:
+        conn.connect()
+        conn.lock(opts.command_line or f"orch down --env {env.name}", opts.lock_wait, performer)
+        return take_down(workspace, remove_volumes, progress, connector=conn.preconnected)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verification_project(live: Release | None, today: Any) -> Any:
+    """The project to verify against: the live release's recorded one (its ports are
+    what runs), else today's."""
+    if live is None or not live.manifest:
+        return today
+    try:
+        project, _ = project_from_manifest(live.manifest, today.name if today is not None else live.project,
+                                           working_dir=getattr(today, "working_dir", None), strict=False)
+        return project
+    except OrchError:
+        return today
+
+
+__all__ = [
+    "PipelineOptions", "PipelineResult", "Seams", "VerificationFailed", "down",
+    "validate", "project_from_manifest", "keep_images_default",
+]

@@ -1,0 +1,110 @@
+"""Text for people: the tables and summaries the commands print (one table helper for all)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from orchestrator.core.progress import JSON_VERSION
+from orchestrator.errors import OrchError
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to the widest cell, two spaces apart, no trailing blanks."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def container_table(rows: list[Any], now: float | None = None) -> str:
+    """ps-style table of orchestrator.app.results.ContainerRow."""
+    data = []
+    for r in rows:
+        data.append([r.service, str(r.replica), r.node, r.state_text(), r.health or "-", r.image_text(),
+                     ", ".join(r.ports) or "-", r.uptime_text(now)])
+    return table(["SERVICE", "REPLICA", "NODE", "STATE", "HEALTH", "IMAGE", "PORTS", "UPTIME"], data)
+
+
+def up_summary(result: Any) -> str:
+    """Text for people after `orch up` (orchestrator.app.results.DeployResult)."""
+    lines = []
+    nodes = sorted({r.node for r in result.containers})
+    if result.dry_run:
+        lines.append(result.plan.render_text())
+        lines.append("Dry run: nothing was changed.")
+        return "\n".join(lines)
+    if result.plan.is_noop:
+        lines.append(f"No changes: {len(result.containers)} container(s) of {result.project} already up to date "
+                     f"on {len(nodes)} node(s) of {result.environment} ({result.duration_s:.1f}s).")
+    else:
+        c = result.plan.counts()
+        lines.append(f"{result.project} is up on {result.environment} in {result.duration_s:.1f}s: "
+                     f"changed {', '.join(result.changed) or 'nothing'} "
+                     f"({c['create']} created, {c['recreate']} recreated, {c['remove']} removed).")
+    if result.containers:
+        lines.append("")
+        lines.append(container_table(result.containers))
+    if result.addresses:
+        lines.append("")
+        lines.append("Published:")
+        width = max(len(s) for s in result.addresses)
+        for service, addrs in sorted(result.addresses.items()):
+            lines.append(f"  {service.ljust(width)}  {'  '.join(addrs)}")
+    return "\n".join(lines)
+
+
+def ingress_table(rows: list[dict]) -> str:
+    """For `orch ps`: one line per (service, node) behind the ingress."""
+    data = []
+    for r in rows:
+        up = sum(1 for x in r["servers"] if x["status"] == "UP")
+        detail = ", ".join(f"{x['container']} {x['status']}" for x in r["servers"]) or "none"
+        front = r["status"] if r["running"] else "HAPROXY NOT RUNNING"
+        data.append([r["service"], r["node"], str(r["port"]), front, f"{up}/{len(r['servers'])} up: {detail}"])
+    return table(["INGRESS", "NODE", "PORT", "FRONTEND", "SERVERS"], data)
+
+
+def release_summary(res: Any) -> str:
+    """Text for people after up / promote / rollback."""
+    lines = []
+    if res.deploy is not None and (res.status == "planned" or res.new_release):
+        lines.append(up_summary(replace(res.deploy, duration_s=res.duration_s)))
+        lines.append("")
+    if res.message:
+        lines.append(res.message)
+    if res.release is not None and res.new_release:
+        rel = res.release
+        if rel.approval:
+            lines.append(f"Approved by {rel.approval.get('by')} ({rel.approval.get('via')}).")
+        width = max((len(s) for s in rel.services), default=0)
+        for svc, ref in sorted(rel.services.items()):
+            lines.append(f"  {svc.ljust(width)}  {ref}")
+    if res.verification is not None:
+        v = res.verification
+        failed = [r for r in v.get("results", []) if not r.get("ok")]
+        if not v.get("total"):
+            lines.append("Verification: no checks configured.")
+        elif not failed:
+            lines.append(f"Verification: all {v['total']} check(s) passed.")
+        else:
+            lines.append(f"Verification FAILED: {len(failed)} of {v['total']} check(s):")
+            for r in failed:
+                where = f" @{r['node']}" if r.get("node") else ""
+                lines.append(f"  FAIL {r['name']}{where}: {r.get('target', '')}: {r.get('error', '')}")
+    removed = sorted({i for images in res.pruned.values() for i in images})
+    if removed:
+        lines.append(f"Removed {len(removed)} image(s) older than the last releases from the nodes.")
+    return "\n".join(lines).strip()
+
+
+
+
+def failure_json(err: OrchError, command: str, project: str | None, environment: str | None,
+                 duration: float, plan: Any = None) -> dict:
+    out = {"version": JSON_VERSION, "status": "failed", "command": command, "environment": environment,
+           "project": project, "changed": [], "containers": [], "addresses": {}, "duration_s": round(duration, 3),
+           "error": err.to_json()}
+    if plan is not None:
+        out["plan"] = plan.to_json()
+    return out

@@ -1,0 +1,297 @@
+"""The node pool: one SSH connection per node and a pool of agent sessions on it
+(`SSHNode`), opened for every node of an environment at once (`ssh_connect`, all or
+nothing; `env_sessions`: one plain session per node for commands that make a few calls), observed in parallel (`observe_nodes`) and closed (`close_nodes`). The use cases
+in orchestrator.app take a `Connector` (ssh_connect by default; tests hand in fakes).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from orchestrator.io import transport as T
+from orchestrator.errors import OrchError
+from orchestrator.core.plan import Observed, observe
+from orchestrator.core.progress import Progress
+from orchestrator.core.shared_nodes import of_env
+
+
+
+class SSHNode:
+    """A node for the length of one command: its SSH connection and a pool of agent
+    sessions on it (the agent serves one request at a time per session, so parallel
+    applies on one node use one session each, opened on demand)."""
+
+    def __init__(self, conn: Any, bundle: Any, first: Any, progress: Progress | None = None,
+                 state: dict | None = None):
+        self.prefetched_state = state  # the `state` answer read along with hello, if any
+        self.conn = conn
+        self.bundle = bundle
+        self.name = conn.name
+        self.progress = progress
+        self._free = [first]
+        self._all = [first]
+        self._lock = threading.Lock()
+        self._closed = False
+        self._warming: list[threading.Thread] = []
+
+    def prewarm(self, count: int, project: str | None = None) -> None:
+        """Open sessions in the background until `count` exist (parallel applies coming
+        later, e.g. two services of one wave on this node, then find them ready)."""
+
+        def open_one() -> None:
+            try:
+                s = open_agent(self.conn, self.bundle, fallback=False, project=project)
+            except Exception:
+                return  # session() opens one itself if it needs it
+            with self._lock:
+                if self._closed:
+                    s.channel.close()
+                    return
+                self._all.append(s)
+                self._free.append(s)
+            if self.progress is not None:
+                self.progress.event("session", node=self.name, pid=s.pid)
+
+        with self._lock:
+            self._warming = [t for t in self._warming if t.is_alive()]
+            missing = count - len(self._all) - len(self._warming)
+        for _ in range(max(0, missing)):
+            t = threading.Thread(target=open_one, daemon=True, name=f"orch-warm-{self.name}")
+            self._warming.append(t)
+            t.start()
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        with self._lock:
+            s = self._free.pop() if self._free else None
+        if s is None:
+            s = open_agent(self.conn, self.bundle, fallback=False)
+            with self._lock:
+                self._all.append(s)
+            if self.progress is not None:
+                self.progress.event("session", node=self.name, pid=s.pid)
+        try:
+            yield s
+        finally:
+            if not s.channel.closed and not s.channel.exit_status_ready():
+                with self._lock:
+                    self._free.append(s)
+
+    def lock_session(self) -> Any:
+        """The session that holds the deploy lock: the first one, which lives as long as
+        the command (no extra agent start). Its agent ends when the controller goes away,
+        after putting back the batch it was working on; lock_acquire waits for the other
+        sessions' work (agent.lock.working). Not to be closed by the caller."""
+        return self._all[0]
+
+    def call(self, op: str, args: dict | None = None, on_event: Callable[[dict], None] | None = None,
+             timeout: float | None = None) -> dict:
+        with self.session() as s:
+            return s.call(op, args, on_event, timeout)
+
+    @contextmanager
+    def stream(self, op: str, args: dict | None = None) -> Iterator[Any]:
+        """A streaming request on a session of its own (logs --follow, exec)."""
+        with self.session() as s:
+            st = s.stream(op, args)
+            with st:
+                yield st
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        for t in self._warming:
+            t.join(0.5)
+        for s in list(self._all):
+            try:
+                s.channel.shutdown_write()  # EOF: the agent exits on its own
+                s.channel.close()
+            except Exception:
+                pass
+        self.conn.close()
+
+
+def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | None = None) -> Any:
+    """An agent session, fast: run the bundle straight away and say hello (and, with
+    `project`, ask for its `state` in the same breath: session.prefetched).
+
+    Only when that fails (bundle missing, python3 missing or too old) does it take
+    transport.AgentSession.open's careful path: check python3, upload, prune, which
+    also produces the readable error with the fix.
+    """
+    from agent.wire.protocol import PROTOCOL_VERSION
+
+    remote = T.bundle_path(bundle)
+    session = None
+    try:
+        channel = conn.open_exec(T.agent_command(remote, python=conn.target.python))
+        session = T.AgentSession(conn, channel, remote, False)
+        hello = session.stream("hello", {"protocol": PROTOCOL_VERSION})
+        state = session.stream("state", {"project": project}) if project else None
+        session.hello = hello.wait()
+        if session.hello.get("protocol") == PROTOCOL_VERSION:
+            session.prefetched = _state_or_error(state)
+            return session
+    except OrchError:
+        if not fallback:
+            if session is not None:
+                session.channel.close()
+            raise
+    if session is not None:
+        session.channel.close()
+    session = T.AgentSession.open(conn, bundle)
+    session.prefetched = None
+    return session
+
+
+def _state_or_error(stream: Any) -> Any:
+    """The prefetched state, or the AgentError it raised (reported by observe_nodes)."""
+    if stream is None:
+        return None
+    try:
+        return stream.wait()
+    except T.AgentError as err:
+        return err
+
+
+Connector = Callable[..., dict]
+
+
+def ssh_connect(environment: Any, progress: Progress, project: str | None = None) -> dict[str, SSHNode]:
+    """Connect to every node and start its agent; all or nothing (NodesUnreachable).
+
+    Each node goes through connect -> agent -> hello (+ `state` of `project`, pipelined)
+    on its own, in parallel, so no node waits for another's handshake. Nothing is
+    changed on any node until every node got this far.
+    """
+
+    from orchestrator.io.agent_bundle import current_bundle
+
+    targets = [T.target_from_node(n) for n in environment.nodes]
+    options = T.options_from_env(environment)
+    bundle = current_bundle()
+
+    def one(target: T.NodeTarget) -> SSHNode:
+        conn = T.connect(target, options)
+        try:
+            session = open_agent(conn, bundle, project=project)
+        except BaseException:
+            conn.close()
+            raise
+        progress.event("session", node=target.name, pid=session.pid, uploaded=session.uploaded)
+        return SSHNode(conn, bundle, session, progress, session.prefetched)
+
+    nodes, errors = T.parallel(targets, one)
+    if errors:
+        close_nodes(nodes)
+        failures = {name: _as_transport(name, err) for name, err in errors.items()}
+        connected = not any(isinstance(e, (T.HostUnreachable, T.AuthenticationFailed, T.UnknownHostKey,
+                                           T.HostKeyChanged)) for e in failures.values())
+        raise T.NodesUnreachable(failures, len(targets), action="start the agent on" if connected else "connect to")
+    return {t.name: nodes[t.name] for t in targets}
+
+
+def _as_transport(name: str, err: BaseException) -> T.TransportError:
+    if isinstance(err, T.TransportError):
+        return err
+    if isinstance(err, OrchError):
+        return T.TransportError(err.render(), node=name)
+    return T.TransportError(f"{name}: {type(err).__name__}: {err}", node=name)
+
+
+CLOSE_WAIT = 10.0  # seconds close_nodes waits for the goodbyes; then the process's exit closes the sockets
+
+
+def close_nodes(nodes: Mapping[str, Any], wait: float = CLOSE_WAIT) -> None:
+    """Close every node's sessions and connection, in parallel, for at most `wait` s.
+
+    Daemon threads, not a pool: a goodbye stuck on a wedged connection must not keep the
+    command from ending (a pool's workers are joined at exit). What is left open closes
+    with the process; the agents see end of input, and the deploy lock goes with them."""
+    if not nodes:
+        return
+
+    def close(node: Any) -> None:
+        try:
+            node.close()
+        except Exception:
+            pass  # a node that went away is closed enough
+
+    threads = [threading.Thread(target=close, args=(n,), daemon=True, name=f"orch-close-{name}")
+               for name, n in nodes.items()]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + wait
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+
+
+def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
+                  ingress: dict | None = None, env: str = "", owners: dict | None = None,
+                  taken: dict | None = None) -> dict[str, list[Observed]]:
+    """Every node's containers of `project` in environment `env`, in parallel; a node whose
+    Docker Engine is unusable fails the whole command (naming each such node) before
+    anything is done.
+
+    Uses the state a node's connector read along with hello, once, unless `fresh`.
+    `ingress`, if given, is filled with each node's ingress frontends of the project;
+    `owners` with each node's {env: [objects]} of the project (agent.owner), `taken` with
+    the host ports other projects hold on each node (agent.owner.ports_elsewhere). Containers
+    and frontends of another environment are left out: they are not this one's."""
+
+    def state(n: Any) -> dict:
+        pre = getattr(n, "prefetched_state", None)
+        n.prefetched_state = None
+        if pre is not None and not fresh:
+            if isinstance(pre, BaseException):
+                raise pre
+            return pre
+        return n.call("state", {"project": project})
+
+    results, errors = T.parallel(list(nodes.values()), state)
+    if errors:
+        failures = {}
+        for name, err in errors.items():
+            if isinstance(err, T.AgentError) and err.kind == "engine":
+                failures[name] = T.NodeRequirementError(
+                    f"{name}: Docker Engine is not usable: {err.message.split(': ', 1)[-1]}", node=name,
+                    fix="install Docker Engine on the node (Debian: apt-get install docker.io), start it, and "
+                        "make it reachable for the SSH user (DOCKER_HOST or the docker group).")
+            else:
+                failures[name] = _as_transport(name, err)
+        raise T.NodesUnreachable(failures, len(nodes), action="read the state of")
+    if owners is not None:
+        owners.clear()
+        owners.update({node: dict(res.get("owners") or {}) for node, res in results.items()})
+    if taken is not None:
+        taken.clear()
+        taken.update({node: list(res.get("ports_elsewhere") or []) for node, res in results.items()})
+    results = {node: of_env(res, env) for node, res in results.items()}
+    if ingress is not None:
+        ingress.clear()
+        ingress.update({node: dict(res.get("ingress") or {}) for node, res in results.items()})
+    return observe(results)
+
+
+@contextmanager
+def env_sessions(environment: Any, *, require_engine: bool = True) -> Iterator[tuple[dict, dict]]:
+    """(connections, agent sessions) to every node of the environment, all or nothing; closed after.
+    For the commands that call a few operations on every node (verify, history, lock); a deploy
+    uses ssh_connect's SSHNode pool."""
+    from orchestrator.io.agent_bundle import current_bundle
+
+    targets = [T.target_from_node(n) for n in environment.nodes]
+    conns = T.connect_all(targets, T.options_from_env(environment))
+    try:
+        sessions = T.open_sessions(conns, current_bundle(), require_engine=require_engine)
+        try:
+            yield conns, sessions
+        finally:
+            for s in sessions.values():
+                s.close()
+    finally:
+        T.close_all(conns)

@@ -36,12 +36,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.wire.protocol import MAX_MESSAGE_BYTES, PING, PING_SECONDS, PROTOCOL_VERSION
+from agent.wire.protocol import DEFAULT_STATE_DIR, MAX_MESSAGE_BYTES, PING, PING_SECONDS, PROTOCOL_VERSION
 from agent.wire.protocol import request as agent_request
 from orchestrator.errors import OrchError
 from orchestrator.core.environments import DEFAULT_PYTHON
 
-DEFAULT_STATE_DIR = "/var/lib/orch-agent"
 KEEP_OLD_BUNDLES = 2  # besides the current one, for a controller still on an older orch
 TAIL_LOG_LINES = 20
 

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,15 @@ class NodeShell:
 
     def run(self, command: str, timeout: float = 300) -> tuple[int, str, str]:
         _, out, err = self.client.exec_command(command, timeout=timeout)
+        # Both streams are read before the exit status: output larger than the channel's
+        # window (2 MiB) would otherwise block the command, and this call, for ever.
+        errors: list[bytes] = []
+        reader = threading.Thread(target=lambda: errors.append(err.read()), daemon=True)
+        reader.start()
+        stdout = out.read()
+        reader.join(timeout)
         status = out.channel.recv_exit_status()
-        return status, out.read().decode(), err.read().decode()
+        return status, stdout.decode(), b"".join(errors).decode()
 
     def check(self, command: str, timeout: float = 300) -> str:
         status, out, err = self.run(command, timeout)

@@ -11,19 +11,9 @@ from agent.context import Context
 from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError
 from agent.wire.spec import config_hash
+from tests.unit.fakes import FakeClock as Clock
 
 IMAGE = "busybox:latest"
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, s):
-        self.now += s
 
 
 @pytest.fixture

@@ -8,25 +8,12 @@ from agent.context import Context
 from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError
 from agent.wire.spec import config_hash
+from tests.unit.fakes import FakeClock as Clock
 
 V1, V2, BAD = "web:v1", "web:v2", "web:bad"
 HC = {"test": ["CMD", "true"], "interval": 1, "retries": 2}
 INGRESS = {"port": {"published": 8080, "target": 80, "protocol": "http"}, "health": {"path": "/"},
            "drain_timeout": 1}
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-        self.on_sleep = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, s):
-        self.now += s
-        for hook in list(self.on_sleep):
-            hook(self.now)
 
 
 class FakeIngress:

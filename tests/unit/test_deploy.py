@@ -3,16 +3,10 @@ operations (agent.operations) on an in-memory FakeEngine, behind a fake connecto
 
 import io
 import json
-import textwrap
 import threading
-from contextlib import contextmanager
 
 import pytest
 
-from agent.fake import FakeEngine
-from agent.context import Context
-from agent.operations import OPERATIONS
-from agent.wire.protocol import AgentError as RawAgentError
 from orchestrator.io import transport as T
 from orchestrator.app.deploy import DeployOptions, Deployment
 from orchestrator.app.operate import (
@@ -26,155 +20,7 @@ from orchestrator.app.operate import (
 from orchestrator.errors import DeployError, InputError
 from orchestrator.cli.progress import JSONProgress
 from orchestrator.core.progress import Progress
-from orchestrator.app.workspace import ProjectOptions, load_workspace
-
-IMAGES = ["busybox", "job", "fail", "sick", "slow"]
-BEHAVIOURS = {"job": "exit:0", "fail": "exit:3", "sick": "unhealthy"}
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, s):
-        self.now += s
-
-
-class FakeNode:
-    """The SSHNode interface over the agent's real operations and a FakeEngine."""
-
-    def __init__(self, name, state_dir):
-        self.name = name
-        self.engine = FakeEngine(images=IMAGES, behaviours=BEHAVIOURS)
-        self.state_dir = state_dir
-        self.calls = []
-        self.lock = threading.Lock()
-        self.prefetched_state = None
-        self.closed = False
-        self.fail_state = None
-
-    def _ctx(self, emit):
-        clock = Clock()
-        return Context(engine_factory=lambda: self.engine, state_dir=str(self.state_dir), emit=emit,
-                       clock=clock, sleep=clock.sleep)
-
-    def call(self, op, args=None, on_event=None, timeout=None):
-        with self.lock:
-            self.calls.append((op, args or {}))
-            if op == "state" and self.fail_state is not None:
-                raise self.fail_state
-            emit = (lambda t, **d: on_event(dict(d, type=t))) if on_event else (lambda t, **d: None)
-            try:
-                return OPERATIONS[op](self._ctx(emit), args or {})
-            except RawAgentError as err:
-                raise T.AgentError(self.name, op, err.kind, err.message, err.details) from None
-
-    @contextmanager
-    def stream(self, op, args=None):
-        events = []
-        result = self.call(op, args, on_event=events.append)
-
-        class S:
-            def __iter__(self):
-                return iter(events)
-
-        s = S()
-        s.result = result
-        yield s
-
-    def lock_session(self):
-        """Like SSHNode.lock_session (the deploy lock): the same agent operations."""
-        node = self
-
-        class Session:
-            closed = False
-
-            def call(self, op, args=None, on_event=None, timeout=None):
-                return node.call(op, args, on_event, timeout)
-
-            def close(self):
-                self.closed = True
-
-        return Session()
-
-    def close(self):
-        self.closed = True
-
-    def ops(self, name=None):
-        return [op for op, _ in self.calls if name is None or op == name]
-
-    def applied(self):
-        return [a["spec"]["service"] for op, a in self.calls if op == "rollout"]
-
-
-ENV = """\
-name: {name}
-nodes:
-  - {{name: n1, host: 10.250.0.201, labels: {{role: web}}}}
-  - {{name: n2, host: 10.250.0.202, labels: {{role: web}}}}
-"""
-
-SHOP = """\
-name: shop
-services:
-  db:
-    image: busybox
-    ports: ["5432:5432"]
-    volumes: [data:/data]
-    healthcheck: {test: ["CMD", "true"], interval: 1s}
-    restart: always
-  migrate:
-    image: job
-    restart: "no"
-    depends_on: {db: {condition: service_healthy}}
-  api:
-    image: busybox
-    environment: {VERSION: "${VERSION:-1}"}
-    ports: ["8081:8081"]
-    healthcheck: {test: ["CMD", "true"], interval: 1s}
-    depends_on:
-      db: {condition: service_healthy}
-      migrate: {condition: service_completed_successfully}
-  web:
-    image: busybox
-    ports: ["8080:80"]
-    depends_on: {api: {condition: service_healthy}}
-    deploy: {replicas: 2}
-  worker:
-    image: busybox
-    depends_on: [api]
-volumes:
-  data: {}
-"""
-
-
-@pytest.fixture
-def lab(tmp_path):
-    nodes = {n: FakeNode(n, tmp_path / "state" / n) for n in ("n1", "n2")}
-    connects = []
-
-    def connector(environment, progress, project=None):
-        connects.append(environment.name)
-        return {n.name: nodes[n.name] for n in environment.nodes}
-
-    class Lab:
-        pass
-
-    lab = Lab()
-    lab.nodes, lab.connector, lab.connects, lab.dir = nodes, connector, connects, tmp_path
-    return lab
-
-
-def ws(lab, compose=SHOP, env="dev", environ=None):
-    (lab.dir / "compose.yaml").write_text(textwrap.dedent(compose))
-    envs = lab.dir / "environments"
-    envs.mkdir(exist_ok=True)
-    (envs / f"{env}.yaml").write_text(ENV.format(name=env))
-    return load_workspace(ProjectOptions(files=[lab.dir / "compose.yaml"], env_name=env), environ=environ or {})
-
+from tests.unit.fakes import ENV, SHOP, FakeNode, ws  # noqa: F401 - the lab fixture is in conftest
 
 def up(lab, compose=SHOP, progress=None, environ=None, **opts):
     return Deployment(ws(lab, compose, environ=environ), DeployOptions(**opts), progress or Progress(),

@@ -11,17 +11,7 @@ from agent.context import Context
 from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError
 from agent.wire.spec import config_hash, config_parts
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, s):
-        self.now += s
+from tests.unit.fakes import FakeClock as Clock
 
 
 @pytest.fixture

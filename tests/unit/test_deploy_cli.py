@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from .test_deploy import ENV, SHOP, FakeNode
+from tests.unit.fakes import ENV, SHOP, FakeNode
 
 
 @pytest.fixture

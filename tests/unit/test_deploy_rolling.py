@@ -9,7 +9,7 @@ from orchestrator.app.deploy import DeployOptions, Deployment
 from orchestrator.errors import DeployError
 from orchestrator.core.progress import Progress
 
-from .test_deploy import FakeNode, lab, ws  # noqa: F401 - lab is a fixture
+from tests.unit.fakes import FakeNode, ws
 
 APP = """\
 name: shop

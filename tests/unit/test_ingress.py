@@ -20,6 +20,7 @@ from agent.context import Context
 from agent.operations import OPERATIONS
 from agent.wire import ingress as W
 from agent.wire.protocol import AgentError, BadRequest
+from tests.unit.fakes import FakeClock as Clock
 
 
 def sync_args(**kw):
@@ -488,17 +489,6 @@ class SimHAProxy:
                              "qcur": "0", "check_status": "L7OK" if healthy else "L4CON",
                              "check_desc": "" if healthy else "Connection refused", "stot": "0"})
         return rows
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, s):
-        self.now += s
 
 
 @pytest.fixture

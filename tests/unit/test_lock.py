@@ -20,6 +20,7 @@ from agent.wire.protocol import AgentError
 from orchestrator.io import lock as OL
 from orchestrator.io import transport as T
 from orchestrator.errors import LockHeld
+from tests.unit.fakes import FakeClock as Clock
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = {"user": "ada", "host": "laptop", "command": "orch up --env prod", "started": "2024-01-01T10:00:00Z",
@@ -46,32 +47,14 @@ def test_second_holder_is_refused_with_the_first_ones_name(path):
     b.release(path)
 
 
-class Clock:
-    """A fake clock: sleep() only moves it on (and runs what is due then)."""
-
-    def __init__(self):
-        self.now = 1000.0
-        self.slept = []
-        self.on_sleep = []  # callables run after each sleep, with the time slept so far
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, s):
-        self.slept.append(s)
-        self.now += s
-        for fn in self.on_sleep:
-            fn(self.now - 1000.0)
-
-
 def test_waiting_acquirer_gets_it_when_released(path):
     a, b = AL.LockTable(), AL.LockTable()
     a.acquire(path, HOLDER)
     clock = Clock()
     released = []
 
-    def release_at_0_3(t):
-        if t >= 0.3 - 1e-9 and not released:
+    def release_at_0_3(now):
+        if clock.elapsed >= 0.3 - 1e-9 and not released:
             released.append(a.release(path))
 
     clock.on_sleep.append(release_at_0_3)
@@ -103,7 +86,7 @@ def test_waiting_stops_when_the_controller_goes_away(path):
     a.acquire(path, HOLDER)
     cancelled = threading.Event()
     clock = Clock()
-    clock.on_sleep.append(lambda t: t >= 0.2 - 1e-9 and cancelled.set())
+    clock.on_sleep.append(lambda now: clock.elapsed >= 0.2 - 1e-9 and cancelled.set())
     with pytest.raises(AgentError) as err:
         b.acquire(path, {}, wait_s=30, cancelled=cancelled, clock=clock, sleep=clock.sleep)
     assert err.value.kind == "cancelled" and clock.now - 1000.0 < 1  # at the next poll, not after 30 s

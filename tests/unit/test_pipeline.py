@@ -23,7 +23,7 @@ from orchestrator.io.lock import lock_held_error, LockHolder
 from orchestrator.core.progress import Progress
 from orchestrator.io.registry_client import RegistryUnavailable
 from orchestrator.app.workspace import ProjectOptions, load_workspace
-from .test_deploy import FakeNode
+from tests.unit.fakes import FakeNode
 
 COMPOSE = """\
 name: hello

@@ -18,7 +18,7 @@ from orchestrator.core.progress import Progress
 from orchestrator.io.registry_client import RegistryAuthError, RegistryClient
 from orchestrator.app.workspace import ProjectOptions, load_workspace
 
-from .test_deploy import FakeNode
+from tests.unit.fakes import FakeNode
 from .test_registry_client import DIGEST, Resp, Session
 
 LAB_PW = "lab-pa55-x9"

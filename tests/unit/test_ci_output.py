@@ -19,6 +19,7 @@ import logging
 import re
 import shlex
 import sys
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -551,10 +552,47 @@ def test_the_ci_pipelines_run_the_stages_in_order_with_commands_the_cli_accepts(
     O.reset()
 
 
-def test_setup_script_is_valid_shell():
+def test_setup_script_prepares_a_github_job_without_printing_the_key(tmp_path):
+    """examples/ci/setup-orch.sh as a GitHub job runs it, with python3 standing in (a
+    venv whose pip installs nothing and whose orch prints a version): the key lands in
+    a 0600 file, the file paths reach later steps through $GITHUB_ENV / $GITHUB_PATH,
+    and the key's text is in no output."""
+    import stat
     import subprocess
 
-    subprocess.run(["bash", "-n", str(CI / "setup-orch.sh")], check=True)
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "python3").write_text(textwrap.dedent("""\
+        #!/bin/sh
+        # python3 -m venv DIR: a venv with a pip that installs nothing and an orch
+        [ "$1 $2" = "-m venv" ] || exit 64
+        mkdir -p "$3/bin"
+        printf '#!/bin/sh\\necho "pip $*" >> "%s/pip.log"\\n' "$3" > "$3/bin/pip"
+        printf '#!/bin/sh\\necho "orch, version 0.0-test"\\n' > "$3/bin/orch"
+        chmod +x "$3/bin/pip" "$3/bin/orch"
+        """))
+    (shims / "python3").chmod(0o755)
+    job = tmp_path / "job"
+    job.mkdir()
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAAtest-key-body\n-----END OPENSSH PRIVATE KEY-----"
+    env = {"PATH": f"{shims}:/usr/bin:/bin", "HOME": str(tmp_path), "RUNNER_TEMP": str(tmp_path / "runner"),
+           "GITHUB_ENV": str(tmp_path / "github_env"), "GITHUB_PATH": str(tmp_path / "github_path"),
+           "ORCH_SSH_PRIVATE_KEY": key, "ORCH_KNOWN_HOSTS": "10.0.0.5 ssh-ed25519 AAAAC3Nz"}
+    cp = subprocess.run(["bash", str(CI / "setup-orch.sh")], cwd=job, env=env, capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert "orch, version 0.0-test" in cp.stdout
+    assert "test-key-body" not in cp.stdout + cp.stderr
+    exported = dict(line.split("=", 1) for line in (tmp_path / "github_env").read_text().splitlines())
+    key_file = Path(exported["ORCH_SSH_KEY_FILE"])
+    assert key_file.read_text() == key + "\n"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    assert Path(exported["ORCH_KNOWN_HOSTS_FILE"]).read_text() == "10.0.0.5 ssh-ed25519 AAAAC3Nz\n"
+    assert exported["ORCH_OUT"] == str(job / "orch-output") and (job / "orch-output").is_dir()
+    venv_bin = (tmp_path / "github_path").read_text().strip()
+    assert Path(venv_bin, "orch").is_file()
+    assert f"install --quiet {job}" in Path(venv_bin).parent.joinpath("pip.log").read_text()
     assert (CI / "README.md").is_file()
 
 

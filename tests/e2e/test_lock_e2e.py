@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -23,6 +22,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from .events import wait_for_event
 
 pytestmark = pytest.mark.e2e
 
@@ -73,26 +74,6 @@ class Slow:
 
     def down(self) -> None:
         self.run("down", "--json", env={"ORCH_LOCK_WAIT": "600"})
-
-
-def wait_for_event(proc: subprocess.Popen, match, timeout: float = 120) -> list[dict]:
-    """Read proc's JSON lines until match(event) is true; returns the events read."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-        if not ready:
-            assert proc.poll() is None, f"orch exited {proc.returncode}: {proc.stderr.read()}"
-            continue
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"orch ended before the event: {proc.wait()} {proc.stderr.read()}")
-        if line.startswith("{"):
-            ev = json.loads(line)
-            seen.append(ev)
-            if match(ev):
-                return seen
-    raise AssertionError(f"no such event within {timeout}s: {seen[-5:]}")
 
 
 @pytest.fixture

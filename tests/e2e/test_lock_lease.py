@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import pytest
 from agent.wire.protocol import LEASE_SECONDS
 from orchestrator.lab import netns
 
+from .events import wait_for_event
 from .test_faults import env_file
 
 pytestmark = pytest.mark.e2e
@@ -69,24 +69,6 @@ class Project:
                               env={**os.environ, "ORCH_LOCK_WAIT": "600"})
 
 
-def events_until(proc: subprocess.Popen, match, timeout: float = 300) -> list[dict]:
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-        if not ready:
-            assert proc.poll() is None, f"orch exited {proc.returncode}: {proc.stderr.read()}"
-            continue
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"orch ended first: {proc.wait()} {proc.stderr.read()} {seen[-5:]}")
-        if line.startswith("{"):
-            seen.append(json.loads(line))
-            if match(seen[-1]):
-                return seen
-    raise AssertionError(f"no such event within {timeout}s: {seen[-5:]}")
-
-
 def sshd_gives_up_after(lab) -> float:
     """How long dev-1's sshd takes to drop a silent client (ClientAliveInterval x CountMax)."""
     config = (lab.state_dir / "nodes" / "dev-1" / "sshd_config").read_text()
@@ -123,7 +105,7 @@ def test_a_busy_controller_keeps_the_lock_a_cut_off_one_loses_it_within_the_leas
         # 1. busy, alive: one rollout of DELAY s (> the lease) with nothing sent but pings
         a = p.popen("up", "--json")
         procs.append(a)
-        events_until(a, lambda ev: ev.get("event") == "locked")
+        wait_for_event(a, lambda ev: ev.get("event") == "locked")
         time.sleep(LEASE_SECONDS + 5)
         status = subprocess.run([ORCH, "lock", "status", "--env", ENV, "--environments", str(p.envs), "--json"],
                                 capture_output=True, text=True, timeout=300)
@@ -135,7 +117,7 @@ def test_a_busy_controller_keeps_the_lock_a_cut_off_one_loses_it_within_the_leas
         # 2. cut off mid-rollout, then killed: the node never hears that it went away
         b = p.popen("up", "--json", round_=2)
         procs.append(b)
-        events_until(b, lambda ev: ev.get("event") == "agent" and ev.get("type") == "container.start")
+        wait_for_event(b, lambda ev: ev.get("event") == "agent" and ev.get("type") == "container.start")
         port = controller_port(b.pid, node.address)
         for chain, match in (("INPUT", ["-s", lab.host_address, "--sport", str(port)]),
                              ("OUTPUT", ["-d", lab.host_address, "--dport", str(port)])):
@@ -148,7 +130,7 @@ def test_a_busy_controller_keeps_the_lock_a_cut_off_one_loses_it_within_the_leas
 
         c = p.popen("up", "--json", round_=2, lock_wait=600)
         procs.append(c)
-        seen = events_until(c, lambda ev: ev.get("event") == "locked", timeout=600)
+        seen = wait_for_event(c, lambda ev: ev.get("event") == "locked", timeout=600)
         took = time.monotonic() - killed
         waits = [e for e in seen if "waiting for the lock" in e.get("text", "")]
         # it was held by the cut-off controller, and freed by its lease: well before sshd
@@ -182,7 +164,7 @@ def test_lock_break_frees_a_live_holder_and_is_recorded(lab, tmp_path):
     try:
         a = p.popen("up", "--json")
         procs.append(a)
-        events_until(a, lambda ev: ev.get("event") == "agent" and ev.get("type") == "container.start")
+        wait_for_event(a, lambda ev: ev.get("event") == "agent" and ev.get("type") == "container.start")
         t0 = time.monotonic()
         cp = subprocess.run([*lock, "break", "--env", ENV, "--environments", str(p.envs), "--json",
                              "--reason", "e2e: a deploy someone forgot"], capture_output=True, text=True, timeout=300)

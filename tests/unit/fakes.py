@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 from agent.context import Context
 from agent.fake import FakeEngine
@@ -158,3 +162,36 @@ def ws(lab, compose=SHOP, env="dev", environ=None):
     envs.mkdir(exist_ok=True)
     (envs / f"{env}.yaml").write_text(ENV.format(name=env))
     return load_workspace(ProjectOptions(files=[lab.dir / "compose.yaml"], env_name=env), environ=environ or {})
+
+
+# A real agent process (agent.rpc over a FakeEngine) on a state dir, as sshd starts it:
+# it ends on end of input, and gives up on SIGTERM as on a lost lease (orch lock break).
+_AGENT_PROCESS = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, %r)
+    from agent.fake import FakeEngine
+    from agent.rpc import Server
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    sys.stdout = sys.stderr
+    server = Server(sys.stdin.buffer, out, FakeEngine, sys.argv[1])
+    server.give_up_on_sigterm()
+    sys.exit(server.finish(server.serve()))
+""") % str(Path(__file__).resolve().parents[2])
+
+
+class AgentProcess:
+    """One agent process; call() sends a request and returns its answer (events skipped)."""
+
+    def __init__(self, state: str):
+        self.p = subprocess.Popen([sys.executable, "-c", _AGENT_PROCESS, state], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE)
+        self.n = 0
+
+    def call(self, op: str, args: dict) -> dict:
+        self.n += 1
+        self.p.stdin.write((json.dumps({"v": 1, "id": self.n, "op": op, "args": args}) + "\n").encode())
+        self.p.stdin.flush()
+        while True:
+            msg = json.loads(self.p.stdout.readline())
+            if msg.get("id") == self.n and "event" not in msg:
+                return msg

@@ -4,9 +4,6 @@ die, and the controller's EnvLock over several nodes."""
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -20,9 +17,8 @@ from agent.wire.protocol import AgentError
 from orchestrator.io import lock as OL
 from orchestrator.io import transport as T
 from orchestrator.errors import LockHeld
-from tests.unit.fakes import FakeClock as Clock
+from tests.unit.fakes import AgentProcess, FakeClock as Clock
 
-ROOT = Path(__file__).resolve().parents[2]
 HOLDER = {"user": "ada", "host": "laptop", "command": "orch up --env prod", "started": "2024-01-01T10:00:00Z",
           "ci_job": "https://ci.example/job/7", "pid": 4242}
 
@@ -135,32 +131,6 @@ def test_operations_through_the_agent_context(tmp_path):
 
 
 # --------------------------------------------------------------------------- real agent processes
-
-AGENT = textwrap.dedent("""
-    import os, sys
-    sys.path.insert(0, %r)
-    from agent.fake import FakeEngine
-    from agent.rpc import Server
-    out = os.fdopen(os.dup(1), "wb", buffering=0)
-    sys.stdout = sys.stderr
-    Server(sys.stdin.buffer, out, FakeEngine, sys.argv[1]).serve()
-""") % str(ROOT)
-
-
-class AgentProcess:
-    def __init__(self, state):
-        self.p = subprocess.Popen([sys.executable, "-c", AGENT, state], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.n = 0
-
-    def call(self, op, args):
-        self.n += 1
-        self.p.stdin.write((json.dumps({"v": 1, "id": self.n, "op": op, "args": args}) + "\n").encode())
-        self.p.stdin.flush()
-        while True:
-            msg = json.loads(self.p.stdout.readline())
-            if "event" not in msg:
-                return msg
-
 
 @pytest.mark.parametrize("how", ["eof", "sigkill"])
 def test_lock_dies_with_the_agent_process(tmp_path, how):

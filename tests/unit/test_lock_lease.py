@@ -19,8 +19,8 @@ from agent.fake import FakeEngine
 from agent.operations import OPERATIONS
 from agent.rpc import Server
 from orchestrator.io import transport as T
+from tests.unit.fakes import AgentProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 HOLDER = {"user": "ada", "host": "laptop", "command": "orch up --env prod", "started": "2024-01-01T10:00:00Z"}
 BY = {"user": "Ops <ops@example.com>", "host": "bastion", "login": "ops"}
 
@@ -171,34 +171,6 @@ def test_the_session_pings_while_its_main_thread_waits_on_a_call(monkeypatch):
 
 
 # --------------------------------------------------------------------------- lock break
-
-AGENT = textwrap.dedent("""
-    import os, sys
-    sys.path.insert(0, %r)
-    from agent.fake import FakeEngine
-    from agent.rpc import Server
-    out = os.fdopen(os.dup(1), "wb", buffering=0)
-    sys.stdout = sys.stderr
-    server = Server(sys.stdin.buffer, out, FakeEngine, sys.argv[1])
-    server.give_up_on_sigterm()
-    sys.exit(server.finish(server.serve()))
-""") % str(ROOT)
-
-
-class AgentProcess:
-    def __init__(self, state):
-        self.p = subprocess.Popen([sys.executable, "-c", AGENT, state], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.n = 0
-
-    def call(self, op, args):
-        self.n += 1
-        self.p.stdin.write((json.dumps({"v": 1, "id": self.n, "op": op, "args": args}) + "\n").encode())
-        self.p.stdin.flush()
-        while True:
-            msg = json.loads(self.p.stdout.readline())
-            if msg.get("id") == self.n and "event" not in msg:
-                return msg
-
 
 def test_lock_break_makes_the_holder_let_go_and_records_who_and_why(tmp_path):
     holder, op = AgentProcess(str(tmp_path)), AgentProcess(str(tmp_path))

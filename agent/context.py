@@ -27,6 +27,8 @@ class Context:
     engine_id: Optional[Callable[[], str]] = None
     # The node's ingress for rollouts (agent.rollout.IngressDriver); None: the real one.
     ingress: Any = None
+    # What the mesh changes on the host (agent.mesh.host.NodeHost); None: the real one.
+    mesh_host: Any = None
     # A reader for queries without the docker SDK (rpc.Server: agent.engine_reads), or
     # None when there is none or the SDK is connected already; None: use the engine.
     reader: Optional[Callable[[], Any]] = None

@@ -106,6 +106,8 @@ def create_body(
         "CapAdd": list(c.cap_add) or None,
         "CapDrop": list(c.cap_drop) or None,
         "ExtraHosts": list(c.extra_hosts) or None,
+        "Dns": list(c.dns) or None,
+        "DnsSearch": list(c.dns_search) or None,
         "ReadonlyRootfs": c.read_only,
     }
     if c.init is not None:

@@ -324,13 +324,20 @@ class Engine:
             return None
         except self._errors.APIError as exc:
             raise AgentError(ENGINE, "inspect network %s: %s" % (name, _explain(exc)))
+        subnets = [c.get("Subnet", "") for c in ((n.get("IPAM") or {}).get("Config") or []) if c.get("Subnet")]
         return {"name": n["Name"], "id": n["Id"], "driver": n.get("Driver", ""), "labels": n.get("Labels") or {},
-                "containers": sorted((n.get("Containers") or {}).keys())}
+                "containers": sorted((n.get("Containers") or {}).keys()), "subnets": subnets}
 
-    def create_network(self, name: str, driver: str, internal: bool, attachable: bool, labels: Dict[str, str]) -> None:
+    def create_network(self, name: str, driver: str, internal: bool, attachable: bool, labels: Dict[str, str],
+                       subnet: str = "", gateway: str = "", options: Optional[Dict[str, str]] = None) -> None:
+        ipam = None
+        if subnet:
+            from docker.types import IPAMConfig, IPAMPool
+
+            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=subnet, gateway=gateway or None)])
         self._call(
             "create network %s" % name, self.api.create_network, name, driver=driver, internal=internal,
-            attachable=attachable, labels=labels, check_duplicate=True,
+            attachable=attachable, labels=labels, check_duplicate=True, ipam=ipam, options=options or None,
         )
 
     def remove_network(self, name: str) -> None:

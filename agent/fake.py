@@ -177,11 +177,13 @@ class FakeEngine:
     def network(self, name: str) -> Optional[Dict[str, Any]]:
         return dict(self.nets[name]) if name in self.nets else None
 
-    def create_network(self, name: str, driver: str, internal: bool, attachable: bool, labels: Dict[str, str]) -> None:
+    def create_network(self, name: str, driver: str, internal: bool, attachable: bool, labels: Dict[str, str],
+                       subnet: str = "", gateway: str = "", options: Optional[Dict[str, str]] = None) -> None:
         self._hook("create_network", name)
         if name in self.nets:
             raise AgentError(CONFLICT, "network %s exists" % name)
-        self.nets[name] = {"name": name, "id": "n-" + name, "driver": driver, "labels": dict(labels)}
+        self.nets[name] = {"name": name, "id": "n-" + name, "driver": driver, "labels": dict(labels),
+                           "subnets": [subnet] if subnet else [], "internal": internal, "options": dict(options or {})}
 
     def remove_network(self, name: str) -> None:
         self._hook("remove_network", name)
@@ -280,3 +282,84 @@ class _Closeable:
 
     def close(self) -> None:
         self._closed.set()
+
+
+class FakeMeshHost:
+    """agent.mesh.host.NodeHost for unit tests: records what the mesh would change on the
+    host (link, firewall, DNS, daemon) and changes nothing."""
+
+    def __init__(self, name: str = "node") -> None:
+        import base64
+        import hashlib
+
+        self.name = name
+        self.key = base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
+        self.calls: List[Tuple[str, Any]] = []
+        self.links: Dict[str, Any] = {}  # iface -> MeshConfig
+        self.firewall: Dict[str, str] = {}
+        self.dns = False
+        self.daemon = False
+        self.missing: List[str] = []  # problems() answers these
+
+    def problems(self) -> List[str]:
+        return list(self.missing)
+
+    def ensure_key(self, paths: Any) -> str:
+        import os
+
+        self.calls.append(("ensure_key", None))
+        with open(paths.private_key, "w") as fh:
+            fh.write("fake private key of %s\n" % self.name)
+        os.chmod(paths.private_key, 0o600)
+        return self.key
+
+    def public_key(self, paths: Any) -> Optional[str]:
+        return self.key
+
+    def ensure_link(self, cfg: Any, paths: Any) -> str:
+        self.calls.append(("ensure_link", cfg))
+        self.links[cfg.interface] = cfg
+        return "fake"
+
+    def link_up(self, iface: str) -> bool:
+        return iface in self.links
+
+    def link_peers(self, iface: str) -> List[Dict[str, Any]]:
+        cfg = self.links.get(iface)
+        return [{"public_key": p.public_key, "endpoint": p.endpoint, "handshake_age": 1.0}
+                for p in (cfg.peers if cfg else [])]
+
+    def remove_link(self, iface: str) -> None:
+        self.calls.append(("remove_link", iface))
+        self.links.pop(iface, None)
+
+    def apply_firewall(self, iface: str, text: str) -> None:
+        self.calls.append(("apply_firewall", iface))
+        self.firewall[iface] = text
+
+    def remove_firewall(self, iface: str) -> None:
+        self.calls.append(("remove_firewall", iface))
+        self.firewall.pop(iface, None)
+
+    def ensure_dns(self, paths: Any, address: str) -> str:
+        self.calls.append(("ensure_dns", address))
+        self.dns = True
+        return ""
+
+    def dns_running(self, paths: Any, address: str) -> bool:
+        return self.dns
+
+    def stop_dns(self, paths: Any) -> None:
+        self.calls.append(("stop_dns", None))
+        self.dns = False
+
+    def ensure_daemon(self, paths: Any, env: str, restart: bool = False) -> None:
+        self.calls.append(("ensure_daemon", restart))
+        self.daemon = True
+
+    def daemon_running(self, paths: Any) -> bool:
+        return self.daemon
+
+    def stop_daemon(self, paths: Any) -> None:
+        self.calls.append(("stop_daemon", None))
+        self.daemon = False

@@ -22,6 +22,7 @@ from agent.ingress import INGRESS_OPERATIONS
 from agent.ledger import LEDGER_OPERATIONS
 from agent.lock import LOCK_OPERATIONS
 from agent.owner import owned, refuse_foreign
+from agent.mesh.ops import MESH_OPERATIONS
 from agent.rollout import ROLLOUT_OPERATIONS
 from agent.steps import (
     DEFAULT_COMPLETION_TIMEOUT,
@@ -121,7 +122,7 @@ def op_info(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def op_state(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
-    check_keys(args, ("project", "service", "env"), "state")
+    check_keys(args, ("project", "service", "env", "mesh"), "state")
     project = check_project(args["project"]) if args.get("project") else None
     service = check_name(args["service"], "service") if args.get("service") else None
     env = check_name(args["env"], "env") if args.get("env") else None
@@ -136,6 +137,10 @@ def op_state(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
         # deploy one environment over another's (agent.owner).
         out["owners"] = owners(ctx, project, reads=True)
         out["ports_elsewhere"] = ports_elsewhere(ctx, project, reads=True)
+    if args.get("mesh"):
+        from agent.mesh.ops import state_section
+
+        out["mesh"] = state_section(ctx, check_name(args["mesh"], "mesh"))
     return out
 
 
@@ -537,3 +542,4 @@ OPERATIONS.update(LEDGER_OPERATIONS)
 OPERATIONS.update(LOCK_OPERATIONS)
 OPERATIONS.update(INGRESS_OPERATIONS)
 OPERATIONS.update(ROLLOUT_OPERATIONS)
+OPERATIONS.update(MESH_OPERATIONS)

@@ -80,9 +80,9 @@ def ensure_networks(ctx: Context, svc: ServiceSpec) -> List[str]:
             labels = dict(net.labels)
             labels.update(L.resource_labels(svc.project, net.name, svc.env))
             try:
-                ctx.engine.create_network(name, net.driver, net.internal, net.attachable, labels)
+                _create_network(ctx, name, net, labels)
                 created.append(name)
-                ctx.emit("network.create", network=name)
+                ctx.emit("network.create", network=name, subnet=net.subnet)
             except AgentError:
                 existing = ctx.engine.network(name)  # created meanwhile by a parallel apply?
                 if existing is None:
@@ -94,7 +94,40 @@ def ensure_networks(ctx: Context, svc: ServiceSpec) -> List[str]:
                 "network %s exists but is not managed by orch for project %s" % (name, svc.project),
                 {"network": name, "fix": "remove it (docker network rm %s) or declare it external" % name},
             )
+        if existing is not None and net.subnet and net.subnet not in (existing.get("subnets") or [net.subnet]):
+            # Made before the mesh (or with another mesh range): its replicas could not be
+            # reached from other nodes. Docker cannot re-address a network in place.
+            raise AgentError(
+                CONFLICT,
+                "network %s has subnet %s, but the environment's mesh needs %s" % (
+                    name, ", ".join(existing.get("subnets") or []) or "?", net.subnet),
+                {"network": name, "fix": "run `orch down` for this project and environment, then `orch up` "
+                 "(volumes are kept): the network is made again in the mesh"},
+            )
+    if any(net.mesh_slot for net in used if not net.external):
+        from agent.mesh.ops import sync_firewall
+
+        sync_firewall(ctx, svc.env)  # the new bridge's rules now, not at the daemon's next tick
     return created
+
+
+def _create_network(ctx: Context, name: str, net: Any, labels: Dict[str, str]) -> None:
+    if not net.mesh_slot:
+        ctx.engine.create_network(name, net.driver, net.internal, net.attachable, labels)
+        return
+    from agent.mesh.records import MESH_INTERNAL, MESH_SLOT
+
+    labels = dict(labels)
+    labels[MESH_SLOT] = str(net.mesh_slot)
+    labels[MESH_INTERNAL] = "true" if net.internal else "false"
+    # internal is enforced by the mesh firewall (agent.mesh.firewall), which lets the network
+    # reach its own subnets on other nodes; Docker's internal would cut those too. Docker's
+    # masquerading is off: the mesh's own rule masquerades all but mesh -> mesh traffic.
+    options = {"com.docker.network.bridge.enable_ip_masquerade": "false"}
+    if net.mtu:
+        options["com.docker.network.driver.mtu"] = str(net.mtu)
+    ctx.engine.create_network(name, net.driver, False, net.attachable, labels, subnet=net.subnet,
+                              gateway=net.gateway, options=options)
 
 
 def ensure_volumes(ctx: Context, svc: ServiceSpec) -> List[str]:

@@ -38,7 +38,7 @@ def main() -> None:
     env = ws.environment
     order = [n.name for n in env.nodes]
     slots = blueprint.place(node_infos(env), [])
-    units, _ = blueprint.units(slots, node_addresses(env), order)
+    units, _ = blueprint.units(slots, order)
     plan = make_plan(ws.project.name, env.name, blueprint.waves, units, {n: [] for n in order},
                      blueprint.project_services, False, order)
     t_plan = time.perf_counter()

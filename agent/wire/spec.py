@@ -222,7 +222,7 @@ _CONTAINER_KEYS = (
     "image", "command", "entrypoint", "environment", "ports", "volumes", "networks",
     "healthcheck", "restart", "resources", "labels", "user", "working_dir", "hostname",
     "extra_hosts", "cap_add", "cap_drop", "init", "stop_signal", "stop_grace_period",
-    "read_only", "secrets", "configs",
+    "read_only", "secrets", "configs", "dns", "dns_search",
 )
 
 
@@ -251,6 +251,10 @@ class ContainerSpec:
     read_only: bool = False
     secrets: List[FileSpec] = field(default_factory=list)  # at /run/secrets/NAME, 0400
     configs: List[FileSpec] = field(default_factory=list)  # at /NAME, 0444
+    # Set by orch for the mesh (agent.wire.mesh): the node's mesh DNS and the search
+    # domains of the container's networks.
+    dns: List[str] = field(default_factory=list)
+    dns_search: List[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "container") -> "ContainerSpec":
@@ -305,6 +309,8 @@ class ContainerSpec:
                 FileSpec.from_dict(c, "%s.configs[%d]" % (where, i), "/{name}", 0o444)
                 for i, c in enumerate(_list(d, "configs", where))
             ],
+            dns=_dns_servers(d.get("dns") or [], where + ".dns"),
+            dns_search=check_str_list(d.get("dns_search") or [], where + ".dns_search"),
         )
         targets = [m.target for m in spec.volumes] + [f.target for f in spec.secrets + spec.configs]
         dupes = sorted(set(t for t in targets if targets.count(t) > 1))
@@ -313,10 +319,28 @@ class ContainerSpec:
         return spec
 
     def to_dict(self) -> Dict[str, Any]:
-        """Canonical JSON form: every field present, defaults filled in, lists normalised."""
+        """Canonical JSON form: every field present, defaults filled in, lists normalised.
+        The mesh's dns fields only when set, so containers outside a mesh keep the config
+        hash they had before those fields existed (no recreate on upgrade)."""
         import dataclasses
 
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for key in ("dns", "dns_search"):
+            if not out[key]:
+                del out[key]
+        return out
+
+
+def _dns_servers(value: Any, where: str) -> List[str]:
+    import ipaddress
+
+    out = check_str_list(value, where)
+    for i, s in enumerate(out):
+        try:
+            ipaddress.ip_address(s)
+        except ValueError:
+            raise BadRequest("%s[%d] %r must be an IP address" % (where, i, s))
+    return out
 
 
 def _list(d: Dict[str, Any], key: str, where: str) -> list:
@@ -348,14 +372,34 @@ class NetworkDef:
     internal: bool = False
     attachable: bool = False
     labels: Dict[str, str] = field(default_factory=dict)
+    # Part of the environment's mesh (agent.wire.mesh): its slot k (0: not in the mesh), and
+    # this node's subnet of it, gateway and MTU.
+    mesh_slot: int = 0
+    subnet: str = ""
+    gateway: str = ""
+    mtu: int = 0
 
     @classmethod
     def from_dict(cls, name: str, d: Any, where: str) -> "NetworkDef":
         d = d or {}
         if not isinstance(d, dict):
             raise BadRequest("%s must be an object" % where)
-        check_keys(d, ("external", "name", "driver", "internal", "attachable", "labels"), where)
+        check_keys(d, ("external", "name", "driver", "internal", "attachable", "labels", "mesh_slot", "subnet",
+                       "gateway", "mtu"), where)
+        subnet = check_str(d.get("subnet") or "", where + ".subnet")
+        gateway = check_str(d.get("gateway") or "", where + ".gateway")
+        if subnet or gateway:
+            import ipaddress
+
+            try:
+                net = ipaddress.IPv4Network(subnet)
+                if ipaddress.IPv4Address(gateway) not in net:
+                    raise ValueError("gateway outside the subnet")
+            except ValueError as exc:
+                raise BadRequest("%s.subnet/gateway %r/%r: %s" % (where, subnet, gateway, exc))
         return cls(
+            mesh_slot=check_int(d.get("mesh_slot", 0), where + ".mesh_slot", 0, 4095),
+            subnet=subnet, gateway=gateway, mtu=check_int(d.get("mtu", 0), where + ".mtu", 0, 9000),
             name=check_name(name, where),
             external=check_bool(d.get("external", False), where + ".external"),
             external_name=check_name(d["name"], where + ".name") if d.get("name") else "",

@@ -98,6 +98,8 @@ class Deployment:
         self.degraded: list[str] = []
         self.auths: dict[str, dict] = {}  # service -> pull credentials of its image's own registry
         self.ingress: dict[str, dict] = {}  # node -> the project's ingress frontends there (state)
+        self.meshes: dict[str, dict] = {}  # node -> its part of the environment's mesh (state)
+        self.mesh_layout: Any = None  # orchestrator.core.mesh.MeshLayout when the mesh is on
         self.journal: Any = None  # orchestrator.core.rollout.Journal of what apply() replaced
         self._journal_lock = threading.Lock()
         self._watch: list[_Watched] = []  # replaced replicas inside their monitor window
@@ -156,26 +158,34 @@ class Deployment:
         owners: dict = {}
         self.observed = N.observe_nodes(self.nodes, self.project.name, fresh=bool(self.hooks["connected"]),
                                       ingress=self.ingress, env=self.environment.name, owners=owners,
-                                      taken=self.taken)
+                                      taken=self.taken,
+                                      meshes=self.meshes if self.environment.mesh_enabled else None)
         refuse_other_envs(self.environment, self.project.name, owners)
         self._timed("observe", t0)
 
     def make_plan(self) -> Plan:
-        from orchestrator.core.specs import node_addresses, node_infos
+        from orchestrator.core.specs import node_infos
 
         t0 = time.monotonic()
         order = [n.name for n in self.environment.nodes]
         slots = self.blueprint.place(node_infos(self.environment), existing_slots(self.observed))
-        import socket
+        mesh_actions = []
+        if self.environment.mesh_enabled:
+            from orchestrator.app.mesh import layout, mesh_actions as plan_mesh
 
-        self.units, warnings = self.blueprint.units(slots, node_addresses(self.environment, socket.gethostbyname),
-                                                    order)
+            from orchestrator.core.mesh import refuse_unmeshed
+
+            refuse_unmeshed(self.project.name, self.environment.name, self.meshes)
+            self.mesh_layout = layout(self.environment, self.project.name, self.blueprint, self.meshes)
+            mesh_actions = plan_mesh(self.mesh_layout, self.environment.nodes, self.meshes, self.environment.name)
+        self.units, warnings = self.blueprint.units(slots, order, mesh=self.mesh_layout)
         for w in warnings:
             self.warn(w)
         refuse_taken_ports(self.project, self.blueprint, self.units, self.taken)
         self.plan = make_plan(self.project.name, self.environment.name, self.blueprint.waves, self.units,
                               self.observed, self.blueprint.project_services, self.options.remove_orphans, order,
                               ingress=self.ingress)
+        self.plan.mesh = mesh_actions
         for w in self.plan.warnings:
             self.warn(w)
         self.progress.show_plan(self.plan)
@@ -193,6 +203,11 @@ class Deployment:
         plan = self.plan
         assert plan is not None
         self._run_hooks("before_apply")
+        if plan.mesh:
+            from orchestrator.app.mesh import apply_mesh
+
+            self.progress.phase("mesh", f"mesh: {', '.join(m.node for m in plan.mesh)}")
+            apply_mesh(self.environment, self.nodes, self.mesh_layout, self.meshes, plan.mesh)
         self.journal = Journal()
         for node, count in _parallel_applies(plan).items():
             prewarm = getattr(self.nodes.get(node), "prewarm", None)

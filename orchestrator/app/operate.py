@@ -70,6 +70,14 @@ def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress |
             raise DeployError(f"orch down: cleaning up {name} failed: {err}", fix="re-run `orch down`")
         for node, res in finals.items():
             removed += [dict(r, node=node) for r in res.get("removed", [])]
+        if environment.mesh_enabled:
+            # The project's networks are gone, and with them its firewall rules and names;
+            # a node where no project of the environment is left also drops the mesh.
+            _, errors = T.parallel(list(nodes.values()), lambda n: n.call(
+                "mesh_leave", {"env": environment.name, "project": project.name}))
+            if errors:
+                name, err = sorted(errors.items())[0]
+                raise DeployError(f"orch down: leaving the mesh on {name} failed: {err}", fix="re-run `orch down`")
         return DownResult(project.name, environment.name, removed,
                           {n: r.get("networks", []) for n, r in finals.items() if r.get("networks")},
                           {n: r.get("volumes", []) for n, r in finals.items() if r.get("volumes")},

@@ -34,6 +34,7 @@ class NodeSpec:
     labels: dict[str, str] = field(default_factory=dict)
     jump: str | None = None  # "user@host:port", ProxyJump-style
     python: str = DEFAULT_PYTHON  # the interpreter the agent runs with on this node
+    endpoint: str | None = None  # HOST:PORT other nodes send mesh (WireGuard) packets to; None: host
     line: int | None = field(default=None, compare=False)  # in the environment file, for error messages
 
 
@@ -196,6 +197,13 @@ class Environment:
     overlay_source: Any = None  # located mapping (yamlsrc.YMap) before rendering
     # Other registries' credentials (`registries:`), each for its own host:port only.
     registries: tuple[RegistrySpec, ...] = ()
+    mesh: Any = None  # orchestrator.core.mesh.MeshSettings (None: the defaults)
+
+    @property
+    def mesh_enabled(self) -> bool:
+        from orchestrator.core.mesh import MeshSettings
+
+        return (self.mesh or MeshSettings()).enabled(len(self.nodes))
 
     def registry_for(self, address: str) -> RegistrySpec | None:
         """The registry entry (`registry:` or one of `registries:`) whose address is this
@@ -317,8 +325,9 @@ def pipeline_order(envs: Mapping[str, Environment]) -> list[str]:
 
 # --------------------------------------------------------------------------- parsing
 
-_TOP_KEYS = {"name", "nodes", "ssh", "registry", "registries", "promote_from", "gates", "verify", "vars", "overlay"}
-_NODE_KEYS = {"name", "host", "port", "user", "identity_file", "labels", "jump", "python"}
+_TOP_KEYS = {"name", "nodes", "ssh", "registry", "registries", "promote_from", "gates", "verify", "vars", "overlay",
+             "mesh"}
+_NODE_KEYS = {"name", "host", "port", "user", "identity_file", "labels", "jump", "python", "endpoint"}
 # A program name or an absolute path, run as argv[0] (never through a shell string).
 _PYTHON_RE = re.compile(r"^[A-Za-z0-9_.+-]+$|^/[A-Za-z0-9_./+-]+$")
 _SSH_KEYS = {"known_hosts", "connect_timeout", "command_timeout", "strict_host_keys"}
@@ -381,6 +390,8 @@ class _Reader:
 
 
 def parse_environment(path: Path, expected_name: str | None = None) -> Environment:
+    from orchestrator.core.environment_sections import _parse_registries, _parse_verify
+    from orchestrator.core.mesh import check_endpoint, parse_mesh
     from orchestrator.core.yamlsrc import load_yaml_file
 
     file = str(path)
@@ -451,6 +462,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
                     labels={str(k): str(v) for k, v in labels.items()},
                     jump=r.typed(raw, "jump", f"{p}.jump", (str,), "a string like user@host:port"),
                     python=python,
+                    endpoint=check_endpoint(r, raw, p),
                     line=_loc_of(raw_nodes, i)[0],
                 )
             )
@@ -487,6 +499,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
         verification=r.typed(raw_gates, "verification", "gates.verification", (bool,), "true or false", False),
     )
     verify = _parse_verify(r, doc)
+    mesh = parse_mesh(r, doc, len(nodes))
 
     raw_vars = doc.get("vars") or {}
     if not isinstance(raw_vars, dict):
@@ -503,141 +516,9 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
     env = Environment(
         name=name, file=path.resolve(), nodes=nodes, ssh=ssh, registry=registry,
         promote_from=promote_from, gates=gates, verify=verify, vars=dict(raw_vars),
-        overlay_source=overlay, registries=registries,
+        overlay_source=overlay, registries=registries, mesh=mesh,
     )
     return env
-
-
-def _parse_registries(r: _Reader, doc, own: RegistrySpec, path: Path) -> tuple[RegistrySpec, ...]:
-    """`registries:`, a list of {address, credentials...}: images on another registry
-    (ghcr.io, a company registry) are pinned and pulled with that entry's credentials."""
-    from agent.wire.protocol import canonical_registry, check_registry_address
-
-    raw = doc.get("registries")
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        r.problem(doc, "registries", "registries", f"must be a list, not {_kind(raw)}",
-                  fix="write `registries: [{address: ghcr.io, username_env: GHCR_USER, password_env: GHCR_TOKEN}]`.")
-        return ()
-    out: list[RegistrySpec] = []
-    seen: dict[str, str] = {}
-    for i, entry in enumerate(raw):
-        p = f"registries[{i}]"
-        if not isinstance(entry, dict):
-            r.problem(raw, i, p, f"must be a mapping, not {_kind(entry)}",
-                      fix="write `- {address: HOST[:PORT], username_env: VARIABLE, password_env: VARIABLE}`.")
-            continue
-        r.mapping(None, None, p, _REGISTRIES_KEYS, value=entry)
-        s = lambda k: r.typed(entry, k, f"{p}.{k}", (str,), "a string")  # noqa: E731
-        address = s("address")
-        if not address:
-            r.problem(raw, i, p, "a registries entry needs an address",
-                      fix="add `address: HOST[:PORT]` (e.g. ghcr.io or registry.example.com:5000).")
-            continue
-        try:
-            check_registry_address(address, "address")
-        except ValueError:
-            r.problem(entry, "address", f"{p}.address", f"{address!r} is not a registry host[:port]",
-                      fix="write the registry's host[:port] as it appears in image names, e.g. ghcr.io or "
-                      "registry.example.com:5000 (no https://, no path).")
-            continue
-        canon = canonical_registry(address)
-        if own.address and canon == canonical_registry(own.address):
-            r.problem(entry, "address", f"{p}.address", f"{address} is the environment's own registry",
-                      fix="set its credentials under registry: and drop this entry.")
-            continue
-        if own.mirror and canon == canonical_registry(own.mirror):
-            r.problem(entry, "address", f"{p}.address", f"{address} is registry.mirror, which is used anonymously",
-                      fix="drop this entry (nodes send no credentials to a mirror).")
-            continue
-        if canon in seen:
-            r.problem(entry, "address", f"{p}.address", f"{address} is listed twice (also {seen[canon]})",
-                      fix="keep one entry per registry.")
-            continue
-        seen[canon] = p
-        out.append(RegistrySpec(
-            address=address,
-            ca_file=r.file_path(entry, "ca_file", f"{p}.ca_file", path),
-            username=s("username"),
-            username_env=s("username_env"),
-            password_env=s("password_env"),
-            password_file=r.file_path(entry, "password_file", f"{p}.password_file", path, DOTENV_MAX_BYTES),
-            credentials_file=r.file_path(entry, "credentials_file", f"{p}.credentials_file", path, DOTENV_MAX_BYTES),
-            source=str(path),
-            key=p,
-            locations=_locations(raw, i, entry),
-        ))
-    return tuple(out)
-
-
-def _parse_verify(r: _Reader, doc) -> VerifySettings:
-    raw = r.mapping(doc, "verify", "verify", _VERIFY_KEYS)
-    on_deploy = r.typed(raw, "on_deploy", "verify.on_deploy", (bool,), "true or false", False)
-    checks = []
-    raw_checks = raw.get("checks") or []
-    if not isinstance(raw_checks, list):
-        r.problem(raw, "checks", "verify.checks", f"must be a list, not {_kind(raw_checks)}")
-        raw_checks = []
-    for i, c in enumerate(raw_checks):
-        p = f"verify.checks[{i}]"
-        if not isinstance(c, dict):
-            r.problem(raw_checks, i, p, f"must be a mapping, not {_kind(c)}")
-            continue
-        r.mapping(None, None, p, _CHECK_KEYS, value=c)
-        http = r.typed(c, "http", f"{p}.http", (str,), "a URL template")
-        command = c.get("command")
-        if isinstance(command, str):
-            import shlex
-
-            command = shlex.split(command)
-        if command is not None and not (isinstance(command, list) and all(isinstance(a, str) for a in command)):
-            r.problem(c, "command", f"{p}.command", "must be a string or a list of strings")
-            command = None
-        if (http is None) == (command is None):
-            r.problem(raw_checks, i, p, "a check needs exactly one of http or command",
-                      fix="write `http: http://{{ node.host }}:8080/` or `command: [pytest, -q, smoke/]`.")
-            continue
-        if http is not None:
-            _check_template_syntax(r, c, "http", f"{p}.http", http)
-        else:
-            for key, fix in (("status", "remove status: (a command passes on exit code 0), or make it an http check."),
-                             ("contains", "remove contains: and check the output in the command itself (e.g. with "
-                                          "grep), or make it an http check.")):
-                if key in c:
-                    r.problem(c, key, f"{p}.{key}",
-                              f"{key} applies to http checks only; this is a command check, which passes on "
-                              "exit code 0", fix=fix)
-        checks.append(
-            VerifyCheck(
-                name=r.typed(c, "name", f"{p}.name", (str,), "a string", default=f"check-{i + 1}"),
-                http=http,
-                service=r.typed(c, "service", f"{p}.service", (str,), "a service name"),
-                status=r.typed(c, "status", f"{p}.status", (int,), "an HTTP status code", 200),
-                contains=r.typed(c, "contains", f"{p}.contains", (str,), "a string"),
-                timeout=float(r.typed(c, "timeout", f"{p}.timeout", (int, float), "seconds", 5.0)),
-                retries=r.typed(c, "retries", f"{p}.retries", (int,), "a whole number", 3),
-                command=command,
-                index=i,
-                locations={k: _loc_of(c, k) for k in c if isinstance(k, str)},
-            )
-        )
-    return VerifySettings(on_deploy=on_deploy, checks=tuple(checks))
-
-
-def _check_template_syntax(r: _Reader, parent, key, path, text: str) -> None:
-    import jinja2
-
-    from orchestrator.core import templates
-
-    try:
-        templates.environment().parse(text)
-    except jinja2.TemplateSyntaxError as err:
-        r.problem(parent, key, path, f"template syntax error: {err.message}",
-                  fix="close every {{ ... }} and {% ... %}.")
-
-
-# --------------------------------------------------------------------------- templates
 
 
 def render_templates(node, context: dict[str, Any], file: str, prefix: str = "overlay"):

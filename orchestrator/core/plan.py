@@ -160,6 +160,7 @@ class Plan:
     orphans: dict[str, list[str]]  # services not in the Compose file, left running: service -> nodes
     nodes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    mesh: list[Any] = field(default_factory=list)  # orchestrator.core.mesh.MeshAction: nodes whose mesh changes
 
     def actions(self) -> list[Action]:
         out = [a for s in self.steps for a in s.actions]
@@ -174,7 +175,7 @@ class Plan:
 
     @property
     def is_noop(self) -> bool:
-        return not self.removals and not any(s.changes or s.ingress for s in self.steps)
+        return not self.removals and not self.mesh and not any(s.changes or s.ingress for s in self.steps)
 
     def wave_steps(self, wave: int) -> list[Step]:
         return [s for s in self.steps if s.wave == wave]
@@ -194,6 +195,7 @@ class Plan:
             + [a.to_json() for r in self.removals for a in r.actions],
             "orphans": {k: list(v) for k, v in sorted(self.orphans.items())},
             "ingress": [{"service": s.service, "node": s.node, "reason": s.ingress} for s in self.steps if s.ingress],
+            "mesh": [{"node": m.node, "join": m.join, "reasons": list(m.reasons)} for m in self.mesh],
             "warnings": list(self.warnings),
         }
 
@@ -226,6 +228,8 @@ class Plan:
         for s in self.steps:
             if s.ingress:
                 lines.append(f"ingress: {s.service} on {s.node} is synced ({s.ingress})")
+        for m in self.mesh:
+            lines.append(f"mesh: {m.node}: {', '.join(m.reasons)}")
         c = self.counts()
         if self.is_noop:
             lines.append(f"No changes: {c[UNCHANGED]} container(s) up to date.")

@@ -8,10 +8,11 @@ Two steps, so that everything the user got wrong is found before any connection:
    config contents), its readiness (what `apply` waits for) and its placement request.
    Compose keys that cannot be honoured are refused (InputError) or ignored with one
    warning per key; docs/compose-support.md lists which.
-2. `Blueprint.units(slots, addresses)` takes the placement (service -> replica slots on
-   nodes) and makes one `Unit` per (service, node): the ServiceSpec JSON sent to that
-   node's agent, with cross-node `extra_hosts` for dependencies that run on other nodes
-   and the config hash (agent.wire.spec.config_hash) that decides recreation.
+2. `Blueprint.units(slots, node_order, mesh)` takes the placement (service -> replica slots
+   on nodes) and makes one `Unit` per (service, node): the ServiceSpec JSON sent to that
+   node's agent, its networks in the environment's service mesh (orchestrator.core.mesh:
+   per-node subnets, the node's mesh DNS and search domains) and the config hash
+   (agent.wire.spec.config_hash) that decides recreation.
 
 Pure: the contents of secret/config files and variables named in the Compose file come in
 through `Sources` (orchestrator.io.files.local_sources reads the controller's).
@@ -117,7 +118,7 @@ class Unit:
     wait: str  # running | healthy | completed
     restart: str
     spec: dict  # agent ServiceSpec JSON
-    cross_node: tuple[tuple[str, str, str], ...] = ()  # (dependency, node, address) reached via extra_hosts
+    cross_node: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (dependency, the other nodes it runs on)
     policy: Any = None  # orchestrator.core.rollout.UpdatePolicy
     ingress: Any = None  # orchestrator.core.rollout.IngressSpec
 
@@ -167,11 +168,14 @@ class Blueprint:
     def dependents(self, name: str) -> list[str]:
         return sorted(s.name for s in self.services.values() if name in s.dependencies)
 
-    def units(self, slots: Mapping[str, Sequence[Any]], addresses: Mapping[str, str],
-              node_order: Sequence[str] = ()) -> tuple[dict[tuple[str, str], Unit], list[str]]:
+    def units(self, slots: Mapping[str, Sequence[Any]], node_order: Sequence[str] = (),
+              mesh: Any = None) -> tuple[dict[tuple[str, str], Unit], list[str]]:
         """One Unit per (service, node) from placement slots; (units, warnings).
 
-        `addresses` maps node name -> IP address other nodes reach it at (for extra_hosts).
+        `mesh` (orchestrator.core.mesh.MeshLayout, or None when the environment has no mesh)
+        puts every network of the project into the environment's service mesh: per node a
+        subnet of it, and every replica resolves its networks' names there (dns, dns_search).
+        Without a mesh, a dependency on another node is a warning: it cannot be reached.
         """
         from agent.wire.spec import config_hash, config_parts
 
@@ -189,25 +193,20 @@ class Blueprint:
                 nodes = sorted(where.get(name, {}), key=lambda n: (order.get(n, len(order)), n))
                 for node in nodes:
                     container = dict(bp.container)
-                    hosts = list(container.get("extra_hosts") or [])
-                    named = {h.split(":", 1)[0] for h in hosts}
+                    networks = bp.networks
                     cross = []
                     for dep in sorted(bp.dependencies):
                         dep_nodes = where.get(dep, {})
-                        if not dep_nodes or node in dep_nodes or dep in named:
-                            continue
-                        # the node running the dependency's lowest replica
-                        dep_node = min(dep_nodes, key=lambda n: (min(dep_nodes[n]), order.get(n, 0)))
-                        address = addresses.get(dep_node)
-                        if not address:
-                            raise InputError(Problem(
-                                f"node {dep_node} has no IP address for extra_hosts (service {name} on {node} "
-                                f"depends on {dep} there)",
-                                fix="give the node an IP address as host: in the environment file"))
-                        hosts.append(f"{dep}:{address}")
-                        cross.append((dep, dep_node, address))
-                        warnings.extend(_cross_node_warnings(self.services[dep], name, node, dep_node, address))
-                    container["extra_hosts"] = hosts
+                        if dep_nodes and node not in dep_nodes:
+                            cross.append((dep, sorted(dep_nodes, key=lambda n: order.get(n, len(order)))))
+                    if mesh is not None:
+                        networks = {k: (dict(v, **mesh.network(node, k)) if k in mesh.net_slots else v)
+                                    for k, v in bp.networks.items()}
+                        attached = [a["name"] for a in container.get("networks") or []]
+                        container["dns"] = [mesh.address(node)]
+                        container["dns_search"] = mesh.domains(attached)
+                    else:
+                        warnings.extend(_no_mesh_warnings(name, node, cross))
                     spec = {
                         "project": self.project,
                         "service": name,
@@ -215,7 +214,7 @@ class Blueprint:
                         "release": "",
                         "replicas": sorted(where[name][node]),
                         "container": container,
-                        "networks": bp.networks,
+                        "networks": networks,
                         "volumes": bp.volumes,
                         "pull": bp.pull,
                     }
@@ -223,7 +222,8 @@ class Blueprint:
                     spec["config_parts"] = config_parts(container)
                     units[(name, node)] = Unit(
                         service=name, node=node, replicas=tuple(spec["replicas"]), config_hash=spec["config_hash"],
-                        wait=bp.wait, restart=bp.restart, spec=spec, cross_node=tuple(cross),
+                        wait=bp.wait, restart=bp.restart, spec=spec,
+                        cross_node=tuple((dep, tuple(ns)) for dep, ns in cross),
                         policy=bp.policy, ingress=bp.ingress,
                     )
         return units, _dedupe(warnings)
@@ -252,16 +252,10 @@ def _shared_volume_warnings(bp: "Blueprint", where: Mapping[str, Mapping[str, li
     return out
 
 
-def _cross_node_warnings(dep: ServiceBlueprint, name: str, node: str, dep_node: str, address: str) -> list[str]:
-    if not dep.published:
-        return [f"{name} on {node} depends on {dep.name}, which runs on {dep_node} and publishes no port: "
-                f"'{dep.name}' resolves to {address} there, but nothing answers. Publish the ports "
-                f"{name} uses (ports: [\"PORT:PORT\"]) or constrain both to one node."]
-    moved = [f"{t}->{p}" for (_, p, _, t) in dep.published if p != t]
-    if moved:
-        return [f"{name} on {node} reaches {dep.name} on {dep_node} at {address}, only on its published "
-                f"ports ({', '.join(moved)}); publish them as PORT:PORT so '{dep.name}:PORT' works from every node."]
-    return []
+def _no_mesh_warnings(name: str, node: str, cross: list) -> list[str]:
+    return [f"{name} on {node} depends on {dep}, which runs only on {', '.join(nodes)}, and the environment's "
+            f"mesh is off (mesh: {{mode: off}}): '{dep}' does not resolve there. Turn the mesh on, or "
+            f"constrain both to one node." for dep, nodes in cross]
 
 
 def check_port_conflicts(bp: Blueprint, where: Mapping[str, Mapping[str, list[int]]]) -> None:

@@ -115,7 +115,8 @@ class SSHNode:
         self.conn.close()
 
 
-def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | None = None) -> Any:
+def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | None = None,
+               mesh_env: str = "") -> Any:
     """An agent session, fast: run the bundle straight away and say hello (and, with
     `project`, ask for its `state` in the same breath: session.prefetched).
 
@@ -131,7 +132,7 @@ def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | Non
         channel = conn.open_exec(T.agent_command(remote, python=conn.target.python))
         session = T.AgentSession(conn, channel, remote, False)
         hello = session.stream("hello", {"protocol": PROTOCOL_VERSION})
-        state = session.stream("state", {"project": project}) if project else None
+        state = session.stream("state", state_args(project, mesh_env)) if project else None
         session.hello = hello.wait()
         if session.hello.get("protocol") == PROTOCOL_VERSION:
             session.prefetched = _state_or_error(state)
@@ -146,6 +147,11 @@ def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | Non
     session = T.AgentSession.open(conn, bundle)
     session.prefetched = None
     return session
+
+
+def state_args(project: str | None, mesh_env: str = "") -> dict:
+    """`state` of a project; with mesh_env, the node's part of that environment's mesh too."""
+    return {"project": project, "mesh": mesh_env} if mesh_env else {"project": project}
 
 
 def _state_or_error(stream: Any) -> Any:
@@ -174,11 +180,12 @@ def ssh_connect(environment: Any, progress: Progress, project: str | None = None
     targets = [T.target_from_node(n) for n in environment.nodes]
     options = T.options_from_env(environment)
     bundle = current_bundle()
+    mesh_env = environment.name if getattr(environment, "mesh_enabled", False) else ""
 
     def one(target: T.NodeTarget) -> SSHNode:
         conn = T.connect(target, options)
         try:
-            session = open_agent(conn, bundle, project=project)
+            session = open_agent(conn, bundle, project=project, mesh_env=mesh_env)
         except BaseException:
             conn.close()
             raise
@@ -232,7 +239,7 @@ def close_nodes(nodes: Mapping[str, Any], wait: float = CLOSE_WAIT) -> None:
 
 def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
                   ingress: dict | None = None, env: str = "", owners: dict | None = None,
-                  taken: dict | None = None) -> dict[str, list[Observed]]:
+                  taken: dict | None = None, meshes: dict | None = None) -> dict[str, list[Observed]]:
     """Every node's containers of `project` in environment `env`, in parallel; a node whose
     Docker Engine is unusable fails the whole command (naming each such node) before
     anything is done.
@@ -250,7 +257,7 @@ def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
             if isinstance(pre, BaseException):
                 raise pre
             return pre
-        return n.call("state", {"project": project})
+        return n.call("state", state_args(project, env if meshes is not None else ""))
 
     results, errors = T.parallel(list(nodes.values()), state)
     if errors:
@@ -267,6 +274,9 @@ def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
     if owners is not None:
         owners.clear()
         owners.update({node: dict(res.get("owners") or {}) for node, res in results.items()})
+    if meshes is not None:
+        meshes.clear()
+        meshes.update({node: res.get("mesh") or {"env": env} for node, res in results.items()})
     if taken is not None:
         taken.clear()
         taken.update({node: list(res.get("ports_elsewhere") or []) for node, res in results.items()})

@@ -24,6 +24,11 @@ PROGRAMS = {
     "debootstrap": "debootstrap",
     "openssl": "openssl",
     "tar": "tar",
+    # the service mesh on the nodes (docs/networking.md); tcpdump for its e2e capture
+    "wg": "wireguard-tools",
+    "wireguard-go": "wireguard-go",
+    "dnsmasq": "dnsmasq-base",
+    "tcpdump": "tcpdump",
 }
 STATIC_BUSYBOX = ("/bin/busybox", "busybox-static")
 

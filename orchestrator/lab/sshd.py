@@ -44,13 +44,25 @@ def render_config(spec: LabSpec, node: NodeSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+# A real server has its own /run; the lab's nodes share this machine's. WireGuard's tools
+# keep their control sockets in /run/wireguard/<interface>.sock, and every prod node names
+# its interface orch-prod: so each node's sshd (and the agents and programs it starts)
+# runs in a mount namespace of its own where /run/wireguard is the node's directory.
+PRIVATE_RUN_DIRS = ("/run/wireguard",)
+_BIND = 'set -e; mkdir -p "$1" "$2"; mount --bind "$1" "$2"; shift 3; exec "$@"'
+
+
 def sshd_argv(spec: LabSpec, node: NodeSpec) -> list[str]:
     p = spec.paths
     # -D: stay in the foreground so the pid we spawn is the daemon; -e: log to stderr
-    # (our log file) instead of syslog, which may not exist here.
+    # (our log file) instead of syslog, which may not exist here. unshare and sh exec
+    # into sshd, so the pid spawned is sshd's.
+    private = str(p.node_run(node.name) / "wireguard")
     return netns.in_netns(
         spec.netns(node),
-        ["/usr/sbin/sshd", "-D", "-e", "-f", str(p.sshd_config(node.name))],
+        ["unshare", "--mount", "--propagation", "slave", "--", "/bin/sh", "-c", _BIND, "sh",
+         private, PRIVATE_RUN_DIRS[0], "--",
+         "/usr/sbin/sshd", "-D", "-e", "-f", str(p.sshd_config(node.name))],
         uts=p.uts_ns(node.name),
     )
 

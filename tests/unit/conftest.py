@@ -7,6 +7,18 @@ from tests.unit.fakes import FakeNode
 
 
 @pytest.fixture(autouse=True)
+def no_host_mesh(monkeypatch):
+    """The mesh's real host driver changes the machine's network (WireGuard links, iptables,
+    dnsmasq): a unit test that reaches it fails instead. Use agent.fake.FakeMeshHost."""
+
+    def refuse(self):
+        raise AssertionError("a unit test reached agent.mesh.host.NodeHost (the real host): "
+                             "give the Context mesh_host=agent.fake.FakeMeshHost()")
+
+    monkeypatch.setattr("agent.mesh.host.NodeHost.__init__", refuse)
+
+
+@pytest.fixture(autouse=True)
 def no_deploy_waits(monkeypatch):
     slept = []
     monkeypatch.setattr("orchestrator.app.deploy._sleep", slept.append)

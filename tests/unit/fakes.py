@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent.context import Context
-from agent.fake import FakeEngine
+from agent.fake import FakeEngine, FakeMeshHost
 from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError as RawAgentError
 from orchestrator.app.workspace import ProjectOptions, load_workspace
@@ -54,6 +54,7 @@ class FakeNode:
     def __init__(self, name, state_dir):
         self.name = name
         self.engine = FakeEngine(images=IMAGES, behaviours=BEHAVIOURS)
+        self.mesh_host = FakeMeshHost(name)  # never the real host: no link, firewall or daemon here
         self.state_dir = state_dir
         self.calls = []
         self.lock = threading.Lock()
@@ -64,7 +65,7 @@ class FakeNode:
     def _ctx(self, emit):
         clock = FakeClock()
         return Context(engine_factory=lambda: self.engine, state_dir=str(self.state_dir), emit=emit,
-                       clock=clock, sleep=clock.sleep)
+                       clock=clock, sleep=clock.sleep, mesh_host=self.mesh_host)
 
     def call(self, op, args=None, on_event=None, timeout=None):
         with self.lock:
@@ -169,7 +170,7 @@ def ws(lab, compose=SHOP, env="dev", environ=None):
 _AGENT_PROCESS = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, %r)
-    from agent.fake import FakeEngine
+    from agent.fake import FakeEngine, FakeMeshHost
     from agent.rpc import Server
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     sys.stdout = sys.stderr

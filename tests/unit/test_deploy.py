@@ -44,9 +44,16 @@ def test_first_up_creates_everything_wave_by_wave_with_readiness(lab):
     assert rows[("web", 2)].node == "n2" and rows[("web", 1)].node == "n1"
     assert rows[("migrate", 1)].state == "exited" and rows[("migrate", 1)].exit_code == 0
     assert res.addresses["web"] == ["10.250.0.201:8080", "10.250.0.202:8080"]
-    # web-2 on n2 reaches api on n1 through extra_hosts
+    # web-2 on n2 depends on api, which runs only on n1: it resolves api through the
+    # environment's mesh (set up on both nodes before any container), not extra_hosts
     (spec,) = [a["spec"] for op, a in n2.calls if op == "rollout"]
-    assert spec["container"]["extra_hosts"] == ["api:10.250.0.201"]
+    assert spec["container"]["extra_hosts"] == []
+    assert spec["container"]["dns"] == ["10.208.32.1"] and spec["networks"]["default"]["subnet"].startswith("10.208.")
+    for n in (n1, n2):
+        ops = n.ops()
+        assert ops.index("mesh_apply") < ops.index("rollout")
+        assert [c for c, _ in n.mesh_host.calls][:2] == ["ensure_key", "ensure_link"]
+    assert not [w for w in res.warnings if "depends on" in w]
     assert all(n.closed for n in lab.nodes.values())
 
 

@@ -9,7 +9,7 @@ so does a documented key the parser no longer accepts. The doc's full example mu
 import re
 from pathlib import Path
 
-from orchestrator.core import environments
+from orchestrator.core import environments, mesh
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reference" / "environment-file.md"
 
@@ -24,6 +24,8 @@ PREFIXES = {
     "_VERIFY_KEYS": "verify.",
     "_CHECK_KEYS": "verify.checks[].",
 }
+# Key sets parsed in their own module.
+OTHER_SETS = {"mesh.": mesh.MESH_KEYS}
 
 ROW = re.compile(r"^\| `([^`]+)` \|", re.MULTILINE)
 
@@ -34,7 +36,8 @@ def key_sets() -> dict[str, set]:
 
 
 def accepted_paths() -> set[str]:
-    return {PREFIXES[name] + key for name, keys in key_sets().items() if name in PREFIXES for key in keys}
+    return ({PREFIXES[name] + key for name, keys in key_sets().items() if name in PREFIXES for key in keys}
+            | {prefix + key for prefix, keys in OTHER_SETS.items() for key in keys})
 
 
 def documented_paths() -> set[str]:

@@ -108,7 +108,11 @@ def test_sshd_config_points_sessions_at_the_node_engine():
     assert "Subsystem sftp internal-sftp" in lines
     argv = sshd.sshd_argv(SPEC, DEV)
     assert argv[:4] == ["nsenter", "--net=/run/netns/orch-lab.dev-1", "--uts=/run/orch-lab/ns/dev-1.uts", "--"]
-    assert argv[4:] == ["/usr/sbin/sshd", "-D", "-e", "-f", "/var/lib/orch-lab/nodes/dev-1/sshd_config"]
+    # its own mount namespace, /run/wireguard bound to the node's directory (the nodes share
+    # this machine's /run, WireGuard's control sockets live there), then exec sshd
+    assert argv[4:9] == ["unshare", "--mount", "--propagation", "slave", "--"]
+    assert argv[argv.index("sh") + 1:argv.index("sh") + 4] == ["/run/orch-lab/dev-1/wireguard", "/run/wireguard", "--"]
+    assert argv[-5:] == ["/usr/sbin/sshd", "-D", "-e", "-f", "/var/lib/orch-lab/nodes/dev-1/sshd_config"]
 
 
 def test_registry_config_authenticated_and_mirror_read_only():
@@ -224,5 +228,6 @@ def test_static_elf_detection():
 def test_missing_packages_are_found_by_program():
     present = {"ip", "ss", "nsenter", "unshare", "umount", "iptables", "docker", "sshd", "ssh-keygen", "openssl", "tar"}
     need = packages.missing_packages(lambda p: "/x" if p in present else None, busybox_static=False)
-    assert need == ["busybox-static", "debootstrap", "docker-registry", "docker.io"]
+    assert need == ["busybox-static", "debootstrap", "dnsmasq-base", "docker-registry", "docker.io", "tcpdump",
+                    "wireguard-go", "wireguard-tools"]
     assert packages.install_argvs(["a"])[-1] == ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "a"]

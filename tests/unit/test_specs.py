@@ -9,7 +9,7 @@ import pytest
 from agent.wire.spec import ServiceSpec, config_hash
 from orchestrator.errors import InputError
 from orchestrator.core.placement import Slot
-from orchestrator.core.specs import compile_blueprint, node_addresses, node_infos
+from orchestrator.core.specs import compile_blueprint, node_infos
 from orchestrator.io.files import local_sources
 from orchestrator.app.workspace import ProjectOptions, load_workspace
 
@@ -40,7 +40,7 @@ def blueprint(tmp_path, compose, **kw):
 
 def units_for(ws, bp, existing=()):
     slots = bp.place(node_infos(ws.environment), existing)
-    return bp.units(slots, node_addresses(ws.environment), [n.name for n in ws.environment.nodes])
+    return bp.units(slots, [n.name for n in ws.environment.nodes])
 
 
 SHOP = """\
@@ -100,49 +100,44 @@ def test_readiness_is_the_strongest_condition_any_dependent_asks(tmp_path):
         "db": "healthy", "migrate": "completed", "api": "healthy", "web": "running"}
 
 
-def test_dependency_on_another_node_gets_an_extra_hosts_entry(tmp_path):
+def mesh_units(ws, bp, observed=None):
+    from orchestrator.app.mesh import layout
+
+    lay = layout(ws.environment, ws.project.name, bp, observed or {})
+    slots = bp.place(node_infos(ws.environment), ())
+    return lay, bp.units(slots, [n.name for n in ws.environment.nodes], mesh=lay)
+
+
+def test_with_the_mesh_every_network_gets_a_subnet_per_node_and_names_resolve_there(tmp_path):
     ws, bp = blueprint(tmp_path, SHOP, files={"api.env": ""})
-    units, warnings = units_for(ws, bp)
-    # db runs on n3 (role db): its dependents on n1 reach it through n3's address
-    assert "db:10.250.0.203" in units[("api", "n1")].spec["container"]["extra_hosts"]
-    assert "db:10.250.0.203" in units[("migrate", "n1")].spec["container"]["extra_hosts"]
-    # web-2 on n2 reaches api on n1; web-1 on n1 uses the project network
-    assert units[("web", "n2")].spec["container"]["extra_hosts"] == ["api:10.250.0.201"]
-    assert units[("web", "n1")].spec["container"]["extra_hosts"] == []
-    assert units[("web", "n1")].config_hash != units[("web", "n2")].config_hash
-    assert units[("web", "n2")].cross_node == (("api", "n1", "10.250.0.201"),)
-    # migrate publishes nothing, but nothing depends on it across nodes: no warning
-    assert not [w for w in warnings if "publishes no port" in w]
+    lay, (units, warnings) = mesh_units(ws, bp)
+    assert lay.node_slots == {"n1": 0, "n2": 1, "n3": 2}
+    k = lay.net_slots["default"]
+    n1, n3 = units[("api", "n1")].spec, units[("db", "n3")].spec
+    assert n1["networks"]["default"]["subnet"] == f"10.208.{k}.0/24"
+    assert n1["networks"]["default"]["mesh_slot"] == k
+    assert n3["networks"]["default"]["subnet"] == f"10.208.{64 + k}.0/24"
+    assert n1["container"]["dns"] == ["10.208.0.1"] and n3["container"]["dns"] == ["10.208.64.1"]
+    assert n1["container"]["dns_search"] == [f"n{k}.orch.internal"]
+    # no cross-node extra_hosts any more: db on n3 is reached through the mesh by its name
+    assert n1["container"].get("extra_hosts", []) == []
+    assert units[("api", "n1")].cross_node == (("db", ("n3",)),)
+    assert not warnings
+    ServiceSpec.from_dict(n1)  # the agent accepts it
 
 
-def test_cross_node_dependency_without_published_port_is_a_warning(tmp_path):
-    ws, bp = blueprint(tmp_path, """\
-        services:
-          cache:
-            image: busybox
-            deploy: {placement: {constraints: ["node.labels.role == db"]}}
-          app:
-            image: busybox
-            depends_on: [cache]
-          proxy:
-            image: busybox
-            ports: ["9000:9001"]
-            deploy: {placement: {constraints: ["node.labels.role == db"]}}
-          front:
-            image: busybox
-            depends_on: [proxy]
-    """)
+def test_without_the_mesh_a_dependency_on_another_node_is_a_warning(tmp_path):
+    ws, bp = blueprint(tmp_path, SHOP, files={"api.env": ""})
     _, warnings = units_for(ws, bp)
-    assert any("depends on cache, which runs on n3 and publishes no port" in w for w in warnings)
-    assert any("only on its published ports (9001->9000)" in w for w in warnings)
+    assert any("api on n1 depends on db, which runs only on n3, and the environment's mesh is off" in w
+               for w in warnings)
 
 
-def test_a_user_extra_host_for_the_dependency_wins(tmp_path):
+def test_a_user_extra_host_is_kept(tmp_path):
     ws, bp = blueprint(tmp_path, """\
         services:
           db:
             image: busybox
-            ports: ["1:1"]
             deploy: {placement: {constraints: ["node.labels.role == db"]}}
           app:
             image: busybox

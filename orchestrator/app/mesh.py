@@ -1,0 +1,65 @@
+"""The mesh step of `orch up` (read -> core.mesh plans -> nodes apply), and the mesh part
+of `orch down` and `orch nodes check`.
+
+Before any container changes, every node whose mesh differs from the plan is brought to
+it: nodes without a key make one (`mesh_join`, the private key stays there), then each
+such node gets its MeshConfig (`mesh_apply`). When a node joins, every other node gets
+the new peer too. Nothing here runs for an environment whose mesh is off.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.errors import OrchError
+from orchestrator.core.mesh import MeshLayout, MeshSettings, mesh_actions, node_configs, plan_layout
+from orchestrator.io import transport as T
+
+
+def project_networks(blueprint: Any) -> set[str]:
+    """The project's own Compose networks (external ones are not the mesh's to address)."""
+    return {name for svc in blueprint.services.values() for name, decl in svc.networks.items()
+            if not decl.get("external")}
+
+
+def layout(environment: Any, project: str, blueprint: Any, observed: dict) -> MeshLayout:
+    return plan_layout(environment.mesh or MeshSettings(), [n.name for n in environment.nodes], project,
+                       project_networks(blueprint), observed, where=str(environment.file))
+
+
+def apply_mesh(environment: Any, nodes: dict[str, Any], lay: MeshLayout, observed: dict, actions: list) -> dict:
+    """Join and configure the nodes the plan names; returns node -> the node's new state."""
+    if not actions:
+        return {}
+    keys = {name: (s or {}).get("public_key") or "" for name, s in observed.items()}
+    joining = [a.node for a in actions if a.join]
+    if joining:
+        joined, errors = T.parallel([nodes[n] for n in joining],
+                                    lambda n: n.call("mesh_join", {"env": environment.name}))
+        if errors:
+            raise _mesh_error("join the mesh", errors)
+        keys.update({n: r["public_key"] for n, r in joined.items()})
+    configs = node_configs(environment.name, lay, environment.nodes, keys)
+    # A node that joined is a new peer for every other node: all of them get the new list.
+    targets = [n.name for n in environment.nodes] if joining else [a.node for a in actions]
+    done, errors = T.parallel([nodes[n] for n in targets],
+                              lambda n: n.call("mesh_apply", {"config": configs[n.name].to_dict()}))
+    if errors:
+        raise _mesh_error("set up the mesh", errors)
+    return done
+
+
+def _mesh_error(what: str, errors: dict[str, BaseException]) -> OrchError:
+    """One error naming every node that failed, each with its own fix; no container was
+    changed yet (the mesh step runs first), so the previous release still serves."""
+    lines = [f"could not {what} on {len(errors)} node(s); no container was changed:"]
+    fixes = []
+    for name, err in sorted(errors.items()):
+        text = err.render() if isinstance(err, OrchError) else str(err)
+        lines.append(f"  - {name}: {text}")
+        fix = getattr(err, "fix", None) or (getattr(err, "details", {}) or {}).get("fix")
+        if fix and fix not in fixes:
+            fixes.append(fix)
+    return OrchError("\n".join(lines), fix="; ".join(fixes) or "fix what each node reports, then run orch up again")
+
+
+__all__ = ["layout", "apply_mesh", "mesh_actions", "project_networks"]

@@ -19,6 +19,7 @@ import pytest
 
 from agent.wire.spec import config_hash
 from orchestrator.io import transport as T
+from orchestrator.io.transport import ssh
 from orchestrator.io.agent_bundle import current_bundle
 
 pytestmark = pytest.mark.e2e
@@ -110,7 +111,7 @@ def test_connects_to_all_nodes_in_parallel_with_strict_host_keys(lab_env, monkey
     # node after the other, the first would wait there alone and the barrier would break.
     # (The barrier's timeout is a hang guard, not a speed check.)
     together = threading.Barrier(len(targets), timeout=120)
-    real_connect = T.connect
+    real_connect = ssh.connect
 
     def connect(target, options):
         try:
@@ -120,7 +121,7 @@ def test_connects_to_all_nodes_in_parallel_with_strict_host_keys(lab_env, monkey
                                  "connects: connect_all does not connect in parallel") from None
         return real_connect(target, options)
 
-    monkeypatch.setattr(T, "connect", connect)
+    monkeypatch.setattr(ssh, "connect", connect)
     conns = T.connect_all(targets, lab_env["options"])
     try:
         assert list(conns) == ["dev-1", "test-1", "prod-1", "prod-2"]

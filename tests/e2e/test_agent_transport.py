@@ -104,7 +104,7 @@ def free_port():
 
 
 def test_connects_to_all_nodes_in_parallel_with_strict_host_keys(lab_env, monkeypatch):
-    assert lab_env["options"].strict
+    assert lab_env["options"].strict_host_keys
     targets = list(lab_env["targets"].values())
     # In parallel: every node's connect must be under way at the same time. Each one waits
     # at a barrier for all the others before it connects for real; were connect_all one
@@ -151,7 +151,7 @@ def test_changed_host_key_is_refused_loudly(lab_env, tmp_path):
     path = tmp_path / "known_hosts"
     T.append_known_host(path, dev.known_hosts_name, wrong)
     for strict in (True, False):
-        options = T.SSHOptions(known_hosts=path, strict=strict, allow_agent=False, retries=0)
+        options = T.SSHOptions(known_hosts=path, strict_host_keys=strict, allow_agent=False, retries=0)
         with pytest.raises(T.HostKeyChanged) as err:
             T.connect(dev, options)
         assert "HOST KEY HAS CHANGED" in err.value.render() and T.fingerprint(wrong) in err.value.render()

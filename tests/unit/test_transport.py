@@ -7,7 +7,7 @@ import paramiko
 import pytest
 
 from orchestrator.io import transport as T
-from orchestrator.io.transport import ssh
+from orchestrator.io.transport import agent_session, ssh
 from orchestrator.io.transport import (
     AgentError,
     HostUnreachable,
@@ -35,13 +35,14 @@ def test_adapters_from_environment_objects():
 
     node = NodeSpec(name="dev-1", host="10.250.0.11", identity_file=Path("/k"), labels={"role": "web"}, jump="j:22")
     t = T.target_from_node(node)
-    assert t == NodeTarget("dev-1", "10.250.0.11", 22, "root", Path("/k"), "j:22")
+    assert t == NodeTarget("dev-1", "10.250.0.11", 22, "root", Path("/k"), {"role": "web"}, jump="j:22")
+    assert isinstance(t, NodeSpec) and t.known_hosts_name == "10.250.0.11"
     assert t.labels == {"role": "web"}
     env = Environment(name="dev", file=Path("/e/dev.yaml"), nodes=[node],
                       ssh=SSHSettings(known_hosts=Path("/kh"), connect_timeout=3, command_timeout=9, strict_host_keys=True),
                       registry=None, promote_from=None, gates=None, verify=None, vars={})
     o = T.options_from_env(env, retries=0)
-    assert (o.known_hosts_path, o.strict, o.connect_timeout, o.command_timeout, o.retries) == (Path("/kh"), True, 3, 9, 0)
+    assert (o.known_hosts_path, o.strict_host_keys, o.connect_timeout, o.command_timeout, o.retries) == (Path("/kh"), True, 3, 9, 0)
     assert o.trust_command() == "orch nodes trust --env dev"
     assert SSHOptions().known_hosts_path == Path.home() / ".ssh" / "known_hosts"
 
@@ -194,8 +195,8 @@ def test_agent_error_renders_logs_and_fix():
 
 
 def test_parse_python_version():
-    assert ssh._parse_python_version("Python 3.11.2\n") == (3, 11, 2)
-    assert ssh._parse_python_version("sh: 1: python3: not found") is None
+    assert agent_session._parse_python_version("Python 3.11.2\n") == (3, 11, 2)
+    assert agent_session._parse_python_version("sh: 1: python3: not found") is None
 
 
 def test_agent_command_is_plain_argv():

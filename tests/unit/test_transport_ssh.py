@@ -152,13 +152,13 @@ def test_trust_then_connect_run_and_upload(known_hosts, target, tmp_path):
 
 def test_accept_new_when_not_strict_but_never_a_changed_key(tmp_path, target, lab):
     path = tmp_path / "known_hosts"
-    conn = T.connect(target, opts(path, strict=False))
+    conn = T.connect(target, opts(path, strict_host_keys=False))
     conn.close()
     assert T.load_known_hosts(path).lookup(target.known_hosts_name) is not None
     lab[0].rekey()
     for strict in (True, False):
         with pytest.raises(T.HostKeyChanged) as err:
-            T.connect(target, opts(path, strict=strict))
+            T.connect(target, opts(path, strict_host_keys=strict))
         text = err.value.render()
         assert "HOST KEY HAS CHANGED" in text and err.value.expected in text and err.value.fingerprint in text
         assert f"ssh-keygen -R '{target.known_hosts_name}'" in text

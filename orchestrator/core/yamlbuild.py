@@ -112,7 +112,7 @@ class Loader(_Parser):
             return _SEQ_TAG
         return _MAP_TAG
 
-    def descend_resolver(self, current_node, current_index):
+    def descend_resolver(self, _node, _index):  # PyYAML protocol: no path-based resolvers
         pass
 
     def ascend_resolver(self):

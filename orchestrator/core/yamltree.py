@@ -174,12 +174,6 @@ class YList(list):
     def tag_of(self, index: int) -> str | None:
         return self._tags.get(index) if self._tags else None
 
-    def append_located(self, value: Any, loc: Loc | None) -> None:
-        self.append(value)
-        while len(self._ipos) < len(self) - 1:
-            self._ipos.append(None)
-        self._ipos.append(None if loc is None else (loc.file, loc.line, loc.column))
-
     def extend_from(self, other: "YList | list") -> None:
         """Append the items of `other`, keeping their locations when it is a YList."""
         while len(self._ipos) < len(self):

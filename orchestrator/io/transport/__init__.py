@@ -28,4 +28,4 @@ from orchestrator.io.transport.ssh import (  # noqa: F401
     Connection, RunResult, close_all, connect, connect_all, fetch_host_key, parallel)
 from orchestrator.io.transport.targets import NodeTarget, SSHOptions, options_from_env, target_from_node  # noqa: F401
 from orchestrator.io.transport.trust import (  # noqa: F401
-    HostKeyStatus, host_key_status, record_host_key, scan_host_key, scan_host_keys, trust_hosts)
+    HostKeyStatus, record_host_key, scan_host_key, scan_host_keys)

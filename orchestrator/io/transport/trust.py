@@ -4,7 +4,7 @@ known_hosts (trusted, unknown, changed), the unknown ones recorded on request.""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.io.transport.errors import TransportError
@@ -47,14 +47,6 @@ def record_host_key(target: NodeTarget, key: Any, options: SSHOptions) -> None:
     append_known_host(options.known_hosts_path, target.known_hosts_name, key)
 
 
-def host_key_status(target: NodeTarget, options: SSHOptions, record: bool) -> HostKeyStatus:
-    status, key = scan_host_key(target, options)
-    if record and status.status == "unknown":
-        record_host_key(target, key, options)
-        return replace(status, status="added")
-    return status
-
-
 def scan_host_keys(targets: Iterable[NodeTarget], options: SSHOptions,
                    max_parallel: int = 32) -> list[tuple[HostKeyStatus, Any]]:
     """scan_host_key for every target, in parallel, in the targets' order."""
@@ -63,17 +55,3 @@ def scan_host_keys(targets: Iterable[NodeTarget], options: SSHOptions,
     return [results[t.name] if t.name in results
             else (HostKeyStatus(t.name, t.address, "", "", "error", error=str(errors[t.name])), None)
             for t in targets]
-
-
-def trust_hosts(targets: Iterable[NodeTarget], options: SSHOptions, record: bool = True,
-                max_parallel: int = 32) -> list[HostKeyStatus]:
-    """Fetch every node's host key; record the unknown ones. Changed keys are only reported."""
-    targets = list(targets)
-    results, errors = parallel(targets, lambda t: host_key_status(t, options, record), max_parallel)
-    out = []
-    for t in targets:
-        if t.name in results:
-            out.append(results[t.name])
-        else:
-            out.append(HostKeyStatus(t.name, t.address, "", "", "error", error=str(errors[t.name])))
-    return out

@@ -19,6 +19,7 @@ import pytest
 
 from agent.wire.spec import config_hash
 from orchestrator.io import transport as T
+from orchestrator.io.transport import ssh
 from orchestrator.io.agent_bundle import current_bundle
 
 pytestmark = pytest.mark.e2e
@@ -103,14 +104,14 @@ def free_port():
 
 
 def test_connects_to_all_nodes_in_parallel_with_strict_host_keys(lab_env, monkeypatch):
-    assert lab_env["options"].strict
+    assert lab_env["options"].strict_host_keys
     targets = list(lab_env["targets"].values())
     # In parallel: every node's connect must be under way at the same time. Each one waits
     # at a barrier for all the others before it connects for real; were connect_all one
     # node after the other, the first would wait there alone and the barrier would break.
     # (The barrier's timeout is a hang guard, not a speed check.)
     together = threading.Barrier(len(targets), timeout=120)
-    real_connect = T.connect
+    real_connect = ssh.connect
 
     def connect(target, options):
         try:
@@ -120,7 +121,7 @@ def test_connects_to_all_nodes_in_parallel_with_strict_host_keys(lab_env, monkey
                                  "connects: connect_all does not connect in parallel") from None
         return real_connect(target, options)
 
-    monkeypatch.setattr(T, "connect", connect)
+    monkeypatch.setattr(ssh, "connect", connect)
     conns = T.connect_all(targets, lab_env["options"])
     try:
         assert list(conns) == ["dev-1", "test-1", "prod-1", "prod-2"]
@@ -150,7 +151,7 @@ def test_changed_host_key_is_refused_loudly(lab_env, tmp_path):
     path = tmp_path / "known_hosts"
     T.append_known_host(path, dev.known_hosts_name, wrong)
     for strict in (True, False):
-        options = T.SSHOptions(known_hosts=path, strict=strict, allow_agent=False, retries=0)
+        options = T.SSHOptions(known_hosts=path, strict_host_keys=strict, allow_agent=False, retries=0)
         with pytest.raises(T.HostKeyChanged) as err:
             T.connect(dev, options)
         assert "HOST KEY HAS CHANGED" in err.value.render() and T.fingerprint(wrong) in err.value.render()

@@ -16,7 +16,7 @@ from orchestrator.core.compose import (
     parse_bytes,
     parse_duration,
 )
-from orchestrator.core.compose.normalize import SyntaxProblem, parse_port, parse_volume
+from orchestrator.core.compose.ports_volumes import SyntaxProblem, parse_port, parse_volume
 
 
 def load(tmp_path, text, environ=None, **kw):

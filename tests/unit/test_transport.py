@@ -1,11 +1,13 @@
 """Transport pieces that need no SSH server: targets, options, errors, parallelism."""
 
+import socket
 from pathlib import Path
 
 import paramiko
 import pytest
 
 from orchestrator.io import transport as T
+from orchestrator.io.transport import agent_session, ssh
 from orchestrator.io.transport import (
     AgentError,
     HostUnreachable,
@@ -33,13 +35,14 @@ def test_adapters_from_environment_objects():
 
     node = NodeSpec(name="dev-1", host="10.250.0.11", identity_file=Path("/k"), labels={"role": "web"}, jump="j:22")
     t = T.target_from_node(node)
-    assert t == NodeTarget("dev-1", "10.250.0.11", 22, "root", Path("/k"), "j:22")
+    assert t == NodeTarget("dev-1", "10.250.0.11", 22, "root", Path("/k"), {"role": "web"}, jump="j:22")
+    assert isinstance(t, NodeSpec) and t.known_hosts_name == "10.250.0.11"
     assert t.labels == {"role": "web"}
     env = Environment(name="dev", file=Path("/e/dev.yaml"), nodes=[node],
                       ssh=SSHSettings(known_hosts=Path("/kh"), connect_timeout=3, command_timeout=9, strict_host_keys=True),
                       registry=None, promote_from=None, gates=None, verify=None, vars={})
     o = T.options_from_env(env, retries=0)
-    assert (o.known_hosts_path, o.strict, o.connect_timeout, o.command_timeout, o.retries) == (Path("/kh"), True, 3, 9, 0)
+    assert (o.known_hosts_path, o.strict_host_keys, o.connect_timeout, o.command_timeout, o.retries) == (Path("/kh"), True, 3, 9, 0)
     assert o.trust_command() == "orch nodes trust --env dev"
     assert SSHOptions().known_hosts_path == Path.home() / ".ssh" / "known_hosts"
 
@@ -70,7 +73,7 @@ def test_retries_with_backoff_only_for_network_failures():
         return "ok"
 
     opts = SSHOptions(retries=2, backoff=0.5)
-    assert T._with_retries(flaky, opts, sleeps.append) == "ok" and sleeps == [0.5, 1.0]
+    assert ssh._with_retries(flaky, opts, sleeps.append) == "ok" and sleeps == [0.5, 1.0]
 
     def untrusted():
         calls.append(1)
@@ -78,7 +81,7 @@ def test_retries_with_backoff_only_for_network_failures():
 
     calls.clear()
     with pytest.raises(UnknownHostKey):
-        T._with_retries(untrusted, opts, sleeps.append)
+        ssh._with_retries(untrusted, opts, sleeps.append)
     assert len(calls) == 1
 
 
@@ -97,7 +100,7 @@ def test_connect_all_names_every_failed_node_and_closes_the_rest(monkeypatch):
             raise HostUnreachable(f"{target.name} ({target.address}): connection refused", node=target.name)
         return Conn(target.name)
 
-    monkeypatch.setattr(T, "connect", fake_connect)
+    monkeypatch.setattr(ssh, "connect", fake_connect)
     targets = [NodeTarget(n, f"10.250.0.{i}") for i, n in enumerate("abcd", 11)]
     with pytest.raises(NodesUnreachable) as err:
         T.connect_all(targets, SSHOptions())
@@ -105,7 +108,7 @@ def test_connect_all_names_every_failed_node_and_closes_the_rest(monkeypatch):
     assert "cannot connect to 2 of 4 node(s); nothing was changed on any node" in msg
     assert "b (10.250.0.12:22): connection refused" in msg and "d (10.250.0.14:22)" in msg
     assert sorted(closed) == ["a", "c"] and set(err.value.failures) == {"b", "d"}
-    monkeypatch.setattr(T, "connect", lambda t, o: Conn(t.name))
+    monkeypatch.setattr(ssh, "connect", lambda t, o: Conn(t.name))
     conns = T.connect_all(targets, SSHOptions(), max_parallel=2)
     assert list(conns) == ["a", "b", "c", "d"]
 
@@ -134,10 +137,10 @@ def test_unreachable_for_real_on_loopback_says_how_to_check(tmp_path):
     (ConnectionRefusedError(111, "Connection refused"), "connection refused",
      "check host and port of node web-1 in the prod environment file, and that sshd runs and listens there: "
      "ssh -i /keys/id -p 2222 ops@web1.example"),
-    (T.socket.timeout("timed out"), "timed out after 3s",
+    (socket.timeout("timed out"), "timed out after 3s",
      "check host and port of node web-1 in the prod environment file, that the node is up and that no firewall "
      "drops SSH: ssh -i /keys/id -p 2222 ops@web1.example"),
-    (T.socket.gaierror(-2, "Name or service not known"), "cannot resolve the host name",
+    (socket.gaierror(-2, "Name or service not known"), "cannot resolve the host name",
      "check host of node web-1 in the prod environment file: web1.example does not resolve from here "
      "(getent hosts web1.example); or use the node's IP address"),
 ])
@@ -145,7 +148,7 @@ def test_each_unreachable_cause_has_its_fix(monkeypatch, tmp_path, raised, says,
     def refuse(target, options, jump_client):
         raise raised
 
-    monkeypatch.setattr(T, "_open_socket", refuse)
+    monkeypatch.setattr(ssh, "_open_socket", refuse)
     target = NodeTarget("web-1", "web1.example", 2222, "ops", Path("/keys/id"))
     opts = SSHOptions(retries=0, connect_timeout=3, env_name="prod", known_hosts=tmp_path / "kh")
     with pytest.raises(NodesUnreachable) as err:
@@ -156,7 +159,7 @@ def test_each_unreachable_cause_has_its_fix(monkeypatch, tmp_path, raised, says,
 
 
 def test_failed_authentication_names_the_identity_file(monkeypatch, tmp_path):
-    monkeypatch.setattr(T, "_open_socket", lambda target, options, jump_client: None)
+    monkeypatch.setattr(ssh, "_open_socket", lambda target, options, jump_client: None)
 
     def deny(self, *a, **kw):
         raise paramiko.AuthenticationException("Authentication failed.")
@@ -174,7 +177,7 @@ def test_several_causes_each_keep_their_fix(monkeypatch):
     def fake_connect(target, options):
         raise HostUnreachable(f"{target.name}: down", node=target.name, fix=f"look at {target.name}")
 
-    monkeypatch.setattr(T, "connect", fake_connect)
+    monkeypatch.setattr(ssh, "connect", fake_connect)
     with pytest.raises(NodesUnreachable) as err:
         T.connect_all([NodeTarget("a", "10.250.0.11"), NodeTarget("b", "10.250.0.12")], SSHOptions())
     text = err.value.render()
@@ -192,8 +195,8 @@ def test_agent_error_renders_logs_and_fix():
 
 
 def test_parse_python_version():
-    assert T._parse_python_version("Python 3.11.2\n") == (3, 11, 2)
-    assert T._parse_python_version("sh: 1: python3: not found") is None
+    assert agent_session._parse_python_version("Python 3.11.2\n") == (3, 11, 2)
+    assert agent_session._parse_python_version("sh: 1: python3: not found") is None
 
 
 def test_agent_command_is_plain_argv():

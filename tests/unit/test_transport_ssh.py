@@ -102,9 +102,16 @@ def target(lab):
 @pytest.fixture
 def known_hosts(tmp_path, lab, target):
     path = tmp_path / "known_hosts"
-    statuses = T.trust_hosts([target], SSHOptions(known_hosts=path, allow_agent=False))
-    assert [s.status for s in statuses] == ["added"]
+    assert _trust(target, SSHOptions(known_hosts=path, allow_agent=False)) == "unknown"
     return path
+
+
+def _trust(target, options):
+    """What `orch nodes trust --yes` does (app/nodes.py): scan, then record an unknown key."""
+    [(status, key)] = T.scan_host_keys([target], options)
+    if status.status == "unknown":
+        T.record_host_key(target, key, options)
+    return status.status
 
 
 def opts(path, **kw):
@@ -129,8 +136,8 @@ def test_unknown_host_key_is_refused_with_the_trust_command(tmp_path, target, la
 
 
 def test_trust_then_connect_run_and_upload(known_hosts, target, tmp_path):
-    again = T.trust_hosts([target], opts(known_hosts))
-    assert [s.status for s in again] == ["trusted"]
+    again = T.scan_host_keys([target], opts(known_hosts))
+    assert [s.status for s, _ in again] == ["trusted"]
     assert len(known_hosts.read_text().splitlines()) == 1
     conns = T.connect_all([target], opts(known_hosts))
     conn = conns["local-1"]
@@ -152,18 +159,19 @@ def test_trust_then_connect_run_and_upload(known_hosts, target, tmp_path):
 
 def test_accept_new_when_not_strict_but_never_a_changed_key(tmp_path, target, lab):
     path = tmp_path / "known_hosts"
-    conn = T.connect(target, opts(path, strict=False))
+    conn = T.connect(target, opts(path, strict_host_keys=False))
     conn.close()
     assert T.load_known_hosts(path).lookup(target.known_hosts_name) is not None
     lab[0].rekey()
     for strict in (True, False):
         with pytest.raises(T.HostKeyChanged) as err:
-            T.connect(target, opts(path, strict=strict))
+            T.connect(target, opts(path, strict_host_keys=strict))
         text = err.value.render()
         assert "HOST KEY HAS CHANGED" in text and err.value.expected in text and err.value.fingerprint in text
         assert f"ssh-keygen -R '{target.known_hosts_name}'" in text
-    status = T.trust_hosts([target], opts(path))[0]
+    status, _ = T.scan_host_keys([target], opts(path))[0]
     assert status.status == "changed" and status.expected != status.fingerprint
+    assert _trust(target, opts(path)) == "changed"
     assert len(path.read_text().splitlines()) == 1  # trust never replaces a key
 
 
@@ -171,7 +179,7 @@ def test_wrong_key_is_an_authentication_error(tmp_path, target):
     other = tmp_path / "other"
     _keygen(other)
     path = tmp_path / "kh"
-    T.trust_hosts([target], opts(path))
+    _trust(target, opts(path))
     bad = NodeTarget(target.name, target.host, target.port, "root", other)
     with pytest.raises(T.AuthenticationFailed) as err:
         T.connect(bad, opts(path))

@@ -20,7 +20,7 @@ from agent.wire.protocol import AgentError as RawAgentError
 from orchestrator.app import pipeline as P
 from orchestrator.app import release as PR
 from orchestrator.app import up as PU
-from orchestrator.app.workspace import ProjectOptions, load_workspace
+from orchestrator.app.workspace import ProjectOptions, load_with_base, load_workspace
 from orchestrator.core import releases as R
 from orchestrator.core.images import VersionInfo
 from orchestrator.core.progress import Progress
@@ -318,10 +318,7 @@ class World:
         return P.Seams(**base)
 
     def workspaces(self, env):
-        opts = ProjectOptions(files=[self.dir / "compose.yaml"], env_name=env)
-        ws = load_workspace(opts, environ=self.environ)
-        opts.env_name = None
-        return ws, load_workspace(opts, environ=self.environ).project
+        return load_with_base(ProjectOptions(files=[self.dir / "compose.yaml"], env_name=env), environ=self.environ)
 
     def up(self, env="dev", **opts):
         ws, base = self.workspaces(env)

@@ -38,6 +38,32 @@ def test_up_records_a_live_release_with_digests_manifest_and_base(world):
     assert res.to_json()["release_id"] == 1 and res.to_json()["images"] == rel.services
 
 
+def test_the_release_id_is_in_every_spec_as_it_is_built(world, monkeypatch):
+    """The id goes in when the units are built (DeployOptions.release), not pushed into
+    the specs afterwards: the plan's units already carry it, and so does what is sent."""
+    import copy
+
+    from orchestrator.app.deploy import Deployment
+
+    planned = []
+    make_plan = Deployment.make_plan
+
+    def spy(self):
+        plan = make_plan(self)
+        planned.append({k: copy.deepcopy(u.spec) for k, u in self.units.items()})
+        return plan
+
+    monkeypatch.setattr(Deployment, "make_plan", spy)
+    world.up()
+    world.version += 1
+    world.up()
+    ws, base = world.workspaces("dev")
+    PU.up(ws, base, P.PipelineOptions(dry_run=True), Progress(), world.seams())
+    assert [sorted({s["release"] for s in specs.values()}) for specs in planned] == [["1"], ["2"], [""]]
+    sent = [a["spec"]["release"] for op, a in world.nodes["d1"].calls if op == "rollout"]
+    assert sent and sorted(set(sent)) == ["1", "2"] and sent[0] == "1" and sent[-1] == "2"
+
+
 def test_a_second_up_with_nothing_changed_makes_no_release(world):
     world.up()
     world.checked.clear()

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orchestrator.io import nodes as N
@@ -58,9 +58,19 @@ class DeployOptions:
     images: dict[str, str] = field(default_factory=dict)  # service -> pinned reference (build step)
     min_running: float = 1.0  # seconds a container without healthcheck must stay up
     completion_timeout: float = 600.0  # for one-shot services a dependent waits for
+    # The id of the release being deployed, on every spec (the io.orch.release label); the
+    # release pipeline numbers it from the ledger before the deployment starts.
+    release: str = ""
     # Drop the previous release's kept containers at the end of run(). The release
     # pipeline says False and calls Deployment.commit() once the ledger has it live.
     commit: bool = True
+
+
+def with_release(units: dict, release: str) -> dict:
+    """The units with the release id in their specs (new frozen Units, new spec dicts)."""
+    if not release:
+        return units
+    return {key: replace(u, spec={**u.spec, "release": release}) for key, u in units.items()}
 
 
 # --------------------------------------------------------------------------- up
@@ -178,7 +188,8 @@ class Deployment:
             refuse_unmeshed(self.project.name, self.environment.name, self.meshes)
             self.mesh_layout = layout(self.environment, self.project.name, self.blueprint, self.meshes)
             mesh_actions = plan_mesh(self.mesh_layout, self.environment.nodes, self.meshes, self.environment.name)
-        self.units, warnings = self.blueprint.units(slots, order, mesh=self.mesh_layout)
+        units, warnings = self.blueprint.units(slots, order, mesh=self.mesh_layout)
+        self.units = with_release(units, self.options.release)
         for w in warnings:
             self.warn(w)
         refuse_taken_ports(self.project, self.blueprint, self.units, self.taken)

@@ -481,9 +481,14 @@ class _Flow:
                 self.warn(w)
             if prep.make_release is None:
                 return self._result("ok", None, prep.live, False, prep.message, prep, conn)
+            # The new release's id goes into every spec as it is built; the release itself is
+            # recorded (make_release, numbered from the same history) just before anything is
+            # applied. A ledger that could not be read leaves it unnumbered: make_release refuses.
+            release_id = "" if self.opts.dry_run or history.errors else str(history.next_id())
             dep = Deployment(prep.workspace, DeployOptions(services=list(self.opts.services), dry_run=self.opts.dry_run,
                                                            remove_orphans=self.opts.remove_orphans,
-                                                           images=dict(prep.images), commit=False),
+                                                           images=dict(prep.images), commit=False,
+                                                           release=release_id),
                              self.progress, connector=conn.preconnected)
             recorded: dict[str, Release] = {}
 
@@ -491,8 +496,6 @@ class _Flow:
                 rel = prep.make_release(history)
                 self.progress.phase("release", f"recording {rel.ref} ({rel.command}) as deploying")
                 recorded["release"] = ledger.write(rel).releases[0]
-                for unit in d.units.values():
-                    unit.spec["release"] = str(rel.id)
 
             dep.hooks["before_apply"].append(start)
             try:

@@ -106,16 +106,14 @@ def up(
     from orchestrator.app import up as U
     from orchestrator.cli.output import make_progress, protect, protect_project
     from orchestrator.errors import OrchError
-    from orchestrator.app.workspace import load_workspace
+    from orchestrator.app.workspace import load_with_base
 
     t0 = time.monotonic()
     progress = make_progress(json)
     ws = None
     try:
-        opts = project_options(file, project_name, env_file, profile, env, environments, services)
-        ws = protect(load_workspace(opts))
-        opts.env_name = None
-        base = load_workspace(opts).project
+        ws, base = load_with_base(project_options(file, project_name, env_file, profile, env, environments, services))
+        protect(ws)
         protect_project(base)
         result = U.up(ws, base, pipeline.PipelineOptions(
             services=list(services or []), dry_run=dry_run, remove_orphans=remove_orphans, lock_wait=lock_wait,
@@ -161,16 +159,14 @@ def plan(
     from orchestrator.app import up as U
     from orchestrator.cli.output import final, print_final, protect, protect_project, warn
     from orchestrator.core.progress import Progress
-    from orchestrator.app.workspace import load_workspace
+    from orchestrator.app.workspace import load_with_base
 
     class _Warn(Progress):
         def warning(self, text: str) -> None:
             warn(text)
 
-    opts = project_options(file, project_name, env_file, profile, env, environments, services)
-    ws = protect(load_workspace(opts))
-    opts.env_name = None
-    base = load_workspace(opts).project
+    ws, base = load_with_base(project_options(file, project_name, env_file, profile, env, environments, services))
+    protect(ws)
     protect_project(base)
     result = U.up(ws, base, pipeline.PipelineOptions(services=list(services or []), dry_run=True,
                                                             remove_orphans=remove_orphans), _Warn()).deploy

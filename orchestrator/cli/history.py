@@ -8,24 +8,9 @@ import typer
 
 from orchestrator.cli.root import app
 from orchestrator.cli.options import EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, Profiles, ProjectName
-from orchestrator.cli.output import final, print_final, protect, protect_environment, warn
+from orchestrator.cli.output import final, print_final, warn
 
 Count = Annotated[int, typer.Option("-n", "--number", min=1, max=1000, help="How many releases (newest first).")]
-
-
-def resolve_project(file, project_name, env_file, profile, env, environments):
-    """(project name, Environment): -p NAME needs no Compose file; else the project is loaded."""
-    from orchestrator.cli.options import project_options
-    from orchestrator.core.environments import load_environment
-    from orchestrator.app.workspace import load_workspace
-
-    if project_name and not file:
-        opts = project_options(file, project_name, env_file, profile, env, environments)
-        environment = load_environment(env, opts.environments_dir, opts.project_dir())
-        protect_environment(environment)
-        return project_name, environment
-    ws = protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments)))
-    return ws.project.name, ws.environment
 
 
 def _when(ts: str) -> str:
@@ -72,10 +57,16 @@ def history(
     system, actor, job, run/job/pipeline ids, url, repository, sha).
     """
     from orchestrator.app.history import read_history
+    from orchestrator.app.workspace import resolve_project
+    from orchestrator.cli.options import project_options
+    from orchestrator.cli.output import protect_environment, protect_project
     from orchestrator.cli.render import table
     from orchestrator.core.releases import diff_releases
 
-    project, environment = resolve_project(file, project_name, env_file, profile, env, environments)
+    target = resolve_project(project_options(file, project_name, env_file, profile, env, environments))
+    protect_project(target.project)
+    protect_environment(target.environment)
+    project, environment = target.name, target.environment
     hist = read_history(environment, project, number + 1, warn)  # one more, to say what the oldest shown changed
     shown = hist.releases[:number]
     older = {r.id: next((o for o in hist.releases if o.id < r.id and o.status != "failed"), None) for r in shown}

@@ -6,7 +6,6 @@ functions so `orch --help` stays fast.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -18,16 +17,6 @@ from orchestrator.cli.options import (
 )
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Check the gates, connect and print the plan; change nothing.")]
-
-
-def compose_at_hand(files) -> bool:
-    """Is there a Compose file to read today's secrets (and the project folder) from?"""
-    from orchestrator.core.compose.discovery import DEFAULT_FILES
-
-    if files:
-        return True
-    cwd = Path.cwd().resolve()
-    return any((folder / name).is_file() for folder in [cwd, *cwd.parents] for name in DEFAULT_FILES)
 
 
 @app.command("promote")
@@ -68,7 +57,7 @@ def promote(
     from orchestrator.core.environments import load_environment
     from orchestrator.cli.output import make_progress, protect_environment, protect_project
     from orchestrator.errors import InputError, OrchError, Problem
-    from orchestrator.app.workspace import load_workspace
+    from orchestrator.app.workspace import load_today
 
     t0 = time.monotonic()
     progress = make_progress(json)
@@ -85,7 +74,7 @@ def promote(
                                      fix=f"pass --from ENV, or deploy to {to} with `orch up --env {to}`"))
         source = load_environment(source_name, environments, project_dir)
         protect_environment(source)
-        today = load_workspace(opts).project if compose_at_hand(file) else None
+        today = load_today(opts)
         protect_project(today)
         result = RE.promote(
             app_name, target, source,
@@ -129,34 +118,25 @@ def rollback(
     from orchestrator.app import pipeline
     from orchestrator.app import release as RE
     from orchestrator.cli.deploy import _fail, finish
-    from orchestrator.core.environments import load_environment
-    from orchestrator.cli.output import make_progress, protect, protect_environment
-    from orchestrator.errors import InputError, OrchError, Problem
-    from orchestrator.app.workspace import load_workspace
+    from orchestrator.cli.output import make_progress, protect_environment, protect_project
+    from orchestrator.errors import OrchError
+    from orchestrator.app.workspace import resolve_project
 
     t0 = time.monotonic()
     progress = make_progress(json)
     ws = _Named(project_name, env)
     try:
         release_id = pipeline.parse_release_id(to)
-        opts = project_options(file, project_name, env_file, profile, env, environments)
-        if compose_at_hand(file):
-            ws = protect(load_workspace(opts))
-            name, environment, today = ws.project.name, ws.environment, ws.project
-        elif project_name:
-            name, today = project_name, None
-            environment = load_environment(env, environments, opts.project_dir())
-            protect_environment(environment)
-            ws = _Named(name, environment.name)
-        else:
-            raise InputError(Problem("no Compose file here and no project name",
-                                     fix="run it in the project's folder, or pass -f FILE or -p NAME"))
+        target = resolve_project(project_options(file, project_name, env_file, profile, env, environments),
+                                 today=True)
+        protect_project(target.project)
+        protect_environment(target.environment)
+        ws = _Named(target.name, target.environment.name)
         result = RE.rollback(
-            name, environment,
+            target.name, target.environment,
             pipeline.PipelineOptions(dry_run=dry_run, lock_wait=lock_wait,
                                      keep_images=pipeline.keep_images_default(), command_line=command_line()),
-            to=release_id, progress=progress, today=today,
-            working_dir=today.working_dir if today is not None else opts.project_dir())
+            to=release_id, progress=progress, today=target.project, working_dir=target.working_dir)
     except OrchError as err:
         _fail(progress, err, "rollback", ws, t0)
         return

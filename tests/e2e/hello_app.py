@@ -13,10 +13,10 @@ import random
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
+
+from .helpers import http_get, last_json
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "hello"
@@ -25,25 +25,8 @@ ENVS = ("dev", "test", "prod")
 HOSTS = {"dev": ["10.250.0.11"], "test": ["10.250.0.21"], "prod": ["10.250.0.31", "10.250.0.32"]}
 
 
-def last_json(stdout: str) -> dict:
-    lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("{")]
-    assert lines, f"no JSON in output:\n{stdout}"
-    return json.loads(lines[-1])
-
-
 def events(stdout: str) -> list[dict]:
     return [json.loads(ln) for ln in stdout.strip().splitlines() if ln.startswith('{"event"')]
-
-
-def http_get(url: str, attempts: int = 20, timeout: float = 3.0) -> str:
-    for i in range(attempts):
-        try:
-            return urllib.request.urlopen(url, timeout=timeout).read().decode()
-        except OSError:
-            if i == attempts - 1:
-                raise
-            time.sleep(0.25)
-    raise AssertionError("unreachable")
 
 
 class Hello:

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from .test_up import Shop, last_json
+from .helpers import Shop, last_json
 
 pytestmark = pytest.mark.e2e
 

@@ -27,23 +27,9 @@ import uuid
 
 import pytest
 
-from .test_up import last_json
+from .helpers import env_file, last_json
 
 pytestmark = pytest.mark.e2e
-
-
-def env_file(directory, lab, name="dev", extra_nodes=(), known_hosts=None, connect_timeout=3):
-    directory.mkdir(parents=True, exist_ok=True)
-    node = lab.node("dev-1")
-    nodes = [("dev-1", node.address)] + list(extra_nodes)
-    text = f"name: {name}\nnodes:\n"
-    for n, host in nodes:
-        text += f"  - {{name: {n}, host: {host}, user: {lab.ssh_user}, identity_file: {lab.ssh_key}}}\n"
-    text += (f"ssh: {{known_hosts: {known_hosts or lab.known_hosts}, connect_timeout: {connect_timeout}}}\n")
-    # `image: busybox` is pinned to a digest through the lab's Docker Hub mirror
-    text += f"registry: {{mirror: {lab.registry_mirror}, ca_file: {lab.ca_cert}}}\n"
-    (directory / f"{name}.yaml").write_text(text)
-    return directory
 
 
 class App:

@@ -283,7 +283,8 @@ def test_orch_push_prints_tags_digests_and_bytes(app, first_push):
     doc = json.loads(cp.stdout)
     first, _ = first_push
     assert doc["images"]["web"] == first.pins["web"]  # unchanged sources: the same digest again
-    assert all(p["layers_pushed"] == 0 for p in doc["pushed"] if p["service"] == "web")
+    (web,) = [p for p in doc["pushed"] if p["service"] == "web"]  # pushed again: every layer already there
+    assert web["layers_pushed"] == 0 and web["image"] == first.pins["web"]
 
 
 def test_orch_build_builds_the_named_services(app):

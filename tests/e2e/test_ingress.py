@@ -10,18 +10,17 @@ request sent after the drain must be answered by v2. HAProxy then outlives the a
 from __future__ import annotations
 
 import base64
-import http.client
 import random
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from agent.wire.spec import config_hash
 from orchestrator.io import transport as T
 from orchestrator.io.agent_bundle import current_bundle
+
+from .helpers import Load, get
 
 pytestmark = pytest.mark.e2e
 
@@ -49,80 +48,6 @@ def httpd(project, name, body):
          "configs": files, "stop_grace_period": 1, "init": True}  # no ports: the ingress owns the host port
     return {"project": project, "service": name, "env": "prod", "release": "r1", "replicas": [1],
             "config_hash": config_hash(c), "container": c, "networks": {"default": {}}}
-
-
-class Load:
-    """GET / at a fixed rate, each on a new connection; every answer is recorded."""
-
-    def __init__(self, host, port, rate):
-        self.host, self.port, self.interval = host, port, 1.0 / rate
-        self.results = []  # (due at, finished at, body or None, error, connected at)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=24)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _one(self, sent):
-        body, error = None, ""
-        began = time.monotonic()  # >= sent: when the connection was really opened
-        try:
-            c = http.client.HTTPConnection(self.host, self.port, timeout=5)
-            c.request("GET", "/", headers={"Connection": "close"})
-            r = c.getresponse()
-            data = r.read().decode()
-            c.close()
-            if r.status == 200:
-                body = data
-            else:
-                error = "HTTP %d %s" % (r.status, data[:80])
-        except Exception as exc:  # any failure counts
-            error = "%s: %s" % (type(exc).__name__, exc)
-        with self._lock:
-            self.results.append((sent, time.monotonic(), body, error, began))
-
-    def answered_since(self, mark):
-        """Requests opened at or after `mark` that have finished (answered or failed)."""
-        with self._lock:
-            return [r for r in self.results if r[4] >= mark]
-
-    def wait_for(self, n, mark, what, timeout=120):
-        """Wait until n requests opened after `mark` have finished: the load really ran
-        through that step. A wait with a generous deadline, not a speed check."""
-        deadline = time.monotonic() + timeout
-        while len(self.answered_since(mark)) < n:
-            assert time.monotonic() < deadline, (
-                "only %d of %d requests opened %s had finished after %d s" % (len(self.answered_since(mark)), n,
-                                                                             what, timeout))
-            time.sleep(0.05)
-
-    def _run(self):
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now < next_at:
-                time.sleep(min(next_at - now, 0.05))
-                continue
-            self._pool.submit(self._one, next_at)
-            next_at += self.interval
-
-    def start(self):
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join()
-        self._pool.shutdown(wait=True)
-        self.seconds = time.monotonic() - self.started
-        return sorted(self.results)
-
-
-def get(host, port):
-    c = http.client.HTTPConnection(host, port, timeout=5)
-    c.request("GET", "/")
-    r = c.getresponse()
-    return r.status, r.read().decode()
 
 
 def test_rolling_switch_under_load_drops_nothing_and_outlives_the_agent(conn, lab):

@@ -31,7 +31,7 @@ from agent.wire.protocol import LEASE_SECONDS
 from orchestrator.lab import netns
 
 from .events import wait_for_event
-from .test_faults import env_file
+from .helpers import env_file
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from .hello_app import HOSTS, Hello, events, http_get
+from .hello_app import HOSTS, Hello, events
+from .helpers import http_get
 
 pytestmark = pytest.mark.e2e
 

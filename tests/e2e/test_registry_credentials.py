@@ -31,7 +31,7 @@ import pytest
 
 from orchestrator.lab import pki
 
-from .hello_app import last_json
+from .helpers import last_json
 
 pytestmark = pytest.mark.e2e
 

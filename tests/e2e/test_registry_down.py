@@ -18,7 +18,8 @@ import uuid
 
 import pytest
 
-from .hello_app import HOSTS, Hello, events, http_get, last_json
+from .hello_app import HOSTS, Hello, events
+from .helpers import http_get, last_json
 
 pytestmark = pytest.mark.e2e
 

@@ -37,8 +37,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import LOCK_WAIT, ORCH
-from .test_ingress import Load, get
-from .test_up import last_json
+from .helpers import Load, get, last_json
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_up import Shop, http_get, last_json
+from .helpers import Shop, http_get, last_json
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from .conftest import ORCH
-from .test_faults import env_file
+from .helpers import env_file
 
 pytestmark = pytest.mark.e2e
 

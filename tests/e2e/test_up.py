@@ -6,82 +6,16 @@ container IDs); changing one service's environment recreates that service only;
 removing a service from the file and `up --remove-orphans` removes it.
 
 Every test module works in its own project (-p e2e-...) on its own host ports, and
-takes it down at the end. The helpers here are shared with the other test_up* modules.
+takes it down at the end. The helpers (Shop, http_get, last_json) are in tests/e2e/helpers.py.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import shutil
-import time
-import urllib.request
-import uuid
-from pathlib import Path
-
 import pytest
 
+from .helpers import Shop, http_get, last_json
+
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "shop"
-
-
-def http_get(url: str, attempts: int = 20, timeout: float = 3.0) -> str:
-    for i in range(attempts):
-        try:
-            return urllib.request.urlopen(url, timeout=timeout).read().decode().strip()
-        except OSError:
-            if i == attempts - 1:
-                raise
-            time.sleep(0.25)
-    raise AssertionError("unreachable")
-
-
-def last_json(stdout: str) -> dict:
-    lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("{")]
-    assert lines, f"no JSON in output:\n{stdout}"
-    return json.loads(lines[-1])
-
-
-class Shop:
-    """A copy of examples/shop deployed as its own project on its own host ports."""
-
-    def __init__(self, orch, tmp: Path, env: str, name: str, extra_env: dict | None = None):
-        self.run_orch = orch
-        self.dir = tmp / "shop"
-        shutil.copytree(EXAMPLE, self.dir)
-        self.env = env
-        self.project = f"e2e-{name}-{uuid.uuid4().hex[:6]}"
-        base = random.randint(300, 399) * 100
-        self.ports = {"WEB_PORT": base, "API_PORT": base + 1, "DB_PORT": base + 2}
-        self.vars = {k: str(v) for k, v in self.ports.items()}
-        self.vars.update(extra_env or {})
-
-    @property
-    def compose(self) -> Path:
-        return self.dir / "compose.yaml"
-
-    def orch(self, *args: str, check: bool = True, env: dict | None = None, timeout: float = 600):
-        command, *rest = args  # common options right after the command: before any `--`
-        return self.run_orch(command, "--env", self.env, "--file", str(self.compose), "-p", self.project, *rest,
-                             check=check, env={**self.vars, **(env or {})}, timeout=timeout)
-
-    def up(self, *args: str, env: dict | None = None) -> dict:
-        cp = self.orch("up", "--json", *args, env=env)
-        final = last_json(cp.stdout)
-        assert final["status"] in ("ok", "planned"), cp.stdout + cp.stderr
-        final["_stderr"] = cp.stderr
-        return final
-
-    def ps(self) -> list[dict]:
-        return last_json(self.orch("ps", "--json").stdout)["containers"]
-
-    def ids(self) -> dict[str, str]:
-        return {c["name"]: c["id"] for c in self.ps()}
-
-    def down(self) -> None:
-        self.orch("down", "--volumes", "--json", check=False)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .test_up import Shop, http_get
+from .helpers import Shop, http_get
 
 pytestmark = pytest.mark.e2e
 

@@ -1,9 +1,12 @@
-"""Shared unit-test fixtures: no real waits in the deploy engine, and a fake two-node lab
-(the fakes themselves are in tests/unit/fakes.py)."""
+"""Shared unit-test fixtures: no real waits in the deploy engine, a fake two-node lab, and
+the pipeline's World, alone or behind the CLI (the fakes themselves are in
+tests/unit/fakes.py; test modules import from there, never from each other)."""
+
+from contextlib import contextmanager
 
 import pytest
 
-from tests.unit.fakes import FakeNode
+from tests.unit.fakes import FakeNode, World
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +45,33 @@ def lab(tmp_path):
     lab = Lab()
     lab.nodes, lab.connector, lab.connects, lab.dir = nodes, connector, connects, tmp_path
     return lab
+
+
+@pytest.fixture
+def world(tmp_path):
+    """The hello project in dev -> test -> prod over fake nodes (fakes.World)."""
+    return World(tmp_path)
+
+
+@pytest.fixture
+def cli_world(world, monkeypatch):
+    """The World behind the CLI, in its project folder: fake nodes for every command (deploys
+    and the read-only commands' sessions), fake images, registry preflight and HTTP checks;
+    no approval, lock wait or CI variables from the caller's environment."""
+
+    def connector(environment, progress, project=None, spare_sessions=0):
+        return world.connector(environment, progress, project)
+
+    @contextmanager
+    def env_sessions(environment, *, require_engine=True):
+        yield {}, {n.name: world.nodes[n.name] for n in environment.nodes}
+
+    monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
+    monkeypatch.setattr("orchestrator.io.nodes.env_sessions", env_sessions)
+    monkeypatch.setattr("orchestrator.io.images.prepare_images", world.prepare_images)
+    monkeypatch.setattr("orchestrator.app.release.registry_preflight", lambda env, services: None)
+    monkeypatch.setattr("orchestrator.io.checks.run_http", lambda target, **kw: world.http(target))
+    monkeypatch.chdir(world.dir)
+    for key in ("ORCH_APPROVE", "ORCH_LOCK_WAIT", "CI", "GITHUB_ACTIONS", "GITLAB_CI"):
+        monkeypatch.delenv(key, raising=False)
+    return world

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,12 +11,22 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+import requests
+
 from agent.context import Context
 from agent.fake import FakeEngine, FakeMeshHost
 from agent.operations import OPERATIONS
 from agent.wire.protocol import AgentError as RawAgentError
-from orchestrator.app.workspace import ProjectOptions, load_workspace
+from orchestrator.app import pipeline as P
+from orchestrator.app import release as PR
+from orchestrator.app import up as PU
+from orchestrator.app.workspace import ProjectOptions, load_with_base, load_workspace
+from orchestrator.core import releases as R
+from orchestrator.core.images import VersionInfo
+from orchestrator.core.progress import Progress
+from orchestrator.io import ledger as RL
 from orchestrator.io import transport as T
+from orchestrator.io.images import ImageSet
 
 
 class FakeClock:
@@ -196,3 +207,222 @@ class AgentProcess:
             msg = json.loads(self.p.stdout.readline())
             if msg.get("id") == self.n and "event" not in msg:
                 return msg
+
+
+PIPELINE_COMPOSE = """\
+name: hello
+services:
+  api:
+    image: api-src
+    environment:
+      HELLO_ENV: ${HELLO_ENV:-local}
+      NOTE: ${NOTE:-one}
+      DB_PASSWORD: ${DB_PASSWORD:-hunter22}
+    ports: ["8091:8081"]
+    healthcheck: {test: ["CMD", "true"], interval: 1s}
+  web:
+    image: web-src
+    ports: ["8090:8080"]
+    depends_on: {api: {condition: service_healthy}}
+"""
+
+PIPELINE_ENV = """\
+name: {name}
+{promote}
+nodes:
+{nodes}
+registry: {{address: reg.test:5000}}
+gates: {{approval: {approval}, verification: {verification}}}
+verify:
+  on_deploy: true
+  checks:
+    - name: home
+      service: web
+      http: "http://{{{{ node.host }}}}:{{{{ service.port }}}}/"
+overlay:
+  services:
+    api:
+      environment:
+        HELLO_ENV: "{{{{ env.name }}}}"
+"""
+
+PIPELINE_NODES = {"dev": ["d1"], "test": ["t1"], "prod": ["p1", "p2"]}
+PERF = R.Performer(user="Ada <ada@example.com>", host="ci-1", login="ada")
+
+
+def digest(text):
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+class World:
+    """The hello project (api, web) in three environments dev -> test -> prod over fake nodes
+    (the agent's real operations on FakeEngines), with fake images, HTTP checks and performer;
+    up(), promote() and rollback() run the pipeline's use cases."""
+
+    def __init__(self, tmp_path):
+        self.dir = tmp_path / "app"
+        self.dir.mkdir()
+        self.nodes = {}
+        for env, names in PIPELINE_NODES.items():
+            for i, n in enumerate(names):
+                node = FakeNode(n, tmp_path / "state" / n)
+                node.engine.id = f"FAKE:{n}"
+                self.nodes[n] = node
+        self.connects = []
+        self.version = 1
+        self.environ = {}
+        self.checks_ok = True
+        self.checked = []
+        self.images_calls = 0
+        self.images_error = None
+        self.write_compose(PIPELINE_COMPOSE)
+        envs = self.dir / "environments"
+        envs.mkdir()
+        for env, names in PIPELINE_NODES.items():
+            promote = {"dev": "", "test": "promote_from: dev", "prod": "promote_from: test"}[env]
+            nodes = "\n".join(f"  - {{name: {n}, host: 10.250.0.{200 + i}}}" for i, n in enumerate(names))
+            (envs / f"{env}.yaml").write_text(PIPELINE_ENV.format(
+                name=env, promote=promote, nodes=nodes, approval=str(env == "prod").lower(),
+                verification=str(env == "prod").lower()))
+
+    def write_compose(self, text):
+        (self.dir / "compose.yaml").write_text(textwrap.dedent(text))
+
+    def pins(self, project):
+        return {n: f"reg.test:5000/{project.name}/{n}@{digest(f'{n}-v{self.version}')}" for n in project.services}
+
+    def prepare_images(self, project, env, **kw):
+        self.images_calls += 1
+        if self.images_error is not None:
+            raise self.images_error
+        pins = self.pins(project)
+        for node in self.nodes.values():
+            for ref in pins.values():
+                node.engine.registry.add(ref)
+        return ImageSet(VersionInfo(f"v{self.version}", "override"), pins)
+
+    def connector(self, environment, progress, project=None):
+        self.connects.append(environment.name)
+        return {n.name: self.nodes[n.name] for n in environment.nodes}
+
+    def http(self, target):
+        from orchestrator.core.verify import CheckResult
+
+        self.checked.append(target.url)
+        return CheckResult(target.name, "http", target.url, self.checks_ok, 1, 0.0, target.node, target.service,
+                           200 if self.checks_ok else 500, "" if self.checks_ok else "HTTP 500 (expected 200)")
+
+    def seams(self, **kw):
+        base = dict(connector=self.connector, images=self.prepare_images, preflight=lambda env, services: None,
+                    check_runners={"http": self.http}, performer=PERF, environ=self.environ)
+        base.update(kw)
+        return P.Seams(**base)
+
+    def workspaces(self, env):
+        return load_with_base(ProjectOptions(files=[self.dir / "compose.yaml"], env_name=env), environ=self.environ)
+
+    def up(self, env="dev", **opts):
+        ws, base = self.workspaces(env)
+        return PU.up(ws, base, P.PipelineOptions(**opts), Progress(), self.seams())
+
+    def environment(self, env):
+        from orchestrator.core.environments import load_environment
+
+        return load_environment(env, self.dir / "environments")
+
+    def promote(self, to, approve=False, **opts):
+        target = self.environment(to)
+        source = self.environment(target.promote_from)
+        today = self.workspaces(to)[1]
+        return PR.promote("hello", target, source, P.PipelineOptions(approve=approve, **opts), Progress(),
+                         self.seams(), today=today, working_dir=self.dir)
+
+    def rollback(self, env="prod", to=None, **opts):
+        ws, _ = self.workspaces(env)
+        return PR.rollback("hello", ws.environment, P.PipelineOptions(**opts), to=to, progress=Progress(),
+                          seams=self.seams(), today=ws.project, working_dir=self.dir)
+
+    def history(self, env):
+        sessions = {n: self.nodes[n] for n in PIPELINE_NODES[env]}
+        return RL.ReleaseLedger(sessions, "hello", env).history()
+
+    def running(self, env):
+        """{service: {image, env}} of the running containers (one per service, checked equal)."""
+        out = {}
+        for n in PIPELINE_NODES[env]:
+            for rec in self.nodes[n].engine.records.values():
+                info = rec["info"]
+                if info["labels"].get("io.orch.project") != "hello" or info["state"] != "running":
+                    continue
+                env_list = rec["body"].get("Env") or []
+                entry = {"image": info["image"], "env": dict(e.split("=", 1) for e in env_list),
+                         "release": info["labels"].get("io.orch.release")}
+                svc = info["labels"]["io.orch.service"]
+                assert out.setdefault(svc, entry)["image"] == entry["image"]
+        return out
+
+
+# `orch config` in a subprocess on a one-service project (hostile input, template sandbox)
+ENV_FILE = "name: dev\nnodes:\n  - name: dev-1\n    host: 127.0.0.1\n"
+SERVICE = "services:\n  web:\n    image: busybox\n"
+
+
+def orch_process(args: list[str], cwd: Path) -> tuple[int, dict, str]:
+    """`orch ARGS --json` in a new process in cwd: (exit code, final object, stderr)."""
+    proc = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", *args, "--json"],
+                          cwd=cwd, capture_output=True, text=True, timeout=10)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    final = json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.returncode, final, proc.stderr
+
+
+def refused(cwd: Path, *args: str) -> dict:
+    """The one problem `orch config` reports, after checking it is exit 2."""
+    code, final, stderr = orch_process(["config", *args], cwd)
+    assert code == 2, (final, stderr)
+    problems = final["error"]["problems"]
+    assert len(problems) == 1, problems
+    assert problems[0].get("fix"), problems
+    return problems[0]
+
+
+# A scripted HTTP session for the registry client (no network)
+DIGEST = "sha256:" + "a" * 64
+
+
+class FakeResponse:
+    def __init__(self, status=200, headers=None, body=b"", json_body=None):
+        self.status_code = status
+        self.headers = requests.structures.CaseInsensitiveDict(headers or {})
+        import json
+
+        self.content = json.dumps(json_body).encode() if json_body is not None else body
+        self.text = self.content.decode()
+
+    def json(self):
+        import json
+
+        return json.loads(self.content)
+
+
+class FakeSession:
+    """Answers requests from a handler(method, url, headers, auth, params) -> FakeResponse or exception."""
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.calls = []
+
+    def request(self, method, url, headers=None, auth=None, verify=None, timeout=None, stream=False,
+                allow_redirects=True):
+        self.calls.append((method, url, dict(headers or {}), auth, verify))
+        out = self.handler(method, url, headers or {}, auth, None)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def get(self, url, params=None, auth=None, verify=None, timeout=None):
+        self.calls.append(("GET", url, {}, auth, verify, params))
+        out = self.handler("GET", url, {}, auth, params)
+        if isinstance(out, Exception):
+            raise out
+        return out

@@ -106,7 +106,8 @@ def test_converges_after_being_killed_midway(run, engine):
     del engine.fail_on["start"]
     res = run("apply", {"spec": spec(replicas=[1, 2])})
     assert [c["action"] for c in res["containers"]] == ["recreated", "created"]
-    assert all(c.state == "running" for c in engine.containers(L.filters("shop")))
+    assert sorted((c.name, c.state) for c in engine.containers(L.filters("shop"))) == [
+        ("shop-web-1", "running"), ("shop-web-2", "running")]
 
 
 def test_stopped_container_with_same_config_is_replaced(run, engine):
@@ -159,9 +160,10 @@ def test_pull_when_missing_with_auth_that_is_never_written(run, engine, tmp_path
     run("apply", {"spec": spec(image=ref, secrets=[{"name": "pw", "content": base64.b64encode(b"s").decode()}]),
                   "auth": auth})
     assert engine.pull_auth == [auth]
-    for dirpath, _, files in os.walk(tmp_path):
-        for f in files:
-            assert b"hunter2" not in open(os.path.join(dirpath, f), "rb").read()
+    written = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files]
+    assert any("/secrets/pw." in w for w in written), written  # the agent's files are here (the secret's)
+    for path in written:
+        assert b"hunter2" not in open(path, "rb").read(), path
     run("apply", {"spec": spec(image=ref, secrets=[{"name": "pw", "content": base64.b64encode(b"s").decode()}])})
     assert len(engine.pull_auth) == 1  # present now: no second pull
 

@@ -20,7 +20,6 @@ import re
 import shlex
 import sys
 import textwrap
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,6 @@ from orchestrator.core import releases as R
 from orchestrator.io import ledger as RL
 from orchestrator.cli import main
 from orchestrator.cli import output as O
-from .test_pipeline import World
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "json-output.md"
@@ -93,33 +91,11 @@ def orch(monkeypatch):
     return run
 
 
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    """test_pipeline's World behind the CLI: fake nodes for every command (deploys and
-    the read-only commands' sessions), fake images, registry preflight and HTTP checks."""
-    w = World(tmp_path)
-
-    def connector(environment, progress, project=None, spare_sessions=0):
-        return w.connector(environment, progress, project)
-
-    @contextmanager
-    def env_sessions(environment, *, require_engine=True):
-        yield {}, {n.name: w.nodes[n.name] for n in environment.nodes}
-
-    monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
-    monkeypatch.setattr("orchestrator.io.nodes.env_sessions", env_sessions)
-    monkeypatch.setattr("orchestrator.io.images.prepare_images", w.prepare_images)
-    monkeypatch.setattr("orchestrator.app.release.registry_preflight", lambda env, services: None)
-    monkeypatch.setattr("orchestrator.io.checks.run_http", lambda target, **kw: w.http(target))
-    monkeypatch.chdir(w.dir)
-    return w
-
-
-def make_api_fail(world) -> None:
+def make_api_fail(cli_world) -> None:
     """The next `up` builds an api image that exits at once (exit code 3)."""
-    world.version += 1
-    ref = world.pins(world.workspaces("dev")[0].project)["api"]
-    for node in world.nodes.values():
+    cli_world.version += 1
+    ref = cli_world.pins(cli_world.workspaces("dev")[0].project)["api"]
+    for node in cli_world.nodes.values():
         node.engine.behaviours[ref] = "exit:3"
 
 
@@ -162,7 +138,7 @@ def test_json_unless_a_terminal_or_told_otherwise():
     assert O.decide_json(False, pipe, {"ORCH_OUTPUT": "json"}) is False  # --text wins
 
 
-def test_every_command_prints_json_lines_and_one_final_object(world, orch):
+def test_every_command_prints_json_lines_and_one_final_object(cli_world, orch):
     """The whole pipeline and every read-only command, as a CI job runs them."""
     runs = [
         orch("config"), orch("graph"), orch("envs"),
@@ -194,7 +170,7 @@ def test_every_command_prints_json_lines_and_one_final_object(world, orch):
     assert "is up on dev" in up.stderr  # the summary for people: on stderr
 
 
-def test_failures_end_with_a_failed_final_object(world, orch):
+def test_failures_end_with_a_failed_final_object(cli_world, orch):
     # bad input, from the command's own failure path and from main's
     for r in (orch("up", "--env", "nope"), orch("ps", "--env", "nope"), orch("history", "--env", "nope")):
         final = check_contract(r)
@@ -209,13 +185,13 @@ def test_failures_end_with_a_failed_final_object(world, orch):
     r = orch("lock", "status", "--env", "dev", "--bogus")
     assert r.code == 2 and check_contract(r)["command"] == "lock status"
     # a deploy that fails
-    make_api_fail(world)
+    make_api_fail(cli_world)
     r = orch("up", "--env", "dev")
     final = check_contract(r)
     assert r.code == 1 and final["error"]["kind"] == "DeployError" and final["environment"] == "dev"
     # a failing verification after a deploy, and `orch verify`
-    world.version += 1
-    world.checks_ok = False
+    cli_world.version += 1
+    cli_world.checks_ok = False
     r = orch("up", "--env", "dev")
     assert r.code == 1 and check_contract(r)["error"]["kind"] == "VerificationFailed"
     r = orch("verify", "--env", "dev")
@@ -224,7 +200,7 @@ def test_failures_end_with_a_failed_final_object(world, orch):
     assert final["error"]["details"]["failed"] == ["home"] and "verification failed in dev" in r.stderr
 
 
-def test_a_bug_still_ends_with_a_final_object(world, orch, monkeypatch):
+def test_a_bug_still_ends_with_a_final_object(cli_world, orch, monkeypatch):
     def boom(*a, **kw):
         raise RuntimeError("unexpected")
 
@@ -234,7 +210,7 @@ def test_a_bug_still_ends_with_a_final_object(world, orch, monkeypatch):
     assert r.code == 1 and final["error"]["kind"] == "InternalError" and "Traceback" in r.stderr
 
 
-def test_text_when_asked(world, orch):
+def test_text_when_asked(cli_world, orch):
     r = orch("ps", "--env", "dev", "--text")
     assert r.code == 0 and r.stdout.startswith("no containers of hello on dev")
     r = orch("ps", "--env", "dev", env={"ORCH_OUTPUT": "text"})
@@ -286,16 +262,16 @@ def doc_keys(heading: str) -> set[str]:
     return keys
 
 
-def test_the_documented_final_objects_are_what_the_commands_print(world, orch):
+def test_the_documented_final_objects_are_what_the_commands_print(cli_world, orch):
     up = check_contract(orch("up", "--env", "dev"))
     promoted = check_contract(orch("promote", "hello", "--to", "test"))
     documented = doc_keys("`up`, `promote`, `rollback`")
     assert set(up) == documented and set(promoted) == documented
     refused = check_contract(orch("promote", "hello", "--to", "prod"))
     assert set(refused["error"]) <= doc_keys("The error object")
-    res = world.up()  # the library's own result, as pipeline.PipelineResult.to_json makes it
+    res = cli_world.up()  # the library's own result, as pipeline.PipelineResult.to_json makes it
     assert set(res.to_json()) == documented
-    assert set(world.promote("prod", approve=True).to_json()) == documented
+    assert set(cli_world.promote("prod", approve=True).to_json()) == documented
     assert set(up["release"]) == doc_keys("The release object")
     for command, heading in (("ps", "`ps`"), ("plan", "`plan`"), ("verify", "`verify`"), ("history", "`history`"),
                              ("logs", "`logs`"), ("lock status", "`lock status`"), ("down", "`down`")):
@@ -349,7 +325,7 @@ def test_any_other_ci_is_recorded():
     (GITLAB, "via gitlab-ci (ada) promote-prod#901", "https://gitlab.example/acme/hello/-/jobs/901"),
     (GENERIC, "via ci deploy#77", "https://ci.example/jobs/77"),
 ], ids=["github", "gitlab", "generic"])
-def test_the_ci_job_is_on_the_release_and_in_history(world, orch, monkeypatch, environ, who, job):
+def test_the_ci_job_is_on_the_release_and_in_history(cli_world, orch, monkeypatch, environ, who, job):
     no_git_user = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}  # the performer: the login
     assert orch("up", "--env", "dev", env={**environ, **no_git_user, "USER": "runner"}).code == 0
     hist = check_contract(orch("history", "--env", "dev"))
@@ -406,14 +382,14 @@ def leaked(r: Run) -> list[str]:
 
 
 @pytest.fixture
-def secret_world(world):
-    world.write_compose(SECRET_COMPOSE)
+def secret_world(cli_world):
+    cli_world.write_compose(SECRET_COMPOSE)
     for env in ("dev", "test", "prod"):
-        path = world.dir / "environments" / f"{env}.yaml"
+        path = cli_world.dir / "environments" / f"{env}.yaml"
         path.write_text(path.read_text().replace(
             "registry: {address: reg.test:5000}",
             "registry: {address: reg.test:5000, username_env: REG_USER_NAME, password_env: REG_PW_VALUE}"))
-    return world
+    return cli_world
 
 
 def test_no_command_prints_a_secret_with_verbose_and_json(secret_world, orch):
@@ -596,9 +572,9 @@ def test_setup_script_prepares_a_github_job_without_printing_the_key(tmp_path):
     assert (CI / "README.md").is_file()
 
 
-def test_a_test_environment_without_checks_is_no_dead_end(orch, world, monkeypatch):
+def test_a_test_environment_without_checks_is_no_dead_end(orch, cli_world, monkeypatch):
     # test has no verify checks; prod's `verified` gate needs a verified release of test.
-    envs = world.dir / "environments"
+    envs = cli_world.dir / "environments"
     with_checks = (envs / "test.yaml").read_text()
     head, rest = with_checks.split("verify:\n", 1)
     (envs / "test.yaml").write_text(head + rest[rest.index("overlay:"):])
@@ -618,7 +594,7 @@ def test_a_test_environment_without_checks_is_no_dead_end(orch, world, monkeypat
     assert f"{envs / 'test.yaml'}: verify.checks:" in err["message"] and "prod promotes only verified" in err["message"]
     assert "Fix: add checks under `verify: checks:` in " + str(envs / "test.yaml") in err["message"]
     assert f"`gates.verification: false`) from prod's environment file ({envs / 'prod.yaml'})" in err["message"]
-    assert world.history("test").live().verification is None
+    assert cli_world.history("test").live().verification is None
 
     r = orch("promote", "hello", "--to", "prod", "--approve")
     assert r.code == 3, r

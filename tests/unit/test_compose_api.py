@@ -61,7 +61,11 @@ def test_project_basics(tmp_path):
     assert list(p.services) == ["web", "api", "cache"]  # file order
     assert all(isinstance(s, Service) for s in p.services.values())
     assert p.extensions == {"x-meta": {"owner": "team"}}
-    assert all(isinstance(w, Problem) for w in p.warnings)
+    assert p.warnings == []
+    (tmp_path / "w").mkdir()
+    (warning,) = load(tmp_path / "w", "services:\n  a: {image: \"busybox:${TAG}\"}\n").warnings
+    assert isinstance(warning, Problem) and (warning.file, warning.line, warning.key) == (
+        "compose.yaml", 2, "services.a.image")
     assert p.variables["COMPOSE_PROJECT_NAME"] == "demo"
 
 

@@ -31,6 +31,28 @@ def ids(lab):
     return {c.name: c.id for n in lab.nodes.values() for c in n.engine.containers(["io.orch.project=shop"])}
 
 
+def test_the_release_id_is_an_input_of_the_specs(lab):
+    res = up(lab, release="7")
+    sent = [a["spec"]["release"] for n in lab.nodes.values() for op, a in n.calls if op == "rollout"]
+    assert len(sent) == 6 and set(sent) == {"7"}
+    labels = {c.labels["io.orch.release"] for n in lab.nodes.values()
+              for c in n.engine.containers(["io.orch.project=shop"])}
+    assert res.status == "ok" and labels == {"7"}
+
+
+def test_with_release_makes_new_units_and_leaves_the_built_ones_alone(lab):
+    from orchestrator.app.deploy import with_release
+
+    dep = Deployment(ws(lab), DeployOptions(dry_run=True), Progress(), lab.connector)
+    dep.run()
+    built = dict(dep.units)
+    out = with_release(built, "3")
+    assert out.keys() == built.keys() and {u.spec["release"] for u in out.values()} == {"3"}
+    assert {u.spec["release"] for u in built.values()} == {""}  # not mutated
+    assert all(out[k].spec["container"] is built[k].spec["container"] for k in built)  # the rest shared
+    assert with_release(built, "") is built
+
+
 def test_first_up_creates_everything_wave_by_wave_with_readiness(lab):
     res = up(lab)
     assert res.status == "ok" and not res.plan.is_noop

@@ -47,7 +47,7 @@ def test_up_without_a_tty_prints_json_lines_and_a_final_object(project):
     r = cli("up", "--env", "dev")
     assert r.exit_code == 0, r.output
     lines = [json.loads(ln) for ln in r.stdout.strip().splitlines()]
-    assert all("event" in ln for ln in lines[:-1])
+    assert len(lines) > 1 and all("event" in ln for ln in lines[:-1])
     final = lines[-1]
     assert final["status"] == "ok" and final["version"] == 1 and final["changed"]
     again = last_json(cli("up", "--env", "dev", "--json").stdout)

@@ -41,10 +41,14 @@ def accepted_paths() -> set[str]:
 
 
 def documented_paths() -> set[str]:
-    return set(ROW.findall(DOC.read_text()))
+    found = set(ROW.findall(DOC.read_text()))
+    assert len(found) >= len(PREFIXES), f"{DOC.name} has no key table rows (| `PATH` |) any more"
+    return found
 
 
 def test_every_key_set_has_a_place_in_the_doc():
+    gone = sorted(set(PREFIXES) - set(key_sets()))
+    assert not gone, f"the key set(s) {gone} are no longer in orchestrator/core/environments.py: update PREFIXES"
     unknown = sorted(set(key_sets()) - set(PREFIXES))
     assert not unknown, (f"environments.py has new key set(s) {unknown}: add their path prefix to PREFIXES here "
                          "and document their keys in docs/reference/environment-file.md")

@@ -16,7 +16,9 @@ def test_reference_matches_the_cli():
 
 def test_every_command_has_help_text():
     text = render()
-    for path in command_paths():
+    paths = list(command_paths())
+    assert len(paths) >= 15 and ("up",) in [tuple(p) for p in paths], paths
+    for path in paths:
         section = text.split(f"## `{' '.join(['orch', *path])}`", 1)[1].split("## `", 1)[0]
         usage_and_help = section.split("\n\n")
         assert len(usage_and_help) > 2 and usage_and_help[2].strip(), f"orch {' '.join(path)} has no help"
@@ -27,13 +29,15 @@ def test_doc_pages_named_in_the_code_exist():
     import re
 
     root = DOC.parents[2]
-    missing = []
+    missing, named = [], set()
     for folder in ("orchestrator", "agent"):
         for path in sorted((root / folder).rglob("*.py")):
             for m in re.finditer(r"\bdocs/[A-Za-z0-9_./-]*?\.md\b", path.read_text()):
+                named.add(m.group(0))
                 if not (root / m.group(0)).is_file():
                     missing.append(f"{path.relative_to(root)}: {m.group(0)}")
     assert not missing, f"code names doc pages that do not exist: {missing}"
+    assert "docs/json-output.md" in named  # the scan does find the pages the code names
 
 
 def test_environments_option_help_states_the_real_default(tmp_path, monkeypatch):

@@ -7,10 +7,7 @@ only hang guards.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,28 +16,7 @@ import pytest
 
 from orchestrator import limits
 from orchestrator.errors import InputError
-
-ENV_FILE = "name: dev\nnodes:\n  - name: dev-1\n    host: 127.0.0.1\n"
-SERVICE = "services:\n  web:\n    image: busybox\n"
-
-
-def orch(args: list[str], cwd: Path) -> tuple[int, dict, str]:
-    proc = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", *args, "--json"],
-                          cwd=cwd, capture_output=True, text=True, timeout=10)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    final = json.loads(proc.stdout.strip().splitlines()[-1])
-    return proc.returncode, final, proc.stderr
-
-
-def refused(cwd: Path, *args: str) -> dict:
-    """The one problem `orch config` reports, after checking it is exit 2."""
-    code, final, stderr = orch(["config", *args], cwd)
-    assert code == 2, (final, stderr)
-    problems = final["error"]["problems"]
-    assert len(problems) == 1, problems
-    assert problems[0].get("fix"), problems
-    return problems[0]
-
+from tests.unit.fakes import ENV_FILE, SERVICE, orch_process, refused
 
 def load_refused(cwd: Path, *args: str) -> dict:
     """Like refused(), in this process: the InputError load_workspace raises, as a dict."""
@@ -153,7 +129,7 @@ def test_ordinary_anchors_and_merge_keys_still_load(tmp_path):
     (tmp_path / "compose.yaml").write_text(
         "x-defaults: &defaults\n  restart: always\n  labels: {a: '1', b: '2'}\n  environment: [A=1, B=2]\n"
         "services:\n" + services)
-    code, final, stderr = orch(["config"], tmp_path)
+    code, final, stderr = orch_process(["config"], tmp_path)
     assert code == 0, stderr
     assert final["project"]["services"]["s199"]["labels"] == {"a": "1", "b": "2"}
 
@@ -190,7 +166,7 @@ def test_deep_interpolation_in_dotenv_is_refused(tmp_path):
 def test_interpolation_nesting_up_to_the_limit_works(tmp_path):
     value = "${A:-" * 32 + "deep" + "}" * 32
     (tmp_path / "compose.yaml").write_text(SERVICE + f"    environment:\n      X: '{value}'\n")
-    code, final, stderr = orch(["config"], tmp_path)
+    code, final, stderr = orch_process(["config"], tmp_path)
     assert code == 0, stderr
     assert final["project"]["services"]["web"]["environment"]["X"] == "deep"
 

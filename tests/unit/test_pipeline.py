@@ -1,9 +1,6 @@
 """orchestrator.app.pipeline over fake nodes: the agent's real operations (apply, ledger,
 lock, prune_images) on in-memory FakeEngines, three environments dev -> test -> prod, a
-fake images step (pins with made-up digests), fake HTTP checks."""
-
-import hashlib
-import textwrap
+fake images step (pins with made-up digests), fake HTTP checks (the World and its fixture: tests/unit/fakes.py, tests/unit/conftest.py)."""
 
 import pytest
 
@@ -17,169 +14,10 @@ from orchestrator.app import up as PU
 from orchestrator.core import releases as R
 from orchestrator.io import ledger as RL
 from orchestrator.errors import DeployError, GateRefused, InputError, LockHeld
-from orchestrator.io.images import ImageSet
-from orchestrator.core.images import VersionInfo
 from orchestrator.io.lock import lock_held_error, LockHolder
 from orchestrator.core.progress import Progress
 from orchestrator.io.registry_client import RegistryUnavailable
-from orchestrator.app.workspace import ProjectOptions, load_workspace
-from tests.unit.fakes import FakeNode
-
-COMPOSE = """\
-name: hello
-services:
-  api:
-    image: api-src
-    environment:
-      HELLO_ENV: ${HELLO_ENV:-local}
-      NOTE: ${NOTE:-one}
-      DB_PASSWORD: ${DB_PASSWORD:-hunter22}
-    ports: ["8091:8081"]
-    healthcheck: {test: ["CMD", "true"], interval: 1s}
-  web:
-    image: web-src
-    ports: ["8090:8080"]
-    depends_on: {api: {condition: service_healthy}}
-"""
-
-ENV = """\
-name: {name}
-{promote}
-nodes:
-{nodes}
-registry: {{address: reg.test:5000}}
-gates: {{approval: {approval}, verification: {verification}}}
-verify:
-  on_deploy: true
-  checks:
-    - name: home
-      service: web
-      http: "http://{{{{ node.host }}}}:{{{{ service.port }}}}/"
-overlay:
-  services:
-    api:
-      environment:
-        HELLO_ENV: "{{{{ env.name }}}}"
-"""
-
-NODES = {"dev": ["d1"], "test": ["t1"], "prod": ["p1", "p2"]}
-PERF = R.Performer(user="Ada <ada@example.com>", host="ci-1", login="ada")
-
-
-def digest(text):
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-class World:
-    def __init__(self, tmp_path):
-        self.dir = tmp_path / "app"
-        self.dir.mkdir()
-        self.nodes = {}
-        for env, names in NODES.items():
-            for i, n in enumerate(names):
-                node = FakeNode(n, tmp_path / "state" / n)
-                node.engine.id = f"FAKE:{n}"
-                self.nodes[n] = node
-        self.connects = []
-        self.version = 1
-        self.environ = {}
-        self.checks_ok = True
-        self.checked = []
-        self.images_calls = 0
-        self.images_error = None
-        self.write_compose(COMPOSE)
-        envs = self.dir / "environments"
-        envs.mkdir()
-        for env, names in NODES.items():
-            promote = {"dev": "", "test": "promote_from: dev", "prod": "promote_from: test"}[env]
-            nodes = "\n".join(f"  - {{name: {n}, host: 10.250.0.{200 + i}}}" for i, n in enumerate(names))
-            (envs / f"{env}.yaml").write_text(ENV.format(
-                name=env, promote=promote, nodes=nodes, approval=str(env == "prod").lower(),
-                verification=str(env == "prod").lower()))
-
-    def write_compose(self, text):
-        (self.dir / "compose.yaml").write_text(textwrap.dedent(text))
-
-    def pins(self, project):
-        return {n: f"reg.test:5000/{project.name}/{n}@{digest(f'{n}-v{self.version}')}" for n in project.services}
-
-    def prepare_images(self, project, env, **kw):
-        self.images_calls += 1
-        if self.images_error is not None:
-            raise self.images_error
-        pins = self.pins(project)
-        for node in self.nodes.values():
-            for ref in pins.values():
-                node.engine.registry.add(ref)
-        return ImageSet(VersionInfo(f"v{self.version}", "override"), pins)
-
-    def connector(self, environment, progress, project=None):
-        self.connects.append(environment.name)
-        return {n.name: self.nodes[n.name] for n in environment.nodes}
-
-    def http(self, target):
-        from orchestrator.core.verify import CheckResult
-
-        self.checked.append(target.url)
-        return CheckResult(target.name, "http", target.url, self.checks_ok, 1, 0.0, target.node, target.service,
-                           200 if self.checks_ok else 500, "" if self.checks_ok else "HTTP 500 (expected 200)")
-
-    def seams(self, **kw):
-        base = dict(connector=self.connector, images=self.prepare_images, preflight=lambda env, services: None,
-                    check_runners={"http": self.http}, performer=PERF, environ=self.environ)
-        base.update(kw)
-        return P.Seams(**base)
-
-    def workspaces(self, env):
-        opts = ProjectOptions(files=[self.dir / "compose.yaml"], env_name=env)
-        ws = load_workspace(opts, environ=self.environ)
-        opts.env_name = None
-        return ws, load_workspace(opts, environ=self.environ).project
-
-    def up(self, env="dev", **opts):
-        ws, base = self.workspaces(env)
-        return PU.up(ws, base, P.PipelineOptions(**opts), Progress(), self.seams())
-
-    def environment(self, env):
-        from orchestrator.core.environments import load_environment
-
-        return load_environment(env, self.dir / "environments")
-
-    def promote(self, to, approve=False, **opts):
-        target = self.environment(to)
-        source = self.environment(target.promote_from)
-        today = self.workspaces(to)[1]
-        return PR.promote("hello", target, source, P.PipelineOptions(approve=approve, **opts), Progress(),
-                         self.seams(), today=today, working_dir=self.dir)
-
-    def rollback(self, env="prod", to=None, **opts):
-        ws, _ = self.workspaces(env)
-        return PR.rollback("hello", ws.environment, P.PipelineOptions(**opts), to=to, progress=Progress(),
-                          seams=self.seams(), today=ws.project, working_dir=self.dir)
-
-    def history(self, env):
-        sessions = {n: self.nodes[n] for n in NODES[env]}
-        return RL.ReleaseLedger(sessions, "hello", env).history()
-
-    def running(self, env):
-        """{service: {image, env}} of the running containers (one per service, checked equal)."""
-        out = {}
-        for n in NODES[env]:
-            for rec in self.nodes[n].engine.records.values():
-                info = rec["info"]
-                if info["labels"].get("io.orch.project") != "hello" or info["state"] != "running":
-                    continue
-                env_list = rec["body"].get("Env") or []
-                entry = {"image": info["image"], "env": dict(e.split("=", 1) for e in env_list),
-                         "release": info["labels"].get("io.orch.release")}
-                svc = info["labels"]["io.orch.service"]
-                assert out.setdefault(svc, entry)["image"] == entry["image"]
-        return out
-
-
-@pytest.fixture
-def world(tmp_path):
-    return World(tmp_path)
+from tests.unit.fakes import PERF, PIPELINE_COMPOSE, digest
 
 
 # --------------------------------------------------------------------------- up
@@ -198,6 +36,32 @@ def test_up_records_a_live_release_with_digests_manifest_and_base(world):
     assert rel.verified is True and world.checked == ["http://10.250.0.200:8090/"]
     assert {s["release"] for s in world.running("dev").values()} == {"1"}
     assert res.to_json()["release_id"] == 1 and res.to_json()["images"] == rel.services
+
+
+def test_the_release_id_is_in_every_spec_as_it_is_built(world, monkeypatch):
+    """The id goes in when the units are built (DeployOptions.release), not pushed into
+    the specs afterwards: the plan's units already carry it, and so does what is sent."""
+    import copy
+
+    from orchestrator.app.deploy import Deployment
+
+    planned = []
+    make_plan = Deployment.make_plan
+
+    def spy(self):
+        plan = make_plan(self)
+        planned.append({k: copy.deepcopy(u.spec) for k, u in self.units.items()})
+        return plan
+
+    monkeypatch.setattr(Deployment, "make_plan", spy)
+    world.up()
+    world.version += 1
+    world.up()
+    ws, base = world.workspaces("dev")
+    PU.up(ws, base, P.PipelineOptions(dry_run=True), Progress(), world.seams())
+    assert [sorted({s["release"] for s in specs.values()}) for specs in planned] == [["1"], ["2"], [""]]
+    sent = [a["spec"]["release"] for op, a in world.nodes["d1"].calls if op == "rollout"]
+    assert sent and sorted(set(sent)) == ["1", "2"] and sent[0] == "1" and sent[-1] == "2"
 
 
 def test_a_second_up_with_nothing_changed_makes_no_release(world):
@@ -254,11 +118,11 @@ def test_a_failing_check_leaves_the_release_live_but_unverified_and_fails(world)
 
 
 def test_bad_input_and_a_down_registry_touch_no_node(world):
-    world.write_compose(COMPOSE.replace("image: web-src", "image: web-src\n    ipc: host"))
+    world.write_compose(PIPELINE_COMPOSE.replace("image: web-src", "image: web-src\n    ipc: host"))
     with pytest.raises(InputError):
         world.up()
     assert world.images_calls == 0 and world.connects == []
-    world.write_compose(COMPOSE)
+    world.write_compose(PIPELINE_COMPOSE)
     world.images_error = RegistryUnavailable("registry reg.test:5000 is not reachable", registry="reg.test:5000")
     with pytest.raises(RegistryUnavailable):
         world.up()
@@ -408,8 +272,9 @@ def test_rollback_reapplies_the_recorded_project_and_digests_not_todays_files(wo
     assert {s: e["image"] for s, e in running.items()} == first.services
     assert running["api"]["env"]["NOTE"] == "one" and running["api"]["env"]["HELLO_ENV"] == "prod"
     assert running["api"]["env"]["DB_PASSWORD"] == "hunter22"
-    assert world.nodes["p1"].ops("release_put")  # recorded on both prod nodes
-    assert world.history("prod").get(3).rev == world.history("prod").get(3).rev
+    assert world.nodes["p1"].ops("release_put") and world.nodes["p2"].ops("release_put")
+    held = world.history("prod").nodes  # recorded on both prod nodes, at the same revision
+    assert held["p1"][3] == held["p2"][3] == h.get(3).rev > 0
 
 
 def test_rollback_to_an_id_and_refusals(world):

@@ -14,47 +14,9 @@ from orchestrator.io.registry_client import (
     RegistryUnavailable,
     parse_reference,
 )
+from tests.unit.fakes import DIGEST, FakeResponse, FakeSession
 
 PASSWORD = "s3cr3t-pa55"
-DIGEST = "sha256:" + "a" * 64
-
-
-class Resp:
-    def __init__(self, status=200, headers=None, body=b"", json_body=None):
-        self.status_code = status
-        self.headers = requests.structures.CaseInsensitiveDict(headers or {})
-        import json
-
-        self.content = json.dumps(json_body).encode() if json_body is not None else body
-        self.text = self.content.decode()
-
-    def json(self):
-        import json
-
-        return json.loads(self.content)
-
-
-class Session:
-    """Answers requests from a handler(method, url, headers, auth, params) -> Resp or exception."""
-
-    def __init__(self, handler):
-        self.handler = handler
-        self.calls = []
-
-    def request(self, method, url, headers=None, auth=None, verify=None, timeout=None, stream=False,
-                allow_redirects=True):
-        self.calls.append((method, url, dict(headers or {}), auth, verify))
-        out = self.handler(method, url, headers or {}, auth, None)
-        if isinstance(out, Exception):
-            raise out
-        return out
-
-    def get(self, url, params=None, auth=None, verify=None, timeout=None):
-        self.calls.append(("GET", url, {}, auth, verify, params))
-        out = self.handler("GET", url, {}, auth, params)
-        if isinstance(out, Exception):
-            raise out
-        return out
 
 
 def basic_registry(user="orch", password=PASSWORD):
@@ -62,12 +24,12 @@ def basic_registry(user="orch", password=PASSWORD):
 
     def handler(method, url, headers, auth, params):
         if auth != (user, password):
-            return Resp(401, {"WWW-Authenticate": 'Basic realm="lab"', "Docker-Distribution-API-Version": "registry/2.0"})
+            return FakeResponse(401, {"WWW-Authenticate": 'Basic realm="lab"', "Docker-Distribution-API-Version": "registry/2.0"})
         if url.endswith("/v2/"):
-            return Resp(200, {"Docker-Distribution-API-Version": "registry/2.0"})
+            return FakeResponse(200, {"Docker-Distribution-API-Version": "registry/2.0"})
         if "/manifests/latest" in url:
-            return Resp(200, {"Docker-Content-Digest": DIGEST})
-        return Resp(404, json_body={"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
+            return FakeResponse(200, {"Docker-Content-Digest": DIGEST})
+        return FakeResponse(404, json_body={"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
 
     return handler
 
@@ -91,40 +53,40 @@ def test_parse_reference_normalises_like_docker():
 
 
 def test_ping_distinguishes_ok_bad_credentials_and_none():
-    ok = RegistryClient("r:5000", credentials=RegistryCredentials("orch", PASSWORD), session=Session(basic_registry()))
+    ok = RegistryClient("r:5000", credentials=RegistryCredentials("orch", PASSWORD), session=FakeSession(basic_registry()))
     res = ok.ping()
     assert res.ok and res.authenticated and res.auth_scheme == "basic"
-    bad = RegistryClient("r:5000", credentials=RegistryCredentials("orch", "wrong"), session=Session(basic_registry()))
+    bad = RegistryClient("r:5000", credentials=RegistryCredentials("orch", "wrong"), session=FakeSession(basic_registry()))
     res = bad.ping()
     assert res.status == "unauthorized" and "refuses the credentials of user 'orch'" in res.detail
-    anon = RegistryClient("r:5000", session=Session(basic_registry()))
+    anon = RegistryClient("r:5000", session=FakeSession(basic_registry()))
     res = anon.ping()
     assert res.status == "unauthorized" and "none are configured" in res.detail
     assert PASSWORD not in repr(ok) and PASSWORD not in repr(res)
 
 
 def test_ping_down_and_tls_are_reported_not_raised():
-    down = RegistryClient("r:5000", session=Session(lambda *a: requests.exceptions.ConnectionError(
+    down = RegistryClient("r:5000", session=FakeSession(lambda *a: requests.exceptions.ConnectionError(
         "HTTPSConnectionPool: Max retries (Caused by NewConnectionError('[Errno 111] Connection refused'))")))
     res = down.ping()
     assert res.status == "down" and "connection refused" in res.detail
-    slow = RegistryClient("r:5000", timeout=2, session=Session(lambda *a: requests.exceptions.ConnectTimeout("timed out")))
+    slow = RegistryClient("r:5000", timeout=2, session=FakeSession(lambda *a: requests.exceptions.ConnectTimeout("timed out")))
     assert "no answer within 2s" in slow.ping().detail
-    tls = RegistryClient("r:5000", ca_file="/x/ca.crt", session=Session(lambda *a: requests.exceptions.SSLError(
+    tls = RegistryClient("r:5000", ca_file="/x/ca.crt", session=FakeSession(lambda *a: requests.exceptions.SSLError(
         "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate (_ssl.c:1)")))
     res = tls.ping()
     assert res.status == "tls" and "/x/ca.crt" in res.detail and "certificate verify failed" in res.detail
 
 
 def test_ca_file_is_used_for_verification():
-    session = Session(basic_registry())
+    session = FakeSession(basic_registry())
     RegistryClient("r:5000", ca_file="/lab/ca.crt", credentials=RegistryCredentials("orch", PASSWORD),
                    session=session).ping()
     assert session.calls and all(call[4] == "/lab/ca.crt" for call in session.calls)
 
 
 def test_manifest_digest_head_and_missing():
-    c = RegistryClient("r:5000", credentials=RegistryCredentials("orch", PASSWORD), session=Session(basic_registry()))
+    c = RegistryClient("r:5000", credentials=RegistryCredentials("orch", PASSWORD), session=FakeSession(basic_registry()))
     assert c.manifest_digest("library/busybox", "latest") == DIGEST
     assert c.manifest_digest("library/busybox", "nope") is None
     with pytest.raises(ImageNotFound):
@@ -136,10 +98,10 @@ def test_head_without_digest_header_falls_back_to_hashing_the_body():
 
     def handler(method, url, headers, auth, params):
         if method == "HEAD":
-            return Resp(200, {})
-        return Resp(200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, body)
+            return FakeResponse(200, {})
+        return FakeResponse(200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, body)
 
-    c = RegistryClient("r:5000", session=Session(handler))
+    c = RegistryClient("r:5000", session=FakeSession(handler))
     assert c.manifest_digest("a/b", "1") == "sha256:" + hashlib.sha256(body).hexdigest()
 
 
@@ -150,13 +112,13 @@ def test_bearer_token_flow_sends_credentials_only_to_the_realm():
         if url.startswith("https://auth.example/token"):
             seen["token_auth"] = auth
             seen["scope"] = params.get("scope")
-            return Resp(200, json_body={"token": "TKN"})
+            return FakeResponse(200, json_body={"token": "TKN"})
         if headers.get("Authorization") == "Bearer TKN":
-            return Resp(200, {"Docker-Content-Digest": DIGEST})
+            return FakeResponse(200, {"Docker-Content-Digest": DIGEST})
         assert auth is None
-        return Resp(401, {"WWW-Authenticate": 'Bearer realm="https://auth.example/token",service="reg"'})
+        return FakeResponse(401, {"WWW-Authenticate": 'Bearer realm="https://auth.example/token",service="reg"'})
 
-    c = RegistryClient("reg.example", credentials=RegistryCredentials("u", PASSWORD), session=Session(handler))
+    c = RegistryClient("reg.example", credentials=RegistryCredentials("u", PASSWORD), session=FakeSession(handler))
     assert c.manifest_digest("org/app", "1") == DIGEST
     assert seen == {"token_auth": ("u", PASSWORD), "scope": "repository:org/app:pull"}
 
@@ -167,18 +129,18 @@ def test_docker_hub_is_asked_at_its_api_host():
 
 
 def test_refused_request_raises_auth_error_without_the_password():
-    c = RegistryClient("r:5000", credentials=RegistryCredentials("orch", "wrong"), session=Session(basic_registry()))
+    c = RegistryClient("r:5000", credentials=RegistryCredentials("orch", "wrong"), session=FakeSession(basic_registry()))
     with pytest.raises(RegistryAuthError) as err:
         c.manifest_digest("library/busybox", "latest")
     assert "user 'orch'" in err.value.render() and "wrong" not in err.value.render()
 
 
 def test_errors_raised_by_api_calls_carry_a_fix():
-    c = RegistryClient("r:5000", session=Session(lambda *a: requests.exceptions.ConnectionError("[Errno 111] Connection refused")))
+    c = RegistryClient("r:5000", session=FakeSession(lambda *a: requests.exceptions.ConnectionError("[Errno 111] Connection refused")))
     with pytest.raises(RegistryUnavailable) as err:
         c.manifest_digest("a/b", "1")
     assert err.value.fix and "connection refused" in err.value.message
-    c = RegistryClient("r:5000", session=Session(lambda *a: requests.exceptions.SSLError("certificate verify failed: x")))
+    c = RegistryClient("r:5000", session=FakeSession(lambda *a: requests.exceptions.SSLError("certificate verify failed: x")))
     with pytest.raises(RegistryTLSError):
         c.blob_exists("a/b", DIGEST)
 
@@ -192,10 +154,10 @@ def test_layers_pair_compressed_blobs_with_diff_ids():
 
     def handler(method, url, headers, auth, params):
         if "/manifests/" in url:
-            return Resp(200, {"Docker-Content-Digest": DIGEST,
+            return FakeResponse(200, {"Docker-Content-Digest": DIGEST,
                               "Content-Type": "application/vnd.docker.distribution.manifest.v2+json"},
                         json.dumps(manifest).encode())
-        return Resp(200, {}, json.dumps(config).encode())
+        return FakeResponse(200, {}, json.dumps(config).encode())
 
-    layers = RegistryClient("r:5000", session=Session(handler)).layers("a/b", "1")
+    layers = RegistryClient("r:5000", session=FakeSession(handler)).layers("a/b", "1")
     assert [(ly.size, ly.diff_id[7:8]) for ly in layers] == [(100, "d"), (7, "e")]

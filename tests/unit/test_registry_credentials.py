@@ -18,8 +18,7 @@ from orchestrator.core.progress import Progress
 from orchestrator.io.registry_client import RegistryAuthError, RegistryClient
 from orchestrator.app.workspace import ProjectOptions, load_workspace
 
-from tests.unit.fakes import FakeNode
-from .test_registry_client import DIGEST, Resp, Session
+from tests.unit.fakes import DIGEST, FakeNode, FakeResponse, FakeSession
 
 LAB_PW = "lab-pa55-x9"
 GHCR_PW = "ghcr-t0ken-q7"
@@ -198,17 +197,17 @@ def bearer(realm, seen):
     def handler(method, url, headers, auth, params):
         if url.startswith(realm):
             seen.append(auth)
-            return Resp(200, json_body={"token": "TKN"} if auth else {})
+            return FakeResponse(200, json_body={"token": "TKN"} if auth else {})
         if headers.get("Authorization") == "Bearer TKN":
-            return Resp(200, {"Docker-Content-Digest": DIGEST})
-        return Resp(401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'})
+            return FakeResponse(200, {"Docker-Content-Digest": DIGEST})
+        return FakeResponse(401, {"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'})
     return handler
 
 
 @pytest.mark.parametrize("realm", ["http://reg.example/token", "http://auth.example/token"])
 def test_no_credentials_to_a_plain_http_token_realm(realm):
     seen = []
-    c = RegistryClient("reg.example", credentials=RegistryCredentials("u", LAB_PW), session=Session(bearer(realm, seen)))
+    c = RegistryClient("reg.example", credentials=RegistryCredentials("u", LAB_PW), session=FakeSession(bearer(realm, seen)))
     with pytest.raises(RegistryAuthError) as err:
         c.manifest_digest("org/app", "1")
     assert seen == [None]  # asked anonymously
@@ -219,7 +218,7 @@ def test_no_credentials_to_a_plain_http_token_realm(realm):
 def test_credentials_to_an_https_realm_on_another_host():
     seen = []
     c = RegistryClient("reg.example", credentials=RegistryCredentials("u", LAB_PW),
-                       session=Session(bearer("https://auth.example/token", seen)))
+                       session=FakeSession(bearer("https://auth.example/token", seen)))
     assert c.manifest_digest("org/app", "1") == DIGEST and seen == [("u", LAB_PW)]
 
 
@@ -228,9 +227,9 @@ def test_no_basic_credentials_to_a_registry_over_http():
 
     def handler(method, url, headers, auth, params):
         calls.append(auth)
-        return Resp(401, {"WWW-Authenticate": 'Basic realm="r"'})
+        return FakeResponse(401, {"WWW-Authenticate": 'Basic realm="r"'})
 
-    c = RegistryClient("r:5000", scheme="http", credentials=RegistryCredentials("u", LAB_PW), session=Session(handler))
+    c = RegistryClient("r:5000", scheme="http", credentials=RegistryCredentials("u", LAB_PW), session=FakeSession(handler))
     with pytest.raises(RegistryAuthError) as err:
         c.manifest_digest("a/b", "1")
     assert calls == [None] and "not HTTPS" in err.value.render() and LAB_PW not in err.value.render()

@@ -1,34 +1,12 @@
-"""`orch up`, `promote` and `rollback` through the CLI over fake nodes (see test_pipeline):
+"""`orch up`, `promote` and `rollback` through the CLI over fake nodes (the cli_world fixture):
 exit codes (0, 2, 3), the final JSON object, and the lock taken through the agent's own
 lock operations on each node's dedicated session."""
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from .test_pipeline import World
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    w = World(tmp_path)
-
-    def connector(environment, progress, project=None, spare_sessions=0):
-        return w.connector(environment, progress, project)
-
-    def http(target, **kw):
-        return w.http(target)
-
-    monkeypatch.setattr("orchestrator.io.nodes.ssh_connect", connector)
-    monkeypatch.setattr("orchestrator.io.images.prepare_images", w.prepare_images)
-    monkeypatch.setattr("orchestrator.app.release.registry_preflight", lambda env, services: None)
-    monkeypatch.setattr("orchestrator.io.checks.run_http", http)
-    monkeypatch.chdir(w.dir)
-    for key in ("ORCH_APPROVE", "ORCH_LOCK_WAIT", "CI", "GITHUB_ACTIONS", "GITLAB_CI"):
-        monkeypatch.delenv(key, raising=False)
-    return w
 
 
 def cli(*args, env=None):
@@ -39,7 +17,7 @@ def final(result):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_up_promote_with_gates_and_rollback(world):
+def test_up_promote_with_gates_and_rollback(cli_world):
     r = cli("up", "--env", "dev", "--json")
     assert r.exit_code == 0, r.output
     assert final(r)["release_id"] == 1 and final(r)["new_release"] is True
@@ -59,7 +37,7 @@ def test_up_promote_with_gates_and_rollback(world):
     r = cli("rollback", "--env", "prod", "--json")
     assert r.exit_code == 2 and "nothing earlier to roll back to" in r.stderr
 
-    world.version = 2
+    cli_world.version = 2
     assert cli("up", "--env", "dev", "--json").exit_code == 0
     assert cli("promote", "hello", "--to", "test", "--json").exit_code == 0
     assert cli("promote", "hello", "--to", "prod", "--approve", "--json").exit_code == 0
@@ -68,11 +46,11 @@ def test_up_promote_with_gates_and_rollback(world):
     doc = final(r)
     assert doc["command"] == "rollback" and doc["release_id"] == 3 and doc["release"]["restores"] == 1
     assert doc["lineage"] == "prod #3 (rollback to #1) <- test #1 <- dev #1"
-    assert [(x.id, x.status) for x in world.history("prod").releases] == [
+    assert [(x.id, x.status) for x in cli_world.history("prod").releases] == [
         (3, "live"), (2, "rolled_back"), (1, "superseded")]
 
 
-def test_text_output_and_a_noop_promotion(world):
+def test_text_output_and_a_noop_promotion(cli_world):
     assert cli("up", "--env", "dev").exit_code == 0
     r = cli("promote", "hello", "--to", "test")
     assert r.exit_code == 0
@@ -80,15 +58,15 @@ def test_text_output_and_a_noop_promotion(world):
     assert r.exit_code == 0 and "dev #1 is already live in test as test #1; nothing to do." in r.stdout
 
 
-def test_promote_without_promote_from_is_bad_input(world):
+def test_promote_without_promote_from_is_bad_input(cli_world):
     r = cli("promote", "hello", "--to", "dev", "--json")
     assert r.exit_code == 2 and "has no promote_from" in r.stderr
 
 
-def test_a_failing_check_after_up_exits_1_with_the_release_live(world):
-    world.checks_ok = False
+def test_a_failing_check_after_up_exits_1_with_the_release_live(cli_world):
+    cli_world.checks_ok = False
     r = cli("up", "--env", "dev", "--json")
     assert r.exit_code == 1
     doc = final(r)
     assert doc["status"] == "failed" and doc["error"]["kind"] == "VerificationFailed" and doc["release_id"] == 1
-    assert world.history("dev").live().verified is False
+    assert cli_world.history("dev").live().verified is False

@@ -437,6 +437,7 @@ def test_secrets_in_every_form_never_reach_a_nodes_ledger(prod):
     for node in prod.values():
         db = node.root / "engines" / f"ENGINE-{node.name}" / "ledger.sqlite3"
         data = b"".join(p.read_bytes() for p in db.parent.glob("ledger.sqlite3*"))
+        assert b"<redacted>" in data and b"cache:6379" in data, node.name  # the release is there, masked
         for secret in ("env-pw-1", "sk-key-2", "known-val-3", "redis-pw-4", "conn-pw-5", "cmd-tok-6",
                        "label-tok-7", "hc-pw-8"):
             assert secret.encode() not in data, (node.name, secret)

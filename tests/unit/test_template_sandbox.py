@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.errors import InputError
-from tests.unit.test_hostile_input import ENV_FILE, SERVICE, orch, refused
+from tests.unit.fakes import ENV_FILE, SERVICE, orch_process, refused
 
 
 def test_overlay_template_cannot_run_code(tmp_path):
@@ -48,7 +48,7 @@ def test_overlay_templates_still_render(tmp_path):
     (tmp_path / "environments" / "dev.yaml").write_text(
         ENV_FILE + "vars: {n: 3}\noverlay:\n  services:\n    web:\n      labels:\n"
         "        l: \"{{ env.name }}-{{ nodes[0].name | upper }}-{{ vars.n * 2 }}-{{ 'ab' * 2 }}\"\n")
-    code, final, stderr = orch(["config", "--env", "dev"], tmp_path)
+    code, final, stderr = orch_process(["config", "--env", "dev"], tmp_path)
     assert code == 0, stderr
     assert final["project"]["services"]["web"]["labels"]["l"] == "dev-DEV-1-6-abab"
 

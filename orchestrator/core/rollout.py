@@ -17,8 +17,9 @@ Nomad's health gate under `x-orch` (docs/reference/x-orch.md):
                               from its healthcheck: start_period + (retries+1) * interval
                               + timeout + 5s)
 
-The agent side (one batch on one node) is agent.rollout; orchestrator.app.deploy drives the
-batches, the monitor window and the whole-release rollback.
+The agent side (one batch on one node) is agent.rollout; orchestrator.core.rollout_plan plans
+the batches, the monitor window and what a rollback restores (a RolloutPlan), which
+orchestrator.app.deploy executes.
 """
 
 from __future__ import annotations

@@ -180,6 +180,14 @@ class ServiceRollout:
             lines.append(f"  then retire on {r.node}: replica {', '.join(str(x) for x in r.replicas)} (stopped, kept)")
         if self.watched:
             lines.append(f"  monitor {self.monitor:g}s: {len(self.watched)} replaced replica(s)")
+        back = sum(1 for r in self.restore if r.previous is not None)
+        new = len(self.restore) - back
+        if p.failure_action == "rollback" and self.restore:
+            lines.append(f"  on failure: the release is rolled back ({back} replica(s) back on their previous "
+                         f"container" + (f", {new} new one(s) removed" if new else "") + ")")
+        elif self.restore:
+            lines.append(f"  on failure: {'paused' if p.failure_action == 'pause' else 'going on'}, "
+                         "the batches done stay")
         return lines
 
 

@@ -168,6 +168,7 @@ def test_plan_json_and_text_carry_the_batches_in_order():
     text = p.render_text()
     assert text.index("batch 1: n1 replica 1 recreate stop-first") < text.index("batch 2: n2 replica 2 recreate")
     assert "Rollout:\n  web (wave 1): 2 batches, parallelism 1, stop-first, on failure rollback" in text
+    assert "on failure: the release is rolled back (2 replica(s) back on their previous container)" in text
 
 
 # --------------------------------------------------------------------------- the engine executes it
@@ -252,3 +253,26 @@ def test_a_failure_restores_what_the_plan_says_latest_batch_first(recorded):
     restores = [(node, reps) for op, node, _, reps in lab.calls if op == "restore"]
     assert restores == [("n1", (1,))]
     assert Restore("n1", 1, Previous("shop-web-1-prev", web.restore[0].previous.id, "", True)) == web.restore[0]
+
+
+def test_the_documented_rollout_keys_are_what_the_plan_carries():
+    from pathlib import Path
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "json-output.md").read_text()
+    section = doc.split("\n#### `plan.rollout`\n", 1)[1].split("\n#", 1)[0]
+    rows = {ln.split("|")[1].strip().strip("`"): ln.split("|")[3] for ln in section.splitlines() if ln.startswith("| `")}
+    p = rollout_of([unit("web", "n1", (1,))], {"n1": [container("web", 1, "n1"), container("web", 2, "n1")]})
+    doc_json = p.rollout.to_json()
+    assert set(rows) >= set(doc_json) and {k for k in rows if "." not in k} == set(doc_json)
+    def words(text):  # every name inside a `...` span
+        return {w for span in re.findall(r"`([^`]+)`", text) for w in re.findall(r"[a-z_]+", span)}
+
+    (web,) = doc_json["services"]
+    assert words(rows["services"]) >= set(web)
+    batch = web["batches"][0]
+    assert words(rows["services[].batches"]) >= set(batch) | set(batch["replicas"][0]) | set(
+        batch["replicas"][0]["previous"])
+    assert words(rows["services[].monitor"]) >= set(web["monitor"])
+    assert words(rows["services[].restore"]) >= set(web["restore"][0])
+    assert words(rows["services[].retire"]) >= set(web["retire"][0])

@@ -269,13 +269,6 @@ def batches(slots: Iterable[Slot], parallelism: int) -> list[list[Slot]]:
     return [ordered[i:i + parallelism] for i in range(0, len(ordered), parallelism)]
 
 
-def by_node(batch: Sequence[Slot]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for s in batch:
-        out.setdefault(s.node, []).append(s.replica)
-    return {n: sorted(r) for n, r in out.items()}
-
-
 def too_many_failures(failed: int, replaced: int, ratio: float) -> bool:
     """Swarm's max_failure_ratio: more failed replicas than the ratio of those replaced so far."""
     if failed <= 0:

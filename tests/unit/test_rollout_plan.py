@@ -276,3 +276,39 @@ def test_the_documented_rollout_keys_are_what_the_plan_carries():
     assert words(rows["services[].monitor"]) >= set(web["monitor"])
     assert words(rows["services[].restore"]) >= set(web["restore"][0])
     assert words(rows["services[].retire"]) >= set(web["retire"][0])
+
+
+def test_the_plans_stop_first_for_a_published_host_port_is_what_the_agent_does(lab):
+    text = textwrap.dedent("""\
+        name: shop
+        services:
+          web:
+            image: busybox
+            environment: {{VERSION: "{v}"}}
+            ports: ["8080:80", "9090"]
+            deploy: {{replicas: 2, update_config: {{order: start-first}}}}
+          api:
+            image: busybox
+            environment: {{VERSION: "{v}"}}
+            ports: ["9000"]
+            deploy: {{update_config: {{order: start-first}}}}
+        """)
+    Deployment(ws(lab, text.format(v=1)), DeployOptions(), Progress(), lab.connector).run()
+    events = []
+
+    class Events(Progress):
+        def agent_event(self, wave, service, node, ev):
+            events.append(dict(ev, service=service, node=node))
+
+    d = Deployment(ws(lab, text.format(v=2)), DeployOptions(), Events(), lab.connector)
+    d.prepare()
+    d.connect()
+    d.observe()
+    d.make_plan()
+    planned = {(s.service, r.node, r.replica): r.order for s in d.plan.rollout.services
+               for b in s.batches for r in b.replaces}
+    # web's 8080 is held by the running container; api's 9000 is published on a port the engine picks
+    assert planned == {("web", "n1", 1): "stop-first", ("web", "n2", 2): "stop-first", ("api", "n1", 1): "start-first"}
+    d.apply()
+    forced = {(e["service"], e["node"], e["replica"]) for e in events if e.get("type") == "rollout.order"}
+    assert forced == {k for k, order in planned.items() if order == "stop-first"}

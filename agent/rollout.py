@@ -1,7 +1,7 @@
 """Rolling replacement of one service's replicas on this node, and putting them back.
 
-The controller (orchestrator.core.rollout, orchestrator.app.deploy) decides the batches across
-nodes; each batch on a node is one `rollout` call here:
+The controller plans the batches across nodes (orchestrator.core.rollout_plan, executed by
+orchestrator.app.deploy); each batch on a node is one `rollout` call here:
 
     rollout   replace these replicas of the service with containers of the new spec.
               The old container of a replica is kept, renamed "<name>-prev"
@@ -143,7 +143,8 @@ def _holds(c: ContainerInfo, port: int) -> bool:
 def _publishes_conflict(old: ContainerInfo, svc: ServiceSpec, ingress: Optional[IngressSettings]) -> bool:
     """Whether the old container holds a host port the new one (or the ingress, when the
     service moves behind it) needs: then both cannot run at once, and start-first becomes
-    stop-first for that replica."""
+    stop-first for that replica. The controller's plan applies the same rule to the
+    observed containers (orchestrator.core.rollout_plan._port_conflict): keep them alike."""
     held = {(p.get("published"), p.get("protocol") or "tcp") for p in old.ports if p.get("published")}
     wanted = {(p.published, p.protocol) for p in svc.container.ports if p.published}
     if ingress is not None:

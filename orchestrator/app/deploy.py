@@ -13,11 +13,12 @@ A `Deployment` is one `orch up`, in clearly separated steps:
                 -> hooks["connected"]        (the deploy lock goes here; observe()
                                               then reads the state again, under it)
     observe()   every node's `state`, in parallel, one call each
-    make_plan() place (stable: existing replicas stay), build per-node specs, plan
+    make_plan() place (stable: existing replicas stay), build per-node specs, plan,
+                with the rolling update as data (plan.rollout: core/rollout_plan.py)
                 -> hooks["before_apply"]     (last checks before anything changes)
-    apply()     wave by wave; in a wave every service rolls on its own, in parallel:
-                its changed replicas in batches across its nodes, each batch on a node
-                one agent `rollout` (the agent waits for readiness); then `retire` of
+    apply()     executes plan.rollout: wave by wave; in a wave every service rolls on
+                its own, in parallel: its batches in order, each batch on a node one
+                agent `rollout` (the agent waits for readiness); then `retire` of
                 moved replicas and the update_config monitor window. A failure the
                 service's policy does not tolerate puts the release back (`restore`)
                 or pauses.
@@ -41,7 +42,7 @@ from typing import Any
 from orchestrator.io import nodes as N
 from orchestrator.io import transport as T
 from orchestrator.errors import DeployError, InputError, OrchError, Problem
-from orchestrator.core.plan import CREATE, RECREATE, REMOVE, Observed, Plan, existing_slots, make_plan
+from orchestrator.core.plan import Observed, Plan, existing_slots, make_plan
 from orchestrator.core.progress import DONE, FAILED, RUNNING, SKIPPED, Progress
 from orchestrator.app.results import (DeployResult, _as_orch_error, _first_line, container_rows,
                                       published_addresses)
@@ -219,6 +220,10 @@ class Deployment:
 
             self.progress.phase("mesh", f"mesh: {', '.join(m.node for m in plan.mesh)}")
             apply_mesh(self.environment, self.nodes, self.mesh_layout, self.meshes, plan.mesh)
+        if plan.rollout is None:  # a Plan not made by core.plan.make_plan
+            from orchestrator.core.rollout_plan import plan_rollout
+
+            plan.rollout = plan_rollout(plan, self.observed)
         self.journal = Journal()
         for node, count in _parallel_applies(plan).items():
             prewarm = getattr(self.nodes.get(node), "prewarm", None)
@@ -289,29 +294,33 @@ class Deployment:
         return args
 
     def _roll_service(self, wave: int, service: str, steps: list[Any]) -> list[StepFailure]:
-        """One service's rolling update; its failures ([] when it went through, or when the
-        policy tolerated them)."""
-        from orchestrator.core.rollout import Slot, batches, by_node, too_many_failures
+        """One service's rolling update, as the plan has it (orchestrator.core.rollout_plan):
+        its batches, then the nodes to settle, then the replicas to retire. Its failures ([]
+        when it went through, or when the policy tolerated them)."""
+        from orchestrator.core.rollout import too_many_failures
+        from orchestrator.core.rollout_plan import service_rollout
 
-        policy = self._policy(service)
+        rollout = self.plan.rollout.service(service) if self.plan is not None else None
+        if rollout is None:  # the plan has none for it: planned now, the same way
+            rollout = service_rollout(wave, service, steps, self.observed)
+        policy = rollout.policy
         by_step = {st.node: st for st in steps}
-        slots = [Slot(st.node, a.replica, a.kind) for st in steps for a in st.changes if a.kind in (CREATE, RECREATE)]
-        plan_batches = batches(slots, policy.parallelism)
         failures: list[StepFailure] = []
         failed = replaced = 0
         exceeded = False
-        for k, batch in enumerate(plan_batches, 1):
-            if k > 1 and policy.delay > 0:
-                self.progress.event("delay", service=service, seconds=policy.delay)
-                _sleep(policy.delay)
-            groups = by_node(batch)
-            self.progress.event("batch", service=service, batch=k, batches=len(plan_batches), wave=wave,
-                                replicas=[{"node": s.node, "replica": s.replica} for s in batch])
+        for batch in rollout.batches:
+            k = batch.number
+            if batch.delay > 0:
+                self.progress.event("delay", service=service, seconds=batch.delay)
+                _sleep(batch.delay)
+            groups = batch.by_node()
+            self.progress.event("batch", service=service, batch=k, batches=len(rollout.batches), wave=wave,
+                                replicas=[{"node": r.node, "replica": r.replica} for r in batch.replaces])
             results, errors = T.parallel(list(groups.items()), lambda item: self._rollout(
                 wave, by_step[item[0]], item[1], k, policy), key=lambda item: item[0])
             for node, res in sorted(results.items()):
-                self._journal_add(service, node, wave, res.get("replaced") or [], policy)
-            replaced += len(batch)
+                self._journal_add(service, node, wave, res.get("replaced") or [], rollout.monitor)
+            replaced += len(batch.replaces)
             for node, err in sorted(errors.items()):
                 failures.append(StepFailure(by_step[node], _as_orch_error(node, err)))
                 failed += len(groups[node])
@@ -326,22 +335,20 @@ class Deployment:
             failures = []
         # Nodes where nothing was replaced but a kept container must be waited for, or the
         # ingress is not what the containers need.
-        for st in steps:
-            if not st.changes and (st.wait_only or st.ingress):
-                try:
-                    self._rollout(wave, st, [], 0, policy)
-                except BaseException as err:  # noqa: BLE001 - reported like a failed batch
-                    failures.append(StepFailure(st, _as_orch_error(st.node, err)))
+        for settle in rollout.settle:
+            st = by_step[settle.node]
+            try:
+                self._rollout(wave, st, [], 0, policy)
+            except BaseException as err:  # noqa: BLE001 - reported like a failed batch
+                failures.append(StepFailure(st, _as_orch_error(st.node, err)))
         if failures:
             return failures
         # Replicas no longer wanted on a node (scaled down, moved): stopped and kept.
-        for st in steps:
-            gone = [a.replica for a in st.actions if a.kind == REMOVE]
-            if gone:
-                try:
-                    self._retire(wave, service, st.node, gone)
-                except BaseException as err:  # noqa: BLE001
-                    failures.append(StepFailure(st, _as_orch_error(st.node, err)))
+        for retire in rollout.retire:
+            try:
+                self._retire(wave, service, retire.node, list(retire.replicas))
+            except BaseException as err:  # noqa: BLE001
+                failures.append(StepFailure(by_step[retire.node], _as_orch_error(retire.node, err)))
         return failures
 
     def _rollout(self, wave: int, step: Any, replicas: list[int], batch: int, policy: Any) -> dict:
@@ -373,14 +380,14 @@ class Deployment:
                            seconds=time.monotonic() - t0)
         return result
 
-    def _journal_add(self, service: str, node: str, wave: int, records: list[dict], policy: Any) -> None:
+    def _journal_add(self, service: str, node: str, wave: int, records: list[dict], monitor: float) -> None:
         with self._journal_lock:
             self.journal.add(service, node, wave, records)
             now = time.monotonic()
             for rec in records:
-                if rec.get("old") is not None and rec.get("new") and policy.monitor > 0:
+                if rec.get("old") is not None and rec.get("new") and monitor > 0:
                     self._watch.append(_Watched(node, service, rec["replica"], rec["new"]["id"],
-                                                now + policy.monitor, policy.monitor))
+                                                now + monitor, monitor))
 
     def _retire(self, wave: int, service: str, node: str, replicas: list[int] | None) -> None:
         self.progress.step(wave, service, node, "removing")
@@ -397,13 +404,13 @@ class Deployment:
         """Services the plan takes off a node entirely: stopped and kept, like replaced ones."""
         plan = self.plan
         assert plan is not None
-        moved = [r for r in plan.removals if not r.orphan]
+        moved = plan.rollout.moved
         if not moved:
             return
         wave = len(plan.waves) + 1
-        self.progress.phase("cleanup", f"stopping {sum(len(r.actions) for r in moved)} container(s) no longer "
-                            "placed there")
-        _, errors = T.parallel(moved, lambda r: self._retire(wave, r.service, r.node, r.replicas),
+        count = sum(len(r.actions) for r in plan.removals if not r.orphan)
+        self.progress.phase("cleanup", f"stopping {count} container(s) no longer placed there")
+        _, errors = T.parallel(list(moved), lambda r: self._retire(wave, r.service, r.node, list(r.replicas)),
                                key=lambda r: f"{r.service}@{r.node}")
         if errors:
             failures = []

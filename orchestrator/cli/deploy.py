@@ -152,6 +152,10 @@ def plan(
 ) -> None:
     """Show what `orch up` would change on each node (connects and reads state; changes nothing).
 
+    Each service's rolling update is listed as `orch up` runs it: its batches in order
+    (stop-first or start-first per replica), what is retired, the monitor window, and
+    what a failure puts back (`rollout` in --json).
+
     Images are compared by digest: those of this version already in the registry (nothing
     is built or pushed; a version not pushed yet shows its services as changing).
     """

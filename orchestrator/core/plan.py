@@ -161,6 +161,7 @@ class Plan:
     nodes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     mesh: list[Any] = field(default_factory=list)  # orchestrator.core.mesh.MeshAction: nodes whose mesh changes
+    rollout: Any = None  # orchestrator.core.rollout_plan.RolloutPlan: what apply() executes, in order
 
     def actions(self) -> list[Action]:
         out = [a for s in self.steps for a in s.actions]
@@ -197,7 +198,7 @@ class Plan:
             "ingress": [{"service": s.service, "node": s.node, "reason": s.ingress} for s in self.steps if s.ingress],
             "mesh": [{"node": m.node, "join": m.join, "reasons": list(m.reasons)} for m in self.mesh],
             "warnings": list(self.warnings),
-        }
+        } | ({"rollout": self.rollout.to_json()} if self.rollout is not None else {})
 
     def render_text(self) -> str:
         rows: list[list[str]] = []
@@ -230,6 +231,8 @@ class Plan:
                 lines.append(f"ingress: {s.service} on {s.node} is synced ({s.ingress})")
         for m in self.mesh:
             lines.append(f"mesh: {m.node}: {', '.join(m.reasons)}")
+        if self.rollout is not None:
+            lines += self.rollout.render_lines()
         c = self.counts()
         if self.is_noop:
             lines.append(f"No changes: {c[UNCHANGED]} container(s) up to date.")
@@ -384,8 +387,12 @@ def make_plan(
                     orphans.setdefault(service, []).append(node)
     warnings = [f"{service} runs on {', '.join(n)} but is not in the Compose file; it was left running "
                 "(--remove-orphans removes it)" for service, n in sorted(orphans.items())]
-    return Plan(project=project, environment=environment, waves=[list(w) for w in waves], steps=steps,
+    from orchestrator.core.rollout_plan import plan_rollout
+
+    plan = Plan(project=project, environment=environment, waves=[list(w) for w in waves], steps=steps,
                 removals=removals, orphans=orphans, nodes=node_order, warnings=warnings)
+    plan.rollout = plan_rollout(plan, observed)
+    return plan
 
 
 def ingress_drift(unit: Any, step: Step, actual: Mapping[str, Any] | None) -> str:

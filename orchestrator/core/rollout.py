@@ -17,8 +17,9 @@ Nomad's health gate under `x-orch` (docs/reference/x-orch.md):
                               from its healthcheck: start_period + (retries+1) * interval
                               + timeout + 5s)
 
-The agent side (one batch on one node) is agent.rollout; orchestrator.app.deploy drives the
-batches, the monitor window and the whole-release rollback.
+The agent side (one batch on one node) is agent.rollout; orchestrator.core.rollout_plan plans
+the batches, the monitor window and what a rollback restores (a RolloutPlan), which
+orchestrator.app.deploy executes.
 """
 
 from __future__ import annotations
@@ -266,13 +267,6 @@ def batches(slots: Iterable[Slot], parallelism: int) -> list[list[Slot]]:
     if parallelism <= 0 or all(s.kind == "create" for s in ordered):
         return [ordered]
     return [ordered[i:i + parallelism] for i in range(0, len(ordered), parallelism)]
-
-
-def by_node(batch: Sequence[Slot]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for s in batch:
-        out.setdefault(s.node, []).append(s.replica)
-    return {n: sorted(r) for n, r in out.items()}
 
 
 def too_many_failures(failed: int, replaced: int, ratio: float) -> bool:

@@ -309,9 +309,17 @@ def test_stop_first_and_start_first_order(roll):
 def test_parallelism_two_with_four_replicas_replaces_two_at_a_time(roll):
     code, final, _ = roll.up(VERSION="5", REPLICAS="4", PARALLELISM="2")
     assert code == 0, final
+    # `orch plan --json` shows the batches `orch up` then runs (and its plan event carries)
+    plan = last_json(roll.run("plan", "--json", VERSION="6", REPLICAS="4", PARALLELISM="2").stdout)["plan"]
     code, final, events = roll.up(VERSION="6", REPLICAS="4", PARALLELISM="2")
     assert code == 0, final
     starts = [e for e in agent_events(events) if e["type"] == "container.start"]
+    (web,) = [s for s in plan["rollout"]["services"] if s["service"] == "web"]
+    assert [b["batch"] for b in web["batches"]] == [1, 2] and web["parallelism"] == 2
+    assert {(r["replica"], b["batch"]) for b in web["batches"] for r in b["replicas"]} == {
+        (e["replica"], e["batch"]) for e in starts}
+    shown = next(e for e in events if e.get("event") == "plan")["rollout"]
+    assert [s for s in shown["services"] if s["service"] == "web"] == [web]
     assert sorted(e["batch"] for e in starts) == [1, 1, 2, 2]
     healthy_1 = [i for i, e in enumerate(agent_events(events)) if e["type"] == "container.healthy"
                  and e.get("container", "").endswith(("-1", "-2"))]

@@ -36,6 +36,9 @@ class NodeCheck:
     # The node's HAProxy ingress (agent ingress_status): installed, version, running,
     # frontends [{project, service, port, status, servers_up, servers}]; None: not asked.
     ingress: dict | None = None
+    # The environment's service mesh on this node (agent mesh_status): running parts and each
+    # peer (handshake age, records arriving); None: the mesh is off or not asked.
+    mesh: dict | None = None
     problems: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -52,7 +55,7 @@ class NodeCheck:
         return out
 
 
-def check_node(target: Any, options: Any, bundle: Any) -> NodeCheck:
+def check_node(target: Any, options: Any, bundle: Any, mesh_env: str = "") -> NodeCheck:
     """Every requirement of one node, in order; stops at the first that blocks the rest."""
     from orchestrator.io import transport as T
 
@@ -86,8 +89,16 @@ def check_node(target: Any, options: Any, bundle: Any) -> NodeCheck:
                 ingress = session.call("ingress_status") if info.get("engine") else None
             except T.AgentError:
                 ingress = None  # its state is kept per engine: nothing to say without one
+            mesh = None
+            if mesh_env and info.get("engine"):
+                try:
+                    mesh = session.call("mesh_status", {"env": mesh_env})
+                except T.AgentError as err:
+                    result.problem(err)
         finally:
             session.close()
+        if mesh is not None:
+            judge_mesh(result, mesh)
         result.ingress = None if ingress is None else {
             "installed": ingress.get("installed"), "version": ingress.get("version"),
             "running": ingress.get("running"), "pid": ingress.get("pid"),
@@ -126,13 +137,47 @@ def check_node(target: Any, options: Any, bundle: Any) -> NodeCheck:
     return result
 
 
-def check_nodes(targets: list, options: Any) -> list[NodeCheck]:
-    """check_node on every node in parallel, in the targets' order."""
+MESH_FIX = {
+    "link": "run `orch up` for a project of the environment: it brings the WireGuard link back "
+            "(wireguard-go's interface ends with its process, e.g. after a reboot)",
+    "dns": "run `orch up` for a project of the environment: it starts the mesh's dnsmasq again",
+    "daemon": "run `orch up` for a project of the environment: it starts the mesh daemon again",
+}
+
+
+def judge_mesh(result: NodeCheck, mesh: dict) -> None:
+    """The mesh part of a node's check: what the node lacks (with the fix the agent gives),
+    what is not running, and peers whose records do not arrive."""
+    from orchestrator.io import transport as T
+
+    result.mesh = {"joined": bool(mesh.get("public_key")), "running": dict(mesh.get("running") or {}),
+                   "peers": [{k: p.get(k) for k in ("node", "endpoint", "handshake_age", "reachable",
+                                                    "last_seen_age")} for p in mesh.get("peers") or []]}
+    for text in mesh.get("problems") or []:
+        message, _, fix = str(text).partition(": ")
+        result.problem(T.NodeRequirementError(f"mesh: {message}", fix=fix or None))
+    for part, up in sorted((mesh.get("running") or {}).items()):
+        if not up:
+            result.problem(T.NodeRequirementError(f"mesh: the {part} is not running (or runs an older orch)",
+                                                   fix=MESH_FIX.get(part)))
+    for p in mesh.get("peers") or []:
+        if not p.get("reachable"):
+            seen = p.get("last_seen_age")
+            result.problem(T.NodeRequirementError(
+                f"mesh: peer {p.get('node')} ({p.get('endpoint')}) is not reachable"
+                + (f" (last heard {seen:.0f} s ago)" if isinstance(seen, (int, float)) else " (never heard)"),
+                fix=f"check that {p.get('node')} is up and that UDP port {p.get('endpoint', ':').rsplit(':', 1)[-1]} "
+                    f"is open between the nodes (both ways); `orch nodes check` on its environment shows its side"))
+
+
+def check_nodes(targets: list, options: Any, mesh_env: str = "") -> list[NodeCheck]:
+    """check_node on every node in parallel, in the targets' order; with mesh_env, each
+    node's part of that environment's mesh too."""
     from orchestrator.io.agent_bundle import current_bundle
     from orchestrator.io.transport import parallel
 
     bundle = current_bundle()
-    results, errors = parallel(targets, lambda t: check_node(t, options, bundle))
+    results, errors = parallel(targets, lambda t: check_node(t, options, bundle, mesh_env))
     checks = []
     for t in targets:
         if t.name in results:

@@ -50,6 +50,17 @@ def _ingress(c: Any) -> str:
     return f"{state}, {up}/{len(i['frontends'])} port(s) serving"
 
 
+def _mesh(c: Any) -> str:
+    """Peers whose records arrive, of all: "-" when the mesh is off."""
+    m = c.mesh
+    if m is None:
+        return "-"
+    if not m.get("joined"):
+        return "not joined"
+    peers = m.get("peers") or []
+    return f"{sum(1 for p in peers if p.get('reachable'))}/{len(peers)} peer(s)"
+
+
 def _yes(value: bool | None) -> str:
     return "-" if value is None else ("ok" if value else "FAIL")
 
@@ -57,12 +68,13 @@ def _yes(value: bool | None) -> str:
 @nodes_app.command("check")
 def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = False) -> None:
     """Per node: reachable, host key, auth, python3, Docker Engine, agent, free disk, the
-    HAProxy ingress (running, its ports serving); what is wrong and the fix."""
+    HAProxy ingress (running, its ports serving), the service mesh (what the node lacks for
+    it, its peers reachable); what is wrong and the fix."""
     from orchestrator.app.nodes import check_nodes, load_nodes
     from orchestrator.core.compose.units import human_size
 
     environment, targets, options = load_nodes(env, environments)
-    checks = check_nodes(targets, options)
+    checks = check_nodes(targets, options, environment.name if environment.mesh_enabled else "")
     ok = all(c.ok for c in checks)
     bad = [c.node for c in checks if not c.ok]
     err = None if ok else NodesNotReady(
@@ -73,10 +85,11 @@ def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = F
         print_final(final("ok", "nodes check", **fields) if err is None else failure(err, "nodes check", **fields))
     else:
         rows = [[c.node, c.address, _yes(c.reachable), c.host_key or "-", _yes(c.auth), c.python or "-",
-                 c.docker or "-", _agent(c), human_size(c.disk_free), _ingress(c), "ok" if c.ok else "PROBLEM"]
+                 c.docker or "-", _agent(c), human_size(c.disk_free), _ingress(c), _mesh(c),
+                 "ok" if c.ok else "PROBLEM"]
                 for c in checks]
         typer.echo(table(["NODE", "ADDRESS", "SSH", "HOST KEY", "AUTH", "PYTHON", "DOCKER", "AGENT", "DISK FREE",
-                           "INGRESS", "STATUS"], rows))
+                           "INGRESS", "MESH", "STATUS"], rows))
         for c in checks:
             for p in c.problems:
                 text = p["message"] if p["message"].startswith(c.node) else f"{c.node}: {p['message']}"

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.wire.mesh import (DEFAULT_CIDR, DEFAULT_MTU, DEFAULT_PORT, MAX_NET_SLOT, MODES, MeshConfig, MeshPeer,
+from agent.wire.mesh import (DEFAULT_CIDR, DEFAULT_MTU, DEFAULT_PORT, MAX_NET_SLOT, MODES, NODE_PREFIX, MeshConfig,
+                             MeshPeer,
                              MeshState, max_nodes, net_gateway, net_subnet, node_address, search_domain)
 from orchestrator.errors import InputError, Problem
 
@@ -42,8 +43,9 @@ def parse_mesh(r: Any, doc: Any, node_count: int) -> MeshSettings:
     cidr = r.typed(raw, "cidr", "mesh.cidr", (str,), "an IPv4 network like 10.208.0.0/12", DEFAULT_CIDR)
     try:
         net = ipaddress.IPv4Network(cidr, strict=True)
-        if max_nodes(str(net)) < max(2, node_count):
-            r.problem(raw, "cidr", "mesh.cidr", f"{cidr} has room for {max_nodes(str(net))} node(s), "
+        room = max_nodes(str(net)) if net.prefixlen <= NODE_PREFIX else 0
+        if room < max(2, node_count):
+            r.problem(raw, "cidr", "mesh.cidr", f"{cidr} has room for {room} node(s), "
                       f"the environment lists {node_count}",
                       fix="use a larger range: each node takes a /19 (e.g. 10.208.0.0/12 fits 128 nodes).")
     except ValueError as exc:
@@ -197,13 +199,13 @@ def mesh_actions(layout: MeshLayout, nodes: list[Any], observed: Mapping[str, An
         reasons = []
         if not st.public_key:
             reasons.append("joins the mesh")
+        elif any(not keys.get(o.name) for o in nodes if o.name != n.name):
+            reasons.append("a new peer")
         elif st.config != want[n.name].to_dict():
             reasons.append("peers or address change")
         elif not st.healthy:
             down = sorted(k for k, v in st.running.items() if not v) or ["not running"]
             reasons.append("restart " + ", ".join(down))
-        if not reasons and any(not keys.get(o.name) for o in nodes if o.name != n.name):
-            reasons.append("a new peer")
         if reasons:
             out.append(MeshAction(node=n.name, join=not st.public_key, reasons=tuple(reasons)))
     return out

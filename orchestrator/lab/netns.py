@@ -17,6 +17,8 @@ from orchestrator.errors import InputError, OrchError, Problem
 from orchestrator.lab import proc
 from orchestrator.lab.model import LabSpec, NodeSpec
 
+from agent.wire.mesh import DEFAULT_CIDR as MESH_RANGE  # the lab's environments use the default range
+
 NETNS_DIR = Path("/run/netns")
 
 
@@ -78,6 +80,11 @@ def iptables_rules(spec: LabSpec) -> list[tuple[str, str, list[str]]]:
             ["-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "ACCEPT"],
         ),
         ("nat", "POSTROUTING", ["-s", spec.subnet, "!", "-o", br, *tag, "-j", "MASQUERADE"]),
+        # The environments' service meshes (default range) are private to their nodes: this
+        # machine is no peer, so it must not send such addresses on along its default route
+        # (out of the lab). Last in the list, so inserted at the top: before the ACCEPTs.
+        ("filter", "FORWARD", ["-d", MESH_RANGE, *tag, "-j", "REJECT"]),
+        ("filter", "OUTPUT", ["-d", MESH_RANGE, *tag, "-j", "REJECT"]),
     ]
 
 

@@ -346,7 +346,10 @@ class FakeMeshHost:
         self.dns = True
         return ""
 
-    def dns_running(self, paths: Any, address: str) -> bool:
+    def dns_running(self, paths: Any) -> bool:
+        return self.dns
+
+    def dns_current(self, paths: Any, address: str) -> bool:
         return self.dns
 
     def stop_dns(self, paths: Any) -> None:
@@ -358,6 +361,9 @@ class FakeMeshHost:
         self.daemon = True
 
     def daemon_running(self, paths: Any) -> bool:
+        return self.daemon
+
+    def daemon_current(self, paths: Any) -> bool:
         return self.daemon
 
     def stop_daemon(self, paths: Any) -> None:

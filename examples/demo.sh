@@ -4,7 +4,8 @@
 #
 #   up dev (build, push, pin digests, deploy, verify) -> verify dev -> promote test
 #   (+ its smoke check) -> verify test -> promote prod: refused without --approve
-#   (exit 3), done with it -> each environment's URLs and `orch history --env prod`.
+#   (exit 3), done with it -> each environment's URLs and `orch history --env prod`
+#   -> the service mesh: examples/mesh on prod's two nodes (docs/networking.md).
 #
 # Idempotent: run it again and every step says it has nothing to do (the same release
 # is live everywhere already). Set HELLO_WEB_PORT / HELLO_API_PORT to move the ports.
@@ -69,3 +70,16 @@ done
 
 step "orch history --env prod"
 "$ORCH" history --env prod
+
+step "The service mesh: examples/mesh on prod, an API on both nodes and a cache that publishes nothing"
+MESH_PORT="${MESH_API_PORT:-18090}"
+MESH_API_PORT="$MESH_PORT" "$ORCH" up -f ../mesh/compose.yaml --environments ../../environments --env prod
+for node in 10.250.0.31 10.250.0.32; do
+  for _ in 1 2; do
+    printf '%s -> ' "$node"
+    "$PYTHON" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode().strip())' \
+      "http://$node:$MESH_PORT/cgi-bin/hit"
+  done
+done
+echo "(each API replica reaches the cache on prod-1 by its name, through WireGuard; one counter)"
+"$ORCH" nodes check --env prod --environments ../../environments

@@ -51,7 +51,10 @@ class NodeHost:
     def ensure_dns(self, paths: MeshPaths, address: str) -> str:
         return dns.ensure(paths, address)
 
-    def dns_running(self, paths: MeshPaths, address: str) -> bool:
+    def dns_running(self, paths: MeshPaths) -> bool:
+        return bool(dns.running(paths))
+
+    def dns_current(self, paths: MeshPaths, address: str) -> bool:
         return dns.current(paths, address)
 
     def stop_dns(self, paths: MeshPaths) -> None:
@@ -64,6 +67,11 @@ class NodeHost:
         ensure_daemon(paths, env, restart)
 
     def daemon_running(self, paths: MeshPaths) -> bool:
+        from agent.mesh.daemon_proc import daemon_pid
+
+        return bool(daemon_pid(paths))
+
+    def daemon_current(self, paths: MeshPaths) -> bool:
         from agent.mesh.daemon_proc import current
 
         return current(paths)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from agent.mesh import firewall
 from agent.mesh.paths import MeshPaths, write_atomic
@@ -61,11 +61,16 @@ def state_section(ctx: Any, env: str) -> Dict[str, Any]:
     nets = _engine_networks(ctx, env)
     problems = list(host.problems())
     running: Dict[str, bool] = {}
+    outdated: List[str] = []
     peers = []
     if cfg:
         address = MeshConfig.from_dict(cfg).address if cfg.get("cidr") else ""
-        running = {"link": host.link_up(iface), "dns": host.dns_running(paths, address),
-                   "daemon": host.daemon_running(paths)}
+        running = {"link": host.link_up(iface), "dns": host.dns_running(paths), "daemon": host.daemon_running(paths)}
+        # Running, but started by another orch (other arguments, other code): the next
+        # mesh_apply restarts them with this agent's.
+        outdated = [part for part, current in (("dns", host.dns_current(paths, address)),
+                                               ("daemon", host.daemon_current(paths)))
+                    if running[part] and not current]
         status = _read_json(paths.status)
         seen = {p.get("node"): p for p in status.get("peers") or []}
         wg = {p["public_key"]: p for p in host.link_peers(iface)}
@@ -83,7 +88,8 @@ def state_section(ctx: Any, env: str) -> Dict[str, Any]:
                       for n in plain if MESH_SLOT not in n["labels"] and n["labels"].get(L.PROJECT))
     return MeshState(env=env, public_key=key or "", config=cfg,
                      net_slots={"%s/%s" % (n.project, n.compose_name): n.k for n in nets.values()},
-                     running=running, peers=peers, problems=problems, unmeshed=unmeshed).to_dict()
+                     running=running, peers=peers, problems=problems, unmeshed=unmeshed,
+                     outdated=outdated).to_dict()
 
 
 def sync_firewall(ctx: Any, env: str) -> None:

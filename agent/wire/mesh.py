@@ -190,11 +190,12 @@ class MeshState:
     peers: List[Dict[str, Any]] = field(default_factory=list)  # node, endpoint, handshake_age, reachable
     problems: List[str] = field(default_factory=list)  # what is missing on the node, with the fix
     unmeshed: List[str] = field(default_factory=list)  # "project/network" made before the mesh
+    outdated: List[str] = field(default_factory=list)  # parts running from another orch's code or arguments
 
     def to_dict(self) -> Dict[str, Any]:
         return {"env": self.env, "public_key": self.public_key, "config": dict(self.config),
                 "net_slots": dict(self.net_slots), "running": dict(self.running), "peers": list(self.peers),
-                "problems": list(self.problems), "unmeshed": list(self.unmeshed)}
+                "problems": list(self.problems), "unmeshed": list(self.unmeshed), "outdated": list(self.outdated)}
 
     @classmethod
     def from_dict(cls, d: Any) -> "MeshState":
@@ -204,7 +205,8 @@ class MeshState:
                    net_slots={str(k): int(v) for k, v in (d.get("net_slots") or {}).items()},
                    running={str(k): bool(v) for k, v in (d.get("running") or {}).items()},
                    peers=list(d.get("peers") or []), problems=[str(p) for p in d.get("problems") or []],
-                   unmeshed=[str(p) for p in d.get("unmeshed") or []])
+                   unmeshed=[str(p) for p in d.get("unmeshed") or []],
+                   outdated=[str(p) for p in d.get("outdated") or []])
 
     @property
     def healthy(self) -> bool:

@@ -151,6 +151,7 @@ def judge_mesh(result: NodeCheck, mesh: dict) -> None:
     from orchestrator.io import transport as T
 
     result.mesh = {"joined": bool(mesh.get("public_key")), "running": dict(mesh.get("running") or {}),
+                   "outdated": list(mesh.get("outdated") or []),
                    "peers": [{k: p.get(k) for k in ("node", "endpoint", "handshake_age", "reachable",
                                                     "last_seen_age")} for p in mesh.get("peers") or []]}
     for text in mesh.get("problems") or []:
@@ -158,8 +159,7 @@ def judge_mesh(result: NodeCheck, mesh: dict) -> None:
         result.problem(T.NodeRequirementError(f"mesh: {message}", fix=fix or None))
     for part, up in sorted((mesh.get("running") or {}).items()):
         if not up:
-            result.problem(T.NodeRequirementError(f"mesh: the {part} is not running (or runs an older orch)",
-                                                   fix=MESH_FIX.get(part)))
+            result.problem(T.NodeRequirementError(f"mesh: the {part} is not running", fix=MESH_FIX.get(part)))
     for p in mesh.get("peers") or []:
         if not p.get("reachable"):
             seen = p.get("last_seen_age")

@@ -206,6 +206,8 @@ def mesh_actions(layout: MeshLayout, nodes: list[Any], observed: Mapping[str, An
         elif not st.healthy:
             down = sorted(k for k, v in st.running.items() if not v) or ["not running"]
             reasons.append("restart " + ", ".join(down))
+        elif st.outdated:
+            reasons.append("update " + ", ".join(sorted(st.outdated)))
         if reasons:
             out.append(MeshAction(node=n.name, join=not st.public_key, reasons=tuple(reasons)))
     return out

@@ -173,6 +173,8 @@ def test_a_converged_mesh_needs_no_action_and_each_difference_names_its_reason()
     assert mesh_actions(lay, NODES, good, "prod") == []
     down = dict(good, b=dict(good["b"], running={"link": False, "dns": True, "daemon": True}))
     assert [(a.node, a.reasons) for a in mesh_actions(lay, NODES, down, "prod")] == [("b", ("restart link",))]
+    old = dict(good, a=dict(good["a"], outdated=["daemon"]))  # started by another orch's code
+    assert [(a.node, a.reasons) for a in mesh_actions(lay, NODES, old, "prod")] == [("a", ("update daemon",))]
     new = {"a": good["a"], "b": state(None, key="")}
     acts = {a.node: a for a in mesh_actions(lay, NODES, new, "prod")}
     assert acts["b"].join and acts["b"].reasons == ("joins the mesh",)

@@ -123,7 +123,11 @@ def _create_network(ctx: Context, name: str, net: Any, labels: Dict[str, str]) -
     # internal is enforced by the mesh firewall (agent.mesh.firewall), which lets the network
     # reach its own subnets on other nodes; Docker's internal would cut those too. Docker's
     # masquerading is off: the mesh's own rule masquerades all but mesh -> mesh traffic.
-    options = {"com.docker.network.bridge.enable_ip_masquerade": "false"}
+    # Docker >= 28 filters direct routing to unpublished container ports (gateway mode
+    # `nat`); the mesh routes to container addresses on purpose, and its own firewall does
+    # the filtering (older engines ignore the option).
+    options = {"com.docker.network.bridge.enable_ip_masquerade": "false",
+               "com.docker.network.bridge.gateway_mode_ipv4": "nat-unprotected"}
     if net.mtu:
         options["com.docker.network.driver.mtu"] = str(net.mtu)
     ctx.engine.create_network(name, net.driver, False, net.attachable, labels, subnet=net.subnet,

@@ -7,7 +7,10 @@ chain in `iptables-restore --noflush` input flushes just that chain, atomically)
                     own FORWARD rules)
       replies in either direction pass;
       from IF into the bridge of network k only from network k's subnets on other nodes
-      (a bit mask over the mesh range: agent.wire.mesh.same_network_match);
+      (a bit mask over the mesh range: agent.wire.mesh.same_network_match); published
+      ports (DNAT) are left to Docker; anything else new routed to a container address
+      from elsewhere (the node's LAN) is dropped, since mesh networks use Docker's gateway
+      mode `nat-unprotected` (Docker 28 would otherwise block the mesh's direct routing);
       an `internal` network's bridge reaches only its own network on other nodes;
       anything else from IF is dropped (another network, another project, not ours).
   filter OMI-IF    (from INPUT) an internal network reaches only the node's DNS.
@@ -47,7 +50,12 @@ def restore_text(iface: str, cidr: str, block: str, address: str, nets: List[Loc
     f.append("-A %s -o %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" % (fwd, iface))
     for n in sorted(nets, key=lambda n: (n.k, n.bridge)):
         same = same_network_match(cidr, n.k)
+        # published ports (DNAT from the node's address) are Docker's to decide
+        f.append("-A %s -o %s -m conntrack --ctstate DNAT -j RETURN" % (fwd, n.bridge))
         f.append("-A %s -i %s -o %s -s %s -j ACCEPT" % (fwd, iface, n.bridge, same))
+        # anything else new routed straight to a container address (from the node's LAN,
+        # say) is dropped, as Docker >= 28 does for `nat` networks
+        f.append("-A %s -o %s ! -i %s -m conntrack --ctstate NEW -j DROP" % (fwd, n.bridge, n.bridge))
         if n.internal:
             f.append("-A %s -i %s -o %s -d %s -j ACCEPT" % (fwd, n.bridge, iface, same))
             f.append("-A %s -i %s ! -o %s -j DROP" % (fwd, n.bridge, n.bridge))

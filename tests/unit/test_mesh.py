@@ -203,7 +203,10 @@ def test_firewall_admits_only_the_same_network_from_the_mesh():
     assert "-A OM-orch-prod -i br-bbb -o orch-prod -d 10.208.2.0/255.240.31.0 -j ACCEPT" in lines
     assert "-A OM-orch-prod -i br-bbb ! -o br-bbb -j DROP" in lines
     assert "-A OMI-orch-prod -i br-bbb -j DROP" in lines
-    assert not any("-i br-aaa" in ln and "DROP" in ln for ln in lines)
+    assert not any(ln.startswith("-A OM-orch-prod -i br-aaa") and "DROP" in ln for ln in lines)  # not internal
+    # direct routing from elsewhere (not the mesh, not a published port) is dropped
+    assert lines.index("-A OM-orch-prod -o br-aaa -m conntrack --ctstate DNAT -j RETURN") < lines.index(
+        "-A OM-orch-prod -o br-aaa ! -i br-aaa -m conntrack --ctstate NEW -j DROP")
     # mesh -> mesh keeps its source; the node's containers -> elsewhere are masqueraded
     assert "-A OMN-orch-prod -s 10.208.0.0/12 -d 10.208.0.0/12 -j RETURN" in lines
     assert "-A OMN-orch-prod -s 10.208.0.0/19 ! -o br-+ -j MASQUERADE" in lines
@@ -365,6 +368,7 @@ def test_compose_network_options_reach_the_agent_per_node(lab):
     made = nets["shop_back"]
     assert made["internal"] is False and made["labels"][records.MESH_INTERNAL] == "true"  # the mesh enforces it
     assert made["options"]["com.docker.network.bridge.enable_ip_masquerade"] == "false"
+    assert made["options"]["com.docker.network.bridge.gateway_mode_ipv4"] == "nat-unprotected"
     assert made["subnets"] == [back2["subnet"]]
     assert set(specs["n2"]["container"]["dns_search"]) == {search_domain(back1["mesh_slot"]),
                                                            search_domain(specs["n2"]["networks"]["front"]["mesh_slot"])}

@@ -1,21 +1,12 @@
-"""From the Compose model to what each node's agent is asked to run. Pure: no network.
+"""Compose service -> the shared part of its agent spec, pure: `compile_blueprint(project,
+environment, services)` validates the project for deployment and turns every service into a
+`ServiceBlueprint` (orchestrator.core.specs.blueprint): the ContainerSpec JSON of
+agent.wire.spec, project-scoped networks and volumes, secret and config contents, its
+readiness (what a rollout waits for) and its placement request. Compose keys that cannot be
+honoured are refused (InputError) or ignored with one warning per key (specs/keys.py).
 
-Two steps, so that everything the user got wrong is found before any connection:
-
-1. `compile_blueprint(project, environment, services)` validates the project for
-   deployment and turns every service into the shared part of its agent spec (the
-   ContainerSpec JSON of agent.wire.spec, project-scoped networks and volumes, secret and
-   config contents), its readiness (what `apply` waits for) and its placement request.
-   Compose keys that cannot be honoured are refused (InputError) or ignored with one
-   warning per key; docs/compose-support.md lists which.
-2. `Blueprint.units(slots, node_order, mesh)` takes the placement (service -> replica slots
-   on nodes) and makes one `Unit` per (service, node): the ServiceSpec JSON sent to that
-   node's agent, its networks in the environment's service mesh (orchestrator.core.mesh:
-   per-node subnets, the node's mesh DNS and search domains) and the config hash
-   (agent.wire.spec.config_hash) that decides recreation.
-
-Pure: the contents of secret/config files and variables named in the Compose file come in
-through `Sources` (orchestrator.io.files.local_sources reads the controller's).
+The contents of secret/config files and variables named in the Compose file come in through
+`Sources` (orchestrator.io.files.local_sources reads the controller's).
 """
 
 from __future__ import annotations
@@ -23,14 +14,16 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InputError, Problem
 from orchestrator.limits import SECRET_MAX_BYTES
 from orchestrator.core.rollout import read_ingress, read_policy
+from orchestrator.core.specs.blueprint import Blueprint, ServiceBlueprint, check_port_conflicts, place_services
+from orchestrator.core.specs.keys import REFUSED, ignored_note, x_orch_warnings
 
 # What `apply` waits for, per depends_on condition (agent.operations.WAIT_MODES).
 READINESS = {
@@ -41,250 +34,11 @@ READINESS = {
 _STRENGTH = {"running": 0, "healthy": 1, "completed": 2}
 MAX_FILE_BYTES = 1024 * 1024  # agent.wire.spec.MAX_FILE_BYTES: files travel inside one JSON line
 
-# Keys orch refuses: running without them would run something else, or less safely.
-REFUSED: dict[str, str] = {
-    "network_mode": "containers always join the project's networks",
-    "ipc": "sharing IPC namespaces is not supported",
-    "pid": "sharing PID namespaces is not supported",
-    "uts": "sharing the UTS namespace is not supported",
-    "userns_mode": "user namespace modes are not supported",
-    "cgroup": "cgroup namespace modes are not supported",
-    "cgroup_parent": "cgroup parents are not supported",
-    "volumes_from": "containers may run on different nodes; use a named volume",
-    "privileged": "privileged containers are not supported",
-    "devices": "device mappings are not supported",
-    "device_cgroup_rules": "device cgroup rules are not supported",
-    "gpus": "GPUs are not supported",
-    "group_add": "supplementary groups are not supported",
-    "security_opt": "security options are not supported (ignoring them would weaken the container)",
-    "runtime": "alternative runtimes are not supported",
-    "use_api_socket": "mounting the Docker API socket is not supported",
-    "provider": "provider services are not supported",
-    "models": "models are not supported",
-    "post_start": "lifecycle hooks are not supported",
-    "pre_stop": "lifecycle hooks are not supported",
-    "credential_spec": "credential specs (Windows) are not supported",
-    "isolation": "isolation modes (Windows) are not supported",
-}
-# Keys orch ignores with one warning: tuning or cosmetics whose absence still runs the app.
-IGNORED: dict[str, str] = {
-    "container_name": "orch names containers PROJECT-SERVICE-REPLICA",
-    "domainname": "not set",
-    "tty": "no TTY is allocated",
-    "stdin_open": "stdin is not kept open",
-    "logging": "the node engine's default log driver is used",
-    "attach": "not applicable",
-    "develop": "not applicable",
-    "annotations": "not set",
-    "dns": "the node engine's DNS settings are used",
-    "dns_opt": "the node engine's DNS settings are used",
-    "dns_search": "the node engine's DNS settings are used",
-    "external_links": "not supported",
-    "label_file": "not read",
-    "mac_address": "not set",
-    "mem_swappiness": "not set",
-    "memswap_limit": "not set",
-    "oom_kill_disable": "not set",
-    "oom_score_adj": "not set",
-    "cpu_count": "not set",
-    "cpu_percent": "not set",
-    "cpu_period": "not set",
-    "cpu_quota": "not set",
-    "cpu_rt_period": "not set",
-    "cpu_rt_runtime": "not set",
-    "cpu_shares": "not set",
-    "cpuset": "not set",
-    "blkio_config": "not set",
-    "platform": "each node pulls its own platform",
-    "pull_refresh_after": "not supported",
-    "storage_opt": "not set",
-    "sysctls": "not set",
-    "ulimits": "the engine's defaults are used",
-}
 # Keys read from Service.other and mapped onto the container.
 _MAPPED_OTHER = {"cpus", "mem_limit", "mem_reservation", "pids_limit", "shm_size", "pull_policy", "tmpfs"}
 _PULL_POLICIES = {"always": "always", "missing": "missing", "if_not_present": "missing", "never": "never",
                   "build": "missing", "daily": "missing", "weekly": "missing"}
 
-
-@dataclass(frozen=True)
-class Unit:
-    """One service on one node: the agent's `apply` request."""
-
-    service: str
-    node: str
-    replicas: tuple[int, ...]
-    config_hash: str
-    wait: str  # running | healthy | completed
-    restart: str
-    spec: dict  # agent ServiceSpec JSON
-    cross_node: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (dependency, the other nodes it runs on)
-    policy: Any = None  # orchestrator.core.rollout.UpdatePolicy
-    ingress: Any = None  # orchestrator.core.rollout.IngressSpec
-
-    @property
-    def image(self) -> str:
-        return self.spec["container"]["image"]
-
-    @property
-    def config_parts(self) -> dict[str, str]:
-        return self.spec.get("config_parts") or {}
-
-
-@dataclass
-class ServiceBlueprint:
-    name: str
-    image: str
-    container: dict  # ContainerSpec JSON, before cross-node extra_hosts
-    networks: dict  # NetworkDef JSON by Compose name (only those the service joins)
-    volumes: dict  # VolumeDef JSON by Compose name (only those it mounts)
-    restart: str
-    wait: str
-    dependencies: dict  # name -> compose DependsOn, only services being deployed
-    published: list[tuple[str, int, str, int]]  # (host_ip, published, protocol, target)
-    pull: str
-    request: Any  # placement.PlacementRequest
-    healthcheck: bool  # the Compose file defines one (the image may have its own)
-    policy: Any = None  # orchestrator.core.rollout.UpdatePolicy
-    ingress: Any = None  # orchestrator.core.rollout.IngressSpec: the node's HAProxy owns that port
-
-
-@dataclass
-class Blueprint:
-    project: str
-    env: str
-    services: dict[str, ServiceBlueprint]  # the services being deployed
-    project_services: set[str]  # every enabled service of the project (for orphans)
-    waves: list[list[str]]
-    warnings: list[str] = field(default_factory=list)
-
-    def requests(self) -> list:
-        return [self.services[name].request for wave in self.waves for name in wave]
-
-    def place(self, nodes: Sequence[Any], existing: Iterable[Any] = ()) -> dict[str, list]:
-        """Slots per service: each service placed on its own (see place_services)."""
-        return place_services(self.requests(), nodes, existing)
-
-    def dependents(self, name: str) -> list[str]:
-        return sorted(s.name for s in self.services.values() if name in s.dependencies)
-
-    def units(self, slots: Mapping[str, Sequence[Any]], node_order: Sequence[str] = (),
-              mesh: Any = None) -> tuple[dict[tuple[str, str], Unit], list[str]]:
-        """One Unit per (service, node) from placement slots; (units, warnings).
-
-        `mesh` (orchestrator.core.mesh.MeshLayout, or None when the environment has no mesh)
-        puts every network of the project into the environment's service mesh: per node a
-        subnet of it, and every replica resolves its networks' names there (dns, dns_search).
-        Without a mesh, a dependency on another node is a warning: it cannot be reached.
-        """
-        from agent.wire.spec import config_hash, config_parts
-
-        order = {n: i for i, n in enumerate(node_order)}
-        where: dict[str, dict[str, list[int]]] = {}
-        for name, service_slots in slots.items():
-            for slot in service_slots:
-                where.setdefault(name, {}).setdefault(slot.node, []).append(slot.replica)
-        check_port_conflicts(self, where)
-        units: dict[tuple[str, str], Unit] = {}
-        warnings: list[str] = _shared_volume_warnings(self, where)
-        for wave in self.waves:
-            for name in wave:
-                bp = self.services[name]
-                nodes = sorted(where.get(name, {}), key=lambda n: (order.get(n, len(order)), n))
-                for node in nodes:
-                    container = dict(bp.container)
-                    networks = bp.networks
-                    cross = []
-                    for dep in sorted(bp.dependencies):
-                        dep_nodes = where.get(dep, {})
-                        if dep_nodes and node not in dep_nodes:
-                            cross.append((dep, sorted(dep_nodes, key=lambda n: order.get(n, len(order)))))
-                    if mesh is not None:
-                        networks = {k: (dict(v, **mesh.network(node, k)) if k in mesh.net_slots else v)
-                                    for k, v in bp.networks.items()}
-                        attached = [a["name"] for a in container.get("networks") or []]
-                        container["dns"] = [mesh.address(node)]
-                        container["dns_search"] = mesh.domains(attached)
-                    else:
-                        warnings.extend(_no_mesh_warnings(name, node, cross))
-                    spec = {
-                        "project": self.project,
-                        "service": name,
-                        "env": self.env,
-                        "release": "",
-                        "replicas": sorted(where[name][node]),
-                        "container": container,
-                        "networks": networks,
-                        "volumes": bp.volumes,
-                        "pull": bp.pull,
-                    }
-                    spec["config_hash"] = config_hash(container)
-                    spec["config_parts"] = config_parts(container)
-                    units[(name, node)] = Unit(
-                        service=name, node=node, replicas=tuple(spec["replicas"]), config_hash=spec["config_hash"],
-                        wait=bp.wait, restart=bp.restart, spec=spec,
-                        cross_node=tuple((dep, tuple(ns)) for dep, ns in cross),
-                        policy=bp.policy, ingress=bp.ingress,
-                    )
-        return units, _dedupe(warnings)
-
-
-def place_services(requests: Sequence[Any], nodes: Sequence[Any], existing: Iterable[Any] = ()) -> dict[str, list]:
-    """orchestrator.core.placement.place: each service spread over its eligible nodes on its
-    own, stable (existing replicas stay while their node is still eligible)."""
-    from orchestrator.core.placement import place
-
-    return place(requests, nodes, existing)
-
-
-def _shared_volume_warnings(bp: "Blueprint", where: Mapping[str, Mapping[str, list[int]]]) -> list[str]:
-    users: dict[str, set[str]] = {}
-    for name, svc in bp.services.items():
-        for vol, decl in svc.volumes.items():
-            if not decl.get("external"):
-                users.setdefault(vol, set()).add(name)
-    out = []
-    for vol, names in sorted(users.items()):
-        nodes = {n for name in names for n in where.get(name, {})}
-        if len(names) > 1 and len(nodes) > 1:
-            out.append(f"services {', '.join(sorted(names))} share volume {vol} but run on different nodes "
-                       f"({', '.join(sorted(nodes))}): each node has its own copy of the volume")
-    return out
-
-
-def _no_mesh_warnings(name: str, node: str, cross: list) -> list[str]:
-    return [f"{name} on {node} depends on {dep}, which runs only on {', '.join(nodes)}, and the environment's "
-            f"mesh is off (mesh: {{mode: off}}): '{dep}' does not resolve there. Turn the mesh on, or "
-            f"constrain both to one node." for dep, nodes in cross]
-
-
-def check_port_conflicts(bp: Blueprint, where: Mapping[str, Mapping[str, list[int]]]) -> None:
-    """Two containers on one node cannot publish the same host port."""
-    problems = []
-    for node in sorted({n for per in where.values() for n in per}):
-        taken: dict[tuple[str, int, str], str] = {}
-        for name in sorted(where):
-            replicas = where[name].get(node, [])
-            if not replicas or name not in bp.services:
-                continue
-            for host_ip, port, proto, _ in bp.services[name].published:
-                key = (host_ip or "0.0.0.0", port, proto)
-                if len(replicas) > 1:
-                    problems.append(Problem(
-                        f"service {name} publishes host port {port}/{proto} but {len(replicas)} of its replicas "
-                        f"are placed on node {node}", key=f"services.{name}.ports",
-                        fix="drop the host port (let the engine pick one), add nodes, or lower replicas"))
-                    break
-                if key in taken:
-                    problems.append(Problem(
-                        f"services {taken[key]} and {name} both publish host port {port}/{proto} on node {node}",
-                        key=f"services.{name}.ports", fix="publish a different host port for one of them"))
-                taken[key] = name
-    if problems:
-        raise InputError(problems)
-
-
-# --------------------------------------------------------------------------- compile
 
 
 @dataclass(frozen=True)
@@ -366,7 +120,7 @@ def compile_blueprint(project: Any, environment: Any, services: Iterable[str] = 
         )
         out[n] = bp
     for key, who in sorted(ignored.items()):
-        warnings.append(f"ignored {key} (services: {', '.join(sorted(set(who)))}): {_ignored_note(key)}")
+        warnings.append(f"ignored {key} (services: {', '.join(sorted(set(who)))}): {ignored_note(key)}")
     if problems:
         raise InputError(problems)
     blueprint = Blueprint(project=project.name, env=environment.name if environment else "",
@@ -378,27 +132,6 @@ def compile_blueprint(project: Any, environment: Any, services: Iterable[str] = 
         check_port_conflicts(blueprint, {s: _by_node(sl) for s, sl in fresh.items()})
     return blueprint
 
-
-def x_orch_warnings(value: Any, service: str | None = None) -> list[str]:
-    """Warnings for x-orch keys orch does not read: at the top level (settings belong in
-    a service), and unknown keys of a service (with the nearest known one)."""
-    import difflib
-
-    from orchestrator.core.rollout import X_ORCH_KEYS
-
-    if service is None:
-        return ["x-orch at the top level is not read by orch (x-orch settings belong in a service); it is ignored"]
-    if not isinstance(value, dict) or not value:
-        return [f"{service}: x-orch is not read by orch unless it is a mapping of known settings ("
-                f"{', '.join('x-orch.' + k for k in X_ORCH_KEYS)}); it is ignored"]
-    out = []
-    for key in sorted(value, key=str):
-        if key in X_ORCH_KEYS:
-            continue
-        near = difflib.get_close_matches(str(key), list(X_ORCH_KEYS), n=1, cutoff=0.6)
-        hint = f" (did you mean x-orch.{near[0]}?)" if near else ""
-        out.append(f"{service}: x-orch.{key} is not a setting orch knows{hint}; it is ignored")
-    return out
 
 
 def node_infos(environment: Any) -> list:
@@ -430,48 +163,10 @@ def _by_node(slots) -> dict[str, list[int]]:
     return out
 
 
-def _ignored_note(key: str) -> str:
-    return IGNORED.get(key) or _EXTRA_IGNORED.get(key, "not supported")
-
-
-_EXTRA_IGNORED = {
-    "deploy.rollback_config": "a rollback puts back the previous release's kept containers, all of a "
-                              "service's replicas at once on each node",
-    "deploy.labels": "service labels (Swarm) have no meaning here; use labels:",
-    "deploy.endpoint_mode": "not applicable",
-    "deploy.placement.preferences": "replicas are spread evenly",
-    "deploy.placement.max_replicas_per_node": "not enforced",
-    "deploy.restart_policy.delay": "the engine's restart back-off is used",
-    "deploy.restart_policy.window": "not supported",
-    "deploy.resources.reservations.cpus": "not set",
-    "healthcheck.start_interval": "not supported by the node engines",
-    "networks.ipv4_address": "addresses are assigned by the engine",
-    "networks.ipv6_address": "addresses are assigned by the engine",
-    "networks.link_local_ips": "not set",
-    "networks.mac_address": "not set",
-    "networks.driver_opts": "not set",
-    "networks.ipam": "the engine assigns the subnet",
-    "networks.enable_ipv6": "not set",
-    "volumes.nocopy": "not set",
-    "volumes.subpath": "not supported",
-    "volumes.bind.propagation": "not set",
-    "volumes.bind.selinux": "not set",
-    "volumes.tmpfs.size": "not set",
-    "ports.mode": "ports are bound on the node that runs the replica",
-    "links.alias": "the service name resolves; link aliases do not",
-    "tmpfs.options": "mount options are not set",
-}
-
 
 def _problem(project: Any, service: Any, key: str, message: str, fix: str | None = None) -> Problem:
     return project.problem(message, f"services.{service.name}.{key}" if key else f"services.{service.name}", fix=fix)
 
-
-def _dedupe(items: list[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for i in items:
-        seen.setdefault(i, None)
-    return list(seen)
 
 
 class _Compiler:
@@ -916,3 +611,4 @@ def _volume_def(project: str, name: str, decl: Any) -> dict:
     if decl.labels:
         out["labels"] = dict(decl.labels)
     return out
+

@@ -2,11 +2,19 @@
 them would run something else, or less safely) or ignored with one warning per key
 (`IGNORED`, and the notes of ignored sub-keys); and the warnings for `x-orch` keys orch does
 not read. docs/compose-support.md lists them (a unit test keeps it in step).
+
+`ServiceChecks` is one service being compiled: where its refused keys (problems) and
+ignored ones go; the compiler's mixin of every Compose area extends it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import Problem
+
+if TYPE_CHECKING:
+    from orchestrator.core.specs.secrets_configs import Sources
 
 # Keys orch refuses: running without them would run something else, or less safely.
 REFUSED: dict[str, str] = {
@@ -124,3 +132,69 @@ def x_orch_warnings(value: Any, service: str | None = None) -> list[str]:
         out.append(f"{service}: x-orch.{key} is not a setting orch knows{hint}; it is ignored")
     return out
 
+
+# Keys read from Service.other and mapped onto the container.
+_MAPPED_OTHER = {"cpus", "mem_limit", "mem_reservation", "pids_limit", "shm_size", "pull_policy", "tmpfs"}
+
+
+def service_problem(project: Any, service: Any, key: str, message: str, fix: str | None = None) -> Problem:
+    return project.problem(message, f"services.{service.name}.{key}" if key else f"services.{service.name}", fix=fix)
+
+
+class ServiceChecks:
+    """One Compose service being compiled (orchestrator.core.specs.compile._Compiler, made of
+    one mixin per Compose area): the service, its project, and where refused keys (problems)
+    and ignored ones go."""
+
+    def __init__(self, project: Any, service: Any, problems: list[Problem], ignored: dict[str, list[str]],
+                 env: str = "", sources: Sources | None = None):
+        self.project = project
+        self.sources = sources
+        self.env = env
+        self.s = service
+        self.problems = problems
+        self.ignored = ignored
+
+    def refuse(self, key: str, message: str, fix: str | None = None) -> None:
+        self.problems.append(service_problem(self.project, self.s, key, message, fix))
+
+    def ignore(self, key: str) -> None:
+        self.ignored.setdefault(key, []).append(self.s.name)
+
+    def _refuse_keys(self) -> None:
+        s = self.s
+        for attr in ("network_mode", "ipc", "pid"):
+            value = getattr(s, attr)
+            if value:
+                self.refuse(attr, f"{attr}: {value} is not supported: {REFUSED[attr]}",
+                            f"remove {attr} (see docs/compose-support.md)")
+        if s.volumes_from:
+            self.refuse("volumes_from", f"volumes_from is not supported: {REFUSED['volumes_from']}",
+                        "mount the same named volume in both services")
+        if s.privileged:
+            self.refuse("privileged", "privileged: true is not supported", "grant specific capabilities with cap_add")
+        for key, value in s.other.items():
+            if key in _MAPPED_OTHER:
+                continue
+            if key in REFUSED:
+                self.refuse(key, f"{key} is not supported: {REFUSED[key]}", f"remove {key} (see docs/compose-support.md)")
+            elif value not in (None, [], {}, False):
+                self.ignore(key)
+
+    def _deploy_keys(self) -> None:
+        d = self.s.deploy
+        if d is None:
+            return
+        if d.rollback_config is not None:
+            self.ignore("deploy.rollback_config")
+        if d.labels:
+            self.ignore("deploy.labels")
+        if d.endpoint_mode:
+            self.ignore("deploy.endpoint_mode")
+        if d.placement is not None:
+            if d.placement.preferences:
+                self.ignore("deploy.placement.preferences")
+            if d.placement.max_replicas_per_node:
+                self.ignore("deploy.placement.max_replicas_per_node")
+        if d.mode not in (None, "replicated", "global"):
+            self.refuse("deploy.mode", f"deploy.mode {d.mode} is not supported", "use replicated or global")

@@ -9,10 +9,11 @@ Two steps, so that everything the user got wrong is found before any connection:
    readiness (what a rollout waits for; healthcheck and restart: readiness.py) and its
    placement request. Compose keys that cannot be honoured are refused (InputError) or
    ignored with one warning per key (keys.py; docs/compose-support.md lists which).
-2. `Blueprint.units(slots, node_order, mesh)` (blueprint.py) takes the placement (service ->
-   replica slots on nodes) and makes one `Unit` per (service, node): the ServiceSpec JSON
-   sent to that node's agent, its networks in the environment's service mesh and the config
-   hash (agent.wire.spec.config_hash) that decides recreation.
+2. `Blueprint.units(slots, node_order, mesh, release)` (blueprint.py) takes the placement
+   (service -> replica slots on nodes) and makes one `Unit` per (service, node): the
+   ServiceSpec JSON sent to that node's agent, with the id of the release being deployed,
+   its networks in the environment's service mesh and the config hash
+   (agent.wire.spec.config_hash) that decides recreation.
 
 Pure: the contents of secret/config files and variables named in the Compose file come in
 through `Sources` (orchestrator.io.files.local_sources reads the controller's).

@@ -77,8 +77,11 @@ class Blueprint:
         return sorted(s.name for s in self.services.values() if name in s.dependencies)
 
     def units(self, slots: Mapping[str, Sequence[Any]], node_order: Sequence[str] = (),
-              mesh: Any = None) -> tuple[dict[tuple[str, str], Unit], list[str]]:
+              mesh: Any = None, release: str = "") -> tuple[dict[tuple[str, str], Unit], list[str]]:
         """One Unit per (service, node) from placement slots; (units, warnings).
+
+        `release` is the id of the release being deployed, in every spec (the agent labels the
+        containers io.orch.release with it; not part of the config hash); "" for a dry run.
 
         `mesh` (orchestrator.core.mesh.MeshLayout, or None when the environment has no mesh)
         puts every network of the project into the environment's service mesh: per node a
@@ -119,7 +122,7 @@ class Blueprint:
                         "project": self.project,
                         "service": name,
                         "env": self.env,
-                        "release": "",
+                        "release": release,
                         "replicas": sorted(where[name][node]),
                         "container": container,
                         "networks": networks,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.io.transport.errors import HostKeyChanged, TransportError, UnknownHostKey
-from orchestrator.io.transport.targets import NodeTarget, SSHOptions
+from orchestrator.io.transport.options import NodeTarget, SSHOptions
 
 
 def fingerprint(key: Any) -> str:

@@ -27,7 +27,7 @@ from orchestrator.errors import OrchError
 from orchestrator.io.transport.errors import (
     AuthenticationFailed, HostUnreachable, NodesUnreachable, RemoteCommandFailed, TransportError)
 from orchestrator.io.transport.known_hosts import HostKeyPolicy, changed_key_error, load_known_hosts
-from orchestrator.io.transport.targets import NodeTarget, SSHOptions
+from orchestrator.io.transport.options import NodeTarget, SSHOptions
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 from orchestrator.io.transport.errors import TransportError
 from orchestrator.io.transport.known_hosts import append_known_host, fingerprint, load_known_hosts
 from orchestrator.io.transport.ssh import fetch_host_key, parallel
-from orchestrator.io.transport.targets import NodeTarget, SSHOptions
+from orchestrator.io.transport.options import NodeTarget, SSHOptions
 
 
 @dataclass(frozen=True)

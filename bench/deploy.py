@@ -146,7 +146,7 @@ from orchestrator.io.agent_bundle import current_bundle
 from orchestrator.core.environments import load_environment
 from pathlib import Path
 env = load_environment("prod", Path("environments"))  # prod-1 as orch reaches it, its nodes[].python included
-t = T.target_from_node(env.node("prod-1"))
+t = env.node("prod-1")
 o = T.options_from_env(env, allow_agent=False)
 t0 = time.perf_counter(); c = T.connect(t, o); t1 = time.perf_counter()
 c.run(["true"]); t2 = time.perf_counter()

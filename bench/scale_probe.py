@@ -25,7 +25,7 @@ def main() -> None:
     env_name = sys.argv[3] if len(sys.argv) > 3 else "prod"
     t0 = time.perf_counter()
     from orchestrator.core.plan import make_plan
-    from orchestrator.core.specs import compile_blueprint, node_addresses, node_infos
+    from orchestrator.core.specs import compile_blueprint, node_infos
     from orchestrator.io.files import local_sources
     from orchestrator.app.workspace import ProjectOptions, load_workspace
 

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.io import nodes as N
@@ -65,13 +65,6 @@ class DeployOptions:
     # Drop the previous release's kept containers at the end of run(). The release
     # pipeline says False and calls Deployment.commit() once the ledger has it live.
     commit: bool = True
-
-
-def with_release(units: dict, release: str) -> dict:
-    """The units with the release id in their specs (new frozen Units, new spec dicts)."""
-    if not release:
-        return units
-    return {key: replace(u, spec={**u.spec, "release": release}) for key, u in units.items()}
 
 
 # --------------------------------------------------------------------------- up
@@ -189,8 +182,7 @@ class Deployment:
             refuse_unmeshed(self.project.name, self.environment.name, self.meshes)
             self.mesh_layout = layout(self.environment, self.project.name, self.blueprint, self.meshes)
             mesh_actions = plan_mesh(self.mesh_layout, self.environment.nodes, self.meshes, self.environment.name)
-        units, warnings = self.blueprint.units(slots, order, mesh=self.mesh_layout)
-        self.units = with_release(units, self.options.release)
+        self.units, warnings = self.blueprint.units(slots, order, mesh=self.mesh_layout, release=self.options.release)
         for w in warnings:
             self.warn(w)
         refuse_taken_ports(self.project, self.blueprint, self.units, self.taken)

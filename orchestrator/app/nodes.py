@@ -15,10 +15,10 @@ LOW_DISK = 1 << 30  # below 1 GiB free, pulls and logs will soon fail
 def load_nodes(env: str, environments: Any) -> tuple[Any, list, Any]:
     """(Environment, its nodes as transport targets, the SSH options)."""
     from orchestrator.core.environments import load_environment
-    from orchestrator.io.transport import options_from_env, target_from_node
+    from orchestrator.io.transport import options_from_env
 
     environment = load_environment(env, environments_dir=environments)
-    return environment, [target_from_node(n) for n in environment.nodes], options_from_env(environment)
+    return environment, list(environment.nodes), options_from_env(environment)
 
 
 @dataclass

@@ -22,10 +22,25 @@ ENV_DIR_VARIABLE = "ORCH_ENVIRONMENTS"
 
 
 DEFAULT_PYTHON = "python3"  # nodes[].python when unset
+# nodes[].jump, ProxyJump-style: [user@]host[:port] (an IPv6 host in brackets)
+_JUMP_RE = re.compile(r"(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:]+)(?::(?P<port>\d+))?")
+JUMP_FIX = "write e.g. `jump: admin@bastion.example.com:22`."
+
+
+def parse_jump(text: str) -> tuple[str | None, str, int] | None:
+    """(user or None, host, port) of a `jump:` value; None when it is malformed."""
+    m = _JUMP_RE.fullmatch(text)
+    port = int(m.group("port") or 22) if m else 0
+    if m is None or not 0 < port < 65536:
+        return None
+    return m.group("user"), m.group("host").strip("[]"), port
 
 
 @dataclass(frozen=True)
 class NodeSpec:
+    """A node of the environment file, and how SSH names and reaches it (`address`,
+    `known_hosts_name`, `jump_target`)."""
+
     name: str
     host: str
     port: int = 22
@@ -36,6 +51,31 @@ class NodeSpec:
     python: str = DEFAULT_PYTHON  # the interpreter the agent runs with on this node
     endpoint: str | None = None  # HOST:PORT other nodes send mesh (WireGuard) packets to; None: host
     line: int | None = field(default=None, compare=False)  # in the environment file, for error messages
+
+    def __hash__(self) -> int:  # labels are a dict: hash what names the endpoint
+        return hash((self.name, self.host, self.port, self.user, self.identity_file, self.jump, self.python))
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """How OpenSSH and paramiko name this host in known_hosts."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def jump_target(self) -> NodeSpec | None:
+        """The jump host as a node SSH reaches first (this node's user unless `jump:` names
+        one, and its key), or None. A malformed `jump:` is refused when the file is loaded."""
+        if not self.jump:
+            return None
+        parsed = parse_jump(self.jump)
+        if parsed is None:
+            raise InputError(Problem(f"node {self.name}: jump host '{self.jump}' is not of the form user@host:port",
+                                     line=self.line, key="jump", fix=JUMP_FIX))
+        user, host, port = parsed
+        return NodeSpec(name=f"{self.name} (jump host)", host=host, port=port, user=user or self.user,
+                        identity_file=self.identity_file)
 
 
 @dataclass(frozen=True)
@@ -389,6 +429,15 @@ class _Reader:
         return value
 
 
+def _jump(r: _Reader, raw: dict, p: str) -> str | None:
+    jump = r.typed(raw, "jump", f"{p}.jump", (str,), "a string like user@host:port")
+    if jump and parse_jump(jump) is None:
+        r.problem(raw, "jump", f"{p}.jump", f"jump host '{jump}' is not of the form [user@]host[:port] "
+                  "(a port from 1 to 65535)", fix=JUMP_FIX)
+        return None
+    return jump
+
+
 def parse_environment(path: Path, expected_name: str | None = None) -> Environment:
     from orchestrator.core.environment_sections import _parse_registries, _parse_verify
     from orchestrator.core.mesh import check_endpoint, parse_mesh
@@ -457,10 +506,10 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
                     name=node_name,
                     host=host,
                     port=port,
-                    user=r.typed(raw, "user", f"{p}.user", (str,), "a string", default="root"),
+                    user=r.typed(raw, "user", f"{p}.user", (str,), "a string", default="root") or "root",
                     identity_file=r.file_path(raw, "identity_file", f"{p}.identity_file", path),
                     labels={str(k): str(v) for k, v in labels.items()},
-                    jump=r.typed(raw, "jump", f"{p}.jump", (str,), "a string like user@host:port"),
+                    jump=_jump(r, raw, p),
                     python=python,
                     endpoint=check_endpoint(r, raw, p),
                     line=_loc_of(raw_nodes, i)[0],

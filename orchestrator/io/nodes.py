@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator.io import transport as T
 from orchestrator.errors import OrchError
+from orchestrator.core.environments import NodeSpec
 from orchestrator.core.plan import Observed, observe
 from orchestrator.core.progress import Progress
 from orchestrator.core.shared_nodes import of_env
@@ -177,12 +178,12 @@ def ssh_connect(environment: Any, progress: Progress, project: str | None = None
 
     from orchestrator.io.agent_bundle import current_bundle
 
-    targets = [T.target_from_node(n) for n in environment.nodes]
+    targets = list(environment.nodes)
     options = T.options_from_env(environment)
     bundle = current_bundle()
     mesh_env = environment.name if getattr(environment, "mesh_enabled", False) else ""
 
-    def one(target: T.NodeTarget) -> SSHNode:
+    def one(target: NodeSpec) -> SSHNode:
         conn = T.connect(target, options)
         try:
             session = open_agent(conn, bundle, project=project, mesh_env=mesh_env)
@@ -294,7 +295,7 @@ def env_sessions(environment: Any, *, require_engine: bool = True) -> Iterator[t
     uses ssh_connect's SSHNode pool."""
     from orchestrator.io.agent_bundle import current_bundle
 
-    targets = [T.target_from_node(n) for n in environment.nodes]
+    targets = list(environment.nodes)
     conns = T.connect_all(targets, T.options_from_env(environment))
     try:
         sessions = T.open_sessions(conns, current_bundle(), require_engine=require_engine)

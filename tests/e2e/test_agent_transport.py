@@ -18,6 +18,7 @@ import uuid
 import pytest
 
 from agent.wire.spec import config_hash
+from orchestrator.core.environments import NodeSpec
 from orchestrator.io import transport as T
 from orchestrator.io.transport import ssh
 from orchestrator.io.agent_bundle import current_bundle
@@ -30,7 +31,7 @@ IMAGE = "busybox:latest"  # resolvable on every lab node through the lab's mirro
 @pytest.fixture(scope="module")
 def lab_env(lab):
     """The lab (conftest's `lab`: up and healthy) as transport targets and strict SSH options."""
-    targets = [T.NodeTarget(n.name, n.address, n.ssh_port, lab.ssh_user, lab.ssh_key) for n in lab.nodes]
+    targets = [NodeSpec(n.name, n.address, n.ssh_port, lab.ssh_user, lab.ssh_key) for n in lab.nodes]
     options = T.SSHOptions(known_hosts=lab.known_hosts, allow_agent=False, env_name="dev",
                            connect_timeout=5, command_timeout=120)
     return {"lab": lab, "targets": {t.name: t for t in targets}, "options": options}
@@ -160,7 +161,7 @@ def test_changed_host_key_is_refused_loudly(lab_env, tmp_path):
 
 def test_unreachable_node_is_named_and_nothing_is_touched(lab_env):
     dev = lab_env["targets"]["dev-1"]
-    ghost = T.NodeTarget("ghost-1", dev.host, 2, "root", dev.identity_file)  # a lab host, a closed port
+    ghost = NodeSpec("ghost-1", dev.host, 2, "root", dev.identity_file)  # a lab host, a closed port
     options = T.SSHOptions(known_hosts=lab_env["options"].known_hosts, allow_agent=False, retries=1, backoff=0.1,
                            connect_timeout=5)
     with pytest.raises(T.NodesUnreachable) as err:

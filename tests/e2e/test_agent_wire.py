@@ -14,6 +14,7 @@ import pytest
 
 from agent.wire.protocol import MAX_LOG_LINE
 from agent.wire.spec import config_hash
+from orchestrator.core.environments import NodeSpec
 from orchestrator.io import transport as T
 from orchestrator.io.agent_bundle import current_bundle
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def dev(lab):
-    target = next(T.NodeTarget(n.name, n.address, n.ssh_port, lab.ssh_user, lab.ssh_key)
+    target = next(NodeSpec(n.name, n.address, n.ssh_port, lab.ssh_user, lab.ssh_key)
                   for n in lab.nodes if n.name == "dev-1")
     options = T.SSHOptions(known_hosts=lab.known_hosts, allow_agent=False, env_name="dev", connect_timeout=5,
                            command_timeout=120)

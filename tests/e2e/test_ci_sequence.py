@@ -223,7 +223,7 @@ HOLDER = textwrap.dedent("""
     from orchestrator.io.lock import LockHolder, acquire_lock
 
     env = load_environment(sys.argv[1], Path(sys.argv[2]))
-    conns = T.connect_all([T.target_from_node(n) for n in env.nodes], T.options_from_env(env))
+    conns = T.connect_all(list(env.nodes), T.options_from_env(env))
     sessions = T.open_sessions(conns, current_bundle(), require_engine=False)
     lock = acquire_lock(env.name, sessions, LockHolder.current("orch up --env " + env.name, project="other"), wait=120)
     print("ACQUIRED", flush=True)

@@ -27,7 +27,7 @@ from agent.wire.spec import config_hash
 from orchestrator.io import images as I
 from orchestrator.io import transport as T
 from orchestrator.io.agent_bundle import current_bundle
-from orchestrator.core.environments import load_environment, parse_environment
+from orchestrator.core.environments import NodeSpec, load_environment, parse_environment
 from orchestrator.io.registry_client import RegistryAuthError, RegistryClient, RegistryUnavailable
 from orchestrator.app.workspace import ProjectOptions, load_workspace
 
@@ -118,7 +118,7 @@ def test_one_line_change_sends_one_small_layer(app, first_push):
 
 @pytest.fixture(scope="module")
 def node(lab):
-    targets = [T.NodeTarget(n.name, n.address, n.ssh_port, lab.ssh_user, lab.ssh_key) for n in lab.nodes]
+    targets = [NodeSpec(n.name, n.address, n.ssh_port, lab.ssh_user, lab.ssh_key) for n in lab.nodes]
     options = T.SSHOptions(known_hosts=lab.known_hosts, allow_agent=False, connect_timeout=5, command_timeout=120)
     conn = T.connect(next(t for t in targets if t.name == "test-1"), options)
     session = T.AgentSession.open(conn, current_bundle())

@@ -17,6 +17,7 @@ import uuid
 import pytest
 
 from agent.wire.spec import config_hash
+from orchestrator.core.environments import NodeSpec
 from orchestrator.io import transport as T
 from orchestrator.io.agent_bundle import current_bundle
 
@@ -33,7 +34,7 @@ HEALTH = {"path": "/healthz", "interval": 0.5, "rise": 2, "fall": 2}
 @pytest.fixture(scope="module")
 def conn(lab):
     node = next(n for n in lab.nodes if n.name == NODE)
-    target = T.NodeTarget(node.name, node.address, node.ssh_port, lab.ssh_user, lab.ssh_key)
+    target = NodeSpec(node.name, node.address, node.ssh_port, lab.ssh_user, lab.ssh_key)
     options = T.SSHOptions(known_hosts=lab.known_hosts, allow_agent=False, env_name="prod",
                            connect_timeout=5, command_timeout=120)
     conns = T.connect_all([target], options)

@@ -42,7 +42,7 @@ def prod_env():
 
 @pytest.fixture(scope="module")
 def prod(prod_env):
-    conns = T.connect_all([T.target_from_node(n) for n in prod_env.nodes], T.options_from_env(prod_env))
+    conns = T.connect_all(list(prod_env.nodes), T.options_from_env(prod_env))
     sessions = T.open_sessions(conns, current_bundle())
     yield {"conns": conns, "sessions": sessions}
     for s in sessions.values():
@@ -145,7 +145,7 @@ HOLDER_SCRIPT = textwrap.dedent("""
     env_name, lock_env, hold, wait = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
     from pathlib import Path
     env = load_environment(env_name, Path(%(envs)r))
-    conns = T.connect_all([T.target_from_node(n) for n in env.nodes], T.options_from_env(env))
+    conns = T.connect_all(list(env.nodes), T.options_from_env(env))
     sessions = T.open_sessions(conns, current_bundle(), require_engine=False)
     print("READY", flush=True)
     try:

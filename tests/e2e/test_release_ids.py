@@ -23,7 +23,7 @@ DIGEST = "sha256:" + "cd" * 32
 @pytest.fixture(scope="module")
 def sessions():
     env = load_environment("prod", ROOT / "environments")
-    conns = T.connect_all([T.target_from_node(n) for n in env.nodes], T.options_from_env(env))
+    conns = T.connect_all(list(env.nodes), T.options_from_env(env))
     opened = T.open_sessions(conns, current_bundle())
     yield opened
     for s in opened.values():

@@ -63,7 +63,7 @@ def deployed(lab, tmp_path):
     env = load_environment("test", envs)
     p = load_project(LoadOptions(working_dir=tmp_path, environ={}))
     pins = I.resolve_images(p, env)  # busybox:latest -> busybox@sha256:... through the mirror
-    conns = T.connect_all([T.target_from_node(n) for n in env.nodes], T.options_from_env(env))
+    conns = T.connect_all(list(env.nodes), T.options_from_env(env))
     sessions = T.open_sessions(conns, current_bundle())
     page = base64.b64encode(b"verify-me\n").decode()
     c = {"image": pins["web"], "command": ["httpd", "-f", "-p", "8080", "-h", "/www"], "init": True,

@@ -40,17 +40,18 @@ def test_the_release_id_is_an_input_of_the_specs(lab):
     assert res.status == "ok" and labels == {"7"}
 
 
-def test_with_release_makes_new_units_and_leaves_the_built_ones_alone(lab):
-    from orchestrator.app.deploy import with_release
-
-    dep = Deployment(ws(lab), DeployOptions(dry_run=True), Progress(), lab.connector)
-    dep.run()
-    built = dict(dep.units)
-    out = with_release(built, "3")
-    assert out.keys() == built.keys() and {u.spec["release"] for u in out.values()} == {"3"}
-    assert {u.spec["release"] for u in built.values()} == {""}  # not mutated
-    assert all(out[k].spec["container"] is built[k].spec["container"] for k in built)  # the rest shared
-    assert with_release(built, "") is built
+def test_the_planned_units_are_built_with_the_release_id(lab):
+    """The plan's units carry DeployOptions.release as they are built (Blueprint.units), none
+    put in afterwards; without an id (a dry run), ""."""
+    planned = {}
+    for release in ("3", ""):
+        dep = Deployment(ws(lab), DeployOptions(dry_run=True, release=release), Progress(), lab.connector)
+        dep.run()
+        planned[release] = dep.units
+        assert dep.units and {u.spec["release"] for u in dep.units.values()} == {release}
+        assert {s.unit.spec["release"] for s in dep.plan.steps if s.unit is not None} == {release}
+    assert {k: u.config_hash for k, u in planned["3"].items()} == {k: u.config_hash for k, u in planned[""].items()}
+    assert not [c for n in lab.nodes.values() for c in n.engine.containers(["io.orch.project=shop"])]  # dry run
 
 
 def test_first_up_creates_everything_wave_by_wave_with_readiness(lab):

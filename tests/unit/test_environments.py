@@ -43,9 +43,28 @@ def test_node_python_reaches_the_agent_command(tmp_path):
                               "  - {name: b, host: h2}\n")
     a, b = envs.load_environment("dev", d).nodes
     assert (a.python, b.python) == ("/opt/py3.12/bin/python3", "python3")
-    target = T.target_from_node(a)
-    assert target.python == "/opt/py3.12/bin/python3"
-    assert T.agent_command("/x/orch-agent-1.pyz", python=target.python)[0] == "/opt/py3.12/bin/python3"
+    assert T.agent_command("/x/orch-agent-1.pyz", python=a.python)[0] == "/opt/py3.12/bin/python3"
+
+
+def test_a_node_names_its_ssh_address_and_jump_host(tmp_path):
+    d = write(tmp_path, "dev", "nodes:\n  - {name: a, host: 10.0.0.1, port: 2222, user: ops, jump: bastion:2200}\n"
+                              "  - {name: b, host: h2, jump: admin@bastion}\n")
+    a, b = envs.load_environment("dev", d).nodes
+    assert (a.address, a.known_hosts_name) == ("10.0.0.1:2222", "[10.0.0.1]:2222")
+    ja, jb = a.jump_target(), b.jump_target()
+    assert (ja.name, ja.host, ja.port, ja.user) == ("a (jump host)", "bastion", 2200, "ops")
+    assert (jb.host, jb.port, jb.user, jb.known_hosts_name) == ("bastion", 22, "admin", "bastion")
+
+
+@pytest.mark.parametrize("value", ["a@b:c:d", "admin@bastion:22x", "bastion:0", "bastion:70000"])
+def test_a_malformed_jump_host_is_bad_input_when_the_file_is_loaded(tmp_path, value):
+    d = write(tmp_path, "dev", f"nodes:\n  - name: a\n    host: h\n    jump: '{value}'\n")
+    with pytest.raises(InputError) as err:
+        envs.load_environment("dev", d)
+    [problem] = err.value.problems
+    assert problem.key == "nodes[0].jump" and problem.line == 4 and problem.file.endswith("dev.yaml")
+    assert value in problem.message and "jump: admin@bastion.example.com:22" in problem.fix
+    assert err.value.exit_code == 2
 
 
 @pytest.mark.parametrize("value", ["python3 -S", "~/bin/python3", "py;rm -rf /", "''"])

@@ -4,10 +4,11 @@ import pytest
 
 from orchestrator.errors import InputError
 from orchestrator.core.hostkeys import mismatch_error, mismatches, parse_pins
-from orchestrator.io.transport import HostKeyStatus, NodeTarget
+from orchestrator.core.environments import NodeSpec
+from orchestrator.io.transport import HostKeyStatus
 
 A, B = "SHA256:" + "a" * 43, "SHA256:" + "B+/9" * 10 + "xyz"
-WEB, DB = NodeTarget("web-1", "10.0.0.1"), NodeTarget("db-1", "10.0.0.2", 2222, jump="admin@bastion:22")
+WEB, DB = NodeSpec("web-1", "10.0.0.1"), NodeSpec("db-1", "10.0.0.2", 2222, jump="admin@bastion:22")
 JUMP = DB.jump_target()
 
 

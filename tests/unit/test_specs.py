@@ -94,6 +94,20 @@ def test_every_service_becomes_a_valid_agent_spec_with_its_hash(tmp_path):
     assert units[("web", "n1")].replicas == (1,) and units[("web", "n2")].replicas == (2,)
 
 
+def test_the_release_id_goes_into_every_spec_as_the_units_are_built(tmp_path):
+    ws, bp = blueprint(tmp_path, SHOP, files={"api.env": ""})
+    slots = bp.place(node_infos(ws.environment))
+    order = [n.name for n in ws.environment.nodes]
+    released, _ = bp.units(slots, order, release="7")
+    dry, _ = bp.units(slots, order)  # a dry run numbers no release
+    assert released.keys() == dry.keys()
+    assert {u.spec["release"] for u in released.values()} == {"7"}
+    assert {u.spec["release"] for u in dry.values()} == {""}
+    for key, unit in released.items():  # the id labels the containers; it recreates nothing
+        assert ServiceSpec.from_dict(unit.spec).release == "7"
+        assert unit.config_hash == dry[key].config_hash and unit.spec["config_parts"] == dry[key].spec["config_parts"]
+
+
 def test_readiness_is_the_strongest_condition_any_dependent_asks(tmp_path):
     _, bp = blueprint(tmp_path, SHOP, files={"api.env": ""})
     assert {n: s.wait for n, s in bp.services.items()} == {

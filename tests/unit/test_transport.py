@@ -6,38 +6,41 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from orchestrator.core.environments import NodeSpec
+from orchestrator.errors import InputError
 from orchestrator.io import transport as T
 from orchestrator.io.transport import agent_session, ssh
 from orchestrator.io.transport import (
     AgentError,
     HostUnreachable,
     NodesUnreachable,
-    NodeTarget,
     SSHOptions,
     UnknownHostKey,
 )
 
 
-def test_target_names_and_jump():
-    t = NodeTarget("web-1", "10.250.0.11", 2222, jump="admin@bastion:2200")
+def test_node_names_and_jump():
+    t = NodeSpec("web-1", "10.250.0.11", 2222, jump="admin@bastion:2200")
     assert t.address == "10.250.0.11:2222" and t.known_hosts_name == "[10.250.0.11]:2222"
-    assert NodeTarget("a", "h").known_hosts_name == "h"
+    assert NodeSpec("a", "h").known_hosts_name == "h"
     j = t.jump_target()
-    assert (j.host, j.port, j.user) == ("bastion", 2200, "admin")
-    j = NodeTarget("a", "h", user="deploy", jump="bastion").jump_target()
-    assert (j.host, j.port, j.user) == ("bastion", 22, "deploy")
-    with pytest.raises(T.TransportError):
-        NodeTarget("a", "h", jump="a@b:c:d").jump_target()
+    assert (j.name, j.host, j.port, j.user) == ("web-1 (jump host)", "bastion", 2200, "admin")
+    j = NodeSpec("a", "h", user="deploy", identity_file=Path("/k"), jump="bastion").jump_target()
+    assert (j.host, j.port, j.user, j.identity_file, j.jump_target()) == ("bastion", 22, "deploy", Path("/k"), None)
+    assert NodeSpec("a", "[fd00::1]", jump="ops@[fd00::2]:2222").jump_target().host == "fd00::2"
+    with pytest.raises(InputError):  # a node built by hand: the environment file refuses it when loaded
+        NodeSpec("a", "h", jump="a@b:c:d").jump_target()
 
 
-def test_adapters_from_environment_objects():
-    from orchestrator.core.environments import Environment, NodeSpec, SSHSettings
+def test_a_node_is_hashable_and_equal_by_its_fields():
+    a = NodeSpec("a", "h", labels={"role": "web"}, line=3)
+    assert a == NodeSpec("a", "h", labels={"role": "web"}, line=9) and len({a, NodeSpec("a", "h", 2222)}) == 2
+
+
+def test_options_from_environment_objects():
+    from orchestrator.core.environments import Environment, SSHSettings
 
     node = NodeSpec(name="dev-1", host="10.250.0.11", identity_file=Path("/k"), labels={"role": "web"}, jump="j:22")
-    t = T.target_from_node(node)
-    assert t == NodeTarget("dev-1", "10.250.0.11", 22, "root", Path("/k"), {"role": "web"}, jump="j:22")
-    assert isinstance(t, NodeSpec) and t.known_hosts_name == "10.250.0.11"
-    assert t.labels == {"role": "web"}
     env = Environment(name="dev", file=Path("/e/dev.yaml"), nodes=[node],
                       ssh=SSHSettings(known_hosts=Path("/kh"), connect_timeout=3, command_timeout=9, strict_host_keys=True),
                       registry=None, promote_from=None, gates=None, verify=None, vars={})
@@ -101,7 +104,7 @@ def test_connect_all_names_every_failed_node_and_closes_the_rest(monkeypatch):
         return Conn(target.name)
 
     monkeypatch.setattr(ssh, "connect", fake_connect)
-    targets = [NodeTarget(n, f"10.250.0.{i}") for i, n in enumerate("abcd", 11)]
+    targets = [NodeSpec(n, f"10.250.0.{i}") for i, n in enumerate("abcd", 11)]
     with pytest.raises(NodesUnreachable) as err:
         T.connect_all(targets, SSHOptions())
     msg = err.value.render()
@@ -117,14 +120,14 @@ def test_unreachable_for_real_on_loopback():
     # Port 9 (discard) on loopback: nothing listens, so the connection is refused.
     opts = SSHOptions(retries=1, backoff=0.01, connect_timeout=2)
     with pytest.raises(NodesUnreachable) as err:
-        T.connect_all([NodeTarget("ghost", "127.0.0.1", 9)], opts)
+        T.connect_all([NodeSpec("ghost", "127.0.0.1", 9)], opts)
     assert "ghost (127.0.0.1:9): connection refused" in err.value.render()
 
 
 def test_unreachable_for_real_on_loopback_says_how_to_check(tmp_path):
     opts = SSHOptions(retries=0, connect_timeout=2, env_name="dev", known_hosts=tmp_path / "kh")
     with pytest.raises(NodesUnreachable) as err:
-        T.connect_all([NodeTarget("ghost", "127.0.0.1", 9, "deploy")], opts)
+        T.connect_all([NodeSpec("ghost", "127.0.0.1", 9, "deploy")], opts)
     failure = err.value.failures["ghost"]
     assert failure.fix == ("check host and port of node ghost in the dev environment file, and that sshd runs and "
                            "listens there: ssh -p 9 deploy@127.0.0.1")
@@ -149,7 +152,7 @@ def test_each_unreachable_cause_has_its_fix(monkeypatch, tmp_path, raised, says,
         raise raised
 
     monkeypatch.setattr(ssh, "_open_socket", refuse)
-    target = NodeTarget("web-1", "web1.example", 2222, "ops", Path("/keys/id"))
+    target = NodeSpec("web-1", "web1.example", 2222, "ops", Path("/keys/id"))
     opts = SSHOptions(retries=0, connect_timeout=3, env_name="prod", known_hosts=tmp_path / "kh")
     with pytest.raises(NodesUnreachable) as err:
         T.connect_all([target], opts)
@@ -165,7 +168,7 @@ def test_failed_authentication_names_the_identity_file(monkeypatch, tmp_path):
         raise paramiko.AuthenticationException("Authentication failed.")
 
     monkeypatch.setattr(paramiko.SSHClient, "connect", deny)
-    target = NodeTarget("web-1", "10.250.0.11", 22, "ops", Path("/keys/id"))
+    target = NodeSpec("web-1", "10.250.0.11", 22, "ops", Path("/keys/id"))
     with pytest.raises(NodesUnreachable) as err:
         T.connect_all([target], SSHOptions(retries=0, env_name="prod", known_hosts=tmp_path / "kh"))
     fix = err.value.failures["web-1"].fix
@@ -179,7 +182,7 @@ def test_several_causes_each_keep_their_fix(monkeypatch):
 
     monkeypatch.setattr(ssh, "connect", fake_connect)
     with pytest.raises(NodesUnreachable) as err:
-        T.connect_all([NodeTarget("a", "10.250.0.11"), NodeTarget("b", "10.250.0.12")], SSHOptions())
+        T.connect_all([NodeSpec("a", "10.250.0.11"), NodeSpec("b", "10.250.0.12")], SSHOptions())
     text = err.value.render()
     assert "  - a: down Fix: look at a" in text and "  - b: down Fix: look at b" in text
     assert err.value.fix == "look at a; look at b" and text.count("Fix:") == 2

@@ -16,7 +16,8 @@ import pytest
 
 from orchestrator.io import transport as T
 from orchestrator.io.agent_bundle import build_bundle
-from orchestrator.io.transport import NodeTarget, SSHOptions
+from orchestrator.core.environments import NodeSpec
+from orchestrator.io.transport import SSHOptions
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(
@@ -96,7 +97,7 @@ def lab(tmp_path_factory):
 @pytest.fixture
 def target(lab):
     server, key = lab
-    return NodeTarget("local-1", "127.0.0.1", server.port, "root", key)
+    return NodeSpec("local-1", "127.0.0.1", server.port, "root", key)
 
 
 @pytest.fixture
@@ -180,7 +181,7 @@ def test_wrong_key_is_an_authentication_error(tmp_path, target):
     _keygen(other)
     path = tmp_path / "kh"
     _trust(target, opts(path))
-    bad = NodeTarget(target.name, target.host, target.port, "root", other)
+    bad = NodeSpec(target.name, target.host, target.port, "root", other)
     with pytest.raises(T.AuthenticationFailed) as err:
         T.connect(bad, opts(path))
     assert "authentication as root failed" in err.value.render()
@@ -369,7 +370,7 @@ def test_trust_without_a_terminal_needs_a_fingerprint_or_yes(tmp_path, lab, targ
     ("nope=SHA256:" + "A" * 43, "no node or jump host is called 'nope'"),
 ])
 def test_trust_bad_fingerprint_options_touch_no_node(tmp_path, value, says):
-    envs = _one_node_env(tmp_path, NodeTarget("local-1", "127.0.0.1", 9), tmp_path / "kh")
+    envs = _one_node_env(tmp_path, NodeSpec("local-1", "127.0.0.1", 9), tmp_path / "kh")
     res = _orch("nodes", "trust", "--env", "one", "--environments", str(envs), "--fingerprint", value, "--text")
     assert res.returncode == 2 and says in res.stderr and "--fingerprint" in res.stderr, res.stderr
     assert "connection refused" not in res.stderr  # refused before contacting the (closed) port

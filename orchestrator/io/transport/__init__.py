@@ -3,8 +3,8 @@
 Connection code only: it knows how to reach a node, check its host key, run a fixed
 command, copy a file and talk to the agent. It knows nothing about what to deploy.
 
-    targets.py        NodeTarget (core's NodeSpec as SSH reaches it), SSHOptions (core's
-                      SSHSettings and the run's options), their adapters from an environment
+    options.py        SSHOptions (core's SSHSettings and the run's options) and its adapter
+                      from an environment (the nodes are core's NodeSpec, taken as they are)
     errors.py         TransportError and its kinds, AgentError
     known_hosts.py    fingerprints, known_hosts reads and appends, the strict host-key policy
     ssh.py            Connection (commands, SFTP), connect, connect_all (all or nothing),
@@ -26,6 +26,6 @@ from orchestrator.io.transport.errors import (  # noqa: F401
 from orchestrator.io.transport.known_hosts import append_known_host, fingerprint, load_known_hosts  # noqa: F401
 from orchestrator.io.transport.ssh import (  # noqa: F401
     Connection, RunResult, close_all, connect, connect_all, fetch_host_key, parallel)
-from orchestrator.io.transport.targets import NodeTarget, SSHOptions, options_from_env, target_from_node  # noqa: F401
+from orchestrator.io.transport.options import SSHOptions, options_from_env  # noqa: F401
 from orchestrator.io.transport.trust import (  # noqa: F401
     HostKeyStatus, record_host_key, scan_host_key, scan_host_keys)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.io.transport.errors import HostKeyChanged, TransportError, UnknownHostKey
-from orchestrator.io.transport.targets import NodeTarget, SSHOptions
+from orchestrator.core.environments import NodeSpec
+from orchestrator.io.transport.options import SSHOptions
 
 
 def fingerprint(key: Any) -> str:
@@ -48,7 +49,7 @@ def append_known_host(path: Path, name: str, key: Any) -> None:
         os.close(fd)
 
 
-def _unknown_key_error(target: NodeTarget, key: Any, options: SSHOptions) -> UnknownHostKey:
+def _unknown_key_error(target: NodeSpec, key: Any, options: SSHOptions) -> UnknownHostKey:
     fp = fingerprint(key)
     return UnknownHostKey(
         f"{target.name} ({target.address}): unknown host key {key.get_name()} {fp}; "
@@ -60,7 +61,7 @@ def _unknown_key_error(target: NodeTarget, key: Any, options: SSHOptions) -> Unk
     )
 
 
-def changed_key_error(target: NodeTarget, got: Any, expected: Any, options: SSHOptions) -> HostKeyChanged:
+def changed_key_error(target: NodeSpec, got: Any, expected: Any, options: SSHOptions) -> HostKeyChanged:
     new, old = fingerprint(got), fingerprint(expected) if expected is not None else "?"
     return HostKeyChanged(
         f"{target.name} ({target.address}): WARNING: THE HOST KEY HAS CHANGED. The node now presents "
@@ -78,7 +79,7 @@ def changed_key_error(target: NodeTarget, got: Any, expected: Any, options: SSHO
 class HostKeyPolicy:
     """paramiko policy for keys missing from known_hosts: refuse (strict) or accept-new."""
 
-    def __init__(self, target: NodeTarget, options: SSHOptions):
+    def __init__(self, target: NodeSpec, options: SSHOptions):
         self.target = target
         self.options = options
 

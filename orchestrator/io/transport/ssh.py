@@ -27,7 +27,8 @@ from orchestrator.errors import OrchError
 from orchestrator.io.transport.errors import (
     AuthenticationFailed, HostUnreachable, NodesUnreachable, RemoteCommandFailed, TransportError)
 from orchestrator.io.transport.known_hosts import HostKeyPolicy, changed_key_error, load_known_hosts
-from orchestrator.io.transport.targets import NodeTarget, SSHOptions
+from orchestrator.core.environments import NodeSpec
+from orchestrator.io.transport.options import SSHOptions
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def _explain_socket_error(err: BaseException, timeout: float) -> str:
     return str(err) or type(err).__name__
 
 
-def _ssh_command(target: NodeTarget) -> str:
+def _ssh_command(target: NodeSpec) -> str:
     """The OpenSSH command that reaches the node the way orch does (to try by hand)."""
     argv = ["ssh"]
     if target.jump:
@@ -74,7 +75,7 @@ def _ssh_command(target: NodeTarget) -> str:
     return shlex.join(argv)
 
 
-def _where(target: NodeTarget, options: SSHOptions, what: str) -> str:
+def _where(target: NodeSpec, options: SSHOptions, what: str) -> str:
     """`what` of node N in the ENV environment file (or of its jump host)."""
     file = f"the {options.env_name} environment file" if options.env_name else "the environment file"
     suffix = " (jump host)"
@@ -83,7 +84,7 @@ def _where(target: NodeTarget, options: SSHOptions, what: str) -> str:
     return f"{what} of node {target.name} in {file}"
 
 
-def _unreachable_fix(err: BaseException, target: NodeTarget, options: SSHOptions) -> str:
+def _unreachable_fix(err: BaseException, target: NodeSpec, options: SSHOptions) -> str:
     """How to fix a failed connection set-up, by cause (as _explain_socket_error tells them)."""
     import paramiko
 
@@ -106,7 +107,7 @@ def _unreachable_fix(err: BaseException, target: NodeTarget, options: SSHOptions
 class Connection:
     """One SSH connection to one node; commands, SFTP and agent sessions are channels on it."""
 
-    def __init__(self, target: NodeTarget, options: SSHOptions, client: Any, jump_client: Any = None):
+    def __init__(self, target: NodeSpec, options: SSHOptions, client: Any, jump_client: Any = None):
         self.target = target
         self.options = options
         self.client = client
@@ -242,7 +243,7 @@ class Connection:
         self.close()
 
 
-def _open_socket(target: NodeTarget, options: SSHOptions, jump_client: Any) -> Any:
+def _open_socket(target: NodeSpec, options: SSHOptions, jump_client: Any) -> Any:
     if jump_client is not None:
         # ProxyJump: a direct-tcpip channel through the jump host carries the session.
         return jump_client.get_transport().open_channel(
@@ -251,7 +252,7 @@ def _open_socket(target: NodeTarget, options: SSHOptions, jump_client: Any) -> A
     return socket.create_connection((target.host, target.port), timeout=options.connect_timeout)
 
 
-def _connect_once(target: NodeTarget, options: SSHOptions, jump_client: Any = None) -> Any:
+def _connect_once(target: NodeSpec, options: SSHOptions, jump_client: Any = None) -> Any:
     import paramiko
 
     client = paramiko.SSHClient()
@@ -331,7 +332,7 @@ def _with_retries(fn: Callable[[], Any], options: SSHOptions, sleep: Callable[[f
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def connect(target: NodeTarget, options: SSHOptions) -> Connection:
+def connect(target: NodeSpec, options: SSHOptions) -> Connection:
     jump_client = None
     jump = target.jump_target()
     if jump is not None:
@@ -371,7 +372,7 @@ def as_transport_error(name: str, err: BaseException) -> TransportError:
     return TransportError(f"{name}: {type(err).__name__}: {err}", node=name)
 
 
-def connect_all(targets: Iterable[NodeTarget], options: SSHOptions, max_parallel: int = 32) -> dict[str, Connection]:
+def connect_all(targets: Iterable[NodeSpec], options: SSHOptions, max_parallel: int = 32) -> dict[str, Connection]:
     """Connect to every node in parallel; all or nothing.
 
     If any node fails, the connections that did open are closed and NodesUnreachable
@@ -392,7 +393,7 @@ def close_all(conns: dict[str, Connection] | Iterable[Connection]) -> None:
         conn.close()
 
 
-def fetch_host_key(target: NodeTarget, options: SSHOptions) -> Any:
+def fetch_host_key(target: NodeSpec, options: SSHOptions) -> Any:
     """The key the node presents (no authentication). A jump host must itself be trusted."""
     import paramiko
 

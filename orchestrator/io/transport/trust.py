@@ -10,7 +10,8 @@ from typing import Any
 from orchestrator.io.transport.errors import TransportError
 from orchestrator.io.transport.known_hosts import append_known_host, fingerprint, load_known_hosts
 from orchestrator.io.transport.ssh import fetch_host_key, parallel
-from orchestrator.io.transport.targets import NodeTarget, SSHOptions
+from orchestrator.core.environments import NodeSpec
+from orchestrator.io.transport.options import SSHOptions
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class HostKeyStatus:
     error: str | None = None
 
 
-def scan_host_key(target: NodeTarget, options: SSHOptions) -> tuple[HostKeyStatus, Any]:
+def scan_host_key(target: NodeSpec, options: SSHOptions) -> tuple[HostKeyStatus, Any]:
     """The node's key and how it stands against known_hosts ("trusted", "unknown",
     "changed", "error"); records nothing. The key is None on "error"."""
     try:
@@ -43,11 +44,11 @@ def scan_host_key(target: NodeTarget, options: SSHOptions) -> tuple[HostKeyStatu
     return HostKeyStatus(target.name, target.address, key.get_name(), fp, "unknown"), key
 
 
-def record_host_key(target: NodeTarget, key: Any, options: SSHOptions) -> None:
+def record_host_key(target: NodeSpec, key: Any, options: SSHOptions) -> None:
     append_known_host(options.known_hosts_path, target.known_hosts_name, key)
 
 
-def scan_host_keys(targets: Iterable[NodeTarget], options: SSHOptions,
+def scan_host_keys(targets: Iterable[NodeSpec], options: SSHOptions,
                    max_parallel: int = 32) -> list[tuple[HostKeyStatus, Any]]:
     """scan_host_key for every target, in parallel, in the targets' order."""
     targets = list(targets)

@@ -13,7 +13,8 @@ chain in `iptables-restore --noflush` input flushes just that chain, atomically)
       mode `nat-unprotected` (Docker 28 would otherwise block the mesh's direct routing);
       an `internal` network's bridge reaches only its own network on other nodes;
       anything else from IF is dropped (another network, another project, not ours).
-  filter OMI-IF    (from INPUT) an internal network reaches only the node's DNS.
+  filter OMI-IF    (from INPUT) an internal network reaches only the node's DNS; the
+                    record exchange (the daemon's port) only from the link.
   nat    OMN-IF    (first in POSTROUTING) mesh -> mesh is not masqueraded, so the other
                     node sees the real source (the firewall above needs it); mesh ->
                     elsewhere is masqueraded (mesh networks are made with Docker's own
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 from agent.mesh import procs
-from agent.wire.mesh import same_network_match
+from agent.wire.mesh import RECORDS_PORT, same_network_match
 from agent.wire.protocol import AgentError
 
 TAG = ["-m", "comment", "--comment", "orch-mesh"]
@@ -63,6 +64,8 @@ def restore_text(iface: str, cidr: str, block: str, address: str, nets: List[Loc
                 f.append("-A %s -i %s -d %s -p %s --dport 53 -j ACCEPT" % (inp, n.bridge, address, proto))
             f.append("-A %s -i %s -j DROP" % (inp, n.bridge))
     f.append("-A %s -i %s -j DROP" % (fwd, iface))
+    # the record exchange is for the peers (through the link), not for containers
+    f.append("-A %s -d %s -p tcp --dport %d ! -i %s -j DROP" % (inp, address, RECORDS_PORT, iface))
     f.append("COMMIT")
     n_ = ["*nat", ":%s - [0:0]" % nat,
           "-A %s -s %s -d %s -j RETURN" % (nat, cidr, cidr),

@@ -2,7 +2,8 @@
 
 Every TICK seconds it
   1. reads this node's mesh networks and serving replicas from the engine,
-  2. re-applies the firewall if the networks changed (agent.mesh.firewall),
+  2. re-applies the firewall if the networks changed, and every REAPPLY ticks anyway (a
+     Docker restart, another orch's agent or a person may have changed it: agent.mesh.firewall),
   3. serves its own records to the peers (HTTP on its mesh address, so only through the
      encrypted link), and pulls each peer's (timeout PULL_TIMEOUT),
   4. writes the hosts file dnsmasq answers from: its own records, then those of every
@@ -33,6 +34,7 @@ from agent.mesh.records import Record, hosts_text, local_records, mesh_networks
 from agent.wire.mesh import RECORDS_PORT, MeshConfig, node_block
 
 TICK = 2.0
+REAPPLY = 10  # ticks: the firewall is rewritten at least this often (someone else may have changed it)
 PULL_TIMEOUT = 1.5
 STALE = 8.0
 MAX_RECORDS_BYTES = 4 * 1024 * 1024
@@ -141,6 +143,7 @@ def run(paths: MeshPaths, env: str, once: bool = False) -> int:
     engine = Engine()
     heard: Dict[str, Tuple[float, List[Record]]] = {}  # peer node -> (last success, records)
     last_fw = ""
+    ticks = 0
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stopping.set())
     while not stopping.is_set():
@@ -151,7 +154,8 @@ def run(paths: MeshPaths, env: str, once: bool = False) -> int:
             nets, local = engine.snapshot(env)
             text = firewall.restore_text(cfg.interface, cfg.cidr, str(node_block(cfg.cidr, cfg.slot)), cfg.address,
                                          [firewall.LocalNet(n.bridge, n.k, n.internal) for n in nets.values()])
-            if text != last_fw:
+            ticks += 1
+            if text != last_fw or ticks % REAPPLY == 0:
                 firewall.apply(cfg.interface, text)
                 last_fw = text
         except Exception as exc:  # the engine restarting: keep serving what we had

@@ -366,6 +366,10 @@ class FakeMeshHost:
     def daemon_current(self, paths: Any) -> bool:
         return self.daemon
 
+    def refresh_daemon(self, paths: Any, timeout: float = 5.0) -> bool:
+        self.calls.append(("refresh_daemon", None))
+        return self.daemon
+
     def stop_daemon(self, paths: Any) -> None:
         self.calls.append(("stop_daemon", None))
         self.daemon = False

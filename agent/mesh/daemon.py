@@ -84,10 +84,26 @@ class Engine:
 
 
 class State:
-    def __init__(self) -> None:
+    """The node's own records, shared by the loop and the record server. A peer's pull
+    gets them fresh (at most FRESH seconds old), so a replica that just became healthy is
+    in the first pull after it, not a tick later."""
+
+    FRESH = 0.3
+
+    def __init__(self, engine: Any = None, env: str = "") -> None:
         self.lock = threading.Lock()
         self.local: List[Record] = []
+        self.nets: Dict[str, Any] = {}
         self.node = ""
+        self.engine, self.env = engine, env
+        self.taken = 0.0
+
+    def refresh(self) -> Tuple[Dict[str, Any], List[Record]]:
+        with self.lock:
+            if self.engine is not None and time.monotonic() - self.taken > self.FRESH:
+                self.nets, self.local = self.engine.snapshot(self.env)
+                self.taken = time.monotonic()
+            return self.nets, self.local
 
 
 def make_server(address: str, state: State) -> ThreadingHTTPServer:
@@ -96,8 +112,11 @@ def make_server(address: str, state: State) -> ThreadingHTTPServer:
             if self.path != "/records":
                 self.send_error(404)
                 return
-            with state.lock:
-                body = json.dumps({"node": state.node, "records": [r.to_dict() for r in state.local]}).encode()
+            try:
+                _, local = state.refresh()
+            except Exception:  # the engine restarting: what we had
+                local = state.local
+            body = json.dumps({"node": state.node, "records": [r.to_dict() for r in local]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -136,22 +155,24 @@ def run(paths: MeshPaths, env: str, once: bool = False) -> int:
         print("meshd: no usable %s" % paths.config, file=sys.stderr)
         return 1
     paths.ensure_hosts_dir()
-    state = State()
+    state = State(Engine(), env)
     state.node = cfg.node
     server = make_server(cfg.address, state)
     threading.Thread(target=server.serve_forever, name="records", daemon=True).start()
-    engine = Engine()
     heard: Dict[str, Tuple[float, List[Record]]] = {}  # peer node -> (last success, records)
     last_fw = ""
     ticks = 0
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stopping.set())
+    stopping, wake = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: (stopping.set(), wake.set()))
+    # SIGUSR1 (agent `mesh_refresh`): a tick now, e.g. before a deploy starts dependents
+    signal.signal(signal.SIGUSR1, lambda *a: wake.set())
     while not stopping.is_set():
         t0 = time.monotonic()
+        wake.clear()
         cfg = load_config(paths) or cfg
         problems: List[str] = []
         try:
-            nets, local = engine.snapshot(env)
+            nets, local = state.refresh()
             text = firewall.restore_text(cfg.interface, cfg.cidr, str(node_block(cfg.cidr, cfg.slot)), cfg.address,
                                          [firewall.LocalNet(n.bridge, n.k, n.internal) for n in nets.values()])
             ticks += 1
@@ -161,8 +182,6 @@ def run(paths: MeshPaths, env: str, once: bool = False) -> int:
         except Exception as exc:  # the engine restarting: keep serving what we had
             problems.append("engine: %s" % exc)
             local = state.local
-        with state.lock:
-            state.local = local
         results: Dict[str, Any] = {}
 
         def one(peer: Any) -> None:
@@ -203,7 +222,7 @@ def run(paths: MeshPaths, env: str, once: bool = False) -> int:
                                                "local_records": len(local), "problems": problems}), 0o644)
         if once:
             break
-        stopping.wait(max(0.0, TICK - (time.monotonic() - t0)))
+        wake.wait(max(0.0, TICK - (time.monotonic() - t0)))
     server.shutdown()
     return 0
 

@@ -76,6 +76,32 @@ class NodeHost:
 
         return current(paths)
 
+    def refresh_daemon(self, paths: MeshPaths, timeout: float = 5.0) -> bool:
+        """A tick of the daemon now (SIGUSR1), waiting until it has written its status:
+        the node's names then include every peer's current replicas."""
+        import json
+        import os
+        import signal
+        import time
+
+        from agent.mesh.daemon_proc import daemon_pid
+
+        pid = daemon_pid(paths)
+        if not pid:
+            return False
+        t0 = time.time()
+        os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(paths.status) as fh:
+                    if json.load(fh).get("time", 0) > t0:
+                        return True
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        return False
+
     def stop_daemon(self, paths: MeshPaths) -> None:
         from agent.mesh.daemon_proc import daemon_pid
 

@@ -4,6 +4,7 @@
     mesh_apply  {config}         bring link, firewall, DNS and the daemon to a MeshConfig
     mesh_leave  {env, project}   the environment's link, DNS and daemon go with the last
                                  project's mesh networks (orch down removes those first)
+    mesh_refresh {env}           the daemon's tick now: names current before dependents start
     mesh_status {env}            the mesh as this node sees it (orch nodes check)
 
 Host changes go through Context.mesh_host (agent.mesh.host.NodeHost by default).
@@ -162,6 +163,15 @@ def op_mesh_leave(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     return {"removed": True, "projects": []}
 
 
+def op_mesh_refresh(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Names up to date now: the controller calls it on the nodes of dependents before it
+    starts them, so a dependency that just became ready on another node resolves at once
+    (instead of within the daemon's next tick)."""
+    check_keys(args, ("env",), "mesh_refresh")
+    env = check_name(require(args, "env", "mesh_refresh"), "env")
+    return {"refreshed": host_of(ctx).refresh_daemon(paths_of(ctx, env))}
+
+
 def op_mesh_status(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     check_keys(args, ("env",), "mesh_status")
     return state_section(ctx, check_name(require(args, "env", "mesh_status"), "env"))
@@ -171,5 +181,6 @@ MESH_OPERATIONS = {
     "mesh_join": op_mesh_join,
     "mesh_apply": op_mesh_apply,
     "mesh_leave": op_mesh_leave,
+    "mesh_refresh": op_mesh_refresh,
     "mesh_status": op_mesh_status,
 }

@@ -227,6 +227,11 @@ class Deployment:
                 if not services:
                     continue
                 self.progress.phase("apply", f"wave {i}/{len(plan.waves)}: {', '.join(wave)}", wave=i)
+                if self.mesh_layout is not None:
+                    from orchestrator.app.mesh import refresh_names
+
+                    refresh_names(self.environment.name, self.nodes, [st for st in plan.wave_steps(i)
+                                                                      if st.service in services], self.units)
                 pool = ThreadPoolExecutor(max_workers=len(services), thread_name_prefix="orch-roll")
                 try:
                     futures = {name: pool.submit(self._roll_service, i, name,

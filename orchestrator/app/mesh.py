@@ -62,4 +62,14 @@ def _mesh_error(what: str, errors: dict[str, BaseException]) -> OrchError:
     return OrchError("\n".join(lines), fix="; ".join(fixes) or "fix what each node reports, then run orch up again")
 
 
-__all__ = ["layout", "apply_mesh", "mesh_actions", "project_networks"]
+def refresh_names(env: str, nodes: dict[str, Any], steps: list, units: dict) -> None:
+    """Before a wave starts dependents on nodes where a dependency does not run: those
+    nodes' names are brought up to date first (`mesh_refresh`), so the dependency, ready
+    on its own node a moment ago, resolves at once. Best effort: the daemon catches up
+    within its tick anyway."""
+    targets = sorted({st.node for st in steps if getattr(units.get((st.service, st.node)), "cross_node", ())})
+    if targets:
+        T.parallel([nodes[n] for n in targets if n in nodes], lambda n: n.call("mesh_refresh", {"env": env}))
+
+
+__all__ = ["refresh_names", "layout", "apply_mesh", "mesh_actions", "project_networks"]

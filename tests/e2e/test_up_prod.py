@@ -1,6 +1,7 @@
 """`orch up` of examples/shop to PROD (two lab nodes): web's 2 replicas spread over
 both, every published port answers, the replica on prod-2 reaches api on prod-1 by
-name (extra_hosts), and a second `up` changes nothing on either node."""
+name (through the environment's service mesh), and a second `up` changes nothing on
+either node."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_every_published_port_answers_on_its_node(shop, lab):
     for host in (p1, p2):
         assert http_get(f"http://{host}:{web}/") == "web 1"
         # each web replica fetched api's page at start, by service name: on prod-2 through
-        # the extra_hosts entry orch added for api (published on prod-1)
+        # the environment's service mesh (api runs on prod-1)
         assert http_get(f"http://{host}:{web}/api.txt") == "api 1 prod"
 
 

@@ -374,3 +374,14 @@ def test_compose_network_options_reach_the_agent_per_node(lab):
     assert set(specs["n2"]["container"]["dns_search"]) == {search_domain(back1["mesh_slot"]),
                                                            search_domain(specs["n2"]["networks"]["front"]["mesh_slot"])}
     assert lab.nodes["n2"].mesh_host.firewall["orch-dev"].count("-j ACCEPT") >= 2
+
+
+def test_a_dependent_on_another_node_starts_after_its_node_refreshed_the_names(lab):
+    deploy(lab)
+    n2 = lab.nodes["n2"]
+    calls = [(op, (a.get("spec") or {}).get("service")) for op, a in n2.calls]
+    # web-2 runs on n2 and depends on api, which runs only on n1
+    assert calls.index(("mesh_refresh", None)) < calls.index(("rollout", "web"))
+    assert ("refresh_daemon", None) in n2.mesh_host.calls
+    # n1 runs every dependency of its own replicas itself: no refresh asked there
+    assert lab.nodes["n1"].ops("mesh_refresh") == []

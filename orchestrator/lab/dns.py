@@ -41,7 +41,10 @@ def dnsmasq_argv(spec: LabSpec) -> list[str]:
         "--bind-interfaces",  # only the bridge address: other labs, the host's resolver
         "--no-resolv",  # no upstream: names it does not know are refused, not forwarded
         "--no-hosts",
-        f"--hostsdir={p.dns_hosts_dir}",
+        # Its own argument (not --hostsdir=DIR): a path of the lab's own, as
+        # down.lab_processes and the e2e leftover checks look for.
+        "--hostsdir",
+        str(p.dns_hosts_dir),
         f"--local=/{ACME_DOMAIN}/",
         "--local-ttl=1",
         "--log-facility=-",
@@ -50,7 +53,7 @@ def dnsmasq_argv(spec: LabSpec) -> list[str]:
 
 def marker(spec: LabSpec) -> str:
     """The argument that tells this lab's dnsmasq from any other (e.g. a mesh one)."""
-    return f"--hostsdir={spec.paths.dns_hosts_dir}"
+    return str(spec.paths.dns_hosts_dir)
 
 
 def check_name(name: str) -> str:
@@ -155,7 +158,12 @@ def answers(spec: LabSpec) -> bool:
 
 
 def find(procs: list[proc.Proc], spec: LabSpec) -> list[proc.Proc]:
-    return proc.find(procs, marker(spec), program="dnsmasq")
+    """This lab's dnsmasq, whatever its other arguments (an older orch's: restarted)."""
+    d = marker(spec)
+    return [
+        p for p in procs
+        if os.path.basename(p.argv[0]) == "dnsmasq" and (d in p.argv or f"--hostsdir={d}" in p.argv)
+    ]
 
 
 def ensure(spec: LabSpec, log) -> None:

@@ -63,7 +63,8 @@ def test_resolver_answers_lab_names_only_and_asks_nobody_else():
     assert "--listen-address=10.250.0.1" in argv and "--bind-interfaces" in argv
     assert "--port=53" in argv
     assert "--no-resolv" in argv and "--no-hosts" in argv and "--conf-file=/dev/null" in argv
-    assert "--hostsdir=/var/lib/orch-lab/dns/hosts" in argv
+    i = argv.index("--hostsdir")
+    assert argv[i + 1] == "/var/lib/orch-lab/dns/hosts"
     assert "--local=/lab.test/" in argv
     assert not any(a.startswith("--server") for a in argv)
     # each lab's resolver is told apart by its hosts dir
@@ -77,6 +78,12 @@ def test_dns_process_is_found_by_its_lab_hosts_dir():
     mesh = Proc(11, ("/usr/sbin/dnsmasq", "--hostsdir=/run/orch-mesh/x/hosts"), "net:[1]")
     other = Proc(12, tuple(dns.dnsmasq_argv(OTHER)), "net:[1]")
     assert dns.find([mine, mesh, other], SPEC) == [mine]
+    older = Proc(15, ("dnsmasq", "--hostsdir=/var/lib/orch-lab/dns/hosts"), "net:[1]")
+    assert dns.find([older], SPEC) == [older]  # found, so restarted with today's arguments
+    # `lab down` would stop it even without dns.find: its argv names the lab's state dir
+    from orchestrator.lab.down import lab_processes
+
+    assert lab_processes(SPEC, [mine, mesh, other]) == [mine]
     peb = Proc(13, tuple(acme.pebble_argv(SPEC)), "net:[1]")
     assert acme.find([mine, peb, Proc(14, tuple(acme.pebble_argv(OTHER)), "net:[1]")], SPEC) == [peb]
 

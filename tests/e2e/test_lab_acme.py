@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,10 +59,12 @@ def challenge_node(lab):
         if server:
             break
     else:
+        shutil.rmtree(webroot, ignore_errors=True)
         pytest.fail("no lab node has port 80 free for the HTTP-01 challenge server")
     yield lab.node(name), webroot, server
     server.terminate()
     server.wait(10)
+    shutil.rmtree(webroot, ignore_errors=True)
 
 
 @pytest.fixture

@@ -65,6 +65,8 @@ def up(
         f"Registry     {info.registry}  (TLS, htpasswd; credentials in {info.credentials_file})",
         f"Mirror       {info.registry_mirror}  (TLS, anonymous, read-only; the nodes' docker.io mirror)",
         f"CA           {info.ca_cert}  (trusted by every engine here via /etc/docker/certs.d)",
+        f"ACME         {info.acme_directory}  (pebble; issues under {info.acme_ca}, new at each start)",
+        f"Resolver     {info.dns_server}  (lab names under lab.test, from {info.dns_hosts_dir})",
         f"SSH key      {info.ssh_key}",
         f"known_hosts  {info.known_hosts}",
         f"All facts    {info.lab_env}  (ORCH_LAB_* / ORCH_REGISTRY* variables)",
@@ -147,6 +149,11 @@ def status(
     if reg:
         repos = ", ".join(reg.repositories) if reg.repositories is not None else "?"
         print(f"Registry {reg.address} {yes(reg.up)} (repositories: {repos}); mirror {reg.mirror} {yes(reg.mirror_up)}")
+    acme = st.acme
+    if acme:
+        names = ", ".join(acme.names) or "none"
+        print(f"ACME {acme.directory} {yes(acme.up)} (root {acme.ca_file}"
+              f"{'' if acme.ca_current else ', STALE'}); resolver {acme.dns_server} {yes(acme.dns_up)} (names: {names})")
     if st.issues:
         print("Problems:")
         for issue in st.issues:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from orchestrator.errors import OrchError
-from orchestrator.lab import cgroups, engine, images, mounts, netns, nodes, proc, registry, state
+from orchestrator.lab import acme, cgroups, dns, engine, images, mounts, netns, nodes, proc, registry, state
 from orchestrator.lab.model import DEFAULT_SUBNET, LabPaths, LabSpec, validate_name
 
 
@@ -87,6 +87,8 @@ def down(name: str, log=print) -> Leftovers:
         procs = proc.process_table()
         for mirror in (False, True):
             proc.stop([r.pid for r in registry.find(procs, spec, mirror=mirror)], timeout=10)
+        acme.stop(spec, procs)
+        dns.stop(spec, procs)
         # Anything else still running from the lab's directories (e.g. a stray daemon).
         me = os.getpid()
         proc.stop([pr.pid for pr in lab_processes(spec, proc.process_table()) if pr.pid != me], timeout=5)
@@ -125,6 +127,7 @@ def leftovers(spec: LabSpec) -> Leftovers:
     procs = proc.process_table()
     found = lab_processes(spec, procs)
     found += registry.find(procs, spec, mirror=False) + registry.find(procs, spec, mirror=True)
+    found += acme.find(procs, spec) + dns.find(procs, spec)
     ns = netns.lab_netns(spec.netns_prefix)
     inodes = {netns.netns_inode(n) for n in ns} - {None}
     found += [pr for pr in procs if pr.netns in inodes]

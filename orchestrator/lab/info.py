@@ -47,6 +47,10 @@ class LabInfo:
     credentials_file: Path  # registry.env: ORCH_REGISTRY_USER / ORCH_REGISTRY_PASSWORD (0600)
     lab_env: Path  # lab.env: all of the above as ORCH_LAB_* / ORCH_REGISTRY* variables
     state_dir: Path
+    acme_directory: str  # https://10.250.0.1:14000/dir: pebble, TLS from the lab CA (ca_cert)
+    acme_ca: Path  # acme-ca.crt: the root pebble issues under (new at each pebble start)
+    dns_server: str  # 10.250.0.1:53: the resolver pebble validates names through
+    dns_hosts_dir: Path  # one hosts file per lab name (orchestrator.lab.dns.add_name)
 
     def node(self, name: str) -> NodeInfo:
         for n in self.nodes:
@@ -80,6 +84,10 @@ class LabInfo:
             "credentials_file": str(self.credentials_file),
             "lab_env": str(self.lab_env),
             "state_dir": str(self.state_dir),
+            "acme_directory": self.acme_directory,
+            "acme_ca": str(self.acme_ca),
+            "dns_server": self.dns_server,
+            "dns_hosts_dir": str(self.dns_hosts_dir),
         }
 
 
@@ -116,6 +124,10 @@ def info_from_spec(spec: LabSpec) -> LabInfo:
         credentials_file=p.registry_env,
         lab_env=p.lab_env,
         state_dir=p.state,
+        acme_directory=spec.acme_directory,
+        acme_ca=p.acme_ca,
+        dns_server=spec.dns_server,
+        dns_hosts_dir=p.dns_hosts_dir,
     )
 
 

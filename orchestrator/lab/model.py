@@ -20,6 +20,12 @@ REGISTRY_PORT = 5000  # authenticated, read-write
 MIRROR_PORT = 5001  # anonymous, read-only view of the same storage (registry-mirrors)
 SSH_PORT = 22
 SSH_USER = "root"
+# The lab's ACME server (Debian's pebble) and the resolver it validates through
+# (dnsmasq), both on the bridge address: docs/lab.md "ACME".
+ACME_PORT = 14000  # the ACME directory (RFC 8555), TLS with a lab-CA certificate
+ACME_MANAGEMENT_PORT = 15000  # pebble's management API: /roots/0 is its issuing root
+DNS_PORT = 53
+ACME_DOMAIN = "lab.test"  # names tests add resolve under it; nothing else is answered
 
 # Host offsets inside the subnet: dev-1 .11, test-1 .21, prod-1 .31, prod-2 .32.
 # The committed environments/*.yaml rely on these, so they are fixed.
@@ -71,6 +77,18 @@ class LabSpec:
     @property
     def mirror(self) -> str:
         return f"{self.host_address}:{MIRROR_PORT}"
+
+    @property
+    def acme_directory(self) -> str:
+        return f"https://{self.host_address}:{ACME_PORT}/dir"
+
+    @property
+    def acme_management(self) -> str:
+        return f"https://{self.host_address}:{ACME_MANAGEMENT_PORT}"
+
+    @property
+    def dns_server(self) -> str:
+        return f"{self.host_address}:{DNS_PORT}"
 
     @property
     def is_default(self) -> bool:
@@ -227,6 +245,42 @@ class LabPaths:
     @property
     def registry_key(self) -> Path:
         return self.registry_dir / "tls.key"
+
+    # ACME server (pebble) and its resolver (dnsmasq)
+    @property
+    def acme_dir(self) -> Path:
+        return self.state / "acme"
+
+    @property
+    def acme_config(self) -> Path:
+        return self.acme_dir / "pebble.json"
+
+    @property
+    def acme_cert(self) -> Path:
+        """The directory's own TLS certificate, issued by the lab CA (ca.crt)."""
+        return self.acme_dir / "tls.crt"
+
+    @property
+    def acme_key(self) -> Path:
+        return self.acme_dir / "tls.key"
+
+    @property
+    def acme_ca(self) -> Path:
+        """Pebble's issuing root, fetched after each start (it changes every start)."""
+        return self.state / "acme-ca.crt"
+
+    @property
+    def dns_dir(self) -> Path:
+        return self.state / "dns"
+
+    @property
+    def dns_hosts_dir(self) -> Path:
+        """hosts-format files dnsmasq answers from (re-read on change): one per name."""
+        return self.dns_dir / "hosts"
+
+    @property
+    def dns_pidfile(self) -> Path:
+        return self.run / "dns.pid"
 
     @property
     def docker_client_config(self) -> Path:

@@ -29,6 +29,8 @@ PROGRAMS = {
     "wireguard-go": "wireguard-go",
     "dnsmasq": "dnsmasq-base",
     "tcpdump": "tcpdump",
+    # the lab's ACME server (acme.py); dnsmasq above is also its resolver (dns.py)
+    "pebble": "pebble",
 }
 STATIC_BUSYBOX = ("/bin/busybox", "busybox-static")
 

@@ -90,10 +90,11 @@ DAEMON_ENV = {
 }
 
 
-def spawn(argv: Argv, log: Path) -> int:
+def spawn(argv: Argv, log: Path, env: dict | None = None) -> int:
     """Start a long-lived daemon detached from us (own session, output to its log).
 
-    The lab outlives the `orch` process that started it, like a service would.
+    The lab outlives the `orch` process that started it, like a service would. env:
+    variables added to DAEMON_ENV (the daemon's own settings, e.g. pebble's).
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
@@ -106,7 +107,7 @@ def spawn(argv: Argv, log: Path) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
-            env=DAEMON_ENV,
+            env={**DAEMON_ENV, **(env or {})},
             cwd="/",
         )
     # We never wait() for it; a reaper thread is not needed because the CLI exits soon

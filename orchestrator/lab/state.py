@@ -49,6 +49,9 @@ def render_lab_env(spec: LabSpec) -> str:
         f"ORCH_REGISTRY={spec.registry}",
         f"ORCH_REGISTRY_MIRROR={spec.mirror}",
         f"ORCH_REGISTRY_ENV_FILE={p.registry_env}",
+        f"ORCH_LAB_ACME_DIRECTORY={spec.acme_directory}",
+        f"ORCH_LAB_ACME_CA={p.acme_ca}",
+        f"ORCH_LAB_DNS={spec.dns_server}",
         f"ORCH_LAB_NODES={' '.join(n.name for n in spec.nodes)}",
     ]
     lines += [f"{env_var_name(n.name)}={n.address}" for n in spec.nodes]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from orchestrator.lab import engine, images, netns, proc, registry, sshd, state
+from orchestrator.lab import acme, dns, engine, images, netns, proc, registry, sshd, state
 from orchestrator.lab.dockerd import find_dockerd
 from orchestrator.lab.info import info_from_spec
 from orchestrator.lab.model import LabPaths, LabSpec, NodeSpec, validate_name
@@ -35,6 +35,17 @@ class RegistryStatus:
 
 
 @dataclass
+class AcmeStatus:
+    directory: str  # pebble's ACME directory URL
+    up: bool
+    ca_file: str  # acme-ca.crt, pebble's current root
+    ca_current: bool  # the file holds the root of the pebble that runs now
+    dns_server: str  # the resolver pebble validates through
+    dns_up: bool
+    names: list[str]  # lab names the resolver answers (files in its hosts dir)
+
+
+@dataclass
 class Issue:
     problem: str
     fix: str
@@ -48,6 +59,7 @@ class LabStatus:
     bridge: str | None = None
     nodes: list[NodeStatus] = field(default_factory=list)
     registry: RegistryStatus | None = None
+    acme: AcmeStatus | None = None
     host_engine_up: bool = False
     issues: list[Issue] = field(default_factory=list)
     facts: dict | None = None
@@ -157,4 +169,39 @@ def check(name: str) -> LabStatus:
         for img in images.BASE_IMAGES:
             if img.repo not in repos:
                 st.issues.append(Issue(f"base image {img.repo} is not in the registry", FIX_UP))
+    st.acme = _acme_status(spec)
+    st.issues += _acme_issues(spec, st.acme)
     return st
+
+
+def _acme_status(spec: LabSpec) -> AcmeStatus:
+    p = spec.paths
+    up = acme.answers(spec)
+    try:
+        names = sorted(f.name[: -len(".hosts")] for f in p.dns_hosts_dir.glob("*.hosts"))
+    except OSError:
+        names = []
+    return AcmeStatus(
+        directory=spec.acme_directory,
+        up=up,
+        ca_file=str(p.acme_ca),
+        ca_current=up and acme.root_current(spec),
+        dns_server=spec.dns_server,
+        dns_up=dns.answers(spec),
+        names=names,
+    )
+
+
+def _acme_issues(spec: LabSpec, a: AcmeStatus) -> list[Issue]:
+    p = spec.paths
+    out = []
+    if not a.up:
+        out.append(Issue(f"ACME server {a.directory} is not answering",
+                         f"{FIX_UP}; its log: {p.log('pebble')}"))
+    elif not a.ca_current:
+        out.append(Issue(f"{a.ca_file} is not the root of the running ACME server (it restarted)",
+                         f"{FIX_UP} (fetches the new root)"))
+    if not a.dns_up:
+        out.append(Issue(f"lab resolver {a.dns_server} is not answering",
+                         f"{FIX_UP}; its log: {p.log('dns')}"))
+    return out

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from orchestrator.errors import InputError, OrchError, Problem
 from orchestrator.lab import (
+    acme,
     engine,
     images,
     netns,
@@ -142,6 +143,7 @@ def _up_locked(spec: LabSpec, log) -> LabInfo:
     state.write_if_changed(p.known_hosts, "\n".join(known) + "\n", 0o644)
 
     creds = _ensure_registry(spec, log, restart=new_cert)
+    acme.ensure(spec, log)  # the resolver, pebble, and pebble's root in acme-ca.crt
 
     images.ensure_host_images(p.image_cache, log)
     images.ensure_pushed(

@@ -206,13 +206,17 @@ def test_scratch_lab_recovers_from_a_killed_session_and_goes_down_without_a_trac
     # A running container with a published port: mounts, cgroups, a proxy process.
     subprocess.run(docker + ["run", "-d", "-p", "18081:80", "busybox", "httpd", "-f", "-p", "80"], check=True, capture_output=True)
 
-    # A killed session: the node's engine and sshd die, the bridge is gone.
+    root_before = info.acme_ca.read_text()
+
+    # A killed session: the node's engine and sshd die, and the ACME server; the bridge is gone.
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
         if str(info.state_dir / "nodes") in cmd and ("dockerd" in cmd or "sshd" in cmd):
+            os.kill(int(pid), signal.SIGKILL)
+        if str(info.state_dir / "acme") in cmd and cmd.startswith("pebble "):
             os.kill(int(pid), signal.SIGKILL)
     subprocess.run(["ip", "link", "delete", info.bridge], check=True)
     time.sleep(0.5)
@@ -222,6 +226,9 @@ def test_scratch_lab_recovers_from_a_killed_session_and_goes_down_without_a_trac
     run_orch("lab", "up", "--name", SCRATCH)
     st = json.loads(run_orch("lab", "status", "--name", SCRATCH, "--json").stdout)
     assert st["healthy"], st["issues"]
+    # pebble makes a new root at each start: `lab up` fetched the new one.
+    assert st["acme"]["up"] and st["acme"]["ca_current"] and st["acme"]["dns_up"]
+    assert info.acme_ca.read_text() != root_before
 
     run_run = Path("/run") / SCRATCH
     assert _lab_traces(SCRATCH, info.bridge, info.state_dir, run_run, info.registry)

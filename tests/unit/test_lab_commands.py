@@ -228,6 +228,6 @@ def test_static_elf_detection():
 def test_missing_packages_are_found_by_program():
     present = {"ip", "ss", "nsenter", "unshare", "umount", "iptables", "docker", "sshd", "ssh-keygen", "openssl", "tar"}
     need = packages.missing_packages(lambda p: "/x" if p in present else None, busybox_static=False)
-    assert need == ["busybox-static", "debootstrap", "dnsmasq-base", "docker-registry", "docker.io", "tcpdump",
-                    "wireguard-go", "wireguard-tools"]
+    assert need == ["busybox-static", "debootstrap", "dnsmasq-base", "docker-registry", "docker.io", "pebble",
+                    "tcpdump", "wireguard-go", "wireguard-tools"]
     assert packages.install_argvs(["a"])[-1] == ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "a"]

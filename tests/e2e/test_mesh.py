@@ -244,32 +244,67 @@ def _wait(cond, seconds: float, message: str) -> None:
         time.sleep(0.5)
 
 
-def test_a_third_node_joins_with_up_and_is_dropped_when_removed(app, orch, lab, ssh, tmp_path):
+MESHX = """\
+# An environment of the lab's prod nodes with a mesh of its own (another range and port):
+# it grows to prod-3 and shrinks back, beside prod's mesh on the same nodes.
+name: meshx
+nodes:
+{nodes}ssh:
+  known_hosts: /var/lib/orch-lab/known_hosts
+registry:
+  address: 10.250.0.1:5000
+  mirror: 10.250.0.1:5001
+  ca_file: /var/lib/orch-lab/ca.crt
+  username_env: ORCH_REGISTRY_USER
+  password_env: ORCH_REGISTRY_PASSWORD
+  credentials_file: /var/lib/orch-lab/registry.env
+mesh: {{cidr: 10.224.0.0/12, port: 51821}}
+"""
+NODE = ("  - {{name: prod-{i}, host: 10.250.0.3{i}, user: root, identity_file: /var/lib/orch-lab/id_ed25519, "
+        "python: /usr/bin/python3, labels: {{zone: {zone}}}}}\n")
+
+
+def _meshx(tmp: Path, count: int) -> Path:
+    d = tmp / f"envs{count}"
+    d.mkdir(exist_ok=True)
+    nodes = "".join(NODE.format(i=i, zone="abc"[i - 1]) for i in range(1, count + 1))
+    (d / "meshx.yaml").write_text(MESHX.format(nodes=nodes))
+    return d
+
+
+def test_a_third_node_joins_with_up_and_is_dropped_when_removed(orch, lab, ssh, tmp_path):
     orch("lab", "up", "--nodes", "dev=1,test=1,prod=3", env={"ORCH_LAB_NAME": "orch-lab"})
-    envs = tmp_path / "environments"
-    envs.mkdir()
-    text = (ENVIRONMENTS / "prod.yaml").read_text()
-    node3 = ("  - name: prod-3\n    host: 10.250.0.33\n    user: root\n    identity_file: /var/lib/orch-lab/id_ed25519\n"
-             "    python: /usr/bin/python3\n    labels: {role: web, zone: c}\n")
-    (envs / "prod.yaml").write_text(text.replace("ssh:\n", node3 + "ssh:\n", 1))
-    for other in ("dev.yaml", "test.yaml"):
-        shutil.copy(ENVIRONMENTS / other, envs / other)
+    x = MeshApp(orch, tmp_path)
+
+    def run(command, count, *rest, replicas=None):
+        return orch(command, "--env", "meshx", "--file", str(x.dir / "compose.yaml"), "-p", x.project,
+                    "--environments", str(_meshx(tmp_path, count)), *rest,
+                    env={**x.vars, "MESH_API_REPLICAS": str(replicas or count)})
+
     try:
-        app.orch("up", "--json", environments=envs, env={"MESH_API_REPLICAS": "3"})
-        host, _ = app.hit("10.250.0.33")  # prod-3's API reaches the cache on prod-1 through the mesh
-        assert host
-        res = orch("nodes", "check", "--env", "prod", "--environments", str(envs), "--json")
+        run("up", 2, "--json")
+        assert ssh("prod-1").check("wg show orch-meshx peers").split() != []
+        run("up", 3, "--json")  # prod-3 joins: a key, a slot, and the new peer on both others
+        counts = [x.hit(f"10.250.0.3{i}")[1] for i in (3, 1, 2, 3)]  # prod-3's API reaches the cache on prod-1
+        assert counts == list(range(counts[0], counts[0] + 4)), counts
+        res = orch("nodes", "check", "--env", "meshx", "--environments", str(_meshx(tmp_path, 3)), "--json")
         for n in last_json(res.stdout)["nodes"]:
-            assert len(n["mesh"]["peers"]) == 2 and all(p["reachable"] for p in n["mesh"]["peers"]), n
-        # removed: its part goes with down, and the others drop it with the next up
-        app.orch("down", "--json", environments=envs)
-        app.orch("up", "--json")
+            peers = n["mesh"]["peers"]
+            assert len(peers) == 2 and all(p["reachable"] for p in peers), (n["node"], peers)
+        # prod-3 removed: its part goes with down, and the others drop it with the next up
+        run("down", 3, "--json")
+        run("up", 2, "--json")
         for node in ("prod-1", "prod-2"):
-            peers = ssh(node).check("wg show orch-prod peers").split()
-            assert len(peers) == 1, (node, peers)
-        for address in _addresses(lab):
-            app.hit(address)
+            assert len(ssh(node).check("wg show orch-meshx peers").split()) == 1, node
+        assert x.hit("10.250.0.32")[0]
+        # the last project of the environment leaves: so does its mesh, and prod's stays
+        run("down", 2, "--json")
+        for node in ("prod-1", "prod-2"):
+            status, _, _ = ssh(node).run("ip link show orch-meshx")
+            assert status != 0, f"{node}: orch-meshx still there after the last project left"
+            ssh(node).check("ip link show orch-prod")
     finally:
+        run("down", 3, "--json")
         orch("lab", "up", env={"ORCH_LAB_NAME": "orch-lab"})  # prod-3 goes again
 
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from agent.mesh import procs
 from agent.mesh.paths import MeshPaths, write_atomic
-from agent.wire.mesh import NODE_PREFIX, MeshConfig, node_block
+from agent.wire.mesh import MeshConfig, node_block
 from agent.wire.protocol import AgentError
 
 NOT_READY = "mesh"  # AgentError kind for a node that lacks what the mesh needs
@@ -193,10 +193,3 @@ def show(iface: str) -> List[Dict[str, Any]]:
     cp = procs.run(["wg", "show", iface, "dump"])
     return parse_dump(cp.stdout, time.time()) if cp.returncode == 0 else []
 
-
-def block_of(cfg: MeshConfig) -> str:
-    return str(node_block(cfg.cidr, cfg.slot))
-
-
-__all__ = ["ensure", "remove", "show", "problems", "ensure_key", "public_key", "setconf_text",
-           "address_argvs", "parse_dump", "NODE_PREFIX"]

@@ -11,7 +11,6 @@ when removed; `orch nodes check` shows the mesh.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil

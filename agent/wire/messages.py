@@ -179,13 +179,13 @@ class ContainerState:
         for k in ("replica", "exit_code", "restart_count"):
             if d.get(k) is not None:
                 kw[k] = check_int(d[k], "%s.%s" % (what, k))
-        ports = d.get("ports") or []
+        ports = [] if d.get("ports") is None else d["ports"]
         if not isinstance(ports, list) or not all(isinstance(p, dict) for p in ports):
             raise BadRequest("%s.ports must be a list of objects" % what)
-        nets = d.get("networks") or []
-        if not isinstance(nets, (list, dict)):
+        nets = [] if d.get("networks") is None else d["networks"]
+        if not isinstance(nets, list):
             raise BadRequest("%s.networks must be a list" % what)
-        parts = d.get("config_parts") or {}
+        parts = {} if d.get("config_parts") is None else d["config_parts"]
         if not isinstance(parts, dict):
             raise BadRequest("%s.config_parts must be an object" % what)
         return cls(ports=[dict(p) for p in ports], networks=list(nets),
@@ -217,9 +217,7 @@ class StateResult:
     @classmethod
     def from_dict(cls, d: Any, what: str = "state") -> "StateResult":
         d = _obj(d, what, ("containers", "ingress", "owners", "ports_elsewhere", "mesh"))
-        raw = d.get("containers") or []
-        if not isinstance(raw, list):
-            raise BadRequest("%s.containers must be a list" % what)
+        raw = _list(d, "containers", what)
         for key in ("ingress", "owners", "mesh"):
             if d.get(key) is not None:
                 check_object(d[key], "%s.%s" % (what, key))
@@ -445,7 +443,9 @@ class RolloutResult:
 
 
 def _list(d: Dict[str, Any], key: str, what: str) -> List[Any]:
-    value = d.get(key) or []
+    value = d.get(key)
+    if value is None:
+        return []
     if not isinstance(value, list):
         raise BadRequest("%s.%s must be a list" % (what, key))
     return value

@@ -41,6 +41,14 @@ from agent.steps import (
     write_files,
 )
 from agent.wire import labels as L
+from agent.wire.messages import (
+    ContainerState,
+    RemovedContainer,
+    RemoveRequest,
+    RemoveResult,
+    StateRequest,
+    StateResult,
+)
 from agent.wire.protocol import (
     EXITED,
     NOT_FOUND,
@@ -122,12 +130,10 @@ def op_info(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def op_state(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
-    check_keys(args, ("project", "service", "env", "mesh"), "state")
-    project = check_project(args["project"]) if args.get("project") else None
-    service = check_name(args["service"], "service") if args.get("service") else None
-    env = check_name(args["env"], "env") if args.get("env") else None
-    containers = ctx.reads.containers(L.filters(project, service, env))
-    out: Dict[str, Any] = {"containers": [c.summary() for c in containers]}
+    req = StateRequest.from_dict(args)
+    project = req.project
+    containers = ctx.reads.containers(L.filters(project, req.service, req.env))
+    out: Dict[str, Any] = {"containers": tuple(ContainerState(**c.summary()) for c in containers)}
     if project:
         from agent.owner import owners, ports_elsewhere
         from agent.ingress import ingress_state
@@ -137,11 +143,11 @@ def op_state(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
         # deploy one environment over another's (agent.owner).
         out["owners"] = owners(ctx, project, reads=True)
         out["ports_elsewhere"] = ports_elsewhere(ctx, project, reads=True)
-    if args.get("mesh"):
+    if req.mesh:
         from agent.mesh.ops import state_section
 
-        out["mesh"] = state_section(ctx, check_name(args["mesh"], "mesh"))
-    return out
+        out["mesh"] = state_section(ctx, req.mesh)
+    return StateResult(**out).to_dict()
 
 
 # ----------------------------------------------------------------------------- apply
@@ -241,25 +247,18 @@ def op_remove(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Remove a project's (or one service's) containers; with the whole project, also its
     networks, files, and (remove_volumes) its volumes. Only `env`'s objects ("" when not
     given: only those without an environment label); another environment's are left."""
-    check_keys(args, ("project", "service", "replicas", "env", "remove_volumes", "remove_networks"), "remove")
-    project = check_project(require(args, "project", "remove"))
-    service = check_name(args["service"], "service") if args.get("service") else None
-    env = check_name(args["env"], "env") if args.get("env") else ""
-    replicas = None
-    if args.get("replicas") is not None:
-        if not isinstance(args["replicas"], list):
-            raise BadRequest("replicas must be a list of numbers")
-        replicas = set(check_int(r, "replicas[]", 1) for r in args["replicas"])
-    whole = service is None and replicas is None
-    remove_networks = check_bool(args.get("remove_networks", whole), "remove_networks")
-    remove_volumes = check_bool(args.get("remove_volumes", False), "remove_volumes")
+    req = RemoveRequest.from_dict(args)
+    project, service, env = req.project, req.service, req.env
+    replicas = None if req.replicas is None else set(req.replicas)
+    whole = req.whole
+    remove_networks = whole if req.remove_networks is None else req.remove_networks
+    remove_volumes = req.remove_volumes
     doomed = [
         c for c in ctx.engine.containers(L.filters(project, service, env))
         if (replicas is None or c.replica in replicas) and not L.other_env(c.labels, env)
     ]
     remove_containers(ctx, doomed, "remove requested")
-    removed = [{"id": c.id, "name": c.name, "service": c.service, "replica": c.replica} for c in doomed]
-    out: Dict[str, Any] = {"removed": removed, "networks": [], "volumes": [], "ingress": []}
+    out: Dict[str, Any] = {"networks": [], "volumes": [], "ingress": []}
     if replicas is None:  # the service (or the project) leaves the node: so does its ingress port
         from agent.ingress import driver, ingress_state
 
@@ -281,7 +280,8 @@ def op_remove(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     # environment has anything of the project here.
     if (whole or (service and replicas is None)) and not [o for o in owned(ctx, project) if o.env != env]:
         _remove_files(ctx, project, service)
-    return out
+    return RemoveResult(tuple(RemovedContainer(c.id, c.name, c.service, c.replica) for c in doomed),
+                        tuple(out["networks"]), tuple(out["volumes"]), tuple(out["ingress"])).to_dict()
 
 
 def _remove_files(ctx: Context, project: str, service: Optional[str]) -> None:

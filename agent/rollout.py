@@ -23,8 +23,16 @@ orchestrator.app.deploy); each batch on a node is one `rollout` call here:
 
 Services with an ingress (x-orch.ingress) publish their HTTP port through the node's
 HAProxy (agent.ingress), so an old and a new container can serve side by side; other
-services publish host ports directly, and a replica whose old container holds a host
-port the new one needs is replaced stop-first whatever the order says.
+services publish host ports directly. Each replica of a rollout comes with its order
+(agent.wire.messages.RolloutRequest), decided by the controller's plan
+(orchestrator.core.rollout_plan: stop-first where the running old container publishes a
+host port the new one needs); the agent follows it and does not decide again. Its
+safety net: a start-first replica whose old container still holds such a port is
+refused (`conflict`) before any container of the batch is touched, since the new one
+could not start beside it; the plan was made from a state the node no longer has, and a
+re-run of `orch up` plans from the current one.
+
+The requests and results are the typed ones of agent.wire.messages.
 """
 
 from __future__ import annotations
@@ -39,10 +47,7 @@ from agent.engine import ContainerInfo
 from agent.ingress import driver
 from agent.owner import refuse_foreign
 from agent.steps import (
-    DEFAULT_COMPLETION_TIMEOUT,
-    DEFAULT_MIN_RUNNING,
     POLL,
-    WAIT_MODES,
     check_name_conflicts,
     container_failure,
     ensure_image,
@@ -50,7 +55,6 @@ from agent.steps import (
     ensure_volumes,
     keepable,
     prune_files,
-    pull_auth,
     ready_now,
     remove_container,
     remove_containers,
@@ -60,22 +64,30 @@ from agent.steps import (
 )
 from agent.wire import labels as L
 from agent.wire.ingress import IngressSettings
+from agent.wire.messages import (
+    STOP_FIRST,
+    ContainerOutcome,
+    DiscardRequest,
+    DiscardResult,
+    KeptContainer,
+    NewContainer,
+    RemovedContainer,
+    ReplicaChange,
+    RestoreRequest,
+    RestoreResult,
+    Restored,
+    RetireRequest,
+    RetireResult,
+    RolloutRequest,
+    RolloutResult,
+)
 from agent.wire.protocol import (
+    CONFLICT,
     EXITED,
     UNHEALTHY,
     AgentError,
-    BadRequest,
-    check_bool,
-    check_int,
-    check_keys,
-    check_name,
-    check_number,
-    check_project,
-    require,
 )
 from agent.wire.spec import ServiceSpec
-
-ORDERS = ("stop-first", "start-first")
 
 
 # ----------------------------------------------------------------------------- the ingress
@@ -140,16 +152,16 @@ def _holds(c: ContainerInfo, port: int) -> bool:
     return any(p.get("published") == port and (p.get("protocol") or "tcp") == "tcp" for p in c.ports)
 
 
-def _publishes_conflict(old: ContainerInfo, svc: ServiceSpec, ingress: Optional[IngressSettings]) -> bool:
-    """Whether the old container holds a host port the new one (or the ingress, when the
-    service moves behind it) needs: then both cannot run at once, and start-first becomes
-    stop-first for that replica. The controller's plan applies the same rule to the
-    observed containers (orchestrator.core.rollout_plan._port_conflict): keep them alike."""
+def _conflicting_ports(old: ContainerInfo, svc: ServiceSpec, ingress: Optional[IngressSettings]) -> List[str]:
+    """The host ports the old container holds that the new one (or the ingress, when the
+    service moves behind it) needs: then both cannot run at once, and the replica must be
+    replaced stop-first. The controller's plan applies the same rule to the observed
+    containers (orchestrator.core.rollout_plan._port_conflict): keep them alike."""
     held = {(p.get("published"), p.get("protocol") or "tcp") for p in old.ports if p.get("published")}
     wanted = {(p.published, p.protocol) for p in svc.container.ports if p.published}
     if ingress is not None:
         wanted.add((ingress.port["published"], "tcp"))
-    return bool(held & wanted)
+    return ["%s/%s" % hp for hp in sorted(held & wanted, key=str)]
 
 
 # ----------------------------------------------------------------------------- rollout
@@ -164,50 +176,30 @@ class _Replace:
     stop_first: bool = True
     new: Optional[ContainerInfo] = None
 
-    def record(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"replica": self.replica, "old": None, "new": None}
+    def record(self) -> ReplicaChange:
+        old = new = None
         if self.old is not None:
-            out["old"] = {"id": self.old.id, "name": L.retired_name(self.name), "was_running": self.was_running,
-                          "release": self.old.labels.get(L.RELEASE, ""), "image": self.old.image}
+            old = KeptContainer(self.old.id, L.retired_name(self.name), self.was_running,
+                                self.old.labels.get(L.RELEASE, ""), self.old.image)
         if self.new is not None:
-            out["new"] = {"id": self.new.id, "name": self.new.name}
-        return out
-
-
-def _replica_list(value: Any, svc: ServiceSpec, what: str = "replicas") -> List[int]:
-    if not isinstance(value, list):
-        raise BadRequest("%s must be a list of replica numbers" % what)
-    out = sorted(set(check_int(r, what + "[]", 1) for r in value))
-    extra = [r for r in out if r not in svc.replicas]
-    if extra:
-        raise BadRequest("%s %s are not replicas of the spec (%s)" % (what, extra, svc.replicas))
-    return out
+            new = NewContainer(self.new.id, self.new.name)
+        return ReplicaChange(self.replica, old, new)
 
 
 def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
-    """Replace `replicas` of one service on this node (see the module docstring)."""
-    check_keys(args, ("spec", "replicas", "order", "wait", "min_running", "health_margin", "timeout", "min_healthy",
-                      "deadline", "auth", "ingress", "batch"), "rollout")
-    svc = ServiceSpec.from_dict(require(args, "spec", "rollout"))
-    replicas = _replica_list(args.get("replicas", list(svc.replicas)), svc)
-    order = args.get("order") or "stop-first"
-    if order not in ORDERS:
-        raise BadRequest("order must be one of %s" % ", ".join(ORDERS))
-    wait = args.get("wait") or "running"
-    if wait not in WAIT_MODES:
-        raise BadRequest("wait must be one of %s" % ", ".join(WAIT_MODES))
-    min_running = check_number(args.get("min_running", DEFAULT_MIN_RUNNING), "min_running")
-    margin = check_number(args.get("health_margin", 5.0), "health_margin")
-    timeout = check_number(args.get("timeout", DEFAULT_COMPLETION_TIMEOUT), "timeout")
-    min_healthy = check_number(args.get("min_healthy", 0), "min_healthy")
-    deadline = check_number(args["deadline"], "deadline") if args.get("deadline") is not None else None
-    batch = check_int(args.get("batch", 0), "batch", 0)
-    auth = pull_auth(args.get("auth"), svc.container.image)
-    ingress = IngressSettings.parse(args.get("ingress"))
+    """Replace the request's replicas of one service on this node, each in the order it
+    is sent (see the module docstring)."""
+    req = RolloutRequest.from_dict(args)
+    svc = req.service_spec
+    assert svc is not None
+    replicas = [r.replica for r in req.replicas]
+    wait, min_running, margin, timeout = req.wait, req.min_running, req.health_margin, req.timeout
+    min_healthy, deadline, batch, auth, ingress = req.min_healthy, req.deadline, req.batch, req.auth, req.ingress
     project, service = svc.project, svc.service
     refuse_foreign(ctx, project, svc.env, "rollout")
-    ctx.emit("rollout.start", service=service, replicas=replicas, order=order, batch=batch,
-             config_hash=svc.config_hash)
+    orders = sorted({r.order for r in req.replicas})
+    ctx.emit("rollout.start", service=service, replicas=replicas,
+             order=orders[0] if len(orders) == 1 else "mixed", batch=batch, config_hash=svc.config_hash)
 
     check_name_conflicts(ctx, svc)
     existing = ctx.engine.containers(L.filters(project, service))
@@ -218,6 +210,7 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     # they are not ready yet, never touched.
     unchanged = [current[svc.container_name(r)] for r in svc.replicas
                  if svc.container_name(r) in current and keepable(current[svc.container_name(r)], svc, r)]
+    _refuse_stale_order(req, svc, current, ingress)
     for r in replicas:
         name = svc.container_name(r)
         old = current.get(name)
@@ -230,10 +223,7 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
         w = _Replace(r, name, old if old is not None else stale)
         if w.old is not None:
             w.was_running = w.old.state in ("running", "restarting") and old is not None
-            w.stop_first = order == "stop-first" or (w.was_running and _publishes_conflict(w.old, svc, ingress))
-            if order == "start-first" and w.stop_first:
-                ctx.emit("rollout.order", service=service, replica=r, order="stop-first",
-                         reason="the old container publishes a host port the new one needs")
+            w.stop_first = req.order_of(r) == STOP_FIRST
         work.append(w)
 
     if work:  # everything that can fail without touching a container comes first
@@ -299,16 +289,37 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     for w in work:
         info = ctx.engine.container(w.new.id) if w.new is not None else None
         if info is not None:
-            containers.append({"replica": w.replica, "id": info.id, "name": info.name,
-                               "action": "recreated" if w.old is not None else "created",
-                               "state": info.state, "health": info.health})
+            containers.append(ContainerOutcome(w.replica, info.id, info.name,
+                                               "recreated" if w.old is not None else "created",
+                                               info.state, info.health))
     for c in unchanged:
         c = ready.get(c.id, c)
-        containers.append({"replica": c.replica, "id": c.id, "name": c.name, "action": "unchanged",
-                           "state": c.state, "health": c.health})
-    return {"service": service, "changed": bool(work), "batch": batch,
-            "containers": sorted(containers, key=lambda c: c["replica"]),
-            "replaced": [w.record() for w in work]}
+        containers.append(ContainerOutcome(c.replica, c.id, c.name, "unchanged", c.state, c.health))
+    return RolloutResult(service, bool(work), batch, tuple(sorted(containers, key=lambda c: c.replica)),
+                         tuple(w.record() for w in work)).to_dict()
+
+
+def _refuse_stale_order(req: RolloutRequest, svc: ServiceSpec, current: Dict[str, ContainerInfo],
+                        ingress: Optional[IngressSettings]) -> None:
+    """The safety net under the plan's order: a start-first replica whose running old
+    container holds a host port the new one needs cannot be replaced that way (the new
+    container would fail to start). The plan says stop-first for those; if it did not,
+    it was made from a state the node no longer has: refused before anything changes."""
+    for item in req.replicas:
+        if item.order == STOP_FIRST:
+            continue
+        old = current.get(svc.container_name(item.replica))
+        if old is None or old.state not in ("running", "restarting") or keepable(old, svc, item.replica):
+            continue
+        ports = _conflicting_ports(old, svc, ingress)
+        if ports:
+            raise AgentError(
+                CONFLICT, "replica %d of %s was sent start-first, but its running container %s publishes host "
+                "port %s, which the new container needs: it can only be replaced stop-first"
+                % (item.replica, svc.service, old.name, ", ".join(ports)),
+                {"service": svc.service, "replica": item.replica, "container": old.name, "ports": ports,
+                 "fix": "re-run `orch up`: the plan is made from the nodes' current containers and replaces this "
+                        "replica stop-first"})
 
 
 def hold_healthy(ctx: Context, svc: ServiceSpec, containers: List[ContainerInfo], seconds: float) -> None:
@@ -436,30 +447,15 @@ def _wait_running(ctx: Context, containers: List[ContainerInfo], budget: float =
             ctx.sleep(POLL)
 
 
-def _items(value: Any) -> List[Any]:
-    if not isinstance(value, list):
-        raise BadRequest("replicas must be a list of {replica, was_running}")
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise BadRequest("replicas[%d] must be an object {replica, was_running}" % i)
-        check_keys(item, ("replica", "was_running"), "replicas[%d]" % i)
-        out.append((check_int(require(item, "replica", "replicas[%d]" % i), "replica", 1),
-                    check_bool(item.get("was_running", True), "was_running")))
-    return out
-
-
 def op_restore(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Put replicas back on the containers kept by earlier rollouts (a release's rollback)."""
-    check_keys(args, ("project", "service", "env", "replicas", "ingress"), "restore")
-    project = check_project(require(args, "project", "restore"))
-    service = check_name(require(args, "service", "restore"), "service")
-    env = check_name(args["env"], "env") if args.get("env") else ""
-    items = _items(require(args, "replicas", "restore"))
-    ingress = IngressSettings.parse(args.get("ingress"))
+    req = RestoreRequest.from_dict(args)
+    project, service, env = req.project, req.service, req.env
+    items = [(r.replica, r.was_running) for r in req.replicas]
     refuse_foreign(ctx, project, env, "restore")
     ctx.emit("rollout.restore", service=service, replicas=[r for r, _ in items])
-    return {"service": service, "restored": restore_replicas(ctx, project, service, env, ingress, items)}
+    restored = restore_replicas(ctx, project, service, env, req.ingress, items)
+    return RestoreResult(service, tuple(Restored(r["replica"], r["removed"], r["restored"]) for r in restored)).to_dict()
 
 
 # ----------------------------------------------------------------------------- retire, discard
@@ -468,15 +464,9 @@ def op_restore(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
 def op_retire(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Stop and keep (renamed) replicas not wanted on this node any more (scaled down,
     moved, or the service left the node): a rollback puts them back."""
-    check_keys(args, ("project", "service", "env", "replicas", "ingress"), "retire")
-    project = check_project(require(args, "project", "retire"))
-    service = check_name(require(args, "service", "retire"), "service")
-    env = check_name(args["env"], "env") if args.get("env") else ""
-    ingress = IngressSettings.parse(args.get("ingress"))
-    wanted = args.get("replicas")
-    if wanted is not None and not isinstance(wanted, list):
-        raise BadRequest("replicas must be a list of replica numbers (or absent: all)")
-    replicas = None if wanted is None else set(check_int(r, "replicas[]", 1) for r in wanted)
+    req = RetireRequest.from_dict(args)
+    project, service, env, ingress = req.project, req.service, req.env, req.ingress
+    replicas = None if req.replicas is None else set(req.replicas)
     refuse_foreign(ctx, project, env, "retire")
     existing = ctx.engine.containers(L.filters(project, service))
     kept = {c.name: c for c in existing if L.is_retired(c.name)}
@@ -500,27 +490,27 @@ def op_retire(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
             remove_container(ctx, kept[name], "older kept container")
         ctx.engine.rename(c.id, name)
         ctx.emit("container.retire", container=name, service=service, replica=c.replica, id=c.id, running=False)
-        out.append({"replica": c.replica, "old": {"id": c.id, "name": name, "was_running": was_running}})
+        out.append(ReplicaChange(c.replica, KeptContainer(c.id, name, was_running, c.labels.get(L.RELEASE, ""),
+                                                          c.image)))
     if front is not None and ingress is not None:
         remaining = _serving(ctx, project, service)
         if remaining:
             sync_ingress(ctx, project, service, env, ingress, remaining)
-    return {"service": service, "retired": out}
+    return RetireResult(service, tuple(out)).to_dict()
 
 
 def op_discard(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Remove the containers kept for a rollback (the release that replaced them is live)."""
-    check_keys(args, ("project", "service", "env"), "discard")
-    project = check_project(require(args, "project", "discard"))
-    service = check_name(args["service"], "service") if args.get("service") else None
-    refuse_foreign(ctx, project, check_name(args["env"], "env") if args.get("env") else "", "discard")
+    req = DiscardRequest.from_dict(args)
+    project, service = req.project, req.service
+    refuse_foreign(ctx, project, req.env, "discard")
     doomed = [c for c in ctx.engine.containers(L.filters(project, service)) if L.is_retired(c.name)]
     remove_containers(ctx, doomed, "the release that replaced it is live")
     pruned = prune_files(ctx, project, service)
     if pruned:
         ctx.emit("files.prune", files=pruned)
-    return {"removed": [{"id": c.id, "name": c.name, "service": c.service, "replica": c.replica} for c in doomed],
-            "pruned_files": pruned}
+    return DiscardResult(tuple(RemovedContainer(c.id, c.name, c.service, c.replica) for c in doomed),
+                         tuple(pruned)).to_dict()
 
 
 ROLLOUT_OPERATIONS = {

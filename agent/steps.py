@@ -13,6 +13,12 @@ from typing import Any, Dict, List, Optional, Tuple
 from agent.context import Context
 from agent.engine import ContainerInfo
 from agent.wire import labels as L
+from agent.wire.messages import (  # noqa: F401 - the request defaults, shared by apply and rollout
+    DEFAULT_COMPLETION_TIMEOUT,
+    DEFAULT_MIN_RUNNING,
+    WAIT_MODES,
+    pull_auth,
+)
 from agent.wire.protocol import (
     CONFLICT,
     EXITED,
@@ -20,47 +26,12 @@ from agent.wire.protocol import (
     TIMEOUT,
     UNHEALTHY,
     AgentError,
-    BadRequest,
-    canonical_registry,
-    check_keys,
-    check_str,
-    image_registry,
 )
 from agent.wire.spec import ServiceSpec
 
 
 LOG_LINES_ON_FAILURE = 20
-DEFAULT_MIN_RUNNING = 1.0  # a container without healthcheck must stay up this long
 POLL = 0.25
-# What `apply` waits for before it answers (the controller asks for the strongest
-# depends_on condition any dependent of the service has):
-#   running    running (for min_running, or healthy when it has a healthcheck); a
-#              one-shot (restart no / on-failure) that exits 0 counts as done
-#   healthy    healthy; a container without any healthcheck is an error
-#   completed  exited with code 0 (service_completed_successfully), within `timeout`
-WAIT_MODES = ("running", "healthy", "completed")
-DEFAULT_COMPLETION_TIMEOUT = 600.0
-
-
-def pull_auth(value: Any, image: str) -> Optional[Dict[str, str]]:
-    """The pull credentials of one image. The engine sends them to whatever registry the
-    image names, so they are refused unless their serveraddress is that registry."""
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise BadRequest("auth must be an object")
-    check_keys(value, ("username", "password", "serveraddress", "identitytoken"), "auth")
-    auth = {k: check_str(v, "auth." + k) for k, v in value.items() if v}
-    if not auth:
-        return None
-    server = auth.get("serveraddress", "")
-    registry = image_registry(image)
-    if canonical_registry(server) != registry:
-        # Names the addresses only: never a user name or password in an error.
-        raise BadRequest(
-            "auth.serveraddress %r is not the registry of image %s (%s): credentials go only to their own "
-            "registry" % (server, image, registry), {"image": image, "registry": registry})
-    return auth
 
 
 def ensure_networks(ctx: Context, svc: ServiceSpec) -> List[str]:

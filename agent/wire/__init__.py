@@ -8,6 +8,8 @@ compatible: it runs on the nodes too.
              wire, error kinds, AgentError, argument validators, image/registry names
   labels     the io.orch.* labels and the names of containers, networks, volumes, servers
   spec       ServiceSpec and ContainerSpec (what `apply` converges to), config_hash
+  messages   the deploy path's typed requests and results (state, rollout, restore,
+             retire, discard, remove), each with to_dict() and from_dict()
   ingress    the ingress model: Health, ServiceIngress, the ingress_* requests, IngressSettings
   ledger     the release record's statuses
   redact     the one secret rule (masking values, names, passwords in URLs)

@@ -293,3 +293,7 @@ class IngressSettings:
         return cls(port=port, health=health,
                    drain_timeout=check_number(value.get("drain_timeout", ROLLOUT_DRAIN_TIMEOUT), "drain_timeout"),
                    timeout=check_number(value.get("timeout", ROLLOUT_SYNC_TIMEOUT), "timeout"))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"port": dict(self.port), "health": dict(self.health), "drain_timeout": self.drain_timeout,
+                "timeout": self.timeout}

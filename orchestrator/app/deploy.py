@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.wire import messages as M
+from agent.wire.ingress import IngressSettings
 from orchestrator.io import nodes as N
 from orchestrator.io import transport as T
 from orchestrator.errors import DeployError, InputError, OrchError, Problem
@@ -65,6 +67,11 @@ class DeployOptions:
     # Drop the previous release's kept containers at the end of run(). The release
     # pipeline says False and calls Deployment.commit() once the ledger has it live.
     commit: bool = True
+
+
+def _settings(args: dict | None) -> IngressSettings | None:
+    """The ingress arguments of a rollout, restore or retire, typed (and checked)."""
+    return IngressSettings.parse(args)
 
 
 # --------------------------------------------------------------------------- up
@@ -311,12 +318,14 @@ class Deployment:
                 self.progress.event("delay", service=service, seconds=batch.delay)
                 _sleep(batch.delay)
             groups = batch.by_node()
+            orders = {(r.node, r.replica): r.order for r in batch.replaces}  # the plan's, sent as they are
             self.progress.event("batch", service=service, batch=k, batches=len(rollout.batches), wave=wave,
                                 replicas=[{"node": r.node, "replica": r.replica} for r in batch.replaces])
             results, errors = T.parallel(list(groups.items()), lambda item: self._rollout(
-                wave, by_step[item[0]], item[1], k, policy), key=lambda item: item[0])
+                wave, by_step[item[0]], [M.ReplicaOrder(r, orders[(item[0], r)]) for r in item[1]], k, policy),
+                key=lambda item: item[0])
             for node, res in sorted(results.items()):
-                self._journal_add(service, node, wave, res.get("replaced") or [], rollout.monitor)
+                self._journal_add(service, node, wave, [r.to_dict() for r in res.replaced], rollout.monitor)
             replaced += len(batch.replaces)
             for node, err in sorted(errors.items()):
                 failures.append(StepFailure(by_step[node], _as_orch_error(node, err)))
@@ -348,31 +357,30 @@ class Deployment:
                 failures.append(StepFailure(by_step[retire.node], _as_orch_error(retire.node, err)))
         return failures
 
-    def _rollout(self, wave: int, step: Any, replicas: list[int], batch: int, policy: Any) -> dict:
+    def _rollout(self, wave: int, step: Any, replicas: list[M.ReplicaOrder], batch: int,
+                 policy: Any) -> M.RolloutResult:
         unit = step.unit
         t0 = time.monotonic()
-        what = ", ".join(f"{a.kind} {a.replica}" for a in step.changes if a.replica in replicas)
+        numbers = {r.replica for r in replicas}
+        what = ", ".join(f"{a.kind} {a.replica}" for a in step.changes if a.replica in numbers)
         detail = (f"batch {batch}: {what}" if batch else "") or ("waiting" if step.wait_only else "ingress")
         self.progress.step(step.wave, step.service, step.node, RUNNING, detail=detail)
-        args: dict[str, Any] = {"spec": unit.spec, "replicas": list(replicas), "order": policy.order,
-                                "wait": unit.wait, "min_running": self.options.min_running,
-                                "timeout": self.options.completion_timeout, "min_healthy": policy.min_healthy_time,
-                                "batch": batch, "ingress": self._ingress_args(step.service)}
-        if policy.healthy_deadline is not None:
-            args["deadline"] = policy.healthy_deadline
-        auth = self.auths.get(step.service)
-        if auth:
-            args["auth"] = auth
+        request = M.RolloutRequest(
+            spec=unit.spec, replicas=tuple(replicas), wait=unit.wait, min_running=self.options.min_running,
+            timeout=self.options.completion_timeout, min_healthy=policy.min_healthy_time,
+            deadline=policy.healthy_deadline, batch=batch, auth=self.auths.get(step.service) or None,
+            ingress=_settings(self._ingress_args(step.service)))
         try:
-            result = self.nodes[step.node].call(
-                "rollout", args, on_event=lambda ev: self.progress.agent_event(step.wave, step.service, step.node, ev))
+            result = M.RolloutResult.from_dict(self.nodes[step.node].call(
+                "rollout", request.to_dict(),
+                on_event=lambda ev: self.progress.agent_event(step.wave, step.service, step.node, ev)))
         except BaseException as err:
             if isinstance(err, OrchError):
                 self.progress.step(step.wave, step.service, step.node, FAILED,
                                    detail=_first_line(err).removeprefix(f"{step.node}: "),
                                    seconds=time.monotonic() - t0)
             raise
-        actions = [f"{c['action']} {c['replica']}" for c in result.get("containers", []) if c["action"] != "unchanged"]
+        actions = [f"{c.action} {c.replica}" for c in result.containers if c.action != "unchanged"]
         self.progress.step(step.wave, step.service, step.node, DONE, detail=", ".join(actions) or "ready",
                            seconds=time.monotonic() - t0)
         return result
@@ -388,13 +396,12 @@ class Deployment:
 
     def _retire(self, wave: int, service: str, node: str, replicas: list[int] | None) -> None:
         self.progress.step(wave, service, node, "removing")
-        args: dict[str, Any] = {"project": self.project.name, "service": service, "env": self.environment.name,
-                                "ingress": self._ingress_args(service)}
-        if replicas is not None:
-            args["replicas"] = replicas
-        res = self.nodes[node].call("retire", args)
+        request = M.RetireRequest(self.project.name, service, self.environment.name,
+                                  None if replicas is None else tuple(replicas),
+                                  _settings(self._ingress_args(service)))
+        res = M.RetireResult.from_dict(self.nodes[node].call("retire", request.to_dict()))
         with self._journal_lock:
-            self.journal.add(service, node, wave, [dict(r, new=None) for r in res.get("retired", [])])
+            self.journal.add(service, node, wave, [dict(r.to_dict(), new=None) for r in res.retired])
         self.progress.step(wave, service, node, "removed")
 
     def _retire_moved(self) -> None:
@@ -428,13 +435,13 @@ class Deployment:
                                 "(update_config.monitor)")
             _sleep(left)
         nodes = sorted({w.node for w in self._watch})
-        states, errors = T.parallel(nodes, lambda n: self.nodes[n].call(
-            "state", {"project": self.project.name}), key=lambda n: n)
+        states, errors = T.parallel(nodes, lambda n: M.StateResult.from_dict(self.nodes[n].call(
+            "state", M.StateRequest(self.project.name).to_dict())), key=lambda n: n)
         failures: list[StepFailure] = []
         for node, err in sorted(errors.items()):
             failures.append(StepFailure(_Where("", node), _as_orch_error(node, err)))
         for node, res in sorted(states.items()):
-            by_id = {c.get("id"): c for c in res.get("containers") or []}
+            by_id = {c.id: c for c in res.containers}
             for w in self._watch:
                 if w.node != node:
                     continue
@@ -443,12 +450,12 @@ class Deployment:
                 bad = ""
                 if c is None:
                     bad = "was removed"
-                elif c.get("state") != "running":
-                    bad = f"is {c.get('state')} (exit code {c.get('exit_code')})"
-                elif c.get("health") == "unhealthy":
+                elif c.state != "running":
+                    bad = f"is {c.state} (exit code {c.exit_code})"
+                elif c.health == "unhealthy":
                     bad = "became unhealthy"
-                elif int(c.get("restart_count") or 0) > 0:
-                    bad = f"restarted {c.get('restart_count')} time(s)"
+                elif c.restart_count > 0:
+                    bad = f"restarted {c.restart_count} time(s)"
                 if bad:
                     failures.append(StepFailure(_Where(service, node), DeployError(
                         f"service {service} replica {replica} on {node} {bad} within {window:g}s of its "
@@ -506,11 +513,13 @@ class Deployment:
             def one(item: tuple[str, str, list[Any]]) -> None:
                 service, node, entries = item
                 self.progress.step(entries[0].wave, service, node, RUNNING, detail="rolling back")
-                args = {"project": self.project.name, "service": service, "env": self.environment.name,
-                        "ingress": self._rollback_ingress_args(node, service),
-                        "replicas": [{"replica": e.replica, "was_running": e.was_running} for e in entries]}
-                self.nodes[node].call("restore", args, on_event=lambda ev: self.progress.agent_event(
-                    entries[0].wave, service, node, ev))
+                request = M.RestoreRequest(self.project.name, service,
+                                           tuple(M.RestoreItem(e.replica, e.was_running) for e in entries),
+                                           self.environment.name,
+                                           _settings(self._rollback_ingress_args(node, service)))
+                M.RestoreResult.from_dict(self.nodes[node].call(
+                    "restore", request.to_dict(),
+                    on_event=lambda ev: self.progress.agent_event(entries[0].wave, service, node, ev)))
                 self.progress.step(entries[0].wave, service, node, "rolled back")
 
             _, errors = T.parallel(group, one, key=lambda item: f"{item[0]} on {item[1]}")
@@ -528,8 +537,9 @@ class Deployment:
     def commit(self) -> None:
         """The release is live: drop the containers kept for its rollback (best effort; the
         next deploy drops whatever is left)."""
-        _, errors = T.parallel(list(self.nodes.items()), lambda item: item[1].call(
-            "discard", {"project": self.project.name, "env": self.environment.name}), key=lambda item: item[0])
+        request = M.DiscardRequest(self.project.name, env=self.environment.name).to_dict()
+        _, errors = T.parallel(list(self.nodes.items()), lambda item: M.DiscardResult.from_dict(item[1].call(
+            "discard", request)), key=lambda item: item[0])
         for node, err in sorted(errors.items()):
             self.warn(f"{node}: could not remove the previous release's kept containers "
                       f"({getattr(err, 'message', err)}); the next deploy removes them")
@@ -582,8 +592,8 @@ class Deployment:
 
         def remove(r: Any) -> None:
             self.progress.step(wave, r.service, r.node, "removing")
-            self.nodes[r.node].call("remove", {"project": self.project.name, "service": r.service,
-                                               "env": self.environment.name})
+            M.RemoveResult.from_dict(self.nodes[r.node].call("remove", M.RemoveRequest(
+                self.project.name, r.service, env=self.environment.name).to_dict()))
             self.progress.step(wave, r.service, r.node, "removed")
 
         _, errors = T.parallel(orphans, remove, key=lambda r: f"{r.service}@{r.node}")

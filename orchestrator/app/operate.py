@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from agent.wire import messages as M
 from orchestrator.io import nodes as N
 from orchestrator.io import transport as T
 from orchestrator.errors import DeployError, InputError, Problem
@@ -47,12 +48,12 @@ def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress |
                 continue
             progress.phase("down", f"removing {', '.join(wave)}", wave=i)
 
-            def one(item: tuple[str, str], i: int = i) -> dict:
+            def one(item: tuple[str, str], i: int = i) -> M.RemoveResult:
                 service, node = item
                 progress.step(i, service, node, "removing")
                 t = time.monotonic()
-                res = nodes[node].call("remove", {"project": project.name, "service": service,
-                                                  "env": environment.name})
+                res = M.RemoveResult.from_dict(nodes[node].call("remove", M.RemoveRequest(
+                    project.name, service, env=environment.name).to_dict()))
                 progress.step(i, service, node, "removed", seconds=time.monotonic() - t)
                 return res
 
@@ -62,14 +63,14 @@ def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress |
                 raise DeployError(f"orch down: removing {name} failed: {err}", fix="re-run `orch down`")
             for key, res in sorted(results.items()):
                 node = key.split("@", 1)[1]
-                removed += [dict(r, node=node) for r in res.get("removed", [])]
-        finals, errors = T.parallel(list(nodes.values()), lambda n: n.call(
-            "remove", {"project": project.name, "env": environment.name, "remove_volumes": remove_volumes}))
+                removed += [dict(r.to_dict(), node=node) for r in res.removed]
+        final = M.RemoveRequest(project.name, env=environment.name, remove_volumes=remove_volumes).to_dict()
+        finals, errors = T.parallel(list(nodes.values()), lambda n: M.RemoveResult.from_dict(n.call("remove", final)))
         if errors:
             name, err = sorted(errors.items())[0]
             raise DeployError(f"orch down: cleaning up {name} failed: {err}", fix="re-run `orch down`")
         for node, res in finals.items():
-            removed += [dict(r, node=node) for r in res.get("removed", [])]
+            removed += [dict(r.to_dict(), node=node) for r in res.removed]
         if environment.mesh_enabled:
             # The project's networks are gone, and with them its firewall rules and names;
             # a node where no project of the environment is left also drops the mesh.
@@ -79,8 +80,8 @@ def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress |
                 name, err = sorted(errors.items())[0]
                 raise DeployError(f"orch down: leaving the mesh on {name} failed: {err}", fix="re-run `orch down`")
         return DownResult(project.name, environment.name, removed,
-                          {n: r.get("networks", []) for n, r in finals.items() if r.get("networks")},
-                          {n: r.get("volumes", []) for n, r in finals.items() if r.get("volumes")},
+                          {n: list(r.networks) for n, r in finals.items() if r.networks},
+                          {n: list(r.volumes) for n, r in finals.items() if r.volumes},
                           time.monotonic() - t0)
     finally:
         N.close_nodes(nodes)

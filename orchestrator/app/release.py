@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent.wire.messages import StateRequest, StateResult
 from orchestrator.app.pipeline import (
     EnvConnection,
     PipelineOptions,
@@ -133,8 +134,8 @@ def _read_source(project: str, source: Any, progress: Progress, seams: Seams) ->
             pre = getattr(node, "prefetched_state", None)
             node.prefetched_state = None
             if pre is None or isinstance(pre, BaseException):
-                pre = node.call("state", {"project": project})
-            return of_env(pre, source.name)["containers"]  # not another environment's on a shared node
+                pre = node.call("state", StateRequest(project).to_dict())
+            return of_env(StateResult.from_dict(pre).to_dict(), source.name)["containers"]  # not another environment's on a shared node
 
         from orchestrator.io import transport as T
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.wire.messages import StateRequest, StateResult
 from orchestrator.core import verify as V
 from orchestrator.errors import OrchError
 
@@ -42,7 +43,8 @@ def verify_live(workspace: Any, *, warn: Callable[[str], None],
         history = ledger.history(limit=20)
         live = history.live()
         states, errors = parallel(list(sessions.items()),
-                                  lambda item: of_env(item[1].call("state", {"project": project.name}),
+                                  lambda item: of_env(StateResult.from_dict(item[1].call(
+                                      "state", StateRequest(project.name).to_dict())).to_dict(),
                                                       environment.name)["containers"],
                                   key=lambda item: item[0])
         for node, err in sorted(errors.items()):

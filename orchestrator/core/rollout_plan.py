@@ -9,8 +9,10 @@ orchestrator.app.deploy executes as it is and `orch plan` shows:
                  (orchestrator.core.rollout.batches), `delay` before each but the first;
                  each replica stop-first or start-first (`order`; a start-first replica
                  whose running container publishes a host port the new one needs is
-                 replaced stop-first, as the agent does); its previous container is kept,
-                 stopped, as `<name>-prev` once the batch is through
+                 replaced stop-first); the agent is sent each replica's order and follows
+                 it (agent.wire.messages.RolloutRequest; it refuses a start-first one
+                 whose old container still holds such a port); its previous container is
+                 kept, stopped, as `<name>-prev` once the batch is through
       settle     nodes where nothing is replaced but a kept container must be waited for
                  or the ingress synced
       retire     replicas no longer wanted on a node (scaled down, moved): stopped and kept
@@ -229,8 +231,8 @@ def _previous(c: Observed | None, kept_name: str = "") -> Previous | None:
 
 
 def _port_conflict(old: Observed, unit: Any) -> bool:
-    """agent.rollout._publishes_conflict over the observed ports: the old container holds a
-    host port the new one (or the service's ingress) needs."""
+    """The old container holds a host port the new one (or the service's ingress) needs:
+    the agent's safety net (agent.rollout._conflicting_ports) applies the same rule."""
     held = {(p.get("published"), p.get("protocol") or "tcp") for p in old.ports
             if isinstance(p, Mapping) and p.get("published")}
     wanted = {(p.get("published"), p.get("protocol") or "tcp")
@@ -243,7 +245,7 @@ def _port_conflict(old: Observed, unit: Any) -> bool:
 
 def _replace(step: Step, replica: int, kind: str, policy: UpdatePolicy,
              current: Mapping[int, Observed], kept: Mapping[int, Observed]) -> Replace:
-    """How one replica is replaced: the agent's rule (agent.rollout.op_rollout)."""
+    """How one replica is replaced; the agent is sent this order (agent.rollout.op_rollout)."""
     old = current.get(replica) if kind == RECREATE else None
     if old is None:  # nothing runs under the name: an older kept one is the previous container
         stale = kept.get(replica)

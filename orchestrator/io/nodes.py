@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from agent.wire.messages import StateRequest, StateResult
 from orchestrator.io import transport as T
 from orchestrator.errors import OrchError
 from orchestrator.core.environments import NodeSpec
@@ -152,7 +153,7 @@ def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | Non
 
 def state_args(project: str | None, mesh_env: str = "") -> dict:
     """`state` of a project; with mesh_env, the node's part of that environment's mesh too."""
-    return {"project": project, "mesh": mesh_env} if mesh_env else {"project": project}
+    return StateRequest(project=project, mesh=mesh_env).to_dict()
 
 
 def _state_or_error(stream: Any) -> Any:
@@ -251,14 +252,14 @@ def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
     the host ports other projects hold on each node (agent.owner.ports_elsewhere). Containers
     and frontends of another environment are left out: they are not this one's."""
 
-    def state(n: Any) -> dict:
+    def state(n: Any) -> StateResult:
         pre = getattr(n, "prefetched_state", None)
         n.prefetched_state = None
         if pre is not None and not fresh:
             if isinstance(pre, BaseException):
                 raise pre
-            return pre
-        return n.call("state", state_args(project, env if meshes is not None else ""))
+            return StateResult.from_dict(pre)
+        return StateResult.from_dict(n.call("state", state_args(project, env if meshes is not None else "")))
 
     results, errors = T.parallel(list(nodes.values()), state)
     if errors:
@@ -274,18 +275,18 @@ def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
         raise T.NodesUnreachable(failures, len(nodes), action="read the state of")
     if owners is not None:
         owners.clear()
-        owners.update({node: dict(res.get("owners") or {}) for node, res in results.items()})
+        owners.update({node: dict(res.owners or {}) for node, res in results.items()})
     if meshes is not None:
         meshes.clear()
-        meshes.update({node: res.get("mesh") or {"env": env} for node, res in results.items()})
+        meshes.update({node: res.mesh or {"env": env} for node, res in results.items()})
     if taken is not None:
         taken.clear()
-        taken.update({node: list(res.get("ports_elsewhere") or []) for node, res in results.items()})
-    results = {node: of_env(res, env) for node, res in results.items()}
+        taken.update({node: list(res.ports_elsewhere or []) for node, res in results.items()})
+    mine = {node: of_env(res.to_dict(), env) for node, res in results.items()}
     if ingress is not None:
         ingress.clear()
-        ingress.update({node: dict(res.get("ingress") or {}) for node, res in results.items()})
-    return observe(results)
+        ingress.update({node: dict(res.get("ingress") or {}) for node, res in mine.items()})
+    return observe(mine)
 
 
 @contextmanager

@@ -175,12 +175,40 @@ def test_restore_removes_a_replica_that_was_new(run, engine):
     assert names(engine) == [("shop-web-1", "running")] and engine.container("shop-web-1").image == V1
 
 
-def test_start_first_is_stop_first_for_a_replica_holding_a_host_port(run, engine, events):
+def test_a_replica_holding_a_host_port_is_replaced_stop_first_as_the_plan_sends_it(run, engine, events):
     ports = [{"target": 80, "published": 8080}]
     run("apply", {"spec": spec(V1, replicas=(1,), ports=ports)})
-    run("rollout", {"spec": spec(V2, replicas=(1,), ports=ports), "replicas": [1], "order": "start-first"})
-    assert [e["order"] for e in events if e["type"] == "rollout.order"] == ["stop-first"]
-    assert engine.container("shop-web-1").image == V2
+    run("rollout", {"spec": spec(V2, replicas=(1,), ports=ports), "replicas": [{"replica": 1, "order": "stop-first"}]})
+    retire = next(e for e in events if e["type"] == "container.retire")
+    assert retire["running"] is False  # stopped before the new one started
+    assert engine.container("shop-web-1").image == V2 and not [e for e in events if e["type"] == "rollout.order"]
+
+
+def test_start_first_for_a_replica_holding_a_host_port_is_refused_before_anything_changes(run, engine, events):
+    """The safety net: the plan says stop-first for such a replica; a start-first one
+    means the plan is stale, and the agent refuses instead of deciding again."""
+    ports = [{"target": 80, "published": 8080}]
+    run("apply", {"spec": spec(V1, replicas=(1, 2), ports=[])})
+    run("rollout", {"spec": spec(V1, replicas=(1, 2), ports=ports), "replicas": [1]})  # replica 1 publishes 8080
+    before = {c.name: (c.id, c.state) for c in engine.containers({})}
+    events.clear()
+    with pytest.raises(AgentError) as err:
+        run("rollout", {"spec": spec(V2, replicas=(1, 2), ports=ports),
+                        "replicas": [{"replica": 1, "order": "start-first"}, {"replica": 2, "order": "start-first"}]})
+    assert err.value.kind == "conflict" and "8080" in err.value.message and "stop-first" in err.value.message
+    assert err.value.details["replica"] == 1 and "re-run" in err.value.details["fix"]
+    assert {c.name: (c.id, c.state) for c in engine.containers({})} == before
+    assert not [e for e in events if e["type"].startswith("container.")]
+
+
+def test_each_replica_follows_its_own_order(run, engine, events):
+    run("apply", {"spec": spec(V1, replicas=(1, 2))})
+    run("rollout", {"spec": spec(V2, replicas=(1, 2)),
+                    "replicas": [{"replica": 1, "order": "start-first"}, {"replica": 2, "order": "stop-first"}]})
+    running = {e["replica"]: e["running"] for e in events if e["type"] == "container.retire"}
+    assert running == {1: True, 2: False}
+    start = next(e for e in events if e["type"] == "rollout.start")
+    assert start["order"] == "mixed" and start["replicas"] == [1, 2]
 
 
 def test_retire_and_discard(run, engine):
@@ -280,8 +308,9 @@ def test_moving_behind_the_ingress_frees_the_port_first_and_back(run, engine, in
     direct = spec(V1, replicas=(1,), ports=[{"target": 80, "published": 8080}])
     run("apply", {"spec": direct})
     old = engine.container("shop-web-1")
-    run("rollout", {"spec": spec(V2, replicas=(1,)), "replicas": [1], "order": "start-first", "ingress": INGRESS})
-    assert [e["order"] for e in events if e["type"] == "rollout.order"] == ["stop-first"]
+    # the plan sends stop-first: the old container publishes 8080, which the ingress needs
+    run("rollout", {"spec": spec(V2, replicas=(1,)), "replicas": [{"replica": 1, "order": "stop-first"}],
+                    "ingress": INGRESS})
     assert ("shop", "web") in ingress.frontends
     # put back: the old container publishes 8080 itself again, so the frontend goes first
     run("restore", {"project": "shop", "service": "web", "env": "prod", "ingress": INGRESS,

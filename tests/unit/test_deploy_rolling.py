@@ -61,7 +61,7 @@ def running(lab, service):
 
 def rollouts(lab, service="web"):
     """(batch, node, replicas) of every rollout call that replaced something."""
-    calls = [(a["batch"], name, tuple(a["replicas"])) for name, n in lab.nodes.items()
+    calls = [(a["batch"], name, tuple(r["replica"] for r in a["replicas"])) for name, n in lab.nodes.items()
              for op, a in n.calls if op == "rollout" and a["spec"]["service"] == service and a["replicas"]]
     return sorted(calls)
 

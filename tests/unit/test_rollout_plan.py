@@ -278,7 +278,7 @@ def test_the_documented_rollout_keys_are_what_the_plan_carries():
     assert words(rows["services[].retire"]) >= set(web["retire"][0])
 
 
-def test_the_plans_stop_first_for_a_published_host_port_is_what_the_agent_does(lab):
+def test_the_plans_orders_reach_the_agent_as_sent_and_it_follows_them(lab):
     text = textwrap.dedent("""\
         name: shop
         services:
@@ -310,5 +310,14 @@ def test_the_plans_stop_first_for_a_published_host_port_is_what_the_agent_does(l
     # web's 8080 is held by the running container; api's 9000 is published on a port the engine picks
     assert planned == {("web", "n1", 1): "stop-first", ("web", "n2", 2): "stop-first", ("api", "n1", 1): "start-first"}
     d.apply()
-    forced = {(e["service"], e["node"], e["replica"]) for e in events if e.get("type") == "rollout.order"}
-    assert forced == {k for k, order in planned.items() if order == "stop-first"}
+    # every replica's order went to its node's agent as the plan has it (FakeNode records the requests)
+    sent = {(a["spec"]["service"], name, r["replica"]): r["order"] for name, n in lab.nodes.items()
+            for op, a in n.calls if op == "rollout" for r in a["replicas"]}
+    assert sent == planned
+    # and the agent replaced each in that order: stop-first stops the old one before the new one starts
+    for (service, node, replica), order in planned.items():
+        mine = [e for e in events if e["service"] == service and e["node"] == node and e.get("replica") == replica]
+        kinds = [e["type"] for e in mine if e["type"] in ("container.retire", "container.start", "container.stop")]
+        retire = next(e for e in mine if e["type"] == "container.retire")
+        assert retire["running"] is (order == "start-first"), (service, node, replica, kinds)
+    assert not [e for e in events if e.get("type") == "rollout.order"]  # no second decision

@@ -304,6 +304,7 @@ def _measure(runs: int, lab: Lab) -> list[Row]:
     urls = {"same": by_name, "cross": by_name, "cross_ip": by_ip, "bridge": bridge_url}
     medians: dict[str, list[float]] = {k: [] for k in paths}
     p95s: dict[str, list[float]] = {k: [] for k in paths}
+    means: dict[str, list[float]] = {k: [] for k in paths}
     rates: dict[str, list[float]] = {"same": [], "cross": [], "bridge": []}
     wg_cpu: list[float] = []
     load_start = _loadavg()
@@ -311,6 +312,7 @@ def _measure(runs: int, lab: Lab) -> list[Row]:
         for key, where in paths.items():
             times = request_times(where(latency_script(urls[key])), REQUESTS)
             medians[key].append(statistics.median(times))
+            means[key].append(statistics.fmean(times))  # = the loop's wall time / REQUESTS
             p95s[key].append(percentile(times, 95))
         rates["same"].append(transfer_rate(lab.in_container(p1, client_a, transfer_script("server", 5001))))
         cpu0 = _wg_cpu(wg_pids)
@@ -330,14 +332,17 @@ def _measure(runs: int, lab: Lab) -> list[Row]:
                   goal=LATENCY_GOAL,
                   note=(f"cross - same: {diff:+.2f} ms, of which the name lookup {lookup:+.2f} ms (by the "
                         f"server's mesh address, cross - same is {med(medians['cross_ip']) - med(medians['same']):+.2f}"
-                        f" ms): on prod-2 Docker's embedded DNS has no `server`, and the resolver goes on to the "
-                        f"search domain at the node's dnsmasq (docs/networking.md), where on prod-1 Docker's DNS "
-                        f"answers at once; per run the median of {REQUESTS} sequential requests timed inside the "
-                        f"client with $EPOCHREALTIME (each includes starting wget and httpd's fork); WireGuard: {wg}; "
-                        f"{load}; reproduce: `.venv/bin/python -m bench.run --only mesh` (lab up)"))
+                        f" ms): on prod-2 the lookup makes two rounds through Docker's embedded DNS and the node's "
+                        f"dnsmasq (`server`, unknown there, then `server.n<k>.orch.internal`: docs/networking.md), "
+                        f"where on prod-1 Docker's DNS answers at once; per run the median of {REQUESTS} sequential "
+                        f"requests timed inside the client with $EPOCHREALTIME (each includes starting wget and "
+                        f"httpd's fork); WireGuard: {wg}; {load}; "
+                        "reproduce: `.venv/bin/python -m bench.run --only mesh` (lab up)"))
     p95 = Row("p95 of the same requests, cross node vs same node", "ms", samples=p95s["cross"],
               baseline=p95s["same"], level=1,
-              note=f"cross - same: {med(p95s['cross']) - med(p95s['same']):+.2f} ms")
+              note=(f"cross - same: {med(p95s['cross']) - med(p95s['same']):+.2f} ms; the means (the loop's wall "
+                    f"time / {REQUESTS}): cross {ms('cross', means)}, same {ms('same', means)}, cross by address "
+                    f"{ms('cross_ip', means)}, raw bridge {ms('bridge', means)}"))
     vs_bridge = Row("cross node through the mesh, by the server's mesh address (no name lookup), vs the raw lab "
                     "bridge (busybox wget in prod-2's node namespace -> port published on prod-1's address)", "ms",
                     samples=medians["cross_ip"], baseline=medians["bridge"], level=1,

@@ -30,15 +30,16 @@ BASE_ENV = {"NO_COLOR": "1", "ORCH_LOCK_WAIT": "600"}
 
 @dataclass
 class Goal:
-    """A target for the orch median (on="orch") or for the ratio of medians (on="ratio")."""
+    """A target for the orch median (on="orch"), for the ratio of medians (on="ratio") or
+    for their difference (on="difference": orch's median - the baseline's, in the row's unit)."""
 
-    text: str  # as shown: "< 1 s", "<= 1.5x"
+    text: str  # as shown: "< 1 s", "<= 1.5x", "<= +1 ms"
     limit: float
-    on: str = "orch"  # orch | ratio
+    on: str = "orch"  # orch | ratio | difference
     higher_is_better: bool = False
 
     def met(self, row: "Row") -> bool | None:
-        value = row.ratio() if self.on == "ratio" else row.median()
+        value = {"ratio": row.ratio, "difference": row.difference}.get(self.on, row.median)()
         if value is None:
             return None
         return value >= self.limit if self.higher_is_better else value <= self.limit
@@ -67,6 +68,12 @@ class Row:
         if a is None or not b:
             return None
         return a / b
+
+    def difference(self) -> float | None:
+        a, b = self.median(), self.baseline_median()
+        if a is None or b is None:
+            return None
+        return a - b
 
     def to_json(self) -> dict:
         out = asdict(self)

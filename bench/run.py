@@ -57,6 +57,8 @@ MEASUREMENTS = [
     Measurement("promote", "bench.pipeline:promote", 3, True, "promotion test -> prod vs raw pull + start"),
     Measurement("push", "bench.pipeline:push", 5, True, "bytes pushed after a one-line change"),
     Measurement("rolling", "bench.rolling:rolling", 3, True, "rolling deploy under load vs the floor"),
+    Measurement("mesh", "bench.mesh:mesh", 3, True, "service mesh: latency and throughput across nodes vs one node"
+                " and the raw bridge"),
 ]
 BY_NAME = {m.name: m for m in MEASUREMENTS}
 ALIASES = {"deploy": ["up", "noop"], "pipeline": ["promote", "push"]}  # the names before the split
@@ -178,8 +180,10 @@ Each figure is the median of n runs, with min–max in brackets (n in the notes:
 runs / the baseline's). Where a measurement has a baseline (the same work done by
 docker-compose 1.29 or by Docker alone, on the same lab nodes and engines, or the floor
 of the work itself), the ratio is orch's median / the baseline's median: below 1, orch
-is faster. A ↳ row is a part or a companion of the row above. Goals are targets, not
-results (✓ met, ✗ missed): the no-op re-deploy's "< 1 s" predates this table, the others
+is faster (for a rate, MB/s, above 1). The mesh rows compare the same containers across
+two nodes (through the mesh) with one node and with the raw lab bridge. A ↳ row is a part
+or a companion of the row above. Goals are targets, not results (✓ met, ✗ missed): the
+no-op re-deploy's "< 1 s" predates this table, the mesh's come from its issue, the others
 are this harness's proposals (bench/*.py, `Goal(...)`), to be agreed on.
 """
 

@@ -108,6 +108,7 @@ def create_body(
         "ExtraHosts": list(c.extra_hosts) or None,
         "Dns": list(c.dns) or None,
         "DnsSearch": list(c.dns_search) or None,
+        "DnsOptions": list(c.dns_opt) or None,
         "ReadonlyRootfs": c.read_only,
     }
     if c.init is not None:

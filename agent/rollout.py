@@ -186,6 +186,17 @@ class _Replace:
         return ReplicaChange(self.replica, old, new)
 
 
+def refresh_names(ctx: Context, env: str) -> None:
+    """The node's mesh names right after its replicas changed (agent.mesh): the names a
+    replica on this node asks for are answered from them first (ndots:1), so a replaced
+    or retired container must leave them now, not at the mesh daemon's next tick."""
+    if not env:
+        return
+    from agent.mesh.ops import refresh_local
+
+    refresh_local(ctx, env)
+
+
 def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     """Replace the request's replicas of one service on this node, each in the order it
     is sent (see the module docstring)."""
@@ -285,6 +296,7 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
             exc.details = dict(exc.details or {}, restored=restored, batch=batch)
         raise
     ctx.emit("rollout.done", service=service, batch=batch, replicas=[w.replica for w in work])
+    refresh_names(ctx, svc.env)
     containers = []
     for w in work:
         info = ctx.engine.container(w.new.id) if w.new is not None else None
@@ -455,6 +467,7 @@ def op_restore(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     refuse_foreign(ctx, project, env, "restore")
     ctx.emit("rollout.restore", service=service, replicas=[r for r, _ in items])
     restored = restore_replicas(ctx, project, service, env, req.ingress, items)
+    refresh_names(ctx, env)
     return RestoreResult(service, tuple(Restored(r["replica"], r["removed"], r["restored"]) for r in restored)).to_dict()
 
 
@@ -496,6 +509,7 @@ def op_retire(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
         remaining = _serving(ctx, project, service)
         if remaining:
             sync_ingress(ctx, project, service, env, ingress, remaining)
+    refresh_names(ctx, env)
     return RetireResult(service, tuple(out)).to_dict()
 
 

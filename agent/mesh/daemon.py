@@ -167,7 +167,7 @@ def run(paths: MeshPaths, env: str, once: bool = False) -> int:
     # SIGUSR1 (agent `mesh_refresh`): a tick now, e.g. before a deploy starts dependents
     signal.signal(signal.SIGUSR1, lambda *a: wake.set())
     while not stopping.is_set():
-        t0 = time.monotonic()
+        t0, started = time.monotonic(), time.time()
         wake.clear()
         cfg = load_config(paths) or cfg
         problems: List[str] = []
@@ -218,7 +218,7 @@ def run(paths: MeshPaths, env: str, once: bool = False) -> int:
         if err:
             problems.append(err)
         write_atomic(paths.status, json.dumps({"pid": os.getpid(), "code": os.environ.get("ORCH_MESHD_CODE"),
-                                               "time": time.time(), "peers": peers_status,
+                                               "time": time.time(), "tick_started": started, "peers": peers_status,
                                                "local_records": len(local), "problems": problems}), 0o644)
         if once:
             break

@@ -95,7 +95,8 @@ class NodeHost:
         while time.monotonic() < deadline:
             try:
                 with open(paths.status) as fh:
-                    if json.load(fh).get("time", 0) > t0:
+                    # a tick that started after the signal (one under way may hold older data)
+                    if json.load(fh).get("tick_started", 0) > t0:
                         return True
             except (OSError, ValueError):
                 pass

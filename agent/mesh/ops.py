@@ -163,6 +163,17 @@ def op_mesh_leave(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     return {"removed": True, "projects": []}
 
 
+def refresh_local(ctx: Any, env: str) -> bool:
+    """A tick of env's mesh daemon now, if this node is in that mesh (else nothing)."""
+    paths = paths_of(ctx, env)
+    if not os.path.exists(paths.config):
+        return False
+    try:
+        return host_of(ctx).refresh_daemon(paths, timeout=3.0)
+    except OSError:
+        return False
+
+
 def op_mesh_refresh(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     """Names up to date now: the controller calls it on the nodes of dependents before it
     starts them, so a dependency that just became ready on another node resolves at once

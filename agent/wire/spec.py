@@ -222,7 +222,7 @@ _CONTAINER_KEYS = (
     "image", "command", "entrypoint", "environment", "ports", "volumes", "networks",
     "healthcheck", "restart", "resources", "labels", "user", "working_dir", "hostname",
     "extra_hosts", "cap_add", "cap_drop", "init", "stop_signal", "stop_grace_period",
-    "read_only", "secrets", "configs", "dns", "dns_search",
+    "read_only", "secrets", "configs", "dns", "dns_search", "dns_opt",
 )
 
 
@@ -255,6 +255,7 @@ class ContainerSpec:
     # domains of the container's networks.
     dns: List[str] = field(default_factory=list)
     dns_search: List[str] = field(default_factory=list)
+    dns_opt: List[str] = field(default_factory=list)  # resolv.conf options, e.g. ndots:1
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "container") -> "ContainerSpec":
@@ -311,6 +312,7 @@ class ContainerSpec:
             ],
             dns=_dns_servers(d.get("dns") or [], where + ".dns"),
             dns_search=check_str_list(d.get("dns_search") or [], where + ".dns_search"),
+            dns_opt=_dns_options(d.get("dns_opt") or [], where + ".dns_opt"),
         )
         targets = [m.target for m in spec.volumes] + [f.target for f in spec.secrets + spec.configs]
         dupes = sorted(set(t for t in targets if targets.count(t) > 1))
@@ -325,7 +327,7 @@ class ContainerSpec:
         import dataclasses
 
         out = dataclasses.asdict(self)
-        for key in ("dns", "dns_search"):
+        for key in ("dns", "dns_search", "dns_opt"):
             if not out[key]:
                 del out[key]
         return out
@@ -340,6 +342,16 @@ def _dns_servers(value: Any, where: str) -> List[str]:
             ipaddress.ip_address(s)
         except ValueError:
             raise BadRequest("%s[%d] %r must be an IP address" % (where, i, s))
+    return out
+
+
+def _dns_options(value: Any, where: str) -> List[str]:
+    import re
+
+    out = check_str_list(value, where)
+    for i, s in enumerate(out):
+        if not re.fullmatch(r"[a-z0-9-]{1,32}(:[0-9]{1,3})?", s):
+            raise BadRequest("%s[%d] %r is not a resolver option (like ndots:1)" % (where, i, s))
     return out
 
 

@@ -304,7 +304,8 @@ def test_a_third_node_joins_with_up_and_is_dropped_when_removed(orch, lab, ssh, 
             ssh(node).check("ip link show orch-prod")
     finally:
         run("down", 3, "--json")
-        orch("lab", "up", env={"ORCH_LAB_NAME": "orch-lab"})  # prod-3 goes again
+        # the lab keeps the node list it was last given: name the default one again
+        orch("lab", "up", "--nodes", "dev=1,test=1,prod=2", env={"ORCH_LAB_NAME": "orch-lab"})
 
 
 def test_a_lost_node_leaves_the_names_within_15s_and_a_rerun_converges(app, orch, lab, ssh):

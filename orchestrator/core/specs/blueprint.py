@@ -116,6 +116,10 @@ class Blueprint:
                         attached = [a["name"] for a in container.get("networks") or []]
                         container["dns"] = [mesh.address(node)]
                         container["dns_search"] = mesh.domains(attached)
+                        # One lookup round: a bare name ("cache", no dot) is tried in the
+                        # networks' search domains first, which the node's dnsmasq answers
+                        # with every live replica, its own node's first.
+                        container["dns_opt"] = ["ndots:1"]
                     else:
                         warnings.extend(_no_mesh_warnings(name, node, cross))
                     spec = {

@@ -213,8 +213,10 @@ def run(paths: MeshPaths, env: str, once: bool = False) -> int:
             if node not in {p.node for p in cfg.peers}:
                 del heard[node]
         remote = [r for node, (t, recs) in heard.items() if now - t <= STALE for r in recs]
-        write_atomic(paths.hosts, hosts_text(local, remote), 0o644)
+        changed = write_atomic(paths.hosts, hosts_text(local, remote), 0o644)
         err = dns.ensure(paths, cfg.address)
+        if changed and not err:
+            dns.reload(paths)
         if err:
             problems.append(err)
         write_atomic(paths.status, json.dumps({"pid": os.getpid(), "code": os.environ.get("ORCH_MESHD_CODE"),

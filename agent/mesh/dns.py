@@ -1,7 +1,8 @@
 """The node's DNS server for mesh names: Debian's dnsmasq, one per environment, listening
 on the node's mesh address only. It answers the environment's names from the hosts file
-the mesh daemon keeps (--hostsdir: re-read when it changes, no restart) with a 2-second
-TTL, and forwards every other name to the node's own resolvers. Bare names are never
+the mesh daemon keeps (--addn-hosts, re-read on SIGHUP: the daemon sends one whenever the
+file changes; --hostsdir would add new entries but keep removed ones until a SIGHUP) with a
+2-second TTL, and forwards every other name to the node's own resolvers. Bare names are never
 forwarded (--domain-needed); names under the mesh domain never leave the node (--local).
 
 Containers reach it through Docker's embedded DNS: each replica gets `dns: [mesh
@@ -11,10 +12,11 @@ own replicas (Docker), then as cache.n<k>.orch.internal here.
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 from agent.mesh import procs
-from agent.mesh.paths import MeshPaths
+from agent.mesh.paths import MeshPaths, write_atomic
 from agent.wire.mesh import DOMAIN
 
 FIX = "install dnsmasq: Debian: apt-get install dnsmasq-base"
@@ -26,7 +28,7 @@ def binary() -> Optional[str]:
 
 def argv(dnsmasq: str, paths: MeshPaths, address: str) -> List[str]:
     return [dnsmasq, "--conf-file=/dev/null", "--pid-file=" + paths.dns_pid, "--listen-address=" + address,
-            "--bind-interfaces", "--no-hosts", "--hostsdir=" + paths.hosts_dir, "--local-ttl=2",
+            "--bind-interfaces", "--no-hosts", "--addn-hosts=" + paths.hosts, "--local-ttl=2",
             "--domain-needed", "--local=/%s/" % DOMAIN, "--log-facility=" + paths.log + ".dns"]
 
 
@@ -48,6 +50,8 @@ def ensure(paths: MeshPaths, address: str) -> str:
     if not exe:
         return "no dnsmasq: " + FIX
     paths.ensure_hosts_dir()
+    if not os.path.exists(paths.hosts):  # --addn-hosts must name a file that exists
+        write_atomic(paths.hosts, "", 0o644)
     if current(paths, address):
         return ""
     want = argv(exe, paths, address)
@@ -58,6 +62,18 @@ def ensure(paths: MeshPaths, address: str) -> str:
     if cp.returncode != 0:
         return "dnsmasq did not start: %s" % cp.stdout.strip()[:300]
     return ""
+
+
+def reload(paths: MeshPaths) -> bool:
+    """The hosts file changed: SIGHUP makes dnsmasq drop its cache and read it again."""
+    import os
+    import signal
+
+    pid = running(paths)
+    if not pid:
+        return False
+    os.kill(pid, signal.SIGHUP)
+    return True
 
 
 def stop(paths: MeshPaths) -> None:

@@ -266,7 +266,7 @@ def test_dnsmasq_answers_only_from_its_hosts_for_the_mesh_domain_on_the_mesh_add
     argv = dns_argv("/usr/sbin/dnsmasq", MeshPaths("/state/mesh/prod"), "10.208.0.1")
     assert "--listen-address=10.208.0.1" in argv and "--bind-interfaces" in argv
     assert "--local=/orch.internal/" in argv and "--domain-needed" in argv and "--no-hosts" in argv
-    assert any(a.startswith("--hostsdir=/run/orch-mesh/") for a in argv)
+    assert any(a.startswith("--addn-hosts=/run/orch-mesh/") and a.endswith("/records") for a in argv)
 
 
 # --------------------------------------------------------------------------- agent operations (fake host)

@@ -1,9 +1,9 @@
 """The WireGuard link of one environment on this node: keys, the interface (the kernel's
 if it has WireGuard, else wireguard-go), its peers and address. Commands are built as
-data (argv lists, the `wg setconf` text) and run by `ensure`/`remove`.
+data (argv lists, the `wg syncconf` text) and run by `ensure`/`remove`.
 
 The private key is made here (`wg genkey`) and stays in a 0600 file: it is never sent to
-the controller, printed or put on a command line (`wg setconf` reads it from a file).
+the controller, printed or put on a command line (`wg syncconf` reads it from a file).
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ def public_key(paths: MeshPaths) -> Optional[str]:
     return cp.stdout.strip() if cp.returncode == 0 else None
 
 
-def setconf_text(cfg: MeshConfig, private_key: str) -> str:
-    """`wg setconf` input: replaces the interface's peers, so a removed node is dropped."""
+def conf_text(cfg: MeshConfig, private_key: str) -> str:
+    """`wg syncconf` input: the whole configuration, so a removed node is dropped; syncconf
+    changes only what differs, so the sessions of unchanged peers go on undisturbed (setconf
+    would reset them all: a request in flight between two nodes could fail)."""
     lines = ["[Interface]", "PrivateKey = %s" % private_key, "ListenPort = %d" % cfg.port, ""]
     for p in cfg.peers:
         lines += ["[Peer]", "PublicKey = %s" % p.public_key, "Endpoint = %s" % p.endpoint,
@@ -156,8 +158,8 @@ def ensure(cfg: MeshConfig, paths: MeshPaths) -> str:
         kind = _create(iface, paths)
     with open(paths.private_key) as fh:
         private = fh.read().strip()
-    write_atomic(paths.wg_conf, setconf_text(cfg, private), 0o600)
-    for argv in [["wg", "setconf", iface, paths.wg_conf]] + address_argvs(cfg):
+    write_atomic(paths.wg_conf, conf_text(cfg, private), 0o600)
+    for argv in [["wg", "syncconf", iface, paths.wg_conf]] + address_argvs(cfg):
         cp = procs.run(argv)
         if cp.returncode != 0:
             raise AgentError(NOT_READY, "`%s` failed: %s" % (" ".join(argv[:4]), cp.stdout.strip()[:300]),

@@ -26,7 +26,7 @@ class MeshPaths:
         return self._p("private.key")
 
     @property
-    def wg_conf(self) -> str:  # `wg setconf` input (holds the private key: 0600)
+    def wg_conf(self) -> str:  # `wg syncconf` input (holds the private key: 0600)
         return self._p("wg.conf")
 
     @property

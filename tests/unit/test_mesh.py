@@ -213,10 +213,10 @@ def test_firewall_admits_only_the_same_network_from_the_mesh():
     assert "-A OMN-orch-prod -s 10.208.0.0/19 ! -o br-+ -j MASQUERADE" in lines
 
 
-def test_wg_setconf_lists_every_peer_with_its_block_and_reads_no_key_from_argv():
+def test_wg_conf_lists_every_peer_with_its_block_and_reads_no_key_from_argv():
     cfg = MeshConfig.from_dict({"env": "prod", "node": "a", "slot": 0, "cidr": CIDR, "port": 51820, "mtu": 1420,
                                 "peers": [{"node": "b", "slot": 1, "public_key": KEY_B, "endpoint": "10.0.0.2:51820"}]})
-    text = link.setconf_text(cfg, "PRIVATE")
+    text = link.conf_text(cfg, "PRIVATE")
     assert "PrivateKey = PRIVATE" in text and "ListenPort = 51820" in text
     assert f"PublicKey = {KEY_B}\nEndpoint = 10.0.0.2:51820\nAllowedIPs = 10.208.32.0/19" in text
     assert link.address_argvs(cfg) == [["ip", "address", "replace", "10.208.0.1/12", "dev", "orch-prod"],

@@ -163,6 +163,7 @@ def ports_table(rows: list[dict]) -> str:
         published = [p for p in r["ports"] if p.get("published")]
         for p in published:
             ip = p.get("host_ip") or "0.0.0.0"
+            ip = f"[{ip}]" if ":" in ip else ip  # IPv6, as docker port writes it
             data.append([r["service"], str(r["replica"]), r["node"], f"{p['target']}/{p['protocol']}",
                          f"{ip}:{p['published']}", f"{r['host']}:{p['published']}" if r["host"] else "-"])
         if not published:

@@ -61,6 +61,8 @@ def ask_all(sessions: Mapping[str, Any], op: str, args: dict, action: str) -> di
     from orchestrator.io import transport as T
 
     answers, errors = T.parallel(list(sessions.items()), lambda item: item[1].call(op, args), key=lambda item: item[0])
+    if any(isinstance(e, KeyboardInterrupt) for e in errors.values()):
+        raise KeyboardInterrupt  # Ctrl-C while waiting for the answers: not the nodes' fault
     if errors:
         raise T.NodesUnreachable({n: _as_transport(n, e) for n, e in errors.items()}, len(sessions), action=action)
     return answers

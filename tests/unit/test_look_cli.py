@@ -156,3 +156,26 @@ def test_nothing_deployed(cli_world):
     assert r.exit_code == 1 and "no container of web is deployed on dev" in final(r)["error"]["message"]
     r = cli("stats", "--env", "dev", "--no-stream", "--text")
     assert r.exit_code == 0 and r.stdout.strip() == "no containers of hello on dev"
+
+
+def test_ask_all_a_failing_node_fails_the_command_and_ctrl_c_stays_ctrl_c():
+    from orchestrator.app.look import ask_all
+    from orchestrator.io import transport as T
+
+    class Node:
+        def __init__(self, raises=None):
+            self.raises = raises
+
+        def call(self, op, args):
+            if self.raises is not None:
+                raise self.raises
+            return {"containers": []}
+
+    assert ask_all({"n1": Node(), "n2": Node()}, "stats", {}, "read the stats of") == {
+        "n1": {"containers": []}, "n2": {"containers": []}}
+    with pytest.raises(T.NodesUnreachable) as err:
+        ask_all({"n1": Node(), "n2": Node(T.AgentError("n2", "stats", "engine", "engine down"))}, "stats", {},
+                "read the stats of")
+    assert "cannot read the stats of 1 of 2 node(s)" in err.value.render() and err.value.exit_code == 1
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while the answers are awaited: not a node's failure
+        ask_all({"n1": Node(KeyboardInterrupt())}, "stats", {}, "read the stats of")

@@ -137,3 +137,40 @@ def test_agent_top_of_a_container_that_stopped_meanwhile(tmp_path):
     engine.top = stop_first
     out = parse_results(OPERATIONS["top"](_ctx(engine, tmp_path), {"project": "shop", "env": "prod"}), Processes)
     assert out[0].processes == []
+
+
+def test_the_sdk_engine_reads_the_same_documents():
+    import docker.errors
+
+    from agent.engine import Engine
+
+    class Api:
+        def __init__(self):
+            self.calls = []
+
+        def ping(self):
+            return True
+
+        def stats(self, ref, stream=True):
+            self.calls.append(("stats", ref, stream))
+            if ref == "gone":
+                raise docker.errors.NotFound("no such container")
+            return {"pids_stats": {"current": 1}}
+
+        def top(self, ref):
+            self.calls.append(("top", ref))
+            raise docker.errors.APIError("container is not running")
+
+        def inspect_container(self, ref):
+            self.calls.append(("inspect", ref))
+            return {"Id": ref}
+
+    class Client:
+        api = Api()
+
+    engine = Engine(client=Client())
+    assert engine.stats("c1") == {"pids_stats": {"current": 1}} and engine.stats("gone") is None
+    assert engine.inspect("c1") == {"Id": "c1"}
+    with pytest.raises(AgentError, match="top of container c1: .*not running"):
+        engine.top("c1")
+    assert Client.api.calls[0] == ("stats", "c1", False)  # one sample, not a stream

@@ -111,7 +111,8 @@ def watch_stats(workspace: Any, services: list[str], on_sample: Callable[[list[d
 
     environment, project, hosts, order = _env_parts(workspace)
     wanted = set(check_services(services, workspace.project.services))
-    args = LookRequest(project, environment.name).to_dict()
+    # one service: only its containers are sampled (the agent takes one service or all)
+    args = LookRequest(project, environment.name, next(iter(wanted)) if len(wanted) == 1 else "").to_dict()
     with env_sessions(environment) as (_, sessions):
         while True:
             started = clock()

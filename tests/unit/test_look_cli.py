@@ -69,8 +69,12 @@ def test_stats_no_stream_json_and_text(prod):
     assert all(c["memory_used"] == 10 * 2 ** 20 and c["net_rx"] == 1000 and c["host"] for c in doc["containers"])
     assert len(r.stdout.strip().splitlines()) == 1  # only the final object
 
+    for node in prod.nodes.values():
+        node.calls.clear()
     r = cli("stats", "web", "--env", "prod", "--no-stream", "--text")
     assert r.exit_code == 0, r.output
+    # one service: only its containers are sampled
+    assert [a.get("service") for n in ("p1", "p2") for op, a in prod.nodes[n].calls if op == "stats"] == ["web", "web"]
     lines = r.stdout.strip().splitlines()
     assert lines[0].split()[:5] == ["SERVICE", "REPLICA", "NODE", "STATE", "CPU"]
     assert [ln.split()[:5] for ln in lines[1:]] == [["web", "1", "p1", "running", "25.00%"],
@@ -179,3 +183,11 @@ def test_ask_all_a_failing_node_fails_the_command_and_ctrl_c_stays_ctrl_c():
     assert "cannot read the stats of 1 of 2 node(s)" in err.value.render() and err.value.exit_code == 1
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C while the answers are awaited: not a node's failure
         ask_all({"n1": Node(KeyboardInterrupt())}, "stats", {}, "read the stats of")
+
+
+def test_stats_of_several_services_samples_all_and_shows_those(prod):
+    r = cli("stats", "api", "web", "--env", "prod", "--no-stream", "--json")
+    assert r.exit_code == 0, r.output
+    assert [(c["service"], c["replica"]) for c in final(r)["containers"]] == [("api", 1), ("web", 1), ("web", 2)]
+    r = cli("stats", "api", "--env", "prod", "--no-stream", "--json")
+    assert [(c["service"], c["node"]) for c in final(r)["containers"]] == [("api", "p1")]

@@ -230,6 +230,33 @@ class Engine:
         except self._errors.APIError as exc:
             raise AgentError(ENGINE, "inspect container %s: %s" % (ref, _explain(exc)))
 
+    def inspect(self, ref: str) -> Optional[Dict[str, Any]]:
+        """The Engine API's inspect document (None: no such container)."""
+        try:
+            return self.api.inspect_container(ref)
+        except self._errors.NotFound:
+            return None
+        except self._errors.APIError as exc:
+            raise AgentError(ENGINE, "inspect container %s: %s" % (ref, _explain(exc)))
+
+    def top(self, ref: str) -> Optional[Dict[str, Any]]:
+        """{"Titles": [...], "Processes": [[...], ...]} of a running container (None: no such container)."""
+        try:
+            return self.api.top(ref)
+        except self._errors.NotFound:
+            return None
+        except self._errors.APIError as exc:
+            raise AgentError(ENGINE, "top of container %s: %s" % (ref[:12], _explain(exc)))
+
+    def stats(self, ref: str) -> Optional[Dict[str, Any]]:
+        """One Engine API stats document (stream=false: precpu_stats filled; about a second)."""
+        try:
+            return self.api.stats(ref, stream=False)
+        except self._errors.NotFound:
+            return None
+        except self._errors.APIError as exc:
+            raise AgentError(ENGINE, "stats of container %s: %s" % (ref[:12], _explain(exc)))
+
     def create(self, name: str, body: Dict[str, Any], extra_networks: List[Tuple[str, List[str]]]) -> str:
         """Create from a raw Engine API body; attach further networks before it starts."""
         created = self._call("create container %s" % name, self.api.create_container_from_config, body, name)

@@ -42,7 +42,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class SocketReads:
-    """containers(), container(), networks() and volumes() of agent.engine.Engine, over one keep-alive
+    """containers(), container(), inspect(), top(), stats(), networks() and volumes() of agent.engine.Engine, over one keep-alive
     HTTP connection to the engine's unix socket."""
 
     def __init__(self, path: str, timeout: float = 60.0):
@@ -97,6 +97,27 @@ class SocketReads:
     def container(self, ref: str) -> Optional[ContainerInfo]:
         status, data = self._get("inspect container %s" % ref, "/containers/%s/json" % quote(ref, safe=""))
         return None if status == 404 else info_from_inspect(data)
+
+    def inspect(self, ref: str) -> Optional[Dict[str, Any]]:
+        """The Engine API's inspect document of a container (None: no such container)."""
+        status, data = self._get("inspect container %s" % ref, "/containers/%s/json" % quote(ref, safe=""))
+        return None if status == 404 else data
+
+    def top(self, ref: str) -> Optional[Dict[str, Any]]:
+        """{"Titles": [...], "Processes": [[...], ...]} of a running container (None: no such container)."""
+        status, data = self._get("top of container %s" % ref, "/containers/%s/top" % quote(ref, safe=""))
+        return None if status == 404 else data
+
+    def stats(self, ref: str) -> Optional[Dict[str, Any]]:
+        """One stats document (stream=false: the engine reads twice, about a second apart, so
+        precpu_stats is filled). A connection of its own: containers are sampled in parallel."""
+        reader = SocketReads(self.path, self.timeout)
+        try:
+            status, data = reader._get("stats of container %s" % ref,
+                                       "/containers/%s/stats?stream=false" % quote(ref, safe=""))
+        finally:
+            reader.close()
+        return None if status == 404 else data
 
     def networks(self, label_filters: List[str]) -> List[Dict[str, Any]]:
         query = urlencode({"filters": json.dumps({"label": list(label_filters)})})

@@ -34,6 +34,7 @@ class FakeEngine:
         self.id = "FAKE:ENGINE:1"
         self.fail_on: Dict[str, Callable[..., None]] = {}  # method -> hook raising to simulate faults
         self.image_meta: Dict[str, Dict[str, Any]] = {}  # image id -> {id, repo_digests, repo_tags, labels, size}
+        self.stats_docs: Dict[str, Dict[str, Any]] = {}  # container name -> the stats document stats() gives
 
     def _hook(self, method: str, *a: Any) -> None:
         self.calls.append((method, a))
@@ -73,6 +74,48 @@ class FakeEngine:
     def container(self, ref: str) -> Optional[ContainerInfo]:
         rec = self._find(ref)
         return None if rec is None else self._info(rec)
+
+    def inspect(self, ref: str) -> Optional[Dict[str, Any]]:
+        """An Engine API inspect document made from what the container was created with."""
+        rec = self._find(ref)
+        if rec is None:
+            return None
+        info, body = rec["info"], rec.get("body") or {}
+        return {"Id": info["id"], "Name": "/" + info["name"], "Image": info.get("image_id", ""),
+                "State": {"Status": info["state"], "ExitCode": info.get("exit_code", 0),
+                          "StartedAt": info.get("started_at", "")},
+                "Config": {"Image": info["image"], "Labels": dict(info["labels"]), "Env": list(body.get("Env") or []),
+                           "Cmd": list(body.get("Cmd") or []), "Entrypoint": body.get("Entrypoint")},
+                "HostConfig": dict(body.get("HostConfig") or {}),
+                "NetworkSettings": {"Networks": {n: {} for n in info.get("networks") or []}}}
+
+    def top(self, ref: str) -> Optional[Dict[str, Any]]:
+        rec = self._find(ref)
+        if rec is None:
+            return None
+        if rec["info"]["state"] != "running":
+            raise AgentError(ENGINE, "top of container %s: container is not running" % ref[:12])
+        cmd = " ".join(rec.get("body", {}).get("Cmd") or []) or "sh"
+        return {"Titles": ["UID", "PID", "PPID", "CMD"], "Processes": [["root", "101", "100", cmd]]}
+
+    def stats(self, ref: str) -> Optional[Dict[str, Any]]:
+        """One stats document: self.stats_docs[name] if set, else a fixed one (cgroup v2:
+        25 % of one of two CPUs, 10 MiB of 100 MiB with 2 MiB inactive cache, 1000/2000
+        bytes in/out on eth0, 4096 read / 8192 written, 3 pids)."""
+        self._hook("stats", ref)
+        rec = self._find(ref)
+        if rec is None:
+            return None
+        if rec["info"]["name"] in self.stats_docs:
+            return self.stats_docs[rec["info"]["name"]]
+        return {"cpu_stats": {"cpu_usage": {"total_usage": 1_500_000_000}, "system_cpu_usage": 20_000_000_000,
+                              "online_cpus": 2},
+                "precpu_stats": {"cpu_usage": {"total_usage": 1_000_000_000}, "system_cpu_usage": 16_000_000_000},
+                "memory_stats": {"usage": 12 * 2 ** 20, "limit": 100 * 2 ** 20, "stats": {"inactive_file": 2 * 2 ** 20}},
+                "networks": {"eth0": {"rx_bytes": 1000, "tx_bytes": 2000}},
+                "blkio_stats": {"io_service_bytes_recursive": [{"major": 8, "minor": 0, "op": "read", "value": 4096},
+                                                               {"major": 8, "minor": 0, "op": "write", "value": 8192}]},
+                "pids_stats": {"current": 3}}
 
     def add_foreign(self, name: str, labels: Optional[Dict[str, str]] = None, state: str = "running") -> str:
         """A container orch did not make (for 'never touch others' tests)."""

@@ -21,6 +21,7 @@ from agent.engine import ContainerInfo, LineSplitter
 from agent.ingress import INGRESS_OPERATIONS
 from agent.ledger import LEDGER_OPERATIONS
 from agent.lock import LOCK_OPERATIONS
+from agent.look import LOOK_OPERATIONS
 from agent.owner import owned, refuse_foreign
 from agent.mesh.ops import MESH_OPERATIONS
 from agent.rollout import ROLLOUT_OPERATIONS
@@ -536,10 +537,12 @@ OPERATIONS: Dict[str, Callable[[Context, Dict[str, Any]], Dict[str, Any]]] = {
     "prune": op_prune,
     "prune_images": op_prune_images,
 }
-# The release ledger, the deploy lock, the ingress and the rolling update have modules of their own.
+# The release ledger, the deploy lock, the ingress, the rolling update, the mesh and the
+# looks (stats, top, inspect) have modules of their own.
 
 OPERATIONS.update(LEDGER_OPERATIONS)
 OPERATIONS.update(LOCK_OPERATIONS)
 OPERATIONS.update(INGRESS_OPERATIONS)
 OPERATIONS.update(ROLLOUT_OPERATIONS)
 OPERATIONS.update(MESH_OPERATIONS)
+OPERATIONS.update(LOOK_OPERATIONS)

@@ -15,6 +15,7 @@ from orchestrator.cli import project as _project  # noqa: E402,F401
 from orchestrator.cli import lab as _lab  # noqa: E402,F401
 from orchestrator.cli import nodes as _nodes  # noqa: E402,F401
 from orchestrator.cli import deploy as _deploy  # noqa: E402,F401
+from orchestrator.cli import look as _look  # noqa: E402,F401
 from orchestrator.cli import images as _images  # noqa: E402,F401
 from orchestrator.cli import release as _release  # noqa: E402,F401
 from orchestrator.cli import verify as _verify  # noqa: E402,F401

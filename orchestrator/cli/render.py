@@ -108,3 +108,80 @@ def failure_json(err: OrchError, command: str, project: str | None, environment:
     if plan is not None:
         out["plan"] = plan.to_json()
     return out
+
+
+# --------------------------------------------------------------------------- orch stats, top, port
+
+
+def _size(n: int | None, binary: bool) -> str:
+    """Bytes as docker stats writes them: memory in KiB/MiB/GiB, I/O in kB/MB/GB."""
+    if n is None:
+        return "-"
+    step, units = (1024.0, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else (1000.0, ("B", "kB", "MB", "GB", "TB"))
+    value, unit = float(n), units[0]
+    for unit in units:
+        if value < step or unit == units[-1]:
+            break
+        value /= step
+    return f"{int(value)}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+
+
+def _pair(a: int | None, b: int | None, binary: bool) -> str:
+    return "-" if a is None and b is None else f"{_size(a, binary)} / {_size(b, binary)}"
+
+
+def stats_table(rows: list[dict]) -> str:
+    """`orch stats`: one row per container (orchestrator.app.look.watch_stats's rows)."""
+    data = []
+    for r in rows:
+        cpu = "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.2f}%"
+        mem_pct = "-" if r["memory_percent"] is None else f"{r['memory_percent']:.2f}%"
+        data.append([r["service"], str(r["replica"]), r["node"], r["state"] or "-", cpu,
+                     _pair(r["memory_used"], r["memory_limit"], True), mem_pct,
+                     _pair(r["net_rx"], r["net_tx"], False), _pair(r["block_read"], r["block_write"], False),
+                     "-" if r["pids"] is None else str(r["pids"])])
+    return table(["SERVICE", "REPLICA", "NODE", "STATE", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O",
+                  "BLOCK I/O", "PIDS"], data)
+
+
+def top_text(rows: list[dict]) -> str:
+    """`orch top`: per replica a heading (SERVICE-REPLICA@NODE, container) and its processes."""
+    parts = []
+    for r in rows:
+        head = f"{r['service']}-{r['replica']}@{r['node']} ({r['name']})"
+        if not r["titles"]:
+            parts.append(f"{head}: {r['state'] or 'not'} running, no processes")
+            continue
+        parts.append(head + "\n" + table(list(r["titles"]), [list(p) for p in r["processes"]]))
+    return "\n\n".join(parts)
+
+
+def ports_table(rows: list[dict]) -> str:
+    """`orch port`: one line per published port of each replica (TARGET/PROTO -> HOST:PORT)."""
+    data = []
+    for r in rows:
+        published = [p for p in r["ports"] if p.get("published")]
+        for p in published:
+            ip = p.get("host_ip") or "0.0.0.0"
+            ip = f"[{ip}]" if ":" in ip else ip  # IPv6, as docker port writes it
+            data.append([r["service"], str(r["replica"]), r["node"], f"{p['target']}/{p['protocol']}",
+                         f"{ip}:{p['published']}", f"{r['host']}:{p['published']}" if r["host"] else "-"])
+        if not published:
+            data.append([r["service"], str(r["replica"]), r["node"], "-", "-", "-"])
+    return table(["SERVICE", "REPLICA", "NODE", "PORT", "BOUND", "REACH AT"], data)
+
+
+def inspect_text(rows: list[dict]) -> str:
+    """`orch inspect` for people: orch's view of each container, then the engine's document."""
+    import json
+
+    parts = []
+    for r in rows:
+        head = [f"{r['service']}-{r['replica']}@{r['node']} ({r['host']})",
+                f"  container    {r['name']} ({r['id'][:12]}), {r['state']}",
+                f"  release      {r['release'] or '-'}",
+                f"  config hash  {r['config_hash'] or '-'}",
+                f"  image        {r['image'] or '-'}",
+                "  engine:"]
+        parts.append("\n".join(head) + "\n" + json.dumps(r["engine"], indent=2, sort_keys=True, default=str))
+    return "\n\n".join(parts)

@@ -49,6 +49,11 @@ class Engine(BaseHTTPRequestHandler):
         elif url.path == "/volumes":
             self.answer(200, {"Volumes": [{"Name": "shop_data", "Driver": "local",
                                            "Labels": {L.PROJECT: "shop", L.ENV: "test"}}]})
+        elif url.path.startswith("/containers/") and url.path.endswith("/stats"):
+            assert parse_qs(url.query) == {"stream": ["false"]}
+            self.answer(200, {"memory_stats": {"usage": 2048, "limit": 4096}, "pids_stats": {"current": 2}})
+        elif url.path.startswith("/containers/") and url.path.endswith("/top"):
+            self.answer(200, {"Titles": ["PID", "CMD"], "Processes": [["7", "httpd -f"]]})
         elif url.path.startswith("/containers/") and url.path.endswith("/json"):
             cid = url.path.split("/")[2]
             if cid == "broken":
@@ -141,3 +146,19 @@ def test_state_reads_through_the_reader_until_the_engine_is_connected(engine_soc
 
     ctx = Context(engine_factory=Fake, state_dir=str(tmp_path), reader=lambda: None, engine_id=lambda: "e1")
     assert OPERATIONS["state"](ctx, {"project": "shop"})["containers"] == []
+
+
+def test_looks_read_through_the_socket_without_the_sdk(engine_socket, tmp_path):
+    def no_sdk():
+        raise AssertionError("stats, top and inspect must not connect the docker SDK")
+
+    reads = SocketReads(engine_socket)
+    ctx = Context(engine_factory=no_sdk, state_dir=str(tmp_path), reader=lambda: reads, engine_id=lambda: "e1")
+    stats = OPERATIONS["stats"](ctx, {"project": "shop", "service": "web"})["containers"]
+    assert [(s["name"], s["memory_used"], s["memory_percent"], s["pids"]) for s in stats] == [
+        ("shop-web-1", None, None, None), ("shop-web-2", 2048, 50.0, 2)]  # web-1 exited: not sampled
+    assert [u.path for u in Engine.requests if u.path.endswith("/stats")] == ["/containers/c2/stats"]
+    top = OPERATIONS["top"](ctx, {"project": "shop", "service": "api"})["containers"]
+    assert [(t["name"], t["titles"], t["processes"]) for t in top] == [("shop-api-1", ["PID", "CMD"], [["7", "httpd -f"]])]
+    (doc,) = OPERATIONS["inspect"](ctx, {"project": "shop", "service": "web", "replica": 2})["containers"]
+    assert doc["engine"]["Id"] == "c2" and doc["engine"]["Name"] == "/shop-web-2"

@@ -23,6 +23,7 @@ from agent.ledger import LEDGER_OPERATIONS
 from agent.lock import LOCK_OPERATIONS
 from agent.owner import owned, refuse_foreign
 from agent.mesh.ops import MESH_OPERATIONS
+from agent.prune import PRUNE_OPERATIONS
 from agent.rollout import ROLLOUT_OPERATIONS
 from agent.steps import (
     DEFAULT_COMPLETION_TIMEOUT,
@@ -543,3 +544,4 @@ OPERATIONS.update(LOCK_OPERATIONS)
 OPERATIONS.update(INGRESS_OPERATIONS)
 OPERATIONS.update(ROLLOUT_OPERATIONS)
 OPERATIONS.update(MESH_OPERATIONS)
+OPERATIONS.update(PRUNE_OPERATIONS)

@@ -369,7 +369,9 @@ def garbage_collect(spec: LabSpec, log=lambda text: None) -> tuple[int, int]:
         proc.run(gc_argv(spec.paths.registry_config), timeout=600,
                  fix="look at the registry's storage, then run `orch lab up` to start it again")
     finally:
-        pid = start(spec, mirror=False)
+        # Not start(): its free-port check fails while the old listener's connections
+        # linger in TIME_WAIT (the registry itself listens with SO_REUSEADDR).
+        pid = proc.spawn(registry_argv(spec.paths.registry_config), spec.paths.log("registry"))
         wait(spec, pid, mirror=False)
         log(f"registry https://{spec.registry} started again")
     return before, storage_bytes(spec)

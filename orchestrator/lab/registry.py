@@ -337,11 +337,9 @@ def for_address(address: str, root: Path = Path("/")) -> LabSpec | None:
     except OSError:
         return None
     for name in names:
-        try:
-            spec = load_spec(LabPaths.for_name(name, root))
-        except Exception:  # noqa: BLE001 - not a lab, or one being set up
-            continue
-        if spec is not None and spec.registry == address and spec.paths.registry_config.exists():
+        paths = LabPaths.for_name(name, root)
+        spec = load_spec(paths)
+        if spec is not None and spec.registry == address and paths.registry_config.exists():
             return spec
     return None
 

@@ -216,3 +216,22 @@ def test_the_agent_re_checks_every_item(world):
     assert "environment qa also runs hello" in reasons[("images", node.engine._image_id(refs[("api", 1)]))]
     assert node.engine.container(live["name"]).state == "running" and "qa_data" in node.engine.vols
     assert refs[("api", 1)] in node.engine.images
+
+
+def test_the_lab_registry_is_found_by_its_address(tmp_path):
+    from orchestrator.lab import registry as lab_registry
+    from orchestrator.lab.model import LabPaths, LabSpec, NodeSpec
+    import json
+
+    spec = LabSpec("orch-lab", "10.250.0.0/24", (NodeSpec("dev-1", "dev", 1, "10.250.0.11", "172.28.11.1/24"),))
+    paths = LabPaths.for_name("orch-lab", tmp_path)
+    assert lab_registry.for_address(spec.registry, tmp_path) is None
+    paths.state.mkdir(parents=True)
+    paths.spec_file.write_text(json.dumps(spec.to_json()))
+    assert lab_registry.for_address(spec.registry, tmp_path) is None  # no registry config: not set up
+    paths.registry_config.parent.mkdir(parents=True, exist_ok=True)
+    paths.registry_config.write_text("version: 0.1\n")
+    found = lab_registry.for_address(spec.registry, tmp_path)
+    assert found is not None and found.name == "orch-lab"
+    assert lab_registry.for_address("10.9.9.9:5000", tmp_path) is None
+    assert lab_registry.gc_argv(paths.registry_config)[:2] == ["docker-registry", "garbage-collect"]

@@ -127,7 +127,7 @@ def prune_summary(outcome: Any) -> str:
     reg = plan.registry
     if reg is not None:
         rows += [[reg.address, "manifests", f"{m.ref} ({', '.join(m.releases)})", ""] for m in reg.manifests]
-    head = (f"{'Would remove' if outcome.dry_run else 'Planned'} for {plan.project} in {plan.env}"
+    head = (f"{'Would remove' if outcome.dry_run else 'Removing'} for {plan.project} in {plan.env}"
             + (" (volumes included)" if plan.volumes else "") + ":")
     lines = [head, table(["NODE", "KIND", "WHAT", "SIZE"], rows) if rows else "  nothing to remove."]
     lines += [f"note: {n}" for n in plan.notes]

@@ -37,9 +37,14 @@ def gc_for(address: str) -> tuple[str, str, Any]:
     ("command", what an operator runs, None)."""
     from orchestrator.lab import registry as lab_registry
 
+    import os
+
     spec = lab_registry.for_address(address)
     if spec is not None:
-        return "lab", " ".join(lab_registry.gc_argv(spec.paths.registry_config)), spec
+        command = " ".join(lab_registry.gc_argv(spec.paths.registry_config))
+        if os.geteuid() == 0:  # the lab's processes are root's
+            return "lab", command, spec
+        return "command", f"as root, with the lab registry stopped: {command}; then `orch lab up`", None
     return "command", ("docker-registry garbage-collect /etc/docker/registry/config.yml  "
                        "(on the registry's host, with the registry stopped or read-only)"), None
 

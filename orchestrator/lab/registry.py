@@ -359,17 +359,20 @@ def garbage_collect(spec: LabSpec, log=lambda text: None) -> tuple[int, int]:
     """Stop the lab's read-write registry (no push can happen), run the garbage
     collection over its storage, start it again; (bytes before, bytes after). The
     read-only mirror keeps serving: it never writes, and what is collected is unreferenced."""
-    before = storage_bytes(spec)
-    running = find(proc.process_table(), spec, mirror=False)
-    if running:
-        proc.stop([r.pid for r in running], timeout=10)
-    try:
-        proc.run(gc_argv(spec.paths.registry_config), timeout=600,
-                 fix="look at the registry's storage, then run `orch lab up` to start it again")
-    finally:
-        # Not start(): its free-port check fails while the old listener's connections
-        # linger in TIME_WAIT (the registry itself listens with SO_REUSEADDR).
-        pid = proc.spawn(registry_argv(spec.paths.registry_config), spec.paths.log("registry"))
-        wait(spec, pid, mirror=False)
-        log(f"registry https://{spec.registry} started again")
-    return before, storage_bytes(spec)
+    from orchestrator.lab import state
+
+    with state.locked(spec.paths, log):  # `orch lab up` waits instead of restarting it meanwhile
+        before = storage_bytes(spec)
+        running = find(proc.process_table(), spec, mirror=False)
+        if running:
+            proc.stop([r.pid for r in running], timeout=10)
+        try:
+            proc.run(gc_argv(spec.paths.registry_config), timeout=600,
+                     fix="look at the registry's storage, then run `orch lab up` to start it again")
+        finally:
+            # Not start(): its free-port check fails while the old listener's connections
+            # linger in TIME_WAIT (the registry itself listens with SO_REUSEADDR).
+            pid = proc.spawn(registry_argv(spec.paths.registry_config), spec.paths.log("registry"))
+            wait(spec, pid, mirror=False)
+            log(f"registry https://{spec.registry} started again")
+        return before, storage_bytes(spec)

@@ -76,7 +76,11 @@ def _registry_plan(workspace: Any, history: History, scans: Mapping[str, NodeSca
         from orchestrator.io.images import registry_client
 
         client = registry_client(env, environ=environ)
-    present = [(repo, digest) for repo, digest in candidates if client.manifest_digest(repo, digest) is not None]
+    try:
+        present = [(repo, digest) for repo, digest in candidates if client.manifest_digest(repo, digest) is not None]
+    except OrchError as err:  # the nodes are still pruned
+        return P.RegistryPrune(address, skipped=f"the registry could not be read ({err.message}); "
+                               "nothing is deleted from it")
     in_use = {ref for s in scans.values() for i in s.images if i.users for ref in i.refs}
     kind, command, _ = gc_for(address)
     return P.plan_registry(address, candidates, present, in_use, gc=kind, gc_command=command)
@@ -118,9 +122,9 @@ def prune(workspace: Any, *, dry_run: bool = False, volumes: bool = False, keep:
         if dry_run:
             return outcome
         _apply_nodes(plan, nodes, outcome, progress)
+        _apply_registry(workspace, plan, outcome, seams.environ, registry, collect, progress)  # still locked
     finally:
         conn.close()
-    _apply_registry(workspace, plan, outcome, seams.environ, registry, collect, progress)
     return outcome
 
 

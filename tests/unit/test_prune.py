@@ -184,6 +184,20 @@ def test_the_registry_is_left_alone_when_another_environment_cannot_be_read(worl
     assert registry.deleted == [] and res.removed["d1"]["images"]  # the nodes are still pruned
 
 
+def test_an_unreadable_registry_is_left_alone_and_the_nodes_still_pruned(world):
+    from orchestrator.io.registry_client import RegistryUnavailable
+
+    _, _, registry = _setup(world)
+
+    def down(repository, reference):
+        raise RegistryUnavailable("registry reg.test:5000 is not answering", registry="reg.test:5000")
+
+    registry.manifest_digest = down
+    res = _prune(world, registry)
+    assert res.plan.registry.manifests == () and "could not be read" in res.plan.registry.skipped
+    assert registry.deleted == [] and res.removed["d1"]["images"]
+
+
 def test_the_lab_registry_is_garbage_collected_after_deleting(world, monkeypatch):
     _, _, registry = _setup(world)
     monkeypatch.setattr(AP, "gc_for", lambda address: ("lab", "docker-registry garbage-collect cfg", None))

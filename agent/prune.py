@@ -28,6 +28,8 @@ from agent.wire.prune import (
     RemoveResult,
     ScanRequest,
     VolumeItem,
+    is_leftover,
+    leftover_pid,
 )
 
 
@@ -44,6 +46,34 @@ def _size(path: str) -> int:
             except OSError:
                 pass
     return total
+
+
+def _writer_gone(path: str) -> bool:
+    """The agent process named in a leftover's name no longer runs (this node's PIDs)."""
+    try:
+        os.kill(leftover_pid(path), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive (someone else's process: EPERM)
+        return False
+    return False
+
+
+def _leftovers(root: str, project: str, services: List[str]) -> List[FilesItem]:
+    out = []
+    for s in services:
+        for kind in ("secrets", "configs"):
+            folder = os.path.join(root, s, kind)
+            try:
+                names = sorted(os.listdir(folder))
+            except OSError:
+                continue
+            for n in names:
+                rel = "%s/%s/%s/%s" % (project, s, kind, n)
+                full = os.path.join(folder, n)
+                if is_leftover(rel) and os.path.isfile(full) and not os.path.islink(full) and _writer_gone(rel):
+                    out.append(FilesItem(rel, os.lstat(full).st_size))
+    return out
 
 
 def _users(ctx: Context) -> List[Dict[str, Any]]:
@@ -64,8 +94,9 @@ def scan(ctx: Context, req: ScanRequest) -> NodeScan:
                                tuple(sorted(u["name"] for u in everyone if v["name"] in u["volumes"])))
                     for v in ctx.engine.volumes(L.filters(project)) if not L.other_env(v["labels"], env))
     root = _files_root(ctx, project)
-    files = tuple(FilesItem("%s/%s" % (project, s), _size(os.path.join(root, s)))
-                  for s in (sorted(os.listdir(root)) if os.path.isdir(root) else []))
+    services = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    files = tuple(FilesItem("%s/%s" % (project, s), _size(os.path.join(root, s))) for s in services)
+    files += tuple(_leftovers(root, project, services))
     others = tuple(sorted(e for e in owners(ctx, project) if e != env))
     return NodeScan(containers, images, volumes, files, others)
 
@@ -132,6 +163,17 @@ def remove(ctx: Context, req: RemoveRequest) -> RemoveResult:
         services = set(c.service for c in ctx.engine.containers(L.filters(project)))
         root = _files_root(ctx, project)
         for path in req.files:
+            if is_leftover(path):
+                full = os.path.join(root, *path.split("/")[1:])
+                if not os.path.isfile(full) or os.path.islink(full):
+                    refuse("files", path, "no such file")
+                elif not _writer_gone(path):
+                    refuse("files", path, "its writer (process %d) still runs" % leftover_pid(path))
+                else:
+                    reclaimed += os.lstat(full).st_size
+                    os.unlink(full)
+                    removed["files"].append(path)
+                continue
             service = path.split("/", 1)[1]
             folder = os.path.join(root, service)
             if service in services:

@@ -7,6 +7,7 @@ Pure: stdlib only, no I/O, Python 3.9 compatible.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
@@ -83,10 +84,24 @@ class VolumeItem:
     users: Tuple[str, ...] = ()
 
 
+_LEFTOVER_RE = re.compile(r"^[^/]+/[^/]+/(secrets|configs)/[^/]+\.tmp-[0-9]{1,10}$")
+
+
+def is_leftover(path: str) -> bool:
+    """"project/service/secrets/NAME.tmp-PID": a file transfer the agent process PID left
+    half-written (agent.steps.write_files writes to such a name, then renames)."""
+    return bool(_LEFTOVER_RE.match(path)) and ".." not in path.split("/")
+
+
+def leftover_pid(path: str) -> int:
+    return int(path.rsplit(".tmp-", 1)[1])
+
+
 @dataclass(frozen=True)
 class FilesItem:
     """A service's secret/config file versions under the agent's state directory:
-    "project/service" (prune removes them once the service has no container on the node)."""
+    "project/service" (prune removes them once the service has no container on the node),
+    or one half-written transfer of a file whose writer is gone (`is_leftover`)."""
     path: str
     size: int = 0
 
@@ -168,8 +183,11 @@ class RemoveRequest:
             raise BadRequest("prune_remove: volumes are removed only with allow_volumes (data!)")
         for path in req.files:
             p, sep, s = path.partition("/")
-            if p != project or not sep or not s or "/" in s or s in (".", ".."):
+            if p != project or not sep or not s or s.split("/")[0] in (".", ".."):
                 raise BadRequest("prune_remove: files %r must be %s/SERVICE" % (path, project))
+            if "/" in s and not is_leftover(path):
+                raise BadRequest("prune_remove: files %r must be %s/SERVICE or a leftover "
+                                 "%s/SERVICE/secrets/NAME.tmp-PID" % (path, project, project))
         return req
 
 

@@ -32,7 +32,7 @@ def prune(
 ) -> None:
     """Remove what no kept release needs: on every node the project's images no kept release
     uses (the last 5 releases, $ORCH_KEEP_IMAGES), its stopped containers the live release
-    does not count on, its secret/config files of services with no container; with
+    does not count on, its secret/config files of services with no container (and half-written ones); with
     --volumes, its volumes no container mounts. In the environment's registry: the
     manifests of the project's releases no environment keeps (then the lab registry's
     garbage collection; for another registry the command to run). Only objects with

@@ -12,7 +12,8 @@ Rules, per node (only objects with the project's labels for this environment):
   a node where another environment holds the project;
 - volumes (only when asked): the project's volumes no container mounts (after the planned
   removals) and the live release does not declare;
-- files: the secret/config file versions of services with no container left.
+- files: the secret/config file versions of services with no container left, and the
+  half-written transfers of such files whose writer (an agent process) is gone.
 Registry: digests in the project's repositories that some environment's release recorded
 and no environment keeps.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.wire import labels as L
-from agent.wire.prune import KINDS, NodeScan, RemoveRequest
+from agent.wire.prune import KINDS, NodeScan, RemoveRequest, is_leftover
 from orchestrator.core.images import repo_component
 from orchestrator.core.releases import History, images_to_keep
 
@@ -138,9 +139,12 @@ def plan_node(node: str, scan: NodeScan, *, keep: Iterable[str], live_release: s
             if set(v.users) - gone or (v.volume and v.volume in declared):
                 continue
             items.append(PruneItem("volumes", v.name, v.name))
+    folders = {f.path for f in scan.files if not is_leftover(f.path) and f.path.split("/", 1)[-1] not in left}
     for f in scan.files:
-        if f.path.split("/", 1)[-1] not in left:
+        if f.path in folders:
             items.append(PruneItem("files", f.path, f.path, f.size))
+        elif is_leftover(f.path) and "/".join(f.path.split("/")[:2]) not in folders:
+            items.append(PruneItem("files", f.path, f"{f.path} (half-written)", f.size))
     return NodePrune(node, tuple(items)), notes
 
 

@@ -249,3 +249,27 @@ def test_the_lab_registry_is_found_by_its_address(tmp_path):
     assert found is not None and found.name == "orch-lab"
     assert lab_registry.for_address("10.9.9.9:5000", tmp_path) is None
     assert lab_registry.gc_argv(paths.registry_config)[:2] == ["docker-registry", "garbage-collect"]
+
+
+def test_half_written_file_transfers_whose_writer_is_gone_are_removed(world):
+    node, refs, registry = _setup(world)
+    live = next(r["info"] for r in node.engine.records.values() if r["info"]["state"] == "running")
+    service = live["labels"]["io.orch.service"]
+    folder = os.path.join(str(node.state_dir), "engines", "FAKE-d1", "files", "hello", service, "secrets")
+    os.makedirs(folder, exist_ok=True)
+    gone, running = "token.abc.tmp-4194399", f"token.abc.tmp-{os.getpid()}"  # beyond pid_max; this process
+    for name in (gone, running, "token.abc"):
+        with open(os.path.join(folder, name), "w") as fh:
+            fh.write("12345")
+    dry = _prune(world, registry, dry_run=True)
+    planned = P.plan_items(dry.plan)["d1"]["files"]
+    assert planned == ["hello/old", f"hello/{service}/secrets/{gone}"]  # not the running writer's, nor the file
+    done = _prune(world, registry)
+    assert done.removed["d1"]["files"] == planned
+    assert sorted(os.listdir(folder)) == ["token.abc", running]
+    res = RemoveResult.parse(node.call("prune_remove", {"project": "hello", "env": "dev",
+                                                        "files": [f"hello/{service}/secrets/{running}"]}))
+    assert "still runs" in res.refused[0].reason and os.path.exists(os.path.join(folder, running))
+    for bad in (f"hello/{service}/secrets/token.abc", f"hello/{service}/../x.tmp-1", f"hello/{service}/other/x.tmp-1"):
+        with pytest.raises(BadRequest):
+            RemoveRequest.parse({"project": "hello", "env": "dev", "files": [bad]})

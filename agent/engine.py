@@ -447,6 +447,14 @@ class Engine:
         found = self._call("list containers", self.api.containers, all=True) or []
         return sorted({c.get("ImageID", "") for c in found if c.get("ImageID")})
 
+    def container_users(self) -> List[Dict[str, Any]]:
+        """Every container on the engine (anyone's, any state), from one list call:
+        {name, image_id, volumes: [names of the volumes it mounts]} (for prune)."""
+        found = self._call("list containers", self.api.containers, all=True) or []
+        return [{"name": ((c.get("Names") or [""])[0] or "").lstrip("/"), "image_id": c.get("ImageID", ""),
+                 "volumes": sorted(m["Name"] for m in c.get("Mounts") or []
+                                   if m.get("Type") == "volume" and m.get("Name"))} for c in found]
+
     def remove_image(self, image_id: str) -> None:
         # force: an image pulled under several repositories has several references
         # (the caller checked that no container uses it).

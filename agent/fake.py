@@ -281,6 +281,14 @@ class FakeEngine:
     def image_users(self) -> List[str]:
         return sorted({r["info"].get("image_id", "") for r in self.records.values() if r["info"].get("image_id")})
 
+    def container_users(self) -> List[Dict[str, Any]]:
+        out = []
+        for r in sorted(self.records.values(), key=lambda r: r["info"]["name"]):
+            mounts = (r["body"].get("HostConfig") or {}).get("Mounts") or []
+            out.append({"name": r["info"]["name"], "image_id": r["info"].get("image_id", ""),
+                        "volumes": sorted(m["Source"] for m in mounts if m.get("Type") == "volume" and m.get("Source"))})
+        return out
+
     def remove_image(self, image_id: str) -> None:
         self._hook("remove_image", image_id)
         meta = self.image_meta.pop(image_id, None)

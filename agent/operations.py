@@ -24,6 +24,7 @@ from agent.lock import LOCK_OPERATIONS
 from agent.look import LOOK_OPERATIONS
 from agent.owner import owned, refuse_foreign
 from agent.mesh.ops import MESH_OPERATIONS
+from agent.prune import PRUNE_OPERATIONS
 from agent.rollout import ROLLOUT_OPERATIONS
 from agent.steps import (
     DEFAULT_COMPLETION_TIMEOUT,
@@ -546,3 +547,4 @@ OPERATIONS.update(INGRESS_OPERATIONS)
 OPERATIONS.update(ROLLOUT_OPERATIONS)
 OPERATIONS.update(MESH_OPERATIONS)
 OPERATIONS.update(LOOK_OPERATIONS)
+OPERATIONS.update(PRUNE_OPERATIONS)

@@ -185,3 +185,41 @@ def inspect_text(rows: list[dict]) -> str:
                 "  engine:"]
         parts.append("\n".join(head) + "\n" + json.dumps(r["engine"], indent=2, sort_keys=True, default=str))
     return "\n\n".join(parts)
+
+
+def _bytes(n: Any) -> str:
+    if not isinstance(n, int):
+        return str(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def prune_summary(outcome: Any) -> str:
+    """`orch prune`: the plan as a table (node, kind, what, size), then what was done."""
+    plan = outcome.plan
+    rows = [[n.node, i.kind, i.label or i.name, _bytes(i.size) if i.size else ""] for n in plan.nodes for i in n.items]
+    reg = plan.registry
+    if reg is not None:
+        rows += [[reg.address, "manifests", f"{m.ref} ({', '.join(m.releases)})", ""] for m in reg.manifests]
+    head = (f"{'Would remove' if outcome.dry_run else 'Removing'} for {plan.project} in {plan.env}"
+            + (" (volumes included)" if plan.volumes else "") + ":")
+    lines = [head, table(["NODE", "KIND", "WHAT", "SIZE"], rows) if rows else "  nothing to remove."]
+    lines += [f"note: {n}" for n in plan.notes]
+    if reg is not None and reg.skipped:
+        lines.append(f"registry {reg.address}: {reg.skipped}")
+    if outcome.dry_run:
+        return "\n".join(lines)
+    done = sum(len(v) for kinds in outcome.removed.values() for v in kinds.values())
+    lines.append(f"Removed {done} object(s) on the nodes ({_bytes(sum(outcome.node_bytes.values()))} freed), "
+                 f"{len(outcome.deleted)} manifest(s) from the registry"
+                 + (f" ({_bytes(outcome.registry_bytes)} freed by its garbage collection)." if outcome.gc_ran
+                    else "."))
+    for node, refused in sorted(outcome.refused.items()):
+        lines += [f"refused on {node}: {r['kind']} {r['name']}: {r['reason']}" for r in refused]
+    lines += [f"registry: {e}" for e in outcome.registry_errors]
+    if outcome.deleted and reg is not None and reg.gc == "command":
+        lines.append(f"The registry's space comes back once its garbage collection runs: {reg.gc_command}")
+    return "\n".join(lines)

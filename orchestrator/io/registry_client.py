@@ -384,6 +384,21 @@ class RegistryClient:
             return digest
         return self.manifest(repository, reference).digest  # some registries omit the header on HEAD
 
+    def delete_manifest(self, repository: str, digest: str) -> bool:
+        """DELETE /v2/<name>/manifests/<digest> (the registry must allow deletes: Distribution's
+        `storage: delete: enabled: true`). True when deleted, False when it was not there."""
+        path = f"/v2/{repository}/manifests/{digest}"
+        resp = self._request("DELETE", path, scope=f"repository:{repository}:delete")
+        if resp.status_code == 404:
+            return False
+        if resp.status_code == 405:
+            raise RegistryError(f"registry {self.address} does not allow deleting manifests (HTTP 405)",
+                                registry=self.address,
+                                fix="enable deletes in the registry's configuration (`storage: delete: "
+                                    "enabled: true` for a Distribution registry)")
+        self._raise_for(resp, f"DELETE {path}")
+        return True
+
     def manifest(self, repository: str, reference: str, accept: tuple[str, ...] = MANIFEST_TYPES) -> Manifest:
         path = f"/v2/{repository}/manifests/{reference}"
         resp = self._request("GET", path, scope=_pull_scope(repository), headers={"Accept": ", ".join(accept)})

@@ -315,3 +315,64 @@ def catalog(spec: LabSpec, creds: Credentials) -> list[str] | None:
         url = f"https://{spec.registry}{link.group(1)}" if link and link.group(1).startswith("/") else (
             link.group(1) if link else None)
     return out
+
+
+# ----------------------------------------------------------------------------- garbage collection (orch prune)
+
+
+def gc_argv(config_path: Path) -> list[str]:
+    """Distribution's garbage collection: the blobs no manifest references any more are
+    deleted. It must not run while pushes happen (the registry is stopped around it)."""
+    return ["docker-registry", "garbage-collect", str(config_path)]
+
+
+def for_address(address: str, root: Path = Path("/")) -> LabSpec | None:
+    """The lab on this machine whose registry is `address` (host:port), if any."""
+    from orchestrator.lab.model import LabPaths
+    from orchestrator.lab.state import load_spec
+
+    base = root / "var/lib"
+    try:
+        names = sorted(d.name for d in base.iterdir() if d.name.startswith("orch-lab"))
+    except OSError:
+        return None
+    for name in names:
+        paths = LabPaths.for_name(name, root)
+        spec = load_spec(paths)
+        if spec is not None and spec.registry == address and paths.registry_config.exists():
+            return spec
+    return None
+
+
+def storage_bytes(spec: LabSpec) -> int:
+    total = 0
+    for folder, _, names in os.walk(spec.paths.registry_storage):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(folder, n)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def garbage_collect(spec: LabSpec, log=lambda text: None) -> tuple[int, int]:
+    """Stop the lab's read-write registry (no push can happen), run the garbage
+    collection over its storage, start it again; (bytes before, bytes after). The
+    read-only mirror keeps serving: it never writes, and what is collected is unreferenced."""
+    from orchestrator.lab import state
+
+    with state.locked(spec.paths, log):  # `orch lab up` waits instead of restarting it meanwhile
+        before = storage_bytes(spec)
+        running = find(proc.process_table(), spec, mirror=False)
+        if running:
+            proc.stop([r.pid for r in running], timeout=10)
+        try:
+            proc.run(gc_argv(spec.paths.registry_config), timeout=600,
+                     fix="look at the registry's storage, then run `orch lab up` to start it again")
+        finally:
+            # Not start(): its free-port check fails while the old listener's connections
+            # linger in TIME_WAIT (the registry itself listens with SO_REUSEADDR).
+            pid = proc.spawn(registry_argv(spec.paths.registry_config), spec.paths.log("registry"))
+            wait(spec, pid, mirror=False)
+            log(f"registry https://{spec.registry} started again")
+        return before, storage_bytes(spec)

@@ -170,6 +170,32 @@ def test_every_command_prints_json_lines_and_one_final_object(cli_world, orch):
     assert "is up on dev" in up.stderr  # the summary for people: on stderr
 
 
+def test_prune_dry_run_prints_the_plan_prune_then_carries_out(cli_world, orch, monkeypatch):
+    class Registry:  # every digest is there until deleted
+        deleted: list = []
+
+        def manifest_digest(self, repository, reference):
+            return None if f"{repository}@{reference}" in self.deleted else reference
+
+        def delete_manifest(self, repository, digest):
+            self.deleted.append(f"{repository}@{digest}")
+            return True
+
+    monkeypatch.setattr("orchestrator.io.images.registry_client", lambda env, environ=None: Registry())
+    for v in (1, 2):
+        cli_world.version = v
+        assert orch("up", "--env", "dev").code == 0
+    keep = {"ORCH_KEEP_IMAGES": "1"}
+    dry, done = orch("prune", "--env", "dev", "--dry-run", env=keep), orch("prune", "--env", "dev", env=keep)
+    planned, final = check_contract(dry), check_contract(done)
+    assert planned["status"] == "planned" and final["status"] == "ok" and final["plan"] == planned["plan"]
+    manifests = [f"{m['repository']}@{m['digest']}" for m in planned["plan"]["registry"]["manifests"]]
+    assert len(manifests) == 2 and final["deleted"] == manifests == Registry.deleted  # release 1's api and web
+    assert "garbage-collect" in done.stderr and final["bytes_freed"]["registry"] == "unknown"
+    text = orch("prune", "--env", "dev", "--dry-run", "--text", env=keep)
+    assert text.code == 0 and "nothing to remove" in text.stdout
+
+
 def test_failures_end_with_a_failed_final_object(cli_world, orch):
     # bad input, from the command's own failure path and from main's
     for r in (orch("up", "--env", "nope"), orch("ps", "--env", "nope"), orch("history", "--env", "nope")):

@@ -8,6 +8,7 @@ import requests
 from orchestrator.core.environments import RegistryCredentials
 from orchestrator.io.registry_client import (
     ImageNotFound,
+    RegistryError,
     RegistryAuthError,
     RegistryClient,
     RegistryTLSError,
@@ -161,3 +162,23 @@ def test_layers_pair_compressed_blobs_with_diff_ids():
 
     layers = RegistryClient("r:5000", session=FakeSession(handler)).layers("a/b", "1")
     assert [(ly.size, ly.diff_id[7:8]) for ly in layers] == [(100, "d"), (7, "e")]
+
+
+def test_delete_manifest_by_digest_missing_and_deletes_disabled():
+    answers = {DIGEST: FakeResponse(202), "sha256:" + "b" * 64: FakeResponse(404),
+               "sha256:" + "c" * 64: FakeResponse(405, body=b'{"errors":[{"code":"UNSUPPORTED"}]}')}
+
+    def handler(method, url, headers, auth, params):
+        if auth != ("orch", PASSWORD):
+            return FakeResponse(401, {"WWW-Authenticate": 'Basic realm="lab"'})
+        assert method == "DELETE"
+        return answers[url.rsplit("/", 1)[1]]
+
+    session = FakeSession(handler)
+    c = RegistryClient("r:5000", credentials=RegistryCredentials("orch", PASSWORD), session=session)
+    assert c.delete_manifest("hello/web", DIGEST) is True
+    assert session.calls[-1][:2] == ("DELETE", f"https://r:5000/v2/hello/web/manifests/{DIGEST}")
+    assert c.delete_manifest("hello/web", "sha256:" + "b" * 64) is False
+    with pytest.raises(RegistryError) as err:
+        c.delete_manifest("hello/web", "sha256:" + "c" * 64)
+    assert "delete: enabled: true" in err.value.fix

@@ -1,5 +1,5 @@
-"""The mesh step of `orch up` (read -> core.mesh plans -> nodes apply), and the mesh part
-of `orch down` and `orch nodes check`.
+"""The mesh step of `orch up` (read -> core.mesh plans -> nodes apply). `orch down`'s
+part is in app/operate.py (`mesh_leave`), `orch nodes check`'s in app/nodes.py.
 
 Before any container changes, every node whose mesh differs from the plan is brought to
 it: nodes without a key make one (`mesh_join`, the private key stays there), then each

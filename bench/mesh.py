@@ -332,9 +332,9 @@ def _measure(runs: int, lab: Lab) -> list[Row]:
                   goal=LATENCY_GOAL,
                   note=(f"cross - same: {diff:+.2f} ms, of which the name lookup {lookup:+.2f} ms (by the "
                         f"server's mesh address, cross - same is {med(medians['cross_ip']) - med(medians['same']):+.2f}"
-                        f" ms): on prod-2 the lookup makes two rounds through Docker's embedded DNS and the node's "
-                        f"dnsmasq (`server`, unknown there, then `server.n<k>.orch.internal`: docs/networking.md), "
-                        f"where on prod-1 Docker's DNS answers at once; per run the median of {REQUESTS} sequential "
+                        f" ms): the client asks Docker's embedded DNS for `server.n<k>.orch.internal` first "
+                        f"(ndots:1), which forwards it to the node's dnsmasq (one round: docs/networking.md); "
+                        f"per run the median of {REQUESTS} sequential "
                         f"requests timed inside the client with $EPOCHREALTIME (each includes starting wget and "
                         f"httpd's fork); WireGuard: {wg}; {load}; "
                         "reproduce: `.venv/bin/python -m bench.run --only mesh` (lab up)"))

@@ -141,6 +141,17 @@ def pull(address: str) -> List[Record]:
     return [r for r in (Record.parse(d) for d in doc.get("records") or []) if r is not None]
 
 
+def owned_by(cidr: str, slot: int, records: List[Record]) -> List[Record]:
+    """A peer's records that it can own: addresses in its own block, in the subnet of the
+    network slot they name. A peer cannot make a name of another node's or another
+    network's resolve to it (WireGuard already keeps its packets to its own block)."""
+    import ipaddress
+
+    from agent.wire.mesh import net_subnet
+
+    return [r for r in records if ipaddress.IPv4Address(r.ip) in net_subnet(cidr, slot, r.k)]
+
+
 def load_config(paths: MeshPaths) -> Optional[MeshConfig]:
     try:
         with open(paths.config) as fh:
@@ -173,22 +184,28 @@ def run(paths: MeshPaths, env: str, once: bool = False) -> int:
         problems: List[str] = []
         try:
             nets, local = state.refresh()
+        except Exception as exc:  # the engine restarting: keep serving what we had
+            problems.append("engine: %s" % exc)
+            nets, local = state.nets, state.local
+        try:
+            if not state.taken:  # no engine answer yet: leave the rules the agent applied
+                raise RuntimeError("waiting for the engine")
             text = firewall.restore_text(cfg.interface, cfg.cidr, str(node_block(cfg.cidr, cfg.slot)), cfg.address,
                                          [firewall.LocalNet(n.bridge, n.k, n.internal) for n in nets.values()])
             ticks += 1
             if text != last_fw or ticks % REAPPLY == 0:
                 firewall.apply(cfg.interface, text)
                 last_fw = text
-        except Exception as exc:  # the engine restarting: keep serving what we had
-            problems.append("engine: %s" % exc)
-            local = state.local
+        except Exception as exc:
+            problems.append("firewall: %s" % exc)
+            last_fw = ""  # try again next tick
         results: Dict[str, Any] = {}
 
         def one(peer: Any) -> None:
             from agent.wire.mesh import node_address
 
             try:
-                results[peer.node] = pull(node_address(cfg.cidr, peer.slot))
+                results[peer.node] = owned_by(cfg.cidr, peer.slot, pull(node_address(cfg.cidr, peer.slot)))
             except Exception as exc:
                 results[peer.node] = exc
 

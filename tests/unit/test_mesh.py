@@ -385,3 +385,13 @@ def test_a_dependent_on_another_node_starts_after_its_node_refreshed_the_names(l
     assert ("refresh_daemon", None) in n2.mesh_host.calls
     # n1 runs every dependency of its own replicas itself: no refresh asked there
     assert lab.nodes["n1"].ops("mesh_refresh") == []
+
+
+def test_a_peer_can_only_name_addresses_of_its_own_block_and_network():
+    from agent.mesh.daemon import owned_by
+
+    recs = [records.Record(3, "10.208.35.2", ("cache",)),  # slot 1's block, network 3: its own
+            records.Record(3, "10.208.3.9", ("cache",)),  # slot 0's block: another node's
+            records.Record(4, "10.208.35.7", ("db",)),  # its block, but network 3's subnet
+            records.Record(4, "10.208.36.7", ("db",))]
+    assert [r.ip for r in owned_by(CIDR, 1, recs)] == ["10.208.35.2", "10.208.36.7"]

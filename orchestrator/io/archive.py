@@ -30,6 +30,7 @@ from orchestrator.io.registry_client import DIGEST_RE, MANIFEST_TYPES, RegistryC
 FORMAT = "orch-release-archive"
 FORMAT_VERSION = 1
 INDEX = "orch-archive.json"
+MAX_MANIFEST = 4 << 20  # the index and manifests are read whole; layers are only hashed
 
 
 def blob_name(digest: str) -> str:
@@ -42,11 +43,24 @@ def _sha(data: bytes) -> str:
 
 @dataclass
 class Archive:
-    """A read and verified archive: its index and every blob (by digest)."""
+    """A read and verified archive: its index, and where each blob is in the file (read one
+    at a time when pushed, so an archive of big images never sits in memory whole)."""
 
     path: Path
     doc: dict
-    blobs: dict[str, bytes] = field(repr=False, default_factory=dict)
+    members: dict[str, Any] = field(repr=False, default_factory=dict)  # digest -> tarfile.TarInfo
+
+    def blob(self, digest: str) -> bytes:
+        """One blob's bytes, checked again (the file may have changed since it was read)."""
+        try:
+            with tarfile.open(self.path, "r:") as tar:
+                f = tar.extractfile(self.members[digest])
+                data = f.read() if f is not None else b""
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise _bad(self.path, f"blob {digest} cannot be read again ({err})") from None
+        if _sha(data) != digest:
+            raise _bad(self.path, f"blob {digest} changed since it was verified")
+        return data
 
     @property
     def release(self) -> dict:
@@ -62,7 +76,7 @@ class Archive:
 
     @property
     def size(self) -> int:
-        return sum(len(b) for b in self.blobs.values())
+        return sum(m.size for m in self.members.values())
 
 
 def _bad(path: Path, why: str, fix: str = "") -> InputError:
@@ -151,7 +165,8 @@ def read(path: Path) -> Archive:
     path = Path(path)
     if not path.is_file():
         raise _bad(path, "no such archive file", fix="name the file `orch image save` wrote")
-    blobs: dict[str, bytes] = {}
+    members: dict[str, Any] = {}
+    manifests: dict[str, bytes] = {}  # small: kept to check that every blob they list is there
     doc = None
     try:
         with tarfile.open(path, "r:") as tar:
@@ -159,18 +174,28 @@ def read(path: Path) -> Archive:
                 if not member.isfile():
                     continue
                 f = tar.extractfile(member)
-                data = f.read() if f is not None else b""
-                if len(data) != member.size:
+                h, n, head = hashlib.sha256(), 0, b""
+                while f is not None:
+                    chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    n += len(chunk)
+                    if n <= MAX_MANIFEST:
+                        head += chunk
+                if n != member.size:
                     raise _bad(path, f"{member.name} is cut short (the file is truncated)")
                 if member.name == INDEX:
-                    doc = json.loads(data)
+                    doc = json.loads(head)
                 elif member.name.startswith("blobs/sha256/"):
                     digest = "sha256:" + member.name.rsplit("/", 1)[1]
                     if not DIGEST_RE.match(digest):
                         raise _bad(path, f"{member.name} is not a blob name")
-                    if _sha(data) != digest:
-                        raise _bad(path, f"blob {digest} has digest {_sha(data)} (the file is corrupt)")
-                    blobs[digest] = data
+                    if "sha256:" + h.hexdigest() != digest:
+                        raise _bad(path, f"blob {digest} has digest sha256:{h.hexdigest()} (the file is corrupt)")
+                    members[digest] = member
+                    if n <= MAX_MANIFEST:
+                        manifests[digest] = head
     except InputError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
@@ -188,17 +213,17 @@ def read(path: Path) -> Archive:
             if parse_reference(ref).digest != img["digest"]:
                 raise _bad(path, f"service {svc}: the release records {ref}, the archive holds {img['digest']}")
             for m in img["manifests"]:
-                if m["digest"] not in blobs:
+                if m["digest"] not in manifests:
                     raise _bad(path, f"service {svc}: manifest {m['digest']} is missing (the file is truncated)")
-                body = json.loads(blobs[m["digest"]])
+                body = json.loads(manifests[m["digest"]])
                 for b in ([body["config"]] if body.get("config") else []) + list(body.get("layers") or []):
-                    if b["digest"] not in blobs:
+                    if b["digest"] not in members:
                         raise _bad(path, f"service {svc}: blob {b['digest']} is missing (the file is truncated)")
     except InputError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise _bad(path, f"its index is not an orch archive's ({err.__class__.__name__}: {err})") from None
-    return Archive(path, doc, blobs)
+    return Archive(path, doc, members)
 
 
 # --------------------------------------------------------------------------- load
@@ -233,14 +258,16 @@ def push(archive: Archive, client: RegistryClient, on_image: Callable[[Loaded], 
         pushed = present = 0
         manifests = img["manifests"]  # children before their index
         for m in manifests:
-            body = json.loads(archive.blobs[m["digest"]])
+            raw = archive.blob(m["digest"])
+            body = json.loads(raw)
             for b in ([body["config"]] if body.get("config") else []) + list(body.get("layers") or []):
-                if client.put_blob(repo, b["digest"], archive.blobs[b["digest"]]):
-                    pushed += 1
-                else:
+                if client.blob_exists(repo, b["digest"]):
                     present += 1
+                else:
+                    client.put_blob(repo, b["digest"], archive.blob(b["digest"]))
+                    pushed += 1
             media = m.get("media_type") or body.get("mediaType") or MANIFEST_TYPES[0]
-            got = client.put_manifest(repo, m["digest"], media, archive.blobs[m["digest"]])
+            got = client.put_manifest(repo, m["digest"], media, raw)
             if got != m["digest"]:
                 raise OrchError(f"service {svc}: {client.address}/{repo} stored manifest {m['digest']} as {got}",
                                 fix="the registry rewrote the manifest; push into a registry that keeps it as is")

@@ -430,10 +430,8 @@ class RegistryClient:
         self._raise_for(resp, f"HEAD {path}")
         return True
 
-    def put_blob(self, repository: str, digest: str, data: bytes) -> bool:
-        """Upload one blob (monolithic: POST then PUT ?digest=); False when it was already there."""
-        if self.blob_exists(repository, digest):
-            return False
+    def put_blob(self, repository: str, digest: str, data: bytes) -> None:
+        """Upload one blob (monolithic: POST then PUT ?digest=; the registry checks the digest)."""
         scope = _push_scope(repository)
         resp = self._request("POST", f"/v2/{repository}/blobs/uploads/", scope=scope)
         self._raise_for(resp, f"POST /v2/{repository}/blobs/uploads/")
@@ -444,7 +442,6 @@ class RegistryClient:
         resp = self._request("PUT", location, scope=scope, data=data,
                              headers={"Content-Type": "application/octet-stream"})
         self._raise_for(resp, f"PUT blob {digest} into {repository}")
-        return True
 
     def put_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> str:
         """PUT a manifest (by digest or tag); the digest the registry gives it."""

@@ -13,56 +13,11 @@ import pytest
 
 from orchestrator.errors import EXIT_BAD_INPUT, InputError, OrchError
 from orchestrator.io import archive as A
-from orchestrator.io.registry_client import Manifest, parse_reference
-
-MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
-
+from orchestrator.io.registry_client import parse_reference
+from tests.unit.fakes import FakeBlobRegistry
 
 def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-class FakeRegistry:
-    """Blobs and manifests by digest, per repository; records every write."""
-
-    def __init__(self, address: str):
-        self.address = address
-        self.blobs: dict[tuple[str, str], bytes] = {}
-        self.manifests: dict[tuple[str, str], tuple[str, bytes]] = {}
-        self.writes: list[tuple[str, str, str]] = []
-
-    def add_image(self, repo: str, layers: list[bytes]) -> str:
-        config = json.dumps({"rootfs": {"diff_ids": [sha(x) for x in layers]}}).encode()
-        for b in [config, *layers]:
-            self.blobs[(repo, sha(b))] = b
-        body = json.dumps({"schemaVersion": 2, "mediaType": MEDIA,
-                           "config": {"digest": sha(config), "size": len(config)},
-                           "layers": [{"digest": sha(x), "size": len(x)} for x in layers]}).encode()
-        self.manifests[(repo, sha(body))] = (MEDIA, body)
-        return sha(body)
-
-    def manifest(self, repo, digest, accept=()):
-        media, body = self.manifests[(repo, digest)]
-        return Manifest(media, digest, body)
-
-    def blob(self, repo, digest):
-        return self.blobs[(repo, digest)]
-
-    def put_blob(self, repo, digest, data):
-        assert sha(data) == digest
-        if (repo, digest) in self.blobs:
-            return False
-        self.blobs[(repo, digest)] = data
-        self.writes.append(("blob", repo, digest))
-        return True
-
-    def put_manifest(self, repo, ref, media, body):
-        self.manifests[(repo, ref)] = (media, body)
-        self.writes.append(("manifest", repo, ref))
-        return sha(body)
-
-    def manifest_digest(self, repo, ref):
-        return ref if (repo, ref) in self.manifests else None
 
 
 SRC = "reg.dev:5000"
@@ -70,7 +25,7 @@ SRC = "reg.dev:5000"
 
 @pytest.fixture
 def saved(tmp_path):
-    reg = FakeRegistry(SRC)
+    reg = FakeBlobRegistry(SRC)
     api = reg.add_image("shop/api", [b"layer-a" * 50, b"layer-b" * 50])
     web = reg.add_image("shop/web", [b"layer-a" * 50, b"layer-c" * 50])  # a shared layer, stored once
     record = {"project": "shop", "env": "dev", "id": 4, "status": "live",
@@ -79,7 +34,7 @@ def saved(tmp_path):
               "extra": {"base": {"name": "shop"}}}
     path = tmp_path / "release.tar"
 
-    class Other(FakeRegistry):  # docker.io: an image the archive carries too, not pushed on load
+    class Other(FakeBlobRegistry):  # docker.io: an image the archive carries too, not pushed on load
         pass
 
     other = Other("docker.io")
@@ -105,7 +60,7 @@ def test_save_writes_the_record_and_every_blob_once(saved):
 
 def test_load_pushes_the_source_registry_images_by_digest_and_reads_them_back(saved):
     path, record, _, _ = saved
-    target = FakeRegistry("reg.prod:5000")
+    target = FakeBlobRegistry("reg.prod:5000")
     target.blobs[("shop/api", sha(b"layer-a" * 50))] = b"layer-a" * 50  # already there: not sent again
     loaded = A.push(A.read(path), target)
     assert [x.service for x in loaded] == ["api", "web"]  # db lives in docker.io: not pushed
@@ -120,7 +75,7 @@ def test_load_pushes_the_source_registry_images_by_digest_and_reads_them_back(sa
 def test_load_refuses_a_registry_that_stores_another_digest(saved):
     path, _, _, _ = saved
 
-    class Rewriting(FakeRegistry):
+    class Rewriting(FakeBlobRegistry):
         def put_manifest(self, repo, ref, media, body):
             return sha(body + b" ")
 
@@ -170,3 +125,42 @@ def test_target_ref_renames_only_the_source_registry():
     img = {"registry": SRC, "repository": "shop/api", "digest": "sha256:" + "a" * 64, "ref": "x"}
     assert A.target_ref(img, SRC, "reg.prod:5000") == "reg.prod:5000/shop/api@sha256:" + "a" * 64
     assert A.target_ref(dict(img, registry="docker.io"), SRC, "reg.prod:5000") == "x"
+
+
+def test_promote_from_archive_deploys_its_digests_with_lineage(cli_world, tmp_path):
+    """dev's live release archived (its images made up in a fake registry), then promoted into
+    test from the file: the archive's digests, lineage "test #1 <- dev #1"; again: a no-op."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    def cli(*args):
+        r = CliRunner().invoke(app, list(args), catch_exceptions=False)
+        return r, (json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else {})
+
+    assert cli("up", "--env", "dev", "--json")[0].exit_code == 0
+    record = cli_world.history("dev").live().to_record()
+    reg = FakeBlobRegistry("reg.test:5000")
+    record["services"] = {svc: f"reg.test:5000/hello/{svc}@" + reg.add_image(f"hello/{svc}", [svc.encode() * 99])
+                          for svc in record["services"]}
+    for node in cli_world.nodes.values():
+        for ref in record["services"].values():
+            node.engine.registry.add(ref)
+    path = tmp_path / "release.tar"
+    A.save(path, record, "reg.test:5000", lambda p: reg)
+
+    r, doc = cli("promote", "hello", "--to", "test", "--from-archive", str(path), "--json")
+    assert r.exit_code == 0, r.output
+    assert doc["source"] == {"env": "dev", "id": 1} and doc["lineage"] == "test #1 <- dev #1"
+    assert doc["images"] == record["services"]
+    live = cli_world.history("test").live()
+    assert live.services == record["services"] and live.command == "promote" and live.extra["base"]
+    r, doc = cli("promote", "hello", "--to", "test", "--from-archive", str(path), "--json")
+    assert r.exit_code == 0 and not doc["new_release"]
+
+    r, _ = cli("promote", "hello", "--to", "test", "--from", "dev", "--from-archive", str(path), "--json")
+    assert r.exit_code == 2 and "two sources" in r.stderr
+    r, _ = cli("promote", "other", "--to", "test", "--from-archive", str(path), "--json")
+    assert r.exit_code == 2 and "not of other" in r.stderr
+    r, _ = cli("promote", "hello", "--to", "test", "--from-archive", str(tmp_path / "nope.tar"), "--json")
+    assert r.exit_code == 2 and "no such archive" in r.stderr

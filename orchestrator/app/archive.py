@@ -87,11 +87,8 @@ def save(project: str, environment: Any, output: Path, progress: Progress | None
     live = live_release(project, environment, progress, connector)
     progress.phase("images", f"fetching {live.ref}'s images from their registry into {output}")
     clients: dict = {}
-
-    def client_for(parsed: Any) -> Any:
-        return I._client_for(parsed, environment, None, clients)[0]
-
-    index = A.save(output, live.to_record(), environment.registry.address or "", client_for,
+    index = A.save(output, live.to_record(), environment.registry.address or "",
+                   lambda parsed: I.client_for_image(parsed, environment, clients),
                    on_image=lambda svc, ref, size: progress.event("image_saved", service=svc, image=ref, bytes=size))
     return SaveResult(project, environment.name, live, output, index["images"], time.monotonic() - t0)
 

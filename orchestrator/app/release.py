@@ -44,16 +44,19 @@ from orchestrator.io.ledger import ReleaseLedger
 
 
 def promote(project_name: str, target: Any, source: Any, opts: PipelineOptions, progress: Progress | None = None,
-            seams: Seams | None = None, today: Any = None, working_dir: Path | None = None) -> PipelineResult:
-    """`orch promote APP --to TARGET [--from SOURCE]`: see the module docstring.
+            seams: Seams | None = None, today: Any = None, working_dir: Path | None = None,
+            archive: Path | None = None) -> PipelineResult:
+    """`orch promote APP --to TARGET [--from SOURCE | --from-archive FILE]`: see the module docstring.
 
     today: the project loaded from today's files WITHOUT an environment (its secrets'
-    values; None when no Compose file is at hand).
+    values; None when no Compose file is at hand). archive: an `orch image save` file
+    whose release is the source (source is then None; its images must have been loaded
+    into the target's registry with `orch image load`).
     """
     progress = progress or Progress()
     seams = seams or Seams()
     flow = _Flow("promote", target, project_name, opts, progress, seams)
-    if source.name == target.name:
+    if archive is None and source.name == target.name:
         raise InputError(Problem(f"cannot promote {target.name} into itself", fix="name another --from environment"))
 
     # The target's connection opens while the source is read (connecting changes nothing).
@@ -65,16 +68,20 @@ def promote(project_name: str, target: Any, source: Any, opts: PipelineOptions, 
     pool.shutdown(wait=False)
     try:
         # The source: its live release, and whether it is healthy there (read-only, no lock).
-        src_history, states = _read_source(project_name, source, progress, seams)
-        live = src_history.live()
-        if live is None:
-            check_promotion(src_history, History(project_name, target.name), target.gates)  # raises: gate 'live'
-        healthy, problems = health_from_state(live, states)
+        if archive is not None:
+            src_history, healthy, problems = _read_archive(project_name, target, archive, progress)
+            live = src_history.live()
+        else:
+            src_history, states = _read_source(project_name, source, progress, seams)
+            live = src_history.live()
+            if live is None:
+                check_promotion(src_history, History(project_name, target.name), target.gates)  # raises: gate 'live'
+            healthy, problems = health_from_state(live, states)
         base = (live.extra or {}).get("base")
         if not base:
             raise InputError(Problem(
                 f"{live.ref} records no base project (it was deployed by an older orch), so it cannot be promoted",
-                fix=f"deploy {source.name} again (`orch up --env {source.name}`), then promote."))
+                fix=f"deploy {live.env} again (`orch up --env {live.env}`), then promote."))
         project, warnings = project_from_manifest(
             base, project_name, working_dir=working_dir, overlay=target.overlay(),
             current=today.to_dict() if today is not None else None, what=str(live.ref))
@@ -119,6 +126,18 @@ def promote(project_name: str, target: Any, source: Any, opts: PipelineOptions, 
     res.image_version = live.version
     res.duration_s = time.monotonic() - flow.t0
     return res
+
+
+def _read_archive(project: str, target: Any, path: Path, progress: Progress) -> tuple[History, bool | None, list]:
+    """The archive's release as the source's history (one live release, healthy when saved)."""
+    from orchestrator.app.archive import archived_source
+
+    progress.phase("source", f"reading the release archived in {path}")
+    _, live = archived_source(path, target)
+    if live.project != project:
+        raise InputError(Problem(f"{path} holds a release of {live.project}, not of {project}",
+                                 fix=f"promote {live.project}, or name the archive of {project}"))
+    return History(project, live.env, [live], max_id=live.id), None, []
 
 
 def _read_source(project: str, source: Any, progress: Progress, seams: Seams) -> tuple[History, dict]:

@@ -123,3 +123,96 @@ def push(
              f"{r.layers_pushed} pushed, {r.layers_mounted} mounted, {r.layers_reused} already there "
              f"(image {human_size(r.image_bytes)})"] for r in results]
     typer.echo(table(["SERVICE", "IMAGE", "SENT", "LAYERS"], rows))
+
+
+# --------------------------------------------------------------------------- orch image save / load
+
+image_app = typer.Typer(
+    help="Carry a live release to an air-gapped site: `image save` writes its images and record into one "
+    "archive, `image load` verifies one and pushes its images into an environment's registry (then "
+    "`orch promote APP --to ENV --from-archive FILE`).",
+    no_args_is_help=True,
+)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("save")
+def image_save(
+    env: EnvRequired = ...,
+    output: Annotated[str, typer.Option("-o", "--output", metavar="FILE", help="The archive to write (a tar).")] = ...,
+    file: Files = None,
+    project_name: ProjectName = None,
+    env_file: EnvFiles = None,
+    profile: Profiles = None,
+    environments: EnvironmentsDir = None,
+    json: Json = False,
+) -> None:
+    """Write ENV's live release of the project (its recorded digests, rendered and base project,
+    lineage) and its images, fetched from ENV's registry by digest, into one archive."""
+    import time
+    from pathlib import Path
+
+    from orchestrator.app import archive as AR
+    from orchestrator.app.workspace import resolve_project
+    from orchestrator.cli.deploy import _fail
+    from orchestrator.cli.output import make_progress, protect_environment
+    from orchestrator.core.progress import JSON_VERSION
+    from orchestrator.errors import OrchError
+
+    t0 = time.monotonic()
+    progress = make_progress(json)
+    try:
+        target = resolve_project(project_options(file, project_name, env_file, profile, env, environments))
+        protect_environment(target.environment)
+        res = AR.save(target.name, target.environment, Path(output), progress)
+    except OrchError as err:
+        _fail(progress, err, "image save", None, t0, environment=env, project=project_name)
+        return
+    except KeyboardInterrupt:
+        progress.close()
+        raise
+    doc = {"version": JSON_VERSION, "status": "ok", "command": "image save", "environment": res.env, **res.to_json()}
+    lines = [f"saved {res.release.ref} of {res.project} ({len(res.images)} image(s), "
+             f"{doc['bytes']} bytes) into {res.path}:"]
+    lines += [f"  {s:<12} {i['ref']}" for s, i in sorted(res.images.items())]
+    progress.finish(doc, "\n".join(lines))
+
+
+@image_app.command("load")
+def image_load(
+    archive: Annotated[str, typer.Argument(metavar="FILE", help="An archive written by `orch image save`.")],
+    env: EnvRequired = ...,
+    environments: EnvironmentsDir = None,
+    json: Json = False,
+) -> None:
+    """Verify every image in FILE against its digest (a corrupt or truncated archive is bad input,
+    exit 2, and nothing is touched), then push the images into ENV's registry by digest and read
+    each digest back. Deploy them with `orch promote APP --to ENV --from-archive FILE`."""
+    import time
+    from pathlib import Path
+
+    from orchestrator.app import archive as AR
+    from orchestrator.cli.deploy import _fail
+    from orchestrator.cli.output import make_progress, protect_environment
+    from orchestrator.core.environments import load_environment
+    from orchestrator.core.progress import JSON_VERSION
+    from orchestrator.errors import OrchError
+
+    t0 = time.monotonic()
+    progress = make_progress(json)
+    try:
+        environment = load_environment(env, environments, Path.cwd())
+        protect_environment(environment)
+        res = AR.load(Path(archive), environment, progress)
+    except OrchError as err:
+        _fail(progress, err, "image load", None, t0, environment=env)
+        return
+    except KeyboardInterrupt:
+        progress.close()
+        raise
+    doc = {"version": JSON_VERSION, "status": "ok", "command": "image load", **res.to_json()}
+    rel = res.archive.release
+    lines = [f"loaded {rel['env']} #{rel['id']} of {rel['project']} into {res.registry} ({len(res.loaded)} image(s)):"]
+    lines += [f"  {x.service:<12} {x.ref}  ({x.blobs_pushed} blobs pushed, {x.blobs_present} already there)"
+              for x in res.loaded]
+    progress.finish(doc, "\n".join(lines))

@@ -26,6 +26,9 @@ def promote(
     to: Annotated[str, typer.Option("--to", metavar="ENV", help="The environment to promote into.")],
     from_env: Annotated[Optional[str], typer.Option(
         "--from", metavar="ENV", help="The environment to promote from (default: the target's promote_from).")] = None,
+    from_archive: Annotated[Optional[str], typer.Option(
+        "--from-archive", metavar="FILE", help="Promote the release saved in FILE by `orch image save` (its "
+        "images loaded into ENV's registry with `orch image load`) instead of another environment's.")] = None,
     approve: Annotated[bool, typer.Option(
         "--approve", help="Approve the promotion (for a target that requires approval; in CI: ORCH_APPROVE=1). "
         "Recorded on the release with your name.")] = False,
@@ -47,9 +50,11 @@ def promote(
     digests; nothing is rebuilt. The new release records its source ("prod #7 <- test
     #12 <- dev #31"). A release already live in ENV is a no-op that says so. Takes ENV's
     deploy lock (exit 4 when held). With a Compose file at hand, secrets come from
-    today's files and environment (the ledger keeps only their hashes).
+    today's files and environment (the ledger keeps only their hashes). --from-archive
+    FILE: the source is the release saved in FILE (an air-gapped site), same gates.
     """
     import time
+    from pathlib import Path
 
     from orchestrator.app import pipeline
     from orchestrator.app import release as RE
@@ -67,20 +72,25 @@ def promote(
         project_dir = opts.project_dir()
         target = load_environment(to, environments, project_dir)
         protect_environment(target)
-        source_name = from_env or target.promote_from
-        if not source_name:
-            raise InputError(Problem(f"environment {to} has no promote_from: it is the first stage",
-                                     file=str(target.file), key="promote_from",
-                                     fix=f"pass --from ENV, or deploy to {to} with `orch up --env {to}`"))
-        source = load_environment(source_name, environments, project_dir)
-        protect_environment(source)
+        source = None
+        if from_archive and from_env:
+            raise InputError(Problem("--from and --from-archive name two sources", fix="pass one of them"))
+        if not from_archive:
+            source_name = from_env or target.promote_from
+            if not source_name:
+                raise InputError(Problem(f"environment {to} has no promote_from: it is the first stage",
+                                         file=str(target.file), key="promote_from",
+                                         fix=f"pass --from ENV, or deploy to {to} with `orch up --env {to}`"))
+            source = load_environment(source_name, environments, project_dir)
+            protect_environment(source)
         today = load_today(opts)
         protect_project(today)
         result = RE.promote(
             app_name, target, source,
             pipeline.PipelineOptions(dry_run=dry_run, lock_wait=lock_wait, approve=approve,
                                      keep_images=pipeline.keep_images_default(), command_line=command_line()),
-            progress, today=today, working_dir=today.working_dir if today is not None else project_dir)
+            progress, today=today, working_dir=today.working_dir if today is not None else project_dir,
+            archive=Path(from_archive) if from_archive else None)
     except OrchError as err:
         _fail(progress, err, "promote", ws, t0)
         return

@@ -582,6 +582,14 @@ def resolve_images(project: Any, env: Any, services: Iterable[str] | None = None
     return pins
 
 
+def client_for_image(ref: ImageRef, env: Any, clients: dict[str, RegistryClient],
+                     environ: Mapping[str, str] | None = None) -> RegistryClient:
+    """The client for the registry that holds REF, as ENV reaches it (its registry with its
+    credentials, its mirror for docker.io, a `registries:` entry, else anonymous); one per
+    registry in CLIENTS."""
+    return _client_for(ref, env, environ, clients)[0]
+
+
 def _client_for(ref: ImageRef, env: Any, environ: Mapping[str, str] | None, clients: dict[str, RegistryClient]
                 ) -> tuple[RegistryClient, str]:
     spec = env.registry if env is not None else None

@@ -228,27 +228,29 @@ class RegistryClient:
         return (c.username, c.password) if c is not None else None
 
     def _request(self, method: str, path: str, *, scope: str = "", headers: dict | None = None,
-                 stream: bool = False) -> Any:
-        """One request, answering a 401 challenge once (Basic or Bearer)."""
-        url = self.base + path
+                 stream: bool = False, data: bytes | None = None) -> Any:
+        """One request, answering a 401 challenge once (Basic or Bearer); path may be a whole URL
+        (an upload's Location)."""
+        url = path if path.startswith(("http://", "https://")) else self.base + path
         hdrs = dict(headers or {})
-        resp = self._send(method, url, hdrs, scope, stream)
+        resp = self._send(method, url, hdrs, scope, stream, data)
         if resp.status_code == 401:
             challenge = resp.headers.get("WWW-Authenticate", "")
             scheme = challenge.split(" ", 1)[0].lower()
             if scheme == "basic" and self._credentials is not None and not self._basic:
                 if _is_https(url):
                     self._basic = True
-                    resp = self._send(method, url, hdrs, scope, stream)
+                    resp = self._send(method, url, hdrs, scope, stream, data)
                 else:
                     self._withheld = self.base
             elif scheme == "bearer":
                 token = self._fetch_token(challenge, scope)
                 if token is not None:
-                    resp = self._send(method, url, hdrs, scope, stream)
+                    resp = self._send(method, url, hdrs, scope, stream, data)
         return resp
 
-    def _send(self, method: str, url: str, headers: dict, scope: str, stream: bool) -> Any:
+    def _send(self, method: str, url: str, headers: dict, scope: str, stream: bool, data: bytes | None = None
+              ) -> Any:
         import requests
 
         hdrs = dict(headers)
@@ -260,7 +262,8 @@ class RegistryClient:
             auth = self._auth_tuple()
         try:
             return self.session.request(method, url, headers=hdrs, auth=auth, verify=self._verify,
-                                        timeout=self.timeout, stream=stream, allow_redirects=True)
+                                        timeout=self.timeout, stream=stream, allow_redirects=True,
+                                        **({"data": data} if data is not None else {}))
         except requests.exceptions.SSLError as err:
             raise self._tls_error(err) from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
@@ -427,6 +430,27 @@ class RegistryClient:
         self._raise_for(resp, f"HEAD {path}")
         return True
 
+    def put_blob(self, repository: str, digest: str, data: bytes) -> None:
+        """Upload one blob (monolithic: POST then PUT ?digest=; the registry checks the digest)."""
+        scope = _push_scope(repository)
+        resp = self._request("POST", f"/v2/{repository}/blobs/uploads/", scope=scope)
+        self._raise_for(resp, f"POST /v2/{repository}/blobs/uploads/")
+        location = resp.headers.get("Location", "")
+        if not location.startswith(("http://", "https://")):
+            location = self.base + location
+        location += ("&" if "?" in location else "?") + f"digest={digest}"
+        resp = self._request("PUT", location, scope=scope, data=data,
+                             headers={"Content-Type": "application/octet-stream"})
+        self._raise_for(resp, f"PUT blob {digest} into {repository}")
+
+    def put_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> str:
+        """PUT a manifest (by digest or tag); the digest the registry gives it."""
+        path = f"/v2/{repository}/manifests/{reference}"
+        resp = self._request("PUT", path, scope=_push_scope(repository), data=body,
+                             headers={"Content-Type": media_type})
+        self._raise_for(resp, f"PUT {path}")
+        return resp.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(body).hexdigest()
+
     def layers(self, repository: str, reference: str) -> list[Layer]:
         """Layers of a single-platform image: compressed digest and size, with the diff ID."""
         m = self.manifest(repository, reference, accept=SINGLE_MANIFEST_TYPES)
@@ -468,6 +492,10 @@ def _is_https(url: str) -> bool:
 
 def _pull_scope(repository: str) -> str:
     return f"repository:{repository}:pull"
+
+
+def _push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
 
 
 def _short(err: Exception) -> str:

@@ -411,10 +411,13 @@ class FakeSession:
     def __init__(self, handler):
         self.handler = handler
         self.calls = []
+        self.sent = []  # (method, url, body) of the requests that carried one
 
     def request(self, method, url, headers=None, auth=None, verify=None, timeout=None, stream=False,
-                allow_redirects=True):
+                allow_redirects=True, data=None):
         self.calls.append((method, url, dict(headers or {}), auth, verify))
+        if data is not None:
+            self.sent.append((method, url, data))
         out = self.handler(method, url, headers or {}, auth, None)
         if isinstance(out, Exception):
             raise out
@@ -426,3 +429,53 @@ class FakeSession:
         if isinstance(out, Exception):
             raise out
         return out
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class FakeBlobRegistry:
+    """A registry's blobs and manifests by digest, per repository (the RegistryClient calls
+    orchestrator.io.archive uses); records every write."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.blobs: dict[tuple[str, str], bytes] = {}
+        self.manifests: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self.writes: list[tuple[str, str, str]] = []
+
+    def add_image(self, repo: str, layers: list[bytes]) -> str:
+        config = json.dumps({"rootfs": {"diff_ids": [_sha256(x) for x in layers]}}).encode()
+        for b in [config, *layers]:
+            self.blobs[(repo, _sha256(b))] = b
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                           "config": {"digest": _sha256(config), "size": len(config)},
+                           "layers": [{"digest": _sha256(x), "size": len(x)} for x in layers]}).encode()
+        self.manifests[(repo, _sha256(body))] = ("application/vnd.docker.distribution.manifest.v2+json", body)
+        return _sha256(body)
+
+    def manifest(self, repo, digest, accept=()):
+        from orchestrator.io.registry_client import Manifest
+
+        media, body = self.manifests[(repo, digest)]
+        return Manifest(media, digest, body)
+
+    def blob(self, repo, digest):
+        return self.blobs[(repo, digest)]
+
+    def blob_exists(self, repo, digest):
+        return (repo, digest) in self.blobs
+
+    def put_blob(self, repo, digest, data):
+        assert _sha256(data) == digest and (repo, digest) not in self.blobs
+        self.blobs[(repo, digest)] = data
+        self.writes.append(("blob", repo, digest))
+
+    def put_manifest(self, repo, ref, media, body):
+        self.manifests[(repo, ref)] = (media, body)
+        self.writes.append(("manifest", repo, ref))
+        return _sha256(body)
+
+    def manifest_digest(self, repo, ref):
+        return ref if (repo, ref) in self.manifests else None

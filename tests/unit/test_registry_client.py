@@ -182,3 +182,28 @@ def test_delete_manifest_by_digest_missing_and_deletes_disabled():
     with pytest.raises(RegistryError) as err:
         c.delete_manifest("hello/web", "sha256:" + "c" * 64)
     assert "delete: enabled: true" in err.value.fix
+
+
+def test_put_blob_uploads_to_the_location_given_and_put_manifest_returns_the_digest():
+    body = b'{"schemaVersion": 2}'
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+
+    def handler(method, url, headers, auth, params):
+        if method == "POST" and url.endswith("/v2/app/web/blobs/uploads/"):
+            return FakeResponse(202, {"Location": "/v2/app/web/blobs/uploads/u1?_state=x"})
+        if method == "PUT" and "/blobs/uploads/u1?_state=x&digest=" + DIGEST in url:
+            return FakeResponse(201)
+        if method == "PUT" and url.endswith("/v2/app/web/manifests/" + digest):
+            assert headers["Content-Type"] == "application/vnd.oci.image.manifest.v1+json"
+            return FakeResponse(201, {"Docker-Content-Digest": digest})
+        return FakeResponse(500, body=b"unexpected " + url.encode())
+
+    session = FakeSession(handler)
+    client = RegistryClient("r:5000", session=session)
+    client.put_blob("app/web", DIGEST, b"layer")
+    assert client.put_manifest("app/web", digest, "application/vnd.oci.image.manifest.v1+json", body) == digest
+    assert [(m, u.split("/v2/")[1], d) for m, u, d in session.sent] == [
+        ("PUT", f"app/web/blobs/uploads/u1?_state=x&digest={DIGEST}", b"layer"),
+        ("PUT", f"app/web/manifests/{digest}", body)]
+    with pytest.raises(RegistryError, match="HTTP 500"):
+        client.put_blob("app/other", DIGEST, b"layer")

@@ -39,8 +39,14 @@ def paths_of(ctx: Any, env: str) -> MeshPaths:
     return MeshPaths.of(ctx.data_dir(), env)
 
 
-def _engine_networks(ctx: Any, env: str) -> Dict[str, Any]:
-    raw = ctx.reads.networks([MESH_SLOT, "%s=%s" % (L.ENV, env)])
+def _env_networks(ctx: Any, env: str) -> list:
+    """The engine's networks of this environment (one engine call)."""
+    return ctx.reads.networks(["%s=%s" % (L.ENV, env)])
+
+
+def _engine_networks(ctx: Any, env: str, raw: Any = None) -> Dict[str, Any]:
+    """Its mesh networks, by engine name (from `raw` when the caller listed them already)."""
+    raw = _env_networks(ctx, env) if raw is None else raw
     return mesh_networks([{"Name": n["name"], "Id": n["id"], "Labels": n["labels"]} for n in raw], env)
 
 
@@ -59,7 +65,8 @@ def state_section(ctx: Any, env: str) -> Dict[str, Any]:
     paths = paths_of(ctx, env)
     iface = interface_name(env)
     cfg = _read_json(paths.config)
-    nets = _engine_networks(ctx, env)
+    plain = _env_networks(ctx, env)
+    nets = _engine_networks(ctx, env, plain)
     problems = list(host.problems())
     running: Dict[str, bool] = {}
     outdated: List[str] = []
@@ -84,7 +91,6 @@ def state_section(ctx: Any, env: str) -> Dict[str, Any]:
                           "error": s.get("error", "")})
         problems.extend(status.get("problems") or [])
     key = host.public_key(paths) if os.path.exists(paths.private_key) else ""
-    plain = ctx.reads.networks(["%s=%s" % (L.ENV, env)])
     unmeshed = sorted("%s/%s" % (n["labels"].get(L.PROJECT, ""), n["labels"].get(L.NAME, ""))
                       for n in plain if MESH_SLOT not in n["labels"] and n["labels"].get(L.PROJECT))
     return MeshState(env=env, public_key=key or "", config=cfg,

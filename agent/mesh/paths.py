@@ -75,16 +75,14 @@ class MeshPaths:
 
 
 def write_atomic(path: str, text: str, mode: int = 0o600) -> bool:
-    """Write if different; True when the file changed."""
+    """Write (agent.ingress_files.write_atomic) only if different; True when the file changed."""
+    from agent.ingress_files import write_atomic as write_bytes
+
     try:
         with open(path) as fh:
             if fh.read() == text:
                 return False
     except OSError:
         pass
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_bytes(path, text.encode("utf-8"), mode)
     return True

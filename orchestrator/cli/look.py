@@ -7,7 +7,7 @@ imports stay inside the functions so `orch --help` stays fast.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -23,6 +23,16 @@ def _workspace(file, project_name, env_file, profile, env, environments):
     from orchestrator.cli.output import protect
 
     return protect(load_workspace(project_options(file, project_name, env_file, profile, env, environments)))
+
+
+def _show(command: str, ws: Any, rows: list[dict], render: Any, json: bool) -> None:
+    """One command's rows: the final JSON object, or the rendered text."""
+    from orchestrator.cli.output import final, print_final
+
+    if json:
+        print_final(final("ok", command, environment=ws.environment.name, project=ws.project.name, containers=rows))
+    else:
+        typer.echo(render(rows))
 
 
 @app.command("stats")
@@ -46,7 +56,7 @@ def stats(
     object).
     """
     from orchestrator.app.look import watch_stats
-    from orchestrator.cli.output import final, print_event, print_final
+    from orchestrator.cli.output import print_event
     from orchestrator.cli.render import stats_table
 
     ws = _workspace(file, project_name, env_file, profile, env, environments)
@@ -54,8 +64,7 @@ def stats(
 
     def done() -> None:
         if json:
-            print_final(final("ok", "stats", environment=ws.environment.name, project=ws.project.name,
-                              containers=last))
+            _show("stats", ws, last, None, True)
         elif not last:
             typer.echo(f"no containers of {ws.project.name} on {ws.environment.name}")
 
@@ -108,15 +117,11 @@ def top(
 ) -> None:
     """The processes running in each replica of a service (or in one: SERVICE/REPLICA), on every node."""
     from orchestrator.app import look
-    from orchestrator.cli.output import final, print_final
     from orchestrator.cli.render import top_text
 
     ws = _workspace(file, project_name, env_file, profile, env, environments)
     rows = look.top(ws, target)
-    if json:
-        print_final(final("ok", "top", environment=ws.environment.name, project=ws.project.name, containers=rows))
-    else:
-        typer.echo(top_text(rows))
+    _show("top", ws, rows, top_text, json)
 
 
 @app.command("inspect")
@@ -138,15 +143,11 @@ def inspect(
     """
     from orchestrator.app import look
     from orchestrator.app.pipeline import secret_values
-    from orchestrator.cli.output import final, print_final
     from orchestrator.cli.render import inspect_text
 
     ws = _workspace(file, project_name, env_file, profile, env, environments)
     rows = look.inspect(ws, target, secret_values(ws.project))
-    if json:
-        print_final(final("ok", "inspect", environment=ws.environment.name, project=ws.project.name, containers=rows))
-    else:
-        typer.echo(inspect_text(rows))
+    _show("inspect", ws, rows, inspect_text, json)
 
 
 @app.command("port")
@@ -162,12 +163,8 @@ def port(
 ) -> None:
     """The published ports of each replica of a service (or of SERVICE/REPLICA), per node, and where to reach them."""
     from orchestrator.app import look
-    from orchestrator.cli.output import final, print_final
     from orchestrator.cli.render import ports_table
 
     ws = _workspace(file, project_name, env_file, profile, env, environments)
     rows = look.ports(ws, target)
-    if json:
-        print_final(final("ok", "port", environment=ws.environment.name, project=ws.project.name, containers=rows))
-    else:
-        typer.echo(ports_table(rows))
+    _show("port", ws, rows, ports_table, json)

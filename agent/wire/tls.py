@@ -331,18 +331,38 @@ class CertdResult:
     running: bool = False  # the daemon runs
     last_error: str = ""  # the daemon's last failure (e.g. the CA unreachable), "" when none
     next_check: str = ""  # ISO 8601: when the daemon next looks at expiries
+    config_id: str = ""  # config_id() of the node's config ("" : none), so the controller
+    secret_id: str = ""  # reconfigures only on a change; secret_id(): never the secret itself
 
     def to_dict(self) -> Dict[str, Any]:
         return {"env": self.env, "role": self.role, "certs": [c.to_dict() for c in self.certs],
                 "ordered": list(self.ordered), "running": self.running, "last_error": self.last_error,
-                "next_check": self.next_check}
+                "next_check": self.next_check, "config_id": self.config_id, "secret_id": self.secret_id}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "CertdResult":
         return cls(env=d.get("env", ""), role=d.get("role", ""),
                    certs=tuple(CertInfo.from_dict(c) for c in d.get("certs") or []),
                    ordered=tuple(d.get("ordered") or ()), running=bool(d.get("running")),
-                   last_error=d.get("last_error", ""), next_check=d.get("next_check", ""))
+                   last_error=d.get("last_error", ""), next_check=d.get("next_check", ""),
+                   config_id=d.get("config_id", ""), secret_id=d.get("secret_id", ""))
+
+
+def config_id(cfg: CertdConfig) -> str:
+    """What identifies a certd config apart from its secret (sha256 of its canonical JSON)."""
+    import hashlib
+    import json
+
+    body = cfg.to_dict()
+    body.pop("secret")
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def secret_id(secret: str) -> str:
+    """Which secret a node holds, without revealing it (all nodes of an environment must agree)."""
+    import hashlib
+
+    return hashlib.sha256(("orch-certd:" + secret).encode("utf-8")).hexdigest()[:16]
 
 
 def parse_ensure(args: Dict[str, Any]) -> Tuple[str, Tuple[str, ...], bool]:

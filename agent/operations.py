@@ -26,6 +26,7 @@ from agent.owner import owned, refuse_foreign
 from agent.mesh.ops import MESH_OPERATIONS
 from agent.prune import PRUNE_OPERATIONS
 from agent.rollout import ROLLOUT_OPERATIONS
+from agent.transfer import TRANSFER_OPERATIONS
 from agent.steps import (
     DEFAULT_COMPLETION_TIMEOUT,
     DEFAULT_MIN_RUNNING,
@@ -548,3 +549,4 @@ OPERATIONS.update(ROLLOUT_OPERATIONS)
 OPERATIONS.update(MESH_OPERATIONS)
 OPERATIONS.update(LOOK_OPERATIONS)
 OPERATIONS.update(PRUNE_OPERATIONS)
+OPERATIONS.update(TRANSFER_OPERATIONS)

@@ -141,6 +141,7 @@ class PipelineResult:
     images: dict[str, str] = field(default_factory=dict)
     image_version: str = ""
     pushed: list[dict] = field(default_factory=list)
+    transferred: dict | None = None  # without a registry: app.transfer.TransferReport.to_json()
     source: ReleaseRef | None = None
     verification: dict | None = None
     pruned: dict[str, list[str]] = field(default_factory=dict)
@@ -172,6 +173,7 @@ class PipelineResult:
             "images": dict(sorted(self.images.items())),
             "image_version": self.image_version,
             "pushed": list(self.pushed),
+            "transferred": self.transferred,
             "source": self.source.to_dict() if self.source else None,
             "lineage": self.release.lineage_text() if self.release else "",
             "verification": self.verification,
@@ -448,6 +450,11 @@ class _Flow:
         self.warnings: list[str] = []
         self.performer = seams.performer or detect_performer(environ=seams.environ)
         self.history_limit = 50  # the live release, the next id (max_id) and the last few releases
+        # Without a registry (app.transfer): images built here still to move (service -> local
+        # tag), the promotion's source environment, and what the move did.
+        self.local_images: dict[str, str] = {}
+        self.transfer_source: Any = None
+        self.transferred: Any = None
 
     def warn(self, text: str) -> None:
         if text not in self.warnings:
@@ -481,6 +488,8 @@ class _Flow:
                 self.warn(w)
             if prep.make_release is None:
                 return self._result("ok", None, prep.live, False, prep.message, prep, conn)
+            if not self.opts.dry_run:
+                self._transfer(conn, prep)
             # The new release's id goes into every spec as it is built; the release itself is
             # recorded (make_release, numbered from the same history) just before anything is
             # applied. A ledger that could not be read leaves it unnumbered: make_release refuses.
@@ -555,6 +564,20 @@ class _Flow:
             conn.close()
             self.timings.update({k: v for k, v in conn.timings.items()})
 
+    def _transfer(self, conn: EnvConnection, prep: _Prepared) -> None:
+        """Without a registry: the images onto the nodes, and the built ones pinned (in place:
+        prep.images is what the release records)."""
+        from orchestrator.app.transfer import deliver, needs_transfer
+
+        if not needs_transfer(self.environment, prep.images, self.local_images):
+            return
+        t0 = time.monotonic()
+        self.transferred = deliver(self.environment, conn.nodes, prep.images, self.progress,
+                                   local=self.local_images, source_env=self.transfer_source,
+                                   connector=self.seams.connector)
+        prep.images.update(self.transferred.pins)
+        self.timings["transfer"] = time.monotonic() - t0
+
     def _verify(self, project: Any, observed: Mapping[str, Any], release_id: int) -> Any:
         from orchestrator.core import verify as V
         from orchestrator.io import checks as C
@@ -601,7 +624,7 @@ class _Flow:
             images=dict(release.services) if release is not None and status != "planned" else dict(prep.images),
             source=release.source if release is not None else prep.source, verification=verification,
             pruned=pruned or {}, warnings=list(self.warnings), duration_s=time.monotonic() - self.t0,
-            timings=timings,
+            timings=timings, transferred=self.transferred.to_json() if self.transferred is not None else None,
         )
 
 

@@ -56,6 +56,7 @@ def promote(project_name: str, target: Any, source: Any, opts: PipelineOptions, 
     progress = progress or Progress()
     seams = seams or Seams()
     flow = _Flow("promote", target, project_name, opts, progress, seams)
+    flow.transfer_source = source  # without a registry: images the target lacks come from its nodes
     if archive is None and source.name == target.name:
         raise InputError(Problem(f"cannot promote {target.name} into itself", fix="name another --from environment"))
 

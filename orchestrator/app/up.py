@@ -45,13 +45,16 @@ def up(workspace: Any, base_project: Any, opts: PipelineOptions, progress: Progr
     image_seconds = time.monotonic() - t_img
     environ = seams.environ
     secrets = secret_values(project, environ)
-    manifest = render_manifest(project, pins)
-    base = redact_manifest(render_manifest(base_project if base_project is not None else project, pins),
-                           project.name, secrets)
     flow = _Flow("up", env, project.name, opts, progress, seams)
+    # Without a registry the built images are pinned once moved to the nodes, under the lock
+    # (pins is updated in place): the manifests are rendered from the pins then.
+    flow.local_images = dict(getattr(imageset, "local", None) or {})
 
     def prepare(history: History) -> _Prepared:
         def make(h: History) -> Release:
+            manifest = render_manifest(project, pins)
+            base = redact_manifest(render_manifest(base_project if base_project is not None else project, pins),
+                                   project.name, secrets)
             rel = new_release(h, services=release_services(h, project, pins, opts.services), manifest=manifest,
                               performer=flow.performer, command="up", version=imageset.version.version,
                               secret_values=secrets)
@@ -77,7 +80,8 @@ def _prepare_images(project: Any, env: Any, opts: PipelineOptions, progress: Pro
     building = [n for n, s in sorted(project.services.items()) if s.build is not None
                 and (not opts.services or n in opts.services)]
     if building and opts.build and not opts.dry_run:
-        progress.phase("images", f"building and pushing {', '.join(building)}")
+        progress.phase("images", f"building and pushing {', '.join(building)}" if env.registry.address
+                       else f"building {', '.join(building)} (no registry: moved to the nodes over SSH)")
     else:
         progress.phase("images", "pinning images to digests")
 

@@ -524,7 +524,10 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
         strict_host_keys=r.typed(raw_ssh, "strict_host_keys", "ssh.strict_host_keys", (bool,), "true or false", True),
     )
 
-    raw_reg = r.mapping(doc, "registry", "registry", _REGISTRY_KEYS)
+    # `registry: none` (or no `registry:`): images go to the nodes over SSH (deploying
+    # without a registry, orchestrator.app.transfer).
+    no_registry = isinstance(doc.get("registry"), str) and doc["registry"].strip().lower() == "none"
+    raw_reg = {} if no_registry else r.mapping(doc, "registry", "registry", _REGISTRY_KEYS)
     s = lambda k: r.typed(raw_reg, k, f"registry.{k}", (str,), "a string")  # noqa: E731
     registry = RegistrySpec(
         address=s("address"),

@@ -626,6 +626,9 @@ class ImageSet:
     builds: list[BuildResult] = field(default_factory=list)
     pushes: list[PushResult] = field(default_factory=list)
     jobs: list[BuildJob] = field(default_factory=list)
+    # Without a registry: service -> the controller engine's repository:tag, moved to the
+    # nodes under the lock (app.transfer), which pins it; pins holds that tag until then.
+    local: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"version": self.version.version, "version_source": self.version.source,
@@ -638,6 +641,11 @@ def prepare_images(project: Any, env: Any, *, version: str | None = None, build_
                    registry: RegistryClient | None = None) -> ImageSet:
     """Check the registry, build and push (or, with build_images=False, look the version's
     tags up in the registry) and pin `image:` references: nothing touches a node."""
+    if not env.registry.address and any(s.build is not None for s in project.services.values()):
+        from orchestrator.io.transfer import prepare_local  # no registry: the nodes get them over SSH
+
+        return prepare_local(project, env, version=version, build_images=build_images, services=services,
+                             on_output=on_output, environ=environ, client=client)
     services = list(services) if services else None
     info = compute_version(version_paths(project, services), version)
     jobs = plan_builds(project, env, info.version, services, environ)

@@ -443,6 +443,35 @@ class RegistryClient:
                              headers={"Content-Type": "application/octet-stream"})
         self._raise_for(resp, f"PUT blob {digest} into {repository}")
 
+    def open_blob(self, repository: str, digest: str) -> Any:
+        """A streamed GET of a blob: the caller reads resp.iter_content() and closes it."""
+        path = f"/v2/{repository}/blobs/{digest}"
+        resp = self._request("GET", path, scope=_pull_scope(repository), stream=True)
+        self._raise_for(resp, f"GET {path}")
+        return resp
+
+    def upload_blob(self, repository: str, digest: str, chunks: Any) -> Any:
+        """Upload a blob from an iterable of byte chunks without holding it in memory (POST,
+        one streamed PATCH, PUT ?digest=: the registry commits it only if the digest matches).
+        Returns the failing response (status >= 400) unraised, for the caller to explain, or None."""
+        scope = _push_scope(repository)
+        resp = self._request("POST", f"/v2/{repository}/blobs/uploads/", scope=scope)
+        if resp.status_code >= 400:
+            return resp
+        location = self._location(resp)
+        resp = self._request("PATCH", location, scope=scope, data=chunks,
+                             headers={"Content-Type": "application/octet-stream"})
+        if resp.status_code >= 400:
+            return resp
+        location = self._location(resp)
+        location += ("&" if "?" in location else "?") + f"digest={digest}"
+        resp = self._request("PUT", location, scope=scope, headers={"Content-Length": "0"})
+        return resp if resp.status_code >= 400 else None
+
+    def _location(self, resp: Any) -> str:
+        location = resp.headers.get("Location", "")
+        return location if location.startswith(("http://", "https://")) else self.base + location
+
     def put_manifest(self, repository: str, reference: str, media_type: str, body: bytes) -> str:
         """PUT a manifest (by digest or tag); the digest the registry gives it."""
         path = f"/v2/{repository}/manifests/{reference}"

@@ -107,16 +107,16 @@ class Forward:
                 data = client.recv(CHUNK)
                 if not data:
                     return
-                chan.sendall(data)
                 with self._lock:
                     self.sent += len(data)
+                chan.sendall(data)
             if chan in ready:
                 data = chan.recv(CHUNK)
                 if not data:
                     return
-                client.sendall(data)
                 with self._lock:
                     self.received += len(data)
+                client.sendall(data)
 
     def close(self) -> None:
         self._closed.set()

@@ -121,7 +121,8 @@ def free_bytes(path: str) -> int:
 
 
 def _info(p: Paths, pid: Optional[int], started: bool) -> Dict[str, Any]:
-    return TransferInfo(running=pid is not None, port=TRANSFER_PORT, started=started,
+    return TransferInfo(running=pid is not None, installed=procs.which("docker-registry") is not None,
+                        port=TRANSFER_PORT, started=started,
                         free_bytes=free_bytes(p.storage if os.path.isdir(p.storage) else "/"),
                         stored_bytes=stored_bytes(p), pid=pid or 0).to_dict()
 

@@ -59,6 +59,8 @@ MEASUREMENTS = [
     Measurement("rolling", "bench.rolling:rolling", 3, True, "rolling deploy under load vs the floor"),
     Measurement("mesh", "bench.mesh:mesh", 3, True, "service mesh: latency and throughput across nodes vs one node"
                 " and the raw bridge"),
+    Measurement("transfer", "bench.transfer:transfer", 1, True, "registry-less transfer of a 200 MB image to 1, 2, 4 "
+                "nodes vs docker save | ssh docker load and vs a registry push + pull"),
 ]
 BY_NAME = {m.name: m for m in MEASUREMENTS}
 ALIASES = {"deploy": ["up", "noop"], "pipeline": ["promote", "push"]}  # the names before the split

@@ -53,6 +53,7 @@ class TransferInfo:
     """The node's transfer registry: `transfer_start`'s and `transfer_status`' answer."""
 
     running: bool
+    installed: bool = True  # docker-registry found on the node
     port: int = TRANSFER_PORT
     started: bool = False  # started by this call (else it was running already)
     free_bytes: int = 0  # free space on the filesystem holding its storage
@@ -64,9 +65,10 @@ class TransferInfo:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], what: str = "transfer") -> "TransferInfo":
-        check_keys(d, ("running", "port", "started", "free_bytes", "stored_bytes", "pid"), what)
+        check_keys(d, ("running", "installed", "port", "started", "free_bytes", "stored_bytes", "pid"), what)
         return cls(
             running=check_bool(require(d, "running", what), "running"),
+            installed=check_bool(d.get("installed", True), "installed"),
             port=check_int(d.get("port", TRANSFER_PORT), "port", 1, 65535),
             started=check_bool(d.get("started", False), "started"),
             free_bytes=check_int(d.get("free_bytes", 0), "free_bytes", 0),

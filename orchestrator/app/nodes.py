@@ -39,6 +39,9 @@ class NodeCheck:
     # The environment's service mesh on this node (agent mesh_status): running parts and each
     # peer (handshake age, records arriving); None: the mesh is off or not asked.
     mesh: dict | None = None
+    # Without a registry: the node's transfer registry (agent transfer_status: installed,
+    # running, free and stored bytes); None: the environment has a registry.
+    transfer: dict | None = None
     problems: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -55,7 +58,7 @@ class NodeCheck:
         return out
 
 
-def check_node(target: Any, options: Any, bundle: Any, mesh_env: str = "") -> NodeCheck:
+def check_node(target: Any, options: Any, bundle: Any, mesh_env: str = "", transfer: bool = False) -> NodeCheck:
     """Every requirement of one node, in order; stops at the first that blocks the rest."""
     from orchestrator.io import transport as T
 
@@ -89,6 +92,8 @@ def check_node(target: Any, options: Any, bundle: Any, mesh_env: str = "") -> No
                 ingress = session.call("ingress_status") if info.get("engine") else None
             except T.AgentError:
                 ingress = None  # its state is kept per engine: nothing to say without one
+            if transfer and info.get("engine"):  # its storage is kept per engine
+                judge_transfer(result, session.call("transfer_status"))
             mesh = None
             if mesh_env and info.get("engine"):
                 try:
@@ -137,6 +142,17 @@ def check_node(target: Any, options: Any, bundle: Any, mesh_env: str = "") -> No
     return result
 
 
+def judge_transfer(result: NodeCheck, status: dict) -> None:
+    """An environment without a registry: the node needs Debian's docker-registry."""
+    from orchestrator.io import transport as T
+
+    result.transfer = {k: status.get(k) for k in ("installed", "running", "free_bytes", "stored_bytes")}
+    if not status.get("installed"):
+        result.problem(T.NodeRequirementError(
+            "docker-registry (Docker Distribution) is not installed: the environment has no registry, so images "
+            "reach the node through a registry on its loopback", fix="apt-get install docker-registry"))
+
+
 MESH_FIX = {
     "link": "run `orch up` for a project of the environment: it brings the WireGuard link back "
             "(wireguard-go's interface ends with its process, e.g. after a reboot)",
@@ -170,14 +186,14 @@ def judge_mesh(result: NodeCheck, mesh: dict) -> None:
                     f"is open between the nodes (both ways); `orch nodes check` on its environment shows its side"))
 
 
-def check_nodes(targets: list, options: Any, mesh_env: str = "") -> list[NodeCheck]:
+def check_nodes(targets: list, options: Any, mesh_env: str = "", transfer: bool = False) -> list[NodeCheck]:
     """check_node on every node in parallel, in the targets' order; with mesh_env, each
     node's part of that environment's mesh too."""
     from orchestrator.io.agent_bundle import current_bundle
     from orchestrator.io.transport import parallel
 
     bundle = current_bundle()
-    results, errors = parallel(targets, lambda t: check_node(t, options, bundle, mesh_env))
+    results, errors = parallel(targets, lambda t: check_node(t, options, bundle, mesh_env, transfer))
     checks = []
     for t in targets:
         if t.name in results:

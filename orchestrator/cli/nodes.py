@@ -74,7 +74,8 @@ def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = F
     from orchestrator.core.compose.units import human_size
 
     environment, targets, options = load_nodes(env, environments)
-    checks = check_nodes(targets, options, environment.name if environment.mesh_enabled else "")
+    checks = check_nodes(targets, options, environment.name if environment.mesh_enabled else "",
+                         transfer=not environment.registry.address)
     ok = all(c.ok for c in checks)
     bad = [c.node for c in checks if not c.ok]
     err = None if ok else NodesNotReady(

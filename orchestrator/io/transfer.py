@@ -208,6 +208,7 @@ def push_from_engine(client: Any, local_ref: str, forward: Forward, repository: 
     start = time.monotonic()
     target = f"{forward.address}/{repository}"
     on_layer = on_layer or (lambda *a: None)
+    _drop_stale_tags(client, local_ref, repository)
     client.api.tag(local_ref, target, tag)
     statuses: dict[str, str] = {}
     done: dict[str, tuple[int, int]] = {}
@@ -243,6 +244,21 @@ def push_from_engine(client: Any, local_ref: str, forward: Forward, repository: 
                  layers_sent=sum(1 for s in statuses.values() if s == "Pushed"),
                  layers_present=sum(1 for s in statuses.values() if s == "Layer already exists"),
                  seconds=time.monotonic() - start, via="engine")
+
+
+def _drop_stale_tags(client: Any, local_ref: str, repository: str) -> None:
+    """Tags a killed transfer left (127.0.0.1:<old forward>/<repository>:...): untagged."""
+    try:
+        tags = client.api.inspect_image(local_ref).get("RepoTags") or []
+    except Exception:
+        return
+    for t in tags:
+        host, _, rest = t.partition("/")
+        if host.startswith("127.0.0.1:") and rest.rpartition(":")[0] == repository:
+            try:
+                client.api.remove_image(t, noprune=True)
+            except Exception:
+                pass
 
 
 # --------------------------------------------------------------------------- registry to registry

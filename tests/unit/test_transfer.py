@@ -296,3 +296,15 @@ def test_progress_is_per_node_and_layer_at_most_once_a_second(monkeypatch):
     got = [(e["node"], e["bytes"], e["rate"]) for e in p.events if e["event"] == "transfer"]
     assert got == [("n1", 0, 0), ("n2", 0, 0), ("n1", 3_000_000, 2_727_273), ("n1", 4_000_000, 3_636_364)]
     assert all(e["layer"] == "a" * 12 and e["total"] == 4_000_000 for e in p.events)
+
+
+def test_nodes_check_names_a_missing_docker_registry_without_a_registry():
+    from orchestrator.app.nodes import NodeCheck, judge_transfer
+
+    ok = NodeCheck("dev-1", "10.0.0.1")
+    judge_transfer(ok, TransferInfo(running=True, free_bytes=5).to_dict())
+    assert ok.ok and ok.transfer == {"installed": True, "running": True, "free_bytes": 5, "stored_bytes": 0}
+    bad = NodeCheck("dev-1", "10.0.0.1")
+    judge_transfer(bad, TransferInfo(running=False, installed=False).to_dict())
+    assert not bad.ok and "docker-registry" in bad.problems[0]["message"]
+    assert bad.problems[0]["fix"] == "apt-get install docker-registry"

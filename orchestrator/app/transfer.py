@@ -127,11 +127,9 @@ def deliver(env: Any, nodes: Mapping[str, Any], images: Mapping[str, str], progr
             progress.phase("transfer", f"{label}: copying {digest[:19]} from {src_name} to {', '.join(missing)}")
             meter = Meter(progress, label)
 
-            def copy(n: str) -> Any:
-                return X.copy_image(src, clients[n], repository, digest, n, free_bytes=infos[n].free_bytes,
-                                    on_layer=meter, source=src_name)
-
-            results, errors = T.parallel(missing, copy, key=lambda n: n)
+            results, errors = X.copy_to_many(src, {n: clients[n] for n in missing}, repository, digest,
+                                             free_bytes={n: infos[n].free_bytes for n in missing},
+                                             on_layer=meter, source=src_name)
             for n in sorted(results):
                 report.moved.append(results[n])
                 _done(progress, label, results[n])

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import queue
 import select
 import socket
 import threading
@@ -299,44 +300,127 @@ def has_image(client: Any, repository: str, digest: str) -> bool:
 def copy_image(src: Any, dst: Any, repository: str, digest: str, node: str, *, free_bytes: int | None = None,
                on_layer: OnLayer | None = None, source: str = "") -> Moved:
     """Only the blobs dst lacks, streamed from src; then the manifest's own bytes, by digest."""
+    moved, failed = copy_to_many(src, {node: dst}, repository, digest,
+                                 free_bytes=None if free_bytes is None else {node: free_bytes},
+                                 on_layer=on_layer, source=source)
+    if failed:
+        raise failed[node]
+    return moved[node]
+
+
+def copy_to_many(src: Any, dsts: dict[str, Any], repository: str, digest: str, *,
+                 free_bytes: dict[str, int] | None = None, on_layer: OnLayer | None = None, source: str = ""
+                 ) -> tuple[dict[str, Moved], dict[str, TransferFailed]]:
+    """copy_image to several nodes at once, each blob read from src once and written to
+    every node lacking it in parallel (the controller's link carries it in once, not once
+    per node). (moved, failed) by node: a node that fails does not stop the others."""
     start = time.monotonic()
     on_layer = on_layer or (lambda *a: None)
     img = image_blobs(src, repository, digest)
-    missing = [b for b in img.blobs if not dst.blob_exists(repository, b.digest)]
-    if free_bytes is not None:
-        check_room(node, [(b.digest, b.size) for b in missing], free_bytes)
-    sent = 0
-    for blob in missing:
-        sent += _copy_blob(src, dst, repository, blob, node, on_layer)
-    got = dst.put_manifest(repository, digest, img.media_type, img.manifest)
-    if got != digest:
-        raise TransferFailed(f"{node}: its registry stored {repository}@{digest} as {got}",
-                             fix="run the command again; report a bug if it persists.")
-    return Moved(node=node, digest=digest, bytes_sent=sent, layers_sent=len(missing),
-                 layers_present=len(img.blobs) - len(missing), seconds=time.monotonic() - start, via=source)
+    missing = {n: {b.digest for b in img.blobs if not c.blob_exists(repository, b.digest)} for n, c in dsts.items()}
+    failed: dict[str, TransferFailed] = {}
+    for n in dsts:
+        if free_bytes and n in free_bytes:
+            try:
+                check_room(n, [(b.digest, b.size) for b in img.blobs if b.digest in missing[n]], free_bytes[n])
+            except TransferFailed as err:
+                failed[n] = err
+    sent = {n: 0 for n in dsts}
+    for blob in img.blobs:
+        targets = [n for n in dsts if n not in failed and blob.digest in missing[n]]
+        if not targets:
+            continue
+        for n, got in _fan_out(src, dsts, repository, blob, targets, on_layer, source).items():
+            if isinstance(got, TransferFailed):
+                failed[n] = got
+            else:
+                sent[n] += got
+    moved: dict[str, Moved] = {}
+    for n, client in dsts.items():
+        if n in failed:
+            continue
+        try:
+            got = client.put_manifest(repository, digest, img.media_type, img.manifest)
+        except OrchError as err:
+            failed[n] = upload_failure(n, digest, len(img.manifest), None, err.message)
+            continue
+        if got != digest:
+            failed[n] = TransferFailed(f"{n}: its registry stored {repository}@{digest} as {got}",
+                                       fix="run the command again; report a bug if it persists.")
+            continue
+        moved[n] = Moved(node=n, digest=digest, bytes_sent=sent[n], layers_sent=len(missing[n]),
+                         layers_present=len(img.blobs) - len(missing[n]), seconds=time.monotonic() - start,
+                         via=source)
+    return moved, failed
 
 
-def _copy_blob(src: Any, dst: Any, repository: str, blob: Blob, node: str, on_layer: OnLayer) -> int:
-    done = [0]
+QUEUE_CHUNKS = 8  # chunks buffered per node: the slowest node sets the pace, memory stays bounded
 
-    def chunks() -> Any:
-        on_layer(node, blob.digest, 0, blob.size)  # the rate counts from here
+
+def _fan_out(src: Any, dsts: dict[str, Any], repository: str, blob: Blob, targets: list[str], on_layer: OnLayer,
+             source: str) -> dict[str, Any]:
+    """One blob from src into every target's registry at once: {node: bytes sent or TransferFailed}."""
+    queues = {n: queue.Queue(maxsize=QUEUE_CHUNKS) for n in targets}
+    results: dict[str, Any] = {}
+
+    def upload(n: str) -> None:
+        done = [0]
+
+        def chunks() -> Any:
+            on_layer(n, blob.digest, 0, blob.size)  # the rate counts from here
+            while True:
+                chunk = queues[n].get()
+                if chunk is None:
+                    return
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                done[0] += len(chunk)
+                on_layer(n, blob.digest, done[0], blob.size)
+                yield chunk
+
+        try:
+            bad = dsts[n].upload_blob(repository, blob.digest, chunks())
+            results[n] = done[0] if bad is None else upload_failure(n, blob.digest, blob.size, bad.status_code,
+                                                                   bad.text)
+        except _SourceFailed as err:
+            results[n] = TransferFailed(f"reading layer {blob.digest.split(':')[-1][:12]} from {source or 'the source'} "
+                                        f"failed: {err}", fix="run the command again.")
+        except Exception as err:  # the connection to the node broke
+            results[n] = upload_failure(n, blob.digest, blob.size, None, getattr(err, "message", None) or str(err))
+
+    threads = [threading.Thread(target=upload, args=(n,), daemon=True, name=f"orch-copy-{n}") for n in targets]
+    for t in threads:
+        t.start()
+    end: Any = None
+    try:
         resp = src.open_blob(repository, blob.digest)
         try:
             for chunk in resp.iter_content(CHUNK):
-                done[0] += len(chunk)
-                on_layer(node, blob.digest, done[0], blob.size)
-                yield chunk
+                for n in targets:
+                    _put(queues[n], chunk, lambda n=n: n in results)
         finally:
             resp.close()
+    except Exception as err:
+        end = _SourceFailed(getattr(err, "message", None) or str(err))
+    for n in targets:
+        _put(queues[n], end, lambda n=n: n in results)
+    for t in threads:
+        t.join()
+    return results
 
-    try:
-        failed = dst.upload_blob(repository, blob.digest, chunks())
-    except OrchError as err:  # the connection to the node broke
-        raise upload_failure(node, blob.digest, blob.size, None, err.message) from None
-    if failed is not None:
-        raise upload_failure(node, blob.digest, blob.size, failed.status_code, failed.text)
-    return done[0]
+
+class _SourceFailed(Exception):
+    pass
+
+
+def _put(q: Any, item: Any, gone: Callable[[], bool]) -> None:
+    """Hand item to a node's upload, unless that upload has ended (it failed)."""
+    while not gone():
+        try:
+            q.put(item, timeout=0.5)
+            return
+        except queue.Full:
+            continue
 
 
 # --------------------------------------------------------------------------- building for a transfer

@@ -308,3 +308,20 @@ def test_nodes_check_names_a_missing_docker_registry_without_a_registry():
     judge_transfer(bad, TransferInfo(running=False, installed=False).to_dict())
     assert not bad.ok and "docker-registry" in bad.problems[0]["message"]
     assert bad.problems[0]["fix"] == "apt-get install docker-registry"
+
+
+def test_a_copy_to_many_reads_each_blob_once_and_a_full_node_does_not_stop_the_others():
+    src = MemRegistry()
+    base, app = b"B" * 2_000_000, b"app v3"
+    digest, (base_d, app_d) = _image(src, [base, app])
+    opened = []
+    real_open = src.open_blob
+    src.open_blob = lambda repo, d: (opened.append(d), real_open(repo, d))[1]
+    has_base, empty, full = MemRegistry(), MemRegistry(), MemRegistry(full_after=0)
+    has_base.blobs[base_d] = base
+    moved, failed = X.copy_to_many(src, {"n1": has_base, "n2": empty, "n3": full}, "shop/web", digest,
+                                   source="dev-1")
+    assert sorted(moved) == ["n1", "n2"] and list(failed) == ["n3"] and isinstance(failed["n3"], X.NodeOutOfDisk)
+    assert sorted(opened) == sorted([_d(b'{"rootfs": {}}'), base_d, app_d])  # once each, for all nodes
+    assert moved["n1"].bytes_sent == len(app) + 14 and moved["n2"].bytes_sent == len(base) + len(app) + 14
+    assert digest in empty.manifests and digest in has_base.manifests and digest not in full.manifests

@@ -527,6 +527,11 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
     # `registry: none` (or no `registry:`): images go to the nodes over SSH (deploying
     # without a registry, orchestrator.app.transfer).
     no_registry = isinstance(doc.get("registry"), str) and doc["registry"].strip().lower() == "none"
+    if isinstance(doc.get("registry"), str) and not no_registry:
+        r.problem(doc, "registry", "registry", f"must be a mapping or `none`, not a string ({doc['registry']!r})",
+                  fix="write `registry: none` to deploy without a registry (images go to the nodes over SSH), "
+                  "or `registry: {address: HOST:PORT, ...}`.")
+        no_registry = True
     raw_reg = {} if no_registry else r.mapping(doc, "registry", "registry", _REGISTRY_KEYS)
     s = lambda k: r.typed(raw_reg, k, f"registry.{k}", (str,), "a string")  # noqa: E731
     registry = RegistrySpec(

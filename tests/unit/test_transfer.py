@@ -325,3 +325,15 @@ def test_a_copy_to_many_reads_each_blob_once_and_a_full_node_does_not_stop_the_o
     assert sorted(opened) == sorted([_d(b'{"rootfs": {}}'), base_d, app_d])  # once each, for all nodes
     assert moved["n1"].bytes_sent == len(app) + 14 and moved["n2"].bytes_sent == len(base) + len(app) + 14
     assert digest in empty.manifests and digest in has_base.manifests and digest not in full.manifests
+
+
+def test_a_registry_string_other_than_none_is_bad_input_naming_the_line(tmp_path):
+    from orchestrator.errors import InputError
+
+    d = tmp_path / "environments"
+    d.mkdir()
+    (d / "a.yaml").write_text("nodes:\n  - {name: n, host: h}\nregistry: nothing\n")
+    with pytest.raises(InputError) as err:
+        envs.load_environment("a", d)
+    text = str(err.value)
+    assert "a.yaml:3" in text and "registry: none" in text and "'nothing'" in text

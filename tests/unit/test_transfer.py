@@ -337,3 +337,62 @@ def test_a_registry_string_other_than_none_is_bad_input_naming_the_line(tmp_path
         envs.load_environment("a", d)
     text = str(err.value)
     assert "a.yaml:3" in text and "registry: none" in text and "'nothing'" in text
+
+
+# --------------------------------------------------------------------------- deliver, as up / promote run it
+
+
+class StubNode:
+    def __init__(self, name):
+        self.name = name
+        self.conn = type("Conn", (), {"transport": object()})()
+        self.calls = []
+
+    def call(self, op, args=None, on_event=None, timeout=None):
+        self.calls.append(op)
+        return TransferInfo(running=True, free_bytes=1 << 30).to_dict()
+
+
+def _wire(monkeypatch, registries):
+    class FakeForward:
+        def __init__(self, transport, node):
+            self.node, self.address = node, f"127.0.0.1:{1000 + len(node)}"
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(X, "Forward", FakeForward)
+    monkeypatch.setattr(A, "_client", lambda fwd: registries[fwd.node])
+
+
+def test_deliver_pushes_to_the_first_node_and_copies_from_it_to_the_others(monkeypatch):
+    regs = {n: MemRegistry() for n in ("prod-1", "prod-2", "prod-3")}
+    _wire(monkeypatch, regs)
+    pushed = []
+
+    def push(engine, ref, forward, repository, tag, on_layer):
+        pushed.append((forward.node, ref))
+        digest, _ = _image(regs[forward.node], [b"L" * 1000])
+        return X.Moved(node=forward.node, digest=digest, bytes_sent=1000, layers_sent=1, via="engine")
+
+    monkeypatch.setattr(X, "push_from_engine", push)
+    nodes = {n: StubNode(n) for n in regs}
+    env = type("Env", (), {"registry": type("R", (), {"address": None})()})()
+    report = A.deliver(env, nodes, {"web": "shop/web:v1"}, Progress(), local={"web": "shop/web:v1"}, engine=object())
+    pin = report.pins["web"]
+    assert pushed == [("prod-1", "shop/web:v1")] and is_transferred(pin) and pin.startswith(LOOPBACK_REGISTRY + "/shop/web@")
+    digest = split_ref(pin)[1]
+    assert all(digest in r.manifests for r in regs.values())
+    assert [(m.node, m.via) for m in report.moved] == [("prod-1", "engine"), ("prod-2", "prod-1"), ("prod-3", "prod-1")]
+    assert all(n.calls == ["transfer_start"] for n in nodes.values())
+    again = A.deliver(env, nodes, {"web": pin}, Progress())  # a rollback: every node has it
+    assert again.moved == [] and again.pins == {}
+
+
+def test_deliver_without_any_holder_and_no_source_says_how_to_get_it_back(monkeypatch):
+    regs = {"dev-1": MemRegistry()}
+    _wire(monkeypatch, regs)
+    env = type("Env", (), {"registry": type("R", (), {"address": None})()})()
+    with pytest.raises(X.TransferFailed) as err:
+        A.deliver(env, {"dev-1": StubNode("dev-1")}, {"web": loopback_ref("shop/web", DIGEST)}, Progress())
+    assert "no node holds shop/web@" in err.value.message and "orch up" in err.value.fix

@@ -10,6 +10,7 @@ registry protocol itself beyond asking `/v2/` whether it answers.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -130,6 +131,17 @@ def _info(p: Paths, pid: Optional[int], started: bool) -> Dict[str, Any]:
 def op_transfer_start(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     check_request(args, TRANSFER_START)
     p = paths(ctx)
+    os.makedirs(p.base, mode=0o700, exist_ok=True)
+    # Agents of several environments (or commands) may share the node: one starts it.
+    fd = os.open(os.path.join(p.base, "start.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _start(p)
+    finally:
+        os.close(fd)
+
+
+def _start(p: Paths) -> Dict[str, Any]:
     pid = running_pid(p)
     if pid is not None and answers():
         return _info(p, pid, False)

@@ -5,6 +5,7 @@ registries), the error mapping (a full disk names node and layer) and progress."
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import socket
 import threading
@@ -396,3 +397,23 @@ def test_deliver_without_any_holder_and_no_source_says_how_to_get_it_back(monkey
     with pytest.raises(X.TransferFailed) as err:
         A.deliver(env, {"dev-1": StubNode("dev-1")}, {"web": loopback_ref("shop/web", DIGEST)}, Progress())
     assert "no node holds shop/web@" in err.value.message and "orch up" in err.value.fix
+
+
+def test_transfer_start_runs_the_registry_once_and_reuses_it(tmp_path, monkeypatch):
+    from agent import transfer as T
+
+    spawned, up = [], [False]
+    monkeypatch.setattr(T.procs, "which", lambda program: "/usr/bin/docker-registry")
+    monkeypatch.setattr(T.procs, "spawn", lambda argv, log: (spawned.append(argv), up.__setitem__(0, True), 4242)[2])
+    monkeypatch.setattr(T.procs, "alive", lambda pid: True)
+    monkeypatch.setattr(T, "answers", lambda timeout=1.0: up[0])
+    monkeypatch.setattr(T, "running_pid", lambda p: 4242 if spawned else None)
+    ctx = _ctx(tmp_path)
+    first = TransferInfo.from_dict(T.op_transfer_start(ctx, {}))
+    again = TransferInfo.from_dict(T.op_transfer_start(ctx, {}))
+    assert (first.started, first.running, first.pid) == (True, True, 4242)
+    assert (again.started, again.running) == (False, True) and len(spawned) == 1
+    p = T.paths(ctx)
+    assert spawned[0] == ["/usr/bin/docker-registry", "serve", p.config]
+    assert oct(os.stat(p.config).st_mode & 0o777) == "0o600" and oct(os.stat(p.secret).st_mode & 0o777) == "0o600"
+    assert json.load(open(p.config))["http"]["secret"] == open(p.secret).read()  # kept across restarts

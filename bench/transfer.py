@@ -204,6 +204,10 @@ def _forget(lab, names: list[str], pinned: str) -> None:
     repo = pinned.split("/", 1)[1].split("@")[0]
     for d in glob.glob(f"/var/lib/orch-agent/engines/*/transfer/storage/docker/registry/v2/repositories/{repo}"):
         shutil.rmtree(d, ignore_errors=True)
+        try:
+            Path(d).parent.rmdir()  # bench-xfer-<id>/, now empty
+        except OSError:
+            pass
 
 
 def _remove_blobs(before: set[str]) -> None:

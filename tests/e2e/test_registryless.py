@@ -77,6 +77,33 @@ def registry_manifest(node: str, repository: str, digest: str) -> dict:
     return json.loads(cp.stdout)
 
 
+def drop_repository(repository: str) -> None:
+    """The test's images out of the nodes' transfer registries (kept there for the next
+    transfer otherwise): its repository and the blobs no other repository links."""
+    import glob
+    import shutil
+
+    for v2 in glob.glob("/var/lib/orch-agent/engines/*/transfer/storage/docker/registry/v2"):
+        repo = Path(v2, "repositories", repository)
+        if not repo.is_dir():
+            continue
+        def linked(root):
+            return {Path(x).name for pat in ("_layers/sha256/*", "_manifests/revisions/sha256/*")
+                    for x in glob.glob(str(Path(root, pat)))}
+        mine = linked(repo)
+        others = set()
+        for other in glob.glob(f"{v2}/repositories/*/*"):
+            if Path(other) != repo:
+                others |= linked(other)
+        for h in mine - others:
+            shutil.rmtree(Path(v2, "blobs", "sha256", h[:2], h), ignore_errors=True)
+        shutil.rmtree(repo, ignore_errors=True)
+        try:
+            repo.parent.rmdir()  # <project>/, now empty
+        except OSError:
+            pass
+
+
 @pytest.fixture
 def app(lab, tmp_path):
     a = App(tmp_path / "app", lab)
@@ -89,6 +116,7 @@ def app(lab, tmp_path):
     mine = [t for t in tags if f"{a.name}/web:" in t]
     if mine:
         subprocess.run(["docker", "rmi", *mine], capture_output=True)
+    drop_repository(f"{a.name}/web")
 
 
 def test_up_change_promote_rollback_and_a_killed_transfer(app, lab):

@@ -157,7 +157,24 @@ def _registry(lab, names: list[str], host, ref: str) -> float:
     host.api.remove_image(f"{remote}:{tag}", noprune=True)
     for n in names:
         _client(lab.node(n).docker_host).api.remove_image(f"{remote}:{tag}", force=True)
+    _delete_from_lab_registry(lab, auth, "bench-xfer/blob")
     return took
+
+
+def _delete_from_lab_registry(lab, auth: dict, repository: str) -> None:
+    """The bench's manifests out of the lab registry (its blobs go at the next garbage
+    collection, `orch prune`'s)."""
+    from orchestrator.core.environments import RegistryCredentials
+    from orchestrator.io.registry_client import RegistryClient
+
+    client = RegistryClient(lab.registry, ca_file=lab.ca_cert,
+                            credentials=RegistryCredentials(auth["username"], auth["password"]))
+    resp = client.session.get(f"{client.base}/v2/{repository}/tags/list", verify=str(lab.ca_cert),
+                              auth=(auth["username"], auth["password"]), timeout=30)
+    for tag in (resp.json().get("tags") or []) if resp.status_code == 200 else []:
+        digest = client.manifest_digest(repository, tag)
+        if digest:
+            client.delete_manifest(repository, digest)
 
 
 def _engine_floor(host) -> float:

@@ -59,7 +59,11 @@ fuzz: venv
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m tests.fuzz.run
 
 BENCH_ARGS ?=
+# What only `make bench` needs (its load generator for the HTTPS measurement).
+BENCH_PACKAGES := nghttp2-client
+
 bench: system-deps venv lab
+	@ORCH_SYSTEM_PACKAGES="$(BENCH_PACKAGES)" scripts/system-deps.sh
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -203,7 +203,10 @@ class Certd:
                         self.archive.put(host, issued.cert_pem, issued.key_pem)
                         self.ordered_total += 1
                         out["ordered"].append(host)
-                        self._install(host, issued.cert_pem, issued.key_pem)
+                        try:
+                            self._install(host, issued.cert_pem, issued.key_pem)
+                        except Exception as exc:  # the next ensure loads it from the archive
+                            raise RuntimeError("obtained, but not loaded: %s" % _fail(exc)) from None
                         self.log("%s: issued %s" % (host, self.leaf(issued.cert_pem).fingerprint))
                     elif local.get(host) != held.fingerprint:
                         pair = self.archive.pair(host)
@@ -211,7 +214,7 @@ class Certd:
                         out["restored"].append(host)
                     self._ok(host)
                 except Exception as exc:  # the CA's words (acme_client.AcmeFailure) or the store's
-                    self._failed(host, str(exc) if type(exc).__name__ == "AcmeFailure" else _fail(exc))
+                    self._failed(host, str(exc) if type(exc).__name__ in ("AcmeFailure", "RuntimeError") else _fail(exc))
                     out["errors"][host] = self.errors[host]
             return out
 

@@ -31,6 +31,10 @@ from agent.certs.certd_core import Certd
 from agent.certs.certd_paths import CertdPaths
 from agent.wire.tls import CERTD_PORT, FOLLOW_SECONDS, CertdConfig
 
+# The issuer's first look comes this long after its start: certd_configure is followed by
+# the controller's certd_ensure, which then makes the first orders itself and reports their
+# outcome to `orch up` (a daemon restarted on its own looks after the same delay).
+ISSUER_FIRST_CHECK = 20.0
 BIND_RETRY = 10.0  # the mesh address may come up after the daemon: try to listen again this often
 CODE_ENV = "ORCH_CERTD_CODE"
 
@@ -57,7 +61,7 @@ class Daemon:
         self.stopping, self.wake = threading.Event(), threading.Event()
         self.servers: List[Any] = []
         self.peer_server: Any = None
-        self.next_at = 0.0
+        self.next_at = time.time() + ISSUER_FIRST_CHECK if core.issuer else 0.0
         self.problems: List[str] = []
 
     # -- requests
@@ -82,6 +86,7 @@ class Daemon:
 
     # -- servers
     def start(self) -> None:
+        self.paths.ensure_run_dir()
         for server in (H.unix_server(self.paths.control, 0o600, post=self.control_post),
                        H.unix_server(self.challenge_socket, 0o660, get=self.challenge_get)):
             self.servers.append(server)
@@ -111,6 +116,10 @@ class Daemon:
                 os.unlink(path)
             except OSError:
                 pass
+        try:
+            os.rmdir(self.paths.run_dir)
+        except OSError:
+            pass
 
     # -- the loop
     def write_status(self) -> None:

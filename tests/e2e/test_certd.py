@@ -1,29 +1,34 @@
-"""The certificate daemon on the lab's prod (2 nodes), with the real pebble: prod-1 is the
-issuer, prod-2 a follower, and the name resolves ONLY to prod-2. The CA's HTTP-01 request
-reaches prod-2 (a plain HTTP relay in the test stands where the node's HAProxy forwards
-/.well-known/acme-challenge/ to the local certd socket), prod-2's certd asks the issuer over
-the mesh, the certificate is issued once, both nodes hold it (same fingerprint), pebble got
-one order for the name; a forced renewal reaches the follower with a new fingerprint. Keys
-and the secret stay out of results, logs and the process list.
+"""The certificate daemon on the lab's prod (2 nodes), with the real pebble and the nodes'
+HAProxy: a service of an own environment is routed by a host name with `tls: auto` on both
+nodes; prod-1 is the issuer, prod-2 a follower, and the name resolves ONLY to prod-2. The
+CA's HTTP-01 request reaches prod-2's HAProxy, which forwards it to prod-2's certd, which
+asks the issuer over the mesh. The certificate is issued once (pebble validates the name
+once), both nodes serve it on 443 (curl with pebble's root, --resolve to each node), port 80
+redirects; a forced renewal reaches the follower with a new certificate, served at once.
+Keys and the secret stay out of results, logs and the process list.
 
-Own environment name (certd-XXXX) and host name (certd-XXXX.lab.test); the prod mesh is kept
-up by an own tiny project (e2e-certd-XXXXXX) for the duration.
+Own environment and host name (certd-XXXX, certd-XXXX.lab.test); the prod mesh is kept up
+by an own tiny project (e2e-certd-XXXXXX) for the duration.
 """
 
 from __future__ import annotations
 
+import base64
 import glob
+import hashlib
 import json
 import os
 import secrets
+import socket
+import ssl
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from agent.wire.spec import config_hash
 from orchestrator.core.environments import NodeSpec
 from orchestrator.io import transport as T
 from orchestrator.io.agent_bundle import current_bundle
@@ -43,29 +48,7 @@ services:
     stop_grace_period: 1s
     deploy: {replicas: 2}
 """
-# The HAProxy stand-in: GET on NODE:80 -> the certd challenge socket, answer passed through.
-RELAY = r"""
-import http.server, socket, sys
-sock_path, address = sys.argv[1], sys.argv[2]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.log_message("GET %s", self.path)
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(5)
-        s.connect(sock_path)
-        s.sendall(("GET %s HTTP/1.0\r\nHost: relay\r\n\r\n" % self.path).encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        self.wfile.write(data)
-    def log_message(self, fmt, *a):
-        sys.stderr.write("relay %s %s\n" % (self.client_address[0], fmt % a))
-        sys.stderr.flush()
-http.server.HTTPServer((address, 80), H).serve_forever()
-"""
+HEALTH = {"path": "/healthz", "interval": 0.5, "rise": 2, "fall": 2}
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +95,36 @@ def certd_dir(env: str, role: str) -> str:
     raise AssertionError("no %s certd directory for %s" % (role, env))
 
 
-def relay_on(node, sock: str) -> subprocess.Popen:
-    proc = subprocess.Popen(["nsenter", f"--net={node.netns}", "--", sys.executable, "-c", RELAY, sock, node.address],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)
-    if proc.poll() is not None:
-        pytest.fail(f"the challenge relay cannot listen on {node.address}:80 (a test's ingress there?): "
-                    f"{proc.stderr.read()}")
-    return proc
+def httpd(project: str, env: str, body: str) -> dict:
+    files = [{"name": "index", "target": "/www/index.html", "content": base64.b64encode(body.encode()).decode()},
+             {"name": "health", "target": "/www/healthz", "content": base64.b64encode(b"ok\n").decode()}]
+    c = {"image": "busybox:latest", "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+         "networks": [{"name": "default"}], "configs": files, "stop_grace_period": 1, "init": True}
+    return {"project": project, "service": "web", "env": env, "release": "r1", "replicas": [1],
+            "config_hash": config_hash(c), "container": c, "networks": {"default": {}}}
+
+
+def route(session, project: str, env: str, host: str) -> dict:
+    return session.call("ingress_sync", {
+        "project": project, "env": env, "service": "web",
+        "port": {"published": 0, "target": 8080, "protocol": "http"}, "health": HEALTH,
+        "backends": [{"name": "web-1", "container": "%s-web-1" % project}], "timeout": 120,
+        "route": {"hosts": [host], "tls": "auto"}})
+
+
+def curl(*args: str) -> tuple:
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code} %{redirect_url}", *args],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    body, _, status = out.stdout.rpartition("\n")
+    return status.strip(), body
+
+
+def served_fingerprint(address: str, host: str, cafile: str) -> str:
+    ctx = ssl.create_default_context(cafile=cafile)
+    with socket.create_connection((address, 443), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
 
 
 def pebble_orders(lab, name: str, since: int) -> int:
@@ -141,17 +146,22 @@ def fingerprints(result) -> dict:
     return {c["host"]: c["fingerprint"] for c in result["certs"]}
 
 
-def test_issuer_and_follower_get_one_certificate_once_and_a_forced_renewal_reaches_the_follower(lab, agents):
+def test_a_name_on_the_follower_only_gets_one_certificate_served_by_both_and_a_forced_renewal(lab, agents):
     from agent.certs import store
     from orchestrator.lab import dns
 
     p1, p2 = agents["prod-1"], agents["prod-2"]
     env = "certd-" + secrets.token_hex(3)
-    name = dns.add_name(f"{env}.lab.test", [lab.node("prod-2").address], lab=lab.name)
+    project = "e2e-" + env
+    addr = {n: lab.node(n).address for n in ("prod-1", "prod-2")}
+    name = dns.add_name(f"{env}.lab.test", [addr["prod-2"]], lab=lab.name)
+    root = str(lab.acme_ca)
     secret = secrets.token_urlsafe(32)
     a1, a2 = mesh_address(p1), mesh_address(p2)
-    relay = None
     try:
+        for s in (p1, p2):
+            s.call("apply", {"spec": httpd(project, env, "certd app\n")})
+            assert route(s, project, env, name)["status"] == "routed"
         acme = {"directory": lab.acme_directory, "ca_pem": Path(lab.ca_cert).read_text()}
         r1 = p1.call("certd_configure", {"env": env, "role": "issuer", "hosts": [name], "secret": secret,
                                          "acme": acme, "listen_address": a1, "followers": [a2]})
@@ -159,7 +169,6 @@ def test_issuer_and_follower_get_one_certificate_once_and_a_forced_renewal_reach
                                          "issuer_address": a1})
         assert r1["running"] and r2["running"] and r1["secret_id"] == r2["secret_id"]
         d1, d2 = certd_dir(env, "issuer"), certd_dir(env, "follower")
-        relay = relay_on(lab.node("prod-2"), store.certd_socket(os.path.dirname(os.path.dirname(d2)), env))
 
         since = pebble_log_size(lab)
         t0 = time.monotonic()
@@ -171,32 +180,30 @@ def test_issuer_and_follower_get_one_certificate_once_and_a_forced_renewal_reach
         pulled = p2.call("certd_pull", {"env": env})
         pull_s = time.monotonic() - t0
         assert fingerprints(pulled) == {name: fp}, pulled
-        assert [c["issuer"] for c in pulled["certs"]][0].startswith("Pebble Intermediate"), pulled
-        assert pebble_orders(lab, name, since) == 1
+        assert pulled["certs"][0]["issuer"].startswith("Pebble Intermediate") and pulled["certs"][0]["loaded"]
         assert p1.call("certd_ensure", {"env": env})["ordered"] == []  # nothing due: no second order
         assert pebble_orders(lab, name, since) == 1
-        # the CA reached prod-2 (the only address of the name), which relayed to the issuer
-        relay.terminate()
-        relay_log = relay.communicate(timeout=10)[1]
-        assert "/.well-known/acme-challenge/" in relay_log and lab.host_address in relay_log, relay_log
-        relay = relay_on(lab.node("prod-2"), store.certd_socket(os.path.dirname(os.path.dirname(d2)), env))
 
-        # the certificate chains to pebble's root, on both nodes' stores (0600 files)
+        # both nodes serve it on 443 (it chains to pebble's root); port 80 redirects
+        for node, a in addr.items():
+            assert curl("--cacert", root, "--resolve", f"{name}:443:{a}", f"https://{name}/") == ("200", "certd app\n")
+            assert served_fingerprint(a, name, root) == fp, node
+            assert curl("-o", "/dev/null", "--resolve", f"{name}:80:{a}", f"http://{name}/x")[0] \
+                == f"301 https://{name}/x"
         for d in (d1, d2):
             pem = os.path.join(store.cert_dir(os.path.dirname(os.path.dirname(d))), name + ".pem")
             assert os.stat(pem).st_mode & 0o777 == 0o600
-            cp = subprocess.run(["openssl", "verify", "-CAfile", str(lab.acme_ca), "-untrusted", pem, pem],
-                                capture_output=True, text=True)
-            assert cp.returncode == 0, cp.stdout + cp.stderr
         for f in ("config.json", "account.key", os.path.join("issued", name + ".key")):
             assert os.stat(os.path.join(d1, f)).st_mode & 0o777 == 0o600, f
 
-        # a forced renewal: one more order, a new certificate on the follower
+        # a forced renewal: one more order, the new certificate served by both nodes
         since = pebble_log_size(lab)
         renewed = p1.call("certd_ensure", {"env": env, "force": True})
         new_fp = fingerprints(renewed)[name]
         assert renewed["ordered"] == [name] and new_fp != fp
+        assert served_fingerprint(addr["prod-1"], name, root) == new_fp
         assert fingerprints(p2.call("certd_pull", {"env": env})) == {name: new_fp}
+        assert served_fingerprint(addr["prod-2"], name, root) == new_fp
         assert pebble_orders(lab, name, since) == 1
         status = p2.call("certd_status", {"env": env})
         assert status["running"] and status["role"] == "follower" and status["last_error"] == ""
@@ -209,15 +216,15 @@ def test_issuer_and_follower_get_one_certificate_once_and_a_forced_renewal_reach
             assert secret not in text and "PRIVATE KEY" not in text
         print(f"\ncertd: issued in {issued_s:.1f} s, pulled in {pull_s:.1f} s")
     finally:
-        if relay is not None:
-            relay.kill()
-            relay.wait()
         for s in (p1, p2):
-            try:
-                s.call("certd_leave", {"env": env})
-            except Exception:
-                pass
+            for op, args in (("certd_leave", {"env": env}),
+                             ("ingress_remove", {"project": project, "env": env, "service": "web"}),
+                             ("remove", {"project": project, "env": env})):
+                try:
+                    s.call(op, args)
+                except T.AgentError:
+                    pass
         dns.remove_name(name, lab=lab.name)
     assert not glob.glob(os.path.join(AGENT_STATE, "engines", "*", "certd", env))
-    for d in (d1, d2):
-        assert not os.path.exists(os.path.join(store.cert_dir(os.path.dirname(os.path.dirname(d))), name + ".pem"))
+    for s in (p1, p2):
+        assert not [c for c in s.call("tls_certs", {"env": env})["certs"]]

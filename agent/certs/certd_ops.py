@@ -14,8 +14,9 @@ certd_ensure's outcome: the names it ordered are in `ordered`; a name that faile
 `last_error` ("host: the CA's detail; ..."); when every requested name failed the operation
 fails with kind "acme" naming each host and the CA's problem detail.
 
-Host changes go through Context.certd_procs (certd_proc.CertdProcs by default) and the
-store through Context.cert_store (agent.certs.store), so unit tests hand in fakes.
+Processes go through ctx.certd_procs (certd_proc.CertdProcs when the Context has none)
+and certificates through ctx.cert_store (agent.certs.store when none): unit tests set
+both on their Context to the fakes of agent.certs.certd_fake.
 """
 
 from __future__ import annotations

@@ -278,3 +278,49 @@ def test_leaf_facts_of_a_chain():
     assert len(got.fingerprint) == 64
     with pytest.raises(ValueError):
         leaf("not a pem")
+
+
+# ----------------------------------------------------------------------------- the daemon's wiring
+
+
+class TmpPaths(CertdPaths):
+    """The control socket's folder in the test's tmp, not /run."""
+
+    @property
+    def run_dir(self):
+        return os.path.join(self.root, "run")
+
+
+def test_the_daemon_serves_followers_challenges_and_control_and_writes_a_status_without_secrets(tmp_path, monkeypatch):
+    from agent.certs.daemon import Daemon
+
+    monkeypatch.setattr("agent.certs.daemon.CERTD_PORT", 0)  # any free port
+
+    paths = TmpPaths(str(tmp_path / "d" / "certd" / "prod"))
+    paths.ensure()
+    cfg = CertdConfig.parse(dict(issuer_cfg(followers=("127.0.0.1",)).to_dict(), listen_address="127.0.0.1"))
+    core = Certd(paths, cfg, FakeCertStore(), acme=FakeAcme())
+    daemon = Daemon(paths, cfg, core, str(tmp_path / "challenge.sock"))
+    assert daemon.next_at > time.time() + 10  # the issuer's first look waits for certd_ensure
+    daemon.start()
+    try:
+        status, body = H.unix_request(paths.control, "POST", "/ensure", {"hosts": ["a.example.com"]})
+        assert status == 200 and json.loads(body)["ordered"] == ["a.example.com"]
+        assert H.unix_request(paths.control, "POST", "/pull", {})[0] == 404  # not a follower
+        assert os.stat(paths.control).st_mode & 0o777 == 0o600
+        core.tokens.publish("tokA", "tokA.thumb")
+        assert H.unix_request(str(tmp_path / "challenge.sock"), "GET",
+                              "/.well-known/acme-challenge/tokA") == (200, b"tokA.thumb")
+        remote = Remote("127.0.0.1", SECRET, port=daemon.peer_server.server_address[1])
+        assert list(remote.index()) == ["a.example.com"]
+        daemon.next_at = 0.0  # as SIGUSR1 does
+        daemon.tick()
+        assert core.acme.orders == ["a.example.com", "b.example.com"]
+        with open(paths.status) as fh:
+            text = fh.read()
+        doc = json.loads(text)
+        assert doc["role"] == "issuer" and doc["last_error"] == "" and doc["next_check"]
+        assert SECRET not in text and "PRIVATE" not in text
+    finally:
+        daemon.stop()
+    assert not os.path.exists(paths.control) and not os.path.exists(str(tmp_path / "challenge.sock"))

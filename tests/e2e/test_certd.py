@@ -208,6 +208,16 @@ def test_a_name_on_the_follower_only_gets_one_certificate_served_by_both_and_a_f
         status = p2.call("certd_status", {"env": env})
         assert status["running"] and status["role"] == "follower" and status["last_error"] == ""
 
+        # a name no node routes: the CA's words, naming the host, kind acme; the other name is kept
+        bad = dns.add_name(f"nobody-{env}.lab.test", [addr["prod-1"]], lab=lab.name)
+        p1.call("certd_configure", {"env": env, "role": "issuer", "hosts": [name, bad], "secret": secret,
+                                    "acme": acme, "listen_address": a1, "followers": [a2]})
+        with pytest.raises(T.AgentError) as err:
+            p1.call("certd_ensure", {"env": env, "hosts": [bad]})
+        assert err.value.kind == "acme" and bad in str(err.value) and "404" in str(err.value), str(err.value)
+        assert fingerprints(p1.call("certd_status", {"env": env})) == {name: new_fp}
+        print(f"\ncertd: a name nobody routes: {err.value}")
+
         # no key or secret in the daemons' logs, results, or the process list
         said = json.dumps([r1, r2, out, pulled, renewed, status])
         logs = Path(d1, "certd.log").read_text() + Path(d2, "certd.log").read_text()
@@ -224,7 +234,8 @@ def test_a_name_on_the_follower_only_gets_one_certificate_served_by_both_and_a_f
                     s.call(op, args)
                 except T.AgentError:
                     pass
-        dns.remove_name(name, lab=lab.name)
+        for n in (name, f"nobody-{env}.lab.test"):
+            dns.remove_name(n, lab=lab.name)
     assert not glob.glob(os.path.join(AGENT_STATE, "engines", "*", "certd", env))
     for s in (p1, p2):
         assert not [c for c in s.call("tls_certs", {"env": env})["certs"]]

@@ -22,6 +22,7 @@ import secrets
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -127,6 +128,45 @@ def served_fingerprint(address: str, host: str, cafile: str) -> str:
             return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
 
 
+class Load:
+    """HTTPS GETs of the name on each node, a new TLS connection each, ~`rate`/s per node,
+    until stopped: (node, fingerprint served, error or "")."""
+
+    def __init__(self, addresses: dict, host: str, cafile: str, rate: float = 25.0) -> None:
+        self.addresses, self.host, self.cafile, self.interval = addresses, host, cafile, 1.0 / rate
+        self.results: list = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in addresses]
+
+    def _one(self, node: str) -> None:
+        try:
+            ctx = ssl.create_default_context(cafile=self.cafile)
+            with socket.create_connection((self.addresses[node], 443), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname=self.host) as tls:
+                    fp = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+                    tls.sendall(f"GET / HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n".encode())
+                    head = tls.recv(64).decode(errors="replace")
+            self.results.append((node, fp, "" if head.startswith("HTTP/1.1 200") else head.splitlines()[0]))
+        except Exception as exc:  # any failure counts
+            self.results.append((node, "", f"{type(exc).__name__}: {exc}"))
+
+    def _run(self, node: str) -> None:
+        while not self.stopping.is_set():
+            t0 = time.monotonic()
+            self._one(node)
+            time.sleep(max(0.0, self.interval - (time.monotonic() - t0)))
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(10)
+
+
 def pebble_orders(lab, name: str, since: int) -> int:
     """Validations pebble ran for `name` since byte `since` of its log: one per order
     (orch lab runs pebble with PEBBLE_AUTHZREUSE=0, so no order reuses one)."""
@@ -196,14 +236,24 @@ def test_a_name_on_the_follower_only_gets_one_certificate_served_by_both_and_a_f
         for f in ("config.json", "account.key", os.path.join("issued", name + ".key")):
             assert os.stat(os.path.join(d1, f)).st_mode & 0o777 == 0o600, f
 
-        # a forced renewal: one more order, the new certificate served by both nodes
+        # a forced renewal under HTTPS requests to both nodes: one more order, the new
+        # certificate served by both, no request failed
         since = pebble_log_size(lab)
-        renewed = p1.call("certd_ensure", {"env": env, "force": True})
-        new_fp = fingerprints(renewed)[name]
-        assert renewed["ordered"] == [name] and new_fp != fp
-        assert served_fingerprint(addr["prod-1"], name, root) == new_fp
-        assert fingerprints(p2.call("certd_pull", {"env": env})) == {name: new_fp}
-        assert served_fingerprint(addr["prod-2"], name, root) == new_fp
+        with Load(addr, name, root) as load:
+            time.sleep(1)
+            renewed = p1.call("certd_ensure", {"env": env, "force": True})
+            new_fp = fingerprints(renewed)[name]
+            assert renewed["ordered"] == [name] and new_fp != fp
+            assert served_fingerprint(addr["prod-1"], name, root) == new_fp
+            assert fingerprints(p2.call("certd_pull", {"env": env})) == {name: new_fp}
+            assert served_fingerprint(addr["prod-2"], name, root) == new_fp
+            time.sleep(1)
+        failed = [r for r in load.results if r[2]]
+        assert not failed and len(load.results) >= 50, (len(load.results), failed[:5])
+        for node in addr:
+            served = [r[1] for r in load.results if r[0] == node]
+            assert served[0] == fp and served[-1] == new_fp, node
+        print(f"\ncertd: forced renewal under {len(load.results)} HTTPS requests to both nodes, 0 failed")
         assert pebble_orders(lab, name, since) == 1
         status = p2.call("certd_status", {"env": env})
         assert status["running"] and status["role"] == "follower" and status["last_error"] == ""

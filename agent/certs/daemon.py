@@ -82,7 +82,7 @@ class Daemon:
         else:
             return H.NOT_FOUND
         self.write_status()
-        return H._json(out)
+        return H.json_reply(out)
 
     # -- servers
     def start(self) -> None:
@@ -126,11 +126,12 @@ class Daemon:
         from agent.mesh.paths import write_atomic
 
         core = self.core
+        last_error = "; ".join(self.problems + ([core.last_error] if core.last_error else []))
         write_atomic(self.paths.status, json.dumps({
             "pid": os.getpid(), "code": os.environ.get(CODE_ENV), "time": time.time(), "role": self.cfg.role,
-            "hosts": list(self.cfg.hosts), "last_error": "; ".join(self.problems + ([core.last_error] if core.last_error else [])),
-            "errors": dict(core.errors), "next_check": iso(self.next_at) if self.next_at else "",
-            "ordered_total": core.ordered_total}, sort_keys=True), 0o644)
+            "hosts": list(self.cfg.hosts), "last_error": last_error, "errors": dict(core.errors),
+            "next_check": iso(self.next_at) if self.next_at else "", "ordered_total": core.ordered_total},
+            sort_keys=True), 0o644)
 
     def tick(self) -> None:
         self.listen()

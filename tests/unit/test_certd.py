@@ -244,7 +244,7 @@ def test_the_servers_over_real_sockets(tmp_path, issuer):
     issuer.tokens.publish("tok9", "tok9.thumb")
     sock = str(tmp_path / "c.sock")
     unix = H.unix_server(sock, 0o600, get=lambda h: H.challenge_reply(h.path, issuer.answer),
-                         post=lambda path, doc: H._json({"path": path, "doc": doc}))
+                         post=lambda path, doc: H.json_reply({"path": path, "doc": doc}))
     tcp = H.tcp_server("127.0.0.1", 0, lambda h: reply(issuer, h.path, h.headers.get("Authorization"), H.client_ip(h)))
     for s in (unix, tcp):
         threading.Thread(target=s.serve_forever, daemon=True).start()

@@ -324,3 +324,15 @@ def test_the_daemon_serves_followers_challenges_and_control_and_writes_a_status_
     finally:
         daemon.stop()
     assert not os.path.exists(paths.control) and not os.path.exists(str(tmp_path / "challenge.sock"))
+
+
+def test_the_cas_words_in_one_line():
+    pytest.importorskip("acme", reason="the acme library is in the test extras")
+    from acme import errors, messages
+
+    from agent.certs.acme_client import problem
+
+    err = messages.Error(typ="urn:ietf:params:acme:error:rateLimited", detail="too many certificates for this name")
+    assert problem(err) == "too many certificates for this name (rateLimited)"
+    assert problem(errors.TimeoutError()) == "the CA did not finish the order within 90 s"
+    assert problem(ConnectionError("Max retries exceeded\nmore")) == "ConnectionError: Max retries exceeded"

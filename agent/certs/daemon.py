@@ -59,7 +59,8 @@ class Daemon:
     def __init__(self, paths: CertdPaths, cfg: CertdConfig, core: Certd, challenge_socket: str) -> None:
         self.paths, self.cfg, self.core, self.challenge_socket = paths, cfg, core, challenge_socket
         self.stopping, self.wake = threading.Event(), threading.Event()
-        self.servers: List[Any] = []
+        self.servers: List[Any] = []  # the issuer's TCP server, once it listens
+        self.unix: Dict[str, Any] = {}  # socket path -> its server
         self.peer_server: Any = None
         self.next_at = time.time() + ISSUER_FIRST_CHECK if core.issuer else 0.0
         self.problems: List[str] = []
@@ -86,12 +87,29 @@ class Daemon:
 
     # -- servers
     def start(self) -> None:
-        self.paths.ensure_run_dir()
-        for server in (H.unix_server(self.paths.control, 0o600, post=self.control_post),
-                       H.unix_server(self.challenge_socket, 0o660, get=self.challenge_get)):
-            self.servers.append(server)
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.sockets()
         self.listen()
+
+    def sockets(self) -> None:
+        """The control and challenge sockets, made again when their file is gone (their
+        folders are under /run, which someone may have cleaned)."""
+        for path, mode, get, post in ((self.paths.control, 0o600, None, self.control_post),
+                                      (self.challenge_socket, 0o660, self.challenge_get, None)):
+            if path in self.unix and os.path.exists(path):
+                continue
+            old = self.unix.pop(path, None)
+            if old is not None:
+                old.shutdown()
+                old.server_close()
+            if path == self.paths.control:
+                self.paths.ensure_run_dir()
+            try:
+                server = H.unix_server(path, mode, get=get, post=post)
+            except OSError as exc:
+                log_line("cannot listen on %s: %s" % (path, exc))
+                continue
+            self.unix[path] = server
+            threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def listen(self) -> None:
         """The issuer's server for its followers, on its mesh address (retried: the link
@@ -108,7 +126,7 @@ class Daemon:
         threading.Thread(target=self.peer_server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
-        for server in self.servers:
+        for server in self.servers + list(self.unix.values()):
             server.shutdown()
             server.server_close()
         for path in (self.paths.control, self.challenge_socket):
@@ -134,6 +152,7 @@ class Daemon:
             sort_keys=True), 0o644)
 
     def tick(self) -> None:
+        self.sockets()
         self.listen()
         now = time.time()
         if now >= self.next_at:

@@ -151,7 +151,7 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 
 
 def unix_server(path: str, mode: int, get: Any = None, post: Any = None) -> UnixHTTPServer:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     server = UnixHTTPServer(path, _handler(get, post))
     os.chmod(path, mode)
     return server

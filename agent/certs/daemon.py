@@ -27,7 +27,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from agent.certs import certd_http as H
-from agent.certs.certd_core import Certd
+from agent.certs.certd_core import Certd, fail_text
 from agent.certs.certd_paths import CertdPaths
 from agent.wire.tls import CERTD_PORT, FOLLOW_SECONDS, CertdConfig
 
@@ -64,6 +64,7 @@ class Daemon:
         self.peer_server: Any = None
         self.next_at = time.time() + ISSUER_FIRST_CHECK if core.issuer else 0.0
         self.problems: List[str] = []
+        self.status_lock = threading.Lock()  # the loop and a control request both write status.json
 
     # -- requests
     def issuer_get(self, h: Any) -> H.Reply:
@@ -141,10 +142,14 @@ class Daemon:
 
     # -- the loop
     def write_status(self) -> None:
-        from agent.mesh.paths import write_atomic
-
         core = self.core
         last_error = "; ".join(self.problems + ([core.last_error] if core.last_error else []))
+        with self.status_lock:
+            self._write_status(core, last_error)
+
+    def _write_status(self, core: Certd, last_error: str) -> None:
+        from agent.mesh.paths import write_atomic
+
         write_atomic(self.paths.status, json.dumps({
             "pid": os.getpid(), "code": os.environ.get(CODE_ENV), "time": time.time(), "role": self.cfg.role,
             "hosts": list(self.cfg.hosts), "last_error": last_error, "errors": dict(core.errors),
@@ -164,7 +169,7 @@ class Daemon:
                     self.core.pull()
                     self.next_at = time.time() + FOLLOW_SECONDS
             except Exception as exc:  # never die of one bad tick
-                log_line("tick failed: %s" % type(exc).__name__)
+                log_line("tick failed: %s" % fail_text(exc))
                 self.next_at = time.time() + FOLLOW_SECONDS
         self.write_status()
 

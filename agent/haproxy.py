@@ -323,15 +323,23 @@ def warmed(row: Dict[str, str]) -> bool:
 # ----------------------------------------------------------------------------- the process
 
 
-def unix_command(path: str, command: str, timeout: float = 10.0) -> str:
-    """Send one command to a HAProxy CLI socket (runtime API or master) and read the answer."""
+def unix_command(path: str, command: str, timeout: float = 10.0, payload: Optional[str] = None) -> str:
+    """Send one command to a HAProxy CLI socket (runtime API or master) and read the answer.
+
+    payload: the lines after a command ending in `<<` (e.g. a PEM for `set ssl cert`);
+    HAProxy reads it up to an empty line, so it may hold none."""
     if _CMD_FORBIDDEN.search(command):
         raise ValueError("refusing a CLI command with ';' or a line break: %r" % command)
+    data = command.encode("ascii") + b"\n"
+    if payload is not None:
+        if not command.endswith("<<") or "\n\n" in payload.strip("\n") or "\x00" in payload:
+            raise ValueError("a payload goes after a command ending in '<<' and holds no empty line")
+        data += payload.strip("\n").encode("ascii") + b"\n\n"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
-        sock.sendall(command.encode("ascii") + b"\n")
+        sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)  # non-interactive: answer, then close
         chunks = []
         while True:
@@ -420,9 +428,9 @@ class HAProxy:
 
     # ------------------------------------------------------------ sockets
 
-    def runtime(self, command: str, timeout: float = 10.0) -> str:
+    def runtime(self, command: str, timeout: float = 10.0, payload: Optional[str] = None) -> str:
         try:
-            return unix_command(self.paths.admin_socket, command, timeout)
+            return unix_command(self.paths.admin_socket, command, timeout, payload)
         except OSError as exc:
             raise AgentError(INGRESS, "HAProxy's runtime API (%s) did not answer %r: %s"
                              % (self.paths.admin_socket, command.split(" ")[0:2], exc))

@@ -422,6 +422,11 @@ def ingress_drift(unit: Any, step: Step, actual: Mapping[str, Any] | None) -> st
         return "ingress health check changed"
     if port.get("host_ip", "0.0.0.0") != args["port"]["host_ip"]:
         return "ingress address changed"
+    # Host routes (agent.wire.tls.Route): compared in their parsed form, so defaults match.
+    from agent.wire.tls import Route
+
+    if Route.parse(actual.get("route")) != Route.parse(args.get("route")):
+        return "ingress host names or TLS changed"
     servers = sorted(server_name(unit.service, a.replica, a.container_id) for a in step.actions
                      if a.kind == UNCHANGED and a.container_id)
     if servers != sorted(actual.get("servers") or []):

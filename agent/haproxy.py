@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from agent.edge import edge_context, routed
 from agent.ingress_files import POLL, Paths, ensure_dirs, write_atomic
 from agent.wire.ingress import INGRESS, Health, Server, ServiceIngress
 from agent.wire.protocol import NOT_FOUND, AgentError
@@ -109,7 +110,12 @@ def template_text() -> str:
     return data.decode("utf-8")
 
 
-def render_context(paths: Paths, services: Dict[str, ServiceIngress]) -> Dict[str, Any]:
+def render_context(paths: Paths, services: Dict[str, ServiceIngress],
+                   certs: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """The template's values. certs: {host: certificate file} of the store (the crt-list's)."""
+    from agent.certs.files import crt_list_path, socket_in
+
+    data_dir = os.path.dirname(paths.dir)
     out = []
     for key in sorted(services):
         svc = services[key]
@@ -123,19 +129,28 @@ def render_context(paths: Paths, services: Dict[str, ServiceIngress]) -> Dict[st
             # from the server-state file on a reload, or are warmed up again by a sync.
             "servers": [{"name": s.name, "address": s.address, "disabled": s.state != "ready"}
                         for s in svc.servers if s.address],
+            "hsts": svc.route.hsts if svc.route.tls else 0,
         })
+    edge = edge_context(services, certs or {}, crt_list_path(data_dir), lambda env: socket_in(paths.run_dir, env))
     return {"paths": {"pid": paths.pid, "admin_socket": paths.admin_socket, "server_state": paths.server_state,
                       "state": paths.state},
-            "settings": dict(SETTINGS), "services": out}
+            "settings": dict(SETTINGS), "services": out, "edge": edge}
 
 
 def render_config(paths: Paths, services: Dict[str, ServiceIngress]) -> str:
-    """The whole haproxy.cfg for these services (Jinja2, strict: a missing value is a bug)."""
+    """The whole haproxy.cfg for these services (Jinja2, strict: a missing value is a bug).
+    With host-routed services it first writes what the config names: the crt-list and
+    the node's fallback certificate (agent.certs.files)."""
     import jinja2
 
+    certs: Dict[str, str] = {}
+    if routed(services):
+        from agent.certs.files import write_edge_files
+
+        certs = write_edge_files(os.path.dirname(paths.dir))
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True)
-    return env.from_string(template_text()).render(**render_context(paths, services))
+    return env.from_string(template_text()).render(**render_context(paths, services, certs))
 
 
 # ----------------------------------------------------------------------------- runtime API: commands as data

@@ -59,7 +59,10 @@ def certd_socket(data_dir: str, env: str) -> str:
     forwards ACME challenges to. Its folder (0700, the ingress's run folder) is made here."""
     paths = paths_for(data_dir)
     ensure_dirs(paths)
-    run_dir = paths.run_dir
+    return socket_in(paths.run_dir, env)
+
+
+def socket_in(run_dir: str, env: str) -> str:
     path = os.path.join(run_dir, "certd-%s.sock" % env)
     if len(path.encode("utf-8")) > SOCKET_MAX:  # a long environment name
         path = os.path.join(run_dir, "certd-%s.sock" % hashlib.sha256(env.encode("utf-8")).hexdigest()[:16])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import replace
-from typing import Any, Callable, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from agent.certs import files as F
 from agent.certs import runtime as R
@@ -35,7 +35,7 @@ from agent.wire.tls import MAX_PEM_BYTES, CertInfo, check_host_name
 cert_dir = F.cert_dir
 certd_socket = F.certd_socket
 
-__all__ = ["cert_dir", "certd_socket", "cert_facts", "install", "remove", "list_certs", "loaded_files"]
+__all__ = ["cert_dir", "certd_socket", "cert_facts", "install", "remove", "list_certs", "loaded_files", "route_certs"]
 
 
 def _data_dir(target: Any) -> str:
@@ -194,4 +194,21 @@ def list_certs(data_dir: str, env: Optional[str] = None, hap: Optional[HAProxy] 
         if info is None or (env is not None and info.env != env):
             continue
         out.append(replace(info, loaded=F.pem_path(data_dir, host) in loaded))
+    return out
+
+
+def route_certs(data_dir: str, hosts: Any, loaded: Optional[Set[str]]) -> Dict[str, Dict[str, Any]]:
+    """Per host name: {loaded, fingerprint, not_after, issuer, source} of its certificate
+    here ({loaded: False} and empty facts when there is none), for ingress_state/status.
+    loaded: loaded_files() (None: HAProxy not running)."""
+    out = {}
+    for host in hosts:
+        try:
+            info = F.read_info(data_dir, host)
+        except AgentError:
+            info = None
+        path = F.pem_path(data_dir, host)
+        out[host] = {"loaded": bool(info) and path in (loaded or set()),
+                     "fingerprint": info.fingerprint if info else "", "not_after": info.not_after if info else "",
+                     "issuer": info.issuer if info else "", "source": info.source if info else ""}
     return out

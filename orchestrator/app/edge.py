@@ -88,7 +88,7 @@ class Edge:
         return routed_services(self.dep.blueprint) if self.dep.blueprint is not None else {}
 
     def needed(self) -> bool:
-        had = any((f or {}).get("route") for fs in self.dep.ingress.values() for f in fs.values())
+        had = any(((f or {}).get("route") or {}).get("hosts") for fs in self.dep.ingress.values() for f in fs.values())
         return bool(self.routes()) or had
 
     def observe(self) -> None:
@@ -227,6 +227,22 @@ class Edge:
                             "missing": sorted(n for n, i in seen.items() if i is None),
                             "changed": any(host in (self.results.get(n) or {}) for n in seen)})
         return out
+
+
+def after_down(nodes: dict[str, Any], env: str) -> list[dict]:
+    """`orch down` of a project that had host routes: certificates no route needs any more
+    leave the nodes, and a node with no TLS_AUTO route of the environment left stops its
+    certificate daemon (orchestrator.core.edge_plan.plan_down). What was done, as dicts."""
+    from orchestrator.core.edge_plan import plan_down
+
+    steps = plan_down(env, read_edge(nodes, env))
+    _, errors = T.parallel(steps, lambda s: nodes[s.node].call(s.op, {"env": env, "host": s.host} if s.host
+                                                               else {"env": env}), key=lambda s: f"{s.op}@{s.node}@{s.host}")
+    if errors:
+        key, err = sorted(errors.items())[0]
+        raise DeployError(f"orch down: {key.split('@')[0]} on {key.split('@')[1]} failed: {getattr(err, 'message', err)}",
+                          fix="re-run `orch down`")
+    return [s.to_json() for s in steps]
 
 
 def addresses(rows: list[dict], routes: dict[str, Any]) -> dict[str, list[str]]:

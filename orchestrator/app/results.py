@@ -168,11 +168,13 @@ class DownResult:
     networks: dict[str, list[str]]
     volumes: dict[str, list[str]]
     duration_s: float
+    certificates: list[dict] = field(default_factory=list)  # {op, node, host}: tls_cert_remove, certd_leave
 
     def to_json(self) -> dict:
         return {"version": JSON_VERSION, "status": "ok", "command": "down", "environment": self.environment,
                 "project": self.project, "removed": self.removed, "networks": self.networks,
-                "volumes": self.volumes, "duration_s": round(self.duration_s, 3)}
+                "volumes": self.volumes, "certificates": list(self.certificates),
+                "duration_s": round(self.duration_s, 3)}
 
 
 def deploy_error(what: str, failures: list, not_started: list[str]) -> DeployError:

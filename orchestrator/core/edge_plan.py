@@ -48,8 +48,8 @@ class NodeEdge:
                 claims.append(Claim(host, f.get("project", ""), f.get("env", ""), f.get("service", ""),
                                     route.get("tls", "")))
         infos = {c["host"]: CertInfo.from_dict(c) for c in (certs or {}).get("certs") or []}
-        raw = (certs or {}).get("certd")
-        return cls(node, tuple(claims), infos, CertdResult.from_dict(raw) if raw else None)
+        raw = (certs or {}).get("certd")  # role "": no daemon for the environment on the node
+        return cls(node, tuple(claims), infos, CertdResult.from_dict(raw) if raw and raw.get("role") else None)
 
 
 @dataclass(frozen=True)
@@ -259,3 +259,32 @@ def with_secret(cfg: CertdConfig, secret: str) -> CertdConfig:
 
 def hosts_of(routes: Iterable[Any]) -> set[str]:
     return {h for r in routes for h in r.hosts}
+
+
+# --------------------------------------------------------------------------- orch down
+
+
+@dataclass(frozen=True)
+class DownStep:
+    op: str  # tls_cert_remove | certd_leave
+    node: str
+    host: str = ""
+
+    def to_json(self) -> dict:
+        return {"op": self.op, "node": self.node, "host": self.host}
+
+
+def plan_down(env: str, nodes: Mapping[str, NodeEdge]) -> list[DownStep]:
+    """After a project's routes left (orch down): a TLS_FILES certificate of the environment
+    whose host no project routes on the node any more goes; a node where no TLS_AUTO route
+    of the environment is left stops its certificate daemon (its files and certificates go)."""
+    out = []
+    for name, edge in sorted(nodes.items()):
+        routed = {c.host for c in edge.claims if c.env == env}
+        for host, info in sorted(edge.certs.items()):
+            if info.source == TLS_FILES and host not in routed:
+                out.append(DownStep("tls_cert_remove", name, host))
+        auto = [c for c in edge.claims if c.env == env and c.tls == TLS_AUTO]
+        if not auto and edge.certd is not None and (edge.certd.config_id or edge.certd.running):
+            out.append(DownStep("certd_leave", name))
+    return out

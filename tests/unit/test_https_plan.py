@@ -251,3 +251,18 @@ def test_a_changed_host_route_makes_the_node_resync_its_ingress():
         "ingress host names or TLS changed"
     assert ingress_drift(unit, step, {k: v for k, v in right.items() if k != "route"}) == \
         "ingress host names or TLS changed"
+
+
+def test_down_removes_unrouted_file_certificates_and_stops_certd_where_no_auto_route_is_left():
+    from orchestrator.core.edge_plan import plan_down
+
+    n1 = NodeEdge("n1", (Claim("blog.lab.test", "blog", "prod", "site", "auto"),),
+                  certs={"blog.lab.test": cert("blog.lab.test"), "shop.lab.test": cert("shop.lab.test", source="files")},
+                  certd=status("issuer"))
+    n2 = NodeEdge("n2", (Claim("x.lab.test", "x", "test", "site", "auto"),),  # another environment's route
+                  certs={"shop.lab.test": cert("shop.lab.test", source="files")}, certd=status("follower"))
+    n3 = NodeEdge("n3")  # nothing there: nothing to do
+    steps = plan_down("prod", {"n1": n1, "n2": n2, "n3": n3})
+    assert [(s.op, s.node, s.host) for s in steps] == [
+        ("tls_cert_remove", "n1", "shop.lab.test"), ("tls_cert_remove", "n2", "shop.lab.test"),
+        ("certd_leave", "n2", "")]

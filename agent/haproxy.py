@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from agent.certs.files import crt_list_path, socket_in, write_edge_files
 from agent.edge import edge_context, routed
 from agent.ingress_files import POLL, Paths, ensure_dirs, write_atomic
 from agent.wire.ingress import INGRESS, Health, Server, ServiceIngress
@@ -113,8 +114,6 @@ def template_text() -> str:
 def render_context(paths: Paths, services: Dict[str, ServiceIngress],
                    certs: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """The template's values. certs: {host: certificate file} of the store (the crt-list's)."""
-    from agent.certs.files import crt_list_path, socket_in
-
     data_dir = os.path.dirname(paths.dir)
     out = []
     for key in sorted(services):
@@ -145,8 +144,6 @@ def render_config(paths: Paths, services: Dict[str, ServiceIngress]) -> str:
 
     certs: Dict[str, str] = {}
     if routed(services):
-        from agent.certs.files import write_edge_files
-
         certs = write_edge_files(os.path.dirname(paths.dir))
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True)

@@ -18,9 +18,11 @@ Operations (registered in agent.operations.OPERATIONS):
   ingress_sync    {project, env?, service, port: {published, target, protocol: http,
                   host_ip?}, health: {path, interval?, timeout?, rise?, fall?, host?},
                   backends: [{name, container, address?}], network?, timeout?,
-                  drain_timeout?} -> converge the service's frontend/backend to exactly
+                  drain_timeout?, route?} -> converge the service's frontend/backend to exactly
                   these servers and wait until every one is UP in HAProxy's health checks
-                  (error kind "unhealthy" after `timeout` seconds).
+                  (error kind "unhealthy" after `timeout` seconds). `route`: the service's
+                  host names on the node's shared HTTP/HTTPS ports (agent.edge; then
+                  `port.published` may be 0).
   ingress_drain   {project, env?, service, server, timeout?} -> drain, then maintenance:
                   {sessions, remaining, drained, seconds, state: "maint"}; the caller may
                   then stop the container.

@@ -119,6 +119,22 @@ def _put_back(path: str, data: Optional[bytes]) -> None:
         write_atomic(path, data, 0o600)
 
 
+def covers(names: Any, host: str) -> bool:
+    """Does a certificate for these DNS names serve `host` (a wildcard covers one label)?"""
+    return any(n == host or (n.startswith("*.") and host.split(".", 1)[-1] == n[2:] and "." in host)
+               for n in names)
+
+
+def _check_usable(facts: Dict[str, Any], host: str) -> None:
+    if not covers(facts["names"], host):
+        raise AgentError(BAD_REQUEST, "the certificate is for %s, not %s" % (", ".join(facts["names"]) or
+                                                                          "no DNS name", host),
+                         {"host": host, "fix": "give a certificate whose subject alternative names include %s" % host})
+    if facts["not_after"] <= time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()):
+        raise AgentError(BAD_REQUEST, "the certificate for %s expired on %s" % (host, facts["not_after"]),
+                         {"host": host, "fix": "renew it"})
+
+
 def install(target: Any, env: str, host: str, cert_pem: str, key_pem: str, source: str) -> CertInfo:
     """Put host's certificate (leaf first, then its chain) and key in the store and make
     HAProxy serve it (module docstring). target: a Context or the data dir. CONFLICT if
@@ -130,6 +146,7 @@ def install(target: Any, env: str, host: str, cert_pem: str, key_pem: str, sourc
     if len(cert_pem) > MAX_PEM_BYTES or len(key_pem) > MAX_PEM_BYTES:
         raise AgentError(BAD_REQUEST, "a certificate or key is larger than %d bytes" % MAX_PEM_BYTES)
     facts = cert_facts(cert_pem)
+    _check_usable(facts, host)
     if not key_matches(cert_pem, key_pem):
         raise AgentError(BAD_REQUEST, "the key does not match the certificate for %s" % host,
                          {"host": host, "fix": "give the key the certificate was issued for"})

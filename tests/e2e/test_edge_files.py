@@ -4,7 +4,8 @@ the node's shared ports 80/443, each with its own certificate signed by a CA thi
 makes: HTTPS answers from the right service (curl with the test CA, --resolve), HTTP
 redirects to HTTPS, an unknown name gets a 404, a third claim of a name is refused with
 nothing changed, and a certificate replaced under an HTTPS load (the runtime API's
-set/commit, no reload) fails no request and is served at once.
+set/commit, no reload) fails no request and is served at once, as does a replica swap
+behind the name (add, drain, remove: what a rolling update does).
 
 Host names carry the run's id (the lab is shared: another run's names never clash).
 """
@@ -48,12 +49,12 @@ def conn(lab):
     T.close_all(conns)
 
 
-def httpd(project, body):
+def httpd(project, body, replicas=(1,)):
     files = [{"name": "index", "target": "/www/index.html", "content": base64.b64encode(body.encode()).decode()},
              {"name": "health", "target": "/www/healthz", "content": base64.b64encode(b"ok\n").decode()}]
     c = {"image": IMAGE, "command": ["httpd", "-f", "-p", "8080", "-h", "/www"], "networks": [{"name": "default"}],
          "configs": files, "stop_grace_period": 1, "init": True}
-    return {"project": project, "service": "web", "env": "prod", "release": "r1", "replicas": [1],
+    return {"project": project, "service": "web", "env": "prod", "release": "r1", "replicas": list(replicas),
             "config_hash": config_hash(c), "container": c, "networks": {"default": {}}}
 
 
@@ -155,11 +156,12 @@ def test_two_projects_by_name_on_443_redirects_conflicts_and_a_hitless_certifica
     certs = {shop1: make_leaf(ca, [shop1]), shop2: make_leaf(ca, [shop2])}
     session = T.AgentSession.open(conn, current_bundle())
 
-    def sync(project, host):
+    def sync(project, host, replicas=(1,)):
         return session.call("ingress_sync", {
             "project": project, "env": "prod", "service": "web",
             "port": {"published": 0, "target": 8080, "protocol": "http"}, "health": HEALTH,
-            "backends": [{"name": "web-1", "container": "%s-web-1" % project}], "timeout": 120,
+            "backends": [{"name": "web-%d" % r, "container": "%s-web-%d" % (project, r)} for r in replicas],
+            "timeout": 120,
             "route": {"hosts": [host], "tls": "files", "hsts": 300}})
 
     def put(host, pair):
@@ -217,6 +219,15 @@ def test_two_projects_by_name_on_443_redirects_conflicts_and_a_hitless_certifica
         assert cert["fingerprint"] == renewed.fingerprint and cert["loaded"]
         assert session.call("ingress_status")["worker_pid"] == after["worker_pid"]  # set/commit, no reload
         load.wait_for(100)
+        assert served_fingerprint(address, shop1, cafile) == renewed.fingerprint
+        # and a replica swap behind the name (what a rolling update does), still under the load
+        session.call("apply", {"spec": httpd(p1, "shop one\n", replicas=(1, 2))})
+        assert [s["status"] for s in sync(p1, shop1, (1, 2))["servers"]] == ["UP", "UP"]
+        load.wait_for(50)
+        assert session.call("ingress_drain", {"project": p1, "env": "prod", "service": "web", "server": "web-1",
+                                              "timeout": 60})["state"] == "maint"
+        assert [s["name"] for s in sync(p1, shop1, (2,))["servers"]] == ["web-2"]
+        load.wait_for(50)
         results = load.stop()
         failed = [r for r in results if r[2]]
         served = [r[3] for r in results]
@@ -225,8 +236,8 @@ def test_two_projects_by_name_on_443_redirects_conflicts_and_a_hitless_certifica
                                       served.count(certs[shop1].fingerprint), served.count(renewed.fingerprint),
                                       put_seconds))
         assert not failed, failed[:5]
-        assert served.count(certs[shop1].fingerprint) >= 50 and served[-50:] == [renewed.fingerprint] * 50
-        assert served_fingerprint(address, shop1, cafile) == renewed.fingerprint
+        assert all(r[1] == "shop one\n" for r in results)
+        assert served.count(certs[shop1].fingerprint) >= 50 and served[-150:] == [renewed.fingerprint] * 150
 
         listed = {c["host"]: c for c in session.call("tls_certs", {"env": "prod"})["certs"]}
         assert listed[shop1]["fingerprint"] == renewed.fingerprint and listed[shop1]["loaded"]

@@ -3,6 +3,8 @@ routes a node refuses (agent.edge.check_routes)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from agent import edge as E
@@ -98,3 +100,22 @@ def test_the_ingress_port_check_asks_the_routes_and_leaves_port_0_alone(monkeypa
     I._check_port({shop.key: shop}, blog, True)  # two services on port 0: no clash
     with pytest.raises(AgentError, match="already belongs to shop/web"):
         I._check_port({shop.key: shop}, svc(project="blog"), True)
+
+
+def test_other_projects_routed_services_hold_the_edge_ports_not_port_0(tmp_path):
+    """state's ports_elsewhere: the controller refuses a port another project holds; a
+    service reached by name only holds the shared ports, not a port 0 of its own."""
+    from agent.context import Context
+    from agent.fake import FakeEngine
+    from agent.ingress import _paths
+    from agent.ingress_files import save_state
+    from agent.owner import ports_elsewhere
+
+    ctx = Context(engine_factory=FakeEngine, state_dir=str(tmp_path), engine_id=lambda: "e1")
+    blog = svc(project="blog", hosts=("blog.example.com",), ports=EdgePorts(8080, 8443))
+    plain = svc(project="old", hosts=(), published=9000)
+    os.makedirs(_paths(ctx).dir)
+    save_state(_paths(ctx), {s.key: s for s in (svc(), blog, plain)})
+    held = [(p["published"], p["project"], p["by"]) for p in ports_elsewhere(ctx, "shop")]
+    assert held == [(8080, "blog", "the ingress's host names (web)"), (8443, "blog", "the ingress's host names (web)"),
+                    (9000, "old", "the ingress of web")]

@@ -207,6 +207,13 @@ def test_refusals(ca, node):
         S.install(node.data_dir, "prod", HOST, leaf.cert_pem, make_leaf(ca, [HOST]).key_pem, "files")
     assert err.value.kind == "bad_request" and "the key does not match the certificate" in err.value.message
     S.install(node.data_dir, "prod", HOST, leaf.cert_pem, leaf.key_pem, "files")
+    with pytest.raises(AgentError, match="the certificate is for other.example.com, not shop.example.com"):
+        wrong = make_leaf(ca, ["other.example.com"])
+        S.install(node.data_dir, "prod", HOST, wrong.cert_pem, wrong.key_pem, "files")
+    with pytest.raises(AgentError, match="the certificate for shop.example.com expired on 20"):
+        old = make_leaf(ca, [HOST], days=-1)
+        S.install(node.data_dir, "prod", HOST, old.cert_pem, old.key_pem, "files")
+    assert S.covers(["*.example.com"], HOST) and not S.covers(["*.example.com"], "a.shop.example.com")
     with pytest.raises(AgentError) as err:
         S.install(node.data_dir, "test", HOST, leaf.cert_pem, leaf.key_pem, "auto")
     assert err.value.kind == "conflict" and "belongs to environment prod" in err.value.message

@@ -20,6 +20,7 @@ import urllib.request
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.certs import certd_plan as plan
+from agent.certs.acme_client import AcmeFailure
 from agent.certs.certd_paths import CertdPaths
 from agent.wire.tls import CERTD_PORT, MAX_PEM_BYTES, ROLE_ISSUER, TLS_AUTO, CertdConfig, host_name_problem
 
@@ -144,8 +145,9 @@ class Certd:
         if leaf is None:
             from agent.certs.acme_client import leaf
         self.paths, self.cfg, self.store, self.acme, self.clock, self.log = paths, cfg, store, acme, clock, log
-        self.remote = remote if remote is not None or cfg.role == ROLE_ISSUER else Remote(cfg.issuer_address,
-                                                                                          cfg.secret)
+        if remote is None and cfg.role != ROLE_ISSUER:
+            remote = Remote(cfg.issuer_address, cfg.secret)
+        self.remote = remote
         self.leaf = leaf
         self.archive = Archive(paths, leaf)
         self.tokens = Tokens()
@@ -193,7 +195,8 @@ class Certd:
             for host in wanted:
                 held = self.archive.leaf(host)
                 why = plan.due(host, held, now, self.cfg.acme.renew_before if self.cfg.acme else 0.0, force)
-                if why and scheduled and now < self.failed_at.get(host, 0) + plan.retry_delay(self.failures.get(host, 0)):
+                retry_at = self.failed_at.get(host, 0.0) + plan.retry_delay(self.failures.get(host, 0))
+                if why and scheduled and now < retry_at:
                     continue  # waiting after a failure (an explicit certd_ensure does not)
                 try:
                     if why:
@@ -203,15 +206,18 @@ class Certd:
                         self.archive.put(host, issued.cert_pem, issued.key_pem)
                         self.ordered_total += 1
                         out["ordered"].append(host)
-                        self._install(host, issued.cert_pem, issued.key_pem)
+                        try:
+                            self._install(host, issued.cert_pem, issued.key_pem)
+                        except Exception as exc:  # the next ensure loads it from the archive
+                            raise AcmeFailure("obtained, but not loaded: %s" % _fail(exc)) from None
                         self.log("%s: issued %s" % (host, self.leaf(issued.cert_pem).fingerprint))
                     elif local.get(host) != held.fingerprint:
                         pair = self.archive.pair(host)
                         self._install(host, pair[0], pair[1])
                         out["restored"].append(host)
                     self._ok(host)
-                except Exception as exc:  # the CA's words (acme_client.AcmeFailure) or the store's
-                    self._failed(host, str(exc) if type(exc).__name__ == "AcmeFailure" else _fail(exc))
+                except Exception as exc:  # the CA's words (AcmeFailure), else the exception's type and text
+                    self._failed(host, str(exc) if isinstance(exc, AcmeFailure) else _fail(exc))
                     out["errors"][host] = self.errors[host]
             return out
 

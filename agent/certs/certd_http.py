@@ -43,7 +43,7 @@ NOT_FOUND = Reply(404, b"not found\n")
 FORBIDDEN = Reply(403, b"forbidden\n")
 
 
-def _json(doc: Any) -> Reply:
+def json_reply(doc: Any) -> Reply:
     return Reply(200, json.dumps(doc, sort_keys=True).encode("utf-8"), "application/json")
 
 
@@ -73,12 +73,12 @@ def issuer_reply(path: str, auth: Optional[str], client_ip: str, secret: str, fo
     if not authorized(auth, client_ip, secret, followers):
         return FORBIDDEN
     if path == "/certs":
-        return _json(index())
+        return json_reply(index())
     host = path[len("/certs/"):]
     if host_name_problem(host):  # no traversal: a host name has no '/' nor '..'
         return NOT_FOUND
     got = pair(host)
-    return _json({"cert_pem": got[0], "key_pem": got[1]}) if got else NOT_FOUND
+    return json_reply({"cert_pem": got[0], "key_pem": got[1]}) if got else NOT_FOUND
 
 
 def challenge_reply(path: str, answer: Callable[[str], Optional[str]]) -> Reply:

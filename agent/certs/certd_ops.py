@@ -14,8 +14,9 @@ certd_ensure's outcome: the names it ordered are in `ordered`; a name that faile
 `last_error` ("host: the CA's detail; ..."); when every requested name failed the operation
 fails with kind "acme" naming each host and the CA's problem detail.
 
-Host changes go through Context.certd_procs (certd_proc.CertdProcs by default) and the
-store through Context.cert_store (agent.certs.store), so unit tests hand in fakes.
+Processes go through ctx.certd_procs (certd_proc.CertdProcs when the Context has none)
+and certificates through ctx.cert_store (agent.certs.store when none): unit tests set
+both on their Context to the fakes of agent.certs.certd_fake.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def op_certd_ensure(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
         ctx.emit("certd.ordered", env=env, host=host)
     text = "; ".join("%s: %s" % (h, e) for h, e in sorted(errors.items()))
     if wanted and all(h in errors for h in wanted):
-        raise AgentError(ACME, "no certificate from %s for %s" % (cfg.acme.directory if cfg.acme else "the CA", text),
+        raise AgentError(ACME, "no certificate served for %s (CA %s)" % (text, cfg.acme.directory if cfg.acme else ""),
                          {"errors": errors, "fix": "check that each name resolves to a node of %s, that port 80 "
                                                    "reaches it, and the CA's message above" % env})
     return certd_result(ctx, env, ordered=tuple(out.get("ordered") or ()), last_error=text).to_dict()
@@ -191,6 +192,7 @@ def op_certd_leave(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
         if c.source == TLS_AUTO:
             store.remove(ctx, env, c.host)
     shutil.rmtree(paths.root, ignore_errors=True)
+    shutil.rmtree(paths.run_dir, ignore_errors=True)
     ctx.emit("certd.leave", env=env, removed=existed)
     return {"left": existed}
 

@@ -8,8 +8,10 @@ Context.data_dir()/certd/<env>/ (0700; per engine, since the lab's nodes share a
     issued/        the issuer's copy of every certificate it obtained: HOST.crt (0644,
                    leaf + chain) and HOST.key (0600); followers pull from here
     status.json    written by the daemon, no secrets (last error, next check, ...)
-    control.sock   the agent's operations ask the daemon here (the directory is 0700)
     certd.pid, certd.log
+
+and, in a short 0700 folder of its own under /run (run_dir), control.sock: the agent's
+operations ask the daemon there.
 """
 
 from __future__ import annotations
@@ -70,8 +72,17 @@ class CertdPaths:
         return self._p("status.json")
 
     @property
+    def run_dir(self) -> str:
+        """A short folder for the control socket (a unix socket path has at most 107 bytes;
+        the data dir's is long), keyed by this directory (the lab's nodes share /run)."""
+        import hashlib
+
+        base = "/run" if os.access("/run", os.W_OK) else "/tmp"
+        return os.path.join(base, "orch-certd-" + hashlib.sha256(self.root.encode("utf-8")).hexdigest()[:16])
+
+    @property
     def control(self) -> str:
-        return self._p("control.sock")
+        return os.path.join(self.run_dir, "control.sock")
 
     @property
     def pid(self) -> str:
@@ -85,3 +96,16 @@ class CertdPaths:
         for d in (self.root, self.issued):
             os.makedirs(d, mode=0o700, exist_ok=True)
             os.chmod(d, 0o700)
+
+    def ensure_run_dir(self) -> None:
+        """Made 0700 and ours (refused if someone else made it first)."""
+        import stat
+
+        try:
+            os.mkdir(self.run_dir, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(self.run_dir)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise OSError("%s is not a directory of this user" % self.run_dir)
+        os.chmod(self.run_dir, 0o700)

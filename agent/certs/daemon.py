@@ -31,6 +31,10 @@ from agent.certs.certd_core import Certd
 from agent.certs.certd_paths import CertdPaths
 from agent.wire.tls import CERTD_PORT, FOLLOW_SECONDS, CertdConfig
 
+# The issuer's first look comes this long after its start: certd_configure is followed by
+# the controller's certd_ensure, which then makes the first orders itself and reports their
+# outcome to `orch up` (a daemon restarted on its own looks after the same delay).
+ISSUER_FIRST_CHECK = 20.0
 BIND_RETRY = 10.0  # the mesh address may come up after the daemon: try to listen again this often
 CODE_ENV = "ORCH_CERTD_CODE"
 
@@ -57,7 +61,7 @@ class Daemon:
         self.stopping, self.wake = threading.Event(), threading.Event()
         self.servers: List[Any] = []
         self.peer_server: Any = None
-        self.next_at = 0.0
+        self.next_at = time.time() + ISSUER_FIRST_CHECK if core.issuer else 0.0
         self.problems: List[str] = []
 
     # -- requests
@@ -78,10 +82,11 @@ class Daemon:
         else:
             return H.NOT_FOUND
         self.write_status()
-        return H._json(out)
+        return H.json_reply(out)
 
     # -- servers
     def start(self) -> None:
+        self.paths.ensure_run_dir()
         for server in (H.unix_server(self.paths.control, 0o600, post=self.control_post),
                        H.unix_server(self.challenge_socket, 0o660, get=self.challenge_get)):
             self.servers.append(server)
@@ -111,17 +116,22 @@ class Daemon:
                 os.unlink(path)
             except OSError:
                 pass
+        try:
+            os.rmdir(self.paths.run_dir)
+        except OSError:
+            pass
 
     # -- the loop
     def write_status(self) -> None:
         from agent.mesh.paths import write_atomic
 
         core = self.core
+        last_error = "; ".join(self.problems + ([core.last_error] if core.last_error else []))
         write_atomic(self.paths.status, json.dumps({
             "pid": os.getpid(), "code": os.environ.get(CODE_ENV), "time": time.time(), "role": self.cfg.role,
-            "hosts": list(self.cfg.hosts), "last_error": "; ".join(self.problems + ([core.last_error] if core.last_error else [])),
-            "errors": dict(core.errors), "next_check": iso(self.next_at) if self.next_at else "",
-            "ordered_total": core.ordered_total}, sort_keys=True), 0o644)
+            "hosts": list(self.cfg.hosts), "last_error": last_error, "errors": dict(core.errors),
+            "next_check": iso(self.next_at) if self.next_at else "", "ordered_total": core.ordered_total},
+            sort_keys=True), 0o644)
 
     def tick(self) -> None:
         self.listen()

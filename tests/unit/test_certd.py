@@ -154,7 +154,8 @@ def test_a_failing_name_does_not_stop_the_others_and_waits_before_a_scheduled_re
 def test_a_certificate_obtained_but_not_loaded_is_installed_again_without_a_new_order(issuer):
     issuer.store.broken = True
     out = issuer.ensure(("a.example.com",))
-    assert out["ordered"] == ["a.example.com"] and "haproxy is not running" in out["errors"]["a.example.com"]
+    assert out["ordered"] == ["a.example.com"]
+    assert out["errors"]["a.example.com"] == "obtained, but not loaded: RuntimeError: haproxy is not running"
     issuer.store.broken = False
     out = issuer.ensure(("a.example.com",))
     assert out["ordered"] == [] and out["restored"] == ["a.example.com"]
@@ -243,7 +244,7 @@ def test_the_servers_over_real_sockets(tmp_path, issuer):
     issuer.tokens.publish("tok9", "tok9.thumb")
     sock = str(tmp_path / "c.sock")
     unix = H.unix_server(sock, 0o600, get=lambda h: H.challenge_reply(h.path, issuer.answer),
-                         post=lambda path, doc: H._json({"path": path, "doc": doc}))
+                         post=lambda path, doc: H.json_reply({"path": path, "doc": doc}))
     tcp = H.tcp_server("127.0.0.1", 0, lambda h: reply(issuer, h.path, h.headers.get("Authorization"), H.client_ip(h)))
     for s in (unix, tcp):
         threading.Thread(target=s.serve_forever, daemon=True).start()
@@ -277,3 +278,61 @@ def test_leaf_facts_of_a_chain():
     assert len(got.fingerprint) == 64
     with pytest.raises(ValueError):
         leaf("not a pem")
+
+
+# ----------------------------------------------------------------------------- the daemon's wiring
+
+
+class TmpPaths(CertdPaths):
+    """The control socket's folder in the test's tmp, not /run."""
+
+    @property
+    def run_dir(self):
+        return os.path.join(self.root, "run")
+
+
+def test_the_daemon_serves_followers_challenges_and_control_and_writes_a_status_without_secrets(tmp_path, monkeypatch):
+    from agent.certs.daemon import Daemon
+
+    monkeypatch.setattr("agent.certs.daemon.CERTD_PORT", 0)  # any free port
+
+    paths = TmpPaths(str(tmp_path / "d" / "certd" / "prod"))
+    paths.ensure()
+    cfg = CertdConfig.parse(dict(issuer_cfg(followers=("127.0.0.1",)).to_dict(), listen_address="127.0.0.1"))
+    core = Certd(paths, cfg, FakeCertStore(), acme=FakeAcme())
+    daemon = Daemon(paths, cfg, core, str(tmp_path / "challenge.sock"))
+    assert daemon.next_at > time.time() + 10  # the issuer's first look waits for certd_ensure
+    daemon.start()
+    try:
+        status, body = H.unix_request(paths.control, "POST", "/ensure", {"hosts": ["a.example.com"]})
+        assert status == 200 and json.loads(body)["ordered"] == ["a.example.com"]
+        assert H.unix_request(paths.control, "POST", "/pull", {})[0] == 404  # not a follower
+        assert os.stat(paths.control).st_mode & 0o777 == 0o600
+        core.tokens.publish("tokA", "tokA.thumb")
+        assert H.unix_request(str(tmp_path / "challenge.sock"), "GET",
+                              "/.well-known/acme-challenge/tokA") == (200, b"tokA.thumb")
+        remote = Remote("127.0.0.1", SECRET, port=daemon.peer_server.server_address[1])
+        assert list(remote.index()) == ["a.example.com"]
+        daemon.next_at = 0.0  # as SIGUSR1 does
+        daemon.tick()
+        assert core.acme.orders == ["a.example.com", "b.example.com"]
+        with open(paths.status) as fh:
+            text = fh.read()
+        doc = json.loads(text)
+        assert doc["role"] == "issuer" and doc["last_error"] == "" and doc["next_check"]
+        assert SECRET not in text and "PRIVATE" not in text
+    finally:
+        daemon.stop()
+    assert not os.path.exists(paths.control) and not os.path.exists(str(tmp_path / "challenge.sock"))
+
+
+def test_the_cas_words_in_one_line():
+    pytest.importorskip("acme", reason="the acme library is in the test extras")
+    from acme import errors, messages
+
+    from agent.certs.acme_client import problem
+
+    err = messages.Error(typ="urn:ietf:params:acme:error:rateLimited", detail="too many certificates for this name")
+    assert problem(err) == "too many certificates for this name (rateLimited)"
+    assert problem(errors.TimeoutError()) == "the CA did not finish the order within 90 s"
+    assert problem(ConnectionError("Max retries exceeded\nmore")) == "ConnectionError: Max retries exceeded"

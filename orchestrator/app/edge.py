@@ -199,7 +199,8 @@ class Edge:
         for node, err in sorted(errors.items()):
             text = f"{node}: {what} failed: {getattr(err, 'message', err)}"
             self.errors.append(text)
-            self.dep.warn(text + f" (retry with `orch certs renew --env {self.env}`)")
+            fix = (getattr(err, "details", None) or {}).get("fix") or getattr(err, "fix", None)
+            self.dep.warn(text + (f"; fix: {fix}" if fix else "") + f" (then `orch certs renew --env {self.env}`)")
 
     # -- result -----------------------------------------------------------------------
 

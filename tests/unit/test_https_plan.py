@@ -266,3 +266,19 @@ def test_down_removes_unrouted_file_certificates_and_stops_certd_where_no_auto_r
     assert [(s.op, s.node, s.host) for s in steps] == [
         ("tls_cert_remove", "n1", "shop.lab.test"), ("tls_cert_remove", "n2", "shop.lab.test"),
         ("certd_leave", "n2", "")]
+
+
+def test_after_down_calls_exactly_the_planned_removals():
+    from orchestrator.app.edge import after_down
+
+    nodes = {n: FakeEdgeNode(n) for n in ("n1", "n2")}
+    nodes["n1"].route("blog", "prod", "site", ["blog.lab.test"])  # still routed: its daemon stays
+    for n in nodes.values():
+        n.call("certd_configure", {"env": "prod", "role": "follower", "hosts": ["blog.lab.test"], "secret": "s" * 40,
+                                   "issuer_address": "10.208.0.1"})
+        n._issue("prod", "shop.lab.test", "files")
+        n.calls.clear()
+    done = after_down(nodes, "prod")
+    assert sorted((d["op"], d["node"], d["host"]) for d in done) == [
+        ("certd_leave", "n2", ""), ("tls_cert_remove", "n1", "shop.lab.test"), ("tls_cert_remove", "n2", "shop.lab.test")]
+    assert nodes["n1"].ops("certd") == [] and "prod" in nodes["n1"].certd and "prod" not in nodes["n2"].certd

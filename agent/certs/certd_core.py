@@ -132,7 +132,7 @@ class Remote:
             return None
 
 
-def _fail(exc: BaseException) -> str:
+def fail_text(exc: BaseException) -> str:
     """One line about a failure, never a value (keys, secret) that went into it."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return ("%s: %s" % (type(exc).__name__, text))[:400]
@@ -209,7 +209,7 @@ class Certd:
                         try:
                             self._install(host, issued.cert_pem, issued.key_pem)
                         except Exception as exc:  # the next ensure loads it from the archive
-                            raise AcmeFailure("obtained, but not loaded: %s" % _fail(exc)) from None
+                            raise AcmeFailure("obtained, but not loaded: %s" % fail_text(exc)) from None
                         self.log("%s: issued %s" % (host, self.leaf(issued.cert_pem).fingerprint))
                     elif local.get(host) != held.fingerprint:
                         pair = self.archive.pair(host)
@@ -217,7 +217,7 @@ class Certd:
                         out["restored"].append(host)
                     self._ok(host)
                 except Exception as exc:  # the CA's words (AcmeFailure), else the exception's type and text
-                    self._failed(host, str(exc) if isinstance(exc, AcmeFailure) else _fail(exc))
+                    self._failed(host, str(exc) if isinstance(exc, AcmeFailure) else fail_text(exc))
                     out["errors"][host] = self.errors[host]
             return out
 
@@ -241,7 +241,7 @@ class Certd:
             try:
                 index = self.remote.index()
             except Exception as exc:
-                why = "the issuer %s did not answer: %s" % (self.cfg.issuer_address, _fail(exc))
+                why = "the issuer %s did not answer: %s" % (self.cfg.issuer_address, fail_text(exc))
                 self.errors = {"*": why}
                 out["errors"]["*"] = why
                 return out
@@ -257,7 +257,7 @@ class Certd:
                     self.log("%s: pulled %s" % (host, got.fingerprint))
                     self._ok(host)
                 except Exception as exc:
-                    self._failed(host, _fail(exc))
+                    self._failed(host, fail_text(exc))
                     out["errors"][host] = self.errors[host]
             local = self._local()
             for host in self.cfg.hosts:

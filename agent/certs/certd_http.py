@@ -151,17 +151,19 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 
 
 def unix_server(path: str, mode: int, get: Any = None, post: Any = None) -> UnixHTTPServer:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     server = UnixHTTPServer(path, _handler(get, post))
     os.chmod(path, mode)
     return server
 
 
+class TCPHTTPServer(ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
 def tcp_server(address: str, port: int, get: Any) -> ThreadingHTTPServer:
-    ThreadingHTTPServer.allow_reuse_address = True
-    server = ThreadingHTTPServer((address, port), _handler(get))
-    server.daemon_threads = True
-    return server
+    return TCPHTTPServer((address, port), _handler(get))
 
 
 def unix_request(path: str, method: str, url: str, body: Optional[Dict[str, Any]] = None,

@@ -27,7 +27,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from agent.certs import certd_http as H
-from agent.certs.certd_core import Certd
+from agent.certs.certd_core import Certd, fail_text
 from agent.certs.certd_paths import CertdPaths
 from agent.wire.tls import CERTD_PORT, FOLLOW_SECONDS, CertdConfig
 
@@ -59,10 +59,12 @@ class Daemon:
     def __init__(self, paths: CertdPaths, cfg: CertdConfig, core: Certd, challenge_socket: str) -> None:
         self.paths, self.cfg, self.core, self.challenge_socket = paths, cfg, core, challenge_socket
         self.stopping, self.wake = threading.Event(), threading.Event()
-        self.servers: List[Any] = []
+        self.servers: List[Any] = []  # the issuer's TCP server, once it listens
+        self.unix: Dict[str, Any] = {}  # socket path -> its server
         self.peer_server: Any = None
         self.next_at = time.time() + ISSUER_FIRST_CHECK if core.issuer else 0.0
         self.problems: List[str] = []
+        self.status_lock = threading.Lock()  # the loop and a control request both write status.json
 
     # -- requests
     def issuer_get(self, h: Any) -> H.Reply:
@@ -86,12 +88,29 @@ class Daemon:
 
     # -- servers
     def start(self) -> None:
-        self.paths.ensure_run_dir()
-        for server in (H.unix_server(self.paths.control, 0o600, post=self.control_post),
-                       H.unix_server(self.challenge_socket, 0o660, get=self.challenge_get)):
-            self.servers.append(server)
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.sockets()
         self.listen()
+
+    def sockets(self) -> None:
+        """The control and challenge sockets, made again when their file is gone (their
+        folders are under /run, which someone may have cleaned)."""
+        for path, mode, get, post in ((self.paths.control, 0o600, None, self.control_post),
+                                      (self.challenge_socket, 0o660, self.challenge_get, None)):
+            if path in self.unix and os.path.exists(path):
+                continue
+            old = self.unix.pop(path, None)
+            if old is not None:
+                old.shutdown()
+                old.server_close()
+            if path == self.paths.control:
+                self.paths.ensure_run_dir()
+            try:
+                server = H.unix_server(path, mode, get=get, post=post)
+            except OSError as exc:
+                log_line("cannot listen on %s: %s" % (path, exc))
+                continue
+            self.unix[path] = server
+            threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def listen(self) -> None:
         """The issuer's server for its followers, on its mesh address (retried: the link
@@ -108,7 +127,7 @@ class Daemon:
         threading.Thread(target=self.peer_server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
-        for server in self.servers:
+        for server in self.servers + list(self.unix.values()):
             server.shutdown()
             server.server_close()
         for path in (self.paths.control, self.challenge_socket):
@@ -123,10 +142,14 @@ class Daemon:
 
     # -- the loop
     def write_status(self) -> None:
-        from agent.mesh.paths import write_atomic
-
         core = self.core
         last_error = "; ".join(self.problems + ([core.last_error] if core.last_error else []))
+        with self.status_lock:
+            self._write_status(core, last_error)
+
+    def _write_status(self, core: Certd, last_error: str) -> None:
+        from agent.mesh.paths import write_atomic
+
         write_atomic(self.paths.status, json.dumps({
             "pid": os.getpid(), "code": os.environ.get(CODE_ENV), "time": time.time(), "role": self.cfg.role,
             "hosts": list(self.cfg.hosts), "last_error": last_error, "errors": dict(core.errors),
@@ -134,6 +157,7 @@ class Daemon:
             sort_keys=True), 0o644)
 
     def tick(self) -> None:
+        self.sockets()
         self.listen()
         now = time.time()
         if now >= self.next_at:
@@ -145,7 +169,7 @@ class Daemon:
                     self.core.pull()
                     self.next_at = time.time() + FOLLOW_SECONDS
             except Exception as exc:  # never die of one bad tick
-                log_line("tick failed: %s" % type(exc).__name__)
+                log_line("tick failed: %s" % fail_text(exc))
                 self.next_at = time.time() + FOLLOW_SECONDS
         self.write_status()
 

@@ -313,8 +313,10 @@ def test_the_daemon_serves_followers_challenges_and_control_and_writes_a_status_
                               "/.well-known/acme-challenge/tokA") == (200, b"tokA.thumb")
         remote = Remote("127.0.0.1", SECRET, port=daemon.peer_server.server_address[1])
         assert list(remote.index()) == ["a.example.com"]
+        os.unlink(str(tmp_path / "challenge.sock"))  # someone cleaned /run: made again at the next tick
         daemon.next_at = 0.0  # as SIGUSR1 does
         daemon.tick()
+        assert H.unix_request(str(tmp_path / "challenge.sock"), "GET", "/.well-known/acme-challenge/x")[0] == 404
         assert core.acme.orders == ["a.example.com", "b.example.com"]
         with open(paths.status) as fh:
             text = fh.read()

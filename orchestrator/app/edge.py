@@ -23,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from agent.wire.tls import TLS_AUTO, TLS_FILES, AcmeSettings, CertdResult, CertInfo, CertPut
+from agent.wire.tls import TLS_FILES, AcmeSettings, CertdResult, CertInfo, CertPut
 from orchestrator.core.edge import routed_services
 from orchestrator.core.edge_plan import (EdgePlan, NodeEdge, auto_hosts_by_node, plan_certd, plan_puts,
                                          refuse_clashes, with_secret)
@@ -123,8 +123,9 @@ class Edge:
         serving = auto_hosts_by_node(project.name, self.env, tls, self.nodes)
         acme = acme_settings(self.dep.environment) if serving else None
         layout = self.dep.mesh_layout
-        addresses = {n: layout.address(n) for n in serving} if layout is not None and len(serving) > 1 else {}
         order = [n.name for n in self.dep.environment.nodes]
+        # Every node's mesh address: the issuer may be a node already issuing that serves no name now.
+        addresses = {n: layout.address(n) for n in order if n in layout.node_slots} if layout is not None else {}
         self.plan = plan_certd(self.env, acme, serving, self.nodes, order, addresses, datetime.now(timezone.utc))
         self.plan.puts = plan_puts(files, placed, self.nodes)
         return self.plan
@@ -256,4 +257,4 @@ def addresses(rows: list[dict], routes: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["Edge", "read_edge", "acme_settings", "TLS_AUTO"]
+__all__ = ["Edge", "read_edge", "acme_settings", "after_down", "addresses"]

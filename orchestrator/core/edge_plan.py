@@ -8,7 +8,7 @@ The contract is agent.wire.tls; orchestrator.app.edge executes this plan.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -255,10 +255,6 @@ def plan_certd(env: str, acme: AcmeSettings | None, serving: Mapping[str, tuple[
 
 def with_secret(cfg: CertdConfig, secret: str) -> CertdConfig:
     return replace(cfg, secret=secret)
-
-
-def hosts_of(routes: Iterable[Any]) -> set[str]:
-    return {h for r in routes for h in r.hosts}
 
 
 # --------------------------------------------------------------------------- orch down

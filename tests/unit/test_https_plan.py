@@ -153,7 +153,8 @@ def deployment(tmp_path, compose, nodes):
     warnings = []
     dep = SimpleNamespace(project=ws.project, environment=ws.environment, blueprint=bp, nodes=nodes, ingress={},
                           units=units, progress=Progress(), timings={}, warn=warnings.append, warnings=warnings,
-                          mesh_layout=SimpleNamespace(address=lambda n: {"n1": "10.208.0.1", "n2": "10.208.32.1"}[n]))
+                          mesh_layout=SimpleNamespace(node_slots={"n1": 0, "n2": 1},
+                                                      address=lambda n: {"n1": "10.208.0.1", "n2": "10.208.32.1"}[n]))
     return dep
 
 

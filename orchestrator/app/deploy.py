@@ -301,8 +301,9 @@ class Deployment:
         if not before or not before.get("port"):
             return now
         args = {"port": dict(before["port"]), "health": dict(before.get("health") or {})}
-        if before.get("route"):
-            args["route"] = dict(before["route"])
+        route = before.get("route") or {}
+        if route.get("hosts"):  # what the node reports, less its certificates' facts
+            args["route"] = {k: v for k, v in route.items() if k != "certs"}
         if now is not None:
             args["drain_timeout"] = now["drain_timeout"]
         return args

@@ -283,3 +283,24 @@ def test_after_down_calls_exactly_the_planned_removals():
     assert sorted((d["op"], d["node"], d["host"]) for d in done) == [
         ("certd_leave", "n2", ""), ("tls_cert_remove", "n1", "shop.lab.test"), ("tls_cert_remove", "n2", "shop.lab.test")]
     assert nodes["n1"].ops("certd") == [] and "prod" in nodes["n1"].certd and "prod" not in nodes["n2"].certd
+
+
+def test_a_rollback_puts_back_the_route_the_node_reported_and_parses():
+    """ingress_state reports every frontend's route with its certificates' facts (`certs`);
+    the restore sends the route only for host names, without those facts."""
+    from orchestrator.app.deploy import Deployment, _settings
+
+    port = {"published": 0, "target": 80, "protocol": "http", "host_ip": "0.0.0.0"}
+    route = {"hosts": ["a.lab.test"], "tls": "auto", "redirect": True, "hsts": 0, "ports": {"http": 80, "https": 443},
+             "certs": {"a.lab.test": {"loaded": True, "fingerprint": "f"}}}
+    plain = dict(route, hosts=[], tls="", certs={})
+
+    def fake(observed):
+        return SimpleNamespace(ingress={"n1": {"web": observed}}, _ingress_args=lambda service: None)
+
+    args = Deployment._rollback_ingress_args(fake({"port": port, "health": {}, "route": route}), "n1", "web")
+    assert args["route"] == {k: v for k, v in route.items() if k != "certs"}
+    assert _settings(args).route.hosts == ("a.lab.test",)
+    args = Deployment._rollback_ingress_args(fake({"port": dict(port, published=8080), "health": {},
+                                                   "route": plain}), "n1", "web")
+    assert "route" not in args and _settings(args).port["published"] == 8080

@@ -7,11 +7,11 @@ nothing here puts it in a result, an event or an error (tests/unit/test_edge_ops
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 from agent.certs import store
 from agent.wire.protocol import AgentError
-from agent.wire.tls import TLS_FILES, CertdResult, CertPut, parse_cert_remove, parse_env_only
+from agent.wire.tls import TLS_AUTO, TLS_FILES, CertdResult, CertPut, parse_cert_remove, parse_env_only
 
 try:  # the certificate daemon's operations (agent/certs/certd_ops.py), when built
     from agent.certs.certd_ops import CERTD_OPERATIONS
@@ -42,10 +42,33 @@ def certd_status(ctx: Any, env: str) -> Any:
         return None
 
 
+def node_problems(ctx: Any, env: str, certd: Any) -> List[str]:
+    """What this node lacks to serve env's certificates, each "problem: fix" (`nodes check`)."""
+    import shutil
+
+    from agent.ingress_files import load_state, paths_for
+
+    out = []
+    if shutil.which("openssl") is None:
+        out.append("no openssl command (certificates are checked and made with it): apt-get install openssl")
+    try:
+        auto = any(s.env == env and s.route.tls == TLS_AUTO for s in load_state(paths_for(ctx.data_dir())).values())
+    except (OSError, ValueError, AgentError):
+        auto = False
+    if auto or (certd or {}).get("role"):
+        from agent.certs.acme_client import missing
+
+        gone = missing()
+        if gone:
+            out.append(gone)
+    return out
+
+
 def op_tls_certs(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     env = parse_env_only(args, "tls_certs")
     certs = store.list_certs(ctx.data_dir(), env)
-    return {"certs": [c.to_dict() for c in certs], "certd": certd_status(ctx, env)}
+    certd = certd_status(ctx, env)
+    return {"certs": [c.to_dict() for c in certs], "certd": certd, "problems": node_problems(ctx, env, certd)}
 
 
 CERT_OPERATIONS_TABLE: Dict[str, Callable[[Any, Dict[str, Any]], Dict[str, Any]]] = {

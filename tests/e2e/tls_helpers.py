@@ -39,13 +39,14 @@ class PinnedHTTPS(http.client.HTTPSConnection):
 
 
 def https_get(name: str, address: str, cafile: str | None, path: str = "/", port: int = 443):
-    """(status, headers, body, certificate fingerprint) of one GET."""
+    """(status, headers (names in lower case), body, certificate fingerprint) of one GET."""
     c = PinnedHTTPS(name, address, port, cafile)
     try:
         c.request("GET", path, headers={"Connection": "close"})
+        fp = hashlib.sha256(c.sock.getpeercert(binary_form=True)).hexdigest()  # before the close
         r = c.getresponse()
         body = r.read().decode()
-        return r.status, dict(r.getheaders()), body, hashlib.sha256(c.sock.getpeercert(binary_form=True)).hexdigest()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body, fp
     finally:
         c.close()
 
@@ -56,7 +57,7 @@ def http_get(name: str, address: str, path: str = "/", port: int = 80):
     try:
         c.request("GET", path, headers={"Host": name, "Connection": "close"})
         r = c.getresponse()
-        return r.status, dict(r.getheaders()), r.read().decode()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode()
     finally:
         c.close()
 

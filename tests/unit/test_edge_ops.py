@@ -107,3 +107,23 @@ def test_the_masking_rule_covers_the_secret_arguments():
     # the controller's output filter and the ledger mask values under these names
     assert redact.secret_name("key_pem") and redact.secret_name("secret")
     assert not redact.secret_name("cert_pem")
+
+
+def test_tls_certs_reports_what_the_node_lacks(monkeypatch, tmp_path):
+    """`nodes check` shows these: openssl always needed; python3-acme only where the
+    environment has a tls: auto route or a certificate daemon."""
+    import shutil
+
+    from agent.certs import acme_client, ops
+
+    class Ctx:
+        def data_dir(self):
+            return str(tmp_path)
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(acme_client, "missing", lambda: "no python3-acme for /usr/bin/python3: apt-get install python3-acme")
+    assert ops.node_problems(Ctx(), "prod", None) == [
+        "no openssl command (certificates are checked and made with it): apt-get install openssl"]
+    assert ops.node_problems(Ctx(), "prod", {"role": "issuer"})[1].startswith("no python3-acme")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    assert ops.node_problems(Ctx(), "prod", None) == []

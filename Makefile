@@ -12,7 +12,7 @@ ORCH := $(BIN)/orch
 # Debian packages the lab and the end-to-end tests need (installed only when missing).
 LAB_PACKAGES := python3 docker.io docker-registry openssh-server openssh-client busybox-static \
 	debootstrap iproute2 iptables openssl apache2-utils util-linux procps docker-compose haproxy \
-	wireguard-tools wireguard-go dnsmasq-base tcpdump pebble
+	wireguard-tools wireguard-go dnsmasq-base tcpdump pebble curl python3-acme
 
 .PHONY: all venv system-deps demo test unit e2e lab lab-down lab-status bench fuzz clean
 
@@ -59,7 +59,11 @@ fuzz: venv
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m tests.fuzz.run
 
 BENCH_ARGS ?=
+# What only `make bench` needs (its load generator for the HTTPS measurement).
+BENCH_PACKAGES := nghttp2-client
+
 bench: system-deps venv lab
+	@ORCH_SYSTEM_PACKAGES="$(BENCH_PACKAGES)" scripts/system-deps.sh
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -48,6 +48,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from agent.certs.files import crt_list_path, socket_in, write_edge_files
+from agent.edge import edge_context, routed
 from agent.ingress_files import POLL, Paths, ensure_dirs, write_atomic
 from agent.wire.ingress import INGRESS, Health, Server, ServiceIngress
 from agent.wire.protocol import NOT_FOUND, AgentError
@@ -109,7 +111,10 @@ def template_text() -> str:
     return data.decode("utf-8")
 
 
-def render_context(paths: Paths, services: Dict[str, ServiceIngress]) -> Dict[str, Any]:
+def render_context(paths: Paths, services: Dict[str, ServiceIngress],
+                   certs: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """The template's values. certs: {host: certificate file} of the store (the crt-list's)."""
+    data_dir = os.path.dirname(paths.dir)
     out = []
     for key in sorted(services):
         svc = services[key]
@@ -123,19 +128,26 @@ def render_context(paths: Paths, services: Dict[str, ServiceIngress]) -> Dict[st
             # from the server-state file on a reload, or are warmed up again by a sync.
             "servers": [{"name": s.name, "address": s.address, "disabled": s.state != "ready"}
                         for s in svc.servers if s.address],
+            "hsts": svc.route.hsts if svc.route.tls else 0,
         })
+    edge = edge_context(services, certs or {}, crt_list_path(data_dir), lambda env: socket_in(paths.run_dir, env))
     return {"paths": {"pid": paths.pid, "admin_socket": paths.admin_socket, "server_state": paths.server_state,
                       "state": paths.state},
-            "settings": dict(SETTINGS), "services": out}
+            "settings": dict(SETTINGS), "services": out, "edge": edge}
 
 
 def render_config(paths: Paths, services: Dict[str, ServiceIngress]) -> str:
-    """The whole haproxy.cfg for these services (Jinja2, strict: a missing value is a bug)."""
+    """The whole haproxy.cfg for these services (Jinja2, strict: a missing value is a bug).
+    With host-routed services it first writes what the config names: the crt-list and
+    the node's fallback certificate (agent.certs.files)."""
     import jinja2
 
+    certs: Dict[str, str] = {}
+    if routed(services):
+        certs = write_edge_files(os.path.dirname(paths.dir))
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True)
-    return env.from_string(template_text()).render(**render_context(paths, services))
+    return env.from_string(template_text()).render(**render_context(paths, services, certs))
 
 
 # ----------------------------------------------------------------------------- runtime API: commands as data
@@ -323,15 +335,23 @@ def warmed(row: Dict[str, str]) -> bool:
 # ----------------------------------------------------------------------------- the process
 
 
-def unix_command(path: str, command: str, timeout: float = 10.0) -> str:
-    """Send one command to a HAProxy CLI socket (runtime API or master) and read the answer."""
+def unix_command(path: str, command: str, timeout: float = 10.0, payload: Optional[str] = None) -> str:
+    """Send one command to a HAProxy CLI socket (runtime API or master) and read the answer.
+
+    payload: the lines after a command ending in `<<` (e.g. a PEM for `set ssl cert`);
+    HAProxy reads it up to an empty line, so it may hold none."""
     if _CMD_FORBIDDEN.search(command):
         raise ValueError("refusing a CLI command with ';' or a line break: %r" % command)
+    data = command.encode("ascii") + b"\n"
+    if payload is not None:
+        if not command.endswith("<<") or "\n\n" in payload.strip("\n") or "\x00" in payload:
+            raise ValueError("a payload goes after a command ending in '<<' and holds no empty line")
+        data += payload.strip("\n").encode("ascii") + b"\n\n"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(path)
-        sock.sendall(command.encode("ascii") + b"\n")
+        sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)  # non-interactive: answer, then close
         chunks = []
         while True:
@@ -420,9 +440,9 @@ class HAProxy:
 
     # ------------------------------------------------------------ sockets
 
-    def runtime(self, command: str, timeout: float = 10.0) -> str:
+    def runtime(self, command: str, timeout: float = 10.0, payload: Optional[str] = None) -> str:
         try:
-            return unix_command(self.paths.admin_socket, command, timeout)
+            return unix_command(self.paths.admin_socket, command, timeout, payload)
         except OSError as exc:
             raise AgentError(INGRESS, "HAProxy's runtime API (%s) did not answer %r: %s"
                              % (self.paths.admin_socket, command.split(" ")[0:2], exc))

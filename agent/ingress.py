@@ -18,9 +18,11 @@ Operations (registered in agent.operations.OPERATIONS):
   ingress_sync    {project, env?, service, port: {published, target, protocol: http,
                   host_ip?}, health: {path, interval?, timeout?, rise?, fall?, host?},
                   backends: [{name, container, address?}], network?, timeout?,
-                  drain_timeout?} -> converge the service's frontend/backend to exactly
+                  drain_timeout?, route?} -> converge the service's frontend/backend to exactly
                   these servers and wait until every one is UP in HAProxy's health checks
-                  (error kind "unhealthy" after `timeout` seconds).
+                  (error kind "unhealthy" after `timeout` seconds). `route`: the service's
+                  host names on the node's shared HTTP/HTTPS ports (agent.edge; then
+                  `port.published` may be 0).
   ingress_drain   {project, env?, service, server, timeout?} -> drain, then maintenance:
                   {sessions, remaining, drained, seconds, state: "maint"}; the caller may
                   then stop the container.
@@ -48,7 +50,7 @@ import socket
 import subprocess
 import time
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from agent.haproxy import (
     HAProxy,
@@ -62,6 +64,8 @@ from agent.haproxy import (
     serving,
     warmed,
 )
+from agent.certs.store import loaded_files, route_certs
+from agent.edge import check_routes
 from agent.ingress_files import POLL, Paths, ingress_lock, load_state, paths_for, save_state, write_atomic
 from agent.wire import labels as L
 from agent.wire.ingress import (
@@ -192,6 +196,9 @@ def _port_free(host_ip: str, port: int) -> bool:
 
 
 def _check_port(services: Dict[str, ServiceIngress], svc: ServiceIngress, running: bool) -> None:
+    check_routes(services, svc, running, _port_free)  # host names and the shared ports (agent.edge)
+    if not svc.published:  # reached by host name only
+        return
     for other in services.values():
         if other.key != svc.key and other.published == svc.published:
             raise AgentError(CONFLICT, "port %d on this node already belongs to the ingress of %s"
@@ -470,7 +477,15 @@ def op_ingress_remove(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
         return {"removed": True, "port": svc.published, "process": process, "running": hap.pid() is not None}
 
 
-def _service_status(svc: ServiceIngress, rows: Optional[List[Dict[str, str]]]) -> Dict[str, Any]:
+def _route(svc: ServiceIngress, data_dir: str, loaded: Optional[Set[str]]) -> Dict[str, Any]:
+    """The service's host names and how they are served; per name, its certificate here."""
+    out = svc.route.to_dict()
+    out["certs"] = route_certs(data_dir, svc.route.hosts, loaded) if svc.route.tls else {}
+    return out
+
+
+def _service_status(svc: ServiceIngress, rows: Optional[List[Dict[str, str]]],
+                    route: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     rows = rows or []
     front = _server_row(rows, svc.frontend, "FRONTEND")
     servers = []
@@ -487,8 +502,8 @@ def _service_status(svc: ServiceIngress, rows: Optional[List[Dict[str, str]]]) -
         "frontend": svc.frontend, "backend": svc.backend,
         "port": {"published": svc.published, "target": svc.target, "protocol": svc.protocol,
                  "host_ip": svc.host_ip},
-        "health": svc.health.to_dict(),
-        "status": front.get("status", "absent" if rows else "unknown"),
+        "health": svc.health.to_dict(), "route": route or svc.route.to_dict(),
+        "status": front.get("status", "absent" if rows else "unknown") if svc.published else "routed",
         "sessions": int(front.get("scur") or 0),
         "servers": servers,
     }
@@ -523,12 +538,14 @@ def status(paths: Paths, hap: HAProxy) -> Dict[str, Any]:
     elif services:
         problems.append("HAProxy is not running, but %d ingress service(s) are configured (run ingress_start)"
                         % len(services))
+    tls = any(s.route.tls for s in services.values())
+    loaded = loaded_files(hap) if rows is not None and tls else None
     for key in sorted(services):
-        st = _service_status(services[key], rows)
+        st = _service_status(services[key], rows, _route(services[key], os.path.dirname(paths.dir), loaded))
         out["frontends"].append(st)
         if rows is None:
             continue
-        if st["status"] != "OPEN":
+        if st["status"] not in ("OPEN", "routed"):
             problems.append("%s: frontend on port %d is %s" % (key, services[key].published, st["status"]))
         for s in st["servers"]:
             if s["state"] == "ready" and s["status"] != "UP":
@@ -598,13 +615,15 @@ def ingress_state(ctx: Any, project: str) -> Dict[str, Any]:
     try:
         paths = _paths(ctx)
         services = [s for s in load_state(paths).values() if s.project == project]
-        running = bool(services) and _hap(ctx, paths).pid() is not None
+        hap = _hap(ctx, paths)
+        running = bool(services) and hap.pid() is not None
+        loaded = loaded_files(hap) if running and any(s.route.tls for s in services) else None
     except (OSError, ValueError, AgentError):
         return {}
     return {s.service: {"port": {"published": s.published, "target": s.target, "protocol": s.protocol,
                                  "host_ip": s.host_ip}, "env": s.env,
                         "health": s.health.to_dict(), "servers": sorted(x.name for x in s.servers),
-                        "running": running}
+                        "running": running, "route": _route(s, ctx.data_dir(), loaded)}
             for s in services}
 
 

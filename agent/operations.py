@@ -15,6 +15,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.about import agent_version, bundle_name, runs_from
+from agent.certs.ops import CERT_OPERATIONS_TABLE
 from agent.context import Context
 from agent.create import create_body
 from agent.engine import ContainerInfo, LineSplitter
@@ -549,4 +550,5 @@ OPERATIONS.update(ROLLOUT_OPERATIONS)
 OPERATIONS.update(MESH_OPERATIONS)
 OPERATIONS.update(LOOK_OPERATIONS)
 OPERATIONS.update(PRUNE_OPERATIONS)
+OPERATIONS.update(CERT_OPERATIONS_TABLE)
 OPERATIONS.update(TRANSFER_OPERATIONS)

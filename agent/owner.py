@@ -100,7 +100,13 @@ def ports_elsewhere(ctx: Any, project: str, reads: bool = False) -> List[Dict[st
     except (OSError, ValueError, AgentError):
         frontends = []
     for s in frontends:
-        if s.project != project:
+        if s.project == project:
+            continue
+        if s.published:  # 0: reached by host name only (no port of its own)
             out.append({"published": s.published, "protocol": "tcp", "host_ip": s.host_ip, "project": s.project,
                         "env": s.env, "by": "the ingress of %s" % s.service})
+        if s.route.routed:  # the node's shared host-name ports (agent.edge)
+            out += [{"published": port, "protocol": "tcp", "host_ip": "0.0.0.0", "project": s.project,
+                     "env": s.env, "by": "the ingress's host names (%s)" % s.service}
+                    for port in (s.route.ports.http, s.route.ports.https)]
     return sorted(out, key=lambda p: (p["published"], p["protocol"], p["by"]))

@@ -98,7 +98,8 @@ def settings_of(front: Optional[Dict[str, Any]]) -> Optional[IngressSettings]:
     drain and sync timeouts are not kept, so the defaults): to put it back."""
     if not front or not front.get("port"):
         return None
-    return IngressSettings.parse({"port": front["port"], "health": front.get("health") or {}})
+    return IngressSettings.parse({"port": front["port"], "health": front.get("health") or {},
+                                  "route": front.get("route")})
 
 
 def _server(c: ContainerInfo) -> Dict[str, str]:
@@ -128,6 +129,8 @@ def sync_ingress(ctx: Context, svc_project: str, service: str, env: str, ingress
     args = {"project": svc_project, "service": service, "port": ingress.port, "health": ingress.health,
             "backends": [_server(c) for c in containers], "timeout": ingress.timeout,
             "drain_timeout": ingress.drain_timeout}
+    if ingress.route.routed:
+        args["route"] = ingress.route.to_dict()
     if env:
         args["env"] = env
     return drv.sync(args)

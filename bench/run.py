@@ -59,6 +59,8 @@ MEASUREMENTS = [
     Measurement("rolling", "bench.rolling:rolling", 3, True, "rolling deploy under load vs the floor"),
     Measurement("mesh", "bench.mesh:mesh", 3, True, "service mesh: latency and throughput across nodes vs one node"
                 " and the raw bridge"),
+    Measurement("https", "bench.https:https", 3, True, "HTTPS through the ingress vs plain HTTP: requests/s,"
+                " added latency"),
     Measurement("transfer", "bench.transfer:transfer", 1, True, "registry-less transfer of a 200 MB image to 1, 2, 4 "
                 "nodes vs docker save | ssh docker load and vs a registry push + pull"),
 ]
@@ -134,6 +136,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f} %"
     if unit == "x":
         return f"{value:.2f}x"
+    if unit == "req/s":
+        return f"{value:,.0f} req/s"
     return f"{value:.3g} {unit}"
 
 

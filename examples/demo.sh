@@ -83,3 +83,15 @@ for node in 10.250.0.31 10.250.0.32; do
 done
 echo "(each API replica reaches the cache on prod-1 by its name, through WireGuard; one counter)"
 "$ORCH" nodes check --env prod --environments ../../environments
+
+step "HTTPS at the edge: examples/https on prod, a certificate from the lab's ACME server (pebble), served by both nodes"
+SITE_HOST="${SITE_HOST:-www.prod.lab.test}"
+"$ORCH" lab dns set "$SITE_HOST" --env prod >/dev/null
+SITE_HOST="$SITE_HOST" "$ORCH" up -f ../https/compose.yaml --environments ../../environments --env prod
+for node in 10.250.0.31 10.250.0.32; do
+  printf 'https://%s/ via %s -> ' "$SITE_HOST" "$node"
+  curl -sS --cacert /var/lib/orch-lab/acme-ca.crt --resolve "$SITE_HOST:443:$node" "https://$SITE_HOST/"
+done
+printf 'http://%s/ via 10.250.0.31 -> ' "$SITE_HOST"
+curl -sS -o /dev/null -w '%{http_code} %{redirect_url}\n' --resolve "$SITE_HOST:80:10.250.0.31" "http://$SITE_HOST/"
+"$ORCH" certs --env prod --environments ../../environments

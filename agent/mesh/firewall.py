@@ -14,7 +14,8 @@ chain in `iptables-restore --noflush` input flushes just that chain, atomically)
       an `internal` network's bridge reaches only its own network on other nodes;
       anything else from IF is dropped (another network, another project, not ours).
   filter OMI-IF    (from INPUT) an internal network reaches only the node's DNS; the
-                    record exchange (the daemon's port) only from the link.
+                    record exchange (the daemon's port) and the certificate daemon's
+                    port (CERTD_PORT) only from the link.
   nat    OMN-IF    (first in POSTROUTING) mesh -> mesh is not masqueraded, so the other
                     node sees the real source (the firewall above needs it); mesh ->
                     elsewhere is masqueraded (mesh networks are made with Docker's own
@@ -28,6 +29,7 @@ from typing import List, Tuple
 
 from agent.mesh import procs
 from agent.wire.mesh import RECORDS_PORT, same_network_match
+from agent.wire.tls import CERTD_PORT
 from agent.wire.protocol import AgentError
 
 TAG = ["-m", "comment", "--comment", "orch-mesh"]
@@ -66,6 +68,8 @@ def restore_text(iface: str, cidr: str, block: str, address: str, nets: List[Loc
     f.append("-A %s -i %s -j DROP" % (fwd, iface))
     # the record exchange is for the peers (through the link), not for containers
     f.append("-A %s -d %s -p tcp --dport %d ! -i %s -j DROP" % (inp, address, RECORDS_PORT, iface))
+    # so is the certificate daemon's (agent.certs.daemon: followers pull keys from it)
+    f.append("-A %s -d %s -p tcp --dport %d ! -i %s -j DROP" % (inp, address, CERTD_PORT, iface))
     f.append("COMMIT")
     n_ = ["*nat", ":%s - [0:0]" % nat,
           "-A %s -s %s -d %s -j RETURN" % (nat, cidr, cidr),

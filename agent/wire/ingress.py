@@ -21,6 +21,7 @@ from agent.wire.protocol import (
     check_str,
     require,
 )
+from agent.wire.tls import Route
 
 INGRESS = "ingress"  # error kind: HAProxy itself failed (config refused, start/reload, socket)
 PROTOCOLS = ("http",)
@@ -101,7 +102,9 @@ class Server:
 
 @dataclass(frozen=True)
 class ServiceIngress:
-    """One ingress-marked service on this node: a frontend on its port, a backend of servers."""
+    """One ingress-marked service on this node: a frontend on its port (none when
+    `published` is 0: a service reached by host name only), a backend of servers, and
+    its host names on the node's shared HTTP/HTTPS ports (`route`, agent.edge)."""
 
     project: str
     service: str
@@ -112,6 +115,7 @@ class ServiceIngress:
     host_ip: str = "0.0.0.0"
     protocol: str = "http"
     servers: Tuple[Server, ...] = ()
+    route: Route = field(default_factory=Route)
 
     @property
     def key(self) -> str:
@@ -128,7 +132,7 @@ class ServiceIngress:
 
     def shape(self) -> Tuple[Any, ...]:
         """What only a reload can change (servers change at run time)."""
-        return (self.published, self.target, self.host_ip, self.protocol, self.health)
+        return (self.published, self.target, self.host_ip, self.protocol, self.health, self.route)
 
     def server(self, name: str) -> Optional[Server]:
         for s in self.servers:
@@ -140,13 +144,16 @@ class ServiceIngress:
         return replace(self, servers=tuple(servers))
 
     def to_dict(self) -> Dict[str, Any]:
-        return {
+        out = {
             "project": self.project, "service": self.service, "env": self.env,
             "port": {"published": self.published, "target": self.target, "protocol": self.protocol,
                      "host_ip": self.host_ip},
             "health": self.health.to_dict(),
             "servers": [s.to_dict() for s in self.servers],
         }
+        if self.route.routed:
+            out["route"] = self.route.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ServiceIngress":
@@ -157,6 +164,7 @@ class ServiceIngress:
             protocol=port.get("protocol", "http"), host_ip=port.get("host_ip", "0.0.0.0"),
             health=Health.from_dict(d.get("health") or {}),
             servers=tuple(Server.from_dict(s) for s in d.get("servers") or []),
+            route=Route.parse(d.get("route")),
         )
 
 
@@ -203,7 +211,9 @@ class SyncRequest:
     drain_timeout: float = DEFAULT_REMOVE_DRAIN
 
 
-def parse_port(d: Any, where: str = "port") -> Dict[str, Any]:
+def parse_port(d: Any, where: str = "port", routed: bool = False) -> Dict[str, Any]:
+    """A service's port; `published` may be 0 (no frontend of its own) when it is
+    `routed` (reached by host name on the shared ports)."""
     if not isinstance(d, dict):
         raise BadRequest("%s must be an object {published, target, protocol}" % where)
     check_keys(d, ("published", "target", "protocol", "host_ip"), where)
@@ -212,7 +222,7 @@ def parse_port(d: Any, where: str = "port") -> Dict[str, Any]:
         raise BadRequest("%s.protocol %r is not supported by the ingress (only %s; plain TCP services keep "
                          "their published ports)" % (where, protocol, ", ".join(PROTOCOLS)))
     return {
-        "published": check_int(require(d, "published", where), where + ".published", 1, 65535),
+        "published": check_int(require(d, "published", where), where + ".published", 0 if routed else 1, 65535),
         "target": check_int(require(d, "target", where), where + ".target", 1, 65535),
         "protocol": protocol,
         "host_ip": check_ipv4(d.get("host_ip") or "0.0.0.0", where + ".host_ip"),
@@ -221,11 +231,12 @@ def parse_port(d: Any, where: str = "port") -> Dict[str, Any]:
 
 def parse_sync(args: Dict[str, Any]) -> SyncRequest:
     check_keys(args, ("project", "env", "service", "port", "health", "backends", "network", "timeout",
-                      "drain_timeout"), "ingress_sync")
+                      "drain_timeout", "route"), "ingress_sync")
     project = check_project(require(args, "project", "ingress_sync"))
     service = check_name(require(args, "service", "ingress_sync"), "service")
     env = check_name(args["env"], "env") if args.get("env") else ""
-    port = parse_port(require(args, "port", "ingress_sync"))
+    route = Route.parse(args.get("route"))
+    port = parse_port(require(args, "port", "ingress_sync"), routed=route.routed)
     health = Health.from_dict(args.get("health") or {})
     raw = require(args, "backends", "ingress_sync")
     if not isinstance(raw, list):
@@ -250,7 +261,8 @@ def parse_sync(args: Dict[str, Any]) -> SyncRequest:
     network = check_name(args["network"], "network") if args.get("network") else ""
     svc = ServiceIngress(project=project, service=service, env=env, published=port["published"],
                          target=port["target"], protocol=port["protocol"], host_ip=port["host_ip"],
-                         health=health, servers=tuple(Server(b.name, b.container, b.address) for b in backends))
+                         health=health, servers=tuple(Server(b.name, b.container, b.address) for b in backends),
+                         route=route)
     return SyncRequest(service=svc, backends=tuple(backends), network=network, timeout=timeout,
                        drain_timeout=drain_timeout)
 
@@ -276,24 +288,29 @@ def parse_remove(args: Dict[str, Any]) -> Tuple[str, str]:
 class IngressSettings:
     """What the controller sends for a service behind the node's ingress."""
 
-    port: Dict[str, Any]  # {published, target, protocol, host_ip}
+    port: Dict[str, Any]  # {published (0: host names only), target, protocol, host_ip}
     health: Dict[str, Any]
     drain_timeout: float = ROLLOUT_DRAIN_TIMEOUT
     timeout: float = ROLLOUT_SYNC_TIMEOUT
+    route: Route = field(default_factory=Route)  # ingress_sync's `route` (route.to_dict()) when routed
 
     @classmethod
     def parse(cls, value: Any) -> Optional["IngressSettings"]:
         if value is None:
             return None
         if not isinstance(value, dict):
-            raise BadRequest("ingress must be an object {port, health, drain_timeout, timeout}")
-        check_keys(value, ("port", "health", "drain_timeout", "timeout"), "ingress")
-        port = parse_port(require(value, "port", "ingress"), "ingress.port")
+            raise BadRequest("ingress must be an object {port, health, drain_timeout, timeout, route}")
+        check_keys(value, ("port", "health", "drain_timeout", "timeout", "route"), "ingress")
+        route = Route.parse(value.get("route"), "ingress.route")
+        port = parse_port(require(value, "port", "ingress"), "ingress.port", routed=route.routed)
         health = Health.from_dict(value.get("health") or {}).to_dict()
-        return cls(port=port, health=health,
+        return cls(port=port, health=health, route=route,
                    drain_timeout=check_number(value.get("drain_timeout", ROLLOUT_DRAIN_TIMEOUT), "drain_timeout"),
                    timeout=check_number(value.get("timeout", ROLLOUT_SYNC_TIMEOUT), "timeout"))
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"port": dict(self.port), "health": dict(self.health), "drain_timeout": self.drain_timeout,
-                "timeout": self.timeout}
+        out = {"port": dict(self.port), "health": dict(self.health), "drain_timeout": self.drain_timeout,
+               "timeout": self.timeout}
+        if self.route.routed:
+            out["route"] = self.route.to_dict()
+        return out

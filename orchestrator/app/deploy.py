@@ -22,6 +22,8 @@ A `Deployment` is one `orch up`, in clearly separated steps:
                 moved replicas and the update_config monitor window. A failure the
                 service's policy does not tolerate puts the release back (`restore`)
                 or pauses.
+                Host routes' certificates (orchestrator.app.edge): files put before the
+                rollout, the certificate daemon configured and asked after it.
     cleanup()   remove moved / scaled-down replicas and, if asked, orphans
     commit()    drop the previous release's kept containers (the release pipeline
                 calls it once the ledger has the release live)
@@ -46,7 +48,8 @@ from orchestrator.io import transport as T
 from orchestrator.errors import DeployError, InputError, OrchError, Problem
 from orchestrator.core.plan import Observed, Plan, existing_slots, make_plan
 from orchestrator.core.progress import DONE, FAILED, RUNNING, SKIPPED, Progress
-from orchestrator.app.results import (DeployResult, _as_orch_error, _first_line, container_rows,
+from orchestrator.app.edge import Edge
+from orchestrator.app.results import (DeployResult, _as_orch_error, _first_line, container_rows, deploy_error,
                                       published_addresses)
 from orchestrator.core.shared_nodes import refuse_other_envs, refuse_taken_ports
 
@@ -112,6 +115,7 @@ class Deployment:
         self.meshes: dict[str, dict] = {}  # node -> its part of the environment's mesh (state)
         self.mesh_layout: Any = None  # orchestrator.core.mesh.MeshLayout when the mesh is on
         self.journal: Any = None  # orchestrator.core.rollout.Journal of what apply() replaced
+        self.edge = Edge(self)  # host routes' certificates
         self._journal_lock = threading.Lock()
         self._watch: list[_Watched] = []  # replaced replicas inside their monitor window
         self._t0 = time.monotonic()
@@ -172,6 +176,7 @@ class Deployment:
                                       taken=self.taken,
                                       meshes=self.meshes if self.environment.mesh_enabled else None)
         refuse_other_envs(self.environment, self.project.name, owners)
+        self.edge.observe()
         self._timed("observe", t0)
 
     def make_plan(self) -> Plan:
@@ -197,6 +202,7 @@ class Deployment:
                               self.observed, self.blueprint.project_services, self.options.remove_orphans, order,
                               ingress=self.ingress)
         self.plan.mesh = mesh_actions
+        self.plan.edge = self.edge.make_plan(self.units)
         for w in self.plan.warnings:
             self.warn(w)
         self.progress.show_plan(self.plan)
@@ -219,6 +225,7 @@ class Deployment:
 
             self.progress.phase("mesh", f"mesh: {', '.join(m.node for m in plan.mesh)}")
             apply_mesh(self.environment, self.nodes, self.mesh_layout, self.meshes, plan.mesh)
+        self.edge.put_certs()
         if plan.rollout is None:  # a Plan not made by core.plan.make_plan
             from orchestrator.core.rollout_plan import plan_rollout
 
@@ -270,6 +277,7 @@ class Deployment:
                     raise self._failed(fatal, later)
             self._retire_moved()
             self._monitor()
+            self.edge.run_certd()
         finally:
             self._timed("apply", t0)
 
@@ -293,6 +301,9 @@ class Deployment:
         if not before or not before.get("port"):
             return now
         args = {"port": dict(before["port"]), "health": dict(before.get("health") or {})}
+        route = before.get("route") or {}
+        if route.get("hosts"):  # what the node reports, less its certificates' facts
+            args["route"] = {k: v for k, v in route.items() if k != "certs"}
         if now is not None:
             args["drain_timeout"] = now["drain_timeout"]
         return args
@@ -550,34 +561,7 @@ class Deployment:
         return bool(deps) and all(not d.required for d in deps)
 
     def _deploy_error(self, failures: list[StepFailure], not_started: list[str]) -> DeployError:
-        first = failures[0]
-        step, err = first.step, first.error
-        details: dict[str, Any] = {"service": step.service, "node": step.node}
-        where = f"deploy of {self.project.name} to {self.environment.name} failed on node {step.node}"
-        fix = None
-        if isinstance(err, T.AgentError):
-            reason = err.message.split(": ", 1)[1] if err.message.startswith(f"{step.node}: ") else err.message
-            text = f"{where}: {reason}"
-            logs = err.details.get("logs") or []
-            if logs:
-                text += f"\nLast {len(logs)} log lines of {err.details.get('container', step.service)}:\n"
-                text += "\n".join(f"  | {ln}" for ln in logs)
-            details.update({k: err.details[k] for k in ("replica", "container", "exit_code", "health", "logs")
-                            if k in err.details})
-            details["reason"] = reason
-            details["kind"] = err.kind
-            fix = err.details.get("fix")
-        else:
-            text = f"{where} while applying {step.service}: {err.message}"
-            details["reason"] = err.message
-            details.update({k: v for k, v in (getattr(err, "details", None) or {}).items() if k == "replica"})
-            fix = getattr(err, "fix", None) or "re-run `orch up`: applying again converges."
-        for other in failures[1:]:
-            text += f"\nAlso failed: {other.step.service} on {other.step.node}: {_first_line(other.error)}"
-        if not_started:
-            text += f"\nNot started: {', '.join(not_started)}."
-        details["not_started"] = not_started
-        return DeployError(text, fix=fix, details=details)
+        return deploy_error(f"deploy of {self.project.name} to {self.environment.name}", failures, not_started)
 
     def cleanup(self) -> None:
         """Orphans (with --remove-orphans): removed, they are not part of any release."""
@@ -646,17 +630,22 @@ class Deployment:
         rows = container_rows(self.observed, hosts)
         addresses = published_addresses(rows)
         for name, bp in (self.blueprint.services.items() if self.blueprint is not None else ()):
-            if getattr(bp, "ingress", None) is not None:  # served by each node's ingress
+            if getattr(bp, "ingress", None) is not None and bp.ingress.published:  # served by each node's ingress
                 nodes = sorted({r.node for r in rows if r.service == name and r.state == "running"},
                                key=lambda n: list(hosts).index(n) if n in hosts else 99)
                 ip = bp.ingress.host_ip
                 addresses[name] = sorted(set(addresses.get(name, [])) | {
                     f"{hosts.get(n, n) if ip in ('', '0.0.0.0') else ip}:{bp.ingress.published}" for n in nodes})
+        from orchestrator.app.edge import addresses as edge_addresses
+
+        for name, urls in edge_addresses([], self.edge.routes()).items():
+            addresses[name] = sorted(set(addresses.get(name, [])) | set(urls))
         return DeployResult(
             project=self.project.name, environment=self.environment.name, status=status, plan=self.plan,
             changed=[] if status == "planned" else self.plan.changed_services(), containers=rows,
             addresses=dict(sorted(addresses.items())), duration_s=time.monotonic() - self._t0, timings=dict(self.timings),
             warnings=list(self.warnings), dry_run=status == "planned", degraded=list(self.degraded),
+            certificates=self.edge.rows(),
         )
 
 

@@ -39,6 +39,9 @@ class NodeCheck:
     # The environment's service mesh on this node (agent mesh_status): running parts and each
     # peer (handshake age, records arriving); None: the mesh is off or not asked.
     mesh: dict | None = None
+    # The environment's certificates on this node (agent tls_certs) when it routes host names
+    # with TLS: certd {role, running, last_error}, certs [{host, source, fingerprint, not_after}].
+    certs: dict | None = None
     # Without a registry: the node's transfer registry (agent transfer_status: installed,
     # running, free and stored bytes); None: the environment has a registry.
     transfer: dict | None = None
@@ -58,7 +61,8 @@ class NodeCheck:
         return out
 
 
-def check_node(target: Any, options: Any, bundle: Any, mesh_env: str = "", transfer: bool = False) -> NodeCheck:
+def check_node(target: Any, options: Any, bundle: Any, mesh_env: str = "", certs_env: str = "",
+               transfer: bool = False) -> NodeCheck:
     """Every requirement of one node, in order; stops at the first that blocks the rest."""
     from orchestrator.io import transport as T
 
@@ -94,6 +98,13 @@ def check_node(target: Any, options: Any, bundle: Any, mesh_env: str = "", trans
                 ingress = None  # its state is kept per engine: nothing to say without one
             if transfer and info.get("engine"):  # its storage is kept per engine
                 judge_transfer(result, session.call("transfer_status"))
+            tls = None
+            if certs_env and any((f.get("route") or {}).get("tls") and f.get("env") == certs_env
+                                 for f in (ingress or {}).get("frontends") or []):
+                try:
+                    tls = session.call("tls_certs", {"env": certs_env})
+                except T.AgentError as err:
+                    result.problem(err)
             mesh = None
             if mesh_env and info.get("engine"):
                 try:
@@ -104,6 +115,8 @@ def check_node(target: Any, options: Any, bundle: Any, mesh_env: str = "", trans
             session.close()
         if mesh is not None:
             judge_mesh(result, mesh)
+        if tls is not None:
+            judge_certs(result, tls)
         result.ingress = None if ingress is None else {
             "installed": ingress.get("installed"), "version": ingress.get("version"),
             "running": ingress.get("running"), "pid": ingress.get("pid"),
@@ -186,14 +199,79 @@ def judge_mesh(result: NodeCheck, mesh: dict) -> None:
                     f"is open between the nodes (both ways); `orch nodes check` on its environment shows its side"))
 
 
-def check_nodes(targets: list, options: Any, mesh_env: str = "", transfer: bool = False) -> list[NodeCheck]:
+CERT_WARNING_DAYS = 7
+
+
+def judge_certs(result: NodeCheck, answer: dict) -> None:
+    """The certificates part of a node's check: its certificate daemon not running or
+    failing, a certificate expiring within CERT_WARNING_DAYS, what the node lacks."""
+    from datetime import datetime, timezone
+
+    from orchestrator.core.edge_plan import _parse
+    from orchestrator.io import transport as T
+
+    certd = answer.get("certd") or {}
+    result.certs = {"certd": {k: certd.get(k) for k in ("role", "running", "last_error", "next_check")}
+                    if certd.get("role") else None,
+                    "certs": [{k: c.get(k) for k in ("host", "source", "fingerprint", "not_after", "issuer", "loaded")}
+                              for c in answer.get("certs") or []]}
+    for text in answer.get("problems") or []:  # what the node lacks (python3-acme, openssl), with the fix
+        message, _, fix = str(text).partition(": ")
+        result.problem(T.NodeRequirementError(f"certificates: {text}", fix=fix or "apt-get install python3-acme openssl"))
+    if certd.get("role") and not certd.get("running"):
+        result.problem(T.NodeRequirementError(
+            f"certificates: the certificate daemon ({certd['role']}) is not running",
+            fix="run `orch certs renew --env ENV` or `orch up` for a project of the environment: it starts it again; "
+                "an issuer needs python3-acme (apt-get install python3-acme openssl)"))
+    if certd.get("last_error"):
+        result.problem(T.NodeRequirementError(f"certificates: the certificate daemon failed: {certd['last_error']}",
+                                              fix="see the CA's message; `orch certs renew --env ENV` retries"))
+    now = datetime.now(timezone.utc)
+    for c in answer.get("certs") or []:
+        try:
+            left = (_parse(c.get("not_after") or "") - now).total_seconds() / 86400
+        except ValueError:
+            continue
+        if left <= CERT_WARNING_DAYS:
+            result.problem(T.NodeRequirementError(
+                f"certificates: {c.get('host')} ({c.get('source')}) "
+                + (f"expired on {c.get('not_after')}" if left < 0 else f"expires in {max(0, int(left))} day(s)"),
+                fix="automatic: `orch certs renew --env ENV` (see `orch certs`); from files: give a new certificate "
+                    "and run `orch up`"))
+
+
+def compare_followers(checks: list[NodeCheck]) -> None:
+    """A follower serving another certificate than the issuer's, for one of its host names."""
+    from orchestrator.io import transport as T
+
+    def fps(c: NodeCheck) -> dict[str, str]:
+        return {x["host"]: x["fingerprint"] for x in (c.certs or {}).get("certs") or [] if x.get("source") == "auto"}
+
+    issuer = next((c for c in checks if ((c.certs or {}).get("certd") or {}).get("role") == "issuer"), None)
+    if issuer is None:
+        return
+    ref = fps(issuer)
+    for c in checks:
+        if c is issuer or ((c.certs or {}).get("certd") or {}).get("role") != "follower":
+            continue
+        for host, fp in sorted(fps(c).items()):
+            if host in ref and fp != ref[host]:
+                c.problem(T.NodeRequirementError(
+                    f"certificates: {host} differs from the issuer's ({issuer.node}): {fp[:16]} here, "
+                    f"{ref[host][:16]} there",
+                    fix="the follower fetches every 30 s; if it stays, check the mesh between the two nodes and run "
+                        "`orch certs renew --env ENV`"))
+
+
+def check_nodes(targets: list, options: Any, mesh_env: str = "", certs_env: str = "",
+                transfer: bool = False) -> list[NodeCheck]:
     """check_node on every node in parallel, in the targets' order; with mesh_env, each
-    node's part of that environment's mesh too."""
+    node's part of that environment's mesh too; with certs_env, its certificates."""
     from orchestrator.io.agent_bundle import current_bundle
     from orchestrator.io.transport import parallel
 
     bundle = current_bundle()
-    results, errors = parallel(targets, lambda t: check_node(t, options, bundle, mesh_env, transfer))
+    results, errors = parallel(targets, lambda t: check_node(t, options, bundle, mesh_env, certs_env, transfer))
     checks = []
     for t in targets:
         if t.name in results:
@@ -202,6 +280,7 @@ def check_nodes(targets: list, options: Any, mesh_env: str = "", transfer: bool 
             c = NodeCheck(t.name, t.address)
             c.problem(errors[t.name])
             checks.append(c)
+    compare_followers(checks)
     return checks
 
 

@@ -36,7 +36,9 @@ def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress |
         progress.phase("connect", f"connecting to {len(names)} node(s): {', '.join(names)}", nodes=names)
     nodes = (connector or N.ssh_connect)(environment, progress, project.name)
     try:
-        observed = N.observe_nodes(nodes, project.name, fresh=True, env=environment.name)
+        frontends: dict = {}
+        observed = N.observe_nodes(nodes, project.name, fresh=True, env=environment.name, ingress=frontends)
+        routed = any((f.get("route") or {}).get("hosts") for fs in frontends.values() for f in fs.values())
         present = {(c.service, node) for node, cs in observed.items() for c in cs}
         known = {s for w in waves for s in w}
         orphans = sorted({s for s, _ in present if s not in known})
@@ -79,10 +81,15 @@ def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress |
             if errors:
                 name, err = sorted(errors.items())[0]
                 raise DeployError(f"orch down: leaving the mesh on {name} failed: {err}", fix="re-run `orch down`")
+        certificates = []
+        if routed:  # its routes are gone: certificates and certificate daemons nothing needs any more
+            from orchestrator.app.edge import after_down
+
+            certificates = after_down(nodes, environment.name)
         return DownResult(project.name, environment.name, removed,
                           {n: list(r.networks) for n, r in finals.items() if r.networks},
                           {n: list(r.volumes) for n, r in finals.items() if r.volumes},
-                          time.monotonic() - t0)
+                          time.monotonic() - t0, certificates)
     finally:
         N.close_nodes(nodes)
 
@@ -126,7 +133,8 @@ def ingress_rows(nodes: Mapping[str, Any], project: str, frontends: Mapping[str,
             rows.append({"node": node, "service": f["service"], "port": f["port"]["published"],
                          "running": bool(status.get("running")), "status": f["status"],
                          "servers": [{"name": x["name"], "container": x["container"], "status": x["status"],
-                                      "state": x["state"], "sessions": x["sessions"]} for x in f["servers"]]})
+                                      "state": x["state"], "sessions": x["sessions"]} for x in f["servers"]],
+                         "route": f.get("route") if (f.get("route") or {}).get("hosts") else None})
     return sorted(rows, key=lambda r: (r["service"], order.index(r["node"]) if r["node"] in order else 99))
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from orchestrator.errors import DeployError, OrchError
 from orchestrator.core.plan import Observed, Plan
@@ -136,6 +137,7 @@ class DeployResult:
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
     degraded: list[str] = field(default_factory=list)  # optional (required: false) services that failed
+    certificates: list[dict] = field(default_factory=list)  # host names with TLS (orchestrator.app.edge.rows)
 
     def to_json(self) -> dict:
         return {
@@ -154,6 +156,7 @@ class DeployResult:
             "plan": self.plan.to_json(),
             "warnings": list(self.warnings),
             "degraded": list(self.degraded),
+            "certificates": list(self.certificates),
         }
 
 
@@ -165,11 +168,47 @@ class DownResult:
     networks: dict[str, list[str]]
     volumes: dict[str, list[str]]
     duration_s: float
+    certificates: list[dict] = field(default_factory=list)  # {op, node, host}: tls_cert_remove, certd_leave
 
     def to_json(self) -> dict:
         return {"version": JSON_VERSION, "status": "ok", "command": "down", "environment": self.environment,
                 "project": self.project, "removed": self.removed, "networks": self.networks,
-                "volumes": self.volumes, "duration_s": round(self.duration_s, 3)}
+                "volumes": self.volumes, "certificates": list(self.certificates),
+                "duration_s": round(self.duration_s, 3)}
+
+
+def deploy_error(what: str, failures: list, not_started: list[str]) -> DeployError:
+    """The error of a deploy whose failures no policy tolerates (what: "deploy of P to E")."""
+    from orchestrator.io import transport as T
+
+    first = failures[0]
+    step, err = first.step, first.error
+    details: dict[str, Any] = {"service": step.service, "node": step.node}
+    where = f"{what} failed on node {step.node}"
+    fix = None
+    if isinstance(err, T.AgentError):
+        reason = err.message.split(": ", 1)[1] if err.message.startswith(f"{step.node}: ") else err.message
+        text = f"{where}: {reason}"
+        logs = err.details.get("logs") or []
+        if logs:
+            text += f"\nLast {len(logs)} log lines of {err.details.get('container', step.service)}:\n"
+            text += "\n".join(f"  | {ln}" for ln in logs)
+        details.update({k: err.details[k] for k in ("replica", "container", "exit_code", "health", "logs")
+                        if k in err.details})
+        details["reason"] = reason
+        details["kind"] = err.kind
+        fix = err.details.get("fix")
+    else:
+        text = f"{where} while applying {step.service}: {err.message}"
+        details["reason"] = err.message
+        details.update({k: v for k, v in (getattr(err, "details", None) or {}).items() if k == "replica"})
+        fix = getattr(err, "fix", None) or "re-run `orch up`: applying again converges."
+    for other in failures[1:]:
+        text += f"\nAlso failed: {other.step.service} on {other.step.node}: {_first_line(other.error)}"
+    if not_started:
+        text += f"\nNot started: {', '.join(not_started)}."
+    details["not_started"] = not_started
+    return DeployError(text, fix=fix, details=details)
 
 
 def _as_orch_error(node: str, err: BaseException) -> OrchError:

@@ -22,6 +22,7 @@ from orchestrator.cli import verify as _verify  # noqa: E402,F401
 from orchestrator.cli import history as _history  # noqa: E402,F401
 from orchestrator.cli import lock as _lock  # noqa: E402,F401
 from orchestrator.cli import prune as _prune  # noqa: E402,F401
+from orchestrator.cli import certs as _certs  # noqa: E402,F401
 from orchestrator.cli import stubs as _stubs  # noqa: E402,F401
 
 

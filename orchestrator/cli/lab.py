@@ -160,3 +160,53 @@ def status(
             print(f"  ! {issue.problem}\n    fix: {issue.fix}")
         raise typer.Exit(1)
     print("Healthy.")
+
+
+dns_app = typer.Typer(
+    help="Names the lab's resolver answers (under lab.test): the ACME server validates through it.",
+    no_args_is_help=True,
+)
+lab_app.add_typer(dns_app, name="dns")
+
+
+@dns_app.command("set")
+def dns_set(
+    host: str = typer.Argument(..., help="A name under lab.test, e.g. shop.lab.test."),
+    addresses: list[str] = typer.Argument(None, help="IPv4 addresses it resolves to (default: --env's nodes)."),
+    env: Optional[str] = typer.Option(None, "--env", help="Resolve to every lab node of this environment."),
+    name: str = _name_option(),
+    json_out: Json = False,
+) -> None:
+    """Make the lab resolver answer HOST with the given addresses (or an environment's nodes)."""
+    from orchestrator.cli.output import final, print_final
+    from orchestrator.lab.dns import add_name
+    from orchestrator.lab.info import env_addresses, resolve_name
+
+    lab = resolve_name(name)
+    chosen = list(addresses or []) or (env_addresses(lab, env) if env else [])
+    if not chosen:
+        raise OrchError("no address given for " + host, fix="give addresses, or --env ENV for that environment's nodes")
+    canon = add_name(host, chosen, lab)
+    if json_out:
+        print_final(final("ok", "lab dns set", name=canon, addresses=chosen))
+    else:
+        print(f"{canon} -> {', '.join(chosen)}")
+
+
+@dns_app.command("rm")
+def dns_rm(
+    host: str = typer.Argument(..., help="The name to forget."),
+    name: str = _name_option(),
+    json_out: Json = False,
+) -> None:
+    """Make the lab resolver forget HOST (it then answers NXDOMAIN)."""
+    from orchestrator.cli.output import final, print_final
+    from orchestrator.lab.dns import check_name, remove_name
+    from orchestrator.lab.info import resolve_name
+
+    canon = check_name(host)
+    remove_name(canon, resolve_name(name))
+    if json_out:
+        print_final(final("ok", "lab dns rm", name=canon))
+    else:
+        print(f"{canon} removed")

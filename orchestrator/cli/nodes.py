@@ -69,12 +69,14 @@ def _yes(value: bool | None) -> str:
 def check(env: EnvRequired, environments: EnvironmentsDir = None, json: Json = False) -> None:
     """Per node: reachable, host key, auth, python3, Docker Engine, agent, free disk, the
     HAProxy ingress (running, its ports serving), the service mesh (what the node lacks for
-    it, its peers reachable); what is wrong and the fix."""
+    it, its peers reachable), the environment's certificates where it serves host names over
+    HTTPS (the certificate daemon running and its last error, a certificate expiring within
+    7 days, a node serving another certificate than the issuer); what is wrong and the fix."""
     from orchestrator.app.nodes import check_nodes, load_nodes
     from orchestrator.core.compose.units import human_size
 
     environment, targets, options = load_nodes(env, environments)
-    checks = check_nodes(targets, options, environment.name if environment.mesh_enabled else "",
+    checks = check_nodes(targets, options, environment.name if environment.mesh_enabled else "", environment.name,
                          transfer=not environment.registry.address)
     ok = all(c.ok for c in checks)
     bad = [c.node for c in checks if not c.ok]

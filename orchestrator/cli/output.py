@@ -456,6 +456,9 @@ def current_redactor() -> Redactor:
 def protect_environment(environment: Any) -> None:
     """Register an environment's registry passwords (`registry:` and `registries:`) as
     secrets (and say, under --verbose, where the credentials come from: never their values)."""
+    acme = getattr(getattr(environment, "ingress", None), "acme", None)
+    if acme is not None and acme.email:  # the ACME account's contact: personal data, never shown
+        current_redactor().add_all([acme.email])
     registry = getattr(environment, "registry", None)
     if registry is None:
         return

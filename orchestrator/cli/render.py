@@ -51,6 +51,29 @@ def up_summary(result: Any) -> str:
         width = max(len(s) for s in result.addresses)
         for service, addrs in sorted(result.addresses.items()):
             lines.append(f"  {service.ljust(width)}  {'  '.join(addrs)}")
+    certs = getattr(result, "certificates", None) or []
+    if certs:
+        lines.append("")
+        lines.append(table(["HOST", "SOURCE", "ISSUER", "NOT AFTER", "NODES", ""], [
+            [c["host"], c["source"], c["issuer"] or "-", c["not_after"] or "-", ", ".join(c["nodes"]) or "-",
+             ("missing on " + ", ".join(c["missing"]) if c["missing"] else "") + (" (new)" if c["changed"] else "")]
+            for c in certs]))
+    return "\n".join(lines)
+
+
+def certs_table(rows: list[Any]) -> str:
+    """`orch certs`: orchestrator.core.cert_report.CertRow, one per host name."""
+    return table(["HOST", "SOURCE", "ISSUER", "NOT AFTER", "NODES", "STATUS"], [
+        [r.host, r.source, r.issuer or "-", r.not_after or "-", r.nodes_text(), r.status] for r in rows])
+
+
+def renew_summary(report: Any) -> str:
+    """`orch certs renew`: old -> new fingerprint per host name."""
+    lines = [f"issuer {report.issuer}" + (f", followers {', '.join(report.followers)}" if report.followers else "")]
+    for r in report.renewed:
+        what = "renewed" if r.ordered else "not due (--force renews anyway)"
+        lines.append(f"  {r.host}: {r.old[:16] or '-'} -> {r.new[:16] or '-'}  {what}; served by "
+                     f"{', '.join(r.nodes) or 'no node yet'}")
     return "\n".join(lines)
 
 
@@ -61,8 +84,25 @@ def ingress_table(rows: list[dict]) -> str:
         up = sum(1 for x in r["servers"] if x["status"] == "UP")
         detail = ", ".join(f"{x['container']} {x['status']}" for x in r["servers"]) or "none"
         front = r["status"] if r["running"] else "HAPROXY NOT RUNNING"
-        data.append([r["service"], r["node"], str(r["port"]), front, f"{up}/{len(r['servers'])} up: {detail}"])
-    return table(["INGRESS", "NODE", "PORT", "FRONTEND", "SERVERS"], data)
+        data.append([r["service"], r["node"], str(r["port"] or "-"), _hosts_text(r.get("route")), front,
+                     f"{up}/{len(r['servers'])} up: {detail}"])
+    return table(["INGRESS", "NODE", "PORT", "HOSTS", "FRONTEND", "SERVERS"], data)
+
+
+def _hosts_text(route: Any) -> str:
+    """A route's host names with their certificate on the node: `shop.example.com (https, until
+    2027-03-01)`, `(https, no certificate yet)`, or `(http)`."""
+    if not route or not route.get("hosts"):
+        return "-"
+    out = []
+    for host in route["hosts"]:
+        if not route.get("tls"):
+            out.append(f"{host} (http)")
+            continue
+        c = (route.get("certs") or {}).get(host) or {}
+        state = f"until {c['not_after'][:10]}" if c.get("fingerprint") else "no certificate yet"
+        out.append(f"{host} (https, {state}{'' if c.get('loaded', True) or not c.get('fingerprint') else ', not loaded'})")
+    return ", ".join(out)
 
 
 def release_summary(res: Any) -> str:

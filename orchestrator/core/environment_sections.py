@@ -141,3 +141,51 @@ def _check_template_syntax(r: _Reader, parent, key, path, text: str) -> None:
 
 
 # --------------------------------------------------------------------------- templates
+
+
+# --------------------------------------------------------------------------- ingress (HTTPS at the edge)
+
+def _parse_ingress(r: _Reader, doc, path: Path):
+    """`ingress:`: the nodes' shared HTTP and HTTPS ports for host routes, and the ACME
+    settings `tls: auto` needs (orchestrator.core.edge.EdgeSettings)."""
+    from agent.wire.tls import DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT, EdgePorts
+    from orchestrator.core.edge import ACME_KEYS, INGRESS_KEYS, AcmeEnv, EdgeSettings, long_seconds
+
+    raw = r.mapping(doc, "ingress", "ingress", INGRESS_KEYS)
+    ports = []
+    for key, default in (("http_port", DEFAULT_HTTP_PORT), ("https_port", DEFAULT_HTTPS_PORT)):
+        port = r.typed(raw, key, f"ingress.{key}", (int,), "a port number", default)
+        if not 0 < port < 65536:
+            r.problem(raw, key, f"ingress.{key}", f"port {port} is out of range", fix=f"use 1-65535 (default {default}).")
+            port = default
+        ports.append(port)
+    if ports[0] == ports[1]:
+        r.problem(raw, "https_port", "ingress.https_port", f"the HTTP and HTTPS ports are both {ports[0]}",
+                  fix="give them different ports (default 80 and 443).")
+        ports = [DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT]
+    acme = None
+    raw_acme = r.mapping(raw, "acme", "ingress.acme", ACME_KEYS) if raw else {}
+    if raw_acme:
+        directory = r.typed(raw_acme, "directory", "ingress.acme.directory", (str,), "an https:// URL")
+        if not directory or not directory.startswith("https://") or any(c.isspace() for c in directory):
+            r.problem(raw, "acme", "ingress.acme.directory", "ingress.acme needs directory: the CA's ACME directory URL"
+                      if not directory else f"the ACME directory {directory!r} is not an https:// URL",
+                      fix="write e.g. directory: https://acme-v02.api.letsencrypt.org/directory (Let's Encrypt).")
+            directory = ""
+        email = r.typed(raw_acme, "email", "ingress.acme.email", (str,), "an e-mail address", "")
+        if email and ("@" not in email or any(c.isspace() for c in email)):
+            r.problem(raw_acme, "email", "ingress.acme.email", "is not an e-mail address",
+                      fix="write the address the CA may send expiry notices to, e.g. ops@example.com, or drop it.")
+            email = ""
+        renew = r.typed(raw_acme, "renew_before", "ingress.acme.renew_before", (str, int, float), "a duration", 0)
+        try:
+            renew_s = long_seconds(renew) if renew else 0.0
+        except ValueError as err:
+            r.problem(raw_acme, "renew_before", "ingress.acme.renew_before", f"{renew!r} is not a duration: {err}",
+                      fix="write e.g. renew_before: 30d (or 720h); without it a certificate is renewed when a third "
+                          "of its lifetime is left.")
+            renew_s = 0.0
+        acme = AcmeEnv(directory=directory, email=email, renew_before=renew_s,
+                       ca_file=r.file_path(raw_acme, "ca_file", "ingress.acme.ca_file", path),
+                       line=_loc_of(raw, "acme")[0])
+    return EdgeSettings(ports=EdgePorts(http=ports[0], https=ports[1]), acme=acme)

@@ -238,6 +238,7 @@ class Environment:
     # Other registries' credentials (`registries:`), each for its own host:port only.
     registries: tuple[RegistrySpec, ...] = ()
     mesh: Any = None  # orchestrator.core.mesh.MeshSettings (None: the defaults)
+    ingress: Any = None  # orchestrator.core.edge.EdgeSettings (None: the defaults, no ACME)
 
     @property
     def mesh_enabled(self) -> bool:
@@ -366,7 +367,7 @@ def pipeline_order(envs: Mapping[str, Environment]) -> list[str]:
 # --------------------------------------------------------------------------- parsing
 
 _TOP_KEYS = {"name", "nodes", "ssh", "registry", "registries", "promote_from", "gates", "verify", "vars", "overlay",
-             "mesh"}
+             "mesh", "ingress"}
 _NODE_KEYS = {"name", "host", "port", "user", "identity_file", "labels", "jump", "python", "endpoint"}
 # A program name or an absolute path, run as argv[0] (never through a shell string).
 _PYTHON_RE = re.compile(r"^[A-Za-z0-9_.+-]+$|^/[A-Za-z0-9_./+-]+$")
@@ -439,7 +440,7 @@ def _jump(r: _Reader, raw: dict, p: str) -> str | None:
 
 
 def parse_environment(path: Path, expected_name: str | None = None) -> Environment:
-    from orchestrator.core.environment_sections import _parse_registries, _parse_verify
+    from orchestrator.core.environment_sections import _parse_ingress, _parse_registries, _parse_verify
     from orchestrator.core.mesh import check_endpoint, parse_mesh
     from orchestrator.core.yamlsrc import load_yaml_file
 
@@ -557,6 +558,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
     )
     verify = _parse_verify(r, doc)
     mesh = parse_mesh(r, doc, len(nodes))
+    ingress = _parse_ingress(r, doc, path)
 
     raw_vars = doc.get("vars") or {}
     if not isinstance(raw_vars, dict):
@@ -573,7 +575,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
     env = Environment(
         name=name, file=path.resolve(), nodes=nodes, ssh=ssh, registry=registry,
         promote_from=promote_from, gates=gates, verify=verify, vars=dict(raw_vars),
-        overlay_source=overlay, registries=registries, mesh=mesh,
+        overlay_source=overlay, registries=registries, mesh=mesh, ingress=ingress,
     )
     return env
 

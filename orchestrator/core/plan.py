@@ -162,6 +162,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     mesh: list[Any] = field(default_factory=list)  # orchestrator.core.mesh.MeshAction: nodes whose mesh changes
     rollout: Any = None  # orchestrator.core.rollout_plan.RolloutPlan: what apply() executes, in order
+    edge: Any = None  # orchestrator.core.edge_plan.EdgePlan: certificates put, the certificate daemon's calls
 
     def actions(self) -> list[Action]:
         out = [a for s in self.steps for a in s.actions]
@@ -176,7 +177,8 @@ class Plan:
 
     @property
     def is_noop(self) -> bool:
-        return not self.removals and not self.mesh and not any(s.changes or s.ingress for s in self.steps)
+        return not self.removals and not self.mesh and not self.edge \
+            and not any(s.changes or s.ingress for s in self.steps)
 
     def wave_steps(self, wave: int) -> list[Step]:
         return [s for s in self.steps if s.wave == wave]
@@ -198,6 +200,7 @@ class Plan:
             "ingress": [{"service": s.service, "node": s.node, "reason": s.ingress} for s in self.steps if s.ingress],
             "mesh": [{"node": m.node, "join": m.join, "reasons": list(m.reasons)} for m in self.mesh],
             "warnings": list(self.warnings),
+            "certificates": self.edge.to_json() if self.edge is not None else None,
         } | ({"rollout": self.rollout.to_json()} if self.rollout is not None else {})
 
     def render_text(self) -> str:
@@ -231,6 +234,8 @@ class Plan:
                 lines.append(f"ingress: {s.service} on {s.node} is synced ({s.ingress})")
         for m in self.mesh:
             lines.append(f"mesh: {m.node}: {', '.join(m.reasons)}")
+        if self.edge is not None:
+            lines += self.edge.render_lines()
         if self.rollout is not None:
             lines += self.rollout.render_lines()
         c = self.counts()
@@ -417,6 +422,12 @@ def ingress_drift(unit: Any, step: Step, actual: Mapping[str, Any] | None) -> st
         return "ingress health check changed"
     if port.get("host_ip", "0.0.0.0") != args["port"]["host_ip"]:
         return "ingress address changed"
+    # Host routes (agent.wire.tls.Route): compared in their parsed form, so defaults match.
+    from agent.wire.tls import Route
+
+    have = {k: v for k, v in (actual.get("route") or {}).items() if k != "certs"}  # certs: what the node holds
+    if Route.parse(have or None) != Route.parse(args.get("route")):
+        return "ingress host names or TLS changed"
     servers = sorted(server_name(unit.service, a.replica, a.container_id) for a in step.actions
                      if a.kind == UNCHANGED and a.container_id)
     if servers != sorted(actual.get("servers") or []):

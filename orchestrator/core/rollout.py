@@ -69,12 +69,19 @@ class IngressSpec:
     protocol: str = "http"
     health: Mapping[str, Any] = field(default_factory=dict)  # agent.ingress.Health fields
     drain_timeout: float = 10.0
+    # Host routing (orchestrator.core.edge): published is 0 when the service has only host routes.
+    route: Any = None  # agent.wire.tls.Route, None: no host names
+    tls_source: Any = None  # orchestrator.core.edge.TlsSource (tls: {cert, key})
+    cert: Any = None  # orchestrator.core.certs.FileCert, read and checked at compile time
 
     def agent_args(self) -> dict:
         """The `ingress` argument of the agent's rollout/restore/retire."""
-        return {"port": {"published": self.published, "target": self.target, "protocol": self.protocol,
-                         "host_ip": self.host_ip},
-                "health": dict(self.health), "drain_timeout": self.drain_timeout}
+        out = {"port": {"published": self.published, "target": self.target, "protocol": self.protocol,
+                        "host_ip": self.host_ip},
+               "health": dict(self.health), "drain_timeout": self.drain_timeout}
+        if self.route is not None and self.route.routed:
+            out["route"] = self.route.to_dict()
+        return out
 
 
 # --------------------------------------------------------------------------- reading
@@ -145,14 +152,26 @@ def read_ingress(service: Any, published: Sequence[tuple[str, int, str, int]], p
         problem(key, f"{key} must be a mapping {{port, protocol, health}} (or true)",
                 "write e.g. ingress: {port: 8080, health: /healthz}")
         return None
-    unknown = sorted(str(k) for k in value if k not in ("port", "protocol", "health", "drain_timeout"))
+    from orchestrator.core.edge import ROUTE_KEYS, read_route
+
+    unknown = sorted(str(k) for k in value if k not in ("port", "protocol", "health", "drain_timeout") + ROUTE_KEYS)
     if unknown:
         problem(f"{key}.{unknown[0]}", f"{key} has no setting {unknown[0]!r}",
-                "use port, protocol, health and drain_timeout")
+                "use port, protocol, health, drain_timeout, and for host routing hosts, tls, redirect, hsts, target")
+        return None
+    routing = read_route(value, key, problem)
+    if routing is None:
         return None
     tcp = [p for p in published if p[2] == "tcp"]
     port = value.get("port")
-    if port is None:
+    if port is None and routing.route.routed:
+        if routing.target is None:
+            problem(f"{key}.target", f"{key} has hosts but no port and no target: orch cannot tell which container "
+                    "port the host names reach", "add target: <container port> (e.g. target: 8080), or name a "
+                    "published port with port: (the service then keeps that port too)")
+            return None
+        chosen = ("0.0.0.0", 0, "tcp", routing.target)
+    elif port is None:
         if len(tcp) != 1:
             problem(key, f"{key} needs port: the service publishes {len(tcp)} TCP ports"
                     + (f" ({', '.join(str(p[1]) for p in tcp)})" if tcp else ""),
@@ -201,7 +220,12 @@ def read_ingress(service: Any, published: Sequence[tuple[str, int, str, int]], p
         except ValueError as err:
             problem(f"{key}.drain_timeout", f"{key}.drain_timeout is not a duration: {err}", "write e.g. 10s")
             return None
-    return IngressSpec(published=chosen[1], target=chosen[3], host_ip=host_ip, health=health, drain_timeout=drain)
+    if routing.target is not None and chosen[1] and routing.target != chosen[3]:
+        problem(f"{key}.target", f"{key}.target {routing.target} differs from the container port {chosen[3]} of the "
+                f"ingress port {chosen[1]}", "drop target: (the ingress port's container port is used)")
+        return None
+    return IngressSpec(published=chosen[1], target=chosen[3], host_ip=host_ip, health=health, drain_timeout=drain,
+                       route=routing.route if routing.route.routed else None, tls_source=routing.source)
 
 
 def _read_health(value: Any, key: str, problem: Any) -> dict | None:

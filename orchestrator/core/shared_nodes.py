@@ -34,10 +34,12 @@ def refuse_taken_ports(project: Any, blueprint: Any, units: Mapping[tuple[str, s
         if bp is None or not taken.get(node):
             continue
         wanted = [(ip, port, proto) for ip, port, proto, _ in bp.published]
-        if bp.ingress is not None:
+        if bp.ingress is not None and bp.ingress.published:  # 0: host routes only (core/edge_plan checks those)
             wanted.append((bp.ingress.host_ip, bp.ingress.published, "tcp"))
         for ip, port, proto in wanted:
             for held in taken[node]:
+                if not held.get("published"):
+                    continue  # another project's host routes: no port of its own
                 same_ip = not ip or ip == "0.0.0.0" or not held.get("host_ip") or held["host_ip"] in (ip, "0.0.0.0")
                 if held.get("published") == port and held.get("protocol", "tcp") == proto and same_ip:
                     owner = f"project {held.get('project')}" + (f", environment {held['env']}" if held.get("env") else "")

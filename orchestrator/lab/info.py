@@ -143,3 +143,14 @@ def lab_info(name: str | None = None) -> LabInfo:
             fix="bring it up with `orch lab up`" + ("" if name == DEFAULT_NAME else f" --name {name}"),
         )
     return info_from_spec(spec)
+
+
+def env_addresses(name: str | None, env: str) -> list[str]:
+    """The addresses of the lab's nodes of environment ENV (raises when it has none)."""
+    info = lab_info(name)
+    found = [n.address for n in info.nodes if n.env == env]
+    if not found:
+        envs = sorted({n.env for n in info.nodes})
+        raise OrchError(f"lab {info.name} has no node of environment {env!r} (it has: {', '.join(envs)}).",
+                        fix="name one of those environments, or give the addresses")
+    return found

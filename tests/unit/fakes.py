@@ -479,3 +479,103 @@ class FakeBlobRegistry:
 
     def manifest_digest(self, repo, ref):
         return ref if (repo, ref) in self.manifests else None
+
+
+# --------------------------------------------------------------------------- HTTPS at the edge
+
+class FakeEdgeNode:
+    """A node's ingress routes, certificate store and certificate daemon in memory: the
+    agent.wire.tls operations as agent.certs answers them (fake certificates: the
+    fingerprint changes with each order), plus ingress_status's frontends."""
+
+    def __init__(self, name):
+        self.name = name
+        self.calls = []
+        self.frontends = []  # ServiceIngress dicts (project, env, service, route)
+        self.certs = {}  # (env, host) -> CertInfo dict
+        self.certd = {}  # env -> {"config": CertdConfig dict, "running": bool}
+        self.orders = 0
+        self.issuer = None  # the FakeEdgeNode a follower pulls from
+
+    def route(self, project, env, service, hosts, tls="auto"):
+        self.frontends.append({"project": project, "env": env, "service": service,
+                               "route": {"hosts": list(hosts), "tls": tls}})
+
+    def ops(self, prefix=""):
+        return [op for op, _ in self.calls if op.startswith(prefix)]
+
+    def _status(self, env):
+        from agent.wire.tls import CertdConfig, CertdResult, config_id, secret_id
+
+        d = self.certd.get(env)
+        if d is None:
+            return None
+        cfg = CertdConfig.parse(d["config"])
+        certs = tuple(self._info(env, h) for h in cfg.hosts if (env, h) in self.certs)
+        return CertdResult(env=env, role=cfg.role, certs=certs, running=d["running"], config_id=config_id(cfg),
+                           secret_id=secret_id(cfg.secret))
+
+    def _info(self, env, host):
+        from agent.wire.tls import CertInfo
+
+        return CertInfo.from_dict(self.certs[(env, host)])
+
+    def _issue(self, env, host, source="auto", fingerprint=None):
+        self.orders += 1
+        self.certs[(env, host)] = {"host": host, "source": source, "env": env,
+                                   "fingerprint": fingerprint or f"{self.name}-{host}-{self.orders}".ljust(64, "0"),
+                                   "issuer": "Pebble Intermediate CA", "not_before": "2026-12-01T00:00:00Z",
+                                   "not_after": "2099-01-01T00:00:00Z", "names": [host], "loaded": True}
+
+    def call(self, op, args=None, on_event=None, timeout=None):
+        from agent.wire.tls import CertdConfig, CertPut, parse_ensure
+
+        args = args or {}
+        self.calls.append((op, args))
+        env = args.get("env", "")
+        if op == "ingress_status":
+            return {"frontends": [dict(f) for f in self.frontends]}
+        if op == "tls_certs":
+            st = self._status(env)
+            return {"certs": [self.certs[k] for k in sorted(self.certs) if k[0] == env],
+                    "certd": st.to_dict() if st else None}
+        if op == "tls_cert_put":
+            import hashlib
+
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            put = CertPut.parse(args)
+            leaf = x509.load_pem_x509_certificates(put.cert_pem.encode())[0]
+            self._issue(put.env, put.host, "files", fingerprint=hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest())
+            return {"cert": self.certs[(put.env, put.host)]}
+        if op == "tls_cert_remove":
+            return {"removed": self.certs.pop((env, args["host"]), None) is not None}
+        if op == "certd_configure":
+            cfg = CertdConfig.parse(args)
+            self.certd[cfg.env] = {"config": cfg.to_dict(), "running": True}
+            return self._status(cfg.env).to_dict()
+        if op == "certd_ensure":
+            env, hosts, force = parse_ensure(args)
+            cfg = CertdConfig.parse(self.certd[env]["config"])
+            ordered = [h for h in (hosts or cfg.hosts) if force or (env, h) not in self.certs]
+            for h in ordered:
+                self._issue(env, h)
+            from dataclasses import replace
+
+            return replace(self._status(env), ordered=tuple(ordered)).to_dict()
+        if op == "certd_pull":
+            cfg = CertdConfig.parse(self.certd[env]["config"])
+            for h in cfg.hosts:
+                if self.issuer is not None and (env, h) in self.issuer.certs:
+                    self.certs[(env, h)] = dict(self.issuer.certs[(env, h)])
+            return self._status(env).to_dict()
+        if op == "certd_status":
+            st = self._status(env)
+            return st.to_dict() if st else {"env": env, "role": ""}
+        if op == "certd_leave":
+            left = self.certd.pop(env, None) is not None
+            for k in [k for k, c in self.certs.items() if k[0] == env and c["source"] == "auto"]:
+                del self.certs[k]
+            return {"left": left}
+        raise AssertionError(f"FakeEdgeNode: unexpected op {op}")

@@ -9,7 +9,7 @@ so does a documented key the parser no longer accepts. The doc's full example mu
 import re
 from pathlib import Path
 
-from orchestrator.core import environments, mesh
+from orchestrator.core import edge, environments, mesh
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reference" / "environment-file.md"
 
@@ -25,7 +25,7 @@ PREFIXES = {
     "_CHECK_KEYS": "verify.checks[].",
 }
 # Key sets parsed in their own module.
-OTHER_SETS = {"mesh.": mesh.MESH_KEYS}
+OTHER_SETS = {"mesh.": mesh.MESH_KEYS, "ingress.": edge.INGRESS_KEYS, "ingress.acme.": edge.ACME_KEYS}
 
 ROW = re.compile(r"^\| `([^`]+)` \|", re.MULTILINE)
 

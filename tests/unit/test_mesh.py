@@ -204,6 +204,7 @@ def test_firewall_admits_only_the_same_network_from_the_mesh():
     assert "-A OM-orch-prod -i br-bbb ! -o br-bbb -j DROP" in lines
     assert "-A OMI-orch-prod -i br-bbb -j DROP" in lines
     assert "-A OMI-orch-prod -d 10.208.0.1 -p tcp --dport 51820 ! -i orch-prod -j DROP" in lines  # peers only
+    assert "-A OMI-orch-prod -d 10.208.0.1 -p tcp --dport 51821 ! -i orch-prod -j DROP" in lines  # certd: peers only
     assert not any(ln.startswith("-A OM-orch-prod -i br-aaa") and "DROP" in ln for ln in lines)  # not internal
     # direct routing from elsewhere (not the mesh, not a published port) is dropped
     assert lines.index("-A OM-orch-prod -o br-aaa -m conntrack --ctstate DNAT -j RETURN") < lines.index(

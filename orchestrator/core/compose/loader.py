@@ -255,6 +255,8 @@ def _plain(v: Any) -> Any:
 
 def _top_level(project: Project, merged: YMap, norm: Normalizer, enabled: dict) -> None:
     """Top-level resources used by enabled services (like `docker compose config`)."""
+    from orchestrator.core.edge import tls_secrets
+
     used: dict[str, set] = {"networks": set(), "volumes": set(), "secrets": set(), "configs": set()}
     for s in enabled.values():
         used["networks"].update(s.networks)
@@ -263,6 +265,7 @@ def _top_level(project: Project, merged: YMap, norm: Normalizer, enabled: dict) 
         used["configs"].update(r.source for r in s.configs)
         if s.build is not None:
             used["secrets"].update(r.source for r in s.build.secrets)
+        used["secrets"].update(tls_secrets(s.extensions.get("x-orch")))  # x-orch.ingress.tls's {secret: NAME}
     for section in ("networks", "volumes", "secrets", "configs"):
         entries = merged.get(section)
         if not isinstance(entries, YMap):

@@ -24,6 +24,7 @@ from orchestrator.core.specs.keys import ignored_note, service_problem, x_orch_w
 from orchestrator.core.specs.ports_volumes_networks import PortsVolumesNetworks
 from orchestrator.core.specs.readiness import Readiness, wait_modes
 from orchestrator.core.specs.secrets_configs import Sources, SecretsConfigs
+from orchestrator.core.specs.tls_files import TlsFiles
 
 _PULL_POLICIES = {"always": "always", "missing": "missing", "if_not_present": "missing", "never": "never",
                   "build": "missing", "daily": "missing", "weekly": "missing"}
@@ -98,6 +99,7 @@ def compile_blueprint(project: Any, environment: Any, services: Iterable[str] = 
         raise InputError(problems)
     blueprint = Blueprint(project=project.name, env=environment.name if environment else "",
                           services=out, project_services=set(project.services), waves=waves, warnings=warnings)
+    _edge(project, blueprint, environment)
     # A fresh placement finds impossible constraints and port clashes before any connection.
     nodes = node_infos(environment) if environment else []
     if nodes:
@@ -105,6 +107,20 @@ def compile_blueprint(project: Any, environment: Any, services: Iterable[str] = 
         check_port_conflicts(blueprint, {s: _by_node(sl) for s, sl in fresh.items()})
     return blueprint
 
+
+
+def _edge(project: Any, blueprint: Blueprint, environment: Any) -> None:
+    """Host routes take the environment's edge ports; a host claimed twice, or `tls: auto`
+    the environment cannot serve, is bad input (orchestrator.core.edge)."""
+    from dataclasses import replace
+
+    from orchestrator.core.edge import check_project_routes, with_edge_ports
+
+    settings = getattr(environment, "ingress", None)
+    for bp in blueprint.services.values():
+        if bp.ingress is not None and bp.ingress.route is not None and settings is not None:
+            bp.ingress = replace(bp.ingress, route=with_edge_ports(bp.ingress.route, settings.ports))
+    check_project_routes(project, blueprint, environment)
 
 
 def node_infos(environment: Any) -> list:
@@ -122,7 +138,7 @@ def _by_node(slots) -> dict[str, list[int]]:
 
 
 
-class _Compiler(PortsVolumesNetworks, SecretsConfigs, Readiness):
+class _Compiler(PortsVolumesNetworks, SecretsConfigs, Readiness, TlsFiles):
     """One Compose service -> ServiceBlueprint, collecting problems and ignored keys: one
     mixin per Compose area (ports_volumes_networks, secrets_configs, readiness; the refused
     and ignored keys in keys.ServiceChecks)."""
@@ -152,7 +168,9 @@ class _Compiler(PortsVolumesNetworks, SecretsConfigs, Readiness):
         container["environment"] = {k: v for k, v in s.environment.items() if v is not None}
         ports, published = self._ports()
         ingress = read_ingress(s, published, self.refuse)
-        if ingress is not None:
+        if ingress is not None and ingress.tls_source is not None:
+            ingress = self._with_certificate(ingress)
+        if ingress is not None and ingress.published:
             # The node's HAProxy publishes that port; the containers only expose it on their network.
             ports = [p for p in ports if not (p.get("published") == ingress.published and p["protocol"] == "tcp")]
             published = [p for p in published if not (p[1] == ingress.published and p[2] == "tcp")]

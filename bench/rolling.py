@@ -34,7 +34,10 @@ container keyed by name or id, healthy `seconds` when the start event is missing
 the rolling events change, adjust `floor_from_events`: a run without the events it
 needs says so in the notes rather than reporting a wrong floor.
 
-Port: BENCH_ROLLING_PORT (default 8080). Projects: bench-rolling, bench-rolling-deaf.
+Port: BENCH_ROLLING_PORT (default 8080). Projects: bench-rolling, bench-rolling-deaf. Lab:
+BENCH_LAB (default orch-lab; another one, e.g. `orch lab up --name bench --nodes prod=2`,
+keeps the measurement clear of other users' ingress frontends on a shared lab): the
+committed environments/prod.yaml with that lab's addresses and files.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -69,6 +71,7 @@ from bench.common import (
 
 PORT = int(os.environ.get("BENCH_ROLLING_PORT", "8080"))
 NODES = ("prod-1", "prod-2")
+LAB = os.environ.get("BENCH_LAB", "orch-lab")
 RATE = 30.0  # requests per second per node: 60/s in all
 REPLICAS = 4
 
@@ -302,16 +305,26 @@ def rolling_deaf(runs: int) -> list[Row]:
     return _rolling(APPS["deaf"], runs)
 
 
+def prod_env_for(lab) -> str:
+    """environments/prod.yaml, pointed at `lab` (its subnet and state directory) when it is
+    not the default one."""
+    text = (ROOT / "environments" / "prod.yaml").read_text()
+    if lab.name == "orch-lab":
+        return text
+    prefix = lab.host_address.rsplit(".", 1)[0] + "."
+    return text.replace("10.250.0.", prefix).replace("/var/lib/orch-lab/", f"{lab.state_dir}/")
+
+
 def _rolling(spec: App, runs: int) -> list[Row]:
     from orchestrator.lab import lab_info
 
-    lab = lab_info()
+    lab = lab_info(LAB)
     targets = [(lab.node(n).address, PORT) for n in NODES]
     env = lab_env()
     with tempfile.TemporaryDirectory() as tmp:
         app = Path(tmp) / "rolling"
         (app / "environments").mkdir(parents=True)
-        shutil.copy(ROOT / "environments" / "prod.yaml", app / "environments" / "prod.yaml")
+        (app / "environments" / "prod.yaml").write_text(prod_env_for(lab))
         (app / "compose.yaml").write_text(spec.compose)
         down = orch("down", "--env", "prod", "-p", spec.project, "--json")
         run(down, app, env, check=False)

@@ -148,14 +148,15 @@ def floor_from_events(events: list[dict]) -> dict:
     where the rest of the time went when the events say so.
 
     Returns {"floor": seconds or None, "containers": n, "batches": n, "sum": seconds,
-    "in_batches": seconds or None, "ingress": seconds or None, "drained": seconds or None}:
+    "in_batches", "ingress", "drained", "span": seconds or None}:
     `batches` are the groups of overlapping intervals (container and ingress rise), `sum`
     the plain sum of the container intervals; `in_batches` sums the agent's
     `rollout.start` -> `rollout.done` per node and batch, `ingress` the ingress's
     `ingress.server` add -> ready (HAProxy's rise checks) per server, `drained` per batch
-    the time from the old server's last drain (`ingress.server` maint: 0 sessions left)
+    the time from the old server's drain (its first `ingress.server` maint: 0 sessions left)
     to the batch's `rollout.done` (the old container's stop, when it is on the critical
-    path). Missing events give None for what they would measure.
+    path); `span` from the first batch's `rollout.start` to the last one's `rollout.done`.
+    Missing events give None for what they would measure.
     """
     open_: dict[tuple, float] = {}
     intervals: list[tuple[float, float]] = []
@@ -163,14 +164,20 @@ def floor_from_events(events: list[dict]) -> dict:
     batch_open: dict[tuple, float] = {}
     in_batches: list[float] = []
     server_open: dict[tuple, float] = {}
-    maint: dict[str, float] = {}  # node -> the last drained server's time
+    maint: dict[str, float] = {}  # node -> when the batch's old server was drained
     drained: list[float] = []
+    starts: list[float] = []  # the batches' rollout.start (batch > 0: not a settle)
+    ends: list[float] = []
     for ev in events:
         kind, t = _kind(ev), ev.get("t")
         if not isinstance(t, (int, float)):
             continue
         t = float(t)
         node = ev.get("node") or ""
+        if kind == "rollout.start" and ev.get("batch"):
+            starts.append(t)
+        if kind == "rollout.done" and ev.get("batch"):
+            ends.append(t)
         if kind == "rollout.start":
             batch_open[(node, ev.get("batch"))] = t
             maint.pop(node, None)
@@ -185,7 +192,7 @@ def floor_from_events(events: list[dict]) -> dict:
             elif ev.get("action") == "ready" and key in server_open:
                 rises.append((server_open.pop(key), t))
             elif ev.get("action") == "maint":
-                maint[node] = t
+                maint.setdefault(node, t)  # the first: the old server drained (a later sync deletes it)
         name = ev.get("container") or ev.get("name") or ev.get("id")
         if not name:
             continue
@@ -208,7 +215,8 @@ def floor_from_events(events: list[dict]) -> dict:
             "batches": len(merged), "sum": sum(b - a for a, b in intervals),
             "in_batches": sum(in_batches) if in_batches else None,
             "ingress": sum(b - a for a, b in rises) if rises else None,
-            "drained": sum(drained) if drained else None}
+            "drained": sum(drained) if drained else None,
+            "span": (max(ends) - min(starts)) if starts and ends else None}
 
 
 # ----------------------------------------------------------------------------- the load
@@ -378,13 +386,15 @@ def _measure(spec: App, runs: int, app: Path, env: dict, targets: list[tuple[str
         row.samples.append(took)
         if fl["floor"] is not None:
             row.baseline.append(fl["floor"])
-        counted.append(f"{fl['containers']} containers in {fl['batches']} batch(es)")
+        counted.append(f"{fl['containers']} containers, {fl['batches']} disjoint interval(s)")
         if fl["in_batches"] is not None:
             parts.setdefault("in the agent's batches (rollout.start -> done)", []).append(fl["in_batches"])
             parts.setdefault("outside them (connect, lock, ledger, monitor window, record, process)", []).append(
                 took - fl["in_batches"])
         if fl["ingress"] is not None:
             parts.setdefault("ingress add -> ready (HAProxy rise checks)", []).append(fl["ingress"])
+        if fl["span"] is not None:
+            parts.setdefault("first rollout.start -> last rollout.done (the rolling part)", []).append(fl["span"])
         if fl["drained"] is not None:
             parts.setdefault("old server drained -> batch done (the old container's stop when the batch waits "
                              "for it)", []).append(fl["drained"])

@@ -9,10 +9,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ORCH := $(BIN)/orch
-# Debian packages the lab and the end-to-end tests need (installed only when missing).
+# Debian packages the lab and the end-to-end tests need (installed only when missing);
+# python3-paramiko: docker-compose's DOCKER_HOST=ssh:// (bench/deploy.py's baseline).
 LAB_PACKAGES := python3 docker.io docker-registry openssh-server openssh-client busybox-static \
 	debootstrap iproute2 iptables openssl apache2-utils util-linux procps docker-compose haproxy \
-	wireguard-tools wireguard-go dnsmasq-base tcpdump pebble curl python3-acme
+	wireguard-tools wireguard-go dnsmasq-base tcpdump pebble curl python3-acme python3-paramiko
 
 .PHONY: all venv system-deps demo test unit e2e lab lab-down lab-status bench fuzz clean
 

@@ -9,7 +9,9 @@ orchestrator.app.deploy); each batch on a node is one `rollout` call here:
                 stop-first   drain it from the ingress, stop it, rename it, start the new
                 start-first  rename it (it keeps serving), start the new one, wait until
                              it is ready and, with an ingress, in rotation; then drain the
-                             old one and stop it
+                             old one and stop it in the background (agent.stops): the
+                             batch answers without waiting for the stop, and the
+                             controller's `await_stops` waits for it at the end
               A new container counts once it is ready (`wait`, `deadline`) and stayed
               running and not unhealthy for `min_healthy` seconds. If anything fails, or
               the controller goes away, the batch is put back before the error is
@@ -46,6 +48,7 @@ from agent.create import create_body
 from agent.engine import ContainerInfo
 from agent.ingress import driver
 from agent.owner import refuse_foreign
+from agent.stops import STOP_OPERATIONS, stop_in_background, wait_stopped
 from agent.steps import (
     POLL,
     check_name_conflicts,
@@ -284,11 +287,14 @@ def op_rollout(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
             sync_ingress(ctx, project, service, svc.env, ingress, _serving(ctx, project, service, serving_old))
             for old in serving_old:
                 _drain(ctx, project, service, old, ingress.drain_timeout)
-        for old in serving_old:
-            ctx.engine.stop(old.id)
-            ctx.emit("container.stop", container=old.name, service=service, replica=old.replica, reason="replaced")
         if ingress is not None:
             sync_ingress(ctx, project, service, svc.env, ingress, _serving(ctx, project, service))
+        # Out of rotation and drained: their stops (a whole stop_grace_period for an app
+        # deaf to SIGTERM) leave the critical path; await_stops, restore and discard wait.
+        for old in serving_old:
+            stop_in_background(ctx, old, svc.env)
+            ctx.emit("container.stopping", container=old.name, service=service, replica=old.replica,
+                     reason="replaced", background=True)
     except BaseException as exc:
         # Put the batch back even when the controller went away (cancelled): the
         # previous release keeps serving, and a re-run starts from a clean state.
@@ -386,6 +392,11 @@ def restore_replicas(ctx: Context, project: str, service: str, env: str, ingress
     container (it was new in this release) is removed, unless it failed: then it stays,
     stopped, for `orch logs`."""
     existing = ctx.engine.containers(L.filters(project, service))
+    # A kept container whose stop is still under way (agent.stops) runs again only once it
+    # stopped: started before, the stop would end it after the rollback.
+    waited = [wait_stopped(ctx, c.id) for c in existing if L.is_retired(c.name)]
+    if any(w is not None for w in waited):
+        existing = ctx.engine.containers(L.filters(project, service))
     by_name = {c.name: c for c in existing}
     plan = []
     for replica, was_running in items:
@@ -536,3 +547,4 @@ ROLLOUT_OPERATIONS = {
     "retire": op_retire,
     "discard": op_discard,
 }
+ROLLOUT_OPERATIONS.update(STOP_OPERATIONS)

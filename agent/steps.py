@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from agent.context import Context
 from agent.engine import ContainerInfo
+from agent.stops import wait_stopped
 from agent.wire import labels as L
 from agent.wire.messages import (  # noqa: F401 - the request defaults, shared by apply and rollout
     DEFAULT_COMPLETION_TIMEOUT,
@@ -284,7 +285,11 @@ def ready_now(c: ContainerInfo, svc: ServiceSpec, wait: str) -> bool:
 def remove_container(ctx: Context, c: ContainerInfo, why: str) -> None:
     ctx.emit("container.remove", container=c.name, service=c.service, replica=c.replica, reason=why)
     if c.state in ("running", "restarting", "paused"):
-        ctx.engine.stop(c.id)
+        # A stop already under way (agent.stops) is waited for, not signalled twice.
+        if wait_stopped(ctx, c.id) is not None:
+            c = ctx.engine.container(c.id) or c
+        if c.state in ("running", "restarting", "paused"):
+            ctx.engine.stop(c.id)
     ctx.engine.remove(c.id)
 
 

@@ -1,21 +1,27 @@
 """Rolling deploy vs the floor, under HTTP load, on PROD (prod-1 and prod-2).
 
-A busybox httpd service `web` answering its version, 4 replicas (2 per node),
+Two apps, each its own measurement (`rolling`, `rolling-deaf`): a busybox httpd service
+`web` answering its version, 4 replicas (2 per node),
 `deploy.update_config: {parallelism: 1, order: start-first}`, a healthcheck every
-second, and `x-orch.ingress: {port: 8080, health: /}` (the node's HAProxy owns port
+second, and `x-orch.ingress: {port: 8080, health: /}`. In `rolling` httpd runs under
+Docker's init (`init: true`), which passes SIGTERM on: the old container stops at once.
+In `rolling-deaf` httpd is PID 1 with no handler, so SIGTERM does nothing (like many
+shell-wrapped apps) and each stop takes the whole `stop_grace_period` (10s) before
+Docker's SIGKILL (the node's HAProxy owns port
 8080 and forwards to the replicas). Version v1 is deployed; then, for each run, while
 this host sends GET / to 10.250.0.31:8080 and 10.250.0.32:8080 (RATE requests/s per
 node, each on a new connection, every answer checked: HTTP 200 and a body that is the
 old or the new version), `orch up --json` deploys the next version. Recorded:
 
 - the rolling deploy's wall time (the whole `orch up` process);
-- the floor: what starting the new containers costs by itself, from the `--json`
-  progress events of that `orch up`: for each new container, from its
+- the floor: what bringing the new containers into service costs by itself, from the
+  `--json` progress events of that `orch up`: for each new container, from its
   `container.create` (or `container.start`) event to its `container.healthy` event
-  (or, lacking a start event, the healthy event's `seconds`), as the controller
-  received them (`t`). The floor is the length of the union of these intervals: the
-  sum over batches when batches run one after another, and no more than the slowest
-  node when the nodes roll in parallel;
+  (or, lacking a start event, the healthy event's `seconds`), and for each new server
+  of the ingress from its `ingress.server` add to its ready (HAProxy's rise checks), as
+  the controller received them (`t`). The floor is the length of the union of these
+  intervals: the sum over batches when batches run one after another, and no more than
+  the slowest node when the nodes roll in parallel;
 - their ratio (of the medians), and the request success rate.
 
 When `orch up` does not act on these settings (an orch from before rolling updates and
@@ -28,7 +34,10 @@ container keyed by name or id, healthy `seconds` when the start event is missing
 the rolling events change, adjust `floor_from_events`: a run without the events it
 needs says so in the notes rather than reporting a wrong floor.
 
-Port: BENCH_ROLLING_PORT (default 8080). Project: bench-rolling.
+Port: BENCH_ROLLING_PORT (default 8080). Projects: bench-rolling, bench-rolling-deaf. Lab:
+BENCH_LAB (default orch-lab; another one, e.g. `orch lab up --name bench --nodes prod=2`,
+keeps the measurement clear of other users' ingress frontends on a shared lab): the
+committed environments/prod.yaml with that lab's addresses and files.
 """
 
 from __future__ import annotations
@@ -37,12 +46,12 @@ import http.client
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import (
@@ -60,9 +69,9 @@ from bench.common import (
     unavailable,
 )
 
-PROJECT = "bench-rolling"
 PORT = int(os.environ.get("BENCH_ROLLING_PORT", "8080"))
 NODES = ("prod-1", "prod-2")
+LAB = os.environ.get("BENCH_LAB", "orch-lab")
 RATE = 30.0  # requests per second per node: 60/s in all
 REPLICAS = 4
 
@@ -70,9 +79,7 @@ COMPOSE = """\
 services:
   web:
     image: busybox
-    init: true
-    stop_grace_period: 2s
-    command: ["sh", "-c", "mkdir -p /www && echo \\"$${VERSION}\\" > /www/index.html && exec httpd -f -p 80 -h /www"]
+INIT_AND_GRACE    command: ["sh", "-c", "mkdir -p /www && echo \\"$${VERSION}\\" > /www/index.html && exec httpd -f -p 80 -h /www"]
     environment:
       VERSION: ${VERSION:-v1}
     ports:
@@ -91,12 +98,35 @@ services:
       ingress:
         port: PORT
         health: /
-""".replace("PORT", str(PORT)).replace("REPLICAS", str(REPLICAS))
+"""
 
-NAMES = ("rolling deploy vs the floor: busybox httpd, 4 replicas on prod (2 nodes), parallelism 1, start-first, "
-         "under HTTP load")
-GOAL = Goal("<= 2x", 2.0, on="ratio")
-SUCCESS = "request success rate during the rolling deploy"
+
+def _compose(init: bool, grace: str) -> str:
+    head = ("    init: true\n" if init else "") + f"    stop_grace_period: {grace}\n"
+    return COMPOSE.replace("INIT_AND_GRACE", head).replace("PORT", str(PORT)).replace("REPLICAS", str(REPLICAS))
+
+
+@dataclass(frozen=True)
+class App:
+    project: str
+    compose: str
+    name: str  # the main row's
+    success: str  # the success-rate row's
+
+
+APPS = {
+    "rolling": App("bench-rolling", _compose(True, "2s"),
+                   "rolling deploy vs the floor: busybox httpd, 4 replicas on prod (2 nodes), parallelism 1, "
+                   "start-first, under HTTP load",
+                   "request success rate during the rolling deploy"),
+    "deaf": App("bench-rolling-deaf", _compose(False, "10s"),
+                "rolling deploy vs the floor, SIGTERM-deaf app (busybox httpd as PID 1, stop_grace_period 10s): "
+                "4 replicas on prod (2 nodes), parallelism 1, start-first, under HTTP load",
+                "request success rate during the SIGTERM-deaf rolling deploy"),
+}
+NAMES = APPS["rolling"].name
+GOAL = Goal("<= 1.5x", 1.5, on="ratio")  # issue 17
+SUCCESS = APPS["rolling"].success
 SUCCESS_GOAL = Goal("100 %", 100.0, higher_is_better=True)
 
 # What `orch up` says while it does not act on the settings yet.
@@ -118,34 +148,51 @@ def floor_from_events(events: list[dict]) -> dict:
     where the rest of the time went when the events say so.
 
     Returns {"floor": seconds or None, "containers": n, "batches": n, "sum": seconds,
-    "in_batches": seconds or None, "ingress": seconds or None}: `batches` are the groups
-    of overlapping container intervals, `sum` the plain sum of the intervals;
-    `in_batches` sums the agent's `rollout.start` -> `rollout.done` per node and batch,
-    `ingress` the ingress's `ingress.server` add -> ready (HAProxy's rise checks) per
-    server. Missing events give None for what they would measure.
+    "in_batches", "ingress", "drained", "span": seconds or None}:
+    `batches` are the groups of overlapping intervals (container and ingress rise), `sum`
+    the plain sum of the container intervals; `in_batches` sums the agent's
+    `rollout.start` -> `rollout.done` per node and batch, `ingress` the ingress's
+    `ingress.server` add -> ready (HAProxy's rise checks) per server, `drained` per batch
+    the time from the old server's drain (its first `ingress.server` maint: 0 sessions left)
+    to the batch's `rollout.done` (the old container's stop, when it is on the critical
+    path); `span` from the first batch's `rollout.start` to the last one's `rollout.done`.
+    Missing events give None for what they would measure.
     """
     open_: dict[tuple, float] = {}
     intervals: list[tuple[float, float]] = []
+    rises: list[tuple[float, float]] = []
     batch_open: dict[tuple, float] = {}
     in_batches: list[float] = []
     server_open: dict[tuple, float] = {}
-    ingress: list[float] = []
+    maint: dict[str, float] = {}  # node -> when the batch's old server was drained
+    drained: list[float] = []
+    starts: list[float] = []  # the batches' rollout.start (batch > 0: not a settle)
+    ends: list[float] = []
     for ev in events:
         kind, t = _kind(ev), ev.get("t")
         if not isinstance(t, (int, float)):
             continue
         t = float(t)
         node = ev.get("node") or ""
+        if kind == "rollout.start" and ev.get("batch"):
+            starts.append(t)
+        if kind == "rollout.done" and ev.get("batch"):
+            ends.append(t)
         if kind == "rollout.start":
             batch_open[(node, ev.get("batch"))] = t
+            maint.pop(node, None)
         elif kind == "rollout.done" and (node, ev.get("batch")) in batch_open:
             in_batches.append(t - batch_open.pop((node, ev.get("batch"))))
+            if node in maint:
+                drained.append(t - maint.pop(node))
         elif kind == "ingress.server" and ev.get("server"):
             key = (node, ev["server"])
             if ev.get("action") == "add":
                 server_open[key] = t
             elif ev.get("action") == "ready" and key in server_open:
-                ingress.append(t - server_open.pop(key))
+                rises.append((server_open.pop(key), t))
+            elif ev.get("action") == "maint":
+                maint.setdefault(node, t)  # the first: the old server drained (a later sync deletes it)
         name = ev.get("container") or ev.get("name") or ev.get("id")
         if not name:
             continue
@@ -158,16 +205,18 @@ def floor_from_events(events: list[dict]) -> dict:
                 start = t - float(ev["seconds"])
             if start is not None:
                 intervals.append((start, t))
-    intervals.sort()
     merged: list[list[float]] = []
-    for a, b in intervals:
+    for a, b in sorted(intervals + rises):
         if merged and a <= merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
-    return {"floor": sum(b - a for a, b in merged) if merged else None, "containers": len(intervals),
+    return {"floor": sum(b - a for a, b in merged) if intervals else None, "containers": len(intervals),
             "batches": len(merged), "sum": sum(b - a for a, b in intervals),
-            "in_batches": sum(in_batches) if in_batches else None, "ingress": sum(ingress) if ingress else None}
+            "in_batches": sum(in_batches) if in_batches else None,
+            "ingress": sum(b - a for a, b in rises) if rises else None,
+            "drained": sum(drained) if drained else None,
+            "span": (max(ends) - min(starts)) if starts and ends else None}
 
 
 # ----------------------------------------------------------------------------- the load
@@ -249,49 +298,69 @@ def _not_yet(fin: dict, stderr: str) -> str:
     return ""
 
 
-def _skip(reason: str) -> list[Row]:
-    return [unavailable(NAMES, "not available: " + reason, goal=GOAL),
-            unavailable(SUCCESS, "not available", unit="%", goal=SUCCESS_GOAL)]
+def _skip(app: App, reason: str) -> list[Row]:
+    return [unavailable(app.name, "not available: " + reason, goal=GOAL),
+            unavailable(app.success, "not available", unit="%", goal=SUCCESS_GOAL)]
 
 
 def rolling(runs: int) -> list[Row]:
+    """httpd under Docker's init: the old containers stop at once."""
+    return _rolling(APPS["rolling"], runs)
+
+
+def rolling_deaf(runs: int) -> list[Row]:
+    """httpd as PID 1, deaf to SIGTERM: each old container takes its stop_grace_period."""
+    return _rolling(APPS["deaf"], runs)
+
+
+def prod_env_for(lab) -> str:
+    """environments/prod.yaml, pointed at `lab` (its subnet and state directory) when it is
+    not the default one."""
+    text = (ROOT / "environments" / "prod.yaml").read_text()
+    if lab.name == "orch-lab":
+        return text
+    prefix = lab.host_address.rsplit(".", 1)[0] + "."
+    return text.replace("10.250.0.", prefix).replace("/var/lib/orch-lab/", f"{lab.state_dir}/")
+
+
+def _rolling(spec: App, runs: int) -> list[Row]:
     from orchestrator.lab import lab_info
 
-    lab = lab_info()
+    lab = lab_info(LAB)
     targets = [(lab.node(n).address, PORT) for n in NODES]
     env = lab_env()
     with tempfile.TemporaryDirectory() as tmp:
         app = Path(tmp) / "rolling"
         (app / "environments").mkdir(parents=True)
-        shutil.copy(ROOT / "environments" / "prod.yaml", app / "environments" / "prod.yaml")
-        (app / "compose.yaml").write_text(COMPOSE)
-        down = orch("down", "--env", "prod", "-p", PROJECT, "--json")
+        (app / "environments" / "prod.yaml").write_text(prod_env_for(lab))
+        (app / "compose.yaml").write_text(spec.compose)
+        down = orch("down", "--env", "prod", "-p", spec.project, "--json")
         run(down, app, env, check=False)
         try:
-            return _measure(runs, app, env, targets)
+            return _measure(spec, runs, app, env, targets)
         finally:
             run(down, app, env, check=False)
 
 
-def _measure(runs: int, app: Path, env: dict, targets: list[tuple[str, int]]) -> list[Row]:
-    up = orch("up", "--env", "prod", "-p", PROJECT, "--json")
+def _measure(spec: App, runs: int, app: Path, env: dict, targets: list[tuple[str, int]]) -> list[Row]:
+    up = orch("up", "--env", "prod", "-p", spec.project, "--json")
     _, cp = run(up, app, {**env, "VERSION": "v1"}, check=False)
     fin = final(cp.stdout)
     if cp.returncode != 0:
         err = (fin.get("error") or {}).get("message") or (cp.stderr.strip().splitlines() or ["?"])[-1]
-        return _skip(f"`orch up` of a service with x-orch.ingress and deploy.update_config failed "
+        return _skip(spec, f"`orch up` of a service with x-orch.ingress and deploy.update_config failed "
                      f"(exit {cp.returncode}): {err[:300]}")
     why = _not_yet(fin, cp.stderr)
     if why:
-        return _skip(f"`orch up` warns: {why[:300]}")
+        return _skip(spec, f"`orch up` warns: {why[:300]}")
     answers = {f"{h}:{p}": _get(h, p) for h, p in targets}
     if any(a != "v1" for a in answers.values()):
-        return _skip(f"after `orch up` of v1 the ingress does not answer v1: {answers}")
+        return _skip(spec, f"after `orch up` of v1 the ingress does not answer v1: {answers}")
 
-    row = Row(NAMES, "s", baseline_name="the floor: new containers' create + start + time to healthy, "
-              "from orch up's --json events", goal=GOAL)
+    row = Row(spec.name, "s", baseline_name="the floor: new containers' create + start + time to healthy, and "
+              "their ingress servers' add -> ready (HAProxy rise), from orch up's --json events", goal=GOAL)
     apply = Row("of which the apply phase (orch's `timings`)", "s", level=1)
-    success = Row(SUCCESS, "%", goal=SUCCESS_GOAL)
+    success = Row(spec.success, "%", goal=SUCCESS_GOAL)
     phases: dict[str, list[float]] = {}
     notes: list[str] = []
     counted: list[str] = []
@@ -317,13 +386,18 @@ def _measure(runs: int, app: Path, env: dict, targets: list[tuple[str, int]]) ->
         row.samples.append(took)
         if fl["floor"] is not None:
             row.baseline.append(fl["floor"])
-        counted.append(f"{fl['containers']} containers in {fl['batches']} batch(es)")
+        counted.append(f"{fl['containers']} containers, {fl['batches']} disjoint interval(s)")
         if fl["in_batches"] is not None:
             parts.setdefault("in the agent's batches (rollout.start -> done)", []).append(fl["in_batches"])
             parts.setdefault("outside them (connect, lock, ledger, monitor window, record, process)", []).append(
                 took - fl["in_batches"])
         if fl["ingress"] is not None:
             parts.setdefault("ingress add -> ready (HAProxy rise checks)", []).append(fl["ingress"])
+        if fl["span"] is not None:
+            parts.setdefault("first rollout.start -> last rollout.done (the rolling part)", []).append(fl["span"])
+        if fl["drained"] is not None:
+            parts.setdefault("old server drained -> batch done (the old container's stop when the batch waits "
+                             "for it)", []).append(fl["drained"])
         apply.samples.append((fin.get("timings") or {}).get("apply", float("nan")))
         add_phases(phases, fin)
         success.samples.append(100.0 * got["ok"] / got["total"] if got["total"] else 0.0)
@@ -351,4 +425,5 @@ def _measure(runs: int, app: Path, env: dict, targets: list[tuple[str, int]]) ->
 
 
 if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps([r.to_json() for r in rolling(int(sys.argv[1]) if len(sys.argv) > 1 else 1)], indent=1))
+    fn = rolling_deaf if "deaf" in sys.argv[1:] else rolling
+    print(json.dumps([r.to_json() for r in fn(int(sys.argv[1]) if len(sys.argv) > 1 else 1)], indent=1))

@@ -57,6 +57,8 @@ MEASUREMENTS = [
     Measurement("promote", "bench.pipeline:promote", 3, True, "promotion test -> prod vs raw pull + start"),
     Measurement("push", "bench.pipeline:push", 5, True, "bytes pushed after a one-line change"),
     Measurement("rolling", "bench.rolling:rolling", 3, True, "rolling deploy under load vs the floor"),
+    Measurement("rolling-deaf", "bench.rolling:rolling_deaf", 3, True, "rolling deploy under load vs the floor, "
+                "an app deaf to SIGTERM (stop_grace_period 10s)"),
     Measurement("mesh", "bench.mesh:mesh", 3, True, "service mesh: latency and throughput across nodes vs one node"
                 " and the raw bridge"),
     Measurement("https", "bench.https:https", 3, True, "HTTPS through the ingress vs plain HTTP: requests/s,"

@@ -10,6 +10,7 @@ compatible: it runs on the nodes too.
   spec       ServiceSpec and ContainerSpec (what `apply` converges to), config_hash
   messages   the deploy path's typed requests and results (state, rollout, restore,
              retire, discard, remove), each with to_dict() and from_dict()
+  stops      await_stops: waiting for the stops a start-first rollout left in the background
   ingress    the ingress model: Health, ServiceIngress, the ingress_* requests, IngressSettings
   ledger     the release record's statuses
   redact     the one secret rule (masking values, names, passwords in URLs)

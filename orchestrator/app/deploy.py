@@ -52,6 +52,7 @@ from orchestrator.app.edge import Edge
 from orchestrator.app.results import (DeployResult, _as_orch_error, _first_line, container_rows, deploy_error,
                                       published_addresses)
 from orchestrator.core.shared_nodes import refuse_other_envs, refuse_taken_ports
+from orchestrator.app.stops import await_stops
 
 _sleep = time.sleep  # update_config delay and monitor waits (unit tests replace it)
 
@@ -278,6 +279,7 @@ class Deployment:
             self._retire_moved()
             self._monitor()
             self.edge.run_certd()
+            await_stops(self)  # the old containers' background stops (app/stops.py)
         finally:
             self._timed("apply", t0)
 
@@ -493,6 +495,7 @@ class Deployment:
                                 f"({', '.join(done)}); re-run `orch up` to go on, or `orch rollback --to LIVE` (the live release's "
                                 "id, see `orch history`) to put them back.")
             err.details["rolled_back"] = False
+            await_stops(self)  # what was replaced stays kept: stopped, as after a successful up
             return err
         restored, problems = self.rollback() if self.journal else ([], [])
         # A failed batch is put back by its node's agent before it answers.

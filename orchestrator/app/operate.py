@@ -22,14 +22,16 @@ LOG_LINES = 20
 
 
 def take_down(workspace: Any, remove_volumes: bool = False, progress: Progress | None = None,
-              connector: N.Connector | None = None) -> DownResult:
+              connector: N.Connector | None = None, started: float | None = None) -> DownResult:
     """Remove the project's containers wave by wave in reverse (dependents first), then
-    its networks (and volumes with remove_volumes) on every node."""
+    its networks (and volumes with remove_volumes) on every node. started: when the
+    command began (time.monotonic()), for a caller that connected and locked first: the
+    result's duration_s is the whole command's."""
     from orchestrator.core import graph as graphs
 
     progress = progress or Progress()
     project, environment = workspace.project, workspace.environment
-    t0 = time.monotonic()
+    t0 = time.monotonic() if started is None else started
     waves = graphs.waves(graphs.build_graph(project))
     names = [n.name for n in environment.nodes]
     if connector is None:  # a given connector (the pipeline's, under the lock) is connected already

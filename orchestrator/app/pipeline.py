@@ -636,6 +636,7 @@ def down(workspace: Any, opts: PipelineOptions, remove_volumes: bool = False, pr
     """`orch down` under the environment's lock (operate.take_down). The ledger is kept."""
     from orchestrator.app.operate import take_down
 
+    t0 = time.monotonic()  # duration_s: the whole command, connect and lock included
     progress = progress or Progress()
     seams = seams or Seams()
     env = workspace.environment
@@ -646,7 +647,7 @@ def down(workspace: Any, opts: PipelineOptions, remove_volumes: bool = False, pr
     try:
         conn.connect()
         conn.lock(opts.command_line or f"orch down --env {env.name}", opts.lock_wait, performer)
-        return take_down(workspace, remove_volumes, progress, connector=conn.preconnected)
+        return take_down(workspace, remove_volumes, progress, connector=conn.preconnected, started=t0)
     finally:
         conn.close()
 

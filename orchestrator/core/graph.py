@@ -1,15 +1,18 @@
 """The service dependency graph: edges run from a dependency to its dependents.
 
-Waves are networkx topological generations: every service of a wave can start in
-parallel once the waves before it are up; `down` walks them in reverse.
+Waves are topological generations (the standard library's graphlib.TopologicalSorter,
+a generation being what get_ready() hands out at once): every service of a wave can
+start in parallel once the waves before it are up; `down` walks them in reverse.
+graphlib, not networkx: every `orch up` builds the graph, and importing networkx took
+0.1-0.2 s of a no-op `up`'s 1 s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
 from typing import TYPE_CHECKING
-
-import networkx as nx
 
 from orchestrator.errors import InputError, Problem
 
@@ -17,14 +20,59 @@ if TYPE_CHECKING:  # pragma: no cover
     from orchestrator.core.compose import Project
 
 
-def build_graph(project: "Project") -> nx.DiGraph:
+@dataclass
+class DepGraph:
+    """Services and their dependency edges (dependency -> dependent), in insertion order."""
+
+    deps: dict[str, set[str]] = field(default_factory=dict)  # service -> what it depends on
+
+    def add_node(self, name: str) -> None:
+        self.deps.setdefault(name, set())
+
+    def add_edge(self, dependency: str, dependent: str) -> None:
+        self.add_node(dependency)
+        self.add_node(dependent)
+        self.deps[dependent].add(dependency)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.deps)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.deps
+
+    def __len__(self) -> int:
+        return len(self.deps)
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        """(dependency, dependent) pairs."""
+        return [(d, n) for n, ds in self.deps.items() for d in sorted(ds)]
+
+    def predecessors(self, name: str) -> Iterator[str]:
+        """What `name` depends on."""
+        return iter(sorted(self.deps[name]))
+
+    def ancestors(self, name: str) -> set[str]:
+        """Everything `name` depends on, transitively."""
+        seen: set[str] = set()
+        todo = list(self.deps[name])
+        while todo:
+            d = todo.pop()
+            if d not in seen:
+                seen.add(d)
+                todo.extend(self.deps[d])
+        return seen
+
+
+def build_graph(project: "Project") -> DepGraph:
     """Explicit depends_on plus implicit edges (links, volumes_from, service:X modes).
 
     A dependency that is not enabled was already rejected by the loader unless it is
     `required: false`, in which case it simply has no edge.
     """
-    graph = nx.DiGraph()
-    graph.add_nodes_from(project.services)
+    graph = DepGraph()
+    for name in project.services:
+        graph.add_node(name)
     for name, service in project.services.items():
         for dep in service.dependencies():
             if dep in project.services:
@@ -33,14 +81,22 @@ def build_graph(project: "Project") -> nx.DiGraph:
     return graph
 
 
-def _refuse_cycles(graph: nx.DiGraph, project: "Project") -> None:
+def _find_cycle(graph: DepGraph) -> list[str] | None:
+    """One cycle in depends-on order ([a, b, c]: a depends on b, b on c, c on a), or None."""
     try:
-        cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
+        TopologicalSorter(graph.deps).prepare()
+    except CycleError as err:
+        # graphlib's cycle runs dependency -> dependent (each node an immediate
+        # predecessor of the next) and back to its first node.
+        return list(reversed(err.args[1][1:]))
+    return None
+
+
+def _refuse_cycles(graph: DepGraph, project: "Project") -> None:
+    ring = _find_cycle(graph)
+    if ring is None:
         return
-    # find_cycle yields edges dependency -> dependent; print the depends-on direction
-    # ("a -> b" reads "a depends on b"), starting at the smallest name for stable output.
-    ring = [cycle[0][0]] + [edge[0] for edge in reversed(cycle[1:])]
+    # "a -> b" reads "a depends on b"; starting at the smallest name for stable output.
     start = ring.index(min(ring))
     ring = ring[start:] + ring[:start]
     names = ring + [ring[0]]
@@ -58,12 +114,19 @@ def _refuse_cycles(graph: nx.DiGraph, project: "Project") -> None:
     )
 
 
-def waves(graph: nx.DiGraph) -> list[list[str]]:
+def waves(graph: DepGraph) -> list[list[str]]:
     """Topological generations, each sorted so output is stable run to run."""
-    return [sorted(generation) for generation in nx.topological_generations(graph)]
+    sorter = TopologicalSorter(graph.deps)
+    sorter.prepare()
+    out = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        out.append(ready)
+        sorter.done(*ready)
+    return out
 
 
-def with_dependencies(graph: nx.DiGraph, selected: Iterable[str]) -> set[str]:
+def with_dependencies(graph: DepGraph, selected: Iterable[str]) -> set[str]:
     """The selected services and everything they depend on, transitively."""
     wanted: set[str] = set()
     for name in selected:
@@ -76,9 +139,10 @@ def with_dependencies(graph: nx.DiGraph, selected: Iterable[str]) -> set[str]:
                 )
             )
         wanted.add(name)
-        wanted |= nx.ancestors(graph, name)
+        wanted |= graph.ancestors(name)
     return wanted
 
 
-def subgraph(graph: nx.DiGraph, services: Iterable[str]) -> nx.DiGraph:
-    return graph.subgraph(services).copy()
+def subgraph(graph: DepGraph, services: Iterable[str]) -> DepGraph:
+    keep = set(services)
+    return DepGraph({n: {d for d in ds if d in keep} for n, ds in graph.deps.items() if n in keep})

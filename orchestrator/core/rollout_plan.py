@@ -12,7 +12,10 @@ orchestrator.app.deploy executes as it is and `orch plan` shows:
                  replaced stop-first); the agent is sent each replica's order and follows
                  it (agent.wire.messages.RolloutRequest; it refuses a start-first one
                  whose old container still holds such a port); its previous container is
-                 kept, stopped, as `<name>-prev` once the batch is through
+                 kept as `<name>-prev`: stopped before the new one starts (stop-first),
+                 or, start-first, once out of rotation and drained, in the background
+                 (agent.stops: the next batch does not wait for it; the deploy does,
+                 at its end: orchestrator.app.stops)
       settle     nodes where nothing is replaced but a kept container must be waited for
                  or the ingress synced
       retire     replicas no longer wanted on a node (scaled down, moved): stopped and kept

@@ -81,6 +81,11 @@ def _unpacked(bundle):
 
 
 if sys.path and sys.path[0].endswith(".pyz"):
+    try:  # in use: a controller's prune leaves bundles used lately alone (their mtime)
+        import os
+        os.utime(sys.path[0])
+    except OSError:
+        pass
     _dir = _unpacked(sys.path[0])
     if _dir is not None:
         sys.path[0] = _dir

@@ -2,14 +2,17 @@
 
 Works from the saved spec, and without it (state deleted by hand) from the names the
 lab derives from its own name: its netns prefix, bridge, iptables comment, cgroup
-parent, state and run directories. Ends by checking that nothing is left.
+parent, state and run directories. Every step runs even when an earlier one failed (a
+node that would not stop does not keep the bridge, the iptables rules or the state
+behind); the failures are reported together at the end, after checking that nothing
+is left. Running it again finishes what is left; on a lab that is gone it does nothing.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from orchestrator.errors import OrchError
 from orchestrator.lab import acme, cgroups, dns, engine, images, mounts, netns, nodes, proc, registry, state
@@ -23,9 +26,10 @@ class Leftovers:
     links: list[str]
     mounts: list[str]
     paths: list[str]
+    rules: list[str] = field(default_factory=list)  # iptables rules with the lab's comment
 
     def any(self) -> bool:
-        return any([self.processes, self.netns, self.links, self.mounts, self.paths])
+        return any([self.processes, self.netns, self.links, self.mounts, self.paths, self.rules])
 
     def describe(self) -> str:
         parts = []
@@ -35,6 +39,7 @@ class Leftovers:
             ("interfaces", self.links),
             ("mounts", self.mounts),
             ("paths", self.paths),
+            ("iptables rules", self.rules),
         ):
             if items:
                 parts.append(f"{label}: {', '.join(items)}")
@@ -65,12 +70,26 @@ def lab_processes(spec: LabSpec, procs: list[proc.Proc]) -> list[proc.Proc]:
     return out
 
 
+TEARDOWN_WORKERS = 16  # nodes torn down at once (each mostly waits for its engine to stop)
+
+
 def down(name: str, log=print) -> Leftovers:
     from orchestrator.lab.up import require_root
 
     require_root("down")
     name = validate_name(name)
     paths = LabPaths.for_name(name)
+    failed: list[str] = []
+
+    def step(what: str, fn, *args) -> None:
+        """One part of the teardown; a failure is noted and the next part runs."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - reported with the leftovers at the end
+            text = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            failed.append(f"{what}: {text.splitlines()[0] if text else type(exc).__name__}")
+            log(f"{what}: failed ({failed[-1]}); going on")
+
     with state.locked(paths, log):
         saved = state.load_spec(paths)
         subnet = saved.subnet if saved else _subnet_from_bridge(name)
@@ -81,33 +100,37 @@ def down(name: str, log=print) -> Leftovers:
         for node_name in names:
             log(f"{node_name}: removing")
         if names:  # in parallel: each waits for its engine to stop its containers
-            with ThreadPoolExecutor(max_workers=len(names)) as pool:
-                list(pool.map(lambda n: nodes.teardown(spec, n), names))
+            with ThreadPoolExecutor(max_workers=min(len(names), TEARDOWN_WORKERS)) as pool:
+                list(pool.map(lambda n: step(f"node {n}", nodes.teardown, spec, n), names))
 
         procs = proc.process_table()
         for mirror in (False, True):
-            proc.stop([r.pid for r in registry.find(procs, spec, mirror=mirror)], timeout=10)
-        acme.stop(spec, procs)
-        dns.stop(spec, procs)
+            step("registry" + (" mirror" if mirror else ""), proc.stop,
+                 [r.pid for r in registry.find(procs, spec, mirror=mirror)], 10)
+        step("acme", acme.stop, spec, procs)
+        step("dns", dns.stop, spec, procs)
         # Anything else still running from the lab's directories (e.g. a stray daemon).
         me = os.getpid()
-        proc.stop([pr.pid for pr in lab_processes(spec, proc.process_table()) if pr.pid != me], timeout=5)
+        step("processes", lambda: proc.stop(
+            [pr.pid for pr in lab_processes(spec, proc.process_table()) if pr.pid != me], timeout=5))
 
-        netns.remove_forwarding(spec)
-        netns.remove_bridge(spec)
-        registry.remove_ca(spec)
+        step("iptables rules", netns.remove_forwarding, spec)
+        step("bridge", netns.remove_bridge, spec)
+        step("registry CA", registry.remove_ca, spec)
         if subnet and engine.ping(engine.HOST_SOCKET):
-            images.remove_registry_tags(spec.registry)
-        cgroups.remove(spec.cgroup_parent)
-        mounts.remove_tree(paths.run)
-        mounts.remove_tree(paths.state)
-        log(f"lab {name} removed")
+            step("registry tags", images.remove_registry_tags, spec.registry)
+        step("cgroups", cgroups.remove, spec.cgroup_parent)
+        step("run directory", mounts.remove_tree, paths.run)
+        step("state directory", mounts.remove_tree, paths.state)
+        log(f"lab {name} removed" if not failed else f"lab {name}: {len(failed)} step(s) failed")
     paths.lock.unlink(missing_ok=True)
     left = leftovers(spec)
-    if left.any():
+    if left.any() or failed:
+        what = "; ".join(failed) + ("; " if failed and left.any() else "") + (
+            f"left: {left.describe()}" if left.any() else "nothing left behind")
         raise OrchError(
-            f"`orch lab down` could not remove everything of lab {name}: {left.describe()}.",
-            fix="see what holds them (ps, ip link, findmnt), then run `orch lab down` again",
+            f"`orch lab down` could not remove everything of lab {name}: {what}.",
+            fix="see what holds them (ps, ip link, iptables -S, findmnt), then run `orch lab down` again",
         )
     return left
 
@@ -144,4 +167,5 @@ def leftovers(spec: LabSpec) -> Leftovers:
         links=links,
         mounts=mnts,
         paths=paths,
+        rules=netns.lab_rules(spec),
     )

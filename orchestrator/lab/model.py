@@ -30,9 +30,15 @@ ACME_DOMAIN = "lab.test"  # names tests add resolve under it; nothing else is an
 # Host offsets inside the subnet: dev-1 .11, test-1 .21, prod-1 .31, prod-2 .32.
 # The committed environments/*.yaml rely on these, so they are fixed.
 ENV_BASES = {"dev": 10, "test": 20, "prod": 30}
-MAX_PER_ENV = 9
+IN_DECADE = 9  # an environment's first nodes: base+1 .. base+9
 # Environments beyond dev/test/prod get the next free decades, in the order given.
 EXTRA_BASES = (40, 50, 60, 70, 80, 90)
+# Nodes beyond IN_DECADE take the offsets from .100 on, environment after environment
+# (a /24 holds 155 of them: .100-.254; a larger --subnet more); bounded by the engines' bridge
+# ranges (bip) staying inside 172.28.0.0/14.
+OVERFLOW_BASE = 100
+MAX_OFFSET = 4 * 256 - 1
+MAX_PER_ENV = 500
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 _ENV_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
@@ -103,9 +109,14 @@ class LabSpec:
     def bridge(self) -> str:
         return f"orchlab{self.tag}"
 
+    def offset(self, node: NodeSpec) -> int:
+        return int(ipaddress.IPv4Address(node.address)) - int(self.network.network_address)
+
     def veth(self, node: NodeSpec) -> str:
-        """Host side of the node's veth pair (the node side is eth0 in its netns)."""
-        return f"{self.bridge}-{node.octet}"
+        """Host side of the node's veth pair (the node side is eth0 in its netns). IFNAMSIZ
+        leaves two characters after the bridge's name: the offset below 100 (.11-.99), else
+        a letter and a base-36 digit."""
+        return f"{self.bridge}-{veth_suffix(self.offset(node))}"
 
     def netns(self, node: NodeSpec) -> str:
         # '.' cannot occur in a lab name, so one lab's prefix never matches another's.
@@ -144,6 +155,14 @@ class LabSpec:
     def from_json(cls, data: dict) -> "LabSpec":
         nodes = tuple(NodeSpec(**n) for n in data["nodes"])
         return cls(name=data["name"], subnet=data["subnet"], nodes=nodes)
+
+
+def veth_suffix(offset: int) -> str:
+    if offset < OVERFLOW_BASE:
+        return str(offset)
+    k = offset - OVERFLOW_BASE
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return "abcdefghijklmnopqrstuvwxyz"[k // 36] + digits[k % 36]
 
 
 def lab_tag(name: str) -> str:
@@ -392,7 +411,7 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
         )
     if net.prefixlen > 25:
         raise InputError(
-            Problem(f"{net} is too small: node addresses go up to .{max(EXTRA_BASES) + MAX_PER_ENV}",
+            Problem(f"{net} is too small: node addresses go up to .{max(EXTRA_BASES) + IN_DECADE}",
                     key="--subnet", fix="use a /24 (or larger) range")
         )
     return net
@@ -420,9 +439,20 @@ def build_spec(name: str, subnet: str, nodes: str) -> LabSpec:
     counts = parse_nodes(nodes)
     bases = env_bases([e for e, _ in counts])
     specs = []
+    overflow = OVERFLOW_BASE
+    last = min(net.num_addresses - 2, MAX_OFFSET)  # not the broadcast address
     for env, count in counts:
         for i in range(1, count + 1):
-            offset = bases[env] + i
+            if i <= IN_DECADE:
+                offset = bases[env] + i
+            else:
+                offset, overflow = overflow, overflow + 1
+            if offset > last:
+                total = sum(c for _, c in counts)
+                raise InputError(Problem(
+                    f"{total} nodes do not fit in {net}: the nodes past the 9th of an environment take "
+                    f".{OVERFLOW_BASE} on, and this range ends at offset {last}", key="--subnet",
+                    fix="give a larger --subnet (a /23 holds about 400 more nodes), or fewer --nodes"))
             address = net.network_address + offset
             specs.append(
                 NodeSpec(
@@ -431,7 +461,7 @@ def build_spec(name: str, subnet: str, nodes: str) -> LabSpec:
                     index=i,
                     address=str(address),
                     # Private to the node's netns, so only unique within a lab for clarity.
-                    bip=f"172.28.{offset}.1/24",
+                    bip=f"172.{28 + offset // 256}.{offset % 256}.1/24",
                 )
             )
     return LabSpec(name=name, subnet=str(net), nodes=tuple(specs))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,12 +155,35 @@ class Link:
     addresses: tuple[str, ...]  # "10.250.0.1/24"
 
 
+DUMP_TRIES = 5
+
+
+def ip_json(argv: list[str], tries: int = DUMP_TRIES) -> list | None:
+    """The JSON of an `ip -j ...` listing (None when ip fails). Its stdout only: while
+    links come and go (nodes torn down in parallel) iproute2 warns on stderr "Dump was
+    interrupted and may be inconsistent." (exit 0); then the listing is read again, and
+    after `tries` the last one is used. Output that is not JSON is read again too."""
+    data = None
+    for attempt in range(tries):
+        code, out, err = proc.capture(argv)
+        if code != 0:
+            return None
+        try:
+            data = json.loads(out.decode(errors="replace") or "[]")
+        except ValueError:
+            data = None
+        if data is not None and b"interrupted" not in err:
+            return data
+        time.sleep(0.05 * (attempt + 1))
+    return data if data is not None else []
+
+
 def links(argv_prefix: list[str] | None = None) -> dict[str, Link]:
-    cp = proc.run([*(argv_prefix or []), "ip", "-j", "addr", "show"], check=False)
-    if cp.returncode != 0:
+    items = ip_json([*(argv_prefix or []), "ip", "-j", "addr", "show"])
+    if items is None:
         return {}
     out = {}
-    for item in json.loads(cp.stdout or "[]"):
+    for item in items:
         addrs = tuple(
             f"{a['local']}/{a['prefixlen']}" for a in item.get("addr_info", []) if a.get("family") == "inet"
         )
@@ -174,8 +198,12 @@ def links(argv_prefix: list[str] | None = None) -> dict[str, Link]:
 
 
 def routes() -> list[dict]:
-    cp = proc.run(["ip", "-j", "route", "show"], check=False)
-    return json.loads(cp.stdout or "[]") if cp.returncode == 0 else []
+    return ip_json(["ip", "-j", "route", "show"]) or []
+
+
+def link_exists(name: str) -> bool:
+    """In the host's namespace, without listing every link."""
+    return os.path.exists(f"/sys/class/net/{name}")
 
 
 def is_ns_file(path: Path) -> bool:
@@ -280,6 +308,17 @@ def remove_forwarding(spec: LabSpec) -> None:
             proc.run(["iptables", "-w", "-t", table, "-D", *rule], check=False)
 
 
+def lab_rules(spec: LabSpec) -> list[str]:
+    """The iptables rules carrying the lab's comment, as `-t TABLE CHAIN ...` lines."""
+    out = []
+    for table in ("filter", "nat"):
+        code, stdout, _ = proc.capture(["iptables", "-w", "-t", table, "-S"])
+        if code == 0:
+            out += [f"-t {table} {' '.join(r)}" for r in tagged_rules(stdout.decode(errors="replace"),
+                                                                       spec.iptables_comment)]
+    return out
+
+
 def create_node_net(spec: LabSpec, node: NodeSpec) -> None:
     try:
         for argv in node_net_argvs(spec, node):
@@ -303,7 +342,7 @@ def remove_node_net(spec: LabSpec, node_name: str, veth: str | None) -> None:
                 netns_path(ns).unlink()
             except OSError:
                 pass
-    if veth and veth in links():
+    if veth and link_exists(veth):
         proc.run(["ip", "link", "delete", veth], check=False)
 
 

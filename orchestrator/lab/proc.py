@@ -66,6 +66,19 @@ def run(
     return result
 
 
+def capture(argv: Argv, timeout: float = 30) -> tuple[int, bytes, bytes]:
+    """(exit code, stdout, stderr) kept apart: for output that is parsed (JSON), where a
+    warning on stderr must not end up in the middle of it."""
+    try:
+        cp = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    except FileNotFoundError:
+        raise OrchError(f"`{argv[0]}` is not installed.",
+                        fix="run `make lab` (installs the lab's Debian packages) or apt-get install it") from None
+    except subprocess.TimeoutExpired as err:
+        raise OrchError(f"`{' '.join(argv)}` did not finish within {timeout:.0f} s.") from err
+    return cp.returncode, cp.stdout, cp.stderr
+
+
 def ok(argv: Argv, timeout: float = 30) -> bool:
     """True when argv exits 0 (output discarded): for checks like `iptables -C`."""
     try:

@@ -58,6 +58,36 @@ def test_extra_environments_take_the_next_decades():
     }
 
 
+def test_more_than_nine_nodes_per_environment_take_the_offsets_from_100():
+    spec = build_spec("orch-lab-scale", "10.250.9.0/24", "dev=1,prod=12,test=10")
+    addr = {n.name: n.address for n in spec.nodes}
+    # the first nine of each environment keep their decade (environments/*.yaml rely on it)
+    assert (addr["dev-1"], addr["prod-1"], addr["prod-9"], addr["test-9"]) == (
+        "10.250.9.11", "10.250.9.31", "10.250.9.39", "10.250.9.29")
+    # the rest from .100 on, in the order the environments were given
+    assert [addr[f"prod-{i}"] for i in (10, 11, 12)] == ["10.250.9.100", "10.250.9.101", "10.250.9.102"]
+    assert addr["test-10"] == "10.250.9.103"
+    assert len(set(addr.values())) == len(addr) == 23
+
+
+def test_a_big_lab_has_distinct_short_interface_names_and_engine_ranges():
+    spec = build_spec("orch-lab-some-long-name", "10.250.8.0/23", "dev=9,test=9,prod=300")
+    veths = [spec.veth(n) for n in spec.nodes]
+    assert len(set(veths)) == len(veths) == 318
+    assert all(len(v) <= 15 and v.startswith(spec.bridge + "-") for v in veths)
+    assert spec.veth(spec.node("prod-1")) == spec.bridge + "-31"  # unchanged below .100
+    bips = [ipaddress.IPv4Interface(n.bip) for n in spec.nodes]
+    assert len({b.network for b in bips}) == len(bips)
+    assert all(b.network.subnet_of(ipaddress.IPv4Network("172.28.0.0/14")) for b in bips)
+
+
+def test_too_many_nodes_for_the_subnet_is_an_input_error():
+    build_spec("orch-lab-x", "10.250.9.0/24", "prod=164")  # 9 + .100-.254
+    with pytest.raises(InputError) as err:
+        build_spec("orch-lab-x", "10.250.9.0/24", "prod=165")
+    assert err.value.exit_code == 2 and "--subnet" in err.value.render() and "/23" in err.value.render()
+
+
 def test_each_node_engine_has_its_own_bridge_range():
     bips = [n.bip for n in default_spec().nodes]
     assert len(set(bips)) == len(bips)
@@ -67,7 +97,7 @@ def test_each_node_engine_has_its_own_bridge_range():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "dev", "dev=x", "dev=1,dev=2", "dev=10", "Dev=1", "dev=0,prod=0", "averyverylongenv=1"],
+    ["", "dev", "dev=x", "dev=1,dev=2", "dev=501", "Dev=1", "dev=0,prod=0", "averyverylongenv=1"],
 )
 def test_bad_node_lists_are_input_errors(text):
     with pytest.raises(InputError) as err:

@@ -209,9 +209,12 @@ def test_agent_is_uploaded_once_and_answers_hello(tmp_path, known_hosts, target)
             assert info["engine"] is None and info["engine_error"]
         finally:
             first.close()
+        os.utime(stale / bundle.name, (1_700_000_000, 1_700_000_000))
         second = T.AgentSession.open(conn, bundle, state_dir=state)
         second.close()
         assert not second.uploaded
+        # the agent's start marked its bundle as used (prune_bundles keeps it)
+        assert time.time() - (stale / bundle.name).stat().st_mtime < 600
         left = sorted(p.name for p in stale.iterdir())
         unpacked = bundle.name[:-len(".pyz")] + ".d"  # where the agent runs from, its bytecode cached
         assert left == sorted([bundle.name, unpacked, "orch-agent-0000000000000002.pyz",

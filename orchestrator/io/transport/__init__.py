@@ -17,6 +17,13 @@ Each module imports the ones above it in this list, never this package's names.
 
 from __future__ import annotations
 
+import sys
+
+# paramiko imports `invoke` (0.03-0.06 s of every command that connects) only to run
+# ssh_config's `Match exec`; orch never reads an ssh_config, and paramiko goes on
+# without it (an import that fails at once). Unless something imported it already.
+sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
+
 from orchestrator.io.transport.agent_session import (  # noqa: F401 - the public names
     KEEP_OLD_BUNDLES, TAIL_LOG_LINES, AgentSession, AgentStream, LineReader, agent_command,
     bundle_path, ensure_agent, open_sessions, prune_bundles, python_version)

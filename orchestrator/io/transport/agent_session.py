@@ -22,6 +22,10 @@ from orchestrator.io.transport.errors import AgentError, AgentProtocolError, Nod
 from orchestrator.io.transport.ssh import Connection, as_transport_error, parallel
 
 KEEP_OLD_BUNDLES = 2  # besides the current one, for a controller still on an older orch
+# A bundle an agent started from within this long is kept whatever its rank: its agent may
+# still run, and reads files (templates, lazily imported modules) from its unpacked copy,
+# which goes with the bundle (several controllers on different versions share nodes).
+IN_USE_SECONDS = 3600.0
 TAIL_LOG_LINES = 20
 
 
@@ -79,7 +83,8 @@ def ensure_agent(conn: Connection, bundle: Any, state_dir: str = DEFAULT_STATE_D
 
 
 def prune_bundles(conn: Connection, directory: str, keep: set[str], keep_old: int = KEEP_OLD_BUNDLES) -> list[str]:
-    """Remove older agent bundles (the newest keep_old stay) and stale temporary files."""
+    """Remove older agent bundles (the newest keep_old stay, and any an agent started from
+    within IN_USE_SECONDS: each agent start touches its bundle) and stale temporary files."""
     sftp = conn.sftp()
     try:
         entries = sftp.listdir_attr(directory)
@@ -92,7 +97,7 @@ def prune_bundles(conn: Connection, directory: str, keep: set[str], keep_old: in
         key=lambda e: e.st_mtime or 0,
         reverse=True,
     )
-    doomed = [e.filename for e in bundles[keep_old:]]
+    doomed = [e.filename for e in bundles[keep_old:] if now - (e.st_mtime or 0) > IN_USE_SECONDS]
     doomed += [e.filename for e in entries if ".tmp-" in e.filename and now - (e.st_mtime or now) > 3600]
     for name in doomed:
         try:

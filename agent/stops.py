@@ -1,0 +1,189 @@
+"""Stops off the critical path: a replaced container that is out of rotation and drained
+is stopped in the background while the rolling update goes on.
+
+A start-first rollout (agent.rollout) keeps the old container of a replica serving until
+the new one is in rotation, then drains it. From then on nothing needs it, but its stop
+can take its whole stop_grace_period (an app that ignores SIGTERM: busybox httpd as PID 1,
+many shell-wrapped apps). So `stop_in_background` issues the stop in a thread of this
+agent process and the rollout answers at once; the next batch starts then.
+
+Any agent process on the engine can wait for such a stop, since the controller's later
+calls may go to another of its sessions: each stop leaves a marker, data_dir()/stops/<id>,
+locked (flock) by the stopping thread until the stop returned, then holding its outcome.
+Whoever would otherwise act on a stopping container waits for it first (`wait_stopped`)
+and then consumes the marker:
+
+  - `await_stops` (op_await_stops), which the controller calls once the last batch is
+    through: `orch up` ends with every kept container stopped, as when the stop was part
+    of the batch; it also stops a kept container found running with no stop under way;
+  - `restore` (a rollback), which starts a kept container again only once it stopped;
+  - agent.steps.remove_container (`discard`, `remove`), which would otherwise send a
+    second stop signal (some apps take a second SIGTERM as "quit now").
+
+The stopping thread holds the environment's ENV.work (agent.lock.working) and is not a
+daemon: when the controller goes away the process ends only after its stops, and the next
+controller's lock_acquire waits for them. Python 3.9 compatible, stdlib only.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from agent.context import Context
+from agent.engine import ContainerInfo
+from agent.lock import working
+from agent.owner import refuse_foreign
+from agent.wire import labels as L
+from agent.wire.protocol import TIMEOUT, AgentError, BadRequest
+from agent.wire.stops import BACKGROUND, NOW, AwaitStopsRequest, AwaitStopsResult, StoppedContainer
+
+POLL = 0.05
+WAIT_MAX = 900.0  # a stop ends within its grace period (Docker kills then); this only guards a hung engine
+
+
+def _dir(ctx: Context) -> str:
+    return os.path.join(ctx.data_dir(), "stops")
+
+
+def _path(ctx: Context, cid: str) -> str:
+    if not cid or "/" in cid or cid.startswith("."):
+        raise BadRequest("bad container id %r" % cid)  # never: ids come from the engine
+    return os.path.join(_dir(ctx), cid)
+
+
+def stop_in_background(ctx: Context, c: ContainerInfo, env: str) -> threading.Thread:
+    """Stop c in a thread of this process; its marker is in place (and locked) before this
+    returns, so a waiter in any agent process sees the stop as under way."""
+    os.makedirs(_dir(ctx), mode=0o700, exist_ok=True)
+    path = _path(ctx, c.id)
+    tmp = "%s.%d.%d.new" % (path, os.getpid(), threading.get_ident())
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _write(fd, {"id": c.id, "name": c.name, "service": c.service, "replica": c.replica, "pid": os.getpid()})
+    os.rename(tmp, path)  # locked before it is visible: a waiter never finds it unlocked too early
+    engine = ctx.engine
+
+    def run() -> None:
+        started = time.monotonic()
+        outcome: Dict[str, Any] = {"id": c.id, "name": c.name, "service": c.service, "replica": c.replica}
+        try:
+            with working(ctx, env):
+                engine.stop(c.id)
+            outcome["seconds"] = round(time.monotonic() - started, 2)
+        except BaseException as exc:  # noqa: BLE001 - the waiter finds the container running and stops it
+            outcome["error"] = str(getattr(exc, "message", exc))[:300]
+            sys.stderr.write("orch-agent: background stop of %s failed: %s\n" % (c.name, outcome["error"]))
+        finally:
+            try:
+                _write(fd, outcome)
+            finally:
+                os.close(fd)  # drops the lock: waiters go on
+
+    t = threading.Thread(target=run, name="stop-%s" % c.id[:12], daemon=False)
+    t.start()
+    return t
+
+
+def _write(fd: int, data: Dict[str, Any]) -> None:
+    raw = json.dumps(data, sort_keys=True).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, raw, 0)
+
+
+def wait_stopped(ctx: Context, cid: str, budget: float = WAIT_MAX) -> Optional[Dict[str, Any]]:
+    """If c is (or was) stopped in the background: wait until that stop returned, consume
+    its marker and return its outcome ({"seconds"} or {"error"}, plus "waited"); None when
+    there is no marker. Cancellable (ctx.cancelled). Real time: it waits on a real lock."""
+    path = _path(ctx, cid)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    start = time.monotonic()
+    try:
+        while not _try_shared(fd):
+            ctx.check_cancelled()
+            if time.monotonic() - start > budget:
+                raise AgentError(TIMEOUT, "the background stop of container %s did not end within %.0fs"
+                                 % (cid[:12], budget), {"container": cid})
+            time.sleep(POLL)
+        try:
+            outcome = json.loads(os.pread(fd, 1 << 16, 0).decode() or "{}")
+        except ValueError:
+            outcome = {}
+    finally:
+        os.close(fd)
+    forget(ctx, cid)
+    outcome["waited"] = round(time.monotonic() - start, 2)
+    return outcome
+
+
+def _try_shared(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+def forget(ctx: Context, cid: str) -> None:
+    """Drop c's marker (its stop was waited for, or c is gone)."""
+    try:
+        os.unlink(_path(ctx, cid))
+    except OSError:
+        pass
+
+
+def pending(ctx: Context) -> List[str]:
+    """Ids with a marker (a stop under way, or one whose outcome nobody consumed yet)."""
+    try:
+        return sorted(n for n in os.listdir(_dir(ctx)) if not n.endswith(".new"))
+    except OSError:
+        return []
+
+
+def op_await_stops(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Until every kept container of the project (in env) is stopped: the background
+    stops waited for, a kept one still running without one stopped now."""
+    req = AwaitStopsRequest.from_dict(args)
+    refuse_foreign(ctx, req.project, req.env, "await_stops")
+    out: List[StoppedContainer] = []
+    # The project's containers here are env's (refuse_foreign): its kept ones.
+    kept = [c for c in ctx.engine.containers(L.filters(req.project)) if L.is_retired(c.name)]
+    for c in kept:
+        outcome = wait_stopped(ctx, c.id)
+        now = ctx.engine.container(c.id)
+        if now is None:
+            continue
+        if now.state in ("running", "restarting", "paused"):
+            t0 = ctx.clock()
+            ctx.engine.stop(c.id)
+            how, seconds = NOW, round(ctx.clock() - t0, 2)
+        elif outcome is not None:
+            how, seconds = BACKGROUND, float(outcome.get("seconds") or 0)
+        else:
+            continue  # stopped before this release (or by a stop-first batch): nothing to report
+        waited = float(outcome.get("waited") or 0) if outcome is not None else 0.0
+        ctx.emit("container.stop", container=c.name, service=c.service, replica=c.replica, id=c.id,
+                 reason="replaced", how=how, seconds=seconds, waited=waited)
+        out.append(StoppedContainer(c.id, c.name, c.service, c.replica, how, seconds, waited))
+    # Markers of containers that are gone (removed by hand, or by a process that died):
+    # nothing will wait for them.
+    for cid in pending(ctx):
+        if ctx.engine.container(cid) is None:
+            forget(ctx, cid)
+    return AwaitStopsResult(tuple(out)).to_dict()
+
+
+STOP_OPERATIONS = {"await_stops": op_await_stops}

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +145,21 @@ def deliver(env: Any, nodes: Mapping[str, Any], images: Mapping[str, str], progr
     return report
 
 
+@contextmanager
+def node_registries(nodes: Mapping[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, TransferInfo]]]:
+    """Every node's loopback registry started and reached through a forward:
+    ({node: RegistryClient}, {node: TransferInfo}); the forwards close on exit."""
+    from orchestrator.io import transfer as X
+
+    infos = _start(nodes)
+    forwards = {n: X.Forward(nodes[n].conn.transport, n) for n in sorted(nodes)}
+    try:
+        yield {n: _client(f) for n, f in forwards.items()}, infos
+    finally:
+        for fwd in forwards.values():
+            fwd.close()
+
+
 def _start(nodes: Mapping[str, Any]) -> dict[str, TransferInfo]:
     from orchestrator.io import transport as T
 
@@ -177,8 +193,8 @@ def _from_source(source_env: Any, connector: Callable[..., dict] | None, progres
     if source_env is None or not registryless(source_env):
         raise X.TransferFailed(
             f"no node holds {repository}@{digest}, and there is no registry-less source environment to take it from",
-            fix="deploy the release again with `orch up` (it pushes the image from this machine), or promote it from "
-                "the environment where it runs.")
+            fix="deploy the release again with `orch up` (it pushes the image from this machine), promote it from "
+                "the environment where it runs, or load its archive first (`orch image load FILE --env ENV`).")
     progress.phase("transfer", f"fetching {repository}@{digest[:19]} from {source_env.name}")
     nodes = (connector or ssh_connect)(source_env, progress, None)
     cleanup.append(lambda: close_nodes(nodes))

@@ -1,0 +1,109 @@
+"""More of deploying without a registry, on the lab: environments of its own (ydev on dev-1,
+yfar on test-1, neither naming a registry address) and a project of its own.
+
+- save -> load -> promote --from-archive: ydev's live release saved (read from dev-1's
+  loopback registry), loaded into test-1's, promoted into yfar by the same digest with
+  lineage `yfar #1 <- ydev #N`, and it serves.
+- prune: a release no environment keeps loses its manifest in dev-1's loopback registry and
+  the registry's garbage collection frees bytes, while the live release keeps running;
+  --dry-run listed exactly that.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import http_get, last_json
+from tests.e2e.test_registryless import DOCKERFILE, drop_repository, registry_manifest
+
+pytestmark = pytest.mark.e2e
+
+ORCH = str(Path(sys.executable).parent / "orch")
+
+
+class App:
+    def __init__(self, root: Path, lab):
+        self.dir = root
+        self.name = "e2exfer2-" + uuid.uuid4().hex[:6]
+        self.port = random.randint(420, 499) * 100 + random.randint(10, 49)
+        (root / "environments").mkdir(parents=True)
+        node = lambda n: (f"  - {{name: {n}, host: {lab.node(n).address}, user: {lab.ssh_user}, "  # noqa: E731
+                          f"identity_file: {lab.ssh_key}, python: /usr/bin/python3}}\n")
+        ssh = f"ssh: {{known_hosts: {lab.known_hosts}}}\n"
+        (root / "environments" / "ydev.yaml").write_text(
+            "name: ydev\nnodes:\n" + node("dev-1") + ssh
+            + f"registry: {{mirror: {lab.registry_mirror}, ca_file: {lab.ca_cert}}}\n")
+        (root / "environments" / "yfar.yaml").write_text("name: yfar\nnodes:\n" + node("test-1") + ssh
+                                                         + "registry: none\n")
+        (root / "compose.yaml").write_text(textwrap.dedent(f"""\
+            services:
+              web:
+                build: .
+                ports: ["{self.port}:8080"]
+            """))
+
+    def write(self, text: str, size: int = 1_000_000) -> None:
+        (self.dir / "Dockerfile").write_text(DOCKERFILE.format(text=text, size=size))
+
+    def orch(self, *args: str, check: bool = True, extra_env: dict | None = None) -> dict:
+        named = [] if args[0] in ("promote", "image") else ["-p", self.name]
+        cp = subprocess.run([ORCH, *args, *named, "--json"], cwd=self.dir, capture_output=True, text=True,
+                            timeout=900, env={**os.environ, "ORCH_LOCK_WAIT": "600", **(extra_env or {})})
+        assert not check or cp.returncode == 0, f"orch {' '.join(args)}: {cp.stdout[-3000:]}\n{cp.stderr[-3000:]}"
+        return last_json(cp.stdout)
+
+    def digest(self, out: dict) -> str:
+        return out["images"]["web"].split("@")[1]
+
+
+@pytest.fixture
+def app(lab, tmp_path):
+    a = App(tmp_path / "app", lab)
+    yield a
+    for env in ("ydev", "yfar"):
+        subprocess.run([ORCH, "down", "--env", env, "-p", a.name, "--json"], cwd=a.dir, capture_output=True,
+                       timeout=300)
+    tags = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                          text=True).stdout.split()
+    mine = [t for t in tags if f"{a.name}/web:" in t]
+    if mine:
+        subprocess.run(["docker", "rmi", *mine], capture_output=True)
+    drop_repository(f"{a.name}/web")
+
+
+def test_save_load_and_promote_from_an_archive_without_registries(app, lab, tmp_path):
+    test = lab.node("test-1").address
+    app.write("far v1")
+    up = app.orch("up", "--env", "ydev")
+    digest = app.digest(up)
+    path = tmp_path / "release.tar"
+    saved = app.orch("image", "save", "--env", "ydev", "-p", app.name, "-o", str(path))
+    assert saved["images"]["web"]["digest"] == digest
+
+    # A truncated copy is bad input: exit 2, nothing pushed into test-1.
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    cp = subprocess.run([ORCH, "image", "load", str(cut), "--env", "yfar", "--json"], cwd=app.dir,
+                        capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 2 and "nothing was changed" in cp.stderr and "Traceback" not in cp.stderr, cp.stderr[-2000:]
+
+    loaded = app.orch("image", "load", str(path), "--env", "yfar")
+    assert loaded["images"]["web"]["ref"] == f"127.0.0.1:47055/{app.name}/web@{digest}"
+    assert loaded["nodes"]["test-1"]["web"]["blobs_pushed"] >= 1
+    assert registry_manifest("test-1", f"{app.name}/web", digest)["layers"]
+
+    promoted = app.orch("promote", app.name, "--to", "yfar", "--from-archive", str(path))
+    assert app.digest(promoted) == digest
+    assert promoted["lineage"] == f"yfar #1 <- ydev #{up['release']['id']}"
+    assert promoted["transferred"]["moves"] == []  # already on test-1: nothing moved
+    assert http_get(f"http://{test}:{app.port}/").strip() == "far v1"
+    again = app.orch("image", "load", str(path), "--env", "yfar")
+    assert again["images"]["web"]["blobs_pushed"] == 0

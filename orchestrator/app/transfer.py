@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.wire.transfer import TRANSFER_START, TransferInfo, is_transferred, loopback_ref, split_ref
+from agent.wire.transfer import TRANSFER_START, TRANSFER_STATUS, TransferInfo, is_transferred, loopback_ref, split_ref
 from orchestrator.core.progress import Progress
 
 EVENT_EVERY = 1.0  # seconds between progress events of one layer on one node
@@ -146,18 +146,32 @@ def deliver(env: Any, nodes: Mapping[str, Any], images: Mapping[str, str], progr
 
 
 @contextmanager
-def node_registries(nodes: Mapping[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, TransferInfo]]]:
-    """Every node's loopback registry started and reached through a forward:
-    ({node: RegistryClient}, {node: TransferInfo}); the forwards close on exit."""
+def node_registries(nodes: Mapping[str, Any], start: bool = True
+                    ) -> Iterator[tuple[dict[str, Any], dict[str, TransferInfo]]]:
+    """Every node's loopback registry started (start=False: those already running) and
+    reached through a forward: ({node: RegistryClient}, {node: TransferInfo}); the forwards
+    close on exit."""
     from orchestrator.io import transfer as X
 
-    infos = _start(nodes)
+    infos = _start(nodes) if start else {n: i for n, i in statuses(nodes).items() if i.running}
+    nodes = {n: nodes[n] for n in infos}
     forwards = {n: X.Forward(nodes[n].conn.transport, n) for n in sorted(nodes)}
     try:
         yield {n: _client(f) for n, f in forwards.items()}, infos
     finally:
         for fwd in forwards.values():
             fwd.close()
+
+
+def statuses(nodes: Mapping[str, Any]) -> dict[str, TransferInfo]:
+    """Each node's loopback registry as it is (nothing started)."""
+    from orchestrator.io import transport as T
+
+    results, errors = T.parallel(list(nodes), lambda n: TransferInfo.from_dict(nodes[n].call(TRANSFER_STATUS, {})),
+                                 key=lambda n: n)
+    if errors:
+        raise errors[sorted(errors)[0]]
+    return results
 
 
 def _start(nodes: Mapping[str, Any]) -> dict[str, TransferInfo]:

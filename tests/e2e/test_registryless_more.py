@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import http_get, last_json
-from tests.e2e.test_registryless import DOCKERFILE, drop_repository, registry_manifest
+from tests.e2e.helpers import REGISTRYLESS_DOCKERFILE as DOCKERFILE
+from tests.e2e.helpers import drop_repository, http_get, last_json, registry_manifest
 
 pytestmark = pytest.mark.e2e
 

@@ -107,3 +107,36 @@ def test_save_load_and_promote_from_an_archive_without_registries(app, lab, tmp_
     assert http_get(f"http://{test}:{app.port}/").strip() == "far v1"
     again = app.orch("image", "load", str(path), "--env", "yfar")
     assert again["images"]["web"]["blobs_pushed"] == 0
+
+
+def test_prune_deletes_an_unkept_release_from_the_loopback_registry_and_frees_bytes(app, lab):
+    dev = lab.node("dev-1").address
+    repo = f"{app.name}/web"
+    digests = []
+    for v in (1, 2, 3):
+        app.write(f"prune v{v}")
+        digests.append(app.digest(app.orch("up", "--env", "ydev")))
+    keep_one = {"ORCH_KEEP_IMAGES": "1"}  # only the live release (v3) is kept
+
+    dry = app.orch("prune", "--env", "ydev", "--dry-run", extra_env=keep_one)
+    planned = {r["node"]: [f"{m['repository']}@{m['digest']}" for m in r["manifests"]]
+               for r in dry["plan"]["node_registries"]}
+    assert f"{repo}@{digests[0]}" in planned["dev-1"]  # v1: no environment keeps it, nothing runs it
+    assert not any(digests[2] in ref for ref in planned["dev-1"])  # never the live release
+    registry_manifest("dev-1", repo, digests[0])  # --dry-run deleted nothing
+
+    done = app.orch("prune", "--env", "ydev", extra_env=keep_one)
+    assert done["plan"]["node_registries"] == dry["plan"]["node_registries"]
+    assert done["node_registries"]["dev-1"]["deleted"] == planned["dev-1"]
+    freed = done["bytes_freed"]["node_registries"]["dev-1"]
+    gc = done["node_registries"]["dev-1"]["gc"]
+    print(f"\nprune of the loopback registry on dev-1: {len(planned['dev-1'])} manifest(s), {freed} bytes freed "
+          f"in {gc['seconds']} s (read-only meanwhile: {gc['read_only']})")
+    assert freed >= 1_000_000 and gc["read_only"]  # at least v1's own 1 MB layer
+    with pytest.raises(subprocess.CalledProcessError):
+        registry_manifest("dev-1", repo, digests[0])
+    assert registry_manifest("dev-1", repo, digests[2])["layers"]
+    assert http_get(f"http://{dev}:{app.port}/").strip() == "prune v3"  # the live release kept running
+    assert app.orch("up", "--env", "ydev")["status"] == "ok"  # the registry is back, writable
+    again = app.orch("prune", "--env", "ydev", "--dry-run", extra_env=keep_one)
+    assert not any(r["manifests"] for r in again["plan"]["node_registries"])

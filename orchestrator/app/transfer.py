@@ -9,9 +9,11 @@ loopback registry (agent.transfer, reached through io.transfer.Forward):
 2. A built image (only on the controller's engine) is pushed by the engine to the first
    node; the digest that node's registry gives it is the image's pin
    (`127.0.0.1:PORT/<project>/<service>@sha256:...`), in specs, releases and the ledger.
-3. Every pinned image a node lacks is copied registry to registry, by digest, from a node
+3. Once the plan has placed the replicas (just before anything is applied), every pinned
+   image a node that runs it lacks is copied registry to registry, by digest, from a node
    that has it (this environment's, else the source environment's of a promotion): only the
    blobs the node lacks, streamed through the controller, to all such nodes in parallel.
+   A node that runs no replica of a service does not get its image.
 
 Images of other registries (`image: busybox`) are pulled by the nodes as with a registry.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,11 +84,28 @@ class Meter:
                                 f"({rate / 1e6:.1f} MB/s)")
 
 
+def needed_on(images: Mapping[str, str], names: Iterable[str],
+              placement: Mapping[str, Iterable[str]] | None = None) -> dict[str, list[str]]:
+    """{loopback reference: the nodes that must hold it}: the nodes the placement puts the
+    services using it on (placement None: every node)."""
+    names = sorted(names)
+    out: dict[str, set[str]] = {}
+    for service, ref in images.items():
+        if not is_transferred(ref):
+            continue
+        where = names if placement is None else [n for n in placement.get(service, ()) if n in names]
+        out.setdefault(ref, set()).update(where)
+    return {ref: sorted(where) for ref, where in sorted(out.items()) if where}
+
+
 def deliver(env: Any, nodes: Mapping[str, Any], images: Mapping[str, str], progress: Progress, *,
             local: Mapping[str, str] | None = None, source_env: Any = None,
-            connector: Callable[..., dict] | None = None, engine: Any = None) -> TransferReport:
-    """Make every node of `nodes` hold the images (see the module docstring); the pins of
-    the built images in `local` (service -> the controller engine's repository:tag)."""
+            connector: Callable[..., dict] | None = None, engine: Any = None,
+            placement: Mapping[str, Iterable[str]] | None = None) -> TransferReport:
+    """Make the nodes that run a service (placement: service -> nodes; None: every node of
+    `nodes`) hold its image (see the module docstring); the built images in `local`
+    (service -> the controller engine's repository:tag) are pushed to the first node and
+    pinned (TransferReport.pins)."""
     from orchestrator.io import transfer as X
     from orchestrator.io import transport as T
 
@@ -112,11 +131,11 @@ def deliver(env: Any, nodes: Mapping[str, Any], images: Mapping[str, str], progr
                 report.moved.append(moved)
                 report.pins[service] = loopback_ref(repository, moved.digest)
                 _done(progress, service, moved)
-        wanted = sorted({ref for ref in [*images.values(), *report.pins.values()] if is_transferred(ref)})
-        for ref in wanted:
+        wanted = needed_on({**images, **report.pins}, names, placement)
+        for ref, targets in wanted.items():
             repository, digest = split_ref(ref)
             has, _ = T.parallel(names, lambda n: X.has_image(clients[n], repository, digest), key=lambda n: n)
-            missing = [n for n in names if not has.get(n)]
+            missing = [n for n in targets if not has.get(n)]
             if not missing:
                 continue
             holders = [n for n in names if has.get(n)]

@@ -7,6 +7,8 @@ yfar on test-1, neither naming a registry address) and a project of its own.
 - prune: a release no environment keeps loses its manifest in dev-1's loopback registry and
   the registry's garbage collection frees bytes, while the live release keeps running;
   --dry-run listed exactly that.
+- placement: in an environment of two nodes, a node gets only the images of the services
+  it runs (besides the first node, which receives the engine's push of every built image).
 """
 
 from __future__ import annotations
@@ -140,3 +142,44 @@ def test_prune_deletes_an_unkept_release_from_the_loopback_registry_and_frees_by
     assert app.orch("up", "--env", "ydev")["status"] == "ok"  # the registry is back, writable
     again = app.orch("prune", "--env", "ydev", "--dry-run", extra_env=keep_one)
     assert not any(r["manifests"] for r in again["plan"]["node_registries"])
+
+
+def test_only_the_nodes_that_run_a_service_get_its_image(lab, tmp_path):
+    """zduo (dev-1 and test-1, no registry): web placed on test-1, api on dev-1. dev-1 gets
+    both (it receives the engine's push, which pins them), test-1 only web."""
+    a = App(tmp_path / "duo", lab)
+    node = lambda n: (f"  - {{name: {n}, host: {lab.node(n).address}, user: {lab.ssh_user}, "  # noqa: E731
+                      f"identity_file: {lab.ssh_key}, python: /usr/bin/python3}}\n")
+    (a.dir / "environments" / "zduo.yaml").write_text(
+        "name: zduo\nnodes:\n" + node("dev-1") + node("test-1") + f"ssh: {{known_hosts: {lab.known_hosts}}}\n"
+        + f"registry: {{mirror: {lab.registry_mirror}, ca_file: {lab.ca_cert}}}\n")
+    (a.dir / "compose.yaml").write_text(textwrap.dedent(f"""\
+        services:
+          web:
+            build: .
+            ports: ["{a.port}:8080"]
+            deploy: {{placement: {{constraints: ["node.hostname == test-1"]}}}}
+          api:
+            build: .
+            deploy: {{placement: {{constraints: ["node.hostname == dev-1"]}}}}
+        """))
+    a.write("duo v1", size=100_000)
+    try:
+        up = a.orch("up", "--env", "zduo")
+        web, api = up["images"]["web"].split("@")[1], up["images"]["api"].split("@")[1]
+        moves = sorted((m["node"], m["via"], m["digest"]) for m in up["transferred"]["moves"])
+        assert moves == sorted([("dev-1", "engine", web), ("dev-1", "engine", api), ("test-1", "dev-1", web)])
+        assert registry_manifest("test-1", f"{a.name}/web", web)["layers"]
+        with pytest.raises(subprocess.CalledProcessError):
+            registry_manifest("test-1", f"{a.name}/api", api)  # test-1 runs no api: not sent
+        assert http_get(f"http://{lab.node('test-1').address}:{a.port}/").strip() == "duo v1"
+    finally:
+        subprocess.run([ORCH, "down", "--env", "zduo", "-p", a.name, "--json"], cwd=a.dir, capture_output=True,
+                       timeout=300)
+        tags = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                              text=True).stdout.split()
+        mine = [t for t in tags if t.startswith(f"{a.name}/")]
+        if mine:
+            subprocess.run(["docker", "rmi", *mine], capture_output=True)
+        drop_repository(f"{a.name}/web")
+        drop_repository(f"{a.name}/api")

@@ -570,7 +570,7 @@ class _Flow:
         """Without a registry, before the plan: the built images pushed to a node and pinned
         (in place: prep.images is what the release records); the copies to the nodes that
         run them wait for the plan's placement (_transfer_placed)."""
-        from orchestrator.app.transfer import TransferReport, deliver, needs_transfer
+        from orchestrator.app.transfer import TransferReport, deliver, needs_transfer, seed_nodes
 
         if not needs_transfer(self.environment, prep.images, self.local_images):
             return
@@ -578,8 +578,9 @@ class _Flow:
         if not self.local_images:
             return
         t0 = time.monotonic()
+        seeds = seed_nodes(prep.workspace.project, self.environment, self.local_images)
         self.transferred = deliver(self.environment, conn.nodes, {}, self.progress, local=self.local_images,
-                                   connector=self.seams.connector, placement={})
+                                   connector=self.seams.connector, placement={}, seeds=seeds)
         prep.images.update(self.transferred.pins)
         self.timings["transfer"] = time.monotonic() - t0
 

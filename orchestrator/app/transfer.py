@@ -6,8 +6,8 @@ loopback registry (agent.transfer, reached through io.transfer.Forward):
 
 1. `transfer_start` on every node (Docker Distribution on 127.0.0.1:TRANSFER_PORT, kept
    running; its free disk space).
-2. A built image (only on the controller's engine) is pushed by the engine to the first
-   node; the digest that node's registry gives it is the image's pin
+2. A built image (only on the controller's engine) is pushed by the engine, before the
+   plan, to the first node the service's placement constraints allow; the digest that node's registry gives it is the image's pin
    (`127.0.0.1:PORT/<project>/<service>@sha256:...`), in specs, releases and the ledger.
 3. Once the plan has placed the replicas (just before anything is applied), every pinned
    image a node that runs it lacks is copied registry to registry, by digest, from a node
@@ -98,14 +98,34 @@ def needed_on(images: Mapping[str, str], names: Iterable[str],
     return {ref: sorted(where) for ref, where in sorted(out.items()) if where}
 
 
+def seed_nodes(project: Any, env: Any, services: Iterable[str]) -> dict[str, str]:
+    """{service: the node its built image is pushed to}: the first node of the environment
+    that the service's placement constraints allow (the plan has not placed the replicas
+    yet; a constrained service then needs no copy to a node that cannot run it)."""
+    from orchestrator.core.placement import parse_constraint
+    from orchestrator.core.specs.compile import node_infos
+
+    nodes = node_infos(env)
+    out = {}
+    for name in services:
+        svc = project.services.get(name)
+        placement = svc.deploy.placement if svc is not None and svc.deploy else None
+        constraints = [parse_constraint(t) for t in (placement.constraints if placement else [])]
+        eligible = [n.name for n in nodes if all(c.matches(n) for c in constraints)]
+        if eligible:
+            out[name] = eligible[0]
+    return out
+
+
 def deliver(env: Any, nodes: Mapping[str, Any], images: Mapping[str, str], progress: Progress, *,
             local: Mapping[str, str] | None = None, source_env: Any = None,
             connector: Callable[..., dict] | None = None, engine: Any = None,
-            placement: Mapping[str, Iterable[str]] | None = None) -> TransferReport:
+            placement: Mapping[str, Iterable[str]] | None = None, seeds: Mapping[str, str] | None = None
+            ) -> TransferReport:
     """Make the nodes that run a service (placement: service -> nodes; None: every node of
     `nodes`) hold its image (see the module docstring); the built images in `local`
-    (service -> the controller engine's repository:tag) are pushed to the first node and
-    pinned (TransferReport.pins)."""
+    (service -> the controller engine's repository:tag) are pushed to seeds[service] (else
+    the first node) and pinned (TransferReport.pins)."""
     from orchestrator.io import transfer as X
     from orchestrator.io import transport as T
 
@@ -123,8 +143,8 @@ def deliver(env: Any, nodes: Mapping[str, Any], images: Mapping[str, str], progr
             from orchestrator.io.images import docker_client
 
             engine = engine or docker_client()
-            seed = names[0]
             for service, ref in sorted(local.items()):
+                seed = (seeds or {}).get(service) or names[0]
                 repository, _, tag = ref.rpartition(":")
                 progress.phase("transfer", f"{service}: pushing {ref} to {seed}")
                 moved = X.push_from_engine(engine, ref, forwards[seed], repository, tag, Meter(progress, service))

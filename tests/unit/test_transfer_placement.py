@@ -73,10 +73,12 @@ def test_deliver_copies_each_image_only_to_the_nodes_that_run_it(monkeypatch):
 
 
 def test_the_pipeline_pushes_before_the_plan_and_copies_after_it_by_placement(monkeypatch):
-    calls = []
+    calls, seeds = [], []
 
     def deliver(env, nodes, images, progress, **kw):
         calls.append((dict(images), kw.get("local"), kw.get("placement")))
+        if kw.get("seeds") is not None:
+            seeds.append(kw["seeds"])
         report = A.TransferReport(seconds=1.0)
         if kw.get("local"):
             report.pins = {"web": WEB}
@@ -86,17 +88,54 @@ def test_the_pipeline_pushes_before_the_plan_and_copies_after_it_by_placement(mo
         return report
 
     monkeypatch.setattr(A, "deliver", deliver)
-    env = SimpleNamespace(name="xdev", registry=SimpleNamespace(address=None))
+    env = SimpleNamespace(name="xdev", registry=SimpleNamespace(address=None),
+                          nodes=[SimpleNamespace(name=n, labels={}) for n in ("n1", "n2", "n3")])
     flow = PL._Flow("up", env, "shop", PipelineOptions(), Progress(), Seams(performer={"user": "t"}))
     flow.local_images = {"web": "shop/web:v1"}
     conn = SimpleNamespace(nodes={"n1": object(), "n2": object(), "n3": object()})
-    prep = SimpleNamespace(images={"web": "shop/web:v1", "db": "busybox"})
+    prep = SimpleNamespace(images={"web": "shop/web:v1", "db": "busybox"},
+                           workspace=SimpleNamespace(project=_project({"web": ["node.hostname != n1"]})))
     flow._transfer(conn, prep)
     assert prep.images["web"] == WEB and calls == [({}, {"web": "shop/web:v1"}, {})]  # pushed, copied nowhere
+    assert seeds == [{"web": "n2"}]  # the first node web may run on
     dep = SimpleNamespace(units={("web", "n2"): None, ("db", "n1"): None, ("db", "n3"): None})
     flow._transfer_placed(conn, prep, dep)
     assert calls[1] == ({"web": WEB, "db": "busybox"}, None, {"web": ["n2"], "db": ["n1", "n3"]})
     assert [m.via for m in flow.transferred.moved] == ["engine", "n1"] and flow.transferred.seconds == 2.0
+
+
+def _project(constraints):
+    def svc(texts):
+        return SimpleNamespace(deploy=SimpleNamespace(placement=SimpleNamespace(constraints=texts)) if texts else None)
+
+    return SimpleNamespace(services={name: svc(texts) for name, texts in constraints.items()})
+
+
+def test_a_built_image_is_pushed_to_the_first_node_its_constraints_allow():
+    env = SimpleNamespace(nodes=[SimpleNamespace(name="n1", labels={"role": "db"}),
+                                 SimpleNamespace(name="n2", labels={"role": "web"}),
+                                 SimpleNamespace(name="n3", labels={"role": "web"})])
+    project = _project({"web": ["node.labels.role == web"], "api": [], "db": ["node.labels.role == db"],
+                        "none": ["node.hostname == elsewhere"]})
+    assert A.seed_nodes(project, env, ["web", "api", "db", "none"]) == {"web": "n2", "api": "n1", "db": "n1"}
+
+
+def test_deliver_pushes_each_built_image_to_its_seed(monkeypatch):
+    regs = {n: Reg("127.0.0.1:47055") for n in ("n1", "n2")}
+    _wire(monkeypatch, regs)
+    pushed = []
+
+    def push(engine, ref, forward, repository, tag, on_layer):
+        pushed.append((forward.node, ref))
+        digest = regs[forward.node].add_image(repository, [ref.encode() * 10])
+        return X.Moved(node=forward.node, digest=digest, bytes_sent=10, layers_sent=1, via="engine")
+
+    monkeypatch.setattr(X, "push_from_engine", push)
+    env = SimpleNamespace(registry=SimpleNamespace(address=None))
+    report = A.deliver(env, {n: Node(n) for n in regs}, {}, Progress(), local={"web": "shop/web:1", "api": "shop/api:1"},
+                       engine=object(), placement={}, seeds={"web": "n2"})
+    assert sorted(pushed) == [("n1", "shop/api:1"), ("n2", "shop/web:1")] and len(report.moved) == 2
+    assert not regs["n1"].manifests.keys() & {k for k in regs["n2"].manifests}  # nothing copied: placement {}
 
 
 def test_a_registry_environment_moves_nothing(monkeypatch):

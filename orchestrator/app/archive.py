@@ -180,9 +180,11 @@ def _load_into_nodes(archive: Any, environment: Any, progress: Progress, connect
             per_node, errors = T.parallel(names, one, key=lambda n: n)
     finally:
         close_nodes(nodes)
-    if errors:
+    if errors:  # what other nodes received stays: blobs are content-addressed, a re-run sends only the rest
         name, err = sorted(errors.items())[0]
-        raise err if isinstance(err, OrchError) else OrchError(f"{name}: loading the archive failed: {err}")
+        raise OrchError(f"{name}: loading the archive into its loopback registry failed: "
+                        f"{getattr(err, 'message', None) or err}",
+                        fix=getattr(err, "fix", None) or "run `orch image load` again: what arrived is not sent again")
     total = []
     for first in per_node[names[0]]:
         items = [x for n in names for x in per_node[n] if x.service == first.service]

@@ -120,3 +120,20 @@ def test_a_truncated_archive_touches_no_node(world, tmp_path, monkeypatch):
         AR.load(path, _env("far"), Progress(), connector=connector)
     assert err.value.exit_code == EXIT_BAD_INPUT and opened == ["edge"]
     assert not any(r.manifests or r.blobs for r in regs["far"].values())
+
+
+def test_a_node_that_fails_is_named(world, tmp_path, monkeypatch):
+    regs, connector, _ = world
+    live, _ = _live(regs)
+    monkeypatch.setattr(AR, "live_release", lambda *a: live)
+    path = tmp_path / "release.tar"
+    AR.save("shop", _env("edge"), path, Progress(), connector=connector)
+
+    def full(repo, digest, data):
+        raise OrchError("HTTP 500: no space left on device")
+
+    monkeypatch.setattr(regs["far"]["f-2"], "put_blob", full)
+    with pytest.raises(OrchError) as err:
+        AR.load(path, _env("far"), Progress(), connector=connector)
+    assert err.value.message.startswith("f-2: loading the archive") and "no space left" in err.value.message
+    assert regs["far"]["f-1"].manifests  # the other node got it: a re-run sends f-2 only what it lacks

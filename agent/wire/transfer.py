@@ -113,5 +113,6 @@ def check_request(args: Dict[str, Any], what: str) -> None:
     check_keys(args, (), what)
 
 
-__all__ = ["GcResult", "LOOPBACK_REGISTRY", "TRANSFER_GC", "NOT_READY", "OPERATIONS", "REGISTRY_PACKAGE", "TRANSFER_PORT", "TRANSFER_START",
-           "TRANSFER_STATUS", "TransferInfo", "check_request", "is_transferred", "loopback_ref", "split_ref"]
+__all__ = ["GcResult", "LOOPBACK_REGISTRY", "NOT_READY", "OPERATIONS", "REGISTRY_PACKAGE", "TRANSFER_GC",
+           "TRANSFER_PORT", "TRANSFER_START", "TRANSFER_STATUS", "TransferInfo", "check_request", "is_transferred",
+           "loopback_ref", "split_ref"]

@@ -7,7 +7,8 @@ loopback registry (agent.transfer, reached through io.transfer.Forward):
 1. `transfer_start` on every node (Docker Distribution on 127.0.0.1:TRANSFER_PORT, kept
    running; its free disk space).
 2. A built image (only on the controller's engine) is pushed by the engine, before the
-   plan, to the first node the service's placement constraints allow; the digest that node's registry gives it is the image's pin
+   plan, to the first node the service's placement constraints allow (`seed_nodes`); the
+   digest that node's registry gives it is the image's pin
    (`127.0.0.1:PORT/<project>/<service>@sha256:...`), in specs, releases and the ledger.
 3. Once the plan has placed the replicas (just before anything is applied), every pinned
    image a node that runs it lacks is copied registry to registry, by digest, from a node
@@ -144,7 +145,8 @@ def deliver(env: Any, nodes: Mapping[str, Any], images: Mapping[str, str], progr
 
             engine = engine or docker_client()
             for service, ref in sorted(local.items()):
-                seed = (seeds or {}).get(service) or names[0]
+                seed = (seeds or {}).get(service)
+                seed = seed if seed in forwards else names[0]
                 repository, _, tag = ref.rpartition(":")
                 progress.phase("transfer", f"{service}: pushing {ref} to {seed}")
                 moved = X.push_from_engine(engine, ref, forwards[seed], repository, tag, Meter(progress, service))

@@ -132,8 +132,9 @@ def test_deliver_pushes_each_built_image_to_its_seed(monkeypatch):
 
     monkeypatch.setattr(X, "push_from_engine", push)
     env = SimpleNamespace(registry=SimpleNamespace(address=None))
-    report = A.deliver(env, {n: Node(n) for n in regs}, {}, Progress(), local={"web": "shop/web:1", "api": "shop/api:1"},
-                       engine=object(), placement={}, seeds={"web": "n2"})
+    report = A.deliver(env, {n: Node(n) for n in regs}, {}, Progress(),
+                       local={"web": "shop/web:1", "api": "shop/api:1"}, engine=object(), placement={},
+                       seeds={"web": "n2", "api": "gone"})  # a seed not among the nodes: the first node
     assert sorted(pushed) == [("n1", "shop/api:1"), ("n2", "shop/web:1")] and len(report.moved) == 2
     assert not regs["n1"].manifests.keys() & {k for k in regs["n2"].manifests}  # nothing copied: placement {}
 

@@ -164,6 +164,7 @@ def _load_into_nodes(archive: Any, environment: Any, progress: Progress, connect
     parallel (each node gets only the blobs it lacks), named 127.0.0.1:PORT/... ."""
     from orchestrator.app.transfer import node_registries
     from orchestrator.io import archive as A
+    from orchestrator.io import transfer as X
     from orchestrator.io import transport as T
     from orchestrator.io.nodes import close_nodes, ssh_connect
 
@@ -171,8 +172,9 @@ def _load_into_nodes(archive: Any, environment: Any, progress: Progress, connect
     try:
         names = sorted(nodes)
         progress.phase("images", f"pushing the archive's images into the loopback registries of {', '.join(names)}")
-        with node_registries(nodes) as (regs, _):
+        with node_registries(nodes) as (regs, infos):
             def one(name: str) -> list:
+                X.check_room(name, _missing(archive, regs[name]), infos[name].free_bytes)  # before the first byte
                 return A.push(archive, regs[name], target_registry=LOOPBACK_REGISTRY, on_image=lambda x: progress.event(
                     "image_loaded", node=name, service=x.service, image=x.ref, blobs_pushed=x.blobs_pushed,
                     blobs_present=x.blobs_present))
@@ -191,6 +193,23 @@ def _load_into_nodes(archive: Any, environment: Any, progress: Progress, connect
         total.append(replace(first, blobs_pushed=sum(x.blobs_pushed for x in items),
                              blobs_present=sum(x.blobs_present for x in items)))
     return LoadResult(environment.name, LOOPBACK_REGISTRY, archive, total, time.monotonic() - t0, nodes=per_node)
+
+
+def _missing(archive: Any, client: Any) -> list[tuple[str, int]]:
+    """(digest, size) of the archive's blobs CLIENT's registry lacks, in the repositories
+    load pushes them to."""
+    import json
+
+    out: dict[str, int] = {}
+    for img in archive.images.values():
+        if img["registry"] != archive.source_registry:
+            continue
+        for m in img["manifests"]:
+            body = json.loads(archive.blob(m["digest"]))
+            for b in ([body["config"]] if body.get("config") else []) + list(body.get("layers") or []):
+                if b["digest"] not in out and not client.blob_exists(img["repository"], b["digest"]):
+                    out[b["digest"]] = archive.members[b["digest"]].size
+    return sorted(out.items())
 
 
 def archived_source(path: Path, target: Any) -> tuple[Any, Any]:

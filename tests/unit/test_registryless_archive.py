@@ -32,7 +32,13 @@ class Node:
 
 
 @pytest.fixture
-def world(monkeypatch):
+def free():
+    """node -> its free bytes (default 1 GB)."""
+    return {}
+
+
+@pytest.fixture
+def world(monkeypatch, free):
     """Two environments' nodes, each with its own loopback registry (a FakeBlobRegistry)."""
     regs = {env: {n: FakeBlobRegistry(LOOPBACK_REGISTRY) for n in nodes}
             for env, nodes in {"edge": ("e-1", "e-2"), "far": ("f-1", "f-2")}.items()}
@@ -42,7 +48,7 @@ def world(monkeypatch):
     def node_registries(nodes):
         env = next(e for e, r in regs.items() if set(r) == set(nodes))
         opened.append(env)
-        yield regs[env], {n: TransferInfo(running=True) for n in nodes}
+        yield regs[env], {n: TransferInfo(running=True, free_bytes=free.get(n, 1 << 30)) for n in nodes}
 
     monkeypatch.setattr(AT, "node_registries", node_registries)
     connector = lambda env, progress, project: {n: Node() for n in regs[env.name]}  # noqa: E731
@@ -137,3 +143,16 @@ def test_a_node_that_fails_is_named(world, tmp_path, monkeypatch):
         AR.load(path, _env("far"), Progress(), connector=connector)
     assert err.value.message.startswith("f-2: loading the archive") and "no space left" in err.value.message
     assert regs["far"]["f-1"].manifests  # the other node got it: a re-run sends f-2 only what it lacks
+
+
+def test_a_node_without_room_for_the_archive_is_named_before_anything_is_sent(world, free, tmp_path, monkeypatch):
+    regs, connector, _ = world
+    live, _ = _live(regs)
+    monkeypatch.setattr(AR, "live_release", lambda *a: live)
+    path = tmp_path / "release.tar"
+    AR.save("shop", _env("edge"), path, Progress(), connector=connector)
+    free["f-1"] = 10 << 20  # less than the 64 MB margin
+    with pytest.raises(OrchError) as err:
+        AR.load(path, _env("far"), Progress(), connector=connector)
+    assert err.value.message.startswith("f-1: loading the archive") and "ran out of disk space" in err.value.message
+    assert not regs["far"]["f-1"].blobs

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import secrets
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -26,14 +27,17 @@ from agent.wire.transfer import (
     LOOPBACK_REGISTRY,
     NOT_READY,
     REGISTRY_PACKAGE,
+    TRANSFER_GC,
     TRANSFER_PORT,
     TRANSFER_START,
     TRANSFER_STATUS,
+    GcResult,
     TransferInfo,
     check_request,
 )
 
 START_TIMEOUT = 10.0  # seconds for a started registry to answer /v2/
+GC_TIMEOUT = 600.0  # seconds for docker-registry garbage-collect
 
 
 class Paths:
@@ -50,18 +54,22 @@ def paths(ctx: Context) -> Paths:
     return Paths(os.path.join(ctx.data_dir(), "transfer"))
 
 
-def config(p: Paths, secret: str) -> Dict[str, Any]:
+def config(p: Paths, secret: str, read_only: bool = False) -> Dict[str, Any]:
     """Distribution's configuration (JSON is YAML): loopback only, no auth (only this node's
     engine and SSH forwards reach it), unfinished uploads purged after a day (a killed
     transfer leaves nothing a pull could see: a blob exists only once its upload is
-    committed with a matching digest)."""
+    committed with a matching digest). read_only: pulls only, for the garbage collection."""
+    maintenance: Dict[str, Any] = {"uploadpurging": {"enabled": True, "age": "24h", "interval": "1h",
+                                                     "dryrun": False}}
+    if read_only:
+        maintenance = {"uploadpurging": {"enabled": False}, "readonly": {"enabled": True}}
     return {
         "version": "0.1",
         "log": {"level": "warn", "fields": {"service": "orch-transfer"}},
         "storage": {
             "filesystem": {"rootdirectory": p.storage},
             "delete": {"enabled": True},
-            "maintenance": {"uploadpurging": {"enabled": True, "age": "24h", "interval": "1h", "dryrun": False}},
+            "maintenance": maintenance,
         },
         # The secret signs upload state: kept in a file so a restarted registry still
         # accepts an upload begun before.
@@ -85,8 +93,8 @@ def _secret(p: Paths) -> str:
     return value
 
 
-def _write_config(p: Paths) -> None:
-    text = json.dumps(config(p, _secret(p)), indent=1, sort_keys=True)
+def _write_config(p: Paths, read_only: bool = False) -> None:
+    text = json.dumps(config(p, _secret(p), read_only), indent=1, sort_keys=True)
     fd = os.open(p.config + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
@@ -141,7 +149,7 @@ def op_transfer_start(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
         os.close(fd)
 
 
-def _start(p: Paths) -> Dict[str, Any]:
+def _start(p: Paths, read_only: bool = False) -> Dict[str, Any]:
     pid = running_pid(p)
     if pid is not None and answers():
         return _info(p, pid, False)
@@ -152,7 +160,7 @@ def _start(p: Paths) -> Dict[str, Any]:
     if pid is not None:  # alive but not answering: start afresh
         procs.stop([pid])
     os.makedirs(p.storage, mode=0o700, exist_ok=True)
-    _write_config(p)
+    _write_config(p, read_only)
     if answers():
         raise AgentError(NOT_READY, "port %d on the node's loopback is taken by another program" % TRANSFER_PORT,
                          {"fix": "stop what listens on 127.0.0.1:%d on the node" % TRANSFER_PORT})
@@ -178,6 +186,57 @@ def op_transfer_status(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     return _info(p, pid if pid is not None and answers() else None, False)
 
 
+def op_transfer_gc(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Distribution's garbage collection (blobs no manifest references, after orch prune
+    deleted manifests). Distribution wants no writes meanwhile: a running registry is
+    restarted read-only (the engine can still pull a live release's image) and then
+    normally again; the start lock keeps this node's transfers out until it is done."""
+    check_request(args, TRANSFER_GC)
+    p = paths(ctx)
+    if not os.path.isdir(p.storage):
+        return GcResult(ran=False).to_dict()
+    program = procs.which("docker-registry")
+    if program is None:
+        raise AgentError(NOT_READY, "Docker Distribution (docker-registry) is not installed on the node",
+                         {"fix": "apt-get install %s" % REGISTRY_PACKAGE})
+    fd = os.open(os.path.join(p.base, "start.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _collect(p, program).to_dict()
+    finally:
+        os.close(fd)
+
+
+def _collect(p: Paths, program: str) -> GcResult:
+    t0 = time.monotonic()
+    before = stored_bytes(p)
+    pid = running_pid(p)
+    was_running = pid is not None
+    try:
+        if was_running:
+            procs.stop([pid])
+            _start(p, read_only=True)
+        else:
+            _write_config(p)
+        out = subprocess.run([program, "garbage-collect", p.config], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=GC_TIMEOUT)
+        if out.returncode != 0:
+            text = out.stdout.decode("utf-8", "replace").strip().splitlines()
+            raise AgentError(NOT_READY, "docker-registry garbage-collect failed (exit %d): %s"
+                             % (out.returncode, " | ".join(text[-3:]) or "no output"),
+                             {"fix": "run `orch prune` again; the manifests are already deleted"})
+    finally:
+        if was_running:  # back to normal, also after a failure
+            ro = running_pid(p)
+            if ro is not None:
+                procs.stop([ro])
+            _start(p)
+        else:
+            _write_config(p)
+    return GcResult(ran=True, bytes_before=before, bytes_after=stored_bytes(p),
+                    seconds=round(time.monotonic() - t0, 3), read_only=was_running)
+
+
 def _tail(path: str, lines: int = 5) -> str:
     try:
         with open(path, "rb") as fh:
@@ -191,4 +250,5 @@ def _tail(path: str, lines: int = 5) -> str:
 TRANSFER_OPERATIONS = {
     TRANSFER_START: op_transfer_start,
     TRANSFER_STATUS: op_transfer_status,
+    TRANSFER_GC: op_transfer_gc,
 }

@@ -24,7 +24,8 @@ LOOPBACK_REGISTRY = "127.0.0.1:%d" % TRANSFER_PORT
 
 TRANSFER_START = "transfer_start"
 TRANSFER_STATUS = "transfer_status"
-OPERATIONS = (TRANSFER_START, TRANSFER_STATUS)
+TRANSFER_GC = "transfer_gc"
+OPERATIONS = (TRANSFER_START, TRANSFER_STATUS, TRANSFER_GC)
 
 # AgentError kind: the node lacks what the transfer needs (Debian's docker-registry).
 NOT_READY = "transfer"
@@ -77,10 +78,41 @@ class TransferInfo:
         )
 
 
+@dataclass(frozen=True)
+class GcResult:
+    """`transfer_gc`'s answer: Distribution's garbage collection of the node's loopback
+    registry (blobs no manifest references any more), the bytes its blobs took before and after."""
+
+    ran: bool
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+    read_only: bool = False  # the registry served pulls, read-only, meanwhile (else it was not running)
+
+    @property
+    def freed(self) -> int:
+        return max(0, self.bytes_before - self.bytes_after)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], what: str = "transfer_gc") -> "GcResult":
+        check_keys(d, ("ran", "bytes_before", "bytes_after", "seconds", "read_only"), what)
+        seconds = d.get("seconds", 0.0)
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+            raise ValueError("seconds must be a number >= 0")
+        return cls(ran=check_bool(require(d, "ran", what), "ran"),
+                   bytes_before=check_int(d.get("bytes_before", 0), "bytes_before", 0),
+                   bytes_after=check_int(d.get("bytes_after", 0), "bytes_after", 0),
+                   seconds=float(seconds), read_only=check_bool(d.get("read_only", False), "read_only"))
+
+
 def check_request(args: Dict[str, Any], what: str) -> None:
-    """Both operations take no argument (the port is fixed)."""
+    """The operations take no argument (the port is fixed)."""
     check_keys(args, (), what)
 
 
-__all__ = ["LOOPBACK_REGISTRY", "NOT_READY", "OPERATIONS", "REGISTRY_PACKAGE", "TRANSFER_PORT", "TRANSFER_START",
-           "TRANSFER_STATUS", "TransferInfo", "check_request", "is_transferred", "loopback_ref", "split_ref"]
+__all__ = ["GcResult", "LOOPBACK_REGISTRY", "NOT_READY", "OPERATIONS", "REGISTRY_PACKAGE", "TRANSFER_GC",
+           "TRANSFER_PORT", "TRANSFER_START", "TRANSFER_STATUS", "TransferInfo", "check_request", "is_transferred",
+           "loopback_ref", "split_ref"]

@@ -506,6 +506,8 @@ class _Flow:
                 self.progress.phase("release", f"recording {rel.ref} ({rel.command}) as deploying")
                 recorded["release"] = ledger.write(rel).releases[0]
 
+            if not self.opts.dry_run:
+                dep.hooks["before_apply"].append(lambda d: self._transfer_placed(conn, prep, d))
             dep.hooks["before_apply"].append(start)
             try:
                 result = dep.run(close=False)
@@ -565,18 +567,39 @@ class _Flow:
             self.timings.update({k: v for k, v in conn.timings.items()})
 
     def _transfer(self, conn: EnvConnection, prep: _Prepared) -> None:
-        """Without a registry: the images onto the nodes, and the built ones pinned (in place:
-        prep.images is what the release records)."""
-        from orchestrator.app.transfer import deliver, needs_transfer
+        """Without a registry, before the plan: the built images pushed to a node and pinned
+        (in place: prep.images is what the release records); the copies to the nodes that
+        run them wait for the plan's placement (_transfer_placed)."""
+        from orchestrator.app.transfer import TransferReport, deliver, needs_transfer, seed_nodes
 
         if not needs_transfer(self.environment, prep.images, self.local_images):
             return
+        self.transferred = TransferReport()
+        if not self.local_images:
+            return
         t0 = time.monotonic()
-        self.transferred = deliver(self.environment, conn.nodes, prep.images, self.progress,
-                                   local=self.local_images, source_env=self.transfer_source,
-                                   connector=self.seams.connector)
+        seeds = seed_nodes(prep.workspace.project, self.environment, self.local_images)
+        self.transferred = deliver(self.environment, conn.nodes, {}, self.progress, local=self.local_images,
+                                   connector=self.seams.connector, placement={}, seeds=seeds)
         prep.images.update(self.transferred.pins)
         self.timings["transfer"] = time.monotonic() - t0
+
+    def _transfer_placed(self, conn: EnvConnection, prep: _Prepared, dep: Any) -> None:
+        """Without a registry, once the plan placed the replicas (before_apply): each image
+        onto the nodes that run its service, and only those."""
+        from orchestrator.app.transfer import deliver
+
+        if self.transferred is None:
+            return
+        t0 = time.monotonic()
+        placement: dict[str, list[str]] = {}
+        for service, node in sorted(dep.units):
+            placement.setdefault(service, []).append(node)
+        report = deliver(self.environment, conn.nodes, prep.images, self.progress, source_env=self.transfer_source,
+                         connector=self.seams.connector, placement=placement)
+        self.transferred.moved += report.moved
+        self.transferred.seconds += report.seconds
+        self.timings["transfer"] = self.timings.get("transfer", 0.0) + time.monotonic() - t0
 
     def _verify(self, project: Any, observed: Mapping[str, Any], release_id: int) -> Any:
         from orchestrator.core import verify as V

@@ -5,12 +5,16 @@ Reads every node's `prune_scan` and the environment's ledger (under the deploy l
 registry; `core.prune.plan_prune` makes the plan; --dry-run returns it; otherwise each
 node gets exactly its part (`prune_remove`), the registry's manifests are deleted by
 digest, and the registry's garbage collection runs (the lab's) or is printed (others).
+Without a registry, each node's loopback registry (app.transfer) is read through the
+transfer's forwards, its manifests no registry-less environment keeps are deleted, and the
+agent runs its garbage collection (`transfer_gc`), reporting the bytes freed per node.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from typing import Any
 
 from agent.wire.prune import NodeScan, RemoveResult, ScanRequest
@@ -117,15 +121,87 @@ def prune(workspace: Any, *, dry_run: bool = False, volumes: bool = False, keep:
         scans = {node: NodeScan.parse(a) for node, a in answers.items()}
         reg = _registry_plan(workspace, history, scans, keep, history_reader or read_history, seams.environ,
                              registry, progress)
-        plan = P.plan_prune(project, env.name, scans, history, keep=keep, volumes=volumes, registry=reg)
-        outcome = P.PruneOutcome(plan, dry_run=dry_run)
-        if dry_run:
-            return outcome
-        _apply_nodes(plan, nodes, outcome, progress)
-        _apply_registry(workspace, plan, outcome, seams.environ, registry, collect, progress)  # still locked
+        with ExitStack() as stack:
+            regs, node_regs, notes = _node_registry_plan(workspace, history, scans, keep,
+                                                         history_reader or read_history, nodes, dry_run, stack,
+                                                         progress)
+            plan = P.plan_prune(project, env.name, scans, history, keep=keep, volumes=volumes, registry=reg,
+                                notes=notes, node_registries=node_regs)
+            outcome = P.PruneOutcome(plan, dry_run=dry_run)
+            if dry_run:
+                return outcome
+            _apply_nodes(plan, nodes, outcome, progress)
+            _apply_registry(workspace, plan, outcome, seams.environ, registry, collect, progress)  # still locked
+            _apply_node_registries(plan, nodes, regs, outcome, progress)
     finally:
         conn.close()
     return outcome
+
+
+def _node_registry_plan(workspace: Any, history: History, scans: Mapping[str, NodeScan], keep: int,
+                        reader: HistoryReader, nodes: Mapping[str, Any], dry_run: bool, stack: ExitStack,
+                        progress: Progress) -> tuple[dict[str, Any], list, list[str]]:
+    """Without a registry: ({node: its loopback registry's client}, the plan's
+    node_registries, notes). The kept rule spans every registry-less environment in the
+    environments folder (their releases share the names 127.0.0.1:PORT/<project>/...)."""
+    from agent.wire.transfer import LOOPBACK_REGISTRY
+    from orchestrator.app.transfer import node_registries, registryless
+    from orchestrator.core.environments import load_all
+
+    env, project = workspace.environment, workspace.project.name
+    if not registryless(env):
+        return {}, [], []
+    histories = {env.name: history}
+    try:
+        others = {n: e for n, e in load_all(env.file.parent).items() if n != env.name and registryless(e)}
+    except OrchError as err:
+        return {}, [], [f"the nodes' loopback registries are left alone: the other environments could not be "
+                        f"loaded ({err})"]
+    for name, other in sorted(others.items()):
+        progress.phase("scan", f"reading the releases of {name} (it has no registry either)")
+        try:
+            histories[name] = reader(other, project)
+        except Exception as err:  # noqa: BLE001 - any failure leaves the loopback registries alone
+            return {}, [], [f"the nodes' loopback registries are left alone: the releases of {name} could not be "
+                            f"read ({getattr(err, 'message', err)})"]
+    candidates, _ = P.registry_candidates(histories, LOOPBACK_REGISTRY, project, keep)
+    if not candidates:
+        return {}, [], []
+    # --dry-run starts nothing: a registry that is not running is not read (and has nothing to say).
+    regs, _ = stack.enter_context(node_registries(nodes, start=not dry_run))
+    notes = [f"{n}: its loopback registry is not running; not read" for n in sorted(set(nodes) - set(regs))]
+    present = {n: [key for key in candidates if c.manifest_digest(*key) is not None] for n, c in sorted(regs.items())}
+    return regs, list(P.plan_node_registries(candidates, present, scans)), notes
+
+
+def _apply_node_registries(plan: P.PrunePlan, nodes: Mapping[str, Any], regs: Mapping[str, Any],
+                           outcome: P.PruneOutcome, progress: Progress) -> None:
+    from agent.wire.transfer import TRANSFER_GC, GcResult
+    from orchestrator.io import transport as T
+
+    work = [r for r in plan.node_registries if r.manifests]
+    if not work:
+        return
+    for r in work:
+        progress.phase("registry", f"{r.node}: deleting {len(r.manifests)} manifest(s) from its loopback registry")
+        for m in r.manifests:
+            try:
+                regs[r.node].delete_manifest(m.repository, m.digest)
+                outcome.node_registry_deleted.setdefault(r.node, []).append(m.ref)
+            except OrchError as err:
+                outcome.registry_errors.append(f"{r.node}: {m.ref}: {err.message}")
+    done = [r.node for r in work if outcome.node_registry_deleted.get(r.node)]
+    if not done:
+        return
+    progress.phase("registry", f"garbage collection of the loopback registries on {', '.join(done)} "
+                   "(read-only meanwhile)")
+    answers, errors = T.parallel(done, lambda n: GcResult.from_dict(nodes[n].call(TRANSFER_GC, {})),
+                                 key=lambda n: n)
+    for node, res in sorted(answers.items()):
+        outcome.node_registry_gc[node] = res
+        progress.event("registry.gc", node=node, seconds=res.seconds, freed=res.freed)
+    for node, err in sorted(errors.items()):
+        outcome.registry_errors.append(f"{node}: garbage collection failed: {getattr(err, 'message', err)}")
 
 
 def _apply_nodes(plan: P.PrunePlan, nodes: Mapping[str, Any], outcome: P.PruneOutcome, progress: Progress) -> None:

@@ -148,7 +148,8 @@ def image_save(
     json: Json = False,
 ) -> None:
     """Write ENV's live release of the project (its recorded digests, rendered and base project,
-    lineage) and its images, fetched from ENV's registry by digest, into one archive."""
+    lineage) and its images, fetched from ENV's registry by digest (without a registry: from a
+    node's loopback registry), into one archive."""
     import time
     from pathlib import Path
 
@@ -187,7 +188,8 @@ def image_load(
 ) -> None:
     """Verify every image in FILE against its digest (a corrupt or truncated archive is bad input,
     exit 2, and nothing is touched), then push the images into ENV's registry by digest and read
-    each digest back. Deploy them with `orch promote APP --to ENV --from-archive FILE`."""
+    each digest back (an environment without a registry: into every node's loopback registry).
+    Deploy them with `orch promote APP --to ENV --from-archive FILE`."""
     import time
     from pathlib import Path
 

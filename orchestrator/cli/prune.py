@@ -35,7 +35,8 @@ def prune(
     does not count on, its secret/config files of services with no container (and half-written ones); with
     --volumes, its volumes no container mounts. In the environment's registry: the
     manifests of the project's releases no environment keeps (then the lab registry's
-    garbage collection; for another registry the command to run). Only objects with
+    garbage collection; for another registry the command to run); without a registry, each
+    node's loopback registry the same way, then its garbage collection. Only objects with
     orch's labels for this project and environment, only the project's repositories.
 
     --dry-run prints exactly the plan `orch prune` then carries out. Takes the deploy

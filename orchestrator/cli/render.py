@@ -244,6 +244,8 @@ def prune_summary(outcome: Any) -> str:
     reg = plan.registry
     if reg is not None:
         rows += [[reg.address, "manifests", f"{m.ref} ({', '.join(m.releases)})", ""] for m in reg.manifests]
+    rows += [[r.node, "manifests", f"127.0.0.1:47055/{m.ref} ({', '.join(m.releases)})", ""]
+             for r in plan.node_registries for m in r.manifests]
     head = (f"{'Would remove' if outcome.dry_run else 'Removing'} for {plan.project} in {plan.env}"
             + (" (volumes included)" if plan.volumes else "") + ":")
     lines = [head, table(["NODE", "KIND", "WHAT", "SIZE"], rows) if rows else "  nothing to remove."]
@@ -257,6 +259,11 @@ def prune_summary(outcome: Any) -> str:
                  f"{len(outcome.deleted)} manifest(s) from the registry"
                  + (f" ({_bytes(outcome.registry_bytes)} freed by its garbage collection)." if outcome.gc_ran
                     else "."))
+    if outcome.node_registry_deleted:
+        lines.append(f"Deleted {sum(len(v) for v in outcome.node_registry_deleted.values())} manifest(s) from the "
+                     "nodes' loopback registries; their garbage collection freed "
+                     + ", ".join(f"{_bytes(g.freed)} on {n}" for n, g in sorted(outcome.node_registry_gc.items()))
+                     + ".")
     for node, refused in sorted(outcome.refused.items()):
         lines += [f"refused on {node}: {r['kind']} {r['name']}: {r['reason']}" for r in refused]
     lines += [f"registry: {e}" for e in outcome.registry_errors]

@@ -15,7 +15,9 @@ Rules, per node (only objects with the project's labels for this environment):
 - files: the secret/config file versions of services with no container left, and the
   half-written transfers of such files whose writer (an agent process) is gone.
 Registry: digests in the project's repositories that some environment's release recorded
-and no environment keeps.
+and no environment keeps. Without a registry, the same rule for each node's loopback
+registry (agent.transfer), over every registry-less environment's releases, sparing what
+a container on that node runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.wire import labels as L
+from agent.wire.transfer import LOOPBACK_REGISTRY
 from agent.wire.prune import KINDS, NodeScan, RemoveRequest, is_leftover
 from orchestrator.core.images import repo_component
 from orchestrator.core.releases import History, images_to_keep
@@ -85,6 +88,17 @@ class RegistryPrune:
 
 
 @dataclass(frozen=True)
+class NodeRegistryPrune:
+    """One node's loopback registry (an environment without a registry): its manifests to delete."""
+
+    node: str
+    manifests: tuple[Manifest, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "address": LOOPBACK_REGISTRY, "manifests": [m.to_dict() for m in self.manifests]}
+
+
+@dataclass(frozen=True)
 class PrunePlan:
     project: str
     env: str
@@ -92,15 +106,18 @@ class PrunePlan:
     registry: RegistryPrune | None = None
     volumes: bool = False
     notes: tuple[str, ...] = ()
+    node_registries: tuple[NodeRegistryPrune, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not any(n.items for n in self.nodes) and not (self.registry and self.registry.manifests)
+        return (not any(n.items for n in self.nodes) and not (self.registry and self.registry.manifests)
+                and not any(r.manifests for r in self.node_registries))
 
     def to_dict(self) -> dict:
         return {"project": self.project, "environment": self.env, "volumes": self.volumes,
                 "nodes": [n.to_dict() for n in self.nodes],
-                "registry": self.registry.to_dict() if self.registry else None, "notes": list(self.notes)}
+                "registry": self.registry.to_dict() if self.registry else None, "notes": list(self.notes),
+                "node_registries": [r.to_dict() for r in self.node_registries]}
 
 
 def live_release_id(history: History) -> str:
@@ -177,9 +194,22 @@ def plan_registry(address: str, candidates: Mapping[tuple[str, str], tuple[str, 
     return RegistryPrune(address, manifests, gc if manifests else "none", gc_command if manifests else "")
 
 
+def plan_node_registries(candidates: Mapping[tuple[str, str], tuple[str, ...]],
+                         present: Mapping[str, Iterable[tuple[str, str]]],
+                         scans: Mapping[str, NodeScan]) -> tuple[NodeRegistryPrune, ...]:
+    """Per node (present: what its loopback registry holds of the candidates), the manifests
+    to delete: registry_candidates' rule, sparing the images that node's containers run."""
+    out = []
+    for node, held in sorted(present.items()):
+        scan = scans.get(node)
+        used = {ref for i in scan.images if i.users for ref in i.refs} if scan is not None else set()
+        out.append(NodeRegistryPrune(node, plan_registry(LOOPBACK_REGISTRY, candidates, held, used).manifests))
+    return tuple(out)
+
+
 def plan_prune(project: str, env: str, scans: Mapping[str, NodeScan], history: History, *, keep: int,
                volumes: bool = False, registry: RegistryPrune | None = None,
-               notes: Iterable[str] = ()) -> PrunePlan:
+               notes: Iterable[str] = (), node_registries: Iterable[NodeRegistryPrune] = ()) -> PrunePlan:
     kept = images_to_keep(history, keep)
     live = live_release_id(history)
     declared = live_volumes(history)
@@ -189,7 +219,7 @@ def plan_prune(project: str, env: str, scans: Mapping[str, NodeScan], history: H
         np, n = plan_node(node, scan, keep=kept, live_release=live, declared_volumes=declared, volumes=volumes)
         nodes.append(np)
         all_notes += n
-    return PrunePlan(project, env, tuple(nodes), registry, volumes, tuple(all_notes))
+    return PrunePlan(project, env, tuple(nodes), registry, volumes, tuple(all_notes), tuple(node_registries))
 
 
 @dataclass
@@ -205,13 +235,22 @@ class PruneOutcome:
     registry_bytes: int | None = None
     gc_ran: bool = False
     dry_run: bool = False
+    node_registry_deleted: dict[str, list[str]] = field(default_factory=dict)  # node -> repository@digest
+    node_registry_gc: dict[str, Any] = field(default_factory=dict)  # node -> agent.wire.transfer.GcResult
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "dry_run": self.dry_run, "removed": self.removed,
-                "refused": self.refused, "deleted": self.deleted, "registry_errors": self.registry_errors,
-                "bytes_freed": {"nodes": self.node_bytes,
-                                "registry": "unknown" if self.registry_bytes is None else self.registry_bytes},
-                "gc_ran": self.gc_ran}
+        doc = {"plan": self.plan.to_dict(), "dry_run": self.dry_run, "removed": self.removed,
+               "refused": self.refused, "deleted": self.deleted, "registry_errors": self.registry_errors,
+               "bytes_freed": {"nodes": self.node_bytes,
+                               "registry": "unknown" if self.registry_bytes is None else self.registry_bytes},
+               "gc_ran": self.gc_ran}
+        if self.plan.node_registries:
+            doc["node_registries"] = {
+                r.node: {"deleted": self.node_registry_deleted.get(r.node, []),
+                         "gc": self.node_registry_gc[r.node].to_dict() if r.node in self.node_registry_gc else None}
+                for r in self.plan.node_registries}
+            doc["bytes_freed"]["node_registries"] = {n: g.freed for n, g in sorted(self.node_registry_gc.items())}
+        return doc
 
 
 def plan_items(plan: PrunePlan) -> dict[str, dict[str, list[str]]]:

@@ -246,9 +246,12 @@ def target_ref(image: Mapping[str, Any], source_registry: str, target_registry: 
     return image["ref"]
 
 
-def push(archive: Archive, client: RegistryClient, on_image: Callable[[Loaded], None] | None = None) -> list[Loaded]:
+def push(archive: Archive, client: RegistryClient, on_image: Callable[[Loaded], None] | None = None,
+         target_registry: str = "") -> list[Loaded]:
     """Push every image that lived in the source environment's registry into CLIENT's
-    registry by digest, then read each digest back: it must be the recorded one."""
+    registry by digest, then read each digest back: it must be the recorded one. The
+    images are named in target_registry (default: CLIENT's address; a node's loopback
+    registry is reached at another address than the one its engine pulls from)."""
     out = []
     source_registry = archive.source_registry
     for svc, img in sorted(archive.images.items()):
@@ -274,7 +277,8 @@ def push(archive: Archive, client: RegistryClient, on_image: Callable[[Loaded], 
         back = client.manifest_digest(repo, img["digest"])
         if back != img["digest"]:
             raise OrchError(f"service {svc}: {client.address}/{repo}@{img['digest']} reads back as {back}")
-        item = Loaded(svc, target_ref(img, source_registry, client.address), img["digest"], pushed, present)
+        item = Loaded(svc, target_ref(img, source_registry, target_registry or client.address), img["digest"],
+                      pushed, present)
         out.append(item)
         if on_image:
             on_image(item)

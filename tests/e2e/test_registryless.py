@@ -1,8 +1,8 @@
 """Deploying without a registry on the lab: environments of its own (xdev on dev-1, xtest on
-test-1, neither naming a registry address) and a project of its own, built from the lab's
+test-1, xprod on prod-1 and prod-2, none naming a registry address) and a project of its own, built from the lab's
 busybox. up, change one line, up again (only the changed layer travels: bytes sent within
-1.2x that layer, printed), promote to xtest (the same digest, copied from dev-1's loopback
-registry), rollback, and an `orch up` killed mid-transfer that a re-run completes."""
+1.2x that layer, printed), promote to xtest and on to xprod (the same digest, copied from
+dev-1's, then test-1's loopback registry), rollback, and an `orch up` killed mid-transfer that a re-run completes."""
 
 from __future__ import annotations
 
@@ -46,11 +46,17 @@ class App:
             + f"registry: {{mirror: {lab.registry_mirror}, ca_file: {lab.ca_cert}}}\n")
         (root / "environments" / "xtest.yaml").write_text(
             "name: xtest\npromote_from: xdev\nnodes:\n" + node("test-1") + ssh + "registry: none\n")
+        # Two nodes: the image reaches the second by a registry-to-registry copy. The nodes are
+        # prod's too, so the environment's mesh takes a range and port of its own.
+        (root / "environments" / "xprod.yaml").write_text(
+            "name: xprod\npromote_from: xtest\nnodes:\n" + node("prod-1") + node("prod-2") + ssh + "registry: none\n"
+            + "mesh: {cidr: 10.192.0.0/12, port: 51823}\n")
         (root / "compose.yaml").write_text(textwrap.dedent(f"""\
             services:
               web:
                 build: .
                 ports: ["{self.port}:8080"]
+                deploy: {{mode: global}}
             """))
 
     def write(self, text: str, size: int = 1_000_000) -> None:
@@ -108,7 +114,7 @@ def drop_repository(repository: str) -> None:
 def app(lab, tmp_path):
     a = App(tmp_path / "app", lab)
     yield a
-    for env in ("xdev", "xtest"):
+    for env in ("xdev", "xtest", "xprod"):
         subprocess.run([ORCH, "down", "--env", env, "-p", a.name, "--json"], cwd=a.dir, capture_output=True,
                        timeout=300)
     tags = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
@@ -148,6 +154,15 @@ def test_up_change_promote_rollback_and_a_killed_transfer(app, lab):
     assert app.digest(promoted) == d2
     assert [m["via"] for m in promoted["transferred"]["moves"]] == ["xdev/dev-1"]
     assert http_get(f"http://{test}:{app.port}/").strip() == "xfer v2"
+
+    # And on to xprod's two nodes, copied from test-1: the digest that passed dev and test.
+    prod = app.orch("promote", app.name, "--to", "xprod")
+    assert app.digest(prod) == d2
+    for n in ("prod-1", "prod-2"):
+        assert http_get(f"http://{lab.node(n).address}:{app.port}/").strip() == "xfer v2"
+        assert registry_manifest(n, repo, d2)["layers"], n
+    history = app.orch("history", "--env", "xprod")
+    assert "xtest" in json.dumps(history["releases"][0]), history["releases"][0]
 
     # Rollback: release 1's digest, still in dev-1's loopback registry.
     rolled = app.orch("rollback", "--env", "xdev")

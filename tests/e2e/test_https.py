@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import shutil
@@ -29,6 +28,8 @@ import pytest
 
 from .conftest import LOCK_WAIT, ORCH
 from .helpers import last_json
+from tests.tls_certs import Pair, make_ca, make_leaf
+
 from .tls_helpers import HTTPSLoad, fingerprint, http_get, https_get
 
 pytestmark = pytest.mark.e2e
@@ -195,81 +196,39 @@ def test_a_second_project_shares_443_and_a_third_cannot_take_a_name(site, lab, a
         dns_rm(other.host)
 
 
-def _make_ca():
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "orch e2e test CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
-def _leaf(ca, names: list[str], days: tuple[int, int] = (-1, 30), key=None):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    ca_key, ca_cert = ca
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now + datetime.timedelta(days=days[0]))
-            .not_valid_after(now + datetime.timedelta(days=days[1]))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return key, cert
-
-
-def _write(directory: Path, key, cert) -> None:
-    from cryptography.hazmat.primitives import serialization
-
+def _write(directory: Path, pair: Pair, key_of: Pair | None = None) -> None:
+    """tls/site.crt and tls/site.key: pair's certificate, and its key (or key_of's)."""
     (directory / "tls").mkdir(exist_ok=True)
-    (directory / "tls" / "site.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "tls" / "site.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (directory / "tls" / "site.crt").write_text(pair.cert_pem)
+    (directory / "tls" / "site.key").write_text((key_of or pair).key_pem)
 
 
 def test_a_certificate_from_files_is_served_as_given_and_bad_ones_are_refused(lab, tmp_path):
-    import hashlib
-
-    from cryptography.hazmat.primitives import serialization
-
-    ca = _make_ca()
+    ca = make_ca("orch e2e test CA")
     ca_file = tmp_path / "ca.pem"
-    ca_file.write_bytes(ca[1].public_bytes(serialization.Encoding.PEM))
+    ca_file.write_text(ca.cert_pem)
     s = Site(tmp_path / "f", lab, "tlsf", tls="{cert: ./tls/site.crt, key: ./tls/site.key}")
     bad = [
-        ("expired", _leaf(ca, [s.host], days=(-30, -1)), "expired"),
-        ("other names", _leaf(ca, ["someone-else.lab.test"]), s.host),
-        ("wrong key", (_leaf(ca, [s.host])[0], _leaf(ca, [s.host])[1]), "key"),
+        ("expired", (make_leaf(ca, [s.host], days=-1), None), "expired"),
+        ("other names", (make_leaf(ca, ["someone-else.lab.test"]), None), s.host),
+        ("wrong key", (make_leaf(ca, [s.host]), make_leaf(ca, [s.host])), "key"),
     ]
-    for what, (key, cert), needle in bad:
-        _write(s.dir, key, cert)
+    for what, (pair, key_of), needle in bad:
+        _write(s.dir, pair, key_of)
         cp = s.run("up", "--json", check=False)
         assert cp.returncode == 2, (what, cp.stdout[-2000:], cp.stderr[-2000:])
         error = last_json(cp.stdout)["error"]
         assert "site.crt" in error["message"] or "site.key" in error["message"], (what, error)
         assert needle in error["message"], (what, error)
         assert "BEGIN" not in cp.stdout + cp.stderr
-    key, cert = _leaf(ca, [s.host])
-    _write(s.dir, key, cert)
+    good = make_leaf(ca, [s.host])
+    _write(s.dir, good)
     try:
         code, final = s.up()
         assert code == 0, final
-        want = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
         for address in s.addresses():
             status, _, body, fp = https_get(s.host, address, str(ca_file))
-            assert (status, body.strip(), fp) == (200, "tlsf-1", want)
+            assert (status, body.strip(), fp) == (200, "tlsf-1", good.fingerprint)
     finally:
         s.down()
 

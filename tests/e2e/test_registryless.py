@@ -19,17 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import http_get, last_json
+from tests.e2e.helpers import REGISTRYLESS_DOCKERFILE as DOCKERFILE
+from tests.e2e.helpers import drop_repository, http_get, last_json, registry_manifest
 
 pytestmark = pytest.mark.e2e
 
 ORCH = str(Path(sys.executable).parent / "orch")
-DOCKERFILE = """\
-FROM busybox
-RUN head -c 3000000 /dev/urandom > /base
-RUN mkdir -p /www && head -c {size} /dev/urandom > /www/blob && echo "{text}" > /www/index.html
-CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]
-"""
 
 
 class App:
@@ -71,43 +66,6 @@ class App:
 
     def digest(self, out: dict) -> str:
         return out["images"]["web"].split("@")[1]
-
-
-def registry_manifest(node: str, repository: str, digest: str) -> dict:
-    """The manifest in a node's loopback registry, read inside the node's network namespace."""
-    code = ("import urllib.request,sys;r=urllib.request.Request(sys.argv[1],headers={'Accept':"
-            "'application/vnd.docker.distribution.manifest.v2+json'});print(urllib.request.urlopen(r).read().decode())")
-    url = f"http://127.0.0.1:47055/v2/{repository}/manifests/{digest}"
-    cp = subprocess.run(["ip", "netns", "exec", f"orch-lab.{node}", "python3", "-c", code, url],
-                        capture_output=True, text=True, timeout=30, check=True)
-    return json.loads(cp.stdout)
-
-
-def drop_repository(repository: str) -> None:
-    """The test's images out of the nodes' transfer registries (kept there for the next
-    transfer otherwise): its repository and the blobs no other repository links."""
-    import glob
-    import shutil
-
-    for v2 in glob.glob("/var/lib/orch-agent/engines/*/transfer/storage/docker/registry/v2"):
-        repo = Path(v2, "repositories", repository)
-        if not repo.is_dir():
-            continue
-        def linked(root):
-            return {Path(x).name for pat in ("_layers/sha256/*", "_manifests/revisions/sha256/*")
-                    for x in glob.glob(str(Path(root, pat)))}
-        mine = linked(repo)
-        others = set()
-        for other in glob.glob(f"{v2}/repositories/*/*"):
-            if Path(other) != repo:
-                others |= linked(other)
-        for h in mine - others:
-            shutil.rmtree(Path(v2, "blobs", "sha256", h[:2], h), ignore_errors=True)
-        shutil.rmtree(repo, ignore_errors=True)
-        try:
-            repo.parent.rmdir()  # <project>/, now empty
-        except OSError:
-            pass
 
 
 @pytest.fixture

@@ -209,6 +209,22 @@ def test_x_keys_are_replaced(tmp_path):
     assert p.extensions == {"x-a": {"d": 3}}
 
 
+def test_a_services_x_orch_merges_its_mappings_and_replaces_its_lists(tmp_path):
+    """An environment's overlay (or an override file) changes x-orch.ingress.hosts and keeps
+    tls and target; other x- keys of a service are still replaced whole, as in Compose."""
+    p = load(tmp_path,
+             "services: {web: {image: nginx, x-orch: {ingress: {hosts: [a.example.com, b.example.com], tls: auto,"
+             " target: 80}, min_healthy_time: 2s}, x-other: {k: 1, j: 2}}}\n",
+             "services: {web: {x-orch: {ingress: {hosts: [c.example.com], hsts: true}}, x-other: {k: 3}}}\n")
+    web = p.services["web"].extensions
+    assert web["x-orch"] == {"ingress": {"hosts": ["c.example.com"], "tls": "auto", "target": 80, "hsts": True},
+                             "min_healthy_time": "2s"}
+    assert web["x-other"] == {"k": 3}
+    p = load(tmp_path, "services: {web: {image: nginx, x-orch: {ingress: {hosts: [a.example.com], tls: auto}}}}\n",
+             "services: {web: {x-orch: !override {ingress: {hosts: [c.example.com]}}}}\n")
+    assert p.services["web"].extensions["x-orch"] == {"ingress": {"hosts": ["c.example.com"]}}
+
+
 def test_relative_paths_resolve_against_the_first_files_folder(tmp_path):
     (tmp_path / "deploy").mkdir()
     base = tmp_path / "compose.yaml"

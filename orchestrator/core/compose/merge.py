@@ -9,7 +9,9 @@
 - build merges as a mapping (the string form is read as {context: ...});
 - logging merges only when both sides use the same driver, else it is replaced;
 - ulimits entries are replaced;
-- x-* keys are replaced;
+- x-* keys are replaced, except a service's `x-orch` (orch's own): its mappings merge
+  recursively and its other values (host name lists too) are replaced, so an
+  environment's overlay can change `x-orch.ingress.hosts` and keep `tls` and `target`;
 - a value tagged `!reset` removes the key; a value tagged `!override` replaces it;
 - a null override of a mapping or a list leaves the base value in place.
 
@@ -113,6 +115,10 @@ def _merge_maps(base: YMap, over: YMap, path: tuple, tagged: bool) -> YMap:
             if k in base:
                 del base[k]
             continue
+        if k == "x-orch" and tag != OVERRIDE and len(path) == 2 and path[0] == "services" \
+                and isinstance(base.get(k), YMap) and isinstance(v, YMap):
+            _merge_replacing(base[k], v, tagged)
+            continue
         if tag == OVERRIDE or k not in base or (isinstance(k, str) and k.startswith("x-")):
             base[k] = clean(v, tagged)
             base.copy_meta(k, over)
@@ -125,6 +131,26 @@ def _merge_maps(base: YMap, over: YMap, path: tuple, tagged: bool) -> YMap:
         base[k] = new
         if not (isinstance(new, (YMap, YList)) and new is old):
             base.copy_meta(k, over)  # replaced: it now comes from the override
+    return base
+
+
+def _merge_replacing(base: YMap, over: YMap, tagged: bool) -> YMap:
+    """Mappings merge recursively; anything else (lists included) is replaced."""
+    for k, v in over.items():
+        tag = over.tag_of(k) if tagged else None
+        if tag == RESET:
+            if k in base:
+                del base[k]
+            continue
+        old = base.get(k)
+        if tag != OVERRIDE and isinstance(old, YMap) and isinstance(v, YMap):
+            _merge_replacing(old, v, tagged)
+            continue
+        if v is None and isinstance(old, (YMap, YList)):
+            continue
+        base[k] = clean(v, tagged)
+        base.copy_meta(k, over)
+        base.set_tag(k, None)
     return base
 
 

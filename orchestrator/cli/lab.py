@@ -9,7 +9,7 @@ import typer
 
 from orchestrator.cli.root import app
 from orchestrator.cli.options import Json
-from orchestrator.errors import OrchError
+from orchestrator.errors import InputError, OrchError, Problem
 
 lab_app = typer.Typer(
     help="Run the local lab: real DEV/TEST/PROD nodes and a registry on this machine.",
@@ -185,7 +185,7 @@ def dns_set(
     lab = resolve_name(name)
     chosen = list(addresses or []) or (env_addresses(lab, env) if env else [])
     if not chosen:
-        raise OrchError("no address given for " + host, fix="give addresses, or --env ENV for that environment's nodes")
+        raise InputError(Problem(f"no address given for {host}", fix="give addresses, or --env ENV for that environment's nodes"))
     canon = add_name(host, chosen, lab)
     if json_out:
         print_final(final("ok", "lab dns set", name=canon, addresses=chosen))

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import OrchError
+from orchestrator.errors import InputError, OrchError, Problem
 from orchestrator.lab.model import (
     DEFAULT_NAME,
     SSH_PORT,
@@ -151,6 +151,6 @@ def env_addresses(name: str | None, env: str) -> list[str]:
     found = [n.address for n in info.nodes if n.env == env]
     if not found:
         envs = sorted({n.env for n in info.nodes})
-        raise OrchError(f"lab {info.name} has no node of environment {env!r} (it has: {', '.join(envs)}).",
-                        fix="name one of those environments, or give the addresses")
+        raise InputError(Problem(f"lab {info.name} has no node of environment {env!r} (it has: {', '.join(envs)})",
+                                 fix="name one of those environments, or give the addresses"))
     return found

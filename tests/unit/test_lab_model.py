@@ -196,3 +196,14 @@ def test_registry_catalog_follows_the_next_page_link(monkeypatch):
     monkeypatch.setattr(registry, "request", fake)
     assert registry.catalog(spec, registry.Credentials("u", "p", "")) == ["a", "b", "library/busybox"]
     assert len(seen) == 2
+
+
+def test_env_addresses_are_the_environments_lab_nodes(monkeypatch):
+    """`orch lab dns set NAME --env prod`: the name resolves to every prod node."""
+    from orchestrator.lab import info as lab_info_module
+
+    monkeypatch.setattr(lab_info_module, "lab_info", lambda name=None: info_from_spec(default_spec()))
+    assert lab_info_module.env_addresses(None, "prod") == ["10.250.0.31", "10.250.0.32"]
+    with pytest.raises(InputError) as err:
+        lab_info_module.env_addresses(None, "staging")
+    assert "has no node of environment 'staging'" in str(err.value) and err.value.exit_code == 2

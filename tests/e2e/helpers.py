@@ -211,3 +211,10 @@ def drop_repository(repository: str) -> None:
             repo.parent.rmdir()  # <project>/, now empty
         except OSError:
             pass
+
+
+def lab_nodes_yaml(lab, *names: str) -> str:
+    """`nodes:` and `ssh:` of an environment file on these lab nodes (Debian's python3)."""
+    entries = "".join(f"  - {{name: {n}, host: {lab.node(n).address}, user: {lab.ssh_user}, "
+                      f"identity_file: {lab.ssh_key}, python: /usr/bin/python3}}\n" for n in names)
+    return "nodes:\n" + entries + f"ssh: {{known_hosts: {lab.known_hosts}}}\n"

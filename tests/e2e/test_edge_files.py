@@ -17,10 +17,8 @@ import hashlib
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -28,6 +26,7 @@ from agent.wire.spec import config_hash
 from orchestrator.core.environments import NodeSpec
 from orchestrator.io import transport as T
 from orchestrator.io.agent_bundle import current_bundle
+from tests.e2e.helpers import Load
 from tests.tls_certs import make_ca, make_leaf
 
 pytestmark = pytest.mark.e2e
@@ -73,18 +72,16 @@ def served_fingerprint(address, host, cafile):
             return hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
 
 
-class HTTPSLoad:
+class HTTPSLoad(Load):
     """GET / over HTTPS at a fixed rate, a new TLS connection each (so every request does
-    a handshake with whichever certificate HAProxy holds then); every answer recorded."""
+    a handshake with whichever certificate HAProxy holds then); every answer recorded.
+    The schedule is tests/e2e/helpers.Load's; only the request differs."""
 
     def __init__(self, address, host, cafile, rate):
-        self.address, self.host, self.interval = address, host, 1.0 / rate
+        super().__init__(address, 443, rate)
+        self.address, self.host = address, host
         self.ctx = ssl.create_default_context(cafile=cafile)
-        self.results = []  # (sent, body or None, error, sha256 of the certificate served)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=24)
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        # results: (sent, body or None, error, sha256 of the certificate served)
 
     def _one(self, sent):
         body, error, fp = None, "", ""
@@ -120,28 +117,6 @@ class HTTPSLoad:
         while self.count() < target:
             assert time.monotonic() < deadline, "the HTTPS load made no progress"
             time.sleep(0.05)
-
-    def _run(self):
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now < next_at:
-                time.sleep(min(next_at - now, 0.05))
-                continue
-            self._pool.submit(self._one, next_at)
-            next_at += self.interval
-
-    def start(self):
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join()
-        self._pool.shutdown(wait=True)
-        self.seconds = time.monotonic() - self.started
-        return sorted(self.results, key=lambda r: r[0])
 
 
 def test_two_projects_by_name_on_443_redirects_conflicts_and_a_hitless_certificate_change(conn, lab, tmp_path):

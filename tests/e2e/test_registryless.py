@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import REGISTRYLESS_DOCKERFILE as DOCKERFILE
-from tests.e2e.helpers import drop_repository, http_get, last_json, registry_manifest
+from tests.e2e.helpers import drop_repository, http_get, lab_nodes_yaml, last_json, registry_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -33,18 +33,15 @@ class App:
         self.name = "e2exfer-" + uuid.uuid4().hex[:6]
         self.port = random.randint(420, 499) * 100 + random.randint(50, 99)
         (root / "environments").mkdir(parents=True)
-        node = lambda n: (f"  - {{name: {n}, host: {lab.node(n).address}, user: {lab.ssh_user}, "  # noqa: E731
-                          f"identity_file: {lab.ssh_key}, python: /usr/bin/python3}}\n")
-        ssh = f"ssh: {{known_hosts: {lab.known_hosts}}}\n"
         (root / "environments" / "xdev.yaml").write_text(
-            "name: xdev\nnodes:\n" + node("dev-1") + ssh
+            "name: xdev\n" + lab_nodes_yaml(lab, "dev-1")
             + f"registry: {{mirror: {lab.registry_mirror}, ca_file: {lab.ca_cert}}}\n")
         (root / "environments" / "xtest.yaml").write_text(
-            "name: xtest\npromote_from: xdev\nnodes:\n" + node("test-1") + ssh + "registry: none\n")
+            "name: xtest\npromote_from: xdev\n" + lab_nodes_yaml(lab, "test-1") + "registry: none\n")
         # Two nodes: the image reaches the second by a registry-to-registry copy. The nodes are
         # prod's too, so the environment's mesh takes a range and port of its own.
         (root / "environments" / "xprod.yaml").write_text(
-            "name: xprod\npromote_from: xtest\nnodes:\n" + node("prod-1") + node("prod-2") + ssh + "registry: none\n"
+            "name: xprod\npromote_from: xtest\n" + lab_nodes_yaml(lab, "prod-1", "prod-2") + "registry: none\n"
             + "mesh: {cidr: 10.192.0.0/12, port: 51823}\n")
         (root / "compose.yaml").write_text(textwrap.dedent(f"""\
             services:

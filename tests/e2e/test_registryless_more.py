@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import REGISTRYLESS_DOCKERFILE as DOCKERFILE
-from tests.e2e.helpers import drop_repository, http_get, last_json, registry_manifest
+from tests.e2e.helpers import drop_repository, http_get, lab_nodes_yaml, last_json, registry_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -37,13 +37,10 @@ class App:
         self.name = "e2exfer2-" + uuid.uuid4().hex[:6]
         self.port = random.randint(420, 499) * 100 + random.randint(10, 49)
         (root / "environments").mkdir(parents=True)
-        node = lambda n: (f"  - {{name: {n}, host: {lab.node(n).address}, user: {lab.ssh_user}, "  # noqa: E731
-                          f"identity_file: {lab.ssh_key}, python: /usr/bin/python3}}\n")
-        ssh = f"ssh: {{known_hosts: {lab.known_hosts}}}\n"
         (root / "environments" / "ydev.yaml").write_text(
-            "name: ydev\nnodes:\n" + node("dev-1") + ssh
+            "name: ydev\n" + lab_nodes_yaml(lab, "dev-1")
             + f"registry: {{mirror: {lab.registry_mirror}, ca_file: {lab.ca_cert}}}\n")
-        (root / "environments" / "yfar.yaml").write_text("name: yfar\nnodes:\n" + node("test-1") + ssh
+        (root / "environments" / "yfar.yaml").write_text("name: yfar\n" + lab_nodes_yaml(lab, "test-1")
                                                          + "registry: none\n")
         (root / "compose.yaml").write_text(textwrap.dedent(f"""\
             services:
@@ -149,10 +146,8 @@ def test_only_the_nodes_that_run_a_service_get_its_image(lab, tmp_path):
     image is pushed straight to the node its constraints allow, and neither node gets the
     other's image."""
     a = App(tmp_path / "duo", lab)
-    node = lambda n: (f"  - {{name: {n}, host: {lab.node(n).address}, user: {lab.ssh_user}, "  # noqa: E731
-                      f"identity_file: {lab.ssh_key}, python: /usr/bin/python3}}\n")
     (a.dir / "environments" / "zduo.yaml").write_text(
-        "name: zduo\nnodes:\n" + node("dev-1") + node("test-1") + f"ssh: {{known_hosts: {lab.known_hosts}}}\n"
+        "name: zduo\n" + lab_nodes_yaml(lab, "dev-1", "test-1")
         + f"registry: {{mirror: {lab.registry_mirror}, ca_file: {lab.ca_cert}}}\n")
     (a.dir / "compose.yaml").write_text(textwrap.dedent(f"""\
         services:

@@ -111,7 +111,8 @@ def test_sshd_config_points_sessions_at_the_node_engine():
     # its own mount namespace, /run/wireguard bound to the node's directory (the nodes share
     # this machine's /run, WireGuard's control sockets live there), then exec sshd
     assert argv[4:9] == ["unshare", "--mount", "--propagation", "slave", "--"]
-    assert argv[argv.index("sh") + 1:argv.index("sh") + 4] == ["/run/orch-lab/dev-1/wireguard", "/run/wireguard", "--"]
+    assert argv[argv.index("sh") + 1:argv.index("sh") + 6] == [
+        "/run/orch-lab/dev-1/wireguard", "/run/wireguard", "/etc/skel/.bashrc", "/root/.bashrc", "--"]
     assert argv[-5:] == ["/usr/sbin/sshd", "-D", "-e", "-f", "/var/lib/orch-lab/nodes/dev-1/sshd_config"]
 
 

@@ -74,6 +74,7 @@ from orchestrator.core.releases import (
     restore_secrets,
     with_verification,
 )
+from orchestrator.app.connection import EnvConnection, lock_nodes  # noqa: F401 - used by release, prune, certs
 from orchestrator.io.ledger import ReleaseLedger, detect_performer
 
 INTERRUPTED = ("interrupted: the controller deploying it stopped before it finished (killed, or its connection "
@@ -148,6 +149,7 @@ class PipelineResult:
     warnings: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    round_trips: dict[str, dict] = field(default_factory=dict)  # per node: nodes.RoundTrips.to_json()
     error: OrchError | None = None
 
     @property
@@ -181,6 +183,7 @@ class PipelineResult:
             "warnings": sorted(set(out.get("warnings", [])) | set(self.warnings)),
             "duration_s": round(self.duration_s, 3),
             "timings": {k: round(v, 3) for k, v in sorted(self.timings.items())},
+            "round_trips": dict(sorted(self.round_trips.items())),
         })
         if self.error is not None:
             out["error"] = self.error.to_json()
@@ -322,91 +325,6 @@ def _history_with(history: History, *releases: Release) -> History:
     return replace(history, releases=ordered, max_id=max([history.max_id] + [r.id for r in ordered]))
 
 
-# --------------------------------------------------------------------------- the lock
-
-
-def lock_nodes(nodes: Mapping[str, Any], env: str, holder: Any, wait: float,
-               on_wait: Callable[..., None] | None = None) -> Any:
-    """Take env's lock on each node's lock session (nodes.SSHNode.lock_session: the
-    node's first agent session, which the node closes with the command); the
-    orchestrator.io.lock.EnvLock, released with .release()."""
-    from orchestrator.io.lock import acquire_lock
-
-    sessions = {name: node.lock_session() for name, node in nodes.items()}
-    return acquire_lock(env, sessions, holder, wait, on_wait)
-
-
-class EnvConnection:
-    """One environment for one command: its nodes (nodes.SSHNode), its lock, its ledger."""
-
-    def __init__(self, environment: Any, project: str, progress: Progress, seams: Seams):
-        from orchestrator.io.nodes import ssh_connect
-
-        self.environment = environment
-        self.project = project
-        self.progress = progress
-        self.seams = seams
-        # The lock lives on each node's first session (nodes.SSHNode.lock_session).
-        self.connector = seams.connector or ssh_connect
-        self.nodes: dict[str, Any] = {}
-        self.lock_handle: Any = None
-        self.timings: dict[str, float] = {}
-
-    def connect(self) -> dict[str, Any]:
-        t0 = time.monotonic()
-        names = [n.name for n in self.environment.nodes]
-        self.progress.phase("connect", f"connecting to {len(names)} node(s) of {self.environment.name}: "
-                            f"{', '.join(names)}", nodes=names)
-        self.nodes = self.connector(self.environment, self.progress, self.project)
-        self.timings["connect"] = time.monotonic() - t0
-        return self.nodes
-
-    def lock(self, command: str, wait: float, performer: Performer) -> None:
-        from orchestrator.io.lock import LockHolder
-
-        t0 = time.monotonic()
-        env = self.environment.name
-        self.progress.phase("lock", f"taking the deploy lock of {env}")
-        holder = LockHolder.current(command, performer, self.project)
-
-        def on_wait(node: str, who: Any, waited: float, reason: str | None = None) -> None:
-            from dataclasses import asdict
-
-            if reason:  # the lock is ours; agents of a controller that went away are finishing
-                self.progress.phase("lock", f"locked {env}; waiting on {node} ({waited:.0f}s): {reason}",
-                                    node=node, waited=waited, holder=None, reason=reason)
-                return
-            text = who.describe() if who is not None else "another controller"
-            self.progress.phase("lock", f"waiting for the lock of {env} ({waited:.0f}s): held by {text}",
-                                node=node, waited=waited, holder=asdict(who) if who is not None else None)
-
-        self.lock_handle = (self.seams.locker or lock_nodes)(self.nodes, env, holder, wait, on_wait)
-        # The state read along with hello predates the lock: read it again under it.
-        for node in self.nodes.values():
-            if hasattr(node, "prefetched_state"):
-                node.prefetched_state = None
-        self.timings["lock"] = time.monotonic() - t0
-        self.progress.event("locked", env=env, seconds=round(self.timings["lock"], 3))
-
-    def ledger(self) -> ReleaseLedger:
-        return ReleaseLedger(self.nodes, self.project, self.environment.name, on_warning=self.progress.warning)
-
-    def preconnected(self, *args: Any, **kw: Any) -> dict[str, Any]:
-        """A nodes.Connector handing the Deployment these nodes."""
-        return self.nodes
-
-    def close(self) -> None:
-        from orchestrator.io.nodes import close_nodes
-
-        try:
-            if self.lock_handle is not None:
-                self.lock_handle.release()
-        finally:
-            self.lock_handle = None
-            close_nodes(self.nodes)
-            self.nodes = {}
-
-
 def settle_interrupted(ledger: ReleaseLedger, history: History) -> History:
     """Under the lock nobody else is deploying: a release still "deploying" was left by a
     controller that died. Mark it failed (its containers are whatever it got to; this
@@ -465,106 +383,115 @@ class _Flow:
             conn: EnvConnection | None = None, connecting: Any = None) -> PipelineResult:
         """connecting: a Future of conn.connect() started earlier (promote connects to the
         target while it reads the source)."""
-        from orchestrator.app.deploy import DeployOptions, Deployment
-
-        env = self.environment
-        conn = conn or EnvConnection(env, self.project_name, self.progress, self.seams)
+        conn = conn or EnvConnection(self.environment, self.project_name, self.progress, self.seams)
+        result: PipelineResult | None = None
         try:
-            if connecting is not None:
-                connecting.result()
-            else:
-                conn.connect()
-            if not self.opts.dry_run:
-                conn.lock(self.opts.command_line or f"orch {self.command} --env {env.name}", self.opts.lock_wait,
-                          self.performer)
-            ledger = conn.ledger()
-            t0 = time.monotonic()
-            history = ledger.history(limit=self.history_limit)
-            if not self.opts.dry_run:
-                history = settle_interrupted(ledger, history)
-            self.timings["ledger"] = time.monotonic() - t0
-            prep = prepare(history)
-            for w in prep.warnings:
-                self.warn(w)
-            if prep.make_release is None:
-                return self._result("ok", None, prep.live, False, prep.message, prep, conn)
-            if not self.opts.dry_run:
-                self._transfer(conn, prep)
-            # The new release's id goes into every spec as it is built; the release itself is
-            # recorded (make_release, numbered from the same history) just before anything is
-            # applied. A ledger that could not be read leaves it unnumbered: make_release refuses.
-            release_id = "" if self.opts.dry_run or history.errors else str(history.next_id())
-            dep = Deployment(prep.workspace, DeployOptions(services=list(self.opts.services), dry_run=self.opts.dry_run,
-                                                           remove_orphans=self.opts.remove_orphans,
-                                                           images=dict(prep.images), commit=False,
-                                                           release=release_id),
-                             self.progress, connector=conn.preconnected)
-            recorded: dict[str, Release] = {}
-
-            def start(d: Any) -> None:
-                rel = prep.make_release(history)
-                self.progress.phase("release", f"recording {rel.ref} ({rel.command}) as deploying")
-                recorded["release"] = ledger.write(rel).releases[0]
-
-            if not self.opts.dry_run:
-                dep.hooks["before_apply"].append(lambda d: self._transfer_placed(conn, prep, d))
-            dep.hooks["before_apply"].append(start)
-            try:
-                result = dep.run(close=False)
-            except OrchError as err:
-                rel = recorded.get("release")
-                if rel is not None:
-                    try:
-                        ledger.write(mark_failed(rel, err.message, secret_values=secret_values(
-                            prep.workspace.project, self.seams.environ)))
-                    except OrchError as err2:
-                        self.warn(f"could not record {rel.ref} as failed: {err2.message}")
-                raise
-            if self.opts.dry_run:
-                return self._result("planned", result, None, False, "", prep, conn)  # up_summary says it
-            rel = recorded.get("release")
-            if rel is None:  # nothing was applied
-                candidate = prep.make_release(history)
-                live = history.live()
-                if (noop_if_live and live is not None and live.services == candidate.services
-                        and live.project_hash == candidate.project_hash):
-                    if dep.has_kept():
-                        dep.commit()  # kept by an update that stopped before it was live: not needed
-                    return self._result("ok", result, live, False,
-                                        f"{self.project_name} is already live in {env.name} as {live.ref}; "
-                                        "nothing changed.", prep, conn)
-                rel = candidate
-            t0 = time.monotonic()
-            written = ledger.write(*mark_live(history, rel))
-            rel = written.releases[0]
-            history = _history_with(history, *written.releases)
-            self.timings["record"] = time.monotonic() - t0
-            # Live: the previous release's containers, kept for a rollback, can go.
-            if dep.journal or dep.has_kept():
-                dep.commit()
-            verification = None
-            error: OrchError | None = None
-            if env.verify.on_deploy and env.verify.checks:
-                report = self._verify(prep.workspace.project, dep.observed, rel.id)
-                verification = report.to_json()
-                rel = ledger.write(with_verification(rel, verification)).releases[0]
-                history = _history_with(history, rel)
-                if not report.ok:
-                    error = VerificationFailed(
-                        f"{rel.ref} is live, but its verification failed: {report.summary()}",
-                        fix=f"fix what fails, then `orch verify --env {env.name}` (or deploy a fix); until it "
-                        "passes, an environment that requires verification refuses to promote it.",
-                        details={"release": rel.ref.to_dict(), "verification": verification})
-            pruned = self._prune(conn.nodes, history, prep.workspace.project.name)
-            what = {"up": "deployed", "promote": "promoted", "rollback": "rolled back"}[self.command]
-            message = f"{self.project_name} {what}: {rel.lineage_text()} is live in {env.name}."
-            res = self._result("failed" if error else "ok", result, rel, True, message, prep, conn,
-                               verification=verification, pruned=pruned)
-            res.error = error
-            return res
+            result = self._run(prepare, noop_if_live, conn, connecting)
+            return result
         finally:
             conn.close()
             self.timings.update({k: v for k, v in conn.timings.items()})
+            if result is not None:
+                result.round_trips = conn.round_trips
+
+    def _run(self, prepare: Callable[[History], _Prepared], noop_if_live: bool, conn: EnvConnection,
+             connecting: Any) -> PipelineResult:
+        from orchestrator.app.deploy import DeployOptions, Deployment
+
+        env = self.environment
+        if connecting is not None:
+            connecting.result()
+        else:
+            conn.connect(read_state=self.opts.dry_run)  # else read under the lock
+        ledger = conn.ledger()
+        if not self.opts.dry_run:
+            # The ledger and the state, read next, go along with each node's lock_acquire.
+            conn.lock(self.opts.command_line or f"orch {self.command} --env {env.name}", self.opts.lock_wait,
+                      self.performer, reads=[ledger.list_request(self.history_limit), conn.state_read()])
+        t0 = time.monotonic()
+        history = ledger.history(limit=self.history_limit)
+        if not self.opts.dry_run:
+            history = settle_interrupted(ledger, history)
+        self.timings["ledger"] = time.monotonic() - t0
+        prep = prepare(history)
+        for w in prep.warnings:
+            self.warn(w)
+        if prep.make_release is None:
+            return self._result("ok", None, prep.live, False, prep.message, prep, conn)
+        if not self.opts.dry_run:
+            self._transfer(conn, prep)
+        # The new release's id goes into every spec as it is built; the release itself is
+        # recorded (make_release, numbered from the same history) just before anything is
+        # applied. A ledger that could not be read leaves it unnumbered: make_release refuses.
+        release_id = "" if self.opts.dry_run or history.errors else str(history.next_id())
+        dep = Deployment(prep.workspace, DeployOptions(services=list(self.opts.services), dry_run=self.opts.dry_run,
+                                                       remove_orphans=self.opts.remove_orphans,
+                                                       images=dict(prep.images), commit=False,
+                                                       release=release_id),
+                         self.progress, connector=conn.preconnected)
+        recorded: dict[str, Release] = {}
+
+        def start(d: Any) -> None:
+            rel = prep.make_release(history)
+            self.progress.phase("release", f"recording {rel.ref} ({rel.command}) as deploying")
+            recorded["release"] = ledger.write(rel).releases[0]
+
+        if not self.opts.dry_run:
+            dep.hooks["before_apply"].append(lambda d: self._transfer_placed(conn, prep, d))
+        dep.hooks["before_apply"].append(start)
+        try:
+            result = dep.run(close=False)
+        except OrchError as err:
+            rel = recorded.get("release")
+            if rel is not None:
+                try:
+                    ledger.write(mark_failed(rel, err.message, secret_values=secret_values(
+                        prep.workspace.project, self.seams.environ)))
+                except OrchError as err2:
+                    self.warn(f"could not record {rel.ref} as failed: {err2.message}")
+            raise
+        if self.opts.dry_run:
+            return self._result("planned", result, None, False, "", prep, conn)  # up_summary says it
+        rel = recorded.get("release")
+        if rel is None:  # nothing was applied
+            candidate = prep.make_release(history)
+            live = history.live()
+            if (noop_if_live and live is not None and live.services == candidate.services
+                    and live.project_hash == candidate.project_hash):
+                if dep.has_kept():
+                    dep.commit()  # kept by an update that stopped before it was live: not needed
+                return self._result("ok", result, live, False,
+                                    f"{self.project_name} is already live in {env.name} as {live.ref}; "
+                                    "nothing changed.", prep, conn)
+            rel = candidate
+        t0 = time.monotonic()
+        written = ledger.write(*mark_live(history, rel))
+        rel = written.releases[0]
+        history = _history_with(history, *written.releases)
+        self.timings["record"] = time.monotonic() - t0
+        # Live: the previous release's containers, kept for a rollback, can go.
+        if dep.journal or dep.has_kept():
+            dep.commit()
+        verification = None
+        error: OrchError | None = None
+        if env.verify.on_deploy and env.verify.checks:
+            report = self._verify(prep.workspace.project, dep.observed, rel.id)
+            verification = report.to_json()
+            rel = ledger.write(with_verification(rel, verification)).releases[0]
+            history = _history_with(history, rel)
+            if not report.ok:
+                error = VerificationFailed(
+                    f"{rel.ref} is live, but its verification failed: {report.summary()}",
+                    fix=f"fix what fails, then `orch verify --env {env.name}` (or deploy a fix); until it "
+                    "passes, an environment that requires verification refuses to promote it.",
+                    details={"release": rel.ref.to_dict(), "verification": verification})
+        pruned = self._prune(conn.nodes, history, prep.workspace.project.name)
+        what = {"up": "deployed", "promote": "promoted", "rollback": "rolled back"}[self.command]
+        message = f"{self.project_name} {what}: {rel.lineage_text()} is live in {env.name}."
+        res = self._result("failed" if error else "ok", result, rel, True, message, prep, conn,
+                           verification=verification, pruned=pruned)
+        res.error = error
+        return res
 
     def _transfer(self, conn: EnvConnection, prep: _Prepared) -> None:
         """Without a registry, before the plan: the built images pushed to a node and pinned
@@ -666,13 +593,20 @@ def down(workspace: Any, opts: PipelineOptions, remove_volumes: bool = False, pr
     if env is None:
         raise InputError(Problem("no environment given", fix="pass --env ENV"))
     performer = seams.performer or detect_performer(environ=seams.environ)
+    from orchestrator.io.nodes import state_args
+
     conn = EnvConnection(env, workspace.project.name, progress, seams)
+    result = None
     try:
-        conn.connect()
-        conn.lock(opts.command_line or f"orch down --env {env.name}", opts.lock_wait, performer)
-        return take_down(workspace, remove_volumes, progress, connector=conn.preconnected, started=t0)
+        conn.connect(read_state=False)  # read under the lock, along with it
+        conn.lock(opts.command_line or f"orch down --env {env.name}", opts.lock_wait, performer,
+                  reads=[("state", state_args(workspace.project.name))])
+        result = take_down(workspace, remove_volumes, progress, connector=conn.preconnected, started=t0)
+        return result
     finally:
         conn.close()
+        if result is not None:
+            result.round_trips = conn.round_trips
 
 
 # --------------------------------------------------------------------------- verify

@@ -169,12 +169,13 @@ class DownResult:
     volumes: dict[str, list[str]]
     duration_s: float
     certificates: list[dict] = field(default_factory=list)  # {op, node, host}: tls_cert_remove, certd_leave
+    round_trips: dict[str, dict] = field(default_factory=dict)  # per node: io.nodes.RoundTrips.to_json()
 
     def to_json(self) -> dict:
         return {"version": JSON_VERSION, "status": "ok", "command": "down", "environment": self.environment,
                 "project": self.project, "removed": self.removed, "networks": self.networks,
                 "volumes": self.volumes, "certificates": list(self.certificates),
-                "duration_s": round(self.duration_s, 3)}
+                "duration_s": round(self.duration_s, 3), "round_trips": dict(sorted(self.round_trips.items()))}
 
 
 def deploy_error(what: str, failures: list, not_started: list[str]) -> DeployError:

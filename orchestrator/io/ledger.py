@@ -88,9 +88,13 @@ class ReleaseLedger:
 
         return parallel(list(self.sessions.items()), lambda item: fn(item[0], item[1]), key=lambda item: item[0])
 
+    def list_request(self, limit: int = 50) -> tuple[str, dict]:
+        """The request `history` sends each node (to send it ahead: nodes.SSHNode.read_behind_next)."""
+        return "release_list", {"env": self.env, "project": self.project, "limit": limit}
+
     def history(self, limit: int = 50) -> History:
-        args = {"env": self.env, "project": self.project, "limit": limit}
-        answers, errors = self._each(lambda node, s: s.call("release_list", args))
+        op, args = self.list_request(limit)
+        answers, errors = self._each(lambda node, s: s.call(op, args))
         if not answers:
             raise LedgerError(
                 f"cannot read the release history of {self.project} in {self.env} from any node: "

@@ -2,24 +2,51 @@
 (`SSHNode`), opened for every node of an environment at once (`ssh_connect`, all or
 nothing; `env_sessions`: one plain session per node for commands that make a few calls), observed in parallel (`observe_nodes`) and closed (`close_nodes`). The use cases
 in orchestrator.app take a `Connector` (ssh_connect by default; tests hand in fakes).
+
+Round trips: every agent session counts its requests and the round trips it waited for
+(transport.AgentCounts); `SSHNode.round_trips()` adds them up per node, split at the end
+of the connect (`RoundTrips`). `SSHNode.read_behind_next` pipelines reads behind the
+node's next request (the deploy lock's `lock_acquire`), and `call` answers them from there.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from agent.wire.messages import StateRequest, StateResult
 from orchestrator.io import transport as T
+from orchestrator.io.transport.agent_session import AgentCounts
 from orchestrator.errors import OrchError
 from orchestrator.core.environments import NodeSpec
 from orchestrator.core.plan import Observed, observe
 from orchestrator.core.progress import Progress
 from orchestrator.core.shared_nodes import of_env
 
+
+
+@dataclass(frozen=True)
+class RoundTrips:
+    """A node's agent requests and round trips for one command: while connecting (hello,
+    and the `state` read along with it) and after; `sessions`: agent sessions opened after
+    the connect (each also costs the SSH round trips of a channel open and an exec)."""
+
+    connect: AgentCounts
+    after_connect: AgentCounts
+    sessions: int = 0
+
+    def to_json(self) -> dict:
+        return {"connect": self.connect.to_json(), "after_connect": dict(self.after_connect.to_json(),
+                                                                          sessions=self.sessions)}
+
+
+def _request_key(op: str, args: dict | None) -> str:
+    return json.dumps([op, args or {}], sort_keys=True, separators=(",", ":"))
 
 
 class SSHNode:
@@ -39,6 +66,76 @@ class SSHNode:
         self._lock = threading.Lock()
         self._closed = False
         self._warming: list[threading.Thread] = []
+        self._at_connect = _counts(first)
+        # Reads sent behind the lock session's next request (read_behind_next), in send
+        # order, and the answers drained before their turn: (key, ("ok"|"error", value)).
+        self._ahead: list[tuple[str, Any]] = []
+        self._ahead_answers: dict[str, tuple[str, Any]] = {}
+        self._ahead_lock = threading.RLock()
+
+    def round_trips(self) -> RoundTrips:
+        total = AgentCounts()
+        with self._lock:
+            sessions = list(self._all)
+        for s in sessions:
+            total = total + _counts(s)
+        return RoundTrips(self._at_connect, total - self._at_connect, len(sessions) - 1)
+
+    def read_behind_next(self, requests: Iterable[tuple[str, dict]]) -> None:
+        """Send these reads behind the lock session's next request (the deploy lock's
+        `lock_acquire`: the agent serves them under the lock, in order) and answer `call`s
+        for the same (op, args) from them. Until they are read the lock session leaves the
+        pool; any other request on the node first drops what is left of them (an answer
+        read ahead is never served after the node was asked anything else)."""
+        s = self.lock_session()
+        with self._ahead_lock:
+            with self._lock:
+                if s in self._free:
+                    self._free.remove(s)
+            for op, args in requests:
+                self._ahead.append((_request_key(op, args), s.send_behind_next(op, args)))
+
+    def _take_ahead(self, op: str, args: dict | None) -> tuple[str, Any] | None:
+        """The answer read ahead for (op, args), or None (then nothing is left ahead)."""
+        key = _request_key(op, args)
+        with self._ahead_lock:
+            if not self._ahead and not self._ahead_answers:
+                return None
+            self._withdraw_unsent()
+            found = self._ahead_answers.pop(key, None)
+            while found is None and self._ahead:
+                k, stream = self._ahead.pop(0)
+                outcome = _outcome(stream)
+                if k == key:
+                    found = outcome
+                else:
+                    self._ahead_answers[k] = outcome
+            if found is None:
+                self._ahead_answers.clear()
+            if not self._ahead:
+                self._lock_session_back()
+            return found
+
+    def _withdraw_unsent(self) -> None:
+        """Reads whose lock_acquire was never sent are taken back: nothing will answer them."""
+        unsent = self.lock_session().withdraw_behind()
+        self._ahead = [(k, st) for k, st in self._ahead if st.req_id not in unsent]
+
+    def _drop_ahead(self) -> None:
+        with self._ahead_lock:
+            if not self._ahead and not self._ahead_answers:
+                return
+            self._withdraw_unsent()
+            while self._ahead:
+                _outcome(self._ahead.pop(0)[1])
+            self._ahead_answers.clear()
+            self._lock_session_back()
+
+    def _lock_session_back(self) -> None:
+        s = self.lock_session()
+        with self._lock:
+            if s not in self._free and not self._closed and not s.channel.closed:
+                self._free.append(s)
 
     def prewarm(self, count: int, project: str | None = None) -> None:
         """Open sessions in the background until `count` exist (parallel applies coming
@@ -68,6 +165,7 @@ class SSHNode:
 
     @contextmanager
     def session(self) -> Iterator[Any]:
+        self._drop_ahead()
         with self._lock:
             s = self._free.pop() if self._free else None
         if s is None:
@@ -92,6 +190,12 @@ class SSHNode:
 
     def call(self, op: str, args: dict | None = None, on_event: Callable[[dict], None] | None = None,
              timeout: float | None = None) -> dict:
+        ahead = self._take_ahead(op, args)
+        if ahead is not None:
+            kind, value = ahead
+            if kind == "error":
+                raise value
+            return value
         with self.session() as s:
             return s.call(op, args, on_event, timeout)
 
@@ -115,6 +219,18 @@ class SSHNode:
             except Exception:
                 pass
         self.conn.close()
+
+
+def _counts(session: Any) -> AgentCounts:
+    counts = getattr(session, "counts", None)
+    return counts() if counts is not None else AgentCounts()
+
+
+def _outcome(stream: Any) -> tuple[str, Any]:
+    try:
+        return "ok", stream.wait()
+    except OrchError as err:
+        return "error", err
 
 
 def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | None = None,

@@ -1,6 +1,7 @@
 """The agent on a node: its bundle uploaded when missing (and old ones pruned), `python3
 <bundle> rpc` run on one exec channel of the node's connection, and the JSON-lines protocol of
-agent.wire.protocol spoken over it (`AgentSession`: calls, streams, the lease's pings)."""
+agent.wire.protocol spoken over it (`AgentSession`: calls, streams, the lease's pings, and the
+count of its requests and round trips: `AgentCounts`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,10 +191,31 @@ class LineReader:
                 return b"".join(parts)
 
 
+@dataclass(frozen=True)
+class AgentCounts:
+    """What a session (or a node's sessions) asked of its agent: `requests` sent (the
+    lease's pings, never answered, are not counted) and `round_trips`, the times the
+    controller waited for answers to requests sent since it last waited. Requests sent
+    together before one wait (pipelined) cost one round trip."""
+
+    requests: int = 0
+    round_trips: int = 0
+
+    def __add__(self, other: AgentCounts) -> AgentCounts:
+        return AgentCounts(self.requests + other.requests, self.round_trips + other.round_trips)
+
+    def __sub__(self, other: AgentCounts) -> AgentCounts:
+        return AgentCounts(self.requests - other.requests, self.round_trips - other.round_trips)
+
+    def to_json(self) -> dict:
+        return {"requests": self.requests, "round_trips": self.round_trips}
+
+
 class AgentSession:
     """The agent running on a node, on one exec channel of the node's connection.
 
     From the start it pings the agent from a thread of its own (agent.wire.protocol's lease).
+    `counts()`: its requests and round trips so far (AgentCounts).
     """
 
     ping_interval = PING_SECONDS
@@ -210,6 +233,13 @@ class AgentSession:
         self._lock = threading.RLock()
         self._send_lock = threading.Lock()  # whole lines: the ping thread sends beside call()
         self._closed = threading.Event()
+        self._count_lock = threading.Lock()
+        self._requests = 0
+        self._round_trips = 0
+        self._unawaited = 0  # requests sent since the controller last waited for an answer
+        self._behind: list[tuple[int, bytes]] = []  # requests to send behind the next one (send_behind_next)
+        self._open: set[int] = set()  # streams whose answers are still to be read
+        self._kept: dict[int, list[dict]] = {}  # their messages, read while waiting for another
         self._start_pings()
 
     @property
@@ -219,6 +249,10 @@ class AgentSession:
     @property
     def pid(self) -> int | None:
         return self.hello.get("pid")
+
+    def counts(self) -> AgentCounts:
+        with self._count_lock:
+            return AgentCounts(self._requests, self._round_trips)
 
     @classmethod
     def open(cls, conn: Connection, bundle: Any, *, state_dir: str = DEFAULT_STATE_DIR,
@@ -247,13 +281,49 @@ class AgentSession:
     def _next_id(self) -> int:
         return next(self._ids)
 
+    @staticmethod
+    def _line(op: str, args: dict | None, req_id: int) -> bytes:
+        return (json.dumps(agent_request(req_id, op, args), separators=(",", ":")) + "\n").encode()
+
     def _send(self, op: str, args: dict | None, req_id: int) -> None:
-        line = (json.dumps(agent_request(req_id, op, args), separators=(",", ":")) + "\n").encode()
+        with self._count_lock:
+            behind, self._behind = self._behind, []
+        lines = [self._line(op, args, req_id)] + [line for _, line in behind]
         try:
             with self._send_lock:
-                self.channel.sendall(line)
+                self.channel.sendall(b"".join(lines))
         except (OSError, EOFError) as err:
             raise self._died(f"cannot send to the agent ({err})") from None
+        with self._count_lock:
+            self._requests += len(lines)
+            self._unawaited += len(lines)
+
+    def send_behind_next(self, op: str, args: dict | None = None) -> AgentStream:
+        """A request sent right behind the next one this session sends, in the same write;
+        its answer is read from the returned stream whenever wanted. The agent serves a
+        session's requests in order, so it runs once that one is done (e.g. reads under the
+        deploy lock behind `lock_acquire`), and it costs no round trip of its own."""
+        req_id = self._next_id()
+        with self._count_lock:
+            self._behind.append((req_id, self._line(op, args, req_id)))
+            self._open.add(req_id)
+        return AgentStream(self, req_id, op)
+
+    def withdraw_behind(self) -> set[int]:
+        """Take back the requests still waiting behind the next one (never sent: their
+        streams would wait forever); their ids."""
+        with self._count_lock:
+            ids, self._behind = {i for i, _ in self._behind}, []
+            self._open -= ids
+        return ids
+
+    def _awaiting(self) -> None:
+        """About to wait for an answer: a round trip if anything was sent since the last wait
+        (the answers to requests sent along with it come without another)."""
+        with self._count_lock:
+            if self._unawaited:
+                self._round_trips += 1
+                self._unawaited = 0
 
     def _start_pings(self) -> None:
         """Renew the agent's lease (agent.wire.protocol.LEASE_SECONDS) from a thread of its own,
@@ -325,12 +395,19 @@ class AgentSession:
         return msg
 
     def _read_for(self, req_id: int, op: str, timeout: float | None = None) -> dict:
+        self._awaiting()
         while True:
-            msg = self._read(timeout)
-            if msg.get("id") != req_id:
-                continue  # answers to cancel requests, leftovers of an abandoned stream
+            kept = self._kept.get(req_id)
+            msg = kept.pop(0) if kept else self._read(timeout)
             if msg.get("event", {}).get("type") == "heartbeat":
                 continue  # only resets the idle timeout
+            if msg.get("id") != req_id:
+                if msg.get("id") in self._open:  # a pipelined request's answer, read before its turn
+                    self._kept.setdefault(msg["id"], []).append(msg)
+                continue  # else answers to cancel requests, leftovers of an abandoned stream
+            if "error" in msg or "result" in msg:
+                self._open.discard(req_id)
+                self._kept.pop(req_id, None)
             if "error" in msg:
                 raise self._agent_error(op, msg["error"])
             if "event" in msg or "result" in msg:
@@ -358,6 +435,7 @@ class AgentSession:
     def stream(self, op: str, args: dict | None = None) -> AgentStream:
         """A streaming request: iterate its events; stopping early cancels it on the node."""
         req_id = self._next_id()
+        self._open.add(req_id)
         self._send(op, args, req_id)
         return AgentStream(self, req_id, op)
 

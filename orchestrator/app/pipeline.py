@@ -43,9 +43,9 @@ A verification that fails after a deploy leaves the release live (its containers
 but recorded as not verified, so a gate that requires verification refuses to promote
 it; the command exits 1.
 
-The lock is taken on dedicated agent sessions (one more channel per node on the
-deploy's own SSH connections): a controller killed with SIGKILL frees it at once.
-`--dry-run` takes no lock and writes nothing.
+The lock is taken on each node's first agent session (app/connection.py), with the
+ledger and state reads that follow pipelined behind it: a controller killed with SIGKILL
+frees it at once. `--dry-run` takes no lock and writes nothing.
 """
 
 from __future__ import annotations

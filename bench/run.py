@@ -66,7 +66,7 @@ MEASUREMENTS = [
     Measurement("transfer", "bench.transfer:transfer", 1, True, "registry-less transfer of a 200 MB image to 1, 2, 4 "
                 "nodes vs docker save | ssh docker load and vs a registry push + pull"),
     Measurement("rtt", "bench.netem:rtt", 3, True, "no-op and one-service change on prod at 0 and 50 ms RTT "
-                "(a delaying proxy): wall time and agent round trips, shop and 5 vs 40 services"),
+                "(a delaying proxy): wall time and agent round trips, shop and 5 vs 30 services"),
 ]
 BY_NAME = {m.name: m for m in MEASUREMENTS}
 ALIASES = {"deploy": ["up", "noop"], "pipeline": ["promote", "push"]}  # the names before the split

@@ -108,6 +108,7 @@ def down(name: str, log=print) -> Leftovers:
             step("registry" + (" mirror" if mirror else ""), proc.stop,
                  [r.pid for r in registry.find(procs, spec, mirror=mirror)], 10)
         step("fake engine", light.stop, spec, procs)
+        step("light nodes' agent data", light.remove_agent_data, spec, names)
         step("acme", acme.stop, spec, procs)
         step("dns", dns.stop, spec, procs)
         # Anything else still running from the lab's directories (e.g. a stray daemon).

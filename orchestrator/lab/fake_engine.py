@@ -521,20 +521,22 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.engine = engine
 
 
-def engine_id(lab: str, node: str) -> str:
-    """A stable ID per node (the agent keys its data directory by it), shaped like Docker's."""
-    digest = hashlib.sha256(("orch-lab-fake %s %s" % (lab, node)).encode()).hexdigest().upper()
+def engine_id(salt: str, node: str) -> str:
+    """An ID per node, shaped like Docker's: the agent keys its data directory by it. The
+    salt is the lab's (made when its config is first written): stable across restarts of
+    this process, new for a lab made again, like a real engine's."""
+    digest = hashlib.sha256(("orch-lab-fake %s %s" % (salt, node)).encode()).hexdigest().upper()
     return ":".join(digest[i:i + 4] for i in range(0, 48, 4))
 
 
 def serve(config_path: str) -> None:
-    """Serve every node in the config ({"lab", "nodes": [{"name", "socket", "root_dir"}]})
+    """Serve every node in the config ({"lab", "salt", "nodes": [{"name", "socket", "root_dir"}]})
     until SIGTERM or SIGINT."""
     with open(config_path) as f:
         config = json.load(f)
     servers = []
     for node in config["nodes"]:
-        srv = Server(node["socket"], Engine(node["name"], engine_id(config["lab"], node["name"]), node.get("root_dir", "")))
+        srv = Server(node["socket"], Engine(node["name"], engine_id(config["salt"], node["name"]), node.get("root_dir", "")))
         threading.Thread(target=srv.serve_forever, name="serve-" + node["name"], daemon=True).start()
         servers.append(srv)
     stop = threading.Event()

@@ -6,23 +6,49 @@ fake engines' in-memory state goes with it). Found by its argv, which names the 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import uuid
 from pathlib import Path
 
+from agent.wire.protocol import DEFAULT_STATE_DIR
 from orchestrator.errors import OrchError
 from orchestrator.lab import engine, proc
+from orchestrator.lab.fake_engine import engine_id
 from orchestrator.lab.model import LabSpec
 from orchestrator.lab.state import write_if_changed
 
 SERVER = Path(__file__).with_name("fake_engine.py")
 LOG = "fake-engine"
+AGENT_ENGINES = Path(DEFAULT_STATE_DIR) / "engines"  # where the agent keys its data by engine ID
 
 
-def render_config(spec: LabSpec) -> str:
+def render_config(spec: LabSpec, salt: str) -> str:
     p = spec.paths
     nodes = [{"name": n.name, "socket": str(p.docker_socket(n.name)), "root_dir": str(p.node_dir(n.name))}
              for n in spec.light_nodes]
-    return json.dumps({"lab": spec.name, "nodes": nodes}, indent=2, sort_keys=True) + "\n"
+    return json.dumps({"lab": spec.name, "salt": salt, "nodes": nodes}, indent=2, sort_keys=True) + "\n"
+
+
+def saved_salt(spec: LabSpec) -> str | None:
+    try:
+        return json.loads(spec.paths.fake_engine_config.read_text()).get("salt") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def agent_data_dirs(spec: LabSpec, node_names: list[str]) -> list[Path]:
+    """The agent's per-engine data of these light nodes (agent.context.Context.data_dir):
+    the machine's /var/lib/orch-agent, shared by all nodes, keyed by engine ID."""
+    salt = saved_salt(spec)
+    if not salt:
+        return []
+    return [AGENT_ENGINES / engine_id(salt, n).replace(":", "-") for n in node_names]
+
+
+def remove_agent_data(spec: LabSpec, node_names: list[str]) -> None:
+    for d in agent_data_dirs(spec, node_names):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def argv(spec: LabSpec) -> list[str]:
@@ -43,7 +69,7 @@ def ensure(spec: LabSpec, log) -> None:
         proc.stop([r.pid for r in running], timeout=5)
         p.fake_engine_config.unlink(missing_ok=True)
         return
-    changed = write_if_changed(p.fake_engine_config, render_config(spec))
+    changed = write_if_changed(p.fake_engine_config, render_config(spec, saved_salt(spec) or uuid.uuid4().hex))
     socks = [p.docker_socket(n.name) for n in spec.light_nodes]
     if running and (changed or not all(engine.ping(s, timeout=1) for s in socks)):
         log(f"fake engine: {'nodes changed' if changed else 'not answering'}; restarting it")

@@ -47,17 +47,27 @@ def test_light_node_sessions_talk_to_its_fake_engine_socket():
     node = spec.node("prod-2")
     sock = spec.paths.docker_socket("prod-2")
     assert f"SetEnv DOCKER_HOST=unix://{sock} " in render_config(spec, node)
-    config = json.loads(light.render_config(spec))
-    assert config["lab"] == "orch-lab-sim"
+    config = json.loads(light.render_config(spec, "s1"))
+    assert config["lab"] == "orch-lab-sim" and config["salt"] == "s1"
     assert [n["socket"] for n in config["nodes"]] == [str(spec.paths.docker_socket(n)) for n in ("prod-1", "prod-2")]
     argv = light.argv(spec)
     assert argv[1].endswith("orchestrator/lab/fake_engine.py") and argv[2] == str(spec.paths.fake_engine_config)
 
 
-def test_each_node_has_its_own_stable_engine_id():
-    assert engine_id("orch-lab-sim", "prod-1") == engine_id("orch-lab-sim", "prod-1")
-    assert engine_id("orch-lab-sim", "prod-1") != engine_id("orch-lab-sim", "prod-2")
+def test_each_node_has_its_own_engine_id_new_for_a_lab_made_again():
+    assert engine_id("salt1", "prod-1") == engine_id("salt1", "prod-1")  # a restart of the fake engine
+    assert engine_id("salt1", "prod-1") != engine_id("salt1", "prod-2")
+    assert engine_id("salt1", "prod-1") != engine_id("salt2", "prod-1")  # `lab down`, then `lab up`
     assert len(engine_id("a", "b").split(":")) == 12
+
+
+def test_lab_down_finds_the_agent_data_of_light_nodes(tmp_path, monkeypatch):
+    spec = build_spec("sim", "10.250.9.0/24", "prod=2:light")
+    monkeypatch.setattr(type(spec.paths), "fake_engine_config", property(lambda self: tmp_path / "fe.json"))
+    assert light.agent_data_dirs(spec, ["prod-1"]) == []  # no config: no salt, nothing to guess
+    (tmp_path / "fe.json").write_text(light.render_config(spec, "s1"))
+    [d] = light.agent_data_dirs(spec, ["prod-1"])
+    assert d.parent == light.AGENT_ENGINES and d.name == engine_id("s1", "prod-1").replace(":", "-")
 
 
 def test_label_filter_and_reference_parsing():

@@ -6,6 +6,8 @@ check its host key, run a fixed command, copy a file. It knows nothing about wha
 - `connect_all` opens them in parallel and fails naming every unreachable node
   before anything is touched on any node.
 - Host keys are checked strictly against a known_hosts file (known_hosts.py).
+- Handshakes are bounded (`HandshakeGate`): at most `ssh.handshakes` in flight, and
+  `ssh.handshakes_per_server` to one sshd, under its MaxStartups.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,6 +246,57 @@ class Connection:
         self.close()
 
 
+class HandshakeGate:
+    """Bounds the SSH handshakes (TCP connect, key exchange, authentication) in flight:
+    `total` at once, and `per_server` to one sshd address (host:port). sshd drops new
+    unauthenticated connections beyond its MaxStartups (default 10:30:100: from 10 on, 30 %
+    of them, rising), so a hundred nodes, or many behind one bastion (each node's jump
+    connection is a handshake with the bastion), never trip it. Sessions are not bounded:
+    once authenticated a connection no longer counts against MaxStartups."""
+
+    def __init__(self, total: int, per_server: int):
+        self.total, self.per_server = total, per_server
+        self._all = threading.BoundedSemaphore(total)
+        self._servers: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+        self.in_flight: dict[str, int] = {}  # server -> handshakes now
+        self.peak = 0  # most handshakes in flight at once, over all servers
+        self.peak_per_server = 0
+
+    @contextmanager
+    def slot(self, server: str) -> Iterator[None]:
+        with self._lock:
+            sem = self._servers.setdefault(server, threading.BoundedSemaphore(self.per_server))
+        # The server's slot first: a handshake waiting for a busy server holds no overall slot.
+        with sem, self._all:
+            with self._lock:
+                self.in_flight[server] = self.in_flight.get(server, 0) + 1
+                self.peak = max(self.peak, sum(self.in_flight.values()))
+                self.peak_per_server = max(self.peak_per_server, self.in_flight[server])
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self.in_flight[server] -= 1
+
+
+_GATES: dict[tuple[int, int], HandshakeGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def handshake_gate(options: SSHOptions) -> HandshakeGate:
+    """The process's gate for these limits: every connection of a command shares it."""
+    key = (options.handshakes, options.handshakes_per_server)
+    with _GATES_LOCK:
+        if key not in _GATES:
+            _GATES[key] = HandshakeGate(*key)
+        return _GATES[key]
+
+
+def _server(target: NodeSpec) -> str:
+    return f"{target.host}:{target.port}"
+
+
 def _open_socket(target: NodeSpec, options: SSHOptions, jump_client: Any) -> Any:
     if jump_client is not None:
         # ProxyJump: a direct-tcpip channel through the jump host carries the session.
@@ -264,20 +318,21 @@ def _connect_once(target: NodeSpec, options: SSHOptions, jump_client: Any = None
     client.set_missing_host_key_policy(HostKeyPolicy(target, options))
     sock = None
     try:
-        sock = _open_socket(target, options, jump_client)
-        client.connect(
-            target.host,
-            port=target.port,
-            username=target.user,
-            key_filename=str(target.identity_file) if target.identity_file else None,
-            allow_agent=options.allow_agent,
-            look_for_keys=target.identity_file is None,
-            timeout=options.connect_timeout,
-            banner_timeout=options.connect_timeout,
-            auth_timeout=options.connect_timeout,
-            channel_timeout=options.connect_timeout,
-            sock=sock,
-        )
+        with handshake_gate(options).slot(_server(target)):
+            sock = _open_socket(target, options, jump_client)
+            client.connect(
+                target.host,
+                port=target.port,
+                username=target.user,
+                key_filename=str(target.identity_file) if target.identity_file else None,
+                allow_agent=options.allow_agent,
+                look_for_keys=target.identity_file is None,
+                timeout=options.connect_timeout,
+                banner_timeout=options.connect_timeout,
+                auth_timeout=options.connect_timeout,
+                channel_timeout=options.connect_timeout,
+                sock=sock,
+            )
     except TransportError:
         client.close()
         raise
@@ -405,18 +460,19 @@ def fetch_host_key(target: NodeSpec, options: SSHOptions) -> Any:
     def once() -> Any:
         sock = None
         try:
-            sock = _open_socket(target, options, jump_client)
-            t = paramiko.Transport(sock)
-            try:
-                known = load_known_hosts(options.known_hosts_path).lookup(target.known_hosts_name)
-                if known:  # ask for the type we know, so a changed key is seen as changed
-                    wanted = known.keys()[0]
-                    opts = t.get_security_options()
-                    opts.key_types = [wanted] + [k for k in opts.key_types if k != wanted]
-                t.start_client(timeout=options.connect_timeout)
-                return t.get_remote_server_key()
-            finally:
-                t.close()
+            with handshake_gate(options).slot(_server(target)):  # sshd counts it from the accept
+                sock = _open_socket(target, options, jump_client)
+                t = paramiko.Transport(sock)
+                try:
+                    known = load_known_hosts(options.known_hosts_path).lookup(target.known_hosts_name)
+                    if known:  # ask for the type we know, so a changed key is seen as changed
+                        wanted = known.keys()[0]
+                        opts = t.get_security_options()
+                        opts.key_types = [wanted] + [k for k in opts.key_types if k != wanted]
+                    t.start_client(timeout=options.connect_timeout)
+                    return t.get_remote_server_key()
+                finally:
+                    t.close()
         except (OSError, EOFError, paramiko.SSHException) as err:
             if sock is not None:
                 sock.close()

@@ -293,6 +293,27 @@ def handshake_gate(options: SSHOptions) -> HandshakeGate:
         return _GATES[key]
 
 
+_KNOWN: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+_KNOWN_LOCK = threading.Lock()
+
+
+def known_hosts(path: Path) -> Any:
+    """The known_hosts file parsed (paramiko.HostKeys; read it, never change it), once per
+    process while the file is unchanged: paramiko's parse compares each line with every
+    line before it, so parsing the file of a hundred nodes for each of their connections
+    cost more CPU than the handshakes themselves. A malformed file is a readable error."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return load_known_hosts(path)  # empty
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # an appended key (accept-new) changes it
+    with _KNOWN_LOCK:
+        cached = _KNOWN.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = _KNOWN[path] = (stamp, load_known_hosts(path))
+        return cached[1]
+
+
 def _server(target: NodeSpec) -> str:
     return f"{target.host}:{target.port}"
 
@@ -310,11 +331,11 @@ def _connect_once(target: NodeSpec, options: SSHOptions, jump_client: Any = None
     import paramiko
 
     client = paramiko.SSHClient()
-    # As "system" host keys paramiko never writes them; additions go through append_known_host.
-    path = options.known_hosts_path
-    if path.is_file():
-        load_known_hosts(path)  # a readable error for a malformed file
-        client.load_system_host_keys(str(path))
+    # Only this host's entries, from a parse shared by every connection of the command.
+    # paramiko never writes them (no file name given); additions go through append_known_host.
+    name = target.known_hosts_name
+    for key_type, key in (known_hosts(options.known_hosts_path).lookup(name) or {}).items():
+        client.get_host_keys().add(name, key_type, key)
     client.set_missing_host_key_policy(HostKeyPolicy(target, options))
     sock = None
     try:
@@ -464,7 +485,7 @@ def fetch_host_key(target: NodeSpec, options: SSHOptions) -> Any:
                 sock = _open_socket(target, options, jump_client)
                 t = paramiko.Transport(sock)
                 try:
-                    known = load_known_hosts(options.known_hosts_path).lookup(target.known_hosts_name)
+                    known = known_hosts(options.known_hosts_path).lookup(target.known_hosts_name)
                     if known:  # ask for the type we know, so a changed key is seen as changed
                         wanted = known.keys()[0]
                         opts = t.get_security_options()

@@ -93,28 +93,42 @@ def simscale(runs: int) -> list[Row]:
             for n in SIZES:
                 name = f"sim{n}"
                 (d / "environments" / f"{name}.yaml").write_text(_environment(name, lab, lab["nodes"][:n]))
+            for n in SIZES:  # what a run killed half-way left, in any of them
+                run(orch("down", "--env", f"sim{n}", "-p", PROJECT, "--json"), d, env, check=False, timeout=600)
             for n in SIZES:
                 rows += _size(d, f"sim{n}", n, lab, runs, env, cpu_per_node)
     finally:
         if not os.environ.get("BENCH_SIM_KEEP"):
             run(orch("lab", "down", "--name", LAB, "--json"), env=env, check=False, timeout=600)
-    growth = Row("controller CPU per node of a no-op, 100 nodes / 10 nodes (nothing quadratic)", "x",
+    return rows + derived(cpu_per_node)
+
+
+def derived(cpu_per_node: dict[int, float]) -> list[Row]:
+    """From the no-op CPU per node at each size: the cost of one more node, and its growth."""
+    lo, hi = SIZES[0], SIZES[-1]
+    marginal = Row(f"controller CPU of one more node, no-op ({lo} -> {hi} nodes)", "ms", goal=Goal("< 20 ms", 20.0))
+    growth = Row(f"controller CPU per node of a no-op, {hi} nodes / {lo} nodes (nothing quadratic)", "x",
                  goal=Goal("<= 1.5x", 1.5))
-    if SIZES[0] in cpu_per_node and SIZES[-1] in cpu_per_node:
-        growth.samples.append(cpu_per_node[SIZES[-1]] / cpu_per_node[SIZES[0]])
+    if lo in cpu_per_node and hi in cpu_per_node:
+        total = {k: v * k for k, v in cpu_per_node.items()}
+        marginal.samples.append((total[hi] - total[lo]) / (hi - lo) * 1000)
+        marginal.note = (f"(CPU at {hi} - CPU at {lo}) / {hi - lo}, medians: what each node adds, without the "
+                         "fixed start-up")
+        growth.samples.append(cpu_per_node[hi] / cpu_per_node[lo])
         growth.note = ("a cost that grows with the square of the nodes would make this ~10x; per-node CPU "
                        + ", ".join(f"{k} nodes {v * 1000:.1f} ms" for k, v in sorted(cpu_per_node.items())))
-    return rows + [growth]
+    return [marginal, growth]
 
 
 def _size(d: Path, env_name: str, n: int, lab: dict, runs: int, env: dict, cpu_per_node: dict) -> list[Row]:
     up = orch("up", "--env", env_name, "-p", PROJECT, "--json")
-    run(orch("down", "--env", env_name, "-p", PROJECT, "--json"), d, env, check=False)
     first = Row(f"first deploy (up from nothing), 2 global services on {n} light nodes", "s")
     wall = Row(f"no-op `orch up`, {n} light nodes", "s",
                baseline_name=f"plain `ssh NODE python3 -c pass` on all {n} nodes at once",
                goal=Goal("< 3 s", 3.0) if n == 100 else None)
-    cpu = Row(f"controller CPU (user + sys) per node, no-op, {n} nodes", "ms", goal=Goal("< 20 ms", 20.0), level=1)
+    # The goal is on the largest size: at 10 nodes Python's own start-up (~0.45 s) is most of it.
+    cpu = Row(f"controller CPU (user + sys) per node, no-op, {n} nodes", "ms",
+              goal=Goal("< 20 ms", 20.0) if n == SIZES[-1] else None, level=1)
     rss = Row(f"controller peak RSS, no-op, {n} nodes", "MB", goal=Goal("< 200 MB", 200.0), level=1)
     phases: dict[str, list[float]] = {}
     try:
@@ -136,7 +150,10 @@ def _size(d: Path, env_name: str, n: int, lab: dict, runs: int, env: dict, cpu_p
         wall.note = ("phases (medians): " + ", ".join(f"{k} {med(v):.2f}s" for k, v in
                                                       sorted(phases.items(), key=lambda kv: -med(kv[1]))
                                                       if med(v) >= 0.01)
-                     + f"; per node {med(wall.samples) / n * 1000:.0f} ms of wall")
+                     + f"; per node {med(wall.samples) / n * 1000:.0f} ms of wall; the orch process used "
+                     f"{med(cpu.samples) * n / 1000:.2f} s of CPU of it, the rest is waiting for the nodes, whose "
+                     "sshd, python3 and agent start-ups share the machine's 2 cores (the baseline: the same start-up "
+                     "without orch)")
         cpu.note = f"{med(cpu.samples) * n / 1000:.2f} s in all (Python start-up and imports included)"
         rss.note = "ru_maxrss of the orch process"
     finally:

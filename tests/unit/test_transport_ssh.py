@@ -440,3 +440,17 @@ def test_many_connections_to_one_sshd_stay_under_its_max_startups(tmp_path, stri
     finally:
         T.close_all(conns)
     assert T.handshake_gate(options).peak_per_server == 2
+
+
+def test_reader_threads_poll_seldom(known_hosts, target):
+    from orchestrator.io.transport.ssh import TRANSPORT_POLL
+
+    conns = T.connect_all([target], opts(known_hosts))
+    conn = conns["local-1"]
+    try:
+        # paramiko's default (0.1 s) woke the controller ten times a second per node.
+        assert conn.transport.sock.gettimeout() == TRANSPORT_POLL >= 1.0
+        assert conn.run(["echo", "hi"]).stdout == "hi\n" and conn.is_active()
+    finally:
+        T.close_all(conns)
+    assert not conn.is_active()

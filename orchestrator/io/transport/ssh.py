@@ -293,6 +293,8 @@ def handshake_gate(options: SSHOptions) -> HandshakeGate:
         return _GATES[key]
 
 
+TRANSPORT_POLL = 1.0  # seconds; a closed connection's reader thread ends within this
+
 _KNOWN: dict[Path, tuple[tuple[int, int, int], Any]] = {}
 _KNOWN_LOCK = threading.Lock()
 
@@ -391,6 +393,10 @@ def _connect_once(target: NodeSpec, options: SSHOptions, jump_client: Any = None
     transport = client.get_transport()
     if options.keepalive:
         transport.set_keepalive(options.keepalive)
+    # paramiko's reader thread polls its socket every 0.1 s (to notice a close, send
+    # keepalives): a hundred connections woke the controller 1,000 times a second, each
+    # wake-up taking the GIL from the thread doing the work. Data still wakes it at once.
+    transport.sock.settimeout(TRANSPORT_POLL)
     return client
 
 

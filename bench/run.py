@@ -65,6 +65,8 @@ MEASUREMENTS = [
                 " added latency"),
     Measurement("transfer", "bench.transfer:transfer", 1, True, "registry-less transfer of a 200 MB image to 1, 2, 4 "
                 "nodes vs docker save | ssh docker load and vs a registry push + pull"),
+    Measurement("sim", "bench.simscale:simscale", 3, False, "the controller alone at 10, 50, 100 light lab nodes "
+                "(real sshd + agent over a fake engine): no-op wall, CPU per node, peak RSS; first deploy"),
 ]
 BY_NAME = {m.name: m for m in MEASUREMENTS}
 ALIASES = {"deploy": ["up", "noop"], "pipeline": ["promote", "push"]}  # the names before the split

@@ -8,14 +8,11 @@ labels (agent.wire.labels), so nothing else on the node is touched.
 from __future__ import annotations
 
 import os
-import platform
-import socket
-import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from agent.about import agent_version, bundle_name, runs_from
 from agent.certs.ops import CERT_OPERATIONS_TABLE
+from agent.basics import op_hello, op_info, op_state
 from agent.context import Context
 from agent.create import create_body
 from agent.engine import ContainerInfo, LineSplitter
@@ -46,18 +43,13 @@ from agent.steps import (
 )
 from agent.wire import labels as L
 from agent.wire.messages import (
-    ContainerState,
     RemovedContainer,
     RemoveRequest,
     RemoveResult,
-    StateRequest,
-    StateResult,
 )
 from agent.wire.protocol import (
     EXITED,
     NOT_FOUND,
-    PROTOCOL,
-    PROTOCOL_VERSION,
     AgentError,
     BadRequest,
     check_bool,
@@ -73,85 +65,6 @@ from agent.wire.protocol import (
     require,
 )
 from agent.wire.spec import ServiceSpec
-
-
-# ----------------------------------------------------------------------------- hello, info
-
-
-def op_hello(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
-    check_keys(args, ("protocol",), "hello")
-    if args.get("protocol", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-        raise AgentError(
-            PROTOCOL,
-            "protocol version mismatch: controller %r, agent %d" % (args.get("protocol"), PROTOCOL_VERSION),
-            {"agent_protocol": PROTOCOL_VERSION},
-        )
-    return {
-        "protocol": PROTOCOL_VERSION,
-        "agent_version": agent_version(),
-        "bundle": bundle_name(),
-        "python": platform.python_version(),
-        "executable": sys.executable,  # the node's nodes[].python, resolved
-        "runs_from": runs_from(),
-        "pid": os.getpid(),
-        "hostname": socket.gethostname(),
-    }
-
-
-def _disk(path: str) -> Optional[Dict[str, int]]:
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    return {"free": st.f_bavail * st.f_frsize, "total": st.f_blocks * st.f_frsize}
-
-
-def op_info(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
-    check_keys(args, (), "info")
-    out = op_hello(ctx, {})
-    out.update({"platform": platform.platform(), "state_dir": ctx.state_dir, "engine": None, "engine_error": ""})
-    try:
-        import docker
-
-        out["docker_sdk"] = docker.__version__
-    except Exception as exc:  # pragma: no cover - the bundle always carries it
-        out["docker_sdk"] = ""
-        out["engine_error"] = "docker SDK not importable: %s" % exc
-        return out
-    disk = {"state_dir": _disk(ctx.state_dir if os.path.isdir(ctx.state_dir) else "/")}
-    try:
-        engine = ctx.engine.info()
-        out["engine"] = engine
-        if engine.get("root_dir"):
-            disk["docker_root"] = _disk(engine["root_dir"])
-    except AgentError as err:
-        out["engine_error"] = err.message
-    out["disk"] = disk
-    return out
-
-
-# ----------------------------------------------------------------------------- state
-
-
-def op_state(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
-    req = StateRequest.from_dict(args)
-    project = req.project
-    containers = ctx.reads.containers(L.filters(project, req.service, req.env))
-    out: Dict[str, Any] = {"containers": tuple(ContainerState(**c.summary()) for c in containers)}
-    if project:
-        from agent.owner import owners, ports_elsewhere
-        from agent.ingress import ingress_state
-
-        out["ingress"] = ingress_state(ctx, project)  # the project's frontends on this node
-        # Which environments have objects of the project here: the controller refuses to
-        # deploy one environment over another's (agent.owner).
-        out["owners"] = owners(ctx, project, reads=True)
-        out["ports_elsewhere"] = ports_elsewhere(ctx, project, reads=True)
-    if req.mesh:
-        from agent.mesh.ops import state_section
-
-        out["mesh"] = state_section(ctx, req.mesh)
-    return StateResult(**out).to_dict()
 
 
 # ----------------------------------------------------------------------------- apply

@@ -21,11 +21,11 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, BinaryIO, Callable, Dict, Optional, Set
+from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional, Set
 
 from agent.context import Context
 from agent.lock import TABLE, working
-from agent.operations import OPERATIONS
+from agent.registry import Operations
 from agent.wire.protocol import (
     BAD_REQUEST,
     INTERNAL,
@@ -57,13 +57,14 @@ class Server:
         stdout: BinaryIO,
         engine_factory: Callable[[], Any],
         state_dir: str,
-        operations: Optional[Dict[str, Callable]] = None,
+        operations: Optional[Mapping[str, Callable]] = None,
     ):
         self.stdin = stdin
         self.stdout = stdout
         self.engine_factory = engine_factory
         self.state_dir = state_dir
-        self.operations = operations or OPERATIONS
+        # not `or`: an Operations' truth would import every operation
+        self.operations = operations if operations is not None else Operations()
         self._out_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._current: Optional[Any] = None

@@ -67,6 +67,8 @@ MEASUREMENTS = [
                 "nodes vs docker save | ssh docker load and vs a registry push + pull"),
     Measurement("rtt", "bench.netem:rtt", 3, True, "no-op and one-service change on prod at 0 and 50 ms RTT "
                 "(a delaying proxy): wall time and agent round trips, shop and 5 vs 30 services"),
+    Measurement("sim", "bench.simscale:simscale", 3, False, "the controller alone at 10, 50, 100 light lab nodes "
+                "(real sshd + agent over a fake engine): no-op wall, CPU per node, peak RSS; first deploy"),
 ]
 BY_NAME = {m.name: m for m in MEASUREMENTS}
 ALIASES = {"deploy": ["up", "noop"], "pipeline": ["promote", "push"]}  # the names before the split

@@ -14,7 +14,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from agent.wire import labels as L
 from agent.wire.protocol import (
@@ -533,9 +533,17 @@ class ServiceSpec:
 
 def config_parts(container: "ContainerSpec | Dict[str, Any]") -> Dict[str, str]:
     """A short hash per top-level ContainerSpec field (controller side, like config_hash)."""
+    return config_digest(container)[1]
+
+
+def config_digest(container: "ContainerSpec | Dict[str, Any]") -> "Tuple[str, Dict[str, str]]":
+    """(config_hash, config_parts) from one parse and one canonical form: the controller
+    computes both for every unit of a plan."""
     spec = container if isinstance(container, ContainerSpec) else ContainerSpec.from_dict(container)
-    out = {}
-    for key, value in sorted(spec.to_dict().items()):
+    canon = spec.to_dict()
+    whole = json.dumps(canon, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    parts = {}
+    for key, value in sorted(canon.items()):
         canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        out[key] = hashlib.sha256(b"orch-part-v1\n" + canonical.encode("ascii")).hexdigest()[:12]
-    return out
+        parts[key] = hashlib.sha256(b"orch-part-v1\n" + canonical.encode("ascii")).hexdigest()[:12]
+    return hashlib.sha256(b"orch-container-v1\n" + whole.encode("ascii")).hexdigest(), parts

@@ -84,6 +84,8 @@ class SSHSettings:
     connect_timeout: float = 10.0
     command_timeout: float = 600.0
     strict_host_keys: bool = True
+    handshakes: int = 32  # SSH handshakes in flight at once, over all nodes
+    handshakes_per_server: int = 8  # ... to one sshd (host:port): under its MaxStartups (default 10)
 
 
 @dataclass(frozen=True)
@@ -371,7 +373,8 @@ _TOP_KEYS = {"name", "nodes", "ssh", "registry", "registries", "promote_from", "
 _NODE_KEYS = {"name", "host", "port", "user", "identity_file", "labels", "jump", "python", "endpoint"}
 # A program name or an absolute path, run as argv[0] (never through a shell string).
 _PYTHON_RE = re.compile(r"^[A-Za-z0-9_.+-]+$|^/[A-Za-z0-9_./+-]+$")
-_SSH_KEYS = {"known_hosts", "connect_timeout", "command_timeout", "strict_host_keys"}
+_SSH_KEYS = {"known_hosts", "connect_timeout", "command_timeout", "strict_host_keys", "handshakes",
+             "handshakes_per_server"}
 _REGISTRY_KEYS = {"address", "ca_file", "username", "username_env", "password_env", "password_file", "credentials_file",
                   "mirror"}
 _REGISTRIES_KEYS = _REGISTRY_KEYS - {"mirror"}  # registries[]: credentials for other registries
@@ -523,7 +526,13 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
         connect_timeout=float(r.typed(raw_ssh, "connect_timeout", "ssh.connect_timeout", (int, float), "seconds", 10.0)),
         command_timeout=float(r.typed(raw_ssh, "command_timeout", "ssh.command_timeout", (int, float), "seconds", 600.0)),
         strict_host_keys=r.typed(raw_ssh, "strict_host_keys", "ssh.strict_host_keys", (bool,), "true or false", True),
+        **{k: r.typed(raw_ssh, k, f"ssh.{k}", (int,), "a whole number", d) for k, d in (("handshakes", 32),
+           ("handshakes_per_server", 8))},
     )
+    for k in ("handshakes", "handshakes_per_server"):
+        if getattr(ssh, k) < 1:
+            r.problem(raw_ssh, k, f"ssh.{k}", f"must be at least 1, not {getattr(ssh, k)}", fix=f"leave ssh.{k} out "
+                      "(the default) or give a positive number of SSH handshakes")
 
     # `registry: none` (or no `registry:`): images go to the nodes over SSH (deploying
     # without a registry, orchestrator.app.transfer).

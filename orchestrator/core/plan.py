@@ -324,10 +324,14 @@ def make_plan(
         for r in unit.replicas:
             wanted_on[(service, r)] = node
 
+    nodes_of: dict[str, set[str]] = {}  # by service, once: a scan of units per service grows with services²
+    for (service, node) in units:
+        nodes_of.setdefault(service, set()).add(node)
+
     steps: list[Step] = []
     for i, wave in enumerate(waves, 1):
         for service in wave:
-            for node in sorted({n for (s, n) in units if s == service}, key=lambda n: (order.get(n, 99), n)):
+            for node in sorted(nodes_of.get(service, ()), key=lambda n: (order.get(n, 99), n)):
                 unit = units[(service, node)]
                 step = Step(i, service, node, unit)
                 present = by_key.get((service, node), [])

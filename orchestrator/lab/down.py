@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from orchestrator.errors import OrchError
-from orchestrator.lab import acme, cgroups, dns, engine, images, mounts, netns, nodes, proc, registry, state
+from orchestrator.lab import acme, cgroups, dns, engine, images, light, mounts, netns, nodes, proc, registry, state
 from orchestrator.lab.model import DEFAULT_SUBNET, LabPaths, LabSpec, validate_name
 
 
@@ -107,6 +107,8 @@ def down(name: str, log=print) -> Leftovers:
         for mirror in (False, True):
             step("registry" + (" mirror" if mirror else ""), proc.stop,
                  [r.pid for r in registry.find(procs, spec, mirror=mirror)], 10)
+        step("fake engine", light.stop, spec, procs)
+        step("light nodes' agent data", light.remove_agent_data, spec, names)
         step("acme", acme.stop, spec, procs)
         step("dns", dns.stop, spec, procs)
         # Anything else still running from the lab's directories (e.g. a stray daemon).

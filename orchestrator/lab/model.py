@@ -51,6 +51,8 @@ class NodeSpec:
     index: int  # 1-based within its environment
     address: str  # e.g. 10.250.0.32
     bip: str  # the node engine's own docker0 range, e.g. 172.28.32.1/24
+    # A light node has no dockerd: its DOCKER_HOST is the lab's fake engine (fake_engine.py).
+    light: bool = False
 
     @property
     def octet(self) -> int:
@@ -95,6 +97,10 @@ class LabSpec:
     @property
     def dns_server(self) -> str:
         return f"{self.host_address}:{DNS_PORT}"
+
+    @property
+    def light_nodes(self) -> tuple[NodeSpec, ...]:
+        return tuple(n for n in self.nodes if n.light)
 
     @property
     def is_default(self) -> bool:
@@ -325,6 +331,11 @@ class LabPaths:
     def docker_socket(self, node: str) -> Path:
         return self.node_run(node) / "docker.sock"
 
+    @property
+    def fake_engine_config(self) -> Path:
+        """The light nodes' fake engine: which sockets it serves (fake_engine.py)."""
+        return self.state / "fake-engine.json"
+
     def docker_pidfile(self, node: str) -> Path:
         return self.node_run(node) / "docker.pid"
 
@@ -366,16 +377,27 @@ def validate_name(name: str) -> str:
     return name
 
 
+LIGHT = "light"  # `--nodes prod=100:light`: nodes without dockerd, over the lab's fake engine
+
+
 def parse_nodes(text: str) -> list[tuple[str, int]]:
     """'dev=1,test=1,prod=2' -> [('dev', 1), ('test', 1), ('prod', 2)]."""
-    out: list[tuple[str, int]] = []
+    return [(env, count) for env, count, _ in parse_node_kinds(text)]
+
+
+def parse_node_kinds(text: str) -> list[tuple[str, int, bool]]:
+    """'dev=1,prod=100:light' -> [('dev', 1, False), ('prod', 100, True)]."""
+    out: list[tuple[str, int, bool]] = []
     seen: set[str] = set()
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         env, sep, count = part.partition("=")
         env = env.strip()
+        count, colon, kind = count.partition(":")
         problem = None
-        if not sep or not count.strip().isdigit():
-            problem = f"{part!r} is not ENV=COUNT"
+        if colon and kind.strip() != LIGHT:
+            problem = f"{part!r}: the only node kind is {LIGHT!r} (ENV=COUNT:{LIGHT})"
+        elif not sep or not count.strip().isdigit():
+            problem = f"{part!r} is not ENV=COUNT or ENV=COUNT:{LIGHT}"
         elif not _ENV_RE.match(env):
             problem = f"environment name {env!r} must be 1-8 lowercase letters/digits"
         elif env in seen:
@@ -384,11 +406,11 @@ def parse_nodes(text: str) -> list[tuple[str, int]]:
             problem = f"{env} has {count} nodes; between 0 and {MAX_PER_ENV} are allowed"
         if problem:
             raise InputError(
-                Problem(problem, key="--nodes", fix="write it like dev=1,test=1,prod=2")
+                Problem(problem, key="--nodes", fix="write it like dev=1,test=1,prod=2 (or prod=100:light)")
             )
         seen.add(env)
-        out.append((env, int(count)))
-    if not any(c for _, c in out):
+        out.append((env, int(count), bool(colon)))
+    if not any(c for _, c, _ in out):
         raise InputError(
             Problem("the lab needs at least one node", key="--nodes", fix="e.g. --nodes dev=1")
         )
@@ -436,7 +458,9 @@ def build_spec(name: str, subnet: str, nodes: str) -> LabSpec:
     """Derive every node's name and addresses from the options."""
     name = validate_name(name)
     net = parse_subnet(subnet)
-    counts = parse_nodes(nodes)
+    kinds = parse_node_kinds(nodes)
+    counts = [(env, count) for env, count, _ in kinds]
+    light = {env for env, _, is_light in kinds if is_light}
     bases = env_bases([e for e, _ in counts])
     specs = []
     overflow = OVERFLOW_BASE
@@ -462,6 +486,7 @@ def build_spec(name: str, subnet: str, nodes: str) -> LabSpec:
                     address=str(address),
                     # Private to the node's netns, so only unique within a lab for clarity.
                     bip=f"172.{28 + offset // 256}.{offset % 256}.1/24",
+                    light=env in light,
                 )
             )
     return LabSpec(name=name, subnet=str(net), nodes=tuple(specs))

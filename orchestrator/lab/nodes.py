@@ -1,4 +1,5 @@
 """One node's life: network, hostname, engine and sshd; checked, (re)started, torn down.
+A light node has no engine of its own (light.py serves its socket).
 
 A node whose engine is gone (killed session, reboot) is reset as a whole: whatever is
 left in its netns and cgroups is stopped and its mounts released before it restarts,
@@ -71,7 +72,8 @@ def ensure(spec: LabSpec, node: NodeSpec, host_links: dict, log) -> Pending:
     procs = proc.process_table()
     net_problems = netns.node_net_ok(spec, node, host_links)
     engines = dockerd.find_dockerd(procs, spec, node.name)
-    engine_ok = bool(engines) and engine.ping(p.docker_socket(node.name))
+    # A light node's engine is the lab's fake engine (light.ensure), not the node's own.
+    engine_ok = node.light or (bool(engines) and engine.ping(p.docker_socket(node.name)))
     if engines and not engine_ok:
         # Maybe just starting (a run killed mid-way); give it a moment before a reset.
         engine_ok = proc.wait_until(lambda: engine.ping(p.docker_socket(node.name)), 10)
@@ -93,15 +95,19 @@ def ensure(spec: LabSpec, node: NodeSpec, host_links: dict, log) -> Pending:
     # Configuration: regenerated every run; a change restarts the daemon that reads it.
     p.node_dir(node.name).mkdir(parents=True, exist_ok=True)
     key_new = sshd.ensure_host_key(spec, node)
-    djson_changed = write_if_changed(p.daemon_json(node.name), dockerd.render_daemon_json(spec, node))
+    djson_changed = False if node.light else write_if_changed(
+        p.daemon_json(node.name), dockerd.render_daemon_json(spec, node))
     sshd_changed = write_if_changed(p.sshd_config(node.name), sshd.render_config(spec, node))
 
     engines = dockerd.find_dockerd(procs, spec, node.name)
-    if engines and djson_changed:
+    if engines and (djson_changed or node.light):  # a node made light keeps no dockerd
         log(f"{node.name}: engine configuration changed; restarting it")
         dockerd.stop(procs, spec, node.name)
         engines = []
-    if not engines:
+    if node.light:
+        p.daemon_json(node.name).unlink(missing_ok=True)
+        p.node_run(node.name).mkdir(parents=True, exist_ok=True)
+    elif not engines:
         pending.dockerd_pid = dockerd.start(spec, node)
         pending.actions.append("engine")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from orchestrator.lab import acme, dns, engine, images, netns, proc, registry, sshd, state
+from orchestrator.lab import acme, dns, engine, images, light, netns, proc, registry, sshd, state
 from orchestrator.lab.dockerd import find_dockerd
 from orchestrator.lab.info import info_from_spec
 from orchestrator.lab.model import LabPaths, LabSpec, NodeSpec, validate_name
@@ -23,6 +23,7 @@ class NodeStatus:
     engine_version: str | None
     engine_id: str | None
     containers_running: int | None
+    light: bool = False  # over the lab's fake engine (no dockerd)
 
 
 @dataclass
@@ -82,11 +83,12 @@ def _node_status(spec: LabSpec, node: NodeSpec, procs, host_links) -> tuple[Node
     ver = engine.version(p.docker_socket(node.name))
     inf = engine.info(p.docker_socket(node.name)) if ver else None
     if ver is None:
-        why = "not running" if not find_dockerd(procs, spec, node.name) else "not answering"
+        running = light.find(procs, spec) if node.light else find_dockerd(procs, spec, node.name)
+        why = "not running" if not running else "not answering"
         issues.append(
             Issue(
-                f"{node.name}: engine {why} (socket {p.docker_socket(node.name)})",
-                f"{FIX_UP}; its log: {p.log(f'dockerd-{node.name}')}",
+                f"{node.name}: {'fake ' if node.light else ''}engine {why} (socket {p.docker_socket(node.name)})",
+                f"{FIX_UP}; its log: {p.log(light.LOG if node.light else f'dockerd-{node.name}')}",
             )
         )
     ssh_up = sshd.answers(node.address, timeout=1.5)
@@ -107,6 +109,7 @@ def _node_status(spec: LabSpec, node: NodeSpec, procs, host_links) -> tuple[Node
             engine_version=(ver or {}).get("Version"),
             engine_id=(inf or {}).get("ID"),
             containers_running=(inf or {}).get("ContainersRunning"),
+            light=node.light,
         ),
         issues,
     )

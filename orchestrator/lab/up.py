@@ -16,6 +16,7 @@ from orchestrator.lab import (
     acme,
     engine,
     images,
+    light,
     netns,
     nodes,
     packages,
@@ -136,6 +137,7 @@ def _up_locked(spec: LabSpec, log) -> LabInfo:
     # Nodes: spawn what is missing now, wait later (their engines start while we work).
     host_links = netns.links()
     pending = [nodes.ensure(spec, n, host_links, log) for n in spec.nodes]
+    light.ensure(spec, log)
     known = [
         pki.known_hosts_line(n.address, SSH_PORT, pki.public_key(p.host_key(n.name)))
         for n in spec.nodes

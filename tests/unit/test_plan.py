@@ -166,3 +166,25 @@ def test_observed_from_summary_tolerates_missing_fields():
     o = Observed.from_summary("n1", {"id": "x", "name": "shop-a-1", "service": "a", "replica": "2", "state": "exited",
                                       "exit_code": 3})
     assert o.replica == 2 and o.describe_state() == "exited (3)" and o.config_parts == {}
+
+
+class _CountingUnits(dict):
+    """A units mapping that counts how often the planner walks all of it."""
+
+    walks = 0
+
+    def __iter__(self):
+        type(self).walks += 1
+        return super().__iter__()
+
+
+def test_planning_walks_the_units_a_fixed_number_of_times_whatever_the_number_of_services():
+    # A walk of every unit per service grows with services² (5,000 services: 4 s of 5).
+    def walks(n):
+        units = _CountingUnits({(f"s{i}", "n1"): unit(f"s{i}", "n1") for i in range(n)})
+        _CountingUnits.walks = 0
+        make_plan(PROJECT, "dev", [[f"s{i}"] for i in range(n)], units, observe({"n1": {"containers": []}}),
+                  {f"s{i}" for i in range(n)}, False, ["n1"])
+        return _CountingUnits.walks
+
+    assert walks(5) == walks(50) <= 3

@@ -404,3 +404,53 @@ def test_trust_on_a_terminal_shows_the_key_then_asks(tmp_path, lab, target, answ
         assert not kh.exists() or kh.read_text() == ""
     else:
         assert proc.returncode == 0 and "added" in out and len(kh.read_text().splitlines()) == 1, out + err
+
+
+@pytest.fixture(scope="module")
+def strict_sshd(tmp_path_factory):
+    """An sshd that drops every unauthenticated connection beyond 2 (MaxStartups 4:100:4)."""
+    root = tmp_path_factory.mktemp("sshd-maxstartups")
+    client_key = root / "id_ed25519"
+    _keygen(client_key)
+    server = Sshd(root, Path(str(client_key) + ".pub"))
+    server.stop()
+    server.config.write_text(server.config.read_text() + "MaxStartups 4:100:4\n")
+    server.start()
+    yield server, client_key
+    server.stop()
+
+
+def test_many_connections_to_one_sshd_stay_under_its_max_startups(tmp_path, strict_sshd):
+    server, key = strict_sshd
+    target = NodeSpec("local-1", "127.0.0.1", server.port, "root", key)
+    known = tmp_path / "known_hosts"
+    _trust(target, SSHOptions(known_hosts=known, allow_agent=False))
+    many = [NodeSpec(f"n{i}", "127.0.0.1", server.port, "root", key) for i in range(16)]
+
+    # Unbounded, sshd drops the handshakes beyond its 4 (paramiko: "Error reading SSH protocol banner").
+    with pytest.raises(T.NodesUnreachable):
+        T.close_all(T.connect_all(many, opts(known, handshakes_per_server=16)))
+    # Bounded to 2 per server: every one gets through, without a retry. (Bounded to 4 some
+    # would not: sshd notices an authentication a moment after the client, so the bound
+    # keeps a margin under MaxStartups, as the default 8 does under sshd's 10.)
+    options = opts(known, handshakes_per_server=2)
+    conns = T.connect_all(many, options)
+    try:
+        assert len(conns) == 16 and all(c.run(["true"]).ok for c in conns.values())
+    finally:
+        T.close_all(conns)
+    assert T.handshake_gate(options).peak_per_server == 2
+
+
+def test_reader_threads_poll_seldom(known_hosts, target):
+    from orchestrator.io.transport.ssh import TRANSPORT_POLL
+
+    conns = T.connect_all([target], opts(known_hosts))
+    conn = conns["local-1"]
+    try:
+        # paramiko's default (0.1 s) woke the controller ten times a second per node.
+        assert conn.transport.sock.gettimeout() == TRANSPORT_POLL >= 1.0
+        assert conn.run(["echo", "hi"]).stdout == "hi\n" and conn.is_active()
+    finally:
+        T.close_all(conns)
+    assert not conn.is_active()

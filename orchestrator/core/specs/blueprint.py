@@ -88,7 +88,7 @@ class Blueprint:
         subnet of it, and every replica resolves its networks' names there (dns, dns_search).
         Without a mesh, a dependency on another node is a warning: it cannot be reached.
         """
-        from agent.wire.spec import config_hash, config_parts
+        from agent.wire.spec import config_digest
 
         order = {n: i for i, n in enumerate(node_order)}
         where: dict[str, dict[str, list[int]]] = {}
@@ -97,6 +97,7 @@ class Blueprint:
                 where.setdefault(name, {}).setdefault(slot.node, []).append(slot.replica)
         check_port_conflicts(self, where)
         units: dict[tuple[str, str], Unit] = {}
+        digests: dict[str, tuple[str, dict[str, str]]] = {}
         warnings: list[str] = _shared_volume_warnings(self, where)
         for wave in self.waves:
             for name in wave:
@@ -133,8 +134,11 @@ class Blueprint:
                         "volumes": bp.volumes,
                         "pull": bp.pull,
                     }
-                    spec["config_hash"] = config_hash(container)
-                    spec["config_parts"] = config_parts(container)
+                    # Without a mesh a service's container is the same on every node: hashed once.
+                    digest = digests.get(name) if mesh is None else None
+                    if digest is None:
+                        digest = digests[name] = config_digest(container)
+                    spec["config_hash"], spec["config_parts"] = digest[0], dict(digest[1])
                     units[(name, node)] = Unit(
                         service=name, node=node, replicas=tuple(spec["replicas"]), config_hash=spec["config_hash"],
                         wait=bp.wait, restart=bp.restart, spec=spec,

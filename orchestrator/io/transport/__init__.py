@@ -32,7 +32,7 @@ from orchestrator.io.transport.errors import (  # noqa: F401
     NodeRequirementError, NodesUnreachable, RemoteCommandFailed, TransportError, UnknownHostKey)
 from orchestrator.io.transport.known_hosts import append_known_host, fingerprint, load_known_hosts  # noqa: F401
 from orchestrator.io.transport.ssh import (  # noqa: F401
-    Connection, RunResult, close_all, connect, connect_all, fetch_host_key, parallel)
+    Connection, HandshakeGate, RunResult, close_all, connect, connect_all, fetch_host_key, handshake_gate, parallel)
 from orchestrator.io.transport.options import SSHOptions, options_from_env  # noqa: F401
 from orchestrator.io.transport.trust import (  # noqa: F401
     HostKeyStatus, record_host_key, scan_host_key, scan_host_keys)

@@ -21,7 +21,8 @@ from orchestrator.core.environments import SSHSettings
 class SSHOptions(SSHSettings):
     """core's SSHSettings (known_hosts: None is ~/.ssh/known_hosts; strict_host_keys False
     accepts *unknown* keys and records them, never changed ones; connect_timeout;
-    command_timeout: the longest silence tolerated from a command or the agent), and:"""
+    command_timeout: the longest silence tolerated from a command or the agent;
+    handshakes, handshakes_per_server: ssh.HandshakeGate's bounds), and:"""
 
     retries: int = 2  # extra attempts at connection set-up (not at commands)
     backoff: float = 0.5  # seconds, doubled after each failed attempt

@@ -6,6 +6,8 @@ check its host key, run a fixed command, copy a file. It knows nothing about wha
 - `connect_all` opens them in parallel and fails naming every unreachable node
   before anything is touched on any node.
 - Host keys are checked strictly against a known_hosts file (known_hosts.py).
+- Handshakes are bounded (`HandshakeGate`): at most `ssh.handshakes` in flight, and
+  `ssh.handshakes_per_server` to one sshd, under its MaxStartups.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,6 +246,80 @@ class Connection:
         self.close()
 
 
+class HandshakeGate:
+    """Bounds the SSH handshakes (TCP connect, key exchange, authentication) in flight:
+    `total` at once, and `per_server` to one sshd address (host:port). sshd drops new
+    unauthenticated connections beyond its MaxStartups (default 10:30:100: from 10 on, 30 %
+    of them, rising), so a hundred nodes, or many behind one bastion (each node's jump
+    connection is a handshake with the bastion), never trip it. Sessions are not bounded:
+    once authenticated a connection no longer counts against MaxStartups."""
+
+    def __init__(self, total: int, per_server: int):
+        self.total, self.per_server = total, per_server
+        self._all = threading.BoundedSemaphore(total)
+        self._servers: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+        self.in_flight: dict[str, int] = {}  # server -> handshakes now
+        self.peak = 0  # most handshakes in flight at once, over all servers
+        self.peak_per_server = 0
+
+    @contextmanager
+    def slot(self, server: str) -> Iterator[None]:
+        with self._lock:
+            sem = self._servers.setdefault(server, threading.BoundedSemaphore(self.per_server))
+        # The server's slot first: a handshake waiting for a busy server holds no overall slot.
+        with sem, self._all:
+            with self._lock:
+                self.in_flight[server] = self.in_flight.get(server, 0) + 1
+                self.peak = max(self.peak, sum(self.in_flight.values()))
+                self.peak_per_server = max(self.peak_per_server, self.in_flight[server])
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self.in_flight[server] -= 1
+
+
+_GATES: dict[tuple[int, int], HandshakeGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def handshake_gate(options: SSHOptions) -> HandshakeGate:
+    """The process's gate for these limits: every connection of a command shares it."""
+    key = (options.handshakes, options.handshakes_per_server)
+    with _GATES_LOCK:
+        if key not in _GATES:
+            _GATES[key] = HandshakeGate(*key)
+        return _GATES[key]
+
+
+TRANSPORT_POLL = 1.0  # seconds; a closed connection's reader thread ends within this
+
+_KNOWN: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+_KNOWN_LOCK = threading.Lock()
+
+
+def known_hosts(path: Path) -> Any:
+    """The known_hosts file parsed (paramiko.HostKeys; read it, never change it), once per
+    process while the file is unchanged: paramiko's parse compares each line with every
+    line before it, so parsing the file of a hundred nodes for each of their connections
+    cost more CPU than the handshakes themselves. A malformed file is a readable error."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return load_known_hosts(path)  # empty
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # an appended key (accept-new) changes it
+    with _KNOWN_LOCK:
+        cached = _KNOWN.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = _KNOWN[path] = (stamp, load_known_hosts(path))
+        return cached[1]
+
+
+def _server(target: NodeSpec) -> str:
+    return f"{target.host}:{target.port}"
+
+
 def _open_socket(target: NodeSpec, options: SSHOptions, jump_client: Any) -> Any:
     if jump_client is not None:
         # ProxyJump: a direct-tcpip channel through the jump host carries the session.
@@ -256,28 +333,29 @@ def _connect_once(target: NodeSpec, options: SSHOptions, jump_client: Any = None
     import paramiko
 
     client = paramiko.SSHClient()
-    # As "system" host keys paramiko never writes them; additions go through append_known_host.
-    path = options.known_hosts_path
-    if path.is_file():
-        load_known_hosts(path)  # a readable error for a malformed file
-        client.load_system_host_keys(str(path))
+    # Only this host's entries, from a parse shared by every connection of the command.
+    # paramiko never writes them (no file name given); additions go through append_known_host.
+    name = target.known_hosts_name
+    for key_type, key in (known_hosts(options.known_hosts_path).lookup(name) or {}).items():
+        client.get_host_keys().add(name, key_type, key)
     client.set_missing_host_key_policy(HostKeyPolicy(target, options))
     sock = None
     try:
-        sock = _open_socket(target, options, jump_client)
-        client.connect(
-            target.host,
-            port=target.port,
-            username=target.user,
-            key_filename=str(target.identity_file) if target.identity_file else None,
-            allow_agent=options.allow_agent,
-            look_for_keys=target.identity_file is None,
-            timeout=options.connect_timeout,
-            banner_timeout=options.connect_timeout,
-            auth_timeout=options.connect_timeout,
-            channel_timeout=options.connect_timeout,
-            sock=sock,
-        )
+        with handshake_gate(options).slot(_server(target)):
+            sock = _open_socket(target, options, jump_client)
+            client.connect(
+                target.host,
+                port=target.port,
+                username=target.user,
+                key_filename=str(target.identity_file) if target.identity_file else None,
+                allow_agent=options.allow_agent,
+                look_for_keys=target.identity_file is None,
+                timeout=options.connect_timeout,
+                banner_timeout=options.connect_timeout,
+                auth_timeout=options.connect_timeout,
+                channel_timeout=options.connect_timeout,
+                sock=sock,
+            )
     except TransportError:
         client.close()
         raise
@@ -315,6 +393,10 @@ def _connect_once(target: NodeSpec, options: SSHOptions, jump_client: Any = None
     transport = client.get_transport()
     if options.keepalive:
         transport.set_keepalive(options.keepalive)
+    # paramiko's reader thread polls its socket every 0.1 s (to notice a close, send
+    # keepalives): a hundred connections woke the controller 1,000 times a second, each
+    # wake-up taking the GIL from the thread doing the work. Data still wakes it at once.
+    transport.sock.settimeout(TRANSPORT_POLL)
     return client
 
 
@@ -405,18 +487,19 @@ def fetch_host_key(target: NodeSpec, options: SSHOptions) -> Any:
     def once() -> Any:
         sock = None
         try:
-            sock = _open_socket(target, options, jump_client)
-            t = paramiko.Transport(sock)
-            try:
-                known = load_known_hosts(options.known_hosts_path).lookup(target.known_hosts_name)
-                if known:  # ask for the type we know, so a changed key is seen as changed
-                    wanted = known.keys()[0]
-                    opts = t.get_security_options()
-                    opts.key_types = [wanted] + [k for k in opts.key_types if k != wanted]
-                t.start_client(timeout=options.connect_timeout)
-                return t.get_remote_server_key()
-            finally:
-                t.close()
+            with handshake_gate(options).slot(_server(target)):  # sshd counts it from the accept
+                sock = _open_socket(target, options, jump_client)
+                t = paramiko.Transport(sock)
+                try:
+                    known = known_hosts(options.known_hosts_path).lookup(target.known_hosts_name)
+                    if known:  # ask for the type we know, so a changed key is seen as changed
+                        wanted = known.keys()[0]
+                        opts = t.get_security_options()
+                        opts.key_types = [wanted] + [k for k in opts.key_types if k != wanted]
+                    t.start_client(timeout=options.connect_timeout)
+                    return t.get_remote_server_key()
+                finally:
+                    t.close()
         except (OSError, EOFError, paramiko.SSHException) as err:
             if sock is not None:
                 sock.close()

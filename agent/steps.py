@@ -6,9 +6,11 @@ are ready, and the error a failed container gives.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from agent.context import Context
 from agent.engine import ContainerInfo
@@ -40,46 +42,70 @@ def ensure_networks(ctx: Context, svc: ServiceSpec) -> List[str]:
     created = []
     for net in used:
         name = net.engine_name(svc.project)
-        existing = ctx.engine.network(name)
-        if net.external:
-            if existing is None:
-                raise AgentError(
-                    NOT_FOUND, "external network %s does not exist on this node" % name,
-                    {"network": name, "fix": "create it (docker network create %s) or drop external: true" % name},
-                )
-            continue
-        if existing is None:
-            labels = dict(net.labels)
-            labels.update(L.resource_labels(svc.project, net.name, svc.env))
-            try:
-                _create_network(ctx, name, net, labels)
-                created.append(name)
-                ctx.emit("network.create", network=name, subnet=net.subnet)
-            except AgentError:
-                existing = ctx.engine.network(name)  # created meanwhile by a parallel apply?
-                if existing is None:
-                    raise
-        if existing is not None and (existing["labels"].get(L.PROJECT) != svc.project
-                                     or L.other_env(existing["labels"], svc.env)):
-            raise AgentError(
-                CONFLICT,
-                "network %s exists but is not managed by orch for project %s" % (name, svc.project),
-                {"network": name, "fix": "remove it (docker network rm %s) or declare it external" % name},
-            )
-        if existing is not None and net.subnet and net.subnet not in (existing.get("subnets") or [net.subnet]):
-            # Made before the mesh (or with another mesh range): its replicas could not be
-            # reached from other nodes. Docker cannot re-address a network in place.
-            raise AgentError(
-                CONFLICT,
-                "network %s has subnet %s, but the environment's mesh needs %s" % (
-                    name, ", ".join(existing.get("subnets") or []) or "?", net.subnet),
-                {"network": name, "fix": "run `orch down` for this project and environment, then `orch up` "
-                 "(volumes are kept): the network is made again in the mesh"},
-            )
+        with _creating(ctx, "network-" + name):
+            created += _ensure_network(ctx, svc, net, name)
     if any(net.mesh_slot for net in used if not net.external):
         from agent.mesh.ops import sync_firewall
 
         sync_firewall(ctx, svc.env)  # the new bridge's rules now, not at the daemon's next tick
+    return created
+
+
+@contextlib.contextmanager
+def _creating(ctx: Context, what: str) -> Iterator[None]:
+    """One agent process at a time checks for and creates `what` on this node. The parallel
+    applies of a wave (one agent process each) all find the project network missing; the
+    engine's duplicate check is not atomic, and a second create of a mesh network fails
+    with "Pool overlaps" before the first one is visible."""
+    directory = os.path.join(ctx.data_dir(), "creating")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(directory, what.replace("/", "_")), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _ensure_network(ctx: Context, svc: ServiceSpec, net: Any, name: str) -> List[str]:
+    """The network `name` of svc checked (and created when missing): [name] if created."""
+    created = []
+    existing = ctx.engine.network(name)
+    if net.external:
+        if existing is None:
+            raise AgentError(
+                NOT_FOUND, "external network %s does not exist on this node" % name,
+                {"network": name, "fix": "create it (docker network create %s) or drop external: true" % name},
+            )
+        return created
+    if existing is None:
+        labels = dict(net.labels)
+        labels.update(L.resource_labels(svc.project, net.name, svc.env))
+        try:
+            _create_network(ctx, name, net, labels)
+            created.append(name)
+            ctx.emit("network.create", network=name, subnet=net.subnet)
+        except AgentError:
+            existing = ctx.engine.network(name)  # created meanwhile by a parallel apply?
+            if existing is None:
+                raise
+    if existing is not None and (existing["labels"].get(L.PROJECT) != svc.project
+                                 or L.other_env(existing["labels"], svc.env)):
+        raise AgentError(
+            CONFLICT,
+            "network %s exists but is not managed by orch for project %s" % (name, svc.project),
+            {"network": name, "fix": "remove it (docker network rm %s) or declare it external" % name},
+        )
+    if existing is not None and net.subnet and net.subnet not in (existing.get("subnets") or [net.subnet]):
+        # Made before the mesh (or with another mesh range): its replicas could not be
+        # reached from other nodes. Docker cannot re-address a network in place.
+        raise AgentError(
+            CONFLICT,
+            "network %s has subnet %s, but the environment's mesh needs %s" % (
+                name, ", ".join(existing.get("subnets") or []) or "?", net.subnet),
+            {"network": name, "fix": "run `orch down` for this project and environment, then `orch up` "
+             "(volumes are kept): the network is made again in the mesh"},
+        )
     return created
 
 

@@ -49,10 +49,17 @@ def _request_key(op: str, args: dict | None) -> str:
     return json.dumps([op, args or {}], sort_keys=True, separators=(",", ":"))
 
 
+# sshd refuses session channels beyond its MaxSessions (default 10) on one connection
+# ("ChannelException(2, 'Connect failed')"): a wave of 40 services on one node waited for
+# none. Agent sessions stay under it, leaving room for an SFTP channel and a forward.
+MAX_SESSIONS = 8
+
+
 class SSHNode:
     """A node for the length of one command: its SSH connection and a pool of agent
     sessions on it (the agent serves one request at a time per session, so parallel
-    applies on one node use one session each, opened on demand)."""
+    applies on one node use one session each, opened on demand, at most MAX_SESSIONS:
+    beyond that a request waits for a free one)."""
 
     def __init__(self, conn: Any, bundle: Any, first: Any, progress: Progress | None = None,
                  state: dict | None = None):
@@ -64,6 +71,9 @@ class SSHNode:
         self._free = [first]
         self._all = [first]
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)  # a session freed, or a slot
+        self._slots = 1  # sessions open or being opened (the first one included)
+        self.max_sessions = MAX_SESSIONS
         self._closed = False
         self._warming: list[threading.Thread] = []
         self._at_connect = _counts(first)
@@ -133,9 +143,10 @@ class SSHNode:
 
     def _lock_session_back(self) -> None:
         s = self.lock_session()
-        with self._lock:
+        with self._released:
             if s not in self._free and not self._closed and not s.channel.closed:
                 self._free.append(s)
+                self._released.notify()
 
     def prewarm(self, count: int, project: str | None = None) -> None:
         """Open sessions in the background until `count` exist (parallel applies coming
@@ -145,20 +156,25 @@ class SSHNode:
             try:
                 s = open_agent(self.conn, self.bundle, fallback=False, project=project)
             except Exception:
+                with self._released:
+                    self._slots -= 1
+                    self._released.notify()
                 return  # session() opens one itself if it needs it
-            with self._lock:
+            with self._released:
                 if self._closed:
                     s.channel.close()
                     return
                 self._all.append(s)
                 self._free.append(s)
+                self._released.notify()
             if self.progress is not None:
                 self.progress.event("session", node=self.name, pid=s.pid)
 
         with self._lock:
             self._warming = [t for t in self._warming if t.is_alive()]
-            missing = count - len(self._all) - len(self._warming)
-        for _ in range(max(0, missing)):
+            missing = max(0, min(count, self.max_sessions) - self._slots)
+            self._slots += missing
+        for _ in range(missing):
             t = threading.Thread(target=open_one, daemon=True, name=f"orch-warm-{self.name}")
             self._warming.append(t)
             t.start()
@@ -166,10 +182,20 @@ class SSHNode:
     @contextmanager
     def session(self) -> Iterator[Any]:
         self._drop_ahead()
-        with self._lock:
+        with self._released:
+            while not self._free and self._slots >= self.max_sessions:
+                self._released.wait()
             s = self._free.pop() if self._free else None
+            if s is None:
+                self._slots += 1
         if s is None:
-            s = open_agent(self.conn, self.bundle, fallback=False)
+            try:
+                s = open_agent(self.conn, self.bundle, fallback=False)
+            except BaseException:
+                with self._released:
+                    self._slots -= 1
+                    self._released.notify()
+                raise
             with self._lock:
                 self._all.append(s)
             if self.progress is not None:
@@ -177,9 +203,12 @@ class SSHNode:
         try:
             yield s
         finally:
-            if not s.channel.closed and not s.channel.exit_status_ready():
-                with self._lock:
+            with self._released:
+                if not s.channel.closed and not s.channel.exit_status_ready():
                     self._free.append(s)
+                else:
+                    self._slots -= 1  # its agent is gone: the slot is free
+                self._released.notify()
 
     def lock_session(self) -> Any:
         """The session that holds the deploy lock: the first one, which lives as long as

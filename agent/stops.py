@@ -73,34 +73,46 @@ def stop_in_background(ctx: Context, c: ContainerInfo, env: str) -> Optional[thr
     fcntl.flock(fd, fcntl.LOCK_EX)
     _write(fd, {"id": c.id, "name": c.name, "service": c.service, "replica": c.replica, "pid": os.getpid()})
     os.rename(tmp, path)  # locked before it is visible: a waiter never finds it unlocked too early
-    socket_path = _engine_socket(ctx)
-    if socket_path is not None:
-        try:
-            _detached(ctx, "stop", socket_path, c, env, fd)
-            return None
-        except OSError as exc:  # no helper process (fork refused): this process stops it
-            sys.stderr.write("orch-agent: no helper process for the stop of %s (%s)\n" % (c.name, exc))
-    engine = ctx.engine
-
-    def run() -> None:
-        started = time.monotonic()
-        outcome: Dict[str, Any] = {"id": c.id, "name": c.name, "service": c.service, "replica": c.replica}
-        try:
-            with working(ctx, env):
-                engine.stop(c.id)
-            outcome["seconds"] = round(time.monotonic() - started, 2)
-        except BaseException as exc:  # noqa: BLE001 - the waiter finds the container running and stops it
-            outcome["error"] = str(getattr(exc, "message", exc))[:300]
-            sys.stderr.write("orch-agent: background stop of %s failed: %s\n" % (c.name, outcome["error"]))
-        finally:
+    try:
+        socket_path = _engine_socket(ctx)
+        if socket_path is not None:
             try:
-                _write(fd, outcome)
-            finally:
-                os.close(fd)  # drops the lock: waiters go on
+                _detached(ctx, "stop", socket_path, c, env, fd)
+                return None
+            except OSError as exc:  # no helper process (fork refused): this process stops it
+                sys.stderr.write("orch-agent: no helper process for the stop of %s (%s)\n" % (c.name, exc))
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)  # _detached closed ours; nobody else locks it
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        engine = ctx.engine
 
-    t = threading.Thread(target=run, name="stop-%s" % c.id[:12], daemon=False)
-    t.start()
-    return t
+        def run() -> None:
+            started = time.monotonic()
+            outcome: Dict[str, Any] = {"id": c.id, "name": c.name, "service": c.service, "replica": c.replica}
+            try:
+                with working(ctx, env):
+                    engine.stop(c.id)
+                outcome["seconds"] = round(time.monotonic() - started, 2)
+            except BaseException as exc:  # noqa: BLE001 - the waiter finds the container running and stops it
+                outcome["error"] = str(getattr(exc, "message", exc))[:300]
+                sys.stderr.write("orch-agent: background stop of %s failed: %s\n" % (c.name, outcome["error"]))
+            finally:
+                try:
+                    _write(fd, outcome)
+                finally:
+                    os.close(fd)  # drops the lock: waiters go on
+
+        t = threading.Thread(target=run, name="stop-%s" % c.id[:12], daemon=False)
+        t.start()
+        return t
+    except BaseException:
+        # No stop under way after all: a marker left locked by this process would make
+        # every waiter (this process's own put-back included) wait for nothing.
+        forget(ctx, c.id)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        raise
 
 
 def _engine_socket(ctx: Context) -> Optional[str]:

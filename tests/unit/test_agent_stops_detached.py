@@ -104,3 +104,13 @@ def test_a_fake_engine_stops_in_a_thread_and_removes_in_place(tmp_path):
     t.join(5)
     assert stops.remove_when_stopped(ctx, c, "prod") is False
     assert stops.wait_stopped(ctx, cid)["seconds"] >= 0
+
+
+def test_a_stop_that_cannot_start_leaves_no_marker_to_wait_for(ctx, monkeypatch):
+    def broken(*a):
+        raise RuntimeError("no helper")
+
+    monkeypatch.setattr(stops, "_engine_socket", broken)
+    with pytest.raises(RuntimeError):
+        stops.stop_in_background(ctx, OLD, "prod")
+    assert stops.pending(ctx) == [] and stops.wait_stopped(ctx, OLD.id) is None

@@ -225,13 +225,33 @@ def _wait_marker(path: str) -> None:
         pass
 
 
-def remove_when_stopped(ctx: Context, c: ContainerInfo, env: str) -> bool:
+DISCARD_GRACE = 1.0  # what a discard waits for a stop under way before handing it over
+
+
+def remove_when_stopped(ctx: Context, c: ContainerInfo, env: str, grace: float = DISCARD_GRACE) -> bool:
     """Hand the removal of c, whose stop is under way (a marker), to a detached helper
-    that removes it once stopped: `discard` then answers at once. False (nothing done)
-    when c has no stop under way or the engine is not a local real one."""
+    that removes it once stopped: `discard` then answers at once. A stop that ends within
+    `grace` (an app that handles SIGTERM) is not handed over: the caller removes c, so
+    nothing of the previous release is left when `orch up` returns. False (nothing done)
+    when c has no stop under way, it ended within `grace`, or the engine is not a local
+    real one."""
     socket_path = _engine_socket(ctx)
-    if socket_path is None or not os.path.exists(_path(ctx, c.id)):
+    if socket_path is None:
         return False
+    try:
+        fd = os.open(_path(ctx, c.id), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        start = time.monotonic()
+        while not _try_shared(fd):
+            if time.monotonic() - start >= grace:
+                break
+            time.sleep(POLL)
+        else:
+            return False  # stopped meanwhile: removed in place (its marker consumed there)
+    finally:
+        os.close(fd)
     try:
         _detached(ctx, "remove", socket_path, c, env, -1)
     except OSError:

@@ -76,8 +76,8 @@ def test_a_discard_hands_a_stopping_container_to_a_helper_that_removes_it_once_s
     server, _ = api
     stops.stop_in_background(ctx, OLD, "prod")
     t0 = time.monotonic()
-    assert stops.remove_when_stopped(ctx, OLD, "prod") is True
-    assert time.monotonic() - t0 < STOP_SECONDS / 2  # the discard answers at once
+    assert stops.remove_when_stopped(ctx, OLD, "prod", grace=0.1) is True
+    assert time.monotonic() - t0 < STOP_SECONDS / 2  # the discard answers after its short grace
     deadline = time.monotonic() + 10
     while len(server.seen) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -86,6 +86,15 @@ def test_a_discard_hands_a_stopping_container_to_a_helper_that_removes_it_once_s
     assert (m2, p2) == ("DELETE", f"/containers/{OLD.id}?force=1") and t2 - t1 >= STOP_SECONDS * 0.9
     wait_for_work(ctx, "prod", wait_s=10)
     assert not os.path.exists(os.path.join(ctx.data_dir(), "stops", OLD.id))
+
+
+def test_a_stop_that_ends_within_the_grace_is_not_handed_over(ctx, api):
+    stops.stop_in_background(ctx, OLD, "prod")
+    t0 = time.monotonic()
+    assert stops.remove_when_stopped(ctx, OLD, "prod", grace=5) is False  # the caller removes it in place
+    assert STOP_SECONDS * 0.8 <= time.monotonic() - t0 < 5
+    assert [m for m, _, _ in api[0].seen] == ["POST"]
+    assert stops.wait_stopped(ctx, OLD.id)["seconds"] >= STOP_SECONDS * 0.9
 
 
 def test_without_a_stop_under_way_nothing_is_handed_over(ctx, api):

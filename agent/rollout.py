@@ -40,6 +40,7 @@ The requests and results are the typed ones of agent.wire.messages.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional
 
@@ -48,15 +49,15 @@ from agent.create import create_body
 from agent.engine import ContainerInfo
 from agent.ingress import driver
 from agent.owner import refuse_foreign
-from agent.stops import STOP_OPERATIONS, stop_in_background, wait_stopped
+from agent.stops import DISCARD_GRACE, STOP_OPERATIONS, remove_when_stopped, stop_in_background, wait_stopped
 from agent.steps import (
-    POLL,
     check_name_conflicts,
     container_failure,
     ensure_image,
     ensure_networks,
     ensure_volumes,
     keepable,
+    poll_interval,
     prune_files,
     ready_now,
     remove_container,
@@ -366,7 +367,7 @@ def hold_healthy(ctx: Context, svc: ServiceSpec, containers: List[ContainerInfo]
                                % seconds)
         if ctx.clock() - start >= seconds:
             break
-        ctx.sleep(POLL)
+        ctx.sleep(poll_interval(ctx.clock() - start))
     ctx.emit("container.stable", service=svc.service, containers=[c.name for c in containers], seconds=seconds)
 
 
@@ -470,7 +471,7 @@ def _wait_running(ctx: Context, containers: List[ContainerInfo], budget: float =
             if ctx.clock() - start > budget:
                 raise AgentError(UNHEALTHY, "the kept containers %s did not become ready again within %.0fs"
                                  % (", ".join(sorted(c.name for c in waiting.values())), budget))
-            ctx.sleep(POLL)
+            ctx.sleep(poll_interval(ctx.clock() - start))
 
 
 def op_restore(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
@@ -533,7 +534,12 @@ def op_discard(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     project, service = req.project, req.service
     refuse_foreign(ctx, project, req.env, "discard")
     doomed = [c for c in ctx.engine.containers(L.filters(project, service)) if L.is_retired(c.name)]
-    remove_containers(ctx, doomed, "the release that replaced it is live")
+    # One still stopping in the background (a SIGTERM-deaf app takes its whole grace
+    # period) is removed by a helper once stopped: the release is live, `orch up` is done.
+    # One grace window for all of them (DISCARD_GRACE), not one each.
+    until = time.monotonic() + DISCARD_GRACE
+    later = {c.id for c in doomed if remove_when_stopped(ctx, c, req.env, max(0.0, until - time.monotonic()))}
+    remove_containers(ctx, [c for c in doomed if c.id not in later], "the release that replaced it is live")
     pruned = prune_files(ctx, project, service)
     if pruned:
         ctx.emit("files.prune", files=pruned)

@@ -37,6 +37,15 @@ LOG_LINES_ON_FAILURE = 20
 POLL = 0.25
 
 
+def poll_interval(elapsed: float) -> float:
+    """How long to wait before looking at a starting container again: 50 ms for its
+    first 2 s (most containers are up, or healthy after their first probe, by then; an
+    inspect over the engine's socket costs a few ms), 100 ms until 10 s, then POLL."""
+    if elapsed < 2.0:
+        return 0.05
+    return 0.1 if elapsed < 10.0 else POLL
+
+
 def ensure_networks(ctx: Context, svc: ServiceSpec) -> List[str]:
     used = [svc.networks[a.name] for a in svc.container.networks]
     created = []
@@ -471,5 +480,5 @@ def wait_ready(
             if now - last_note >= 5.0:
                 last_note = now
                 ctx.emit("waiting", containers=sorted(c.name for c in waiting.values()), seconds=round(now - start))
-            ctx.sleep(POLL)
+            ctx.sleep(poll_interval(now - start))
     return done

@@ -58,9 +58,14 @@ def _path(ctx: Context, cid: str) -> str:
     return os.path.join(_dir(ctx), cid)
 
 
-def stop_in_background(ctx: Context, c: ContainerInfo, env: str) -> threading.Thread:
-    """Stop c in a thread of this process; its marker is in place (and locked) before this
-    returns, so a waiter in any agent process sees the stop as under way."""
+def stop_in_background(ctx: Context, c: ContainerInfo, env: str) -> Optional[threading.Thread]:
+    """Stop c off the critical path; its marker is in place (and locked) before this
+    returns, so a waiter in any agent process sees the stop as under way.
+
+    On a real engine behind a unix socket the stop runs in a detached helper process
+    (`_detached`): this agent process then ends as soon as its controller closes the
+    session, so `orch up` need not wait for a stop (a SIGTERM-deaf app's whole grace
+    period). Otherwise (a fake engine, a TCP engine) in a thread of this process, returned."""
     os.makedirs(_dir(ctx), mode=0o700, exist_ok=True)
     path = _path(ctx, c.id)
     tmp = "%s.%d.%d.new" % (path, os.getpid(), threading.get_ident())
@@ -68,27 +73,192 @@ def stop_in_background(ctx: Context, c: ContainerInfo, env: str) -> threading.Th
     fcntl.flock(fd, fcntl.LOCK_EX)
     _write(fd, {"id": c.id, "name": c.name, "service": c.service, "replica": c.replica, "pid": os.getpid()})
     os.rename(tmp, path)  # locked before it is visible: a waiter never finds it unlocked too early
-    engine = ctx.engine
+    try:
+        socket_path = _engine_socket(ctx)
+        if socket_path is not None:
+            try:
+                _detached(ctx, "stop", socket_path, c, env, fd)
+                return None
+            except OSError as exc:  # no helper process (fork refused): this process stops it
+                sys.stderr.write("orch-agent: no helper process for the stop of %s (%s)\n" % (c.name, exc))
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)  # _detached closed ours; nobody else locks it
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        engine = ctx.engine
 
-    def run() -> None:
-        started = time.monotonic()
-        outcome: Dict[str, Any] = {"id": c.id, "name": c.name, "service": c.service, "replica": c.replica}
+        def run() -> None:
+            started = time.monotonic()
+            outcome: Dict[str, Any] = {"id": c.id, "name": c.name, "service": c.service, "replica": c.replica}
+            try:
+                with working(ctx, env):
+                    engine.stop(c.id)
+                outcome["seconds"] = round(time.monotonic() - started, 2)
+            except BaseException as exc:  # noqa: BLE001 - the waiter finds the container running and stops it
+                outcome["error"] = str(getattr(exc, "message", exc))[:300]
+                sys.stderr.write("orch-agent: background stop of %s failed: %s\n" % (c.name, outcome["error"]))
+            finally:
+                try:
+                    _write(fd, outcome)
+                finally:
+                    os.close(fd)  # drops the lock: waiters go on
+
+        t = threading.Thread(target=run, name="stop-%s" % c.id[:12], daemon=False)
+        t.start()
+        return t
+    except BaseException:
+        # No stop under way after all: a marker left locked by this process would make
+        # every waiter (this process's own put-back included) wait for nothing.
+        forget(ctx, c.id)
         try:
-            with working(ctx, env):
-                engine.stop(c.id)
+            os.close(fd)
+        except OSError:
+            pass
+        raise
+
+
+def _engine_socket(ctx: Context) -> Optional[str]:
+    """The unix socket of the real engine this agent drives, else None (a fake engine in
+    tests and simulations, an engine over TCP: those stop in a thread)."""
+    try:
+        from agent.engine import Engine
+    except ImportError:  # pragma: no cover - the bundle always has it
+        return None
+    if type(ctx._engine) is not Engine:  # noqa: SLF001 - connected by the rollout before any stop
+        return None
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return host[len("unix://"):] if host.startswith("unix://") else None
+
+
+def _detached(ctx: Context, mode: str, socket_path: str, c: ContainerInfo, env: str, marker_fd: int) -> None:
+    """Run `_helper` (mode stop: stop c, then write its outcome into the marker; mode
+    remove: wait for c's stop, then remove c) in a process of its own session, detached
+    from this agent's SSH channel. It inherits the marker's descriptor (its flock goes on
+    meaning "stop under way" until the helper is done) and ENV.work taken shared (the next
+    controller's lock_acquire waits for it, as for this process's own work)."""
+    import subprocess
+
+    work_fd = -1
+    try:
+        if env:
+            from agent.lock import work_path
+
+            wp = work_path(ctx, env)
+            os.makedirs(os.path.dirname(wp), mode=0o700, exist_ok=True)
+            work_fd = os.open(wp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(work_fd, fcntl.LOCK_SH)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the bundle (or a zip of it)
+        info = json.dumps({"id": c.id, "name": c.name, "service": c.service, "replica": c.replica})
+        fds = tuple(f for f in (marker_fd, work_fd) if f >= 0)
+        subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from agent.stops import _helper; "
+             "sys.exit(_helper(sys.argv[2:]))", root, mode, socket_path, _dir(ctx), str(marker_fd), str(work_fd),
+             info],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True, pass_fds=fds, cwd="/")
+    finally:
+        for f in (marker_fd, work_fd):
+            if f >= 0:
+                os.close(f)  # the helper holds the locks now
+
+
+def _engine_call(socket_path: str, method: str, path: str, timeout: float) -> int:
+    from agent.engine_reads import _UnixConnection
+
+    conn = _UnixConnection(socket_path, timeout)
+    try:
+        conn.request(method, path, headers={"Host": "docker"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def _helper(argv: List[str]) -> int:
+    """The detached helper's body (see _detached): argv = mode, socket, stops dir,
+    marker fd (-1: none), ENV.work fd (-1: none), the container as JSON."""
+    mode, socket_path, stops_dir, marker_fd, work_fd, raw = argv
+    c = json.loads(raw)
+    fd = int(marker_fd)
+    started = time.monotonic()
+    outcome: Dict[str, Any] = dict(c)
+    try:
+        if mode == "stop":
+            # No t=: the engine uses the container's own StopTimeout (stop_grace_period).
+            status = _engine_call(socket_path, "POST", "/containers/%s/stop" % c["id"], WAIT_MAX)
+            if status not in (204, 304, 404):
+                raise RuntimeError("the engine answered %d to the stop" % status)
             outcome["seconds"] = round(time.monotonic() - started, 2)
-        except BaseException as exc:  # noqa: BLE001 - the waiter finds the container running and stops it
-            outcome["error"] = str(getattr(exc, "message", exc))[:300]
-            sys.stderr.write("orch-agent: background stop of %s failed: %s\n" % (c.name, outcome["error"]))
-        finally:
+        elif mode == "remove":
+            _wait_marker(os.path.join(stops_dir, c["id"]))
+            status = _engine_call(socket_path, "DELETE", "/containers/%s?force=1" % c["id"], 60.0)
+            if status not in (204, 404, 409):  # 409: a removal already under way
+                raise RuntimeError("the engine answered %d to the removal" % status)
+        return 0
+    except Exception as exc:  # noqa: BLE001 - a stop: the waiter finds it running and stops it
+        outcome["error"] = str(exc)[:300]
+        return 1
+    finally:
+        if fd >= 0:
             try:
                 _write(fd, outcome)
             finally:
-                os.close(fd)  # drops the lock: waiters go on
+                os.close(fd)  # drops the marker's lock: waiters go on
+        if int(work_fd) >= 0:
+            os.close(int(work_fd))
 
-    t = threading.Thread(target=run, name="stop-%s" % c.id[:12], daemon=False)
-    t.start()
-    return t
+
+def _wait_marker(path: str) -> None:
+    """Until the stop behind the marker at path returned; the marker is consumed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        start = time.monotonic()
+        while not _try_shared(fd) and time.monotonic() - start < WAIT_MAX:
+            time.sleep(POLL)
+    finally:
+        os.close(fd)
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+DISCARD_GRACE = 1.0  # what a discard waits for a stop under way before handing it over
+
+
+def remove_when_stopped(ctx: Context, c: ContainerInfo, env: str, grace: float = DISCARD_GRACE) -> bool:
+    """Hand the removal of c, whose stop is under way (a marker), to a detached helper
+    that removes it once stopped: `discard` then answers at once. A stop that ends within
+    `grace` (an app that handles SIGTERM) is not handed over: the caller removes c, so
+    nothing of the previous release is left when `orch up` returns. False (nothing done)
+    when c has no stop under way, it ended within `grace`, or the engine is not a local
+    real one."""
+    socket_path = _engine_socket(ctx)
+    if socket_path is None:
+        return False
+    try:
+        fd = os.open(_path(ctx, c.id), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        start = time.monotonic()
+        while not _try_shared(fd):
+            if time.monotonic() - start >= grace:
+                break
+            time.sleep(POLL)
+        else:
+            return False  # stopped meanwhile: removed in place (its marker consumed there)
+    finally:
+        os.close(fd)
+    try:
+        _detached(ctx, "remove", socket_path, c, env, -1)
+    except OSError:
+        return False
+    ctx.emit("container.remove", container=c.name, service=c.service, replica=c.replica,
+             reason="the release that replaced it is live", background=True)
+    return True
 
 
 def _write(fd: int, data: Dict[str, Any]) -> None:

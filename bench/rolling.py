@@ -337,12 +337,32 @@ def _rolling(spec: App, runs: int) -> list[Row]:
         down = orch("down", "--env", "prod", "-p", spec.project, "--json")
         run(down, app, env, check=False)
         try:
-            return _measure(spec, runs, app, env, targets)
+            return _measure(spec, runs, app, env, targets, [lab.node(n).docker_host for n in NODES])
         finally:
             run(down, app, env, check=False)
 
 
-def _measure(spec: App, runs: int, app: Path, env: dict, targets: list[tuple[str, int]]) -> list[Row]:
+def _kept_gone(project: str, engines: list[str], budget: float = 120.0) -> float:
+    """Until no kept (`-prev`) container of the project is left on the nodes: `orch up`
+    returns before the old containers' stops end, and the next deploy would wait for them
+    (the environment's work lock). Seconds waited."""
+    from agent.engine_reads import SocketReads
+
+    t0 = time.monotonic()
+    readers = [SocketReads(h[len("unix://"):]) for h in engines]
+    try:
+        while any(c.name.endswith("-prev") for r in readers for c in r.containers([f"io.orch.project={project}"])):
+            if time.monotonic() - t0 > budget:
+                raise RuntimeError(f"{project}: kept containers still there after {budget:.0f}s")
+            time.sleep(0.2)
+    finally:
+        for r in readers:
+            r.close()
+    return time.monotonic() - t0
+
+
+def _measure(spec: App, runs: int, app: Path, env: dict, targets: list[tuple[str, int]],
+             engines: list[str]) -> list[Row]:
     up = orch("up", "--env", "prod", "-p", spec.project, "--json")
     _, cp = run(up, app, {**env, "VERSION": "v1"}, check=False)
     fin = final(cp.stdout)
@@ -368,8 +388,10 @@ def _measure(spec: App, runs: int, app: Path, env: dict, targets: list[tuple[str
     rates: list[float] = []
     errors: list[str] = []
     totals = [0, 0]
+    settled: list[float] = []
     for i in range(runs):
         old, new = f"v{i + 1}", f"v{i + 2}"
+        settled.append(_kept_gone(spec.project, engines))  # the previous deploy's last stop, outside the timing
         load = Load(targets, RATE, {old, new}).start()
         time.sleep(1.0)
         took, cp = run(up, app, {**env, "VERSION": new}, check=False)
@@ -416,6 +438,8 @@ def _measure(spec: App, runs: int, app: Path, env: dict, targets: list[tuple[str
             f"{k} {med(v):.1f}s" for k, v in parts.items()))
     if any(c.split()[0] != str(REPLICAS) for c in counted):
         notes.append(f"expected {REPLICAS} new containers per run: check the events")
+    notes.append(f"before each run, outside the timing, until the previous run's old containers had stopped and "
+                 f"were removed by the nodes (`orch up` does not wait for those stops): up to {max(settled):.1f}s")
     row.note = "; ".join(notes) + "; orch's phases (medians): " + phases_note(phases)
     apply.samples = [s for s in apply.samples if s == s]  # drop NaN (no apply timing)
     success.note = (f"{totals[0]:,} of {totals[1]:,} requests answered with the old or the new version; "

@@ -54,6 +54,10 @@ MEASUREMENTS = [
     Measurement("scale", "bench.scale:scale", 5, False, "5,000-service load + plan: time and peak RSS"),
     Measurement("up", "bench.deploy:up", 5, True, "orch up vs docker-compose up -d, one node, from nothing"),
     Measurement("noop", "bench.deploy:noop", 8, True, "no-op re-deploy on prod (2 nodes), and the lab's floor"),
+    Measurement("recreate", "bench.recreate:recreate", 3, True, "recreate after an env change, one node, vs "
+                "docker-compose up -d (and + waiting until running)"),
+    Measurement("batches", "bench.recreate:batches", 3, True, "per-batch overhead of a rolling update, a global "
+                "service on prod (2 nodes)"),
     Measurement("promote", "bench.pipeline:promote", 3, True, "promotion test -> prod vs raw pull + start"),
     Measurement("push", "bench.pipeline:push", 5, True, "bytes pushed after a one-line change"),
     Measurement("rolling", "bench.rolling:rolling", 3, True, "rolling deploy under load vs the floor"),

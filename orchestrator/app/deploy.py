@@ -279,7 +279,9 @@ class Deployment:
             self._retire_moved()
             self._monitor()
             self.edge.run_certd()
-            await_stops(self)  # the old containers' background stops (app/stops.py)
+            # The old containers' background stops are not waited for: out of rotation and
+            # drained, they end on their own, and `commit` (discard) hands a still stopping
+            # one to the node, which removes it once stopped (app/stops.py).
         finally:
             self._timed("apply", t0)
 
@@ -403,7 +405,9 @@ class Deployment:
             self.journal.add(service, node, wave, records)
             now = time.monotonic()
             for rec in records:
-                if rec.get("old") is not None and rec.get("new") and monitor > 0:
+                # Watched even without a window (monitor 0, orch's default): checked once
+                # when the last batch is through, so a replica that died meanwhile fails the update.
+                if rec.get("old") is not None and rec.get("new"):
                     self._watch.append(_Watched(node, service, rec["replica"], rec["new"]["id"],
                                                 now + monitor, monitor))
 
@@ -438,7 +442,9 @@ class Deployment:
 
     def _monitor(self) -> None:
         """Swarm's monitor window: a replaced replica that fails within `monitor` of its
-        replacement fails the update. Waits for the last window, then reads each node once."""
+        replacement fails the update. Waits for the last window (none when no service set
+        `update_config.monitor`: orch's default is 0s, docker-compose has none), then reads
+        each node once: a replaced replica must still run when the update ends."""
         if not self._watch:
             return
         until = max(w.until for w in self._watch)
@@ -471,8 +477,9 @@ class Deployment:
                     bad = f"restarted {c.restart_count} time(s)"
                 if bad:
                     failures.append(StepFailure(_Where(service, node), DeployError(
-                        f"service {service} replica {replica} on {node} {bad} within {window:g}s of its "
-                        "update (update_config.monitor)",
+                        f"service {service} replica {replica} on {node} {bad} "
+                        + (f"within {window:g}s of its update (update_config.monitor)" if window > 0 else
+                           "before the update ended (its later batches and waves)"),
                         fix=f"see why in its logs (orch logs --env {self.environment.name} {service}); a re-run "
                         "deploys the same containers, so fix the cause first",
                         details={"service": service, "node": node, "replica": replica})))

@@ -1,12 +1,14 @@
-"""The end of a rolling update: the old containers' stops the agents left in the background.
+"""The old containers' stops the agents left in the background, for a paused update.
 
 A start-first batch answers once the new containers are in rotation and the old ones
 drained; the agent stops the old ones in the background (agent.stops), so the next batch
-does not wait for a stop (a whole stop_grace_period for an app deaf to SIGTERM). `orch up`
-still ends as it did when the stop was part of the batch: with every kept container
-stopped. So once the last batch is through and the monitor window is over (the stops run
-meanwhile), `await_stops` asks each node where such a stop was left for `await_stops`;
-a rollback (`restore`) and `discard` wait for them on the node by themselves.
+does not wait for a stop (a whole stop_grace_period for an app deaf to SIGTERM). A
+successful `orch up` does not wait for them either: the release goes live, and `commit`
+(agent `discard`) has the node remove a still stopping kept container once its stop
+returned. An update paused by a failure (failure_action pause or continue) keeps what
+it replaced: `await_stops` asks each node where such a stop was left to finish it, so
+the paused update ends with its kept containers stopped. A rollback (`restore`) waits
+for them on the node by itself.
 """
 
 from __future__ import annotations

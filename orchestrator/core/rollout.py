@@ -10,7 +10,9 @@ Nomad's health gate under `x-orch` (docs/reference/x-orch.md):
                        behind the ingress, which is what the ingress is for)
     failure_action     rollback | pause | continue (orch's default: rollback)
     monitor            after a replica is replaced, how long a failure of it still
-                       counts as a failed update (5s)
+                       counts as a failed update (orch: 0s when not set, Swarm: 5s;
+                       either way the new containers are checked once after the last
+                       batch, see orchestrator.app.deploy._monitor)
     max_failure_ratio  failed replicas tolerated, as a fraction of the replaced ones (0)
     x-orch.min_healthy_time   a new container counts once it stayed healthy this long (0s)
     x-orch.healthy_deadline   a new container not healthy by then has failed (default:
@@ -33,7 +35,10 @@ from orchestrator.errors import Problem
 
 ORDERS = ("stop-first", "start-first")
 FAILURE_ACTIONS = ("rollback", "pause", "continue")
-DEFAULT_MONITOR = 5.0
+# Swarm's default window is 5s, docker-compose has none: unset, orch waits for no window
+# (the replaced replicas are still checked once when the last batch is through); a
+# window the user sets is waited for, as in Swarm.
+DEFAULT_MONITOR = 0.0
 # x-orch keys orch reads, per service (anything else under x-orch is warned about).
 X_ORCH_KEYS = ("ingress", "min_healthy_time", "healthy_deadline")
 HEALTH_KEYS = ("path", "interval", "timeout", "rise", "fall", "host")

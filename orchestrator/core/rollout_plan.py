@@ -145,7 +145,7 @@ class ServiceRollout:
     batches: tuple[Batch, ...] = ()
     settle: tuple[Settle, ...] = ()
     retire: tuple[Retire, ...] = ()
-    monitor: float = 0.0  # seconds each replaced replica is watched after its batch (0: not watched)
+    monitor: float = 0.0  # seconds each replaced replica is watched after its batch (0: checked once at the end)
     watched: tuple[tuple[str, int], ...] = ()  # (node, replica): those with a previous container
     restore: tuple[Restore, ...] = ()
 
@@ -183,7 +183,7 @@ class ServiceRollout:
             lines.append(f"  then {s.node}: {s.why}")
         for r in self.retire:
             lines.append(f"  then retire on {r.node}: replica {', '.join(str(x) for x in r.replicas)} (stopped, kept)")
-        if self.watched:
+        if self.watched and self.monitor > 0:
             lines.append(f"  monitor {self.monitor:g}s: {len(self.watched)} replaced replica(s)")
         back = sum(1 for r in self.restore if r.previous is not None)
         new = len(self.restore) - back
@@ -295,7 +295,8 @@ def service_rollout(wave: int, service: str, steps: Iterable[Step],
     retire = tuple(_retire(service, st.node, [a.replica for a in st.actions if a.kind == REMOVE], observed)
                    for st in steps if any(a.kind == REMOVE for a in st.actions))
     replaced = [r for b in planned for r in b.replaces]
-    watched = tuple((r.node, r.replica) for r in replaced if r.previous is not None) if policy.monitor > 0 else ()
+    # Watched for `monitor` seconds, or (0s, orch's default) checked once when the update ends.
+    watched = tuple((r.node, r.replica) for r in replaced if r.previous is not None)
     restore = [Restore(r.node, r.replica, r.previous) for r in replaced]
     restore += [Restore(t.node, p_replica, p) for t in retire for p_replica, p in zip(t.replicas, t.previous)]
     return ServiceRollout(service, wave, policy, planned, settle, retire, policy.monitor, watched, tuple(sorted(restore, key=lambda r: (r.node, r.replica))))

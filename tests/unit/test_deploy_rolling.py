@@ -163,12 +163,46 @@ def test_monitor_window_catches_a_replica_that_dies_after_its_update(images, mon
 
     monkeypatch.setattr("orchestrator.app.deploy._sleep", crash)
     with pytest.raises(DeployError) as info:
-        deploy(lab, compose(web="web:v2"))
+        deploy(lab, compose(web="web:v2", update="{monitor: 5s}"))  # set: waited for, as in Swarm
     text = info.value.render()
     assert "web replica 1 on n1 is exited (exit code 137) within 5s of its update" in text
     assert info.value.details["rolled_back"] is True
     assert {k: v[1:] for k, v in running(lab, "web").items()} == {
         "shop-web-1": ("web:v1", "running"), "shop-web-2": ("web:v1", "running")}
+
+
+def test_without_a_monitor_setting_there_is_no_window_but_a_replica_dead_by_the_end_fails(images, monkeypatch):
+    lab = images
+    deploy(lab, compose(web="web:v1"))
+    waits = []
+    monkeypatch.setattr("orchestrator.app.deploy._sleep", waits.append)
+    n2 = lab.nodes["n2"]
+    real = n2.call
+
+    def second_batch(op, args=None, on_event=None, timeout=None):
+        if op == "rollout":  # batch 2 (n2): meanwhile batch 1's new container on n1 dies
+            c = lab.nodes["n1"].engine.container("shop-web-1")
+            lab.nodes["n1"].engine.records[c.id]["info"].update(state="exited", exit_code=3)
+        return real(op, args, on_event, timeout)
+
+    n2.call = second_batch
+    with pytest.raises(DeployError) as info:
+        deploy(lab, compose(web="web:v2"))
+    assert waits == []  # orch's default monitor is 0s: no window waited for
+    assert "web replica 1 on n1 is exited (exit code 3) before the update ended" in info.value.render()
+    assert info.value.details["rolled_back"] is True
+    assert {k: v[1:] for k, v in running(lab, "web").items()} == {
+        "shop-web-1": ("web:v1", "running"), "shop-web-2": ("web:v1", "running")}
+
+
+def test_without_a_monitor_setting_a_good_update_waits_for_nothing(images, monkeypatch):
+    lab = images
+    deploy(lab, compose(web="web:v1"))
+    waits = []
+    monkeypatch.setattr("orchestrator.app.deploy._sleep", waits.append)
+    progress = Recorder()
+    assert deploy(lab, compose(web="web:v2"), progress).status == "ok"
+    assert waits == [] and not [e for e in progress.events if e.get("phase") == "monitor"]
 
 
 def test_first_deploy_of_a_service_is_one_batch_and_not_monitored(images, no_deploy_waits):

@@ -63,7 +63,7 @@ def test_parallelism_one_replaces_one_replica_at_a_time_in_replica_order_across_
         Batch(2, (Replace("n2", 2, "recreate", "stop-first", prev("web", 2, "n2")),)),
         Batch(3, (Replace("n1", 3, "recreate", "stop-first", prev("web", 3, "n1")),)),
     )
-    assert web.monitor == 5.0 and web.watched == (("n1", 1), ("n2", 2), ("n1", 3))
+    assert web.monitor == 0.0 and web.watched == (("n1", 1), ("n2", 2), ("n1", 3))  # 0: checked at the end
     assert web.restore == (Restore("n1", 1, prev("web", 1, "n1")), Restore("n1", 3, prev("web", 3, "n1")),
                            Restore("n2", 2, prev("web", 2, "n2")))
     assert web.failure_action == "rollback" and web.settle == () and web.retire == ()
@@ -150,7 +150,7 @@ def test_a_kept_container_not_ready_yet_is_settled_and_nothing_changed_plans_not
     u = unit("db", "n1", (1,), wait="healthy")
     p = rollout_of([u], {"n1": [container("db", 1, "n1", hash_=u.config_hash, health="starting")]})
     assert p.rollout == RolloutPlan((ServiceRollout("db", 1, UpdatePolicy(), settle=(
-        Settle("n1", "waiting for a kept container"),), monitor=5.0),))
+        Settle("n1", "waiting for a kept container"),)),))
     p = rollout_of([u], {"n1": [container("db", 1, "n1", hash_=u.config_hash, health="healthy")]})
     assert p.rollout == RolloutPlan() and p.rollout.render_lines() == []
 
@@ -162,7 +162,7 @@ def test_plan_json_and_text_carry_the_batches_in_order():
     (web,) = doc["rollout"]["services"]
     assert [(b["batch"], [(r["node"], r["replica"], r["order"]) for r in b["replicas"]]) for b in web["batches"]] == [
         (1, [("n1", 1, "stop-first")]), (2, [("n2", 2, "stop-first")])]
-    assert web["monitor"] == {"seconds": 5.0, "replicas": [{"node": "n1", "replica": 1}, {"node": "n2", "replica": 2}]}
+    assert web["monitor"] == {"seconds": 0.0, "replicas": [{"node": "n1", "replica": 1}, {"node": "n2", "replica": 2}]}
     assert web["restore"][0] == {"node": "n1", "replica": 1, "to": "shop-web-1-prev", "start": True}
     assert {"actions", "summary", "waves", "noop"} <= set(doc)  # the keys that were there stay
     text = p.render_text()

@@ -471,7 +471,7 @@ def test_update_config_and_health_gate_are_read(tmp_path):
         2, 2.0, "start-first", "pause", 10.0, 0.25)
     assert (p.min_healthy_time, p.healthy_deadline) == (3.0, 60.0)
     q = bp.services["plain"].policy
-    assert (q.parallelism, q.order, q.failure_action, q.monitor) == (1, "stop-first", "rollback", 5.0)
+    assert (q.parallelism, q.order, q.failure_action, q.monitor) == (1, "stop-first", "rollback", 0.0)  # Swarm: 5s
 
 
 @pytest.mark.parametrize("x_orch, expected", [

@@ -231,7 +231,8 @@ print(json.dumps({"connect": t1 - t0, "exec": t2 - t1, "python": (t3 - t2) - (t2
         out = subprocess.run([str(BIN / "python"), "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
         for k, v in json.loads(out.stdout).items():
             rows[k].samples.append(v)
-    rows["exec"].note = "sshd + root's shell; on this machine root's ~/.bashrc runs `pyenv init` for every command"
+    rows["exec"].note = ("sshd + root's shell; the lab's nodes see Debian's stock root ~/.bashrc (this machine's "
+                         "runs `pyenv init`, 0.15 s more per command: orchestrator/lab/sshd.py)")
     rows["python"].note = ("the lab's environment files say /usr/bin/python3: `python3` on root's PATH is a pyenv "
                            "shim here, ~0.2 s more")
     rows["state"].note = ("list + inspect straight from the engine's unix socket (agent.engine_reads); "

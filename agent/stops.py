@@ -34,7 +34,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.context import Context
 from agent.engine import ContainerInfo
@@ -209,20 +209,36 @@ def _helper(argv: List[str]) -> int:
 
 def _wait_marker(path: str) -> None:
     """Until the stop behind the marker at path returned; the marker is consumed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        start = time.monotonic()
-        while not _try_shared(fd) and time.monotonic() - start < WAIT_MAX:
-            time.sleep(POLL)
-    finally:
-        os.close(fd)
+    _await_marker(path, WAIT_MAX)
     try:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _await_marker(path: str, budget: float,
+                  check: Optional[Callable[[], None]] = None) -> Optional[Tuple[bool, Dict[str, Any]]]:
+    """Wait, at most `budget` s, until the stop behind the marker at `path` returned (its
+    lock can be shared): None when there is no marker, else (done, the outcome the stop
+    wrote, {} while not done). `check` runs on every poll (a cancellation raises)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    start = time.monotonic()
+    try:
+        while not _try_shared(fd):
+            if check is not None:
+                check()
+            if time.monotonic() - start >= budget:
+                return False, {}
+            time.sleep(POLL)
+        try:
+            return True, json.loads(os.pread(fd, 1 << 16, 0).decode() or "{}")
+        except ValueError:
+            return True, {}
+    finally:
+        os.close(fd)
 
 
 DISCARD_GRACE = 1.0  # what a discard waits for a stop under way before handing it over
@@ -239,19 +255,11 @@ def remove_when_stopped(ctx: Context, c: ContainerInfo, env: str, grace: float =
     if socket_path is None:
         return False
     try:
-        fd = os.open(_path(ctx, c.id), os.O_RDONLY | os.O_CLOEXEC)
+        found = _await_marker(_path(ctx, c.id), grace)
     except OSError:
         return False
-    try:
-        start = time.monotonic()
-        while not _try_shared(fd):
-            if time.monotonic() - start >= grace:
-                break
-            time.sleep(POLL)
-        else:
-            return False  # stopped meanwhile: removed in place (its marker consumed there)
-    finally:
-        os.close(fd)
+    if found is None or found[0]:
+        return False  # no stop under way, or it ended meanwhile: the caller removes c in place
     try:
         _detached(ctx, "remove", socket_path, c, env, -1)
     except OSError:
@@ -271,27 +279,14 @@ def wait_stopped(ctx: Context, cid: str, budget: float = WAIT_MAX) -> Optional[D
     """If c is (or was) stopped in the background: wait until that stop returned, consume
     its marker and return its outcome ({"seconds"} or {"error"}, plus "waited"); None when
     there is no marker. Cancellable (ctx.cancelled). Real time: it waits on a real lock."""
-    path = _path(ctx, cid)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
     start = time.monotonic()
-    try:
-        while not _try_shared(fd):
-            ctx.check_cancelled()
-            if time.monotonic() - start > budget:
-                raise AgentError(TIMEOUT, "the background stop of container %s did not end within %.0fs"
-                                 % (cid[:12], budget), {"container": cid})
-            time.sleep(POLL)
-        try:
-            outcome = json.loads(os.pread(fd, 1 << 16, 0).decode() or "{}")
-        except ValueError:
-            outcome = {}
-    finally:
-        os.close(fd)
+    found = _await_marker(_path(ctx, cid), budget, ctx.check_cancelled)
+    if found is None:
+        return None
+    done, outcome = found
+    if not done:
+        raise AgentError(TIMEOUT, "the background stop of container %s did not end within %.0fs"
+                         % (cid[:12], budget), {"container": cid})
     forget(ctx, cid)
     outcome["waited"] = round(time.monotonic() - start, 2)
     return outcome

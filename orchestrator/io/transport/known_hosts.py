@@ -8,6 +8,7 @@ import base64
 import fcntl
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,27 @@ def load_known_hosts(path: Path) -> Any:
                 fix="fix or remove the malformed line, or point ssh.known_hosts at another file.",
             ) from None
     return keys
+
+
+_KNOWN: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+_KNOWN_LOCK = threading.Lock()
+
+
+def known_hosts(path: Path) -> Any:
+    """The known_hosts file parsed (paramiko.HostKeys; read it, never change it), once per
+    process while the file is unchanged: paramiko's parse compares each line with every
+    line before it, so parsing the file of a hundred nodes for each of their connections
+    cost more CPU than the handshakes themselves. A malformed file is a readable error."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return load_known_hosts(path)  # empty
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # an appended key (accept-new) changes it
+    with _KNOWN_LOCK:
+        cached = _KNOWN.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = _KNOWN[path] = (stamp, load_known_hosts(path))
+        return cached[1]
 
 
 def append_known_host(path: Path, name: str, key: Any) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from orchestrator.errors import OrchError
 from orchestrator.io.transport.errors import (
     AuthenticationFailed, HostUnreachable, NodesUnreachable, RemoteCommandFailed, TransportError)
-from orchestrator.io.transport.known_hosts import HostKeyPolicy, changed_key_error, load_known_hosts
+from orchestrator.io.transport.known_hosts import HostKeyPolicy, changed_key_error, known_hosts
 from orchestrator.core.environments import NodeSpec
 from orchestrator.io.transport.options import SSHOptions
 
@@ -294,27 +294,6 @@ def handshake_gate(options: SSHOptions) -> HandshakeGate:
 
 
 TRANSPORT_POLL = 1.0  # seconds; a closed connection's reader thread ends within this
-
-_KNOWN: dict[Path, tuple[tuple[int, int, int], Any]] = {}
-_KNOWN_LOCK = threading.Lock()
-
-
-def known_hosts(path: Path) -> Any:
-    """The known_hosts file parsed (paramiko.HostKeys; read it, never change it), once per
-    process while the file is unchanged: paramiko's parse compares each line with every
-    line before it, so parsing the file of a hundred nodes for each of their connections
-    cost more CPU than the handshakes themselves. A malformed file is a readable error."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return load_known_hosts(path)  # empty
-    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)  # an appended key (accept-new) changes it
-    with _KNOWN_LOCK:
-        cached = _KNOWN.get(path)
-        if cached is None or cached[0] != stamp:
-            cached = _KNOWN[path] = (stamp, load_known_hosts(path))
-        return cached[1]
-
 
 def _server(target: NodeSpec) -> str:
     return f"{target.host}:{target.port}"

@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 
-def _traces(name: str, bridge: str) -> dict:
-    """Everything of lab `name` this machine still has, found without orch's code."""
+def _traces(name: str, bridge: str, extra: tuple = ()) -> dict:
+    """Everything of lab `name` this machine still has, found without orch's code
+    (`extra`: more paths the lab must not leave behind)."""
     state, run = Path("/var/lib") / name, Path("/run") / name
     procs = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -25,7 +26,7 @@ def _traces(name: str, bridge: str) -> dict:
     rules = [ln for t in ("filter", "nat")
              for ln in subprocess.check_output(["iptables", "-w", "-t", t, "-S"], text=True).splitlines()
              if f"orch-lab:{name}" in ln]
-    paths = [str(p) for p in (state, run, Path(f"/run/{name}.lock")) if p.exists()]
+    paths = [str(p) for p in (state, run, Path(f"/run/{name}.lock"), *extra) if p.exists()]
     paths += [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{name}")] + [str(p) for p in Path("/sys/fs/cgroup").glob(name)]
     return {k: v for k, v in dict(procs=procs, netns=netns, links=links, mounts=mounts, rules=rules,
                                   paths=paths).items() if v}

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from .lab_traces import _traces
+
 pytestmark = pytest.mark.e2e
 
 # A second, throw-away lab, so `lab down` is tested without touching the default one.
@@ -170,31 +172,6 @@ def test_second_up_changes_nothing_and_status_is_healthy(lab, orch):
     assert {"library/busybox", "library/debian"} <= set(st["registry"]["repositories"])
 
 
-def _lab_traces(name: str, bridge: str, state_dir: Path, run_dir: Path, registry: str) -> dict:
-    """Everything of lab `name` this machine still has, found independently of orch."""
-    procs = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(state_dir) + "/" in cmd or str(run_dir) + "/" in cmd:
-            procs.append(f"{pid} {cmd}")
-    netns = [n for n in os.listdir("/run/netns") if n.startswith(name + ".")] if Path("/run/netns").exists() else []
-    links = [l["ifname"] for l in json.loads(subprocess.check_output(["ip", "-j", "link"])) if l["ifname"].startswith(bridge)]
-    mounts = [l for l in Path("/proc/self/mountinfo").read_text().splitlines() if f"/{name}" in l or f"{name}." in l]
-    rules = [
-        l for t in ("filter", "nat")
-        for l in subprocess.check_output(["iptables", "-w", "-t", t, "-S"], text=True).splitlines()
-        if f"orch-lab:{name}" in l
-    ]
-    paths = [str(p) for p in (state_dir, run_dir, Path(f"/etc/docker/certs.d/{registry}")) if p.exists()]
-    paths += [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{name}")] + [
-        str(p) for p in Path("/sys/fs/cgroup").glob(name)
-    ]
-    return {k: v for k, v in dict(procs=procs, netns=netns, links=links, mounts=mounts, rules=rules, paths=paths).items() if v}
-
-
 def test_scratch_lab_recovers_from_a_killed_session_and_goes_down_without_a_trace(lab, orch):
     run_orch = orch
     from orchestrator.lab import lab_info
@@ -230,10 +207,11 @@ def test_scratch_lab_recovers_from_a_killed_session_and_goes_down_without_a_trac
     assert st["acme"]["up"] and st["acme"]["ca_current"] and st["acme"]["dns_up"]
     assert info.acme_ca.read_text() != root_before
 
-    run_run = Path("/run") / SCRATCH
-    assert _lab_traces(SCRATCH, info.bridge, info.state_dir, run_run, info.registry)
+    assert info.state_dir == Path("/var/lib") / SCRATCH  # where lab_traces looks
+    certs = (Path(f"/etc/docker/certs.d/{info.registry}"),)
+    assert _traces(SCRATCH, info.bridge, certs)
     run_orch("lab", "down", "--name", SCRATCH)
-    assert _lab_traces(SCRATCH, info.bridge, info.state_dir, run_run, info.registry) == {}
+    assert _traces(SCRATCH, info.bridge, certs) == {}
     assert not Path(f"/etc/docker/certs.d/{info.registry_mirror}").exists()
     # The default lab is untouched.
     st = json.loads(run_orch("lab", "status", "--json").stdout)

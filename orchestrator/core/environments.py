@@ -428,7 +428,9 @@ class _Reader:
         else:
             ok = isinstance(value, types)
         if not ok:
-            self.problem(parent, key, path, f"must be {kind}, not {_kind(value)} ({value!r})")
+            self.problem(parent, key, path, f"must be {kind}, not {_kind(value)} ({value!r})",
+                         fix=f"give {path} {kind}, or leave it out for the default"
+                             + (f" ({default!r})" if default is not None else ""))
             return default
         return value
 

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 API_VERSION = "1.43"

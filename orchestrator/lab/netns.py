@@ -46,6 +46,14 @@ def bridge_argvs(spec: LabSpec) -> list[list[str]]:
     ]
 
 
+def node_mac(address: str) -> str:
+    """The node's fixed MAC: locally administered, from its address. A node made again
+    (a lab up after its removal) keeps its MAC as a machine would, so the ARP entries the
+    host and the other nodes hold for its address stay true; with a fresh random MAC they
+    pointed at a gone interface until they aged out (sshd "not answering" for 20 s)."""
+    return "02:6c:" + ":".join(f"{int(b):02x}" for b in address.split("."))
+
+
 def node_net_argvs(spec: LabSpec, node: NodeSpec) -> list[list[str]]:
     """Create the node's netns and veth, address it and route via the host bridge."""
     ns, veth = spec.netns(node), spec.veth(node)
@@ -58,6 +66,7 @@ def node_net_argvs(spec: LabSpec, node: NodeSpec) -> list[list[str]]:
         ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns],
         ["ip", "link", "set", veth, "master", spec.bridge, "up"],
         inside("ip", "link", "set", "lo", "up"),
+        inside("ip", "link", "set", "eth0", "address", node_mac(node.address)),
         inside("ip", "addr", "add", f"{node.address}/{spec.prefixlen}", "dev", "eth0"),
         inside("ip", "link", "set", "eth0", "up"),
         inside("ip", "route", "add", "default", "via", spec.host_address),

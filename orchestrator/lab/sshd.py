@@ -7,6 +7,7 @@ plain `ssh node docker ps`) talk to that node's own engine.
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 from orchestrator.errors import OrchError
@@ -104,12 +105,15 @@ def answers(address: str, port: int = SSH_PORT, timeout: float = 2.0) -> bool:
 
 
 def wait(spec: LabSpec, node: NodeSpec, pid: int, timeout: float = 20) -> None:
+    t0 = time.monotonic()
     proc.wait_until(lambda: answers(node.address, timeout=0.5) or not proc.alive(pid), timeout)
     if answers(node.address):
         return
     logfile = spec.paths.log(f"sshd-{node.name}")
+    gone = "exited" if not proc.alive(pid) else "still running but not answering"
     raise OrchError(
-        f"sshd of node {node.name} did not start on {node.address}:{SSH_PORT}. "
+        f"sshd of node {node.name} did not start on {node.address}:{SSH_PORT} "
+        f"(pid {pid} {gone} after {time.monotonic() - t0:.1f} s). "
         f"Last lines of {logfile}:\n{proc.log_excerpt(logfile)}",
         fix="fix what the log says, then run `orch lab up` again",
     )

@@ -24,7 +24,8 @@ def test_node_network_commands():
     assert argvs[2] == ["ip", "link", "set", "orchlab0-11", "master", "orchlab0", "up"]
     # inside the namespace via nsenter (ip netns exec would remount /sys)
     assert all(a[:3] == ["nsenter", "--net=/run/netns/orch-lab.dev-1", "--"] for a in argvs[3:])
-    assert argvs[4][3:] == ["ip", "addr", "add", "10.250.0.11/24", "dev", "eth0"]
+    assert argvs[4][3:] == ["ip", "link", "set", "eth0", "address", "02:6c:0a:fa:00:0b"]  # fixed, from the address
+    assert argvs[5][3:] == ["ip", "addr", "add", "10.250.0.11/24", "dev", "eth0"]
     assert argvs[-1][3:] == ["ip", "route", "add", "default", "via", "10.250.0.1"]
 
 

@@ -50,7 +50,7 @@ from orchestrator.core.plan import Observed, Plan, existing_slots, make_plan
 from orchestrator.core.progress import DONE, FAILED, RUNNING, SKIPPED, Progress
 from orchestrator.app.edge import Edge
 from orchestrator.app.results import (DeployResult, _as_orch_error, _first_line, container_rows, deploy_error,
-                                      published_addresses)
+                                      discard_warning, published_addresses)
 from orchestrator.core.shared_nodes import refuse_other_envs, refuse_taken_ports
 from orchestrator.app.stops import await_stops
 
@@ -119,6 +119,7 @@ class Deployment:
         self.edge = Edge(self)  # host routes' certificates
         self._journal_lock = threading.Lock()
         self._watch: list[_Watched] = []  # replaced replicas inside their monitor window
+        self._settled: dict[str, Any] | None = None  # every node's `state` once the last wave was checked
         self._t0 = time.monotonic()
 
     # -- steps --------------------------------------------------------------------------
@@ -441,10 +442,9 @@ class Deployment:
             raise self._failed(failures, [])
 
     def _monitor(self) -> None:
-        """Swarm's monitor window: a replaced replica that fails within `monitor` of its
-        replacement fails the update. Waits for the last window (none when no service set
-        `update_config.monitor`: orch's default is 0s, docker-compose has none), then reads
-        each node once: a replaced replica must still run when the update ends."""
+        """Swarm's monitor window: a replaced replica failing within `monitor` of its replacement fails
+        the update. Waits for the last window (none unless a service sets `update_config.monitor`, as
+        in docker-compose), then reads each node once: a replaced replica must still run at the end."""
         if not self._watch:
             return
         until = max(w.until for w in self._watch)
@@ -453,12 +453,15 @@ class Deployment:
             self.progress.phase("monitor", f"watching {len(self._watch)} new container(s) for {left:.0f}s "
                                 "(update_config.monitor)")
             _sleep(left)
-        nodes = sorted({w.node for w in self._watch})
-        states, errors = T.parallel(nodes, lambda n: M.StateResult.from_dict(self.nodes[n].call(
-            "state", M.StateRequest(self.project.name).to_dict())), key=lambda n: n)
+        # Every node: run() reuses this read as the final view (a round trip less) if nothing changed since.
+        states, errors = T.parallel(sorted(self.nodes), lambda n: M.StateResult.from_dict(self.nodes[n].call(
+            "state", N.state_args(self.project.name))), key=lambda n: n)
+        self._settled = None if errors else dict(states)
         failures: list[StepFailure] = []
+        watched = {w.node for w in self._watch}
         for node, err in sorted(errors.items()):
-            failures.append(StepFailure(_Where("", node), _as_orch_error(node, err)))
+            if node in watched:  # another node unreadable now is the final observe's to report
+                failures.append(StepFailure(_Where("", node), _as_orch_error(node, err)))
         for node, res in sorted(states.items()):
             by_id = {c.id: c for c in res.containers}
             for w in self._watch:
@@ -562,8 +565,7 @@ class Deployment:
         _, errors = T.parallel(list(self.nodes.items()), lambda item: M.DiscardResult.from_dict(item[1].call(
             "discard", request)), key=lambda item: item[0])
         for node, err in sorted(errors.items()):
-            self.warn(f"{node}: could not remove the previous release's kept containers "
-                      f"({getattr(err, 'message', err)}); the next deploy removes them")
+            self.warn(discard_warning(node, err))
 
     def _optional(self, service: str) -> bool:
         """A failed service blocks nothing when every dependent has `required: false` on it."""
@@ -573,13 +575,13 @@ class Deployment:
     def _deploy_error(self, failures: list[StepFailure], not_started: list[str]) -> DeployError:
         return deploy_error(f"deploy of {self.project.name} to {self.environment.name}", failures, not_started)
 
-    def cleanup(self) -> None:
-        """Orphans (with --remove-orphans): removed, they are not part of any release."""
+    def cleanup(self) -> bool:
+        """Orphans (with --remove-orphans) removed, as no release has them; whether any were."""
         plan = self.plan
         assert plan is not None
         orphans = [r for r in plan.removals if r.orphan]
         if not orphans:
-            return
+            return False
         t0 = time.monotonic()
         self.progress.phase("cleanup", f"removing {sum(len(r.actions) for r in orphans)} orphan container(s)")
         wave = len(plan.waves) + 1
@@ -595,6 +597,7 @@ class Deployment:
         if errors:
             name, err = sorted(errors.items())[0]
             raise DeployError(f"removing {name} failed: {err}", fix="re-run `orch up`")
+        return True
 
     def _run_hooks(self, name: str) -> None:
         for hook in self.hooks[name]:
@@ -623,11 +626,14 @@ class Deployment:
                     self.commit()  # left by an earlier deploy that stopped before it was live
                 return self._result("ok")
             self.apply()
-            self.cleanup()
+            removed = self.cleanup()
             if self.options.commit:
                 self.commit()
             t0 = time.monotonic()
-            self.observed = N.observe_nodes(self.nodes, self.project.name, fresh=True, env=self.environment.name)
+            if self._settled is not None and not removed and not self.options.commit:
+                self.observed = N.observed_from(self._settled, self.environment.name)  # nothing changed since
+            else:
+                self.observed = N.observe_nodes(self.nodes, self.project.name, fresh=True, env=self.environment.name)
             self._timed("observe", t0)
             return self._result("ok")
         finally:

@@ -469,9 +469,10 @@ class _Flow:
         rel = written.releases[0]
         history = _history_with(history, *written.releases)
         self.timings["record"] = time.monotonic() - t0
-        # Live: the previous release's containers, kept for a rollback, can go.
-        if dep.journal or dep.has_kept():
-            dep.commit()
+        # Live: the previous release's containers, kept for a rollback, can go, and the
+        # project's images no container uses with them (one write to each node).
+        pruned = self._prune(conn.nodes, history, prep.workspace.project.name,
+                             discard=bool(dep.journal or dep.has_kept()))
         verification = None
         error: OrchError | None = None
         if env.verify.on_deploy and env.verify.checks:
@@ -485,7 +486,6 @@ class _Flow:
                     fix=f"fix what fails, then `orch verify --env {env.name}` (or deploy a fix); until it "
                     "passes, an environment that requires verification refuses to promote it.",
                     details={"release": rel.ref.to_dict(), "verification": verification})
-        pruned = self._prune(conn.nodes, history, prep.workspace.project.name)
         what = {"up": "deployed", "promote": "promoted", "rollback": "rolled back"}[self.command]
         message = f"{self.project_name} {what}: {rel.lineage_text()} is live in {env.name}."
         res = self._result("failed" if error else "ok", result, rel, True, message, prep, conn,
@@ -549,18 +549,39 @@ class _Flow:
         self.timings["verify"] = time.monotonic() - t0
         return report
 
-    def _prune(self, nodes: Mapping[str, Any], history: History, project: str) -> dict[str, list[str]]:
-        """Best effort: the project's images no container uses, beyond the last N releases."""
+    def _prune(self, nodes: Mapping[str, Any], history: History, project: str,
+               discard: bool = False) -> dict[str, list[str]]:
+        """Best effort: the project's images no container uses, beyond the last N releases;
+        with `discard`, first (in the same write: the agent serves them in order) the
+        containers kept for the previous release's rollback (Deployment.commit)."""
+        from agent.wire.messages import DiscardRequest, DiscardResult
+        from orchestrator.app.results import discard_warning
         from orchestrator.io import transport as T
+        from orchestrator.io.nodes import call_in_order
 
         t0 = time.monotonic()
         keep = sorted(images_to_keep(history, self.opts.keep_images))
-        answers, errors = T.parallel(list(nodes.items()), lambda item: item[1].call(
-            "prune_images", {"project": project, "keep": keep, "env": history.env}), key=lambda item: item[0])
-        for node, err in sorted(errors.items()):
-            self.warn(f"{node}: could not remove old images ({getattr(err, 'message', err)}); they stay")
+        requests = [("discard", DiscardRequest(project, env=history.env).to_dict())] if discard else []
+        requests.append(("prune_images", {"project": project, "keep": keep, "env": history.env}))
+        answers, errors = T.parallel(list(nodes.items()), lambda item: call_in_order(item[1], requests),
+                                     key=lambda item: item[0])
+        for node, err in sorted(errors.items()):  # the node could not be asked at all
+            answers[node] = [("error", err)] * len(requests)
+        removed: dict[str, list[str]] = {}
+        for node, outcomes in sorted(answers.items()):
+            if discard:
+                kind, value = outcomes.pop(0)
+                if kind == "error":
+                    self.warn(discard_warning(node, value))
+                else:
+                    DiscardResult.from_dict(value)
+            kind, value = outcomes[0]
+            if kind == "error":
+                self.warn(f"{node}: could not remove old images ({getattr(value, 'message', value)}); they stay")
+            elif value.get("removed"):
+                removed[node] = list(value["removed"])
         self.timings["prune"] = time.monotonic() - t0
-        return {node: list(a.get("removed") or []) for node, a in sorted(answers.items()) if a.get("removed")}
+        return removed
 
     def _result(self, status: str, deploy: Any, release: Release | None, new: bool, message: str, prep: _Prepared,
                 conn: EnvConnection, verification: dict | None = None,

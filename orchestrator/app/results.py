@@ -218,6 +218,12 @@ def _as_orch_error(node: str, err: BaseException) -> OrchError:
     return DeployError(f"{node}: {type(err).__name__}: {err}", fix="re-run `orch up`: applying again converges.")
 
 
+def discard_warning(node: str, err: BaseException) -> str:
+    """A node that did not remove the previous release's kept containers (best effort)."""
+    return (f"{node}: could not remove the previous release's kept containers "
+            f"({getattr(err, 'message', err)}); the next deploy removes them")
+
+
 def _first_line(err: OrchError) -> str:
     text = err.message
     return text.splitlines()[0] if text else type(err).__name__

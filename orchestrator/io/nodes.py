@@ -228,6 +228,14 @@ class SSHNode:
         with self.session() as s:
             return s.call(op, args, on_event, timeout)
 
+    def call_many(self, requests: list[tuple[str, dict]]) -> list[tuple[str, Any]]:
+        """Requests sent together on one session, served by the agent one after the other:
+        one round trip. Each answer is ("ok", result) or ("error", err); a failed one does
+        not stop the next (for best-effort work, e.g. discard then prune_images)."""
+        with self.session() as s:
+            streams = [s.stream(op, args) for op, args in requests]
+            return [_outcome(st) for st in streams]
+
     @contextmanager
     def stream(self, op: str, args: dict | None = None) -> Iterator[Any]:
         """A streaming request on a session of its own (logs --follow, exec)."""
@@ -260,6 +268,20 @@ def _outcome(stream: Any) -> tuple[str, Any]:
         return "ok", stream.wait()
     except OrchError as err:
         return "error", err
+
+
+def call_in_order(node: Any, requests: list[tuple[str, dict]]) -> list[tuple[str, Any]]:
+    """SSHNode.call_many, or one call after the other on a node that cannot pipeline."""
+    many = getattr(node, "call_many", None)
+    if many is not None:
+        return many(requests)
+    out: list[tuple[str, Any]] = []
+    for op, args in requests:
+        try:
+            out.append(("ok", node.call(op, args)))
+        except OrchError as err:
+            out.append(("error", err))
+    return out
 
 
 def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | None = None,
@@ -432,6 +454,11 @@ def observe_nodes(nodes: Mapping[str, Any], project: str, fresh: bool = False,
         ingress.clear()
         ingress.update({node: dict(res.get("ingress") or {}) for node, res in mine.items()})
     return observe(mine)
+
+
+def observed_from(results: Mapping[str, StateResult], env: str) -> dict[str, list[Observed]]:
+    """observe_nodes' answer from `state` results already read (the deploy's last check)."""
+    return observe({node: of_env(res.to_dict(), env) for node, res in results.items()})
 
 
 @contextmanager

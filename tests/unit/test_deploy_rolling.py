@@ -279,3 +279,17 @@ def test_a_rollback_restores_the_ingress_a_node_had_before_the_release():
     assert args(fake(new, {"n1": {}}), "n1", "web") == new
     assert args(fake(new, {"n1": {"web": before}}), "n2", "web") == new
     assert args(fake(None, {}), "n1", "web") is None
+
+
+def test_the_last_check_is_also_the_final_view_one_state_read_after_the_rollouts(images, no_deploy_waits):
+    lab = images
+    deploy(lab, compose(web="web:v1"))
+    for n in lab.nodes.values():
+        n.calls.clear()
+    res = deploy(lab, compose(web="web:v2"), commit=False)  # as the pipeline runs it (it discards later)
+    for name, n in lab.nodes.items():
+        ops = n.ops()
+        last_rollout = max(i for i, op in enumerate(ops) if op == "rollout")
+        assert ops[last_rollout:].count("state") == 1, (name, ops)
+    assert {(r.name, r.image) for r in res.containers if r.service == "web"} == {
+        ("shop-web-1", "web:v2"), ("shop-web-2", "web:v2")}

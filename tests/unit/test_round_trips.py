@@ -196,6 +196,20 @@ def test_any_other_request_drops_what_was_read_ahead(tmp_path):
         n.close()
 
 
+def test_requests_sent_together_cost_one_round_trip_and_a_failure_stops_none(tmp_path):
+    n = node(tmp_path)
+    try:
+        before = n.round_trips().after_connect
+        out = n.call_many([("discard", {"project": "shop", "env": "prod"}),
+                           ("discard", {"project": "BAD NAME"}),  # refused by the agent
+                           ("prune_images", {"project": "shop", "keep": [], "env": "prod"})])
+        assert [kind for kind, _ in out] == ["ok", "error", "ok"], out
+        assert out[1][1].kind == "bad_request" and out[2][1]["removed"] == []
+        assert n.round_trips().after_connect - before == AgentCounts(3, 1)
+    finally:
+        n.close()
+
+
 def test_env_connection_takes_the_lock_with_the_reads_and_lets_go_on_close(tmp_path):
     from orchestrator.core.environments import load_environment
 

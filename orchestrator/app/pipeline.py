@@ -555,6 +555,7 @@ class _Flow:
         with `discard`, first (in the same write: the agent serves them in order) the
         containers kept for the previous release's rollback (Deployment.commit)."""
         from agent.wire.messages import DiscardRequest, DiscardResult
+        from agent.wire.protocol import BadRequest
         from orchestrator.app.results import discard_warning
         from orchestrator.io import transport as T
         from orchestrator.io.nodes import call_in_order
@@ -571,10 +572,12 @@ class _Flow:
         for node, outcomes in sorted(answers.items()):
             if discard:
                 kind, value = outcomes.pop(0)
-                if kind == "error":
-                    self.warn(discard_warning(node, value))
-                else:
-                    DiscardResult.from_dict(value)
+                try:
+                    if kind == "error":
+                        raise value
+                    DiscardResult.from_dict(value)  # an answer that is not one is a warning too
+                except (OrchError, BadRequest) as err:
+                    self.warn(discard_warning(node, err))
             kind, value = outcomes[0]
             if kind == "error":
                 self.warn(f"{node}: could not remove old images ({getattr(value, 'message', value)}); they stay")

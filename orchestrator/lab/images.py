@@ -62,19 +62,25 @@ def tar_argv(root: Path, out: Path) -> list[str]:
     return ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(out), "."]
 
 
+def docker_argv(*args: str) -> list[str]:
+    """The docker CLI on this machine's engine, the one the lab reads over HOST_SOCKET,
+    whatever DOCKER_HOST the caller's shell has (a node's socket, a remote engine)."""
+    return ["docker", "--host", f"unix://{engine.HOST_SOCKET}", *args]
+
+
 def import_argv(tarball: Path, ref: str, changes: tuple[str, ...]) -> list[str]:
-    argv = ["docker", "import"]
+    argv = docker_argv("import")
     for c in changes:
         argv += ["--change", c]
     return argv + [str(tarball), ref]
 
 
 def push_argv(client_config: Path, ref: str) -> list[str]:
-    return ["docker", "--config", str(client_config), "push", ref]
+    return docker_argv("--config", str(client_config), "push", ref)
 
 
 def login_argv(client_config: Path, registry: str, user: str) -> list[str]:
-    return ["docker", "--config", str(client_config), "login", "--username", user, "--password-stdin", registry]
+    return docker_argv("--config", str(client_config), "login", "--username", user, "--password-stdin", registry)
 
 
 def mirror_from_sources(texts: list[str]) -> str:
@@ -278,7 +284,7 @@ def ensure_host_images(cache: Path, log) -> list[str]:
                 imported.append(src)
             for ref in img.refs:
                 if ref != src and ref not in have:
-                    proc.run(["docker", "tag", src, ref])
+                    proc.run(docker_argv("tag", src, ref))
     return imported
 
 
@@ -302,7 +308,7 @@ def ensure_pushed(registry: str, client_config: Path, user: str, password: str, 
                 proc.run(login_argv(client_config, registry, user), input=password)
                 logged_in = True
             log(f"pushing {ref} to {target}")
-            proc.run(["docker", "tag", ref, target])
+            proc.run(docker_argv("tag", ref, target))
             proc.run(push_argv(client_config, target), timeout=900)
             pushed.append(target)
     return pushed
@@ -316,4 +322,4 @@ def remove_registry_tags(registry: str) -> None:
     """Untag the names `lab up` gave the base images for this registry (images stay)."""
     refs = [r for r in registry_refs(registry) if engine.image(engine.HOST_SOCKET, r)]
     if refs:
-        proc.run(["docker", "rmi", "--no-prune", *refs], check=False)
+        proc.run(docker_argv("rmi", "--no-prune", *refs), check=False)

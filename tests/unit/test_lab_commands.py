@@ -190,9 +190,11 @@ def test_base_image_commands():
         "debootstrap", "--variant=minbase", "bookworm", "/c/root", "http://deb.debian.org/debian",
     ]
     argv = images.import_argv(Path("/c/d.tar"), "debian:bookworm", images.DEBIAN.changes)
-    assert argv[:2] == ["docker", "import"] and argv[-2:] == ["/c/d.tar", "debian:bookworm"]
+    assert argv[:4] == ["docker", "--host", "unix:///var/run/docker.sock", "import"] and argv[-2:] == ["/c/d.tar", "debian:bookworm"]
     assert 'CMD ["bash"]' in argv
-    assert images.push_argv(Path("/cfg"), "r/x:1") == ["docker", "--config", "/cfg", "push", "r/x:1"]
+    # this machine's engine, whatever DOCKER_HOST says (once it pointed at a node's socket)
+    assert images.push_argv(Path("/cfg"), "r/x:1") == ["docker", "--host", "unix:///var/run/docker.sock",
+                                                       "--config", "/cfg", "push", "r/x:1"]
     assert "--password-stdin" in images.login_argv(Path("/cfg"), "10.250.0.1:5000", "orch")
     assert images.registry_refs("10.250.0.1:5000")[0] == "10.250.0.1:5000/library/busybox:latest"
     assert {i.repo for i in images.BASE_IMAGES} == {"library/busybox", "library/debian"}

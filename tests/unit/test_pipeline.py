@@ -17,6 +17,7 @@ from orchestrator.errors import DeployError, GateRefused, InputError, LockHeld
 from orchestrator.io.lock import lock_held_error, LockHolder
 from orchestrator.core.progress import Progress
 from orchestrator.io.registry_client import RegistryUnavailable
+from orchestrator.io.transport import AgentError
 from tests.unit.fakes import PERF, PIPELINE_COMPOSE, digest
 
 
@@ -81,6 +82,27 @@ def test_a_change_makes_release_2_and_supersedes_1(world):
     h = world.history("dev")
     assert [(r.id, r.status) for r in h.releases] == [(2, "live"), (1, "superseded")]
     assert world.running("dev")["api"]["image"].endswith(digest("api-v2"))
+
+
+def test_after_live_a_failed_discard_is_a_warning_and_prune_still_runs(world):
+    world.up()
+    world.version = 2
+    node = world.nodes["d1"]
+    real = node.call
+
+    def failing_discard(op, args=None, on_event=None, timeout=None):
+        if op == "discard":
+            raise AgentError("d1", "discard", "engine", "engine went away")
+        return real(op, args, on_event, timeout)
+
+    node.call = failing_discard
+    node.calls.clear()
+    res = world.up()
+    assert res.status == "ok" and res.release.id == 2
+    assert any("d1: could not remove the previous release's kept containers" in w for w in res.warnings), res.warnings
+    ops = [op for op, _ in node.calls]  # (the refused discard is not recorded by the fake)
+    live = [i for i, op in enumerate(ops) if op == "release_put"][1]  # deploying, live, verified
+    assert ops[live + 1] == "prune_images", " ".join(ops)  # the prune still ran, after the live record
 
 
 def test_a_failed_apply_records_the_release_failed_with_the_reason(world):

@@ -8,6 +8,7 @@ import http.client
 import json
 import random
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -18,6 +19,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP_EXAMPLE = ROOT / "examples" / "shop"
+
+
+def sigint_default() -> None:
+    """Popen's preexec_fn for a child the test stops with SIGINT (Ctrl-C). A suite started in
+    the background (`make test &`: no job control) hands SIGINT down ignored, and Python then
+    never raises KeyboardInterrupt in the child (test_look's stats ran on for 30 s)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def last_json(stdout: str) -> dict:

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from .helpers import Shop, last_json
+from .helpers import Shop, last_json, sigint_default
 
 pytestmark = pytest.mark.e2e
 
@@ -58,10 +58,7 @@ def test_logs_follow_streams_as_lines_come_until_ctrl_c(shop):
         [ORCH, "logs", "--env", "prod", "-f", "-p", shop.project, "--file", str(shop.compose), "--tail", "1",
          "worker", "web", "--text"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **shop.vars},
-        # Ctrl-C as a terminal sends it to a foreground job. A suite started in the background
-        # (`make test &` without job control) passes SIGINT down as ignored, and Python then
-        # never raises KeyboardInterrupt.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=sigint_default)  # Ctrl-C below, whatever the suite's own SIGINT disposition
     seen: list[str] = []
 
     def read():

@@ -9,12 +9,11 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 
 from .conftest import ORCH
-from .helpers import Shop, last_json
+from .helpers import Shop, last_json, sigint_default
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +62,8 @@ def test_stats_one_sample_of_every_container_on_both_nodes(shop):
 def test_stats_streams_until_ctrl_c(shop):
     env = {**os.environ, **shop.vars}
     p = subprocess.Popen([ORCH, "stats", "--env", "prod", "--file", str(shop.compose), "-p", shop.project, "--json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=sigint_default)  # it gets a Ctrl-C below
     try:
         lines = [p.stdout.readline(), p.stdout.readline()]
         p.send_signal(signal.SIGINT)

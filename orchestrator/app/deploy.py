@@ -453,12 +453,14 @@ class Deployment:
             self.progress.phase("monitor", f"watching {len(self._watch)} new container(s) for {left:.0f}s "
                                 "(update_config.monitor)")
             _sleep(left)
-        # Every node: run() reuses this read as the final view (a round trip less) if nothing changed since.
-        states, errors = T.parallel(sorted(self.nodes), lambda n: M.StateResult.from_dict(self.nodes[n].call(
-            "state", N.state_args(self.project.name))), key=lambda n: n)
-        self._settled = None if errors else dict(states)
-        failures: list[StepFailure] = []
+        # Every node when nothing changes after this read (no orphans to remove, no commit in here):
+        # run() reuses it as the final view, a round trip less.
         watched = {w.node for w in self._watch}
+        final = not self.options.commit and not any(r.orphan for r in self.plan.removals)
+        states, errors = T.parallel(sorted(self.nodes if final else watched), lambda n: M.StateResult.from_dict(
+            self.nodes[n].call("state", N.state_args(self.project.name))), key=lambda n: n)
+        self._settled = dict(states) if final and not errors else None
+        failures: list[StepFailure] = []
         for node, err in sorted(errors.items()):
             if node in watched:  # another node unreadable now is the final observe's to report
                 failures.append(StepFailure(_Where("", node), _as_orch_error(node, err)))
@@ -575,13 +577,13 @@ class Deployment:
     def _deploy_error(self, failures: list[StepFailure], not_started: list[str]) -> DeployError:
         return deploy_error(f"deploy of {self.project.name} to {self.environment.name}", failures, not_started)
 
-    def cleanup(self) -> bool:
-        """Orphans (with --remove-orphans) removed, as no release has them; whether any were."""
+    def cleanup(self) -> None:
+        """Orphans (with --remove-orphans): removed, they are not part of any release."""
         plan = self.plan
         assert plan is not None
         orphans = [r for r in plan.removals if r.orphan]
         if not orphans:
-            return False
+            return
         t0 = time.monotonic()
         self.progress.phase("cleanup", f"removing {sum(len(r.actions) for r in orphans)} orphan container(s)")
         wave = len(plan.waves) + 1
@@ -597,7 +599,6 @@ class Deployment:
         if errors:
             name, err = sorted(errors.items())[0]
             raise DeployError(f"removing {name} failed: {err}", fix="re-run `orch up`")
-        return True
 
     def _run_hooks(self, name: str) -> None:
         for hook in self.hooks[name]:
@@ -626,11 +627,11 @@ class Deployment:
                     self.commit()  # left by an earlier deploy that stopped before it was live
                 return self._result("ok")
             self.apply()
-            removed = self.cleanup()
+            self.cleanup()
             if self.options.commit:
                 self.commit()
             t0 = time.monotonic()
-            if self._settled is not None and not removed and not self.options.commit:
+            if self._settled is not None:
                 self.observed = N.observed_from(self._settled, self.environment.name)  # nothing changed since
             else:
                 self.observed = N.observe_nodes(self.nodes, self.project.name, fresh=True, env=self.environment.name)

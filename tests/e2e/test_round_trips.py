@@ -19,6 +19,7 @@ from .helpers import ROOT, last_json
 pytestmark = pytest.mark.e2e
 
 NOOP_ROUND_TRIPS = 2  # after the connect, per node: today 1 (lock + ledger + state), lock_release unwaited
+CHANGE_ROUND_TRIPS = 6  # one-service change: lock, deploying, rollout, last check, live, discard + prune
 
 
 class Many:
@@ -30,9 +31,9 @@ class Many:
         shutil.copytree(ROOT / "environments", self.dir / "environments")
         self.name = f"rtt-{services}-{uuid.uuid4().hex[:6]}"
 
-    def up(self, *args: str) -> dict:
+    def up(self, *args: str, round_: str = "0") -> dict:
         cp = self.orch_("up", "--env", "prod", "-f", str(self.dir / "compose.yaml"), "-p", self.name, "--json",
-                        *args, env={"NO_COLOR": "1"}, timeout=900)
+                        *args, env={"NO_COLOR": "1", "ROUND": round_}, timeout=900)
         return last_json(cp.stdout)
 
     def down(self) -> None:
@@ -85,3 +86,13 @@ def test_a_noop_through_50_ms_of_latency_completes(apps, lab, tmp_path):
     with Proxies(lab):
         final = noop(app, "--environments", str(envs))
     assert max(after_connect(final).values()) <= NOOP_ROUND_TRIPS, final["round_trips"]
+
+
+def test_a_one_service_change_takes_as_many_round_trips_whatever_the_services(apps):
+    mark = uuid.uuid4().hex[:6]
+    changed = {n: apps[n].up(round_=mark) for n in (5, 30)}
+    for n, final in changed.items():
+        assert final["status"] == "ok" and final["new_release"] and final["changed"] == [f"s{n - 1:02d}"], final
+    assert max(after_connect(changed[5]).values()) <= CHANGE_ROUND_TRIPS, changed[5]["round_trips"]
+    assert max(after_connect(changed[30]).values()) == max(after_connect(changed[5]).values()), (
+        changed[5]["round_trips"], changed[30]["round_trips"])

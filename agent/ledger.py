@@ -13,7 +13,9 @@ controller masks them by the one rule of agent.wire.redact (secret values, secre
 passwords in URLs and NAME=VALUE pairs, in every field of the project), and the agent
 applies the same rule again to what it stores (manifest, extra, performer, approval,
 verification, reason), whoever sent it. The mark is a constant, "<redacted>": no hash,
-so a copy of the file allows no offline guessing.
+so a copy of the file allows no offline guessing. Rows a node stored before its agent
+applied the rule (schema 1) are masked when the ledger is first opened at schema 2; with
+secure_delete on, replaced bytes are zeroed, and the WAL is truncated after that migration.
 
 Release ids are never reused (compare-and-set): a record whose id is new on this node
 is inserted; one whose id is known is an update of THAT release only, i.e. its
@@ -50,7 +52,8 @@ from agent.wire.protocol import (
 from agent.wire.redact import REDACTED, mask_text, mask_tree
 
 DB_NAME = "ledger.sqlite3"
-SCHEMA_VERSION = 1
+# 2: rows stored before the agent applied the secret rule itself are masked on open
+SCHEMA_VERSION = 2
 MAX_LIST = 1000
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 
@@ -111,6 +114,9 @@ def connect(path: str) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+    # What a write replaces or frees is overwritten with zeros, not left in the file's free
+    # space (a row rewritten by the migration below, a page split by a later write).
+    conn.execute("PRAGMA secure_delete=ON")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version < SCHEMA_VERSION:
         conn.execute("BEGIN IMMEDIATE")
@@ -118,12 +124,49 @@ def connect(path: str) -> sqlite3.Connection:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
+            if version >= 1:
+                _mask_stored_rows(conn)
             conn.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        if version >= 1:  # the old pages' frames leave the WAL file too
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return conn
+
+
+_MASKED_COLUMNS = ("manifest", "extra", "performer", "approval", "verification")
+
+
+def _mask_extra(extra: Any) -> Any:
+    masked = mask_tree(extra, REDACTED)
+    if isinstance(extra, dict) and isinstance(extra.get("base"), dict):  # the project before the overlay
+        masked["base"] = mask_tree(extra["base"], REDACTED)
+    return masked
+
+
+def _mask_stored_rows(conn: sqlite3.Connection) -> int:
+    """Apply the secret rule to rows a node stored before it applied it itself (schema 1
+    agents stored what the controller sent). Returns how many rows changed."""
+    changed = 0
+    rows = conn.execute("SELECT rowid, %s, reason FROM releases" % ", ".join(_MASKED_COLUMNS)).fetchall()
+    for row in rows:
+        values = []
+        for col in _MASKED_COLUMNS:
+            raw = row[col]
+            if raw is None:
+                values.append(None)
+                continue
+            tree = json.loads(raw)
+            masked = _mask_extra(tree) if col == "extra" else mask_tree(tree, REDACTED)
+            values.append(json.dumps(masked, sort_keys=True, separators=(",", ":")))
+        reason = None if row["reason"] is None else mask_text(row["reason"], REDACTED)
+        if values + [reason] != [row[c] for c in _MASKED_COLUMNS] + [row["reason"]]:
+            sets = ", ".join("%s=?" % c for c in _MASKED_COLUMNS + ("reason",))
+            conn.execute("UPDATE releases SET %s WHERE rowid=?" % sets, values + [reason, row["rowid"]])
+            changed += 1
+    return changed
 
 
 def _row_to_record(row: sqlite3.Row) -> Dict[str, Any]:
@@ -277,10 +320,7 @@ def check_record(rec: Any) -> Dict[str, Any]:
     # The controller masked the secrets; masked again here (agent.wire.redact's one rule, an
     # already masked value stays as it is) so that none is stored, whoever sent it.
     out["manifest"] = mask_tree(rec["manifest"], REDACTED)
-    extra = mask_tree(out["extra"], REDACTED)
-    if isinstance(out["extra"].get("base"), dict):  # the project before the overlay (promotions)
-        extra["base"] = mask_tree(out["extra"]["base"], REDACTED)
-    out["extra"] = extra
+    out["extra"] = _mask_extra(out["extra"])
     out["performer"] = mask_tree(rec["performer"], REDACTED)
     for key in ("approval", "verification"):
         out[key] = mask_tree(out[key], REDACTED)

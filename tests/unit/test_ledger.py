@@ -1,6 +1,7 @@
 """The agent's release ledger (SQLite under the per-node data dir), through its operations."""
 
 import glob
+import json
 import os
 import sqlite3
 import stat
@@ -197,3 +198,26 @@ def test_an_id_is_never_given_to_another_release(run):
     live = dict(first, rev=2, status="live", updated="2024-01-01T00:00:01.000Z")
     assert run("release_put", {"release": live})["stored"] == 1
     assert run("release_get", {"env": "prod", "project": "hello", "id": 3})["release"]["status"] == "live"
+
+
+def test_rows_stored_in_clear_by_an_older_agent_are_masked_and_leave_the_file(run):
+    """A node upgraded from schema 1 (its agent stored what the controller sent) keeps no
+    secret in clear: the rows are masked on open, and the old bytes are not left in the
+    file's free space nor in the WAL."""
+    run("release_put", {"release": rec()})
+    conn = sqlite3.connect(run.path)
+    conn.execute("PRAGMA secure_delete=OFF")
+    m = {"name": "hello", "services": {"api": {"environment": {"DB_PASSWORD": "old-clear-pw-1" * 40, "MODE": "x"}}}}
+    conn.execute("UPDATE releases SET manifest=?, reason=? WHERE id=1",
+                 (json.dumps(m), "failed: redis://:old-clear-pw-2@cache said no"))
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    assert b"old-clear-pw-1" in ledger_bytes(run)
+    got = run("release_get", {"env": "prod", "project": "hello", "id": 1})["release"]
+    assert got["manifest"]["services"]["api"]["environment"] == {"DB_PASSWORD": "<redacted>", "MODE": "x"}
+    assert got["reason"] == "failed: redis://:<redacted>@cache said no"
+    data = ledger_bytes(run)
+    assert b"old-clear-pw-1" not in data and b"old-clear-pw-2" not in data
+    # the rule is applied once: the release keeps its identity for the next revision
+    assert run("release_put", {"release": rec(rev=2, status="live", updated="2024-01-01T00:00:01.000Z")})["stored"] == 1

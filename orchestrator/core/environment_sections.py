@@ -1,14 +1,37 @@
-"""Two sections of an environment file, parsed for orchestrator.core.environments (pure):
-`registries:` (other registries' credentials) and `verify:` (post-deploy checks), with the
-template syntax check they share with the overlay."""
+"""Sections of an environment file, parsed for orchestrator.core.environments (pure):
+`ssh:` (how the nodes are reached), `registries:` (other registries' credentials) and
+`verify:` (post-deploy checks), with the template syntax check they share with the overlay."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.core.environments import (_CHECK_KEYS, _REGISTRIES_KEYS, _VERIFY_KEYS, RegistrySpec, VerifyCheck,
-                                            VerifySettings, _kind, _loc_of, _locations, _Reader)
+from orchestrator.core.environments import (_CHECK_KEYS, _REGISTRIES_KEYS, _SSH_KEYS, _VERIFY_KEYS, MAX_PERSIST,
+                                            RegistrySpec, SSHSettings, VerifyCheck, VerifySettings, _kind, _loc_of,
+                                            _locations, _Reader)
 from orchestrator.limits import DOTENV_MAX_BYTES
+
+
+def _parse_ssh(r: _Reader, doc, path: Path) -> SSHSettings:
+    raw_ssh = r.mapping(doc, "ssh", "ssh", _SSH_KEYS)
+    ssh = SSHSettings(
+        known_hosts=r.file_path(raw_ssh, "known_hosts", "ssh.known_hosts", path),
+        connect_timeout=float(r.typed(raw_ssh, "connect_timeout", "ssh.connect_timeout", (int, float), "seconds", 10.0)),
+        command_timeout=float(r.typed(raw_ssh, "command_timeout", "ssh.command_timeout", (int, float), "seconds", 600.0)),
+        strict_host_keys=r.typed(raw_ssh, "strict_host_keys", "ssh.strict_host_keys", (bool,), "true or false", True),
+        persist=float(r.typed(raw_ssh, "persist", "ssh.persist", (int, float), "seconds", 0.0)),
+        **{k: r.typed(raw_ssh, k, f"ssh.{k}", (int,), "a whole number", d) for k, d in (("handshakes", 32),
+           ("handshakes_per_server", 8))},
+    )
+    if not 0 <= ssh.persist <= MAX_PERSIST:
+        r.problem(raw_ssh, "persist", "ssh.persist", f"must be between 0 and {MAX_PERSIST:g} seconds, not "
+                  f"{ssh.persist:g}", fix="give the seconds an idle connection is kept between commands "
+                  "(e.g. 300), or 0 (the default) to connect anew for every command")
+    for k in ("handshakes", "handshakes_per_server"):
+        if getattr(ssh, k) < 1:
+            r.problem(raw_ssh, k, f"ssh.{k}", f"must be at least 1, not {getattr(ssh, k)}", fix=f"leave ssh.{k} out "
+                      "(the default) or give a positive number of SSH handshakes")
+    return ssh
 
 
 def _parse_registries(r: _Reader, doc, own: RegistrySpec, path: Path) -> tuple[RegistrySpec, ...]:

@@ -22,6 +22,7 @@ ENV_DIR_VARIABLE = "ORCH_ENVIRONMENTS"
 
 
 DEFAULT_PYTHON = "python3"  # nodes[].python when unset
+MAX_PERSIST = 24 * 3600.0  # ssh.persist: a day at most
 # nodes[].jump, ProxyJump-style: [user@]host[:port] (an IPv6 host in brackets)
 _JUMP_RE = re.compile(r"(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:]+)(?::(?P<port>\d+))?")
 JUMP_FIX = "write e.g. `jump: admin@bastion.example.com:22`."
@@ -86,6 +87,7 @@ class SSHSettings:
     strict_host_keys: bool = True
     handshakes: int = 32  # SSH handshakes in flight at once, over all nodes
     handshakes_per_server: int = 8  # ... to one sshd (host:port): under its MaxStartups (default 10)
+    persist: float = 0.0  # seconds the keeper holds a node's connection between commands; 0: off
 
 
 @dataclass(frozen=True)
@@ -374,7 +376,7 @@ _NODE_KEYS = {"name", "host", "port", "user", "identity_file", "labels", "jump",
 # A program name or an absolute path, run as argv[0] (never through a shell string).
 _PYTHON_RE = re.compile(r"^[A-Za-z0-9_.+-]+$|^/[A-Za-z0-9_./+-]+$")
 _SSH_KEYS = {"known_hosts", "connect_timeout", "command_timeout", "strict_host_keys", "handshakes",
-             "handshakes_per_server"}
+             "handshakes_per_server", "persist"}
 _REGISTRY_KEYS = {"address", "ca_file", "username", "username_env", "password_env", "password_file", "credentials_file",
                   "mirror"}
 _REGISTRIES_KEYS = _REGISTRY_KEYS - {"mirror"}  # registries[]: credentials for other registries
@@ -445,7 +447,7 @@ def _jump(r: _Reader, raw: dict, p: str) -> str | None:
 
 
 def parse_environment(path: Path, expected_name: str | None = None) -> Environment:
-    from orchestrator.core.environment_sections import _parse_ingress, _parse_registries, _parse_verify
+    from orchestrator.core.environment_sections import _parse_ingress, _parse_registries, _parse_ssh, _parse_verify
     from orchestrator.core.mesh import check_endpoint, parse_mesh
     from orchestrator.core.yamlsrc import load_yaml_file
 
@@ -522,19 +524,7 @@ def parse_environment(path: Path, expected_name: str | None = None) -> Environme
                 )
             )
 
-    raw_ssh = r.mapping(doc, "ssh", "ssh", _SSH_KEYS)
-    ssh = SSHSettings(
-        known_hosts=r.file_path(raw_ssh, "known_hosts", "ssh.known_hosts", path),
-        connect_timeout=float(r.typed(raw_ssh, "connect_timeout", "ssh.connect_timeout", (int, float), "seconds", 10.0)),
-        command_timeout=float(r.typed(raw_ssh, "command_timeout", "ssh.command_timeout", (int, float), "seconds", 600.0)),
-        strict_host_keys=r.typed(raw_ssh, "strict_host_keys", "ssh.strict_host_keys", (bool,), "true or false", True),
-        **{k: r.typed(raw_ssh, k, f"ssh.{k}", (int,), "a whole number", d) for k, d in (("handshakes", 32),
-           ("handshakes_per_server", 8))},
-    )
-    for k in ("handshakes", "handshakes_per_server"):
-        if getattr(ssh, k) < 1:
-            r.problem(raw_ssh, k, f"ssh.{k}", f"must be at least 1, not {getattr(ssh, k)}", fix=f"leave ssh.{k} out "
-                      "(the default) or give a positive number of SSH handshakes")
+    ssh = _parse_ssh(r, doc, path)
 
     # `registry: none` (or no `registry:`): images go to the nodes over SSH (deploying
     # without a registry, orchestrator.app.transfer).

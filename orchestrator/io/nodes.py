@@ -22,6 +22,8 @@ from typing import Any
 from agent.wire.messages import StateRequest, StateResult
 from orchestrator.io import transport as T
 from orchestrator.io.transport.agent_session import AgentCounts
+from orchestrator.io.transport.keeper_wire import persist_seconds, socket_path
+from orchestrator.io.transport.kept import KeptConnection
 from orchestrator.errors import OrchError
 from orchestrator.core.environments import NodeSpec
 from orchestrator.core.plan import Observed, observe
@@ -298,7 +300,7 @@ def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | Non
     remote = T.bundle_path(bundle)
     session = None
     try:
-        channel = conn.open_exec(T.agent_command(remote, python=conn.target.python))
+        channel = conn.open_agent_exec(T.agent_command(remote, python=conn.target.python))
         session = T.AgentSession(conn, channel, remote, False)
         hello = session.stream("hello", {"protocol": PROTOCOL_VERSION})
         state = session.stream("state", state_args(project, mesh_env)) if project else None
@@ -306,6 +308,8 @@ def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | Non
         if session.hello.get("protocol") == PROTOCOL_VERSION:
             session.prefetched = _state_or_error(state)
             return session
+    except (T.HostUnreachable, T.AuthenticationFailed, T.UnknownHostKey, T.HostKeyChanged):
+        raise  # the node itself (met by the keeper's connect): the careful path would meet it again
     except OrchError:
         if not fallback:
             if session is not None:
@@ -351,14 +355,18 @@ def ssh_connect(environment: Any, progress: Progress, project: str | None = None
     bundle = current_bundle()
     mesh_env = environment.name if getattr(environment, "mesh_enabled", False) else ""
 
+    persist = persist_seconds(options)
+
     def one(target: NodeSpec) -> SSHNode:
-        conn = T.connect(target, options)
+        # With ssh.persist, the keeper holds the SSH connection and starts agents ahead.
+        conn = KeptConnection(target, options, persist, socket_path()) if persist > 0 else T.connect(target, options)
         try:
             session = open_agent(conn, bundle, project=project, mesh_env=mesh_env)
         except BaseException:
             conn.close()
             raise
-        progress.event("session", node=target.name, pid=session.pid, uploaded=session.uploaded)
+        progress.event("session", node=target.name, pid=session.pid, uploaded=session.uploaded,
+                       kept=persist > 0, warm=bool(getattr(conn, "warm", 0)))
         return SSHNode(conn, bundle, session, progress, session.prefetched)
 
     nodes, errors = T.parallel(targets, one)
@@ -469,9 +477,16 @@ def env_sessions(environment: Any, *, require_engine: bool = True) -> Iterator[t
     from orchestrator.io.agent_bundle import current_bundle
 
     targets = list(environment.nodes)
-    conns = T.connect_all(targets, T.options_from_env(environment))
+    options = T.options_from_env(environment)
+    persist = persist_seconds(options)
+    if persist > 0:  # the keeper's connections; the sessions' connect errors say which node
+        conns = {t.name: KeptConnection(t, options, persist, socket_path()) for t in targets}
+        bundle = current_bundle()
+        opener = lambda conn: open_agent(conn, bundle)  # noqa: E731
+    else:
+        conns, opener = T.connect_all(targets, options), None
     try:
-        sessions = T.open_sessions(conns, current_bundle(), require_engine=require_engine)
+        sessions = T.open_sessions(conns, current_bundle(), require_engine=require_engine, opener=opener)
         try:
             yield conns, sessions
         finally:

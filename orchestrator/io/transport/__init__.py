@@ -11,6 +11,9 @@ command, copy a file and talk to the agent. It knows nothing about what to deplo
                       parallel, fetch_host_key
     trust.py          host keys scanned and recorded (`orch nodes trust`)
     agent_session.py  the agent bundle on the node and AgentSession (JSON lines, pings)
+    keeper_wire.py    the keeper's socket, requests and frames (ssh.persist)
+    keeper.py         the keeper: SSH connections kept between commands, agents started ahead
+    kept.py           a command's side of it: KeptConnection, RelayChannel
 
 Each module imports the ones above it in this list, never this package's names.
 """

@@ -20,7 +20,9 @@ from agent.wire.protocol import DEFAULT_STATE_DIR, MAX_MESSAGE_BYTES, PING, PING
 from agent.wire.protocol import request as agent_request
 from orchestrator.core.environments import DEFAULT_PYTHON
 from orchestrator.errors import OrchError
-from orchestrator.io.transport.errors import AgentError, AgentProtocolError, NodeRequirementError, NodesUnreachable
+from orchestrator.io.transport.errors import (
+    AgentError, AgentProtocolError, AuthenticationFailed, HostKeyChanged, HostUnreachable, NodeRequirementError,
+    NodesUnreachable, UnknownHostKey)
 from orchestrator.io.transport.ssh import Connection, as_transport_error, parallel
 
 KEEP_OLD_BUNDLES = 2  # besides the current one, for a controller still on an older orch
@@ -259,7 +261,7 @@ class AgentSession:
              python: str | None = None) -> AgentSession:
         python = python or conn.target.python
         remote, uploaded = ensure_agent(conn, bundle, state_dir, python)
-        channel = conn.open_exec(agent_command(remote, state_dir, python))
+        channel = conn.open_agent_exec(agent_command(remote, state_dir, python))
         session = cls(conn, channel, remote, uploaded)
         try:
             session.hello = session.call("hello", {"protocol": PROTOCOL_VERSION},
@@ -458,15 +460,17 @@ class AgentSession:
 
 
 def open_sessions(conns: dict[str, Connection], bundle: Any, *, state_dir: str = DEFAULT_STATE_DIR,
-                  require_engine: bool = True, max_parallel: int = 32) -> dict[str, AgentSession]:
-    """An agent session per node, in parallel; all or nothing, like connect_all.
+                  require_engine: bool = True, max_parallel: int = 32,
+                  opener: Callable[[Any], AgentSession] | None = None) -> dict[str, AgentSession]:
+    """An agent session per node (AgentSession.open, or opener(conn)), in parallel; all or
+    nothing, like connect_all.
 
     With require_engine, also asks each agent for `info` and fails (naming every such
     node, with the fix) when a node's Docker Engine is not reachable.
     """
 
     def one(conn: Connection) -> AgentSession:
-        session = AgentSession.open(conn, bundle, state_dir=state_dir)
+        session = opener(conn) if opener else AgentSession.open(conn, bundle, state_dir=state_dir)
         if require_engine:
             info = session.call("info")
             if info.get("engine_error"):
@@ -483,5 +487,7 @@ def open_sessions(conns: dict[str, Connection], bundle: Any, *, state_dir: str =
         for s in sessions.values():
             s.close()
         failures = {name: as_transport_error(name, err) for name, err in errors.items()}
-        raise NodesUnreachable(failures, len(conns), action="start the agent on")
+        connected = not any(isinstance(e, (HostUnreachable, AuthenticationFailed, UnknownHostKey, HostKeyChanged))
+                            for e in failures.values())  # a kept connection connects here
+        raise NodesUnreachable(failures, len(conns), action="start the agent on" if connected else "connect to")
     return {name: sessions[name] for name in conns}

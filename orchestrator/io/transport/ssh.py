@@ -143,6 +143,10 @@ class Connection:
             ) from None
         return chan
 
+    def open_agent_exec(self, argv: list[str], timeout: float | None = None) -> Any:
+        """A channel running the agent (kept.KeptConnection takes it from the keeper)."""
+        return self.open_exec(argv, timeout)
+
     def run(self, argv: list[str], *, timeout: float | None = None, check: bool = False,
             stdin: bytes | None = None) -> RunResult:
         """Run a fixed command (e.g. ["python3", "--version"]) and collect its output."""

@@ -1,0 +1,226 @@
+"""The keeper (ssh.persist): its wire (socket place, requests, errors, what a kept connection
+is for) and the relay between a command's socket and an SSH channel. The keeper against
+real sshd: tests/e2e/test_keeper.py."""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.core.environments import NodeSpec
+from orchestrator.io.transport import errors as E
+from orchestrator.io.transport import keeper_wire as W
+from orchestrator.io.transport.keeper import relay
+from orchestrator.io.transport.kept import RelayChannel
+from orchestrator.io.transport.options import SSHOptions
+
+
+def node(tmp_path: Path, **kw) -> NodeSpec:
+    key = tmp_path / "id_ed25519"
+    if not key.exists():
+        key.write_text("not a real key\n")
+    return NodeSpec(**{"name": "prod-1", "host": "10.0.0.5", "user": "deploy", "identity_file": key,
+                       "labels": {"zone": "a"}, **kw})
+
+
+def options(tmp_path: Path, **kw) -> SSHOptions:
+    known = tmp_path / "known_hosts"
+    if not known.exists():
+        known.write_text("10.0.0.5 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+    return SSHOptions(**{"known_hosts": known, "env_name": "prod", **kw})
+
+
+def test_node_and_options_go_over_the_wire_unchanged(tmp_path):
+    t, o = node(tmp_path, port=2222, jump="admin@bastion:22"), options(tmp_path, connect_timeout=3.0)
+    assert W.target_from_json(W.target_to_json(t)) == t
+    assert W.options_from_json(W.options_to_json(o)) == o
+
+
+def test_a_kept_connection_is_for_one_node_options_and_trust(tmp_path):
+    t, o = node(tmp_path), options(tmp_path)
+    key = W.connection_key(t, o)
+    assert W.connection_key(t, o) == key
+    assert W.connection_key(node(tmp_path, user="root"), o) != key
+    assert W.connection_key(t, options(tmp_path, strict_host_keys=False)) != key
+    # a host key trusted, removed or changed: a new connection, whose key is checked anew
+    o.known_hosts_path.write_text("10.0.0.5 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPnT0SmJYTWzVuaYb2vW\n")
+    changed_trust = W.connection_key(t, o)
+    assert changed_trust != key
+    # a key file rotated (the key's content is never read into the key)
+    time.sleep(0.01)
+    t.identity_file.write_text("another key\n")
+    assert W.connection_key(t, o) != changed_trust
+    assert "another key" not in str(W.target_to_json(t))
+
+
+def test_persist_comes_from_the_environment_variable_before_the_file(tmp_path):
+    o = options(tmp_path, persist=120.0)
+    assert W.persist_seconds(o, {}) == 120.0
+    assert W.persist_seconds(o, {W.PERSIST_ENV: "0"}) == 0.0
+    assert W.persist_seconds(options(tmp_path), {W.PERSIST_ENV: "30"}) == 30.0
+    assert W.persist_seconds(o, {W.PERSIST_ENV: "soon"}) == 0.0  # unreadable: off, never a guess
+    assert W.persist_seconds(o, {W.PERSIST_ENV: "1e9"}) == W.MAX_PERSIST
+
+
+def test_the_socket_lives_in_a_private_directory(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert W.socket_path({"XDG_RUNTIME_DIR": str(run)}) == run / "orch" / "keeper.sock"
+    assert W.socket_path({W.SOCKET_ENV: "/x/k.sock", "XDG_RUNTIME_DIR": str(run)}) == Path("/x/k.sock")
+    d = W.private_dir(run / "orch")
+    assert (os.stat(d).st_mode & 0o777) == 0o700
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o777)
+    os.chmod(open_dir, 0o777)
+    with pytest.raises(PermissionError):
+        W.private_dir(open_dir)
+    link = tmp_path / "link"
+    link.symlink_to(run / "orch")
+    with pytest.raises(PermissionError):
+        W.private_dir(link)
+
+
+def test_a_node_error_met_by_the_keeper_is_raised_as_its_own_class():
+    err = E.UnknownHostKey("prod-1: unknown host key", fingerprint="SHA256:abc", key_type="ssh-ed25519",
+                           node="prod-1", fix="orch nodes trust --env prod")
+    back = W.error_from_json(W.error_to_json(err))
+    assert type(back) is E.UnknownHostKey and back.node == "prod-1" and back.fingerprint == "SHA256:abc"
+    assert back.render() == err.render() and back.to_json() == err.to_json()
+    changed = W.error_from_json(W.error_to_json(E.HostKeyChanged("x", fingerprint="a", expected="b", node="n")))
+    assert type(changed) is E.HostKeyChanged and changed.expected == "b"
+    other = W.error_from_json(W.error_to_json(RuntimeError("boom")))
+    assert isinstance(other, W.KeeperError) and "boom" in str(other)
+
+
+# --------------------------------------------------------------------------- the relay
+
+
+class FakeChannel:
+    """The part of paramiko.Channel the relay uses: output queued by the test."""
+
+    def __init__(self):
+        self.out: queue.Queue = queue.Queue()
+        self.err = bytearray()
+        self.stdin = bytearray()
+        self.status: int | None = None
+        self.status_event = threading.Event()
+        self.write_shut = threading.Event()
+        self.closed = False
+        self.timeout = None
+
+    def settimeout(self, t):
+        self.timeout = t
+
+    def recv(self, n):
+        try:
+            data = self.out.get(timeout=self.timeout)
+        except queue.Empty:
+            raise socket.timeout() from None
+        return data
+
+    def recv_stderr_ready(self):
+        return bool(self.err)
+
+    def recv_stderr(self, n):
+        data, self.err[:] = bytes(self.err), b""
+        return data
+
+    def exit_status_ready(self):
+        return self.status is not None
+
+    @property
+    def exit_status(self):
+        return self.status
+
+    def sendall(self, data):
+        self.stdin += data
+
+    def shutdown_write(self):
+        self.write_shut.set()
+
+    def close(self):
+        self.closed = True
+
+    def end(self, status: int, stderr: bytes = b""):
+        self.err += stderr
+        self.status = status
+        self.status_event.set()
+        self.out.put(b"")
+
+
+def relayed(fake: FakeChannel) -> tuple[RelayChannel, threading.Thread]:
+    a, b = socket.socketpair()
+    t = threading.Thread(target=relay, args=(b, fake), daemon=True)
+    t.start()
+    return RelayChannel(a), t
+
+
+def test_the_relay_carries_input_output_stderr_and_the_exit_status():
+    fake = FakeChannel()
+    chan, t = relayed(fake)
+    chan.settimeout(5)
+    chan.sendall(b'{"id":1,"op":"hello"}\n')
+    fake.out.put(b'{"id":1,"result":{}}\n')
+    assert chan.recv(65536) == b'{"id":1,"result":{}}\n'
+    chan.shutdown_write()
+    assert fake.write_shut.wait(5)  # the agent reads its end of input
+    assert bytes(fake.stdin) == b'{"id":1,"op":"hello"}\n'
+    fake.end(3, b"Traceback: gone\n")
+    t.join(5)
+    assert chan.recv(10) == b""  # end of output
+    assert chan.exit_status_ready() and chan.exit_status == 3 and chan.recv_exit_status() == 3
+    assert chan.recv_stderr_ready() and chan.recv_stderr(100) == b"Traceback: gone\n"
+    assert fake.closed and chan.closed
+
+
+def test_a_command_that_goes_away_closes_its_channel():
+    """A killed command's socket closes: the channel's input ends and the channel closes, so
+    the agent frees a deploy lock at once, not when its lease runs out."""
+    fake = FakeChannel()
+    chan, t = relayed(fake)
+    chan.close()
+    assert fake.write_shut.wait(5)
+    fake.end(0)
+    t.join(5)
+    assert not t.is_alive() and fake.closed
+
+
+def test_a_silent_channel_times_out_like_paramikos():
+    chan, _ = relayed(FakeChannel())
+    chan.settimeout(0.05)
+    with pytest.raises(socket.timeout):
+        chan.recv(10)
+    chan.close()
+
+
+# --------------------------------------------------------------------------- ssh.persist in the file
+
+
+def _env(tmp_path, ssh: str):
+    path = tmp_path / "prod.yaml"
+    path.write_text("name: prod\nnodes:\n  - {name: prod-1, host: 10.0.0.1}\n" + ssh)
+    return path
+
+
+def test_the_environment_file_sets_persist_off_by_default(tmp_path):
+    from orchestrator.core.environments import parse_environment
+
+    assert parse_environment(_env(tmp_path, "")).ssh.persist == 0.0
+    assert parse_environment(_env(tmp_path, "ssh: {persist: 300}\n")).ssh.persist == 300.0
+
+
+@pytest.mark.parametrize("value", ["-1", "100000", "soon"])
+def test_a_persist_out_of_range_is_refused_naming_line_and_key(tmp_path, value):
+    from orchestrator.core.environments import parse_environment
+    from orchestrator.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        parse_environment(_env(tmp_path, f"ssh:\n  persist: {value}\n"))
+    problem = err.value.problems[0]
+    assert problem.key == "ssh.persist" and problem.line == 5 and "prod.yaml" in str(problem.file)

@@ -10,6 +10,24 @@ import sys
 from agent.wire.protocol import DEFAULT_STATE_DIR
 
 
+# What a deploy's first requests (hello, lock, ledger, state) import, imported before the
+# first request is read: an agent started ahead of its command (the controller's keeper,
+# ssh.persist) has done it while idle. A command's own agent imports it a little earlier,
+# at the same cost.
+PRELOAD = ("agent.wire.messages", "agent.wire.spec", "agent.wire.ledger", "agent.wire.redact", "agent.ledger",
+           "agent.owner", "agent.edge", "agent.ingress", "agent.certs.store", "hashlib", "subprocess", "platform")
+
+
+def preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # the request that needs it says so
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="orch-agent")
     sub = parser.add_subparsers(dest="command")
@@ -29,6 +47,7 @@ def main(argv=None) -> int:
                           "runs_from": runs_from()}))
         return 0
     if args.command == "rpc":
+        preload()
         from agent.engine import Engine, engine_id_from_socket
         from agent.engine_reads import SocketReads
         from agent.rpc import Server

@@ -40,7 +40,6 @@ The requests and results are the typed ones of agent.wire.messages.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional
 
@@ -49,7 +48,7 @@ from agent.create import create_body
 from agent.engine import ContainerInfo
 from agent.ingress import driver
 from agent.owner import refuse_foreign
-from agent.stops import DISCARD_GRACE, STOP_OPERATIONS, remove_when_stopped, stop_in_background, wait_stopped
+from agent.stops import STOP_OPERATIONS, remove_when_stopped, stop_in_background, wait_stopped
 from agent.steps import (
     check_name_conflicts,
     container_failure,
@@ -536,9 +535,9 @@ def op_discard(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     doomed = [c for c in ctx.engine.containers(L.filters(project, service)) if L.is_retired(c.name)]
     # One still stopping in the background (a SIGTERM-deaf app takes its whole grace
     # period) is removed by a helper once stopped: the release is live, `orch up` is done.
-    # One grace window for all of them (DISCARD_GRACE), not one each.
-    until = time.monotonic() + DISCARD_GRACE
-    later = {c.id for c in doomed if remove_when_stopped(ctx, c, req.env, max(0.0, until - time.monotonic()))}
+    # Each stop gets DISCARD_GRACE from its own start, so all of them together wait at
+    # most that long, and a stop begun batches ago not at all.
+    later = {c.id for c in doomed if remove_when_stopped(ctx, c, req.env)}
     remove_containers(ctx, [c for c in doomed if c.id not in later], "the release that replaced it is live")
     pruned = prune_files(ctx, project, service)
     if pruned:

@@ -241,21 +241,24 @@ def _await_marker(path: str, budget: float,
         os.close(fd)
 
 
-DISCARD_GRACE = 1.0  # what a discard waits for a stop under way before handing it over
+DISCARD_GRACE = 1.0  # from a stop's start: how long a discard waits for it before handing it over
 
 
 def remove_when_stopped(ctx: Context, c: ContainerInfo, env: str, grace: float = DISCARD_GRACE) -> bool:
     """Hand the removal of c, whose stop is under way (a marker), to a detached helper
     that removes it once stopped: `discard` then answers at once. A stop that ends within
-    `grace` (an app that handles SIGTERM) is not handed over: the caller removes c, so
-    nothing of the previous release is left when `orch up` returns. False (nothing done)
-    when c has no stop under way, it ended within `grace`, or the engine is not a local
-    real one."""
+    `grace` of its start (an app that handles SIGTERM) is not handed over: the caller
+    removes c, so nothing of the previous release is left when `orch up` returns; one that
+    began longer ago than that (a SIGTERM-deaf app, stopped batches ago) is handed over at
+    once. False (nothing done) when c has no stop under way, it ended within `grace`, or
+    the engine is not a local real one."""
     socket_path = _engine_socket(ctx)
     if socket_path is None:
         return False
+    path = _path(ctx, c.id)
     try:
-        found = _await_marker(_path(ctx, c.id), grace)
+        began = os.stat(path).st_mtime  # the marker is written when the stop starts
+        found = _await_marker(path, max(0.0, began + grace - time.time()))
     except OSError:
         return False
     if found is None or found[0]:

@@ -97,6 +97,17 @@ def test_a_stop_that_ends_within_the_grace_is_not_handed_over(ctx, api):
     assert stops.wait_stopped(ctx, OLD.id)["seconds"] >= STOP_SECONDS * 0.9
 
 
+def test_a_stop_begun_longer_ago_than_the_grace_is_handed_over_at_once(ctx, api):
+    """A SIGTERM-deaf app's old container, stopped a batch or more ago: the discard does not
+    wait for it again (the grace counts from the stop's start)."""
+    stops.stop_in_background(ctx, OLD, "prod")
+    time.sleep(STOP_SECONDS / 3)
+    t0 = time.monotonic()
+    assert stops.remove_when_stopped(ctx, OLD, "prod", grace=STOP_SECONDS / 4) is True
+    assert time.monotonic() - t0 < STOP_SECONDS / 4
+    wait_for_work(ctx, "prod", wait_s=10)
+
+
 def test_without_a_stop_under_way_nothing_is_handed_over(ctx, api):
     assert stops.remove_when_stopped(ctx, OLD, "prod") is False
     assert api[0].seen == []

@@ -224,3 +224,120 @@ def test_a_persist_out_of_range_is_refused_naming_line_and_key(tmp_path, value):
         parse_environment(_env(tmp_path, f"ssh:\n  persist: {value}\n"))
     problem = err.value.problems[0]
     assert problem.key == "ssh.persist" and problem.line == 5 and "prod.yaml" in str(problem.file)
+
+
+# --------------------------------------------------------------------------- the keeper's spares
+
+
+class SpareChannel:
+    def __init__(self, argv):
+        self.argv = argv
+        self.closed = False
+        self.eof_received = False
+        self.status = None
+        self.sent = []
+
+    def exit_status_ready(self):
+        return self.status is not None
+
+    def sendall(self, data):
+        self.sent.append(data)
+
+    def close(self):
+        self.closed = True
+
+
+class KeptConn:
+    name = "prod-1"
+
+    def __init__(self):
+        self.opened: list[SpareChannel] = []
+        self.active = True
+
+    def is_active(self):
+        return self.active
+
+    def open_exec(self, argv, timeout=None):
+        ch = SpareChannel(list(argv))
+        self.opened.append(ch)
+        return ch
+
+    def close(self):
+        self.active = False
+
+
+@pytest.fixture
+def keeper(monkeypatch, tmp_path):
+    from orchestrator.io.transport import keeper as K
+
+    conns: list[KeptConn] = []
+
+    def connect(target, options):
+        conns.append(KeptConn())
+        return conns[-1]
+
+    monkeypatch.setattr(K, "connect", connect)
+    monkeypatch.setattr(K, "SPARE_WAIT", 2.0)
+    k = K.Keeper(str(tmp_path / "k.sock"))
+    k.conns = conns
+    t, o = node(tmp_path), options(tmp_path)
+    k.req = lambda argv, persist=60: {"target": W.target_to_json(t), "options": W.options_to_json(o),
+                                      "argv": argv, "persist": persist}
+    k.key = W.connection_key(t, o)
+    return k
+
+
+def _spare_after(keeper, kept, argv):
+    keeper._start_spare(kept, tuple(argv))
+    deadline = time.monotonic() + 5
+    while tuple(argv) not in kept.spares and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return kept.spares.get(tuple(argv))
+
+
+def test_a_spare_is_handed_out_once_and_a_dead_one_never(keeper):
+    agent = ["python3", "/b/orch-agent-aa.pyz", "rpc"]
+    kept, first, warm = keeper._connection(keeper.key, keeper.req(agent))
+    assert not warm and len(keeper.conns) == 1
+    keeper._kept[keeper.key][0].channels -= 1  # the first command ended
+    spare = _spare_after(keeper, kept, agent)
+    _, got, warm = keeper._connection(keeper.key, keeper.req(agent))
+    assert warm and got is spare.channel and spare.taken and not kept.spares
+    # the next command finds no spare: a channel of its own, never the one handed out
+    _, other, warm = keeper._connection(keeper.key, keeper.req(agent))
+    assert not warm and other is not got
+    dead = _spare_after(keeper, kept, agent)
+    dead.channel.status = 1  # the agent exited (e.g. its bundle was removed)
+    _, fresh, warm = keeper._connection(keeper.key, keeper.req(agent))
+    assert not warm and fresh is not dead.channel and dead.channel.closed
+    assert len(keeper.conns) == 1  # all on the one kept connection
+
+
+def test_a_spare_of_another_bundle_is_closed_when_the_next_one_starts(keeper):
+    old, new = ["python3", "/b/orch-agent-aa.pyz", "rpc"], ["python3", "/b/orch-agent-bb.pyz", "rpc"]
+    kept, _, _ = keeper._connection(keeper.key, keeper.req(old))
+    stale = _spare_after(keeper, kept, old)
+    assert _spare_after(keeper, kept, new) is not None
+    assert stale.channel.closed and list(kept.spares) == [tuple(new)]
+
+
+def test_a_busy_connection_gets_a_second_one_beside_it(keeper):
+    from orchestrator.io.transport.keeper import CHANNELS_PER_CONNECTION
+
+    agent = ["python3", "/b/orch-agent-aa.pyz", "rpc"]
+    for _ in range(CHANNELS_PER_CONNECTION + 1):
+        keeper._connection(keeper.key, keeper.req(agent))
+    assert len(keeper.conns) == 2  # sshd's MaxSessions is never reached on one connection
+
+
+def test_idle_connections_close_and_then_the_keeper_may_exit(keeper):
+    agent = ["python3", "/b/orch-agent-aa.pyz", "rpc"]
+    kept, _, _ = keeper._connection(keeper.key, keeper.req(agent, persist=0.05))
+    assert not keeper._expire()  # a command is using it
+    kept.channels -= 1
+    spare = _spare_after(keeper, kept, agent)
+    keeper._persist = 0.05
+    keeper._last_request = time.monotonic() - 5
+    time.sleep(0.1)
+    kept.last_used = time.monotonic() - 5
+    assert keeper._expire() and spare.channel.closed and not keeper.conns[0].active

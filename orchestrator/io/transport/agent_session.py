@@ -261,7 +261,9 @@ class AgentSession:
              python: str | None = None) -> AgentSession:
         python = python or conn.target.python
         remote, uploaded = ensure_agent(conn, bundle, state_dir, python)
-        channel = conn.open_agent_exec(agent_command(remote, state_dir, python))
+        # the careful path (after a check and an upload): a fresh channel, never a spare
+        # agent started before the upload (kept.KeptConnection sends open_exec direct)
+        channel = conn.open_exec(agent_command(remote, state_dir, python))
         session = cls(conn, channel, remote, uploaded)
         try:
             session.hello = session.call("hello", {"protocol": PROTOCOL_VERSION},

@@ -147,7 +147,16 @@ class Keeper:
                     kept.channels -= 1
                 else:
                     kept.spares[argv] = spare
+                # One spare a connection: another command line's (an older bundle) goes.
+                stale = [s for a, s in kept.spares.items() if a != argv] if spare is not None else []
+                for old in stale:
+                    del kept.spares[old.argv]
+                    kept.channels -= 1
                 self._spare_ready.notify_all()
+            for old in stale:
+                with old.lock:
+                    old.taken = True
+                old.channel.close()
 
         threading.Thread(target=run, name="spare", daemon=True).start()
 

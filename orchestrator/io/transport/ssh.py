@@ -411,7 +411,7 @@ def connect(target: NodeSpec, options: SSHOptions) -> Connection:
     return Connection(target, options, client, jump_client)
 
 
-def parallel(items: Iterable[Any], fn: Callable[[Any], Any], max_parallel: int = 32,
+def parallel(items: Iterable[Any], fn: Callable[[Any], Any], max_parallel: int = 128,
              key: Callable[[Any], str] = lambda item: item.name) -> tuple[dict[str, Any], dict[str, BaseException]]:
     """Run fn over items in threads; (results, errors) keyed by key(item)."""
     items = list(items)

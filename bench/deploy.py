@@ -180,6 +180,7 @@ def noop(runs: int) -> list[Row]:
                 add_phases(phases, fin)
                 row.baseline.append(dc_all(dc_up, ssh_envs))
                 local.baseline.append(dc_all(dc_up, dc_envs))
+            kept = _kept_noop(shop, project, env, runs, row.samples)
         finally:
             run(orch("down", "--env", "prod", "-p", project, "--volumes", "--json"), shop, env, check=False)
             for n in PROD:
@@ -195,7 +196,31 @@ def noop(runs: int) -> list[Row]:
         row.note += (f"; {skipped} run(s) not counted: they re-applied the environment's mesh, which another "
                      "project of prod had changed meanwhile (a shared lab)")
     inside.note = "orch's own `duration_s`; phases (medians): " + phases_note(phases)
-    return [row, inside, local] + _lab_floor(max(3, runs // 2))
+    return [row, inside, local, kept] + _lab_floor(max(3, runs // 2))
+
+
+def _kept_noop(shop: Path, project: str, env: dict, runs: int, plain: list[float]) -> Row:
+    """The same no-op with ssh.persist (a keeper of its own, stopped after): the SSH
+    connections kept, each node's agent started ahead. Its first run connects (not counted)."""
+    sock_dir = Path(tempfile.mkdtemp(prefix="orch-bench-keeper-"))
+    kenv = {**env, "ORCH_SSH_PERSIST": "300", "ORCH_KEEPER_SOCKET": str(sock_dir / "keeper.sock")}
+    row = Row("`orch up` no-op, shop on prod, connections kept (ssh.persist)", "s", level=1,
+              baseline_name="the same no-op without ssh.persist (above)", goal=Goal("< 0.8 s", 0.8))
+    row.baseline.extend(plain)
+    try:
+        run(orch("up", "--env", "prod", "-p", project, "--json"), shop, kenv)
+        for _ in range(runs):
+            time.sleep(1.0)  # between commands: the spare agents of the last one are up
+            took, cp = run(orch("up", "--env", "prod", "-p", project, "--json"), shop, kenv)
+            fin = final(cp.stdout)
+            if fin.get("noop") is not True:
+                raise RuntimeError(f"the re-run was not a no-op: {json.dumps(fin)[:800]}")
+            row.samples.append(took)
+        row.note = ("the keeper holds both nodes' SSH connections between commands and starts each node's next "
+                    "agent after a command (docs/operations.md, Kept connections); 1 s between runs")
+    finally:
+        subprocess.run(["pkill", "-f", f"orchestrator.io.transport.keeper {sock_dir}"], check=False)
+    return row
 
 
 def _lab_floor(runs: int) -> list[Row]:

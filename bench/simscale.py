@@ -194,7 +194,9 @@ def _kept(d: Path, up: list[str], n: int, runs: int, env: dict) -> list[Row]:
             row.samples.append(took)
             orch_cpu.append(cpu_s)
             keeper_cpu.append(after - before)
-            time.sleep(1.0)  # the spares for the next run start (after each command, not during it)
+            # Between commands, as a user's are: the spare agents started after this one
+            # (a python3 start-up on each of the 100 nodes sharing 2 cores) are up.
+            time.sleep(5.0)
         row.note = (f"CPU per no-op: orch {med(orch_cpu):.2f} s + keeper {med(keeper_cpu):.2f} s = "
                     f"{(med(orch_cpu) + med(keeper_cpu)) / n * 1000:.1f} ms/node; the keeper (one process per user) "
                     "holds the SSH connections and starts each node's next agent after a command")

@@ -46,6 +46,7 @@ from agent.wire.ingress import IngressSettings
 from orchestrator.io import nodes as N
 from orchestrator.io import transport as T
 from orchestrator.errors import DeployError, InputError, OrchError, Problem
+from orchestrator.core import monitor as MON
 from orchestrator.core.plan import Observed, Plan, existing_slots, make_plan
 from orchestrator.core.progress import DONE, FAILED, RUNNING, SKIPPED, Progress
 from orchestrator.app.edge import Edge
@@ -118,7 +119,7 @@ class Deployment:
         self.journal: Any = None  # orchestrator.core.rollout.Journal of what apply() replaced
         self.edge = Edge(self)  # host routes' certificates
         self._journal_lock = threading.Lock()
-        self._watch: list[_Watched] = []  # replaced replicas inside their monitor window
+        self._watch: list[MON.Watched] = []  # replaced replicas inside their monitor window
         self._settled: dict[str, Any] | None = None  # every node's `state` once the last wave was checked
         self._t0 = time.monotonic()
 
@@ -409,7 +410,7 @@ class Deployment:
                 # Watched even without a window (monitor 0, orch's default): checked once
                 # when the last batch is through, so a replica that died meanwhile fails the update.
                 if rec.get("old") is not None and rec.get("new"):
-                    self._watch.append(_Watched(node, service, rec["replica"], rec["new"]["id"],
+                    self._watch.append(MON.Watched(node, service, rec["replica"], rec["new"]["id"],
                                                 now + monitor, monitor))
 
     def _retire(self, wave: int, service: str, node: str, replicas: list[int] | None) -> None:
@@ -464,30 +465,12 @@ class Deployment:
         for node, err in sorted(errors.items()):
             if node in watched:  # another node unreadable now is the final observe's to report
                 failures.append(StepFailure(_Where("", node), _as_orch_error(node, err)))
-        for node, res in sorted(states.items()):
-            by_id = {c.id: c for c in res.containers}
-            for w in self._watch:
-                if w.node != node:
-                    continue
-                service, replica, window = w.service, w.replica, w.window
-                c = by_id.get(w.container_id)
-                bad = ""
-                if c is None:
-                    bad = "was removed"
-                elif c.state != "running":
-                    bad = f"is {c.state} (exit code {c.exit_code})"
-                elif c.health == "unhealthy":
-                    bad = "became unhealthy"
-                elif c.restart_count > 0:
-                    bad = f"restarted {c.restart_count} time(s)"
-                if bad:
-                    failures.append(StepFailure(_Where(service, node), DeployError(
-                        f"service {service} replica {replica} on {node} {bad} "
-                        + (f"within {window:g}s of its update (update_config.monitor)" if window > 0 else
-                           "before the update ended (its later batches and waves)"),
-                        fix=f"see why in its logs (orch logs --env {self.environment.name} {service}); a re-run "
-                        "deploys the same containers, so fix the cause first",
-                        details={"service": service, "node": node, "replica": replica})))
+        for w, bad in MON.problems(self._watch, states):
+            failures.append(StepFailure(_Where(w.service, w.node), DeployError(
+                MON.problem_text(w, bad),
+                fix=f"see why in its logs (orch logs --env {self.environment.name} {w.service}); a re-run "
+                "deploys the same containers, so fix the cause first",
+                details={"service": w.service, "node": w.node, "replica": w.replica})))
         if failures:
             raise self._failed(failures, [])
 
@@ -677,18 +660,6 @@ def _parallel_applies(plan: Plan) -> dict[str, int]:
         for node, n in per.items():
             out[node] = max(out.get(node, 0), n)
     return out
-
-
-@dataclass(frozen=True)
-class _Watched:
-    """A replaced replica's new container, watched until `until` (update_config.monitor)."""
-
-    node: str
-    service: str
-    replica: int
-    container_id: str
-    until: float  # time.monotonic()
-    window: float
 
 
 @dataclass(frozen=True)

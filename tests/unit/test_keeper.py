@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -341,3 +342,38 @@ def test_idle_connections_close_and_then_the_keeper_may_exit(keeper):
     time.sleep(0.1)
     kept.last_used = time.monotonic() - 5
     assert keeper._expire() and spare.channel.closed and not keeper.conns[0].active
+
+
+# --------------------------------------------------------------------------- a command's side
+
+
+@pytest.mark.parametrize("failure", [W.KeeperError("the keeper failed"),
+                                     E.AuthenticationFailed("prod-1: authentication failed", node="prod-1")])
+def test_a_failed_keeper_or_its_refused_login_means_a_direct_connection(monkeypatch, tmp_path, failure):
+    from orchestrator.io.transport import kept as K
+
+    direct = SimpleNamespace(open_exec=lambda argv, timeout=None: ("direct", argv), close=lambda: None,
+                             is_active=lambda: True)
+
+    def keeper(*a, **kw):
+        raise failure
+
+    monkeypatch.setattr(K, "open_through_keeper", keeper)
+    monkeypatch.setattr(K, "connect", lambda t, o: direct)
+    conn = K.KeptConnection(node(tmp_path), options(tmp_path), 60.0, tmp_path / "k.sock")
+    assert conn.open_agent_exec(["python3", "a.pyz", "rpc"]) == ("direct", ["python3", "a.pyz", "rpc"])
+
+
+@pytest.mark.parametrize("failure", [E.HostUnreachable("prod-1: timed out", node="prod-1"),
+                                     E.HostKeyChanged("prod-1: changed", fingerprint="a", expected="b", node="prod-1")])
+def test_the_nodes_own_failure_is_not_tried_again(monkeypatch, tmp_path, failure):
+    from orchestrator.io.transport import kept as K
+
+    def keeper(*a, **kw):
+        raise failure
+
+    monkeypatch.setattr(K, "open_through_keeper", keeper)
+    monkeypatch.setattr(K, "connect", lambda t, o: pytest.fail("connected directly"))
+    conn = K.KeptConnection(node(tmp_path), options(tmp_path), 60.0, tmp_path / "k.sock")
+    with pytest.raises(type(failure)):
+        conn.open_agent_exec(["python3", "a.pyz", "rpc"])

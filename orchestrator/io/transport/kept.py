@@ -3,10 +3,12 @@ agent sessions come from the keeper's kept SSH connection (`RelayChannel`: the c
 bytes through the keeper's socket), while anything else it is asked (SFTP, commands,
 forwards) opens a direct connection of its own on first use.
 
-`keeper_socket` starts the keeper when none answers (one at a time: a lock file beside the
-socket). When the keeper cannot be reached or fails, the command goes to the node directly,
-as without persistence; an error of the node itself (unreachable, a changed host key) is
-raised as the keeper met it, the same class a direct connect raises.
+`open_through_keeper` starts the keeper when none answers (one at a time: a lock file
+beside the socket). When the keeper cannot be reached or fails, the command goes to the node
+directly, as without persistence; an error of the node itself (unreachable, a changed host
+key) is raised as the keeper met it, the same class a direct connect raises, except a
+refused login, which is tried again directly (the keeper's SSH agent socket is the one of
+the shell that started it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from orchestrator.core.environments import NodeSpec
 from orchestrator.io.transport import keeper_wire as W
+from orchestrator.io.transport.errors import AuthenticationFailed
 from orchestrator.io.transport.options import SSHOptions
 from orchestrator.io.transport.ssh import Connection, connect
 
@@ -161,7 +164,9 @@ class KeptConnection:
         Falls back to the direct connection when the keeper fails (not when the node does)."""
         try:
             chan, warm = open_through_keeper(self.path, self.target, self.options, argv, self.persist, spare=True)
-        except W.KeeperError:
+        except (W.KeeperError, AuthenticationFailed):
+            # AuthenticationFailed: the keeper's SSH agent socket is the one of the shell
+            # that started it, perhaps gone since; this command's own may still serve.
             return self.direct().open_exec(argv, timeout)
         self.warm += int(warm)
         chan.settimeout(timeout if timeout is not None else self.options.command_timeout)

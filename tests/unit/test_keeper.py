@@ -250,10 +250,18 @@ class SpareChannel:
 
 class KeptConn:
     name = "prod-1"
+    options = SimpleNamespace(connect_timeout=0.2)
 
     def __init__(self):
         self.opened: list[SpareChannel] = []
         self.active = True
+        self.answers = True
+        self.transport = SimpleNamespace(global_request=self._probe)
+
+    def _probe(self, kind, wait=True):
+        while not self.answers and self.active:  # a node gone silent: no reply, ever
+            time.sleep(0.01)
+        return None  # sshd refuses the request: an answer
 
     def is_active(self):
         return self.active
@@ -377,3 +385,33 @@ def test_the_nodes_own_failure_is_not_tried_again(monkeypatch, tmp_path, failure
     conn = K.KeptConnection(node(tmp_path), options(tmp_path), 60.0, tmp_path / "k.sock")
     with pytest.raises(type(failure)):
         conn.open_agent_exec(["python3", "a.pyz", "rpc"])
+
+
+def test_a_kept_connection_idle_for_a_while_is_asked_first_and_dropped_when_silent(keeper):
+    from orchestrator.io.transport.keeper import PROBE_AFTER
+
+    agent = ["python3", "/b/orch-agent-aa.pyz", "rpc"]
+    kept, _, _ = keeper._connection(keeper.key, keeper.req(agent))
+    kept.channels -= 1
+    kept.last_used -= PROBE_AFTER + 1
+    again, _, _ = keeper._connection(keeper.key, keeper.req(agent))  # answers: used again
+    assert again is kept and len(keeper.conns) == 1
+    again.channels -= 1
+    kept.last_used -= PROBE_AFTER + 1
+    keeper.conns[0].answers = False  # rebooted, or the link lost, since the last command
+    fresh, _, _ = keeper._connection(keeper.key, keeper.req(agent))
+    assert fresh is not kept and len(keeper.conns) == 2 and not keeper.conns[0].active
+    assert keeper._kept[keeper.key] == [fresh]
+
+
+def test_a_kept_connection_that_refuses_a_channel_is_replaced_once(keeper):
+    agent = ["python3", "/b/orch-agent-aa.pyz", "rpc"]
+    kept, _, _ = keeper._connection(keeper.key, keeper.req(agent))
+    kept.channels -= 1
+
+    def refuse(argv, timeout=None):
+        raise E.HostUnreachable("prod-1: cannot open a channel", node="prod-1")
+
+    keeper.conns[0].open_exec = refuse
+    fresh, chan, _ = keeper._connection(keeper.key, keeper.req(agent))
+    assert fresh is not kept and chan.argv == agent and not keeper.conns[0].active

@@ -42,6 +42,10 @@ from orchestrator.io.transport.ssh import Connection, connect
 CHANNELS_PER_CONNECTION = 9
 POLL = 0.5  # seconds: how often a relay looks for stderr and the exit status
 SPARE_WAIT = 5.0  # seconds a request waits for a spare being started
+# A connection idle longer than this is asked for an answer before it is used: a node that
+# rebooted or a link lost since the last command is found in one round trip, not when
+# TCP gives up on the next packet (minutes).
+PROBE_AFTER = 5.0
 
 
 def log(msg: str) -> None:
@@ -89,8 +93,36 @@ class Keeper:
 
     def _connection(self, key: str, req: dict) -> tuple[Kept, Any, bool]:
         """A channel for the request: (its connection, the channel, warm?), taking a spare of
-        the same command line if one is ready; connects when no kept connection has room."""
+        the same command line if one is ready; connects when no kept connection has room, or
+        when the kept one is found dead (a node rebooted, a link lost since the last command)."""
         argv = tuple(req["argv"])
+        while True:
+            kept, spare, idle = self._pick(key, argv)
+            if kept is not None and idle > PROBE_AFTER and not _answers(kept.conn):
+                self._drop(key, kept, "it no longer answers")
+                continue
+            fresh = kept is None
+            if fresh:
+                target, options = W.target_from_json(req["target"]), W.options_from_json(req["options"])
+                conn = connect(target, options)  # raises the TransportError a command's own connect would
+                kept = Kept(conn, float(req["persist"]), channels=1)
+                with self._lock:
+                    self._kept.setdefault(key, []).append(kept)
+                log(f"connected to {target.name} ({target.address})")
+            if spare is not None:
+                return kept, spare.channel, True
+            try:
+                return kept, kept.conn.open_exec(list(argv), timeout=None), False
+            except BaseException:
+                with self._lock:
+                    kept.channels -= 1
+                if fresh:
+                    raise
+                self._drop(key, kept, "it refused a channel")  # then once more, on a new connection
+
+    def _pick(self, key: str, argv: tuple) -> tuple[Kept | None, Spare | None, float]:
+        """A kept connection with room (a channel reserved on it) and its spare for argv if
+        one is alive, and how long it had been idle; (None, None, 0) when none has room."""
         with self._lock:
             # A spare on its way (the last command just ended) is worth waiting for: a
             # channel of its own would cost the same agent start-up, and one more.
@@ -99,34 +131,34 @@ class Keeper:
             for kept in self._kept.get(key, []):
                 if not kept.conn.is_active():
                     continue
+                idle = time.monotonic() - kept.last_used
                 spare = kept.spares.pop(argv, None)
                 if spare is not None:
                     with spare.lock:
                         spare.taken = True
                     if spare.alive():
                         kept.last_used = time.monotonic()
-                        return kept, spare.channel, True
+                        return kept, spare, idle
                     kept.channels -= 1
                     spare.channel.close()
                 if kept.channels < CHANNELS_PER_CONNECTION:
                     kept.channels += 1
                     kept.last_used = time.monotonic()
-                    break
-            else:
-                kept = None
-        if kept is None:
-            target, options = W.target_from_json(req["target"]), W.options_from_json(req["options"])
-            conn = connect(target, options)  # raises the TransportError a command's own connect would
-            kept = Kept(conn, float(req["persist"]), channels=1)
-            with self._lock:
-                self._kept.setdefault(key, []).append(kept)
-            log(f"connected to {target.name} ({target.address})")
-        try:
-            return kept, kept.conn.open_exec(list(argv), timeout=None), False
-        except BaseException:
-            with self._lock:
-                kept.channels -= 1
-            raise
+                    return kept, None, idle
+        return None, None, 0.0
+
+    def _drop(self, key: str, kept: Kept, why: str) -> None:
+        with self._lock:
+            if kept in self._kept.get(key, []):
+                self._kept[key].remove(kept)
+                if not self._kept[key]:
+                    del self._kept[key]
+            spares = list(kept.spares.values())
+            kept.spares.clear()
+        log(f"dropping the connection to {kept.conn.name}: {why}")
+        for spare in spares:
+            spare.channel.close()
+        kept.conn.close()
 
     def _start_spare(self, kept: Kept, argv: tuple) -> None:
         with self._lock:
@@ -292,6 +324,22 @@ class Keeper:
                 pass
             server.close()
             log(f"keeper {os.getpid()} exits (idle)")
+
+
+def _answers(conn: Connection) -> bool:
+    """Whether the node's sshd answers on this connection within its connect timeout (a
+    global request it refuses: a round trip, nothing run)."""
+    done = threading.Event()
+
+    def ask() -> None:
+        try:
+            conn.transport.global_request("keepalive@openssh.com", wait=True)
+            done.set()
+        except Exception:  # noqa: BLE001 - no answer is the answer
+            pass
+
+    threading.Thread(target=ask, name="probe", daemon=True).start()
+    return done.wait(conn.options.connect_timeout) and conn.is_active()
 
 
 def relay(sock: socket.socket, channel: Any) -> None:

@@ -164,6 +164,34 @@ def test_a_changed_host_key_fails_the_command_though_a_connection_is_kept(app, k
     assert "prod-2" not in error["details"]["nodes"], error
 
 
+def test_a_kept_connection_the_node_dropped_is_replaced(app, keeper_env):
+    """prod-1's sshd ends the keeper's session (as a node's restart or an sshd restart
+    would): the next command connects anew and converges; prod-2's connection stays."""
+    app.up()
+    killed = _kill_sshd_sessions("prod-1")
+    assert killed, "no sshd session of the keeper on prod-1"
+    time.sleep(0.5)
+    final = last_json(app.up().stdout)
+    assert final["status"] == "ok" and final["noop"], final
+    log = _log(keeper_env)
+    assert log.count("connected to prod-1 ") == 2 and log.count("connected to prod-2 ") == 1, log
+
+
+def _kill_sshd_sessions(node: str) -> list[int]:
+    """The per-connection sshd processes serving connections into the node's namespace."""
+    pids = subprocess.run(["ip", "netns", "pids", f"orch-lab.{node}"], capture_output=True, text=True).stdout.split()
+    killed = []
+    for pid in pids:
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if args.startswith("sshd: root"):  # a session's privileged or user process, not the listener
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+    return killed
+
+
 def test_the_keeper_exits_when_idle_and_leaves_no_agent_behind(app, keeper_env, tmp_path):
     d = tmp_path / "short"
     d.mkdir(mode=0o700)

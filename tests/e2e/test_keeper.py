@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -168,7 +169,7 @@ def test_a_kept_connection_the_node_dropped_is_replaced(app, keeper_env):
     """prod-1's sshd ends the keeper's session (as a node's restart or an sshd restart
     would): the next command connects anew and converges; prod-2's connection stays."""
     app.up()
-    killed = _kill_sshd_sessions("prod-1")
+    killed = _kill_sshd_sessions("prod-1", "10.250.0.31", keeper_env)
     assert killed, "no sshd session of the keeper on prod-1"
     time.sleep(0.5)
     final = last_json(app.up().stdout)
@@ -177,18 +178,23 @@ def test_a_kept_connection_the_node_dropped_is_replaced(app, keeper_env):
     assert log.count("connected to prod-1 ") == 2 and log.count("connected to prod-2 ") == 1, log
 
 
-def _kill_sshd_sessions(node: str) -> list[int]:
-    """The per-connection sshd processes serving connections into the node's namespace."""
-    pids = subprocess.run(["ip", "netns", "pids", f"orch-lab.{node}"], capture_output=True, text=True).stdout.split()
+def _kill_sshd_sessions(node: str, address: str, keeper_env: dict) -> list[int]:
+    """The node's sshd processes serving the keeper's connections (found by their peer
+    ports; other connections into the node, e.g. other fixtures', are left alone)."""
+    pids = _keeper_pids(Path(keeper_env["ORCH_KEEPER_SOCKET"]))
+    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( dport = :22 and dst {address} )"],
+                         capture_output=True, text=True).stdout
+    ports = {ln.split()[2].rsplit(":", 1)[1] for ln in out.splitlines()
+             if any(f"pid={p}," in ln for p in pids)}
+    out = subprocess.run(["ip", "netns", "exec", f"orch-lab.{node}", "ss", "-tnpH", "state", "established",
+                          "( sport = :22 )"], capture_output=True, text=True).stdout
     killed = []
-    for pid in pids:
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if args.startswith("sshd: root"):  # a session's privileged or user process, not the listener
-            os.kill(int(pid), signal.SIGKILL)
-            killed.append(int(pid))
+    for ln in out.splitlines():
+        peer_port = ln.split()[3].rsplit(":", 1)[1]
+        m = re.search(r"pid=(\d+),", ln)
+        if peer_port in ports and m:
+            os.kill(int(m.group(1)), signal.SIGKILL)
+            killed.append(int(m.group(1)))
     return killed
 
 

@@ -48,7 +48,8 @@ from agent.create import create_body
 from agent.engine import ContainerInfo
 from agent.ingress import driver
 from agent.owner import refuse_foreign
-from agent.stops import STOP_OPERATIONS, remove_when_stopped, stop_in_background, wait_stopped
+from agent.stops import (DISCARD_GRACE, STOP_OPERATIONS, remove_when_stopped, stop_began, stop_in_background,
+                         wait_stopped)
 from agent.steps import (
     check_name_conflicts,
     container_failure,
@@ -536,8 +537,17 @@ def op_discard(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     # One still stopping in the background (a SIGTERM-deaf app takes its whole grace
     # period) is removed by a helper once stopped: the release is live, `orch up` is done.
     # Each stop gets DISCARD_GRACE from its own start, so all of them together wait at
-    # most that long, and a stop begun batches ago not at all.
-    later = {c.id for c in doomed if remove_when_stopped(ctx, c, req.env)}
+    # most that long, and a stop begun batches ago not at all. Oldest stops first: once
+    # one replica of the service outlived that grace (it ignores SIGTERM), its younger
+    # ones are handed over without waiting either.
+    began = {c.id: stop_began(ctx, c.id) for c in doomed}
+    deaf: set = set()
+    later = set()
+    for c in sorted(doomed, key=lambda c: began[c.id] if began[c.id] is not None else float("inf")):
+        grace = 0.0 if c.service in deaf else DISCARD_GRACE
+        if began[c.id] is not None and remove_when_stopped(ctx, c, req.env, grace):
+            later.add(c.id)
+            deaf.add(c.service)
     remove_containers(ctx, [c for c in doomed if c.id not in later], "the release that replaced it is live")
     pruned = prune_files(ctx, project, service)
     if pruned:

@@ -244,6 +244,14 @@ def _await_marker(path: str, budget: float,
 DISCARD_GRACE = 1.0  # from a stop's start: how long a discard waits for it before handing it over
 
 
+def stop_began(ctx: Context, cid: str) -> Optional[float]:
+    """When the background stop of container cid began (its marker's time), or None."""
+    try:
+        return os.stat(_path(ctx, cid)).st_mtime
+    except OSError:
+        return None
+
+
 def remove_when_stopped(ctx: Context, c: ContainerInfo, env: str, grace: float = DISCARD_GRACE) -> bool:
     """Hand the removal of c, whose stop is under way (a marker), to a detached helper
     that removes it once stopped: `discard` then answers at once. A stop that ends within

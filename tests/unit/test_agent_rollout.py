@@ -365,3 +365,24 @@ def test_discard_prunes_file_versions_only_the_kept_containers_used(run, engine,
     assert sorted(os.listdir(files)) == sorted(["pw.000000000000", os.path.basename(new_file)])
     # the live container's version stays even when it is not the newest
     assert run("discard", {"project": "shop", "env": "prod"})["pruned_files"] == []
+
+
+def test_discard_hands_over_without_waiting_once_a_replica_of_the_service_ignored_sigterm(run, engine, monkeypatch):
+    """Oldest stops first: the replica stopped batches ago and still stopping outlived the
+    grace (the app ignores SIGTERM), so the one stopped just now is handed over at once too."""
+    import agent.rollout as R
+
+    run("apply", {"spec": spec(V1)})
+    run("retire", {"project": "shop", "service": "web", "env": "prod", "replicas": [1, 2]})
+    ids = {c.name: c.id for c in engine.containers(L.filters("shop", "web"))}
+    began = {ids["shop-web-1-prev"]: 100.0, ids["shop-web-2-prev"]: 108.5}  # replica 1 stopped 8.5 s earlier
+    asked = []
+
+    def handed_over(ctx, c, env, grace=R.DISCARD_GRACE):
+        asked.append((c.name, grace))
+        return True  # both still stopping: each goes to the helper
+
+    monkeypatch.setattr(R, "stop_began", lambda ctx, cid: began.get(cid))
+    monkeypatch.setattr(R, "remove_when_stopped", handed_over)
+    run("discard", {"project": "shop", "env": "prod"})
+    assert asked == [("shop-web-1-prev", R.DISCARD_GRACE), ("shop-web-2-prev", 0.0)]

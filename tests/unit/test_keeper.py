@@ -415,3 +415,31 @@ def test_a_kept_connection_that_refuses_a_channel_is_replaced_once(keeper):
     keeper.conns[0].open_exec = refuse
     fresh, chan, _ = keeper._connection(keeper.key, keeper.req(agent))
     assert fresh is not kept and chan.argv == agent and not keeper.conns[0].active
+
+
+# --------------------------------------------------------------------------- a real keeper process
+
+
+def test_a_keeper_is_started_on_demand_answers_with_the_nodes_error_and_exits_when_idle(tmp_path):
+    """No sshd here: a node whose port refuses. The keeper (a process of its own, started by
+    the first request) says HostUnreachable as a direct connect would, and, holding no
+    connection, exits within its persist."""
+    from orchestrator.io.transport.kept import open_through_keeper
+
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    d = tmp_path / "k"
+    sock = d / "keeper.sock"
+    t = node(tmp_path, host="127.0.0.1", port=port)
+    o = options(tmp_path, connect_timeout=2.0, retries=0)
+    with pytest.raises(E.HostUnreachable) as err:
+        open_through_keeper(sock, t, o, ["python3", "a.pyz", "rpc"], persist=1.0, spare=True)
+    assert err.value.node == "prod-1" and "refused" in err.value.render()
+    assert (os.stat(d).st_mode & 0o777) == 0o700 and not os.stat(sock).st_mode & 0o077  # this user only
+    deadline = time.monotonic() + 15
+    while sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sock.exists()  # gone when idle, its socket removed
+    assert "exits (idle)" in (d / "keeper.log").read_text()

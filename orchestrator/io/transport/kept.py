@@ -32,6 +32,7 @@ from orchestrator.io.transport.options import SSHOptions
 from orchestrator.io.transport.ssh import Connection, connect
 
 START_WAIT = 5.0  # seconds for a new keeper to listen
+LOG_MAX_BYTES = 1 << 20  # keeper.log beyond this is moved to keeper.log.1 when a keeper starts
 # What the keeper's environment keeps of the command's: nothing that may hold a secret (it
 # outlives the command); SSH_AUTH_SOCK for keys in the SSH agent.
 KEEPER_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "SSH_AUTH_SOCK", "PYTHONPATH")
@@ -249,7 +250,10 @@ def _connect(path: Path) -> socket.socket:
             except FileNotFoundError:
                 pass
             env = {k: os.environ[k] for k in KEEPER_ENV if k in os.environ}
-            with open(directory / "keeper.log", "a") as log:
+            log_path = directory / "keeper.log"
+            if log_path.exists() and log_path.stat().st_size > LOG_MAX_BYTES:
+                log_path.replace(directory / "keeper.log.1")  # the previous keepers' lines, once
+            with open(log_path, "a") as log:
                 subprocess.Popen([sys.executable, "-m", "orchestrator.io.transport.keeper", str(path)],
                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd="/",
                                  start_new_session=True, close_fds=True)

@@ -11,6 +11,7 @@ when removed; `orch nodes check` shows the mesh.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -54,8 +55,32 @@ class MeshApp:
     def hit(self, address: str) -> tuple[str, int]:
         body = http_get(f"http://{address}:{self.port}/cgi-bin/hit")
         m = HIT.match(body)
-        assert m, f"{address}: {body!r}"
+        assert m, f"{address}: {body!r}\n{mesh_state()}"
         return m.group(1), int(m.group(2))
+
+
+def mesh_state(nodes: tuple[str, ...] = ("prod-1", "prod-2", "prod-3")) -> str:
+    """What each prod node's mesh looks like from inside its namespace (WireGuard's peers,
+    handshakes and counters, routes, UDP sockets, the mesh chains, the daemons' status), for
+    a failure's message: a broken mesh then says where it breaks."""
+    import glob
+
+    out = []
+    for node in nodes:
+        ns = f"orch-lab.{node}"
+        if subprocess.run(["ip", "netns", "exec", ns, "true"], capture_output=True).returncode != 0:
+            continue
+        for argv in (["wg", "show", "all", "dump"], ["ip", "-4", "-brief", "addr"], ["ip", "-4", "route"],
+                     ["ss", "-uanp"], ["iptables", "-S"], ["iptables", "-t", "nat", "-S", "POSTROUTING"]):
+            cp = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
+            out.append(f"--- {node}: {' '.join(argv)} (exit {cp.returncode})\n{cp.stdout}{cp.stderr}")
+    for status in sorted(glob.glob("/var/lib/orch-agent/engines/*/mesh/*/status.json")):
+        try:
+            if time.time() - os.path.getmtime(status) < 120:
+                out.append(f"--- {status}\n{Path(status).read_text()[:3000]}")
+        except OSError:
+            pass
+    return "\n".join(out)
 
     def containers(self) -> dict[str, list[dict]]:
         """service -> its containers (name, node), from `orch ps --json`."""
@@ -288,7 +313,7 @@ def _every_api_reaches_the_cache(x: MeshApp, nodes_check, addresses: tuple[str, 
                 print(f"every API reached the cache {time.monotonic() - t0:.1f} s after up")
             return
         if time.monotonic() - t0 > SETTLE_S:
-            raise AssertionError(f"{SETTLE_S:.0f} s after up: {late}; nodes check: {nodes_check()[-4000:]}")
+            raise AssertionError(f"{SETTLE_S:.0f} s after up: {late}; nodes check: {nodes_check()[-4000:]}\n{mesh_state()}")
         time.sleep(0.25)
 
 

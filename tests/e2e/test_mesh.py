@@ -58,30 +58,6 @@ class MeshApp:
         assert m, f"{address}: {body!r}\n{mesh_state()}"
         return m.group(1), int(m.group(2))
 
-
-def mesh_state(nodes: tuple[str, ...] = ("prod-1", "prod-2", "prod-3")) -> str:
-    """What each prod node's mesh looks like from inside its namespace (WireGuard's peers,
-    handshakes and counters, routes, UDP sockets, the mesh chains, the daemons' status), for
-    a failure's message: a broken mesh then says where it breaks."""
-    import glob
-
-    out = []
-    for node in nodes:
-        ns = f"orch-lab.{node}"
-        if subprocess.run(["ip", "netns", "exec", ns, "true"], capture_output=True).returncode != 0:
-            continue
-        for argv in (["wg", "show", "all", "dump"], ["ip", "-4", "-brief", "addr"], ["ip", "-4", "route"],
-                     ["ss", "-uanp"], ["iptables", "-S"], ["iptables", "-t", "nat", "-S", "POSTROUTING"]):
-            cp = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
-            out.append(f"--- {node}: {' '.join(argv)} (exit {cp.returncode})\n{cp.stdout}{cp.stderr}")
-    for status in sorted(glob.glob("/var/lib/orch-agent/engines/*/mesh/*/status.json")):
-        try:
-            if time.time() - os.path.getmtime(status) < 120:
-                out.append(f"--- {status}\n{Path(status).read_text()[:3000]}")
-        except OSError:
-            pass
-    return "\n".join(out)
-
     def containers(self) -> dict[str, list[dict]]:
         """service -> its containers (name, node), from `orch ps --json`."""
         out: dict[str, list[dict]] = {}
@@ -92,6 +68,33 @@ def mesh_state(nodes: tuple[str, ...] = ("prod-1", "prod-2", "prod-3")) -> str:
     def one(self, service: str, node: str) -> str:
         (c,) = [c for c in self.containers()[service] if c["node"] == node]
         return c["name"]
+
+
+def mesh_state(nodes: tuple[str, ...] = ("prod-1", "prod-2", "prod-3")) -> str:
+    """What each prod node's mesh looks like from inside its namespace (WireGuard's peers,
+    handshakes and counters, routes, UDP sockets, the mesh chains, the daemons' status), for
+    a failure's message: a broken mesh then says where it breaks."""
+    import glob
+
+    out = []
+    for node in nodes:
+        # The node's sshd listener: its network and its mount namespace (wireguard-go's
+        # control sockets are in the node's own /run/wireguard, orchestrator/lab/sshd.py).
+        pids = subprocess.run(["pgrep", "-f", f"sshd -D -e -f /var/lib/orch-lab/nodes/{node}/sshd_config"],
+                              capture_output=True, text=True).stdout.split()
+        if not pids:
+            continue
+        for argv in (["wg", "show", "all", "dump"], ["ip", "-4", "-brief", "addr"], ["ip", "-4", "route"],
+                     ["ss", "-uanp"], ["iptables", "-S"], ["iptables", "-t", "nat", "-S", "POSTROUTING"]):
+            cp = subprocess.run(["nsenter", "-t", pids[0], "-m", "-n", *argv], capture_output=True, text=True)
+            out.append(f"--- {node}: {' '.join(argv)} (exit {cp.returncode})\n{cp.stdout}{cp.stderr}")
+    for status in sorted(glob.glob("/var/lib/orch-agent/engines/*/mesh/*/status.json")):
+        try:
+            if time.time() - os.path.getmtime(status) < 120:
+                out.append(f"--- {status}\n{Path(status).read_text()[:3000]}")
+        except OSError:
+            pass
+    return "\n".join(out)
 
 
 @pytest.fixture(scope="module")

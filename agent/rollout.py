@@ -545,7 +545,7 @@ def op_discard(ctx: Context, args: Dict[str, Any]) -> Dict[str, Any]:
     later = set()
     for c in sorted(doomed, key=lambda c: began[c.id] if began[c.id] is not None else float("inf")):
         grace = 0.0 if c.service in deaf else DISCARD_GRACE
-        if began[c.id] is not None and remove_when_stopped(ctx, c, req.env, grace):
+        if remove_when_stopped(ctx, c, req.env, grace):
             later.add(c.id)
             deaf.add(c.service)
     remove_containers(ctx, [c for c in doomed if c.id not in later], "the release that replaced it is live")

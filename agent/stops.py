@@ -245,7 +245,8 @@ DISCARD_GRACE = 1.0  # from a stop's start: how long a discard waits for it befo
 
 
 def stop_began(ctx: Context, cid: str) -> Optional[float]:
-    """When the background stop of container cid began (its marker's time), or None."""
+    """When the background stop of container cid began, or None: its marker is written
+    when the stop starts (and again, with the outcome, when it returned)."""
     try:
         return os.stat(_path(ctx, cid)).st_mtime
     except OSError:
@@ -263,10 +264,11 @@ def remove_when_stopped(ctx: Context, c: ContainerInfo, env: str, grace: float =
     socket_path = _engine_socket(ctx)
     if socket_path is None:
         return False
-    path = _path(ctx, c.id)
+    began = stop_began(ctx, c.id)
+    if began is None:
+        return False  # no stop under way
     try:
-        began = os.stat(path).st_mtime  # the marker is written when the stop starts
-        found = _await_marker(path, max(0.0, began + grace - time.time()))
+        found = _await_marker(_path(ctx, c.id), max(0.0, began + grace - time.time()))
     except OSError:
         return False
     if found is None or found[0]:

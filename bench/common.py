@@ -158,3 +158,36 @@ def phases_note(phases: dict[str, list[float]], at_least: float = 0.01) -> str:
 def add_phases(phases: dict[str, list[float]], fin: dict) -> None:
     for k, v in (fin.get("timings") or {}).items():
         phases.setdefault(k, []).append(v)
+
+
+class OwnKeeper:
+    """A keeper of the bench's own (ssh.persist, its socket in a fresh directory), for the
+    kept-connection rows; `env(base)` is the environment its commands run with, `cpu()`
+    its CPU seconds so far (user + sys), `stop()` ends it (the nodes' spare agents with it)."""
+
+    def __init__(self, persist: float = 300):
+        import tempfile
+
+        self.sock = Path(tempfile.mkdtemp(prefix="orch-bench-keeper-")) / "keeper.sock"
+        self.persist = persist
+
+    def env(self, base: dict) -> dict:
+        return {**base, "ORCH_SSH_PERSIST": str(self.persist), "ORCH_KEEPER_SOCKET": str(self.sock)}
+
+    def pid(self) -> int | None:
+        out = subprocess.run(["pgrep", "-f", f"orchestrator.io.transport.keeper {self.sock}"], capture_output=True,
+                             text=True)
+        pids = [int(p) for p in out.stdout.split()]
+        return pids[0] if pids else None
+
+    def cpu(self) -> float:
+        pid = self.pid()
+        if pid is None:
+            return 0.0
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, 15)

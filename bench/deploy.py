@@ -33,7 +33,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.common import BIN, COMPOSE, ROOT, Goal, Row, add_phases, final, lab_env, orch, phases_note, run
+from bench.common import (BIN, COMPOSE, ROOT, Goal, OwnKeeper, Row, add_phases, final, lab_env, orch, phases_note,
+                          run)
 from bench.recreate import wait_ready
 
 PORTS = {"WEB_PORT": "39080", "API_PORT": "39081", "DB_PORT": "39082"}
@@ -202,8 +203,8 @@ def noop(runs: int) -> list[Row]:
 def _kept_noop(shop: Path, project: str, env: dict, runs: int, plain: list[float]) -> Row:
     """The same no-op with ssh.persist (a keeper of its own, stopped after): the SSH
     connections kept, each node's agent started ahead. Its first run connects (not counted)."""
-    sock_dir = Path(tempfile.mkdtemp(prefix="orch-bench-keeper-"))
-    kenv = {**env, "ORCH_SSH_PERSIST": "300", "ORCH_KEEPER_SOCKET": str(sock_dir / "keeper.sock")}
+    keeper = OwnKeeper()
+    kenv = keeper.env(env)
     row = Row("`orch up` no-op, shop on prod, connections kept (ssh.persist)", "s", level=1,
               baseline_name="the same no-op without ssh.persist (above)", goal=Goal("< 0.8 s", 0.8))
     row.baseline.extend(plain)
@@ -219,7 +220,7 @@ def _kept_noop(shop: Path, project: str, env: dict, runs: int, plain: list[float
         row.note = ("the keeper holds both nodes' SSH connections between commands and starts each node's next "
                     "agent after a command (docs/operations.md, Kept connections); 1 s between runs")
     finally:
-        subprocess.run(["pkill", "-f", f"orchestrator.io.transport.keeper {sock_dir}"], check=False)
+        keeper.stop()
     return row
 
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Goal, Row, final, lab_env, med, orch, run
+from bench.common import Goal, OwnKeeper, Row, final, lab_env, med, orch, run
 
 LAB, SUBNET, LAB_NODES = "orch-lab-sim", "10.250.92.0/24", "prod=100:light"
 SIZES = (10, 50, 100)
@@ -162,22 +162,11 @@ def _size(d: Path, env_name: str, n: int, lab: dict, runs: int, env: dict, cpu_p
     return [first, wall, cpu, rss] + kept
 
 
-def _keeper_cpu(sock: Path) -> tuple[int | None, float]:
-    """The keeper's pid and CPU seconds so far (user + sys, /proc)."""
-    out = subprocess.run(["pgrep", "-f", f"orchestrator.io.transport.keeper {sock}"], capture_output=True, text=True)
-    pids = [int(p) for p in out.stdout.split()]
-    if not pids:
-        return None, 0.0
-    fields = Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()
-    return pids[0], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _kept(d: Path, up: list[str], n: int, runs: int, env: dict) -> list[Row]:
     """The same no-op with ssh.persist: a keeper of its own holds the connections and an agent
     started ahead on each node. The first run (which connects) is not measured."""
-    sock_dir = Path(tempfile.mkdtemp(prefix="orch-bench-keeper-"))
-    sock = sock_dir / "keeper.sock"
-    kenv = {**env, "ORCH_SSH_PERSIST": "300", "ORCH_KEEPER_SOCKET": str(sock)}
+    keeper = OwnKeeper()
+    kenv = keeper.env(env)
     row = Row(f"no-op `orch up`, {n} light nodes, connections kept (ssh.persist)", "s",
               baseline_name="the same no-op without ssh.persist (above)", goal=Goal("< 3 s", 3.0) if n == 100 else None)
     keeper_cpu: list[float] = []
@@ -188,9 +177,9 @@ def _kept(d: Path, up: list[str], n: int, runs: int, env: dict) -> list[Row]:
             took_plain, _, _, _ = _measured(up, d, env)
             row.baseline.append(took_plain)
             time.sleep(1.0)  # the nodes settle (the plain run's agents exit)
-            _, before = _keeper_cpu(sock)
+            before = keeper.cpu()
             took, cpu_s, _, _ = _measured(up, d, kenv)
-            _, after = _keeper_cpu(sock)
+            after = keeper.cpu()
             row.samples.append(took)
             orch_cpu.append(cpu_s)
             keeper_cpu.append(after - before)
@@ -201,7 +190,5 @@ def _kept(d: Path, up: list[str], n: int, runs: int, env: dict) -> list[Row]:
                     f"{(med(orch_cpu) + med(keeper_cpu)) / n * 1000:.1f} ms/node; the keeper (one process per user) "
                     "holds the SSH connections and starts each node's next agent after a command")
     finally:
-        pid, _ = _keeper_cpu(sock)
-        if pid:
-            os.kill(pid, 15)
+        keeper.stop()
     return [row]

@@ -308,7 +308,7 @@ def open_agent(conn: Any, bundle: Any, fallback: bool = True, project: str | Non
         if session.hello.get("protocol") == PROTOCOL_VERSION:
             session.prefetched = _state_or_error(state)
             return session
-    except (T.HostUnreachable, T.AuthenticationFailed, T.UnknownHostKey, T.HostKeyChanged):
+    except T.SETUP_ERRORS:
         raise  # the node itself (met by the keeper's connect): the careful path would meet it again
     except OrchError:
         if not fallback:
@@ -340,6 +340,13 @@ def _state_or_error(stream: Any) -> Any:
 Connector = Callable[..., dict]
 
 
+def node_connection(target: NodeSpec, options: Any, persist: float) -> Any:
+    """A node's connection for one command: with ssh.persist (persist > 0) the keeper's
+    (kept.KeptConnection: the SSH connection held between commands, agents started ahead),
+    else a direct one (transport.connect)."""
+    return KeptConnection(target, options, persist, socket_path()) if persist > 0 else T.connect(target, options)
+
+
 def ssh_connect(environment: Any, progress: Progress, project: str | None = None) -> dict[str, SSHNode]:
     """Connect to every node and start its agent; all or nothing (NodesUnreachable).
 
@@ -358,8 +365,7 @@ def ssh_connect(environment: Any, progress: Progress, project: str | None = None
     persist = persist_seconds(options)
 
     def one(target: NodeSpec) -> SSHNode:
-        # With ssh.persist, the keeper holds the SSH connection and starts agents ahead.
-        conn = KeptConnection(target, options, persist, socket_path()) if persist > 0 else T.connect(target, options)
+        conn = node_connection(target, options, persist)
         try:
             session = open_agent(conn, bundle, project=project, mesh_env=mesh_env)
         except BaseException:
@@ -373,8 +379,7 @@ def ssh_connect(environment: Any, progress: Progress, project: str | None = None
     if errors:
         close_nodes(nodes)
         failures = {name: _as_transport(name, err) for name, err in errors.items()}
-        connected = not any(isinstance(e, (T.HostUnreachable, T.AuthenticationFailed, T.UnknownHostKey,
-                                           T.HostKeyChanged)) for e in failures.values())
+        connected = not any(isinstance(e, T.SETUP_ERRORS) for e in failures.values())
         raise T.NodesUnreachable(failures, len(targets), action="start the agent on" if connected else "connect to")
     return {t.name: nodes[t.name] for t in targets}
 
@@ -479,14 +484,14 @@ def env_sessions(environment: Any, *, require_engine: bool = True) -> Iterator[t
     targets = list(environment.nodes)
     options = T.options_from_env(environment)
     persist = persist_seconds(options)
+    bundle = current_bundle()
     if persist > 0:  # the keeper's connections; the sessions' connect errors say which node
-        conns = {t.name: KeptConnection(t, options, persist, socket_path()) for t in targets}
-        bundle = current_bundle()
+        conns = {t.name: node_connection(t, options, persist) for t in targets}
         opener = lambda conn: open_agent(conn, bundle)  # noqa: E731
     else:
         conns, opener = T.connect_all(targets, options), None
     try:
-        sessions = T.open_sessions(conns, current_bundle(), require_engine=require_engine, opener=opener)
+        sessions = T.open_sessions(conns, bundle, require_engine=require_engine, opener=opener)
         try:
             yield conns, sessions
         finally:

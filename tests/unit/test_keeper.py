@@ -50,7 +50,7 @@ def test_a_kept_connection_is_for_one_node_options_and_trust(tmp_path):
     assert W.connection_key(node(tmp_path, user="root"), o) != key
     assert W.connection_key(t, options(tmp_path, strict_host_keys=False)) != key
     # a host key trusted, removed or changed: a new connection, whose key is checked anew
-    o.known_hosts_path.write_text("10.0.0.5 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPnT0SmJYTWzVuaYb2vW\n")
+    o.known_hosts_path.write_text("10.0.0.5 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKbCb4Y51P9vSD6uDgYZBjt1bYLyM4rQYbfB5B2tTBG7\n")
     changed_trust = W.connection_key(t, o)
     assert changed_trust != key
     # a key file rotated (the key's content is never read into the key)

@@ -32,7 +32,7 @@ from orchestrator.io.transport.agent_session import (  # noqa: F401 - the public
     bundle_path, ensure_agent, open_sessions, prune_bundles, python_version)
 from orchestrator.io.transport.errors import (  # noqa: F401
     AgentError, AgentProtocolError, AuthenticationFailed, HostKeyChanged, HostUnreachable,
-    NodeRequirementError, NodesUnreachable, RemoteCommandFailed, TransportError, UnknownHostKey)
+    NodeRequirementError, NodesUnreachable, RemoteCommandFailed, SETUP_ERRORS, TransportError, UnknownHostKey)
 from orchestrator.io.transport.known_hosts import append_known_host, fingerprint, load_known_hosts  # noqa: F401
 from orchestrator.io.transport.ssh import (  # noqa: F401
     Connection, HandshakeGate, RunResult, close_all, connect, connect_all, fetch_host_key, handshake_gate, parallel)

@@ -21,8 +21,7 @@ from agent.wire.protocol import request as agent_request
 from orchestrator.core.environments import DEFAULT_PYTHON
 from orchestrator.errors import OrchError
 from orchestrator.io.transport.errors import (
-    AgentError, AgentProtocolError, AuthenticationFailed, HostKeyChanged, HostUnreachable, NodeRequirementError,
-    NodesUnreachable, UnknownHostKey)
+    SETUP_ERRORS, AgentError, AgentProtocolError, NodeRequirementError, NodesUnreachable)
 from orchestrator.io.transport.ssh import Connection, as_transport_error, parallel
 
 KEEP_OLD_BUNDLES = 2  # besides the current one, for a controller still on an older orch
@@ -489,7 +488,6 @@ def open_sessions(conns: dict[str, Connection], bundle: Any, *, state_dir: str =
         for s in sessions.values():
             s.close()
         failures = {name: as_transport_error(name, err) for name, err in errors.items()}
-        connected = not any(isinstance(e, (HostUnreachable, AuthenticationFailed, UnknownHostKey, HostKeyChanged))
-                            for e in failures.values())  # a kept connection connects here
+        connected = not any(isinstance(e, SETUP_ERRORS) for e in failures.values())  # a kept connection connects here
         raise NodesUnreachable(failures, len(conns), action="start the agent on" if connected else "connect to")
     return {name: sessions[name] for name in conns}

@@ -42,6 +42,11 @@ class HostKeyChanged(TransportError):
         self.details.update({"fingerprint": fingerprint, "expected": expected})
 
 
+# A connection that could not be set up (the node, its sshd or its key), as opposed to a
+# failure once connected: reported as "cannot connect to", never retried another way.
+SETUP_ERRORS = (HostUnreachable, AuthenticationFailed, UnknownHostKey, HostKeyChanged)
+
+
 class NodesUnreachable(TransportError):
     """Several nodes failed at once: one message names every one of them."""
 

@@ -7,7 +7,7 @@ directory (keeper_wire.socket_path), to processes of the same user only (SO_PEER
 
 What it keeps safe:
 - Host keys: a connection serves only requests with the same connection_key (the node, the
-  SSH options, the known_hosts file's digest, the identity file's stamp); anything changed
+  SSH options, the host keys known_hosts trusts for it, the identity file's stamp); anything changed
   opens a new connection, checked as a command's own would be (ssh.connect).
 - The deploy lock and the agent's state: every command gets agent processes of its own,
   never one another command used. A spare is an agent started ahead that has read nothing
@@ -156,9 +156,7 @@ class Keeper:
             spares = list(kept.spares.values())
             kept.spares.clear()
         log(f"dropping the connection to {kept.conn.name}: {why}")
-        for spare in spares:
-            spare.channel.close()
-        kept.conn.close()
+        _close(kept.conn, spares)
 
     def _start_spare(self, kept: Kept, argv: tuple) -> None:
         with self._lock:
@@ -227,9 +225,7 @@ class Keeper:
             idle = not self._kept and self._relays == 0 and now - self._last_request > max(self._persist, 1.0)
         for kept in doomed:
             log(f"closing the connection to {kept.conn.name} (idle)")
-            for spare in kept.spares.values():
-                spare.channel.close()
-            kept.conn.close()
+            _close(kept.conn, list(kept.spares.values()))
         return idle
 
     # ------------------------------------------------------------- clients
@@ -324,6 +320,13 @@ class Keeper:
                 pass
             server.close()
             log(f"keeper {os.getpid()} exits (idle)")
+
+
+def _close(conn: Connection, spares: list) -> None:
+    """A kept connection closed, its spares first (their agents see the end of input)."""
+    for spare in spares:
+        spare.channel.close()
+    conn.close()
 
 
 def _answers(conn: Connection) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 
 from orchestrator.core.environments import MAX_PERSIST, NodeSpec
 from orchestrator.io.transport import errors as E
+from orchestrator.io.transport.known_hosts import known_hosts
 from orchestrator.io.transport.options import SSHOptions
 
 VERSION = 1
@@ -105,9 +106,9 @@ def options_from_json(doc: dict) -> SSHOptions:
     return SSHOptions(**doc)
 
 
-def _file_stamp(path: Path | None) -> list:
-    """What tells a changed file: its content's digest (known_hosts, a few KB) or, for a
-    key, its inode, size and mtime (never its content: the keeper's key names no secret)."""
+def _key_file_stamp(path: Path | None) -> list:
+    """What tells a rotated key file: its inode, size and mtime (never its content: the
+    keeper's key names no secret)."""
     if path is None:
         return []
     try:
@@ -117,16 +118,20 @@ def _file_stamp(path: Path | None) -> list:
     return [str(path), st.st_ino, st.st_size, st.st_mtime_ns]
 
 
+def _trusted_keys(target: NodeSpec, options: SSHOptions) -> list:
+    """The host keys known_hosts holds for this node (the process's cached parse,
+    known_hosts.known_hosts: read again only when the file changed)."""
+    entries = known_hosts(options.known_hosts_path).lookup(target.known_hosts_name) or {}
+    return sorted((kind, key.get_base64()) for kind, key in entries.items())
+
+
 def connection_key(target: NodeSpec, options: SSHOptions) -> str:
     """What a kept connection is for: the node as the environment file names it, the SSH
-    options, and the state of the known_hosts and identity files. A change to any of them
-    (a host key removed or trusted, a key rotated) means a new connection, whose host key
-    is checked anew; the old one is never used again and closes when idle."""
-    try:
-        known = hashlib.sha256(options.known_hosts_path.read_bytes()).hexdigest()
-    except OSError:
-        known = None
-    doc = [target_to_json(target), options_to_json(options), known, _file_stamp(target.identity_file)]
+    options, the host keys trusted for it and the identity file's stamp. A change to any of
+    them (its host key removed, trusted or changed, a key rotated) means a new connection,
+    whose host key is checked anew; the old one is never used again and closes when idle."""
+    doc = [target_to_json(target), options_to_json(options), _trusted_keys(target, options),
+           _key_file_stamp(target.identity_file)]
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -97,6 +97,28 @@ def test_releases_are_recorded_on_both_prod_nodes(prod):
         assert "hunter2-e2e" not in stored and "<redacted>" in stored
 
 
+def test_a_row_an_older_agent_stored_in_clear_is_masked_on_the_node(prod):
+    """A node upgraded from ledger schema 1 (its agent stored what the controller sent): the
+    next request of the current agent masks the row, and the file and WAL keep no trace."""
+    project = "e2eschema1" + uuid.uuid4().hex[:6]
+    sessions = prod["sessions"]
+    ledger = RL.ReleaseLedger({"prod-1": sessions["prod-1"]}, project, "prod")
+    ledger.write(R.new_release(ledger.history(), services={"web": f"r/x@{DIGEST}"}, manifest=manifest("1"),
+                               performer=RL.detect_performer()))
+    info = sessions["prod-1"].call("info")
+    path = f"/var/lib/orch-agent/engines/{info['engine']['id'].replace(':', '-')}/ledger.sqlite3"
+    clear = json.dumps({"name": "x", "services": {"web": {"environment": {"DB_PASSWORD": "old-clear-e2e"}}}})
+    conn = prod["conns"]["prod-1"]
+    conn.run(["python3", "-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); "
+              "c.execute('PRAGMA secure_delete=OFF'); "
+              "c.execute('UPDATE releases SET manifest=? WHERE project=?', (sys.argv[2], sys.argv[3])); "
+              "c.execute('PRAGMA user_version=1'); c.commit()", path, clear, project], check=True)
+    assert "old-clear-e2e" in conn.run(["cat", path, path + "-wal"]).stdout  # as an older agent left it
+    got = sessions["prod-1"].call("release_get", {"env": "prod", "project": project, "id": 1})["release"]
+    assert got["manifest"]["services"]["web"]["environment"]["DB_PASSWORD"] == "<redacted>"
+    assert "old-clear-e2e" not in conn.run(["cat", path, path + "-wal"]).stdout
+
+
 def test_a_node_that_missed_a_write_is_repaired_by_the_next(prod):
     project = "e2erepair" + uuid.uuid4().hex[:6]
     sessions = prod["sessions"]

@@ -206,6 +206,9 @@ def find(procs: list[proc.Proc], spec: LabSpec, *, mirror: bool) -> list[proc.Pr
 def port_holder(address: str, port: int) -> str | None:
     """None if we could listen on address:port; else who holds it (best effort)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As the servers themselves listen (Go and Python servers set it): connections of a
+    # lab just taken down, in TIME_WAIT for a minute, do not hold the port.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind((address, port))
         return None

@@ -342,7 +342,8 @@ class Deployment:
                 wave, by_step[item[0]], [M.ReplicaOrder(r, orders[(item[0], r)]) for r in item[1]], k, policy),
                 key=lambda item: item[0])
             for node, res in sorted(results.items()):
-                self._journal_add(service, node, wave, [r.to_dict() for r in res.replaced], rollout.monitor)
+                self._journal_add(service, node, wave, [r.to_dict() for r in res.replaced], rollout.monitor,
+                                  MON.one_shot_policy(by_step[node].unit.spec["container"].get("restart") or "no"))
             replaced += len(batch.replaces)
             for node, err in sorted(errors.items()):
                 failures.append(StepFailure(by_step[node], _as_orch_error(node, err)))
@@ -402,7 +403,8 @@ class Deployment:
                            seconds=time.monotonic() - t0)
         return result
 
-    def _journal_add(self, service: str, node: str, wave: int, records: list[dict], monitor: float) -> None:
+    def _journal_add(self, service: str, node: str, wave: int, records: list[dict], monitor: float,
+                     one_shot: bool = False) -> None:
         with self._journal_lock:
             self.journal.add(service, node, wave, records)
             now = time.monotonic()
@@ -411,7 +413,7 @@ class Deployment:
                 # when the last batch is through, so a replica that died meanwhile fails the update.
                 if rec.get("old") is not None and rec.get("new"):
                     self._watch.append(MON.Watched(node, service, rec["replica"], rec["new"]["id"],
-                                                now + monitor, monitor))
+                                                now + monitor, monitor, one_shot))
 
     def _retire(self, wave: int, service: str, node: str, replicas: list[int] | None) -> None:
         self.progress.step(wave, service, node, "removing")

@@ -19,13 +19,22 @@ class Watched:
     container_id: str
     until: float  # time.monotonic()
     window: float
+    one_shot: bool = False  # restart no / on-failure: exited 0, never restarted, is done
 
 
-def replica_problem(container: Any) -> str:
+def one_shot_policy(restart: str) -> bool:
+    """Does a container under this restart policy stay exited once it exited 0 (a job)?"""
+    return restart.partition(":")[0] in ("no", "on-failure")
+
+
+def replica_problem(container: Any, one_shot: bool = False) -> str:
     """What is wrong with a watched container as a node reports it ("" when nothing):
-    gone, not running, unhealthy, or restarted since its start."""
+    gone, not running (a one-shot that exited 0 ran to completion), unhealthy, or
+    restarted since its start."""
     if container is None:
         return "was removed"
+    if one_shot and container.state == "exited" and container.exit_code == 0 and container.restart_count == 0:
+        return ""
     if container.state != "running":
         return f"is {container.state} (exit code {container.exit_code})"
     if container.health == "unhealthy":
@@ -43,7 +52,7 @@ def problems(watch: Iterable[Watched], states: Mapping[str, Any]) -> list[tuple[
         by_id = {c.id: c for c in res.containers}
         for w in watch:
             if w.node == node:
-                bad = replica_problem(by_id.get(w.container_id))
+                bad = replica_problem(by_id.get(w.container_id), w.one_shot)
                 if bad:
                     out.append((w, bad))
     return out

@@ -140,6 +140,39 @@ def test_container_that_exits_fails_with_its_last_20_log_lines_and_dependents_no
         app.orch("down", "--volumes")
 
 
+JOB = """\
+services:
+  migrate:
+    image: busybox
+    restart: "no"
+    command: ["sh", "-c", "echo migrating RUN"]
+  app:
+    image: busybox
+    init: true
+    command: ["sleep", "3600"]
+    depends_on:
+      migrate: {condition: service_completed_successfully}
+"""
+
+
+def test_a_replaced_job_that_ran_to_completion_is_done_not_a_failed_update(orch, real_env, tmp_path):
+    # A one-shot (restart "no", a migration) replaced by a release exits 0 before the update
+    # ends: the end-of-update check must take that as done, not roll the release back.
+    app = App(orch, tmp_path / "app", JOB.replace("RUN", "1"), real_env)
+    try:
+        assert app.orch("up").returncode == 0
+        first = {c["service"]: c["id"] for c in app.ps()}
+        (app.dir / "compose.yaml").write_text(JOB.replace("RUN", "2"))
+        cp = app.orch("up", "--json")
+        assert cp.returncode == 0, cp.stdout[-2000:] + cp.stderr
+        assert sorted(last_json(cp.stdout)["changed"]) == ["migrate"]
+        now = {c["service"]: c for c in app.ps()}
+        assert now["migrate"]["id"] != first["migrate"] and now["migrate"]["state"] == "exited"
+        assert now["app"]["state"] == "running"
+    finally:
+        app.orch("down", "--volumes")
+
+
 UNHEALTHY = """\
 services:
   sick:

@@ -29,3 +29,21 @@ def test_only_the_watched_containers_of_each_node_read_are_judged():
     gone = problems(watch, {"n2": C(containers=[])})
     assert problem_text(*gone[0]) == ("service api replica 1 on n2 was removed before the update ended "
                                       "(its later batches and waves)")
+
+
+def test_a_job_that_ran_to_completion_is_done_not_failed():
+    # A replaced `restart: "no"` job (a migration) exits 0 before the update ends: done.
+    done = c("j", state="exited", exit_code=0)
+    assert replica_problem(done, one_shot=True) == ""
+    assert replica_problem(done) == "is exited (exit code 0)"  # a service meant to keep running
+    assert replica_problem(c("j", state="exited", exit_code=1), one_shot=True) == "is exited (exit code 1)"
+    assert replica_problem(c("j", state="exited", exit_code=0, restarts=1), one_shot=True) == "is exited (exit code 0)"
+    watch = [Watched("n1", "migrate", 1, "j", 0.0, 0.0, one_shot=True)]
+    assert problems(watch, {"n1": C(containers=[done])}) == []
+
+
+def test_which_restart_policies_make_a_one_shot():
+    from orchestrator.core.monitor import one_shot_policy
+
+    assert [p for p in ("no", "on-failure", "on-failure:3", "always", "unless-stopped") if one_shot_policy(p)] == \
+        ["no", "on-failure", "on-failure:3"]

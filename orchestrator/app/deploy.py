@@ -64,7 +64,6 @@ class DeployOptions:
     dry_run: bool = False
     remove_orphans: bool = False
     images: dict[str, str] = field(default_factory=dict)  # service -> pinned reference (build step)
-    min_running: float = 1.0  # seconds a container without healthcheck must stay up
     completion_timeout: float = 600.0  # for one-shot services a dependent waits for
     # The id of the release being deployed, on every spec (the io.orch.release label); the
     # release pipeline numbers it from the ledger before the deployment starts.
@@ -383,9 +382,12 @@ class Deployment:
         what = ", ".join(f"{a.kind} {a.replica}" for a in step.changes if a.replica in numbers)
         detail = (f"batch {batch}: {what}" if batch else "") or ("waiting" if step.wait_only else "ingress")
         self.progress.step(step.wave, step.service, step.node, RUNNING, detail=detail)
+        from orchestrator.core.rollout import readiness
+
+        min_running, min_healthy = readiness(policy)
         request = M.RolloutRequest(
-            spec=unit.spec, replicas=tuple(replicas), wait=unit.wait, min_running=self.options.min_running,
-            timeout=self.options.completion_timeout, min_healthy=policy.min_healthy_time,
+            spec=unit.spec, replicas=tuple(replicas), wait=unit.wait, min_running=min_running,
+            timeout=self.options.completion_timeout, min_healthy=min_healthy,
             deadline=policy.healthy_deadline, batch=batch, auth=self.auths.get(step.service) or None,
             ingress=_settings(self._ingress_args(step.service)))
         try:

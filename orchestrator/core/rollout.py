@@ -14,7 +14,9 @@ Nomad's health gate under `x-orch` (docs/reference/x-orch.md):
                        either way the new containers are checked once after the last
                        batch, see orchestrator.app.deploy._monitor)
     max_failure_ratio  failed replicas tolerated, as a fraction of the replaced ones (0)
-    x-orch.min_healthy_time   a new container counts once it stayed healthy this long (0s)
+    x-orch.min_healthy_time   a new container counts once it stayed healthy this long (0s;
+                              unset, one without a healthcheck must have run 1s:
+                              see readiness)
     x-orch.healthy_deadline   a new container not healthy by then has failed (default:
                               from its healthcheck: start_period + (retries+1) * interval
                               + timeout + 5s)
@@ -54,7 +56,7 @@ class UpdatePolicy:
     failure_action: str = "rollback"
     monitor: float = DEFAULT_MONITOR
     max_failure_ratio: float = 0.0
-    min_healthy_time: float = 0.0
+    min_healthy_time: float | None = None  # None: unset (see readiness)
     healthy_deadline: float | None = None
 
     def to_json(self) -> dict:
@@ -102,6 +104,20 @@ def _seconds(value: Any) -> float:
             raise ValueError("it must not be negative")
         return float(value)
     return parse_duration(str(value))
+
+
+# Unset min_healthy_time: a container without a healthcheck must have run this long to
+# count as started, so a crash at start fails its batch (Kamal waits 7s, Swarm monitors
+# 5s); `min_healthy_time: 0s` counts it once it runs, as `docker compose up --wait`.
+DEFAULT_MIN_RUNNING = 1.0
+
+
+def readiness(policy: UpdatePolicy) -> tuple[float, float]:
+    """(min_running, min_healthy) of the agent's rollout: how long a new container without
+    a healthcheck must have run to be ready, then how long every new one must stay so."""
+    if policy.min_healthy_time is None:
+        return DEFAULT_MIN_RUNNING, 0.0
+    return 0.0, policy.min_healthy_time
 
 
 def read_policy(service: Any, has_ingress: bool, problem: Any) -> UpdatePolicy:

@@ -472,6 +472,15 @@ def test_update_config_and_health_gate_are_read(tmp_path):
     assert (p.min_healthy_time, p.healthy_deadline) == (3.0, 60.0)
     q = bp.services["plain"].policy
     assert (q.parallelism, q.order, q.failure_action, q.monitor) == (1, "stop-first", "rollback", 0.0)  # Swarm: 5s
+    assert q.min_healthy_time is None
+
+
+def test_readiness_unset_waits_1s_for_a_container_without_healthcheck_and_0s_counts_it_once_running():
+    from orchestrator.core.rollout import UpdatePolicy, readiness
+
+    assert readiness(UpdatePolicy()) == (1.0, 0.0)  # unset: a crash at start fails the batch
+    assert readiness(UpdatePolicy(min_healthy_time=0.0)) == (0.0, 0.0)  # docker compose up --wait
+    assert readiness(UpdatePolicy(min_healthy_time=3.0)) == (0.0, 3.0)  # Nomad's: every new one holds 3s
 
 
 @pytest.mark.parametrize("x_orch, expected", [

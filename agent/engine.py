@@ -156,6 +156,12 @@ def info_from_inspect(attrs: Dict[str, Any]) -> ContainerInfo:
     )
 
 
+def listed_from(summaries: Any) -> List[Tuple[str, Dict[str, str]]]:
+    """(name, labels) of the Engine API's container list entries, by name."""
+    out = [(((s.get("Names") or ["/"])[0]).lstrip("/"), dict(s.get("Labels") or {})) for s in summaries or []]
+    return sorted(out, key=lambda item: item[0])
+
+
 class Engine:
     """Docker Engine through the docker SDK (DOCKER_HOST etc. from the environment)."""
 
@@ -221,6 +227,13 @@ class Engine:
             if info is not None:
                 out.append(info)
         return sorted(out, key=lambda c: (c.project, c.service, c.replica, c.name))
+
+    def listed(self, label_filters: List[str]) -> List[Tuple[str, Dict[str, str]]]:
+        """(name, labels) of each container with these labels, from the list alone: an
+        inspect waits while the engine starts or stops that container, a list does not
+        (another service's rollout on this node must not wait for this one's start)."""
+        summaries = self._call("list containers", self.api.containers, all=True, filters={"label": label_filters})
+        return listed_from(summaries)
 
     def container(self, ref: str) -> Optional[ContainerInfo]:
         try:

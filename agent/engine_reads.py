@@ -19,7 +19,7 @@ import socket
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote, urlencode
 
-from agent.engine import ContainerInfo, info_from_inspect
+from agent.engine import ContainerInfo, info_from_inspect, listed_from
 from agent.wire.protocol import ENGINE, AgentError
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
@@ -93,6 +93,11 @@ class SocketReads:
             if info is not None:  # removed between the list and the inspect
                 out.append(info)
         return sorted(out, key=lambda c: (c.project, c.service, c.replica, c.name))
+
+    def listed(self, label_filters: List[str]) -> List[Tuple[str, Dict[str, str]]]:
+        """(name, labels) from the list alone (agent.engine.Engine.listed)."""
+        query = urlencode({"all": "1", "filters": json.dumps({"label": list(label_filters)})})
+        return listed_from(self._get("list containers", "/containers/json?" + query)[1])
 
     def container(self, ref: str) -> Optional[ContainerInfo]:
         status, data = self._get("inspect container %s" % ref, "/containers/%s/json" % quote(ref, safe=""))

@@ -65,6 +65,9 @@ class FakeEngine:
         out = [self._info(r) for r in self.records.values() if match(r["info"]["labels"])]
         return sorted(out, key=lambda c: (c.project, c.service, c.replica, c.name))
 
+    def listed(self, label_filters: List[str]) -> List[Tuple[str, Dict[str, str]]]:
+        return sorted((c.name, dict(c.labels)) for c in self.containers(label_filters))
+
     def _find(self, ref: str) -> Optional[Dict[str, Any]]:
         for rec in self.records.values():
             if rec["info"]["id"] == ref or rec["info"]["name"] == ref or (len(ref) >= 12 and rec["info"]["id"].startswith(ref)):

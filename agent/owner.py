@@ -39,7 +39,7 @@ def owned(ctx: Any, project: str, reads: bool = False) -> List[Owned]:
 
     engine = ctx.reads if reads else ctx.engine
     sel = L.filters(project)
-    out = [Owned("container", c.name, L.env_of(c.labels)) for c in engine.containers(sel)]
+    out = [Owned("container", name, L.env_of(labels)) for name, labels in engine.listed(sel)]
     out += [Owned("network", n["name"], L.env_of(n["labels"])) for n in engine.networks(sel)]
     out += [Owned("volume", v["name"], L.env_of(v["labels"])) for v in engine.volumes(sel)]
     out += [Owned("ingress", "%s port %s" % (svc, (f.get("port") or {}).get("published")), f.get("env") or "")

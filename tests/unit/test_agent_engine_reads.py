@@ -38,10 +38,11 @@ class Engine(BaseHTTPRequestHandler):
         self.requests.append(url)
         if url.path == "/containers/json":
             labels = json.loads(parse_qs(url.query)["filters"][0])["label"]
-            found = [{"Id": c["Id"]} for c in self.containers.values()
+            found = [{"Id": c["Id"], "Names": ["/" + c["Name"].lstrip("/")], "Labels": c["Config"]["Labels"]}
+                     for c in self.containers.values()
                      if all(f"{k}={v}" in labels or k not in {x.split('=')[0] for x in labels}
                             for k, v in c["Config"]["Labels"].items())]
-            found.append({"Id": "gone-meanwhile"})
+            found.append({"Id": "gone-meanwhile", "Names": ["/gone-meanwhile"], "Labels": {}})
             self.answer(200, found)
         elif url.path == "/networks":
             self.answer(200, [{"Name": "shop_default", "Id": "n1", "Driver": "bridge",
@@ -110,6 +111,16 @@ def test_lists_and_inspects_like_the_engine_class(engine_socket):
     assert reads.container("c3").service == "api"  # the connection is still usable
 
 
+def test_listed_names_and_labels_come_from_the_list_alone(engine_socket):
+    # An inspect waits while the engine starts or stops that container: who owns the
+    # project (owner.owned) is read from the list, so one rollout never waits for another's start.
+    reads = SocketReads.from_env({"DOCKER_HOST": "unix://" + engine_socket})
+    found = reads.listed(L.filters("shop", "web"))
+    assert [name for name, _ in found] == ["gone-meanwhile", "shop-web-1", "shop-web-2"]
+    assert dict(found)["shop-web-2"][L.SERVICE] == "web"
+    assert [u.path for u in Engine.requests] == ["/containers/json"]
+
+
 def test_unreachable_engine_is_an_engine_error_with_a_fix(tmp_path):
     reads = SocketReads(str(tmp_path / "nobody.sock"))
     with pytest.raises(AgentError) as info:
@@ -136,6 +147,9 @@ def test_state_reads_through_the_reader_until_the_engine_is_connected(engine_soc
     # no reader (or the SDK already connected): the engine answers
     class Fake:
         def containers(self, filters):
+            return []
+
+        def listed(self, filters):
             return []
 
         def networks(self, filters):

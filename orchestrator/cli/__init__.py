@@ -35,9 +35,10 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         from click.exceptions import Abort, ClickException
 
-    from orchestrator.cli import output
+    from orchestrator.cli import clock, output
     from orchestrator.errors import OrchError
 
+    clock.mark()
     output.reset()
     # `orch exec` passes the container's output through as it is. (No root option takes
     # a value, so the first word that is not an option names the command.)

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from orchestrator.cli.clock import whole
 from orchestrator.cli.root import app
 from orchestrator.cli.options import (
     EnvFiles, EnvironmentsDir, EnvRequired, Files, Json, LockWait, Profiles, ProjectName, command_line,
@@ -219,7 +220,7 @@ def down(
         raise
     nodes = sorted({r["node"] for r in result.removed})
     text = (f"Removed {len(result.removed)} container(s) of {result.project} from {result.environment}"
-            + (f" ({', '.join(nodes)})" if nodes else "") + f" in {result.duration_s:.1f}s.")
+            + (f" ({', '.join(nodes)})" if nodes else "") + f" in {whole(result.duration_s):.1f}s.")
     nets = sorted({n for ns in result.networks.values() for n in ns})
     if nets:
         text += f"\nNetworks removed: {', '.join(nets)}."

@@ -156,10 +156,15 @@ def final(status: str, command: str | None = None, **fields: Any) -> dict:
 
 
 def normalize_final(obj: Mapping[str, Any]) -> dict:
-    """version, status, command first (the command filled in when missing)."""
+    """version, status, command first (the command filled in when missing); duration_s
+    counted from the process's start (cli.clock)."""
     out: dict[str, Any] = {"version": obj.get("version", JSON_SCHEMA_VERSION), "status": obj.get("status"),
                            "command": obj.get("command") or command_name()}
     out.update({k: v for k, v in obj.items() if k not in out})
+    if isinstance(out.get("duration_s"), (int, float)) and not isinstance(out["duration_s"], bool):
+        from orchestrator.cli import clock
+
+        out["duration_s"] = round(clock.whole(float(out["duration_s"])), 3)
     return out
 
 

@@ -28,18 +28,21 @@ def container_table(rows: list[Any], now: float | None = None) -> str:
 
 def up_summary(result: Any) -> str:
     """Text for people after `orch up` (orchestrator.app.results.DeployResult)."""
+    from orchestrator.cli.clock import whole
+
     lines = []
     nodes = sorted({r.node for r in result.containers})
+    seconds = whole(result.duration_s)
     if result.dry_run:
         lines.append(result.plan.render_text())
         lines.append("Dry run: nothing was changed.")
         return "\n".join(lines)
     if result.plan.is_noop:
         lines.append(f"No changes: {len(result.containers)} container(s) of {result.project} already up to date "
-                     f"on {len(nodes)} node(s) of {result.environment} ({result.duration_s:.1f}s).")
+                     f"on {len(nodes)} node(s) of {result.environment} ({seconds:.1f}s).")
     else:
         c = result.plan.counts()
-        lines.append(f"{result.project} is up on {result.environment} in {result.duration_s:.1f}s: "
+        lines.append(f"{result.project} is up on {result.environment} in {seconds:.1f}s: "
                      f"changed {', '.join(result.changed) or 'nothing'} "
                      f"({c['create']} created, {c['recreate']} recreated, {c['remove']} removed).")
     if result.containers:

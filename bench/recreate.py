@@ -7,7 +7,9 @@
   against a compose run that waits: Debian's docker-compose 1.29 has no `--wait`, so that
   baseline is `up -d` followed by polling the engine (list + inspect every 50 ms)
   until every container of the project runs and, when it has a healthcheck, is healthy.
-  orch also waits: each new container must have run 1 s (no healthcheck).
+  orch also waits: each new container must have run 1 s (no healthcheck), and the same
+  with `x-orch.min_healthy_time: 0s` (ready once running, as compose's `--wait`), without
+  and with kept connections (`ssh.persist`).
 - `batches`: one global service with a healthcheck (every 1 s) on prod's 2 nodes,
   `update_config: {parallelism: 1, order: start-first}`: two batches, one per node. From
   `orch up --json`'s events, per batch: the batch's time (the controller's `batch`
@@ -104,8 +106,17 @@ def _ready(c) -> bool:
     return c.health in ("", "healthy")
 
 
+def _ready_once_running(compose: str) -> str:
+    """The same services, ready as soon as they run (`x-orch.min_healthy_time: 0s`):
+    docker-compose's `--wait` readiness, without orch's 1 s crash-at-start guard."""
+    return compose.replace("    deploy:\n      mode: global\n",
+                           "    deploy:\n      mode: global\n    x-orch: {min_healthy_time: 0s}\n")
+
+
 def recreate(runs: int) -> list[Row]:
     from orchestrator.lab import lab_info
+
+    from bench.common import OwnKeeper
 
     lab = lab_info()
     host = lab.node("dev-1").docker_host
@@ -115,42 +126,81 @@ def recreate(runs: int) -> list[Row]:
     waited = Row("vs docker-compose up -d, then waiting until every container runs (polling the engine)", "s",
                  level=1, baseline_name="`docker-compose up -d` + polling the engine's inspect until running/healthy",
                  goal=Goal("<= 1.2x", 1.2, on="ratio"))
-    project, dc_project = "bench-recreate", "bench-dc-recreate"
+    fast = Row("`orch up` recreating them, ready once running (`x-orch.min_healthy_time: 0s`), vs docker-compose "
+               "up -d + waiting until they run", "s", level=1,
+               baseline_name="`docker-compose up -d` + polling the engine's inspect until running/healthy",
+               goal=Goal("<= 1.2x", 1.2, on="ratio"))
+    kept = Row("the same, connections kept (`ssh.persist`), vs docker-compose up -d + waiting", "s", level=1,
+               baseline_name="`docker-compose up -d` + polling the engine's inspect until running/healthy",
+               goal=Goal("<= 1.2x", 1.2, on="ratio"))
+    project, fast_project, dc_project = "bench-recreate", "bench-recreate-fast", "bench-dc-recreate"
     phases: dict[str, list[float]] = {}
+    fast_phases: dict[str, list[float]] = {}
+    keeper = OwnKeeper()
     with tempfile.TemporaryDirectory() as tmp:
         app = _project(Path(tmp), GLOBAL)
-        down = orch("down", "--env", "dev", "-p", project, "--json")
+        fast_app = Path(tmp) / "fast"
+        fast_app.mkdir()
+        (fast_app / "compose.yaml").write_text(_ready_once_running(GLOBAL))
+        (fast_app / "environments").symlink_to(app / "environments")
         dc = lambda v: {**lab_env(V=str(v)), "DOCKER_HOST": host}  # noqa: E731
         dc_down = [COMPOSE, "-p", dc_project, "down", "-t", "2"]
+
+        def orch_up(where: Path, name: str, v: str, env: dict | None = None) -> tuple[float, dict]:
+            took, cp = run(orch("up", "--env", "dev", "-p", name, "--json"), where, {**(env or lab_env()), "V": v})
+            fin = final(cp.stdout)
+            if fin.get("status") != "ok" or sorted(fin.get("changed") or []) != ["a", "b"]:
+                raise RuntimeError(f"orch up did not recreate a and b: {json.dumps(fin)[:800]}")
+            return took, fin
+
+        def dc_up(v: str, wait: bool) -> float:
+            t0 = time.perf_counter()
+            run([COMPOSE, "-p", dc_project, "up", "-d"], app, dc(v))
+            if wait:
+                wait_ready(host, dc_project)
+            return time.perf_counter() - t0
+
         try:
-            run(orch("up", "--env", "dev", "-p", project, "--json"), app, lab_env(V="0"))
+            orch_up(app, project, "0")
+            orch_up(fast_app, fast_project, "0")
+            orch_up(fast_app, fast_project, "k0", keeper.env(lab_env()))  # the keeper's first: it connects
             run([COMPOSE, "-p", dc_project, "up", "-d"], app, dc(0))
-            for i in range(1, 2 * runs + 2):  # run 1 is a warm-up; then odd: up -d, even: up -d + wait
-                took, cp = run(orch("up", "--env", "dev", "-p", project, "--json"), app, lab_env(V=str(i)))
-                fin = final(cp.stdout)
-                if fin.get("status") != "ok" or sorted(fin.get("changed") or []) != ["a", "b"]:
-                    raise RuntimeError(f"orch up did not recreate a and b: {json.dumps(fin)[:800]}")
-                t0 = time.perf_counter()
-                run([COMPOSE, "-p", dc_project, "up", "-d"], app, dc(i))
-                if i % 2 == 0:
-                    wait_ready(host, dc_project)
-                took_dc = time.perf_counter() - t0
-                if i == 1:
+            for i in range(runs + 1):  # run 0 is a warm-up
+                took, fin = orch_up(app, project, f"{i + 1}")
+                took_fast, fin_fast = orch_up(fast_app, fast_project, f"{i + 1}")
+                time.sleep(1.0)  # between commands: the keeper's spare agent is up
+                took_kept, _ = orch_up(fast_app, fast_project, f"k{i + 1}", keeper.env(lab_env()))
+                took_dc = dc_up(f"{i + 1}", wait=False)
+                took_wait = dc_up(f"w{i + 1}", wait=True)
+                if i == 0:
                     continue
-                target = row if i % 2 else waited
-                target.samples.append(took)
-                target.baseline.append(took_dc)
+                row.samples.append(took)
+                row.baseline.append(took_dc)
+                waited.samples.append(took)
+                waited.baseline.append(took_wait)
+                fast.samples.append(took_fast)
+                fast.baseline.append(took_wait)
+                kept.samples.append(took_kept)
+                kept.baseline.append(took_wait)
                 add_phases(phases, fin)
+                add_phases(fast_phases, fin_fast)
         finally:
-            run(down, app, lab_env(), check=False)
+            keeper.stop()
+            run(orch("down", "--env", "dev", "-p", project, "--json"), app, lab_env(), check=False)
+            run(orch("down", "--env", "dev", "-p", fast_project, "--json"), fast_app, lab_env(), check=False)
             run(dc_down, app, dc(0), check=False)
     row.note = ("wall time of each process; orch goes over SSH to the node's agent, replaces each replica "
                 "stop-first (the old container kept, renamed, until the release is live) and waits until each new "
-                "container has run 1 s (it has no healthcheck); docker-compose talks to the engine's socket and "
-                "returns once the containers started. orch's phases (medians): " + phases_note(phases))
+                "container has run 1 s (it has no healthcheck: orch's crash-at-start guard); docker-compose talks "
+                "to the engine's socket and returns once the containers started. orch's phases (medians): "
+                + phases_note(phases))
     waited.note = ("Debian's docker-compose 1.29 has no `--wait`: `up -d`, then the engine's inspect (over its socket) "
                    "every 50 ms until every container runs (healthy, for one with a healthcheck)")
-    return [row, waited]
+    fast.note = ("the same services with `x-orch.min_healthy_time: 0s`: a container without a healthcheck is ready "
+                 "once it runs, as with docker-compose's `--wait`; orch's phases (medians): " + phases_note(fast_phases))
+    kept.note = ("as above, with ssh.persist (a keeper of the bench's own; 1 s between commands, so that its spare "
+                 "agent is up): no SSH handshake or agent start")
+    return [row, waited, fast, kept]
 
 
 def _batch_overheads(events: list[dict]) -> list[tuple[float, float, float, float]]:

@@ -173,6 +173,33 @@ def test_a_replaced_job_that_ran_to_completion_is_done_not_a_failed_update(orch,
         app.orch("down", "--volumes")
 
 
+BRIEF = """\
+services:
+  brief:
+    image: busybox
+    init: true
+    restart: "no"
+    command: ["sh", "-c", "sleep 0.8; exit 4"]
+"""
+
+
+def test_a_crash_within_1s_fails_the_deploy_unless_min_healthy_time_is_0s(orch, real_env, tmp_path):
+    # orch's crash-at-start guard: a container without a healthcheck must have run 1 s.
+    app = App(orch, tmp_path / "app", BRIEF, real_env)
+    try:
+        cp = app.orch("up", "--json")
+        assert cp.returncode == 1, cp.stdout[-2000:] + cp.stderr
+        assert "exited with code 4" in cp.stderr
+        app.orch("down")
+        # `x-orch.min_healthy_time: 0s`: ready once it runs, as docker compose up --wait.
+        (app.dir / "compose.yaml").write_text(BRIEF + "    x-orch: {min_healthy_time: 0s}\n")
+        cp = app.orch("up", "--json")
+        assert cp.returncode == 0, cp.stdout[-2000:] + cp.stderr
+        assert [(c["service"], c["state"]) for c in last_json(cp.stdout)["containers"]] == [("brief", "running")]
+    finally:
+        app.orch("down", "--volumes")
+
+
 UNHEALTHY = """\
 services:
   sick:

@@ -57,6 +57,11 @@ class Row:
     unavailable: str = ""  # why there is no figure ("not available: ..." / "failed: ...")
     level: int = 0  # 1: a part of the row above ("of which ...")
 
+    def add(self, sample: float, baseline: float) -> None:
+        """One run of orch and of its baseline."""
+        self.samples.append(sample)
+        self.baseline.append(baseline)
+
     def median(self) -> float | None:
         return statistics.median(self.samples) if self.samples else None
 

@@ -128,12 +128,9 @@ def up(runs: int) -> list[Row]:
                 took_wait = time.perf_counter() - t0
                 run(dc_down, shop, dc_env)
                 if i:
-                    row.samples.append(took)
-                    row.baseline.append(took_dc)
-                    waited.samples.append(took)
-                    waited.baseline.append(took_wait)
-                    fast.samples.append(took_fast)
-                    fast.baseline.append(took_wait)
+                    row.add(took, took_dc)
+                    waited.add(took, took_wait)
+                    fast.add(took_fast, took_wait)
                     add_phases(phases, fin)
                     add_phases(fast_phases, fin_fast)
         finally:

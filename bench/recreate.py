@@ -174,14 +174,10 @@ def recreate(runs: int) -> list[Row]:
                 took_wait = dc_up(f"w{i + 1}", wait=True)
                 if i == 0:
                     continue
-                row.samples.append(took)
-                row.baseline.append(took_dc)
-                waited.samples.append(took)
-                waited.baseline.append(took_wait)
-                fast.samples.append(took_fast)
-                fast.baseline.append(took_wait)
-                kept.samples.append(took_kept)
-                kept.baseline.append(took_wait)
+                row.add(took, took_dc)
+                waited.add(took, took_wait)
+                fast.add(took_fast, took_wait)
+                kept.add(took_kept, took_wait)
                 add_phases(phases, fin)
                 add_phases(fast_phases, fin_fast)
         finally:

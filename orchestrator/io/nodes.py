@@ -78,6 +78,8 @@ class SSHNode:
         self.max_sessions = MAX_SESSIONS
         self._closed = False
         self._warming: list[threading.Thread] = []
+        self._pending = 0  # sessions prewarm is opening now
+        self._expecting = 0  # requests waiting for one of those rather than opening their own
         self._at_connect = _counts(first)
         # Reads sent behind the lock session's next request (read_behind_next), in send
         # order, and the answers drained before their turn: (key, ("ok"|"error", value)).
@@ -160,15 +162,18 @@ class SSHNode:
             except Exception:
                 with self._released:
                     self._slots -= 1
-                    self._released.notify()
+                    self._pending -= 1
+                    self._released.notify_all()
                 return  # session() opens one itself if it needs it
             with self._released:
+                self._pending -= 1
                 if self._closed:
                     s.channel.close()
+                    self._released.notify_all()
                     return
                 self._all.append(s)
                 self._free.append(s)
-                self._released.notify()
+                self._released.notify_all()
             if self.progress is not None:
                 self.progress.event("session", node=self.name, pid=s.pid)
 
@@ -176,6 +181,7 @@ class SSHNode:
             self._warming = [t for t in self._warming if t.is_alive()]
             missing = max(0, min(count, self.max_sessions) - self._slots)
             self._slots += missing
+            self._pending += missing
         for _ in range(missing):
             t = threading.Thread(target=open_one, daemon=True, name=f"orch-warm-{self.name}")
             self._warming.append(t)
@@ -185,8 +191,19 @@ class SSHNode:
     def session(self) -> Iterator[Any]:
         self._drop_ahead()
         with self._released:
-            while not self._free and self._slots >= self.max_sessions:
-                self._released.wait()
+            while not self._free:
+                if self._pending > self._expecting and not self._closed:
+                    # a session prewarm is opening is on its way: wait for it rather than start
+                    # another agent on the node (they take as long)
+                    self._expecting += 1
+                    try:
+                        self._released.wait()
+                    finally:
+                        self._expecting -= 1
+                elif self._slots >= self.max_sessions:
+                    self._released.wait()
+                else:
+                    break
             s = self._free.pop() if self._free else None
             if s is None:
                 self._slots += 1

@@ -299,9 +299,9 @@ def keeper(monkeypatch, tmp_path):
 def _spare_after(keeper, kept, argv):
     keeper._start_spare(kept, tuple(argv))
     deadline = time.monotonic() + 5
-    while tuple(argv) not in kept.spares and time.monotonic() < deadline:
+    while kept.spare_for(tuple(argv)) is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    return kept.spares.get(tuple(argv))
+    return kept.spare_for(tuple(argv))
 
 
 def test_a_spare_is_handed_out_once_and_a_dead_one_never(keeper):
@@ -327,7 +327,37 @@ def test_a_spare_of_another_bundle_is_closed_when_the_next_one_starts(keeper):
     kept, _, _ = keeper._connection(keeper.key, keeper.req(old))
     stale = _spare_after(keeper, kept, old)
     assert _spare_after(keeper, kept, new) is not None
-    assert stale.channel.closed and list(kept.spares) == [tuple(new)]
+    assert stale.channel.closed and [sp.argv for sp in kept.spares] == [tuple(new)]
+
+
+def test_as_many_spares_as_the_last_command_had_agents_at_once_within_a_bound(keeper):
+    from orchestrator.io.transport.keeper import MAX_SPARES
+
+    agent = ["python3", "/b/orch-agent-aa.pyz", "rpc"]
+    kept, _, _ = keeper._connection(keeper.key, keeper.req(agent))
+    keeper._opened(kept)
+    assert keeper._closed(kept)  # the first command's one agent
+
+    def command(agents):  # a command with this many agents at once on the node, then its end
+        for _ in range(agents):
+            assert keeper._connection(keeper.key, keeper.req(agent))[0] is kept
+            keeper._opened(kept)
+        ends = [keeper._closed(kept) for _ in range(agents)]
+        assert ends == [False] * (agents - 1) + [True]  # spares only once the command is over
+        keeper._start_spare(kept, tuple(agent))
+        deadline = time.monotonic() + 5
+        while kept.starting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(kept.spares)
+
+    assert command(1) == 1  # a no-op: one agent, one spare
+    assert command(2) == 2  # two services applied at once on the node: two ready for the next deploy
+    assert command(MAX_SPARES + 2) == MAX_SPARES  # never more idle agents on a node than this
+    opened = len(keeper.conns[0].opened)
+    # a no-op takes one; the others are enough for its one agent next time: none started
+    assert command(1) == MAX_SPARES - 1 and len(keeper.conns[0].opened) == opened
+    got = {keeper._connection(keeper.key, keeper.req(agent))[1] for _ in range(MAX_SPARES - 1)}
+    assert len(got) == MAX_SPARES - 1 and not kept.spares  # each handed out once
 
 
 def test_a_busy_connection_gets_a_second_one_beside_it(keeper):

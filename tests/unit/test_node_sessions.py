@@ -83,3 +83,50 @@ def test_prewarm_stays_under_the_bound(monkeypatch):
     for t in node._warming:
         t.join(5)
     assert len(node._all) == N.MAX_SESSIONS
+
+
+def test_a_request_waits_for_a_session_prewarm_is_opening_rather_than_starting_another(monkeypatch):
+    release, opened = threading.Event(), []
+
+    def slow_open(*a, **k):  # an agent start on the node
+        release.wait(5)
+        opened.append(_Session())
+        return opened[-1]
+
+    monkeypatch.setattr(N, "open_agent", slow_open)
+    node = N.SSHNode(_Conn(), None, _Session())
+    node.prewarm(2)  # two applies at once are coming: one more session
+    got = []
+
+    def apply():
+        with node.session() as s:
+            got.append(s)
+            time.sleep(0.2)  # both busy at once
+
+    threads = [threading.Thread(target=apply) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert len(opened) == 1 and len(set(map(id, got))) == 2  # the connect's and prewarm's, no third
+
+
+def test_a_failed_prewarm_lets_the_waiting_request_open_its_own(monkeypatch):
+    calls = []
+
+    def open_agent(*a, **k):
+        calls.append(k)
+        if len(calls) == 1:
+            time.sleep(0.05)
+            raise OSError("refused")  # the prewarm's
+        return _Session()
+
+    monkeypatch.setattr(N, "open_agent", open_agent)
+    node = N.SSHNode(_Conn(), None, _Session())
+    node.prewarm(2)
+    with node.session():  # the connect's
+        with node.session() as s:  # waits for the prewarm, which fails: opens its own
+            assert s is not None
+    assert len(calls) == 2 and node._pending == 0

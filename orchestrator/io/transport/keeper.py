@@ -42,6 +42,10 @@ from orchestrator.io.transport.ssh import Connection, connect
 CHANNELS_PER_CONNECTION = 9
 POLL = 0.5  # seconds: how often a relay looks for stderr and the exit status
 SPARE_WAIT = 5.0  # seconds a request waits for a spare being started
+# Spares kept a connection: as many agents as the last command had open on it at once (a
+# deploy applies several services of a wave on one node in parallel, one agent each), at
+# most this many idle agents on a node; a no-op needs one.
+MAX_SPARES = 4
 # A connection idle longer than this is asked for an answer before it is used: a node that
 # rebooted or a link lost since the last command is found in one round trip, not when
 # TCP gives up on the next packet (minutes).
@@ -75,8 +79,18 @@ class Kept:
     persist: float
     channels: int = 0
     last_used: float = field(default_factory=time.monotonic)
-    spares: dict = field(default_factory=dict)  # argv tuple -> Spare
-    starting: set = field(default_factory=set)  # argv tuples a spare is being started for
+    spares: list = field(default_factory=list)  # Spare, all of one command line (the newest bundle's)
+    starting: dict = field(default_factory=dict)  # argv tuple -> spares being started for it
+    agents: int = 0  # agent channels relayed now
+    peak: int = 0  # the most relayed at once since the connection was last idle
+    wanted: int = 1  # spares to keep: the last command's peak
+
+    def spare_for(self, argv: tuple) -> Spare | None:
+        return next((s for s in self.spares if s.argv == argv), None)
+
+    def idle_channels(self) -> int:
+        """Channels held by spares, started or on their way."""
+        return len(self.spares) + sum(self.starting.values())
 
 
 class Keeper:
@@ -126,20 +140,20 @@ class Keeper:
         with self._lock:
             # A spare on its way (the last command just ended) is worth waiting for: a
             # channel of its own would cost the same agent start-up, and one more.
-            self._spare_ready.wait_for(lambda: not any(argv in k.starting for k in self._kept.get(key, [])),
-                                       SPARE_WAIT)
+            self._spare_ready.wait_for(lambda: not any(k.starting.get(argv) and k.spare_for(argv) is None
+                                                       for k in self._kept.get(key, [])), SPARE_WAIT)
             for kept in self._kept.get(key, []):
                 if not kept.conn.is_active():
                     continue
                 idle = time.monotonic() - kept.last_used
-                spare = kept.spares.pop(argv, None)
-                if spare is not None:
+                while (spare := kept.spare_for(argv)) is not None:
+                    kept.spares.remove(spare)
                     with spare.lock:
                         spare.taken = True
                     if spare.alive():
                         kept.last_used = time.monotonic()
                         return kept, spare, idle
-                    kept.channels -= 1
+                    kept.channels -= 1  # a dead one (its bundle removed, the node rebooted): the next
                     spare.channel.close()
                 if kept.channels < CHANNELS_PER_CONNECTION:
                     kept.channels += 1
@@ -153,17 +167,20 @@ class Keeper:
                 self._kept[key].remove(kept)
                 if not self._kept[key]:
                     del self._kept[key]
-            spares = list(kept.spares.values())
+            spares = list(kept.spares)
             kept.spares.clear()
         log(f"dropping the connection to {kept.conn.name}: {why}")
         _close(kept.conn, spares)
 
     def _start_spare(self, kept: Kept, argv: tuple) -> None:
+        """Start spares for argv until the connection has `kept.wanted` (within its channels)."""
         with self._lock:
-            if argv in kept.spares or argv in kept.starting or kept.channels >= CHANNELS_PER_CONNECTION:
+            have = sum(1 for s in kept.spares if s.argv == argv) + kept.starting.get(argv, 0)
+            count = min(kept.wanted - have, CHANNELS_PER_CONNECTION - kept.channels)
+            if count <= 0:
                 return
-            kept.starting.add(argv)
-            kept.channels += 1
+            kept.starting[argv] = kept.starting.get(argv, 0) + count
+            kept.channels += count
 
         def run() -> None:
             spare = None
@@ -172,15 +189,17 @@ class Keeper:
             except Exception as err:  # noqa: BLE001 - a spare is only ever a head start
                 log(f"{kept.conn.name}: no spare agent: {err}")
             with self._lock:
-                kept.starting.discard(argv)
+                kept.starting[argv] -= 1
+                if not kept.starting[argv]:
+                    del kept.starting[argv]
                 if spare is None:
                     kept.channels -= 1
                 else:
-                    kept.spares[argv] = spare
-                # One spare a connection: another command line's (an older bundle) goes.
-                stale = [s for a, s in kept.spares.items() if a != argv] if spare is not None else []
+                    kept.spares.append(spare)
+                # Spares of one command line: another's (an older bundle) go.
+                stale = [s for s in kept.spares if s.argv != argv] if spare is not None else []
                 for old in stale:
-                    del kept.spares[old.argv]
+                    kept.spares.remove(old)
                     kept.channels -= 1
                 self._spare_ready.notify_all()
             for old in stale:
@@ -188,7 +207,8 @@ class Keeper:
                     old.taken = True
                 old.channel.close()
 
-        threading.Thread(target=run, name="spare", daemon=True).start()
+        for _ in range(count):
+            threading.Thread(target=run, name="spare", daemon=True).start()
 
     def _ping_spares(self) -> None:
         """Renew the lease of every agent not handed out yet (agent.wire.protocol)."""
@@ -196,7 +216,7 @@ class Keeper:
         while True:
             time.sleep(PING_SECONDS)
             with self._lock:
-                spares = [s for ks in self._kept.values() for k in ks for s in k.spares.values()]
+                spares = [s for ks in self._kept.values() for k in ks for s in k.spares]
             for spare in spares:
                 with spare.lock:
                     if not spare.taken:
@@ -213,7 +233,7 @@ class Keeper:
             for key in list(self._kept):
                 keep = []
                 for kept in self._kept[key]:
-                    busy = kept.channels - len(kept.spares) - len(kept.starting)
+                    busy = kept.channels - kept.idle_channels()
                     if busy <= 0 and (now - kept.last_used > kept.persist or not kept.conn.is_active()):
                         doomed.append(kept)
                     else:
@@ -225,7 +245,7 @@ class Keeper:
             idle = not self._kept and self._relays == 0 and now - self._last_request > max(self._persist, 1.0)
         for kept in doomed:
             log(f"closing the connection to {kept.conn.name} (idle)")
-            _close(kept.conn, list(kept.spares.values()))
+            _close(kept.conn, list(kept.spares))
         return idle
 
     # ------------------------------------------------------------- clients
@@ -254,16 +274,12 @@ class Keeper:
                 return
             kept.persist = max(kept.persist, float(req["persist"]))
             sock.sendall((json.dumps({"ok": True, "warm": warm}) + "\n").encode())
-            with self._lock:
-                self._relays += 1
+            self._opened(kept)
             try:
                 relay(sock, channel)
             finally:
-                with self._lock:
-                    self._relays -= 1
-                    kept.channels -= 1
-                    kept.last_used = time.monotonic()
-            if req.get("spare"):
+                done = self._closed(kept)
+            if req.get("spare") and done:
                 # After the command, not during it: starting an agent costs the node a
                 # python3 start-up, which would compete with the command's own agents.
                 self._start_spare(kept, tuple(req["argv"]))
@@ -271,6 +287,26 @@ class Keeper:
             log(f"a client failed: {type(err).__name__}: {err}")
         finally:
             sock.close()
+
+    def _opened(self, kept: Kept) -> None:
+        """An agent channel handed to a client (its channel reserved by _pick)."""
+        with self._lock:
+            self._relays += 1
+            kept.agents += 1
+            kept.peak = max(kept.peak, kept.agents)
+
+    def _closed(self, kept: Kept) -> bool:
+        """Its client went away; True when it was the connection's last: the command ended,
+        and the next one is likely to want as many agents at once (kept.wanted)."""
+        with self._lock:
+            self._relays -= 1
+            kept.channels -= 1
+            kept.agents -= 1
+            kept.last_used = time.monotonic()
+            if kept.agents:
+                return False
+            kept.wanted, kept.peak = max(1, min(kept.peak, MAX_SPARES)), 0
+            return True
 
     @staticmethod
     def _read_request(sock: socket.socket) -> dict | None:

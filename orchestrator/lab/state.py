@@ -43,7 +43,7 @@ def render_lab_env(spec: LabSpec) -> str:
         f"ORCH_LAB_HOST={spec.host_address}",
         f"ORCH_LAB_SSH_USER={SSH_USER}",
         f"ORCH_LAB_SSH_PORT={SSH_PORT}",
-        f"ORCH_LAB_SSH_KEY={p.client_key}",
+        f"ORCH_LAB_SSH_KEY_FILE={p.client_key}",
         f"ORCH_LAB_KNOWN_HOSTS={p.known_hosts}",
         f"ORCH_LAB_CA={p.ca_cert}",
         f"ORCH_REGISTRY={spec.registry}",
@@ -52,7 +52,7 @@ def render_lab_env(spec: LabSpec) -> str:
         f"ORCH_LAB_ACME_DIRECTORY={spec.acme_directory}",
         f"ORCH_LAB_ACME_CA={p.acme_ca}",
         f"ORCH_LAB_DNS={spec.dns_server}",
-        f"ORCH_LAB_NODES={' '.join(n.name for n in spec.nodes)}",
+        f"ORCH_LAB_NODES={','.join(n.name for n in spec.nodes)}",  # no space: `. lab.env` in a shell
     ]
     lines += [f"{env_var_name(n.name)}={n.address}" for n in spec.nodes]
     return "\n".join(lines) + "\n"

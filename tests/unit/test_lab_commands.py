@@ -155,12 +155,29 @@ def test_credentials_env_file_round_trips():
 def test_lab_env_lists_facts_but_no_secret():
     text = state.render_lab_env(SPEC)
     env = registry.parse_env_file(text)
-    assert env["ORCH_LAB_SSH_KEY"] == "/var/lib/orch-lab/id_ed25519"
+    assert env["ORCH_LAB_SSH_KEY_FILE"] == "/var/lib/orch-lab/id_ed25519"
     assert env["ORCH_LAB_KNOWN_HOSTS"] == "/var/lib/orch-lab/known_hosts"
     assert env["ORCH_LAB_CA"] == "/var/lib/orch-lab/ca.crt"
     assert env["ORCH_REGISTRY_ENV_FILE"] == "/var/lib/orch-lab/registry.env"
     assert env["ORCH_LAB_NODE_PROD_2"] == "10.250.0.32"
     assert "PASSWORD" not in text
+
+
+def test_lab_env_sources_cleanly_in_a_shell_and_orch_masks_none_of_it(tmp_path):
+    # As docs/lab.md says to use it: `set -a; . lab.env; set +a`. A value with a space
+    # ran a command; a path under a name ending in _KEY was masked as a secret.
+    import subprocess
+
+    from agent.wire.redact import secret_name
+
+    path = tmp_path / "lab.env"
+    path.write_text(state.render_lab_env(SPEC))
+    cp = subprocess.run(["bash", "-c", f"set -a; . {path}; set +a; env"], capture_output=True, text=True)
+    assert cp.returncode == 0 and cp.stderr == ""
+    shell = dict(line.split("=", 1) for line in cp.stdout.splitlines() if line.startswith("ORCH_"))
+    assert shell == registry.parse_env_file(path.read_text())
+    assert shell["ORCH_LAB_NODES"] == ",".join(n.name for n in SPEC.nodes)
+    assert not [name for name in shell if secret_name(name)]
 
 
 def test_ca_trust_dirs_cover_registry_and_mirror():

@@ -6,6 +6,7 @@ paramiko, networkx, jinja2) inside the command functions so `orch --help` stays 
 
 from __future__ import annotations
 
+import os
 import sys
 
 from orchestrator.cli.root import app  # the Typer app; the command modules below register on it
@@ -26,9 +27,28 @@ from orchestrator.cli import certs as _certs  # noqa: E402,F401
 from orchestrator.cli import stubs as _stubs  # noqa: E402,F401
 
 
-def main() -> None:
+def entry() -> None:
+    """The `orch` console script: main(), and then no interpreter teardown."""
+    main(end_fast=True)
+
+
+def _end_now(code: list[int]) -> None:
+    """The last exit handler: end the process without the interpreter's teardown. With many
+    nodes, freeing every SSH connection's objects one by one took ~12 ms a node (1.2 s at
+    100 nodes) after the command had printed its result; the kernel frees them at once."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code[0])
+
+
+def main(end_fast: bool = False) -> None:
     """The `orch` entry point: exit codes, errors as one paragraph (and, in JSON mode, a
-    final object), secrets masked on stdout and stderr (see cli/output.py)."""
+    final object), secrets masked on stdout and stderr (see cli/output.py). end_fast: the
+    process ends once every other exit handler has run (_end_now: registered first, so
+    run last); not for a caller that goes on (tests run commands in-process)."""
     try:  # typer >= 0.20 vendors click
         from typer._click.exceptions import ClickException
         from typer.exceptions import Abort
@@ -39,6 +59,11 @@ def main() -> None:
     from orchestrator.errors import OrchError
 
     clock.mark()
+    exit_code = [1]
+    if end_fast:
+        import atexit
+
+        atexit.register(_end_now, exit_code)
     output.reset()
     # `orch exec` passes the container's output through as it is. (No root option takes
     # a value, so the first word that is not an option names the command.)
@@ -65,4 +90,5 @@ def main() -> None:
             output.report_interrupt()
     finally:
         undo()
+    exit_code[0] = code
     sys.exit(code)

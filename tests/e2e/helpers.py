@@ -28,6 +28,14 @@ def sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _json_or_none(line: str) -> dict | None:
+    try:
+        found = json.loads(line)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def last_json(stdout: str) -> dict:
     lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("{")]
     assert lines, f"no JSON in output:\n{stdout}"
@@ -73,6 +81,7 @@ class Shop:
         final = last_json(cp.stdout)
         assert final["status"] in ("ok", "planned"), cp.stdout + cp.stderr
         final["_stderr"] = cp.stderr
+        final["_events"] = [e for e in map(_json_or_none, cp.stdout.splitlines()) if e and "event" in e]
         return final
 
     def ps(self) -> list[dict]:

@@ -11,7 +11,6 @@ when removed; `orch nodes check` shows the mesh.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import http_get, last_json
+from tests.e2e.mesh_diag import mesh_state
 
 pytestmark = pytest.mark.e2e
 
@@ -68,33 +68,6 @@ class MeshApp:
     def one(self, service: str, node: str) -> str:
         (c,) = [c for c in self.containers()[service] if c["node"] == node]
         return c["name"]
-
-
-def mesh_state(nodes: tuple[str, ...] = ("prod-1", "prod-2", "prod-3")) -> str:
-    """What each prod node's mesh looks like from inside its namespace (WireGuard's peers,
-    handshakes and counters, routes, UDP sockets, the mesh chains, the daemons' status), for
-    a failure's message: a broken mesh then says where it breaks."""
-    import glob
-
-    out = []
-    for node in nodes:
-        # The node's sshd listener: its network and its mount namespace (wireguard-go's
-        # control sockets are in the node's own /run/wireguard, orchestrator/lab/sshd.py).
-        pids = subprocess.run(["pgrep", "-f", f"sshd -D -e -f /var/lib/orch-lab/nodes/{node}/sshd_config"],
-                              capture_output=True, text=True).stdout.split()
-        if not pids:
-            continue
-        for argv in (["wg", "show", "all", "dump"], ["ip", "-4", "-brief", "addr"], ["ip", "-4", "route"],
-                     ["ss", "-uanp"], ["iptables", "-S"], ["iptables", "-t", "nat", "-S", "POSTROUTING"]):
-            cp = subprocess.run(["nsenter", "-t", pids[0], "-m", "-n", *argv], capture_output=True, text=True)
-            out.append(f"--- {node}: {' '.join(argv)} (exit {cp.returncode})\n{cp.stdout}{cp.stderr}")
-    for status in sorted(glob.glob("/var/lib/orch-agent/engines/*/mesh/*/status.json")):
-        try:
-            if time.time() - os.path.getmtime(status) < 120:
-                out.append(f"--- {status}\n{Path(status).read_text()[:3000]}")
-        except OSError:
-            pass
-    return "\n".join(out)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from .helpers import Shop, http_get
+from .mesh_diag import mesh_state
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +41,13 @@ def test_every_published_port_answers_on_its_node(shop, lab):
         assert http_get(f"http://{host}:{web}/") == "web 1"
         # each web replica fetched api's page at start, by service name: on prod-2 through
         # the environment's service mesh (api runs on prod-1)
-        assert http_get(f"http://{host}:{web}/api.txt") == "api 1 prod"
+        got = http_get(f"http://{host}:{web}/api.txt")
+        if got != "api 1 prod":  # say where it broke: wget's own words, the deploy's events, the mesh
+            logs = shop.orch("logs", "web", check=False)
+            events = [(e.get("t"), e.get("node"), e.get("service"), e.get("type") or e.get("event"))
+                      for e in shop.first["_events"] if e.get("service") in ("api", "web")]
+            raise AssertionError(f"web on {host} fetched {got!r} at its start\n{logs.stdout}{logs.stderr}\n"
+                                 f"{events}\n{mesh_state(('prod-1', 'prod-2'))}")
 
 
 def test_second_up_on_both_nodes_changes_nothing(shop):

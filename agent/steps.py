@@ -30,7 +30,7 @@ from agent.wire.protocol import (
     UNHEALTHY,
     AgentError,
 )
-from agent.wire.spec import ServiceSpec
+from agent.wire.spec import ServiceSpec, stays_exited
 
 
 LOG_LINES_ON_FAILURE = 20
@@ -294,8 +294,7 @@ def check_name_conflicts(ctx: Context, svc: ServiceSpec) -> None:
 def one_shot_done(c: ContainerInfo, restart: str) -> bool:
     """A container that ran to completion: exited 0, never restarted, and a restart policy
     (no, on-failure) under which it stays exited. Such a container is converged."""
-    return (c.state == "exited" and c.exit_code == 0 and c.restart_count == 0
-            and restart.partition(":")[0] in ("no", "on-failure"))
+    return c.state == "exited" and c.exit_code == 0 and c.restart_count == 0 and stays_exited(restart)
 
 
 def keepable(c: ContainerInfo, svc: ServiceSpec, replica: int) -> bool:

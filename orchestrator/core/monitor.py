@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.wire.spec import stays_exited
+
 
 @dataclass(frozen=True)
 class Watched:
@@ -24,7 +26,7 @@ class Watched:
 
 def one_shot_policy(restart: str) -> bool:
     """Does a container under this restart policy stay exited once it exited 0 (a job)?"""
-    return restart.partition(":")[0] in ("no", "on-failure")
+    return stays_exited(restart)
 
 
 def replica_problem(container: Any, one_shot: bool = False) -> str:

@@ -354,6 +354,7 @@ class FakeMeshHost:
         self.dns = False
         self.daemon = False
         self.missing: List[str] = []  # problems() answers these
+        self.refreshed_for: List[tuple] = []  # the peers each refresh_daemon waited for
 
     def problems(self) -> List[str]:
         return list(self.missing)
@@ -420,9 +421,10 @@ class FakeMeshHost:
     def daemon_current(self, paths: Any) -> bool:
         return self.daemon
 
-    def refresh_daemon(self, paths: Any, timeout: float = 5.0) -> bool:
+    def refresh_daemon(self, paths: Any, timeout: float = 5.0, need: tuple = ()) -> list:
         self.calls.append(("refresh_daemon", None))
-        return self.daemon
+        self.refreshed_for.append(tuple(need))
+        return [] if self.daemon else ["daemon"]
 
     def stop_daemon(self, paths: Any) -> None:
         self.calls.append(("stop_daemon", None))

@@ -5,11 +5,20 @@ touch the machine they run on; NodeHost is the real one."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from agent.mesh import dns, firewall, link, procs
 from agent.mesh.paths import MeshPaths
 from agent.wire.mesh import MeshConfig
+
+
+def unpulled(status: Dict[str, Any], need: Tuple[str, ...]) -> List[str]:
+    """The needed peers a daemon's tick (its status.json) did not pull records from; a node
+    the daemon has no peer for (not in this mesh) is not waited for."""
+    peers = [p for p in status.get("peers") or [] if isinstance(p, dict)]
+    pulled = {p.get("node") for p in peers if not p.get("error")}
+    known = {p.get("node") for p in peers}
+    return sorted(n for n in set(need) if n in known and n not in pulled)
 
 
 class NodeHost:
@@ -76,9 +85,13 @@ class NodeHost:
 
         return current(paths)
 
-    def refresh_daemon(self, paths: MeshPaths, timeout: float = 5.0) -> bool:
-        """A tick of the daemon now (SIGUSR1), waiting until it has written its status:
-        the node's names then include every peer's current replicas."""
+    def refresh_daemon(self, paths: MeshPaths, timeout: float = 5.0, need: Tuple[str, ...] = ()) -> List[str]:
+        """A tick of the daemon now (SIGUSR1), waiting until it has written its status: the
+        node's names then include every peer's current replicas. With `need` (peer nodes),
+        until a tick pulled each of them: names and link both work, also right after the
+        link was made (crossed WireGuard handshakes take a keepalive interval to settle).
+        Returns what is still missing: [] when done, the needed peers that did not answer,
+        or ["daemon"] when no tick came in time."""
         import json
         import os
         import signal
@@ -88,20 +101,26 @@ class NodeHost:
 
         pid = daemon_pid(paths)
         if not pid:
-            return False
+            return ["daemon"]
+        missing = ["daemon"]
         t0 = time.time()
         os.kill(pid, signal.SIGUSR1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 with open(paths.status) as fh:
-                    # a tick that started after the signal (one under way may hold older data)
-                    if json.load(fh).get("tick_started", 0) > t0:
-                        return True
+                    status = json.load(fh)
             except (OSError, ValueError):
-                pass
+                status = {}
+            # a tick that started after the signal (one under way may hold older data)
+            if status.get("tick_started", 0) > t0:
+                missing = unpulled(status, need)
+                if not missing:
+                    return []
+                t0 = time.time()
+                os.kill(pid, signal.SIGUSR1)  # another tick at once: the link may be settling
             time.sleep(0.05)
-        return False
+        return missing
 
     def stop_daemon(self, paths: MeshPaths) -> None:
         from agent.mesh.daemon_proc import daemon_pid

@@ -21,7 +21,7 @@ from agent.mesh.paths import MeshPaths, write_atomic
 from agent.mesh.records import MESH_SLOT, mesh_networks
 from agent.wire import labels as L
 from agent.wire.mesh import MeshConfig, MeshState, interface_name, node_block
-from agent.wire.protocol import AgentError, check_keys, check_name, check_project, require
+from agent.wire.protocol import AgentError, BadRequest, check_keys, check_name, check_project, require
 
 NOT_READY = "mesh"  # AgentError kind: the node lacks what the mesh needs
 
@@ -169,24 +169,36 @@ def op_mesh_leave(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
     return {"removed": True, "projects": []}
 
 
+# Seconds mesh_refresh waits for the peers a dependent needs: a keepalive interval (crossed
+# handshakes, agent.mesh.link.KEEPALIVE) plus a pull (agent.mesh.daemon.PULL_TIMEOUT) and a tick.
+REFRESH_WAIT = 10.0
+
+
 def refresh_local(ctx: Any, env: str) -> bool:
     """A tick of env's mesh daemon now, if this node is in that mesh (else nothing)."""
     paths = paths_of(ctx, env)
     if not os.path.exists(paths.config):
         return False
     try:
-        return host_of(ctx).refresh_daemon(paths, timeout=3.0)
+        return not host_of(ctx).refresh_daemon(paths, timeout=3.0)
     except OSError:
         return False
 
 
 def op_mesh_refresh(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:
-    """Names up to date now: the controller calls it on the nodes of dependents before it
-    starts them, so a dependency that just became ready on another node resolves at once
-    (instead of within the daemon's next tick)."""
-    check_keys(args, ("env",), "mesh_refresh")
+    """Names and links up to date now: the controller calls it on the nodes of dependents
+    before it starts them, with the nodes their dependencies run on (`peers`), so a
+    dependency that just became ready on another node resolves and answers at once
+    (instead of within the daemon's next tick, or once a just-made link has settled).
+    Waits at most REFRESH_WAIT; `missing` names the peers still not heard from."""
+    check_keys(args, ("env", "peers"), "mesh_refresh")
     env = check_name(require(args, "env", "mesh_refresh"), "env")
-    return {"refreshed": host_of(ctx).refresh_daemon(paths_of(ctx, env))}
+    peers = args.get("peers") or []
+    if not isinstance(peers, list) or len(peers) > 1000:
+        raise BadRequest("mesh_refresh.peers must be a list of at most 1000 node names")
+    need = tuple(check_name(p, "mesh_refresh.peers") for p in peers)
+    missing = host_of(ctx).refresh_daemon(paths_of(ctx, env), timeout=REFRESH_WAIT if need else 5.0, need=need)
+    return {"refreshed": not missing, "missing": missing}
 
 
 def op_mesh_status(ctx: Any, args: Dict[str, Any]) -> Dict[str, Any]:

@@ -246,8 +246,10 @@ class Deployment:
                 if self.mesh_layout is not None:
                     from orchestrator.app.mesh import refresh_names
 
-                    refresh_names(self.environment.name, self.nodes, [st for st in plan.wave_steps(i)
-                                                                      if st.service in services], self.units)
+                    for warning in refresh_names(self.environment.name, self.nodes,
+                                                 [st for st in plan.wave_steps(i) if st.service in services],
+                                                 self.units):
+                        self.progress.warning(warning)
                 pool = ThreadPoolExecutor(max_workers=len(services), thread_name_prefix="orch-roll")
                 try:
                     futures = {name: pool.submit(self._roll_service, i, name,

@@ -62,14 +62,30 @@ def _mesh_error(what: str, errors: dict[str, BaseException]) -> OrchError:
     return OrchError("\n".join(lines), fix="; ".join(fixes) or "fix what each node reports, then run orch up again")
 
 
-def refresh_names(env: str, nodes: dict[str, Any], steps: list, units: dict) -> None:
+def refresh_names(env: str, nodes: dict[str, Any], steps: list, units: dict) -> list[str]:
     """Before a wave starts dependents on nodes where a dependency does not run: those
-    nodes' names are brought up to date first (`mesh_refresh`), so the dependency, ready
-    on its own node a moment ago, resolves at once. Best effort: the daemon catches up
-    within its tick anyway."""
-    targets = sorted({st.node for st in steps if getattr(units.get((st.service, st.node)), "cross_node", ())})
-    if targets:
-        T.parallel([nodes[n] for n in targets if n in nodes], lambda n: n.call("mesh_refresh", {"env": env}))
+    nodes' names are brought up to date first (`mesh_refresh`), waiting (bounded) until each
+    has heard from the nodes its dependents' dependencies run on, so the dependency, ready
+    on its own node a moment ago, resolves and answers at once. Returns a warning for each
+    node still not there (the wave goes on: a dependency's node may be down, and the
+    daemon keeps trying)."""
+    need: dict[str, set[str]] = {}
+    for st in steps:
+        for _dep, on in getattr(units.get((st.service, st.node)), "cross_node", ()):
+            need.setdefault(st.node, set()).update(on)
+    targets = [n for n in sorted(need) if n in nodes]
+    answers, _errors = T.parallel([nodes[n] for n in targets],  # an error shows in the rollout that follows
+                                  lambda n: n.call("mesh_refresh", {"env": env, "peers": sorted(need[n.name])}))
+    warnings = []
+    for node in targets:
+        missing = list((answers.get(node) or {}).get("missing") or [])
+        if "daemon" in missing:
+            warnings.append(f"{node}: the service mesh's name daemon did not answer in time; dependents there "
+                            f"may not resolve their dependencies yet (orch nodes check --env {env})")
+        elif missing:
+            warnings.append(f"{node} has not heard from {', '.join(missing)} over the service mesh: dependents "
+                            f"there may not reach their dependencies yet (orch nodes check --env {env})")
+    return warnings
 
 
 __all__ = ["refresh_names", "layout", "apply_mesh", "mesh_actions", "project_networks"]

@@ -8,6 +8,15 @@ import time
 from pathlib import Path
 
 
+def in_node(node: str, argv: list[str]) -> list[str]:
+    """argv run inside the lab node's network and mount namespaces (those of its sshd, where
+    wireguard-go's control sockets are: orchestrator/lab/sshd.py)."""
+    pids = subprocess.run(["pgrep", "-f", f"sshd -D -e -f /var/lib/orch-lab/nodes/{node}/sshd_config"],
+                          capture_output=True, text=True).stdout.split()
+    assert pids, f"{node}: no sshd"
+    return ["nsenter", "-t", pids[0], "-m", "-n", *argv]
+
+
 def mesh_state(nodes: tuple[str, ...] = ("prod-1", "prod-2", "prod-3")) -> str:
     """What each prod node's mesh looks like from inside its namespace (WireGuard's peers,
     handshakes and counters, routes, UDP sockets, the mesh chains, the daemons' status), for
@@ -18,13 +27,13 @@ def mesh_state(nodes: tuple[str, ...] = ("prod-1", "prod-2", "prod-3")) -> str:
     for node in nodes:
         # The node's sshd listener: its network and its mount namespace (wireguard-go's
         # control sockets are in the node's own /run/wireguard, orchestrator/lab/sshd.py).
-        pids = subprocess.run(["pgrep", "-f", f"sshd -D -e -f /var/lib/orch-lab/nodes/{node}/sshd_config"],
-                              capture_output=True, text=True).stdout.split()
-        if not pids:
+        try:
+            in_node(node, [])
+        except AssertionError:
             continue
         for argv in (["wg", "show", "all", "dump"], ["ip", "-4", "-brief", "addr"], ["ip", "-4", "route"],
                      ["ss", "-uanp"], ["iptables", "-S"], ["iptables", "-t", "nat", "-S", "POSTROUTING"]):
-            cp = subprocess.run(["nsenter", "-t", pids[0], "-m", "-n", *argv], capture_output=True, text=True)
+            cp = subprocess.run(in_node(node, argv), capture_output=True, text=True)
             out.append(f"--- {node}: {' '.join(argv)} (exit {cp.returncode})\n{cp.stdout}{cp.stderr}")
     for status in sorted(glob.glob("/var/lib/orch-agent/engines/*/mesh/*/status.json")):
         try:

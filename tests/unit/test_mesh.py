@@ -220,6 +220,13 @@ def test_wg_conf_lists_every_peer_with_its_block_and_reads_no_key_from_argv():
     text = link.conf_text(cfg, "PRIVATE")
     assert "PrivateKey = PRIVATE" in text and "ListenPort = 51820" in text
     assert f"PublicKey = {KEY_B}\nEndpoint = 10.0.0.2:51820\nAllowedIPs = 10.208.32.0/19" in text
+    # the two ends of a link keep alive at different intervals (crossed handshakes do not
+    # repeat in step): a, the lower slot, every 5 s; b, told of a as its peer, every 7 s
+    assert "AllowedIPs = 10.208.32.0/19\nPersistentKeepalive = 5\n" in text
+    cfg_b = MeshConfig.from_dict({"env": "prod", "node": "b", "slot": 1, "cidr": CIDR, "port": 51820, "mtu": 1420,
+                                  "peers": [{"node": "a", "slot": 0, "public_key": KEY_A,
+                                             "endpoint": "10.0.0.1:51820"}]})
+    assert "AllowedIPs = 10.208.0.0/19\nPersistentKeepalive = 7\n" in link.conf_text(cfg_b, "PRIVATE")
     assert link.address_argvs(cfg) == [["ip", "address", "replace", "10.208.0.1/12", "dev", "orch-prod"],
                                       ["ip", "link", "set", "orch-prod", "mtu", "1420", "up"]]
 
@@ -384,8 +391,42 @@ def test_a_dependent_on_another_node_starts_after_its_node_refreshed_the_names(l
     # web-2 runs on n2 and depends on api, which runs only on n1
     assert calls.index(("mesh_refresh", None)) < calls.index(("rollout", "web"))
     assert ("refresh_daemon", None) in n2.mesh_host.calls
+    # it waits until n2 has heard from n1, where api runs (names and link both work)
+    assert [a for op, a in n2.calls if op == "mesh_refresh"] == [{"env": "dev", "peers": ["n1"]}]
+    assert n2.mesh_host.refreshed_for[0] == ("n1",)  # (then its own rollout's refresh, for nothing)
     # n1 runs every dependency of its own replicas itself: no refresh asked there
     assert lab.nodes["n1"].ops("mesh_refresh") == []
+
+
+def test_a_dependent_node_that_has_not_heard_from_its_dependency_node_warns_and_the_deploy_goes_on(lab):
+    lab.nodes["n2"].mesh_host.refresh_daemon = lambda paths, timeout=5.0, need=(): list(need)
+    progress = Progress()
+    Deployment(ws(lab, SHOP), DeployOptions(), progress, lab.connector).run()
+    warnings = [e["message"] for e in progress.events if e["event"] == "warning"]
+    assert any(w.startswith("n2 has not heard from n1 over the service mesh") for w in warnings), warnings
+    assert [a for op, a in lab.nodes["n2"].calls if op == "rollout"]  # web still deployed there
+
+
+def test_a_refresh_waits_only_for_needed_peers_the_tick_did_not_pull():
+    from agent.mesh.host import unpulled
+
+    status = {"peers": [{"node": "n1", "reachable": True, "error": ""},
+                        {"node": "n3", "reachable": True, "error": "<urlopen error timed out>"}]}
+    assert unpulled(status, ("n1",)) == []
+    assert unpulled(status, ("n1", "n3")) == ["n3"]  # reachable a tick ago is not enough: this tick's pull
+    assert unpulled(status, ("n9",)) == []  # not a peer of this mesh: nothing to wait for
+    assert unpulled({}, ("n1",)) == []
+
+
+def test_mesh_refresh_takes_the_needed_peers_and_refuses_bad_ones(tmp_path):
+    host = FakeMeshHost("a")
+    host.daemon = True
+    c = ctx(tmp_path, host=host)
+    assert OPERATIONS["mesh_refresh"](c, {"env": "prod", "peers": ["n1", "n2"]}) == {"refreshed": True, "missing": []}
+    assert host.refreshed_for == [("n1", "n2")]
+    for bad in ("n1", ["../x"], ["n"] * 1001):
+        with pytest.raises(BadRequest):
+            OPERATIONS["mesh_refresh"](c, {"env": "prod", "peers": bad})
 
 
 def test_a_peer_can_only_name_addresses_of_its_own_block_and_network():

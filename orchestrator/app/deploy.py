@@ -282,6 +282,7 @@ class Deployment:
             self._retire_moved()
             self._monitor()
             self.edge.run_certd()
+            self.edge.retire()
             # The old containers' background stops are not waited for: out of rotation and
             # drained, they end on their own, and `commit` (discard) hands a still stopping
             # one to the node, which removes it once stopped (app/stops.py).

@@ -11,6 +11,9 @@
     run_certd()   after the rollout (the routes then exist, so HTTP-01 challenges reach
                   certd): certd_configure on all (with a new shared secret) when any config
                   differs, certd_ensure on the issuer, certd_pull on the followers
+    retire()      after that: what no route needs any more since this deploy (a TLS_FILES
+                  certificate no route serves on a node; the certificate daemon of a node
+                  with no part in it), as `orch down` does (after_down)
 
 The ACME account e-mail, the shared secret and the keys go only into the agent requests;
 nothing here puts them in a result, an event or a message.
@@ -25,7 +28,7 @@ from typing import Any
 
 from agent.wire.tls import TLS_FILES, AcmeSettings, CertdResult, CertInfo, CertPut
 from orchestrator.core.edge import routed_services
-from orchestrator.core.edge_plan import (EdgePlan, NodeEdge, auto_hosts_by_node, plan_certd, plan_puts,
+from orchestrator.core.edge_plan import (EdgePlan, NodeEdge, auto_hosts_by_node, plan_certd, plan_puts, plan_retire,
                                          refuse_clashes, with_secret)
 from orchestrator.errors import DeployError, InputError, Problem
 from orchestrator.io import transport as T
@@ -128,6 +131,7 @@ class Edge:
         addresses = {n: layout.address(n) for n in order if n in layout.node_slots} if layout is not None else {}
         self.plan = plan_certd(self.env, acme, serving, self.nodes, order, addresses, datetime.now(timezone.utc))
         self.plan.puts = plan_puts(files, placed, self.nodes)
+        self.plan.retire = plan_retire(self.env, project.name, wanted, serving, self.plan.configs, self.nodes)
         return self.plan
 
     # -- apply ------------------------------------------------------------------------
@@ -187,6 +191,21 @@ class Edge:
                 self._keep(node, res)
             self._fail_on(errors, "fetching certificates from the issuer")
         self.dep.timings["certificates"] = time.monotonic() - t0
+
+    def retire(self) -> None:
+        """After the rollout (no route uses them any more): certificates no route serves on a
+        node go, and a node with no part in the certificate daemon any more stops its own."""
+        steps = self.plan.retire
+        if not steps:
+            return
+        nodes = self.dep.nodes
+        self.dep.progress.phase("certificates", "removing what no route needs any more: " + ", ".join(
+            f"{s.host} on {s.node}" if s.host else f"the certificate daemon on {s.node}" for s in steps))
+        _, errors = T.parallel(steps, lambda s: nodes[s.node].call(
+            s.op, {"env": self.env, "host": s.host} if s.host else {"env": self.env}),
+            key=lambda s: f"{s.node}: {'removing ' + s.host if s.host else 'stopping the certificate daemon'}")
+        for what, err in sorted(errors.items()):  # the release is live: said, and the next up or down retries
+            self.dep.warn(f"{what} failed: {getattr(err, 'message', err)} (the next orch up or down tries again)")
 
     def _keep(self, node: str, res: CertdResult) -> None:
         for c in res.certs:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from agent.wire.tls import (RENEW_FRACTION, ROLE_FOLLOWER, ROLE_ISSUER, TLS_AUTO, TLS_FILES, AcmeSettings, CertdConfig,
                             CertdResult, CertInfo, config_id)
@@ -87,21 +87,26 @@ class EdgePlan:
     followers: list[str] = field(default_factory=list)
     configs: dict[str, CertdConfig] = field(default_factory=dict)  # node -> config, secret "" (made at apply)
     auto_hosts: tuple[str, ...] = ()  # the environment's TLS_AUTO names
+    retire: list["DownStep"] = field(default_factory=list)  # after the rollout: what no route needs any more
 
     def __bool__(self) -> bool:
-        return bool(self.puts or self.certd)
+        return bool(self.puts or self.certd or self.retire)
 
     def steps(self, op: str) -> list[CertdStep]:
         return [s for s in self.certd if s.op == op]
 
     def to_json(self) -> dict:
         return {"puts": [p.to_json() for p in self.puts], "certd": [c.to_json() for c in self.certd],
-                "issuer": self.issuer, "followers": list(self.followers)}
+                "issuer": self.issuer, "followers": list(self.followers),
+                "retire": [r.to_json() for r in self.retire]}
 
     def render_lines(self) -> list[str]:
         lines = [f"certificate: put {p.host} on {p.node} ({p.reason})" for p in self.puts]
         lines += [f"certd: {c.op} on {c.node} ({c.role}{': ' + ', '.join(c.hosts) if c.hosts else ''}; {c.reason})"
                   for c in self.certd]
+        lines += [f"certificate: remove {r.host} on {r.node} (no route of the environment serves it there)"
+                  if r.op == "tls_cert_remove" else
+                  f"certd: leave on {r.node} (no tls: auto route of the environment left there)" for r in self.retire]
         return lines
 
 
@@ -274,13 +279,32 @@ def plan_down(env: str, nodes: Mapping[str, NodeEdge]) -> list[DownStep]:
     """After a project's routes left (orch down): a TLS_FILES certificate of the environment
     whose host no project routes on the node any more goes; a node where no TLS_AUTO route
     of the environment is left stops its certificate daemon (its files and certificates go)."""
+    return _leftovers(env, nodes, lambda name, edge: {c.host for c in edge.claims if c.env == env},
+                      lambda name, edge: any(c.env == env and c.tls == TLS_AUTO for c in edge.claims))
+
+
+def plan_retire(env: str, project: str, wanted: Mapping[str, Mapping[str, str]], serving: Mapping[str, Any],
+                configs: Mapping[str, CertdConfig], nodes: Mapping[str, NodeEdge]) -> list[DownStep]:
+    """After an `orch up` whose routes moved or dropped TLS (wanted: node -> {host: service}
+    this deploy routes there; serving and configs: plan_certd's), what plan_down does after
+    a down: a TLS_FILES certificate no project routes on the node goes, and a node that has
+    no part in the environment's certificate daemon any more stops its own. Else it would
+    keep renewing names nothing serves."""
+    def routed(name: str, edge: NodeEdge) -> set[str]:
+        others = {c.host for c in edge.claims if c.env == env and c.project != project}
+        return others | set(wanted.get(name, {}))
+
+    return _leftovers(env, nodes, routed, lambda name, edge: name in configs or name in serving)
+
+
+def _leftovers(env: str, nodes: Mapping[str, NodeEdge], routed: Callable[[str, NodeEdge], set[str]],
+               keeps_certd: Callable[[str, NodeEdge], bool]) -> list[DownStep]:
     out = []
     for name, edge in sorted(nodes.items()):
-        routed = {c.host for c in edge.claims if c.env == env}
+        hosts = routed(name, edge)
         for host, info in sorted(edge.certs.items()):
-            if info.source == TLS_FILES and host not in routed:
+            if info.source == TLS_FILES and host not in hosts:
                 out.append(DownStep("tls_cert_remove", name, host))
-        auto = [c for c in edge.claims if c.env == env and c.tls == TLS_AUTO]
-        if not auto and edge.certd is not None and (edge.certd.config_id or edge.certd.running):
+        if not keeps_certd(name, edge) and edge.certd is not None and (edge.certd.config_id or edge.certd.running):
             out.append(DownStep("certd_leave", name))
     return out

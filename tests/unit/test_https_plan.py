@@ -210,6 +210,41 @@ def test_up_then_a_no_op_up_makes_no_certd_call(tmp_path):
     assert {r["host"]: r["changed"] for r in again.rows()} == {"shop.lab.test": False, "admin.lab.test": False}
 
 
+def test_an_up_that_drops_tls_stops_certd_and_removes_unrouted_file_certificates_after_the_rollout(tmp_path):
+    make_cert(tmp_path, ["admin.lab.test"])
+    nodes = {n: FakeEdgeNode(n) for n in ("n1", "n2")}
+    nodes["n2"].issuer = nodes["n1"]
+    first = Edge(deployment(tmp_path, SHOP, nodes))
+    first.observe()
+    first.make_plan(first.dep.units)
+    first.put_certs()
+    for n in nodes.values():
+        n.route("shop", "prod", "web", ["shop.lab.test"])
+        n.route("shop", "prod", "admin", ["admin.lab.test"], tls="files")
+    first.run_certd()
+    assert not first.plan.retire
+    # the next release serves web without TLS and admin under another name with no certificate
+    plain = SHOP.replace(", tls: auto}", "}").replace(
+        "admin.lab.test], target: 80, tls: {cert: site.crt, key: site.key}", "intra.lab.test], target: 80")
+    edge = Edge(deployment(tmp_path, plain, nodes))
+    edge.observe()
+    plan = edge.make_plan(edge.dep.units)
+    assert [(r.op, r.node, r.host) for r in plan.retire] == [
+        ("tls_cert_remove", "n1", "admin.lab.test"), ("certd_leave", "n1", ""),
+        ("tls_cert_remove", "n2", "admin.lab.test"), ("certd_leave", "n2", "")]
+    assert "certd: leave on n1 (no tls: auto route of the environment left there)" in plan.render_lines()
+    assert plan.to_json()["retire"][0] == {"op": "tls_cert_remove", "node": "n1", "host": "admin.lab.test"}
+    for n in nodes.values():
+        n.calls.clear()
+    edge.put_certs()
+    edge.run_certd()
+    assert {op for n in nodes.values() for op in n.ops()} == set()  # nothing before the rollout
+    edge.retire()
+    for n in nodes.values():
+        assert sorted(n.ops()) == ["certd_leave", "tls_cert_remove"] and "prod" not in n.certd
+        assert ("prod", "admin.lab.test") not in n.certs
+
+
 def test_a_second_project_claiming_a_routed_host_is_refused_before_any_call(tmp_path):
     nodes = {n: FakeEdgeNode(n) for n in ("n1", "n2")}
     nodes["n2"].route("other", "prod", "site", ["shop.lab.test"])

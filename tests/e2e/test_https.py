@@ -140,6 +140,32 @@ def site(lab, tmp_path_factory):
     dns_rm(s.host)
 
 
+def test_a_release_that_drops_tls_stops_the_certificate_daemon_after_its_rollout(lab, tmp_path, acme_ca):
+    """First in the module: no other project of prod routes a `tls: auto` name meanwhile
+    (the `site` fixture comes later), so this project is the certificate daemon's only user."""
+    s = Site(tmp_path / "r", lab, "tlsr")
+    dns_set(s.host, s.addresses())
+    try:
+        code, final = s.up()
+        assert code == 0, final
+        assert https_get(s.host, s.addresses()[0], acme_ca)[0] == 200 and s.certs()["issuer"] in NODES
+        compose = s.dir / "compose.yaml"
+        compose.write_text(compose.read_text().replace("        tls: auto\n", "").replace("        hsts: true\n", ""))
+        code, final = s.up()
+        assert code == 0, final
+        retired = sorted((r["op"], r["node"]) for r in final["plan"]["certificates"]["retire"])
+        assert retired == [("certd_leave", "prod-1"), ("certd_leave", "prod-2")], final["plan"]["certificates"]
+        assert s.certs()["issuer"] == ""  # no daemon left on any node, nor its certificate
+        for address in s.addresses():
+            status, _, body = http_get(s.host, address)
+            assert status == 200 and body.strip() == "tlsr-1", (address, status, body)  # plain HTTP now
+        again = s.up()[1]
+        assert again["noop"] is True and again["plan"]["certificates"]["retire"] == [], again["plan"]
+    finally:
+        s.down()
+        dns_rm(s.host)
+
+
 def test_one_acme_certificate_served_by_both_nodes(site, lab, acme_ca):
     prints = set()
     for address in site.addresses():

@@ -80,8 +80,8 @@ def refresh_names(env: str, nodes: dict[str, Any], steps: list, units: dict) -> 
     for node in targets:
         missing = list((answers.get(node) or {}).get("missing") or [])
         if "daemon" in missing:
-            warnings.append(f"{node}: the service mesh's name daemon did not answer in time; dependents there "
-                            f"may not resolve their dependencies yet (orch nodes check --env {env})")
+            warnings.append(f"{node}: the service mesh's name daemon is not running or did not answer in time; "
+                            f"dependents there may not resolve their dependencies yet (orch nodes check --env {env})")
         elif missing:
             warnings.append(f"{node} has not heard from {', '.join(missing)} over the service mesh: dependents "
                             f"there may not reach their dependencies yet (orch nodes check --env {env})")

@@ -407,6 +407,14 @@ def test_a_dependent_node_that_has_not_heard_from_its_dependency_node_warns_and_
     assert [a for op, a in lab.nodes["n2"].calls if op == "rollout"]  # web still deployed there
 
 
+def test_a_dependent_node_whose_name_daemon_does_not_answer_warns(lab):
+    lab.nodes["n2"].mesh_host.refresh_daemon = lambda paths, timeout=5.0, need=(): ["daemon"]
+    progress = Progress()
+    Deployment(ws(lab, SHOP), DeployOptions(), progress, lab.connector).run()
+    warnings = [e["message"] for e in progress.events if e["event"] == "warning"]
+    assert any(w.startswith("n2: the service mesh's name daemon is not running") for w in warnings), warnings
+
+
 def test_a_refresh_waits_only_for_needed_peers_the_tick_did_not_pull():
     from agent.mesh.host import unpulled
 

@@ -228,7 +228,8 @@ _CONTAINER_KEYS = (
 
 def stays_exited(restart: str) -> bool:
     """Does a container under this restart policy stay exited once it exited 0 (a job:
-    `no`, `on-failure[:N]`)? The agent's readiness and the controller's monitor both ask."""
+    `no`, `on-failure[:N]`)? The agent's readiness and the controller's deploy (which marks
+    such replicas one-shot for the monitor) both ask."""
     return restart.partition(":")[0] in ("no", "on-failure")
 
 

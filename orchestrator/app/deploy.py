@@ -43,6 +43,7 @@ from typing import Any
 
 from agent.wire import messages as M
 from agent.wire.ingress import IngressSettings
+from agent.wire.spec import stays_exited
 from orchestrator.io import nodes as N
 from orchestrator.io import transport as T
 from orchestrator.errors import DeployError, InputError, OrchError, Problem
@@ -345,7 +346,7 @@ class Deployment:
                 key=lambda item: item[0])
             for node, res in sorted(results.items()):
                 self._journal_add(service, node, wave, [r.to_dict() for r in res.replaced], rollout.monitor,
-                                  MON.one_shot_policy(by_step[node].unit.spec["container"].get("restart") or "no"))
+                                  stays_exited(by_step[node].unit.spec["container"].get("restart") or "no"))
             replaced += len(batch.replaces)
             for node, err in sorted(errors.items()):
                 failures.append(StepFailure(by_step[node], _as_orch_error(node, err)))

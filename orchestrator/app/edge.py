@@ -201,9 +201,8 @@ class Edge:
         nodes = self.dep.nodes
         self.dep.progress.phase("certificates", "removing what no route needs any more: " + ", ".join(
             f"{s.host} on {s.node}" if s.host else f"the certificate daemon on {s.node}" for s in steps))
-        _, errors = T.parallel(steps, lambda s: nodes[s.node].call(
-            s.op, {"env": self.env, "host": s.host} if s.host else {"env": self.env}),
-            key=lambda s: f"{s.node}: {'removing ' + s.host if s.host else 'stopping the certificate daemon'}")
+        _, errors = T.parallel(steps, lambda s: nodes[s.node].call(s.op, s.request(self.env)),
+                               key=lambda s: f"{s.node}: {'removing ' + s.host if s.host else 'stopping the certificate daemon'}")
         for what, err in sorted(errors.items()):  # the release is live: said, and the next up or down retries
             self.dep.warn(f"{what} failed: {getattr(err, 'message', err)} (the next orch up or down tries again)")
 
@@ -257,8 +256,8 @@ def after_down(nodes: dict[str, Any], env: str) -> list[dict]:
     from orchestrator.core.edge_plan import plan_down
 
     steps = plan_down(env, read_edge(nodes, env))
-    _, errors = T.parallel(steps, lambda s: nodes[s.node].call(s.op, {"env": env, "host": s.host} if s.host
-                                                               else {"env": env}), key=lambda s: f"{s.op}@{s.node}@{s.host}")
+    _, errors = T.parallel(steps, lambda s: nodes[s.node].call(s.op, s.request(env)),
+                           key=lambda s: f"{s.op}@{s.node}@{s.host}")
     if errors:
         key, err = sorted(errors.items())[0]
         raise DeployError(f"orch down: {key.split('@')[0]} on {key.split('@')[1]} failed: {getattr(err, 'message', err)}",

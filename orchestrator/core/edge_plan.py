@@ -274,6 +274,10 @@ class DownStep:
     def to_json(self) -> dict:
         return {"op": self.op, "node": self.node, "host": self.host}
 
+    def request(self, env: str) -> dict:
+        """The agent request's arguments (tls_cert_remove names the host)."""
+        return {"env": env, "host": self.host} if self.host else {"env": env}
+
 
 def plan_down(env: str, nodes: Mapping[str, NodeEdge]) -> list[DownStep]:
     """After a project's routes left (orch down): a TLS_FILES certificate of the environment

@@ -8,8 +8,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.wire.spec import stays_exited
-
 
 @dataclass(frozen=True)
 class Watched:
@@ -22,11 +20,6 @@ class Watched:
     until: float  # time.monotonic()
     window: float
     one_shot: bool = False  # restart no / on-failure: exited 0, never restarted, is done
-
-
-def one_shot_policy(restart: str) -> bool:
-    """Does a container under this restart policy stay exited once it exited 0 (a job)?"""
-    return stays_exited(restart)
 
 
 def replica_problem(container: Any, one_shot: bool = False) -> str:

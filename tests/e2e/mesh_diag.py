@@ -8,13 +8,19 @@ import time
 from pathlib import Path
 
 
-def in_node(node: str, argv: list[str]) -> list[str]:
-    """argv run inside the lab node's network and mount namespaces (those of its sshd, where
-    wireguard-go's control sockets are: orchestrator/lab/sshd.py)."""
+def _sshd_pid(node: str) -> str | None:
+    """The lab node's sshd listener: its network and its mount namespace (wireguard-go's
+    control sockets are in the node's own /run/wireguard, orchestrator/lab/sshd.py)."""
     pids = subprocess.run(["pgrep", "-f", f"sshd -D -e -f /var/lib/orch-lab/nodes/{node}/sshd_config"],
                           capture_output=True, text=True).stdout.split()
-    assert pids, f"{node}: no sshd"
-    return ["nsenter", "-t", pids[0], "-m", "-n", *argv]
+    return pids[0] if pids else None
+
+
+def in_node(node: str, argv: list[str]) -> list[str]:
+    """argv run inside the lab node's network and mount namespaces."""
+    pid = _sshd_pid(node)
+    assert pid, f"{node}: no sshd"
+    return ["nsenter", "-t", pid, "-m", "-n", *argv]
 
 
 def mesh_state(nodes: tuple[str, ...] = ("prod-1", "prod-2", "prod-3")) -> str:
@@ -25,15 +31,12 @@ def mesh_state(nodes: tuple[str, ...] = ("prod-1", "prod-2", "prod-3")) -> str:
 
     out = []
     for node in nodes:
-        # The node's sshd listener: its network and its mount namespace (wireguard-go's
-        # control sockets are in the node's own /run/wireguard, orchestrator/lab/sshd.py).
-        try:
-            in_node(node, [])
-        except AssertionError:
+        pid = _sshd_pid(node)
+        if pid is None:
             continue
         for argv in (["wg", "show", "all", "dump"], ["ip", "-4", "-brief", "addr"], ["ip", "-4", "route"],
                      ["ss", "-uanp"], ["iptables", "-S"], ["iptables", "-t", "nat", "-S", "POSTROUTING"]):
-            cp = subprocess.run(in_node(node, argv), capture_output=True, text=True)
+            cp = subprocess.run(["nsenter", "-t", pid, "-m", "-n", *argv], capture_output=True, text=True)
             out.append(f"--- {node}: {' '.join(argv)} (exit {cp.returncode})\n{cp.stdout}{cp.stderr}")
     for status in sorted(glob.glob("/var/lib/orch-agent/engines/*/mesh/*/status.json")):
         try:

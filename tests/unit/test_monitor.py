@@ -43,7 +43,7 @@ def test_a_job_that_ran_to_completion_is_done_not_failed():
 
 
 def test_which_restart_policies_make_a_one_shot():
-    from orchestrator.core.monitor import one_shot_policy
+    from agent.wire.spec import stays_exited
 
-    assert [p for p in ("no", "on-failure", "on-failure:3", "always", "unless-stopped") if one_shot_policy(p)] == \
+    assert [p for p in ("no", "on-failure", "on-failure:3", "always", "unless-stopped") if stays_exited(p)] == \
         ["no", "on-failure", "on-failure:3"]
